@@ -1,0 +1,82 @@
+"""Content-addressed artifact cache.
+
+An artifact folder ``<paths.cache>/builds/<variant>-<H>x<W>-<precision>-onnx-<key>/`` holds the model file(s)
+and ``build.json``. ``key`` hashes everything that determines the bytes (architecture, weights digest,
+precision, I/O dtype, input size, exporter options, library versions, the model and exporter source), so a
+changed input is a new folder and an unchanged one is a hit. Folders are built under a temporary name and
+renamed into place, so a reader never sees a half-written artifact; a folder whose files do not match
+their recorded sha256 is deleted and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from harness.config.convert import from_mapping
+from harness.download import sha256_of
+from harness.errors import BuildError, ConfigError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "build.json"
+KEY_HEX_DIGITS = 12
+
+
+def content_key(fields: dict[str, object]) -> str:
+    """Hex digest of the canonical JSON of ``fields``, shortened to ``KEY_HEX_DIGITS``."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_HEX_DIGITS]
+
+
+def source_digest(*modules: object) -> str:
+    """sha256 over the source files of ``modules``: editing the model or exporter invalidates the cache."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())  # type: ignore[attr-defined]
+    return digest.hexdigest()
+
+
+def prepare_cache_root(cache_root: Path) -> Path:
+    """Create the builds folder and prove it is writable, or raise a ``ConfigError`` naming ``paths.cache``."""
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        probe = cache_root / f".write-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"paths.cache={str(cache_root.parent)!r}: build cache is not writable ({error.strerror})") from None
+    return cache_root
+
+
+def load_cached(folder: Path, manifest_type: type) -> object | None:
+    """The manifest of a cached artifact whose files all match their digests, else ``None`` (corrupt ones removed)."""
+    if not folder.exists():
+        return None
+    try:
+        manifest = from_mapping(manifest_type, json.loads((folder / MANIFEST_NAME).read_text()))
+        for record in manifest.files:  # type: ignore[attr-defined]
+            path = folder / record.name
+            if not path.is_file() or path.stat().st_size != record.size_bytes or sha256_of(path) != record.sha256:
+                raise ValueError(f"{record.name} does not match its recorded size and sha256")
+    except (OSError, ValueError, ConfigError) as error:
+        log.warning("corrupt cached artifact path=%s reason=%s: rebuilding", folder, error)
+        shutil.rmtree(folder)
+        return None
+    return manifest
+
+
+def publish(staging: Path, folder: Path, manifest: object) -> None:
+    """Write ``build.json`` into ``staging`` and rename it to ``folder`` (replacing a stale one)."""
+    (staging / MANIFEST_NAME).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")  # type: ignore[call-overload]
+    if folder.exists():
+        shutil.rmtree(folder)
+    try:
+        os.rename(staging, folder)
+    except OSError as error:
+        raise BuildError(f"cannot move the built artifact into {folder}: {error.strerror}") from None

@@ -1,0 +1,100 @@
+"""Parity of a built artifact with the torch fp32 reference, on real photos.
+
+The artifact runs in ONNX Runtime (CPU execution provider) twice, once on a batch of 1 and once on the
+rest, which also proves the batch axis is dynamic. Per image we compare the feature vectors with cosine
+similarity and absolute error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+
+from harness.build.onnx_export import INPUT_NAME, io_dtype_for
+from harness.config.schema import BuildConfig, PrecisionConfig
+from harness.data.photos import sample_photos
+from harness.errors import BuildError
+from harness.preprocess import batch_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """Agreement of artifact features with torch fp32 features.
+
+    Attributes:
+        images: names of the photos compared.
+        min_cosine: smallest per-image cosine similarity.
+        mean_cosine: mean per-image cosine similarity.
+        max_abs_error: largest absolute difference of any feature element.
+        threshold_min_cosine: the configured bound on ``min_cosine``.
+        threshold_max_abs_error: the configured bound on ``max_abs_error`` (``None``: not checked).
+        runtime: what ran the artifact (``onnxruntime <version> CPUExecutionProvider``).
+        passed: both bounds hold.
+    """
+
+    images: tuple[str, ...]
+    min_cosine: float
+    mean_cosine: float
+    max_abs_error: float
+    threshold_min_cosine: float
+    threshold_max_abs_error: float | None
+    runtime: str
+    passed: bool
+
+
+def cosine_rows(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two [N, D] matrices, in float64."""
+    left64, right64 = left.astype(np.float64), right.astype(np.float64)
+    norms = np.linalg.norm(left64, axis=1) * np.linalg.norm(right64, axis=1)
+    return np.sum(left64 * right64, axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
+
+
+def check_parity(
+    artifact: Path, reference: torch.nn.Module, *, precision: PrecisionConfig, build: BuildConfig, input_size: tuple[int, int]
+) -> ParityResult:
+    """Compare ``artifact`` with ``reference`` on ``build.parity_images`` real photos; raises if a bound fails."""
+    photos = sample_photos(build.parity_images)
+    inputs = batch_of([image for _, image in photos], input_size)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(inputs)).numpy()
+    session = onnxruntime.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    feed_dtype = io_dtype_for(precision.name, build.io_dtype)
+    feed = inputs.astype(np.float16 if feed_dtype == torch.float16 else np.float32)
+    actual = np.concatenate([session.run(None, {INPUT_NAME: part})[0] for part in (feed[:1], feed[1:])]).astype(np.float32)
+    if actual.shape != expected.shape:
+        raise BuildError(f"{artifact.name}: features {actual.shape} differ in shape from the reference {expected.shape}")
+    cosines = cosine_rows(actual, expected)
+    max_abs_error = float(np.max(np.abs(actual.astype(np.float64) - expected)))
+    passed = bool(cosines.min() >= precision.parity_min_cosine) and (
+        precision.parity_max_abs_error is None or max_abs_error <= precision.parity_max_abs_error
+    )
+    result = ParityResult(
+        images=tuple(name for name, _ in photos),
+        min_cosine=float(cosines.min()),
+        mean_cosine=float(cosines.mean()),
+        max_abs_error=max_abs_error,
+        threshold_min_cosine=precision.parity_min_cosine,
+        threshold_max_abs_error=precision.parity_max_abs_error,
+        runtime=f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",
+        passed=passed,
+    )
+    log.info(
+        "parity images=%d min_cosine=%.8f max_abs_error=%.3g passed=%s",
+        len(photos), result.min_cosine, result.max_abs_error, passed,
+    )  # fmt: skip
+    if not passed:
+        bound = f"cos >= {precision.parity_min_cosine}"
+        if precision.parity_max_abs_error is not None:
+            bound += f", max abs error <= {precision.parity_max_abs_error}"
+        raise BuildError(
+            f"{artifact.name}: parity with torch fp32 failed ({precision.name}): min cosine {result.min_cosine:.8f}, "
+            f"max abs error {max_abs_error:.4g}, required {bound} (precision.parity_min_cosine)"
+        )
+    return result

@@ -1,0 +1,106 @@
+"""Mapping -> frozen dataclass conversion, strict and loud (house style rules 7 and 8).
+
+Hydra composes plain YAML; this turns the composed tree into typed dataclasses so nothing downstream sees a
+``DictConfig``. An unknown key, a value of the wrong type or outside a ``Literal`` is a ``ConfigError`` that
+names the dotted key, the value and what is allowed. The same function reads ``result.json`` back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar, get_args, get_origin
+
+from harness.errors import ConfigError, unknown_name_message
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], data: object, *, key: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, recursively, checking every key and value against the type hints."""
+    return typing.cast(T, _convert(cls, data, key))
+
+
+def _convert(hint: Any, value: object, key: str) -> object:
+    origin = get_origin(hint)
+    if hint is Any or hint is object:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _convert_dataclass(typing.cast(type, hint), value, key)
+    if origin is typing.Literal:
+        if value not in get_args(hint):
+            raise ConfigError(unknown_name_message(key, value, get_args(hint)))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (option for option in options if option is not type(None)):
+            try:
+                return _convert(option, value, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={value!r}: expected {_describe(hint)}")
+    if origin is tuple:
+        return _convert_sequence(hint, value, key)
+    if origin is list:
+        return list(_convert_sequence(tuple[get_args(hint)[0], ...], value, key))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}={value!r}: expected a mapping")
+        value_hint = get_args(hint)[1]
+        return {str(name): _convert(value_hint, item, f"{key}.{name}") for name, item in value.items()}
+    return _convert_scalar(hint, value, key)
+
+
+def _convert_dataclass(cls: type, value: object, key: str) -> object:
+    if dataclasses.is_dataclass(value) and isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key or cls.__name__}={value!r}: expected a mapping of {cls.__name__} fields")
+    hints = typing.get_type_hints(cls)
+    fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
+    for name in value:
+        if name not in fields:
+            raise ConfigError(unknown_name_message(f"{key}.{name}".lstrip(".") + " (unknown key)", name, fields))
+    arguments = {}
+    for name, field in fields.items():
+        dotted = f"{key}.{name}".lstrip(".")
+        if name in value:
+            arguments[name] = _convert(hints[name], value[name], dotted)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{dotted}: missing required value ({_describe(hints[name])})")
+    try:
+        return cls(**arguments)
+    except ValueError as error:
+        raise ConfigError(f"{key or cls.__name__}: {error}") from None
+
+
+def _convert_sequence(hint: Any, value: object, key: str) -> tuple[object, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, typing.Sequence):
+        raise ConfigError(f"{key}={value!r}: expected a list ({_describe(hint)})")
+    args = get_args(hint)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(args[0], item, f"{key}[{index}]") for index, item in enumerate(value))
+    if len(value) != len(args):
+        raise ConfigError(f"{key}={list(value)!r}: expected {len(args)} values")
+    return tuple(_convert(item_hint, item, f"{key}[{index}]") for index, (item_hint, item) in enumerate(zip(args, value)))
+
+
+def _convert_scalar(hint: Any, value: object, key: str) -> object:
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: expected an int")
+    if isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise ConfigError(f"{key}={value!r}: expected {_describe(hint)}")
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(arg) for arg in get_args(hint))
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))

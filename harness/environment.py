@@ -1,0 +1,65 @@
+"""What machine and software a run used, recorded in every ``result.json``."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+LIBRARIES = ("torch", "onnx", "onnxruntime", "numpy", "pillow", "hydra-core", "mlflow")
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from ``/proc/cpuinfo``, else ``platform.processor()``."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(root: Path) -> dict[str, object]:
+    """Commit and dirty flag of the checkout at ``root`` (``None`` when it is not a git checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def capture(root: Path) -> dict[str, object]:
+    """The environment section of ``result.json``."""
+    cpu = cpu_model()
+    cores = os.cpu_count()
+    fingerprint = hashlib.sha256(f"{cpu}|{cores}|{platform.machine()}|{platform.system()}".encode()).hexdigest()[:12]
+    return {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_model": cpu,
+        "cpu_count": cores,
+        "hardware_fingerprint": fingerprint,
+        "libraries": library_versions(),
+        "git": git_state(root),
+    }

@@ -1,0 +1,53 @@
+"""One exception tree for the harness (house style rule 17).
+
+Every error raised on bad user input is a ``HarnessError`` whose message names the input (config key,
+file, URL) and what was expected, so the CLI can print it as one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+
+class HarnessError(Exception):
+    """Base of every error the harness raises on purpose."""
+
+
+class ConfigError(HarnessError):
+    """A config value is unknown, malformed or inconsistent."""
+
+
+class WeightsError(HarnessError):
+    """A checkpoint is missing, unsafe, corrupt or does not fit the model."""
+
+
+class DownloadError(HarnessError):
+    """A download failed, was truncated, or does not match its checksum."""
+
+
+class BuildError(HarnessError):
+    """An artifact could not be built, or failed its parity check."""
+
+
+class BackendUnavailable(HarnessError):
+    """A backend, execution provider or device the config asks for is not installed here."""
+
+
+class DataError(HarnessError):
+    """An image, ground-truth file or descriptor matrix is corrupt or malformed."""
+
+
+class MeasurementInvalid(HarnessError):
+    """A measurement does not meet its validity rules."""
+
+
+class TrackingError(HarnessError):
+    """The experiment tracker could not be reached or refused a write."""
+
+
+def unknown_name_message(key: str, value: object, known: object) -> str:
+    """One-line message for an unknown name: the allowed names and the closest one (``difflib``)."""
+    names = sorted(str(name) for name in known)  # type: ignore[attr-defined]
+    close = difflib.get_close_matches(str(value), names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{key}={value!r}: expected one of {names}{hint}"

@@ -1,0 +1,122 @@
+"""Where a backbone's weights come from: an official checkpoint, a local file, or a seeded random init.
+
+``model.weights`` is ``official`` (downloaded into ``<paths.cache>/weights`` and verified), ``random``
+(seeded, tagged as such everywhere) or a path to a ``.pth`` state dict. Checkpoints are read with
+``torch.load(weights_only=True)``: a pickle that wants to run code is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from harness import download
+from harness.errors import ConfigError, DownloadError, WeightsError
+from harness.models.dinov2 import DinoVisionTransformer
+from harness.models.variants import VariantSpec
+
+log = logging.getLogger(__name__)
+
+WeightsKind = Literal["official", "random", "path"]
+MAX_LISTED_MISMATCHES = 3
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Provenance of the weights a model was built with.
+
+    Attributes:
+        kind: ``official``, ``random`` or ``path``.
+        source: URL, file path, or ``random(seed=N)``.
+        sha256: digest of the checkpoint file; ``None`` for random weights.
+        digest: what identifies the weights in cache keys (the sha256, or ``random-seed<N>``).
+    """
+
+    kind: WeightsKind
+    source: str
+    sha256: str | None
+    digest: str
+
+
+def weights_kind(weights: str) -> WeightsKind:
+    if weights in ("official", "random"):
+        return weights  # type: ignore[return-value]
+    return "path"
+
+
+def load_backbone(
+    spec: VariantSpec, *, weights: str, seed: int, cache_dir: Path, input_size: tuple[int, int], progress: bool = True
+) -> tuple[DinoVisionTransformer, WeightsInfo]:
+    """Build the fp32 reference model for ``spec`` with its positional table baked for ``input_size`` (H, W)."""
+    model = DinoVisionTransformer(spec)
+    kind = weights_kind(weights)
+    if kind == "random":
+        model.init_random(seed)
+        info = WeightsInfo(kind="random", source=f"random(seed={seed})", sha256=None, digest=f"random-seed{seed}")
+    else:
+        path, info = _checkpoint_file(spec, weights, cache_dir=cache_dir, progress=progress)
+        load_state_dict_checked(model, read_checkpoint(path), source=str(path))
+    model.eval()
+    try:
+        model.bake_positional_table(*input_size)
+    except ValueError as error:
+        raise ConfigError(f"model.input_size={list(input_size)}: {error}") from None
+    log.info("model ready variant=%s weights=%s source=%s", spec.name, info.kind, info.source)
+    return model, info
+
+
+def _checkpoint_file(spec: VariantSpec, weights: str, *, cache_dir: Path, progress: bool) -> tuple[Path, WeightsInfo]:
+    if weights == "official":
+        if spec.checkpoint_url is None or spec.checkpoint_file is None:
+            raise ConfigError(f"model.weights=official: variant {spec.name!r} has no official checkpoint; use random or a path")
+        path = cache_dir / "weights" / spec.checkpoint_file
+        try:
+            record = download.fetch(spec.checkpoint_url, path, sha256=spec.checkpoint_sha256, progress=progress)
+        except DownloadError as error:
+            raise WeightsError(f"{error} (or set model.weights=/path/to/{spec.checkpoint_file})") from None
+        return path, WeightsInfo(kind="official", source=spec.checkpoint_url, sha256=record.sha256, digest=record.sha256)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"model.weights={weights!r}: no such file (expected 'official', 'random' or a .pth path)")
+    digest = download.sha256_of(path)
+    return path, WeightsInfo(kind="path", source=str(path.resolve()), sha256=digest, digest=digest)
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict with ``weights_only=True``; anything else is a ``WeightsError`` naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise WeightsError(f"{path}: refused to unpickle (not plain tensors): {first_line}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise WeightsError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    return state
+
+
+def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first missing, unexpected and misshapen keys."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    misshapen = [
+        f"{key} {list(state[key].shape)} != {list(expected[key].shape)}"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    problems = [
+        f"{label} ({len(items)}): {', '.join(items[:MAX_LISTED_MISMATCHES])}{', ...' if len(items) > MAX_LISTED_MISMATCHES else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", misshapen))
+        if items
+    ]
+    if problems:
+        variant = getattr(getattr(model, "spec", None), "name", type(model).__name__)
+        raise WeightsError(f"{source} does not fit {variant}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)

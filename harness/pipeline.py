@@ -1,0 +1,74 @@
+"""One run: composed config -> stages -> ``result.json``.
+
+The config flows ``conf/`` -> ``RunConfig`` -> model + weights -> build -> (perf, accuracy in later stages)
+-> ``RunResult``. Whatever happens, ``result.json`` is written: a failed stage yields ``status: failed``
+with the error, and the stages that finished before it keep their results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness.build import BuildResult, build_artifact
+from harness.config.schema import RunConfig
+from harness.environment import capture
+from harness.errors import HarnessError
+from harness.models.variants import get_variant
+from harness.models.weights import WeightsInfo, load_backbone
+from harness.result import RunError, RunResult, write_result
+
+log = logging.getLogger(__name__)
+
+
+def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
+    """Validate ``composed``, run its stages and write ``<run_dir>/result.json``.
+
+    Harness errors end the run with ``status: failed``; any other exception is a bug: it is recorded the
+    same way and then re-raised.
+    """
+    started_at = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    weights: WeightsInfo | None = None
+    build: BuildResult | None = None
+    error: BaseException | None = None
+    stages: tuple[str, ...] = ()
+    root = Path(str(composed.get("paths", {}).get("root", ".")))  # type: ignore[union-attr]
+    try:
+        config = RunConfig.from_dict(composed)
+        stages = config.stages
+        spec = get_variant(config.model.variant)
+        log.info("stage=model variant=%s weights=%s input_size=%s", spec.name, config.model.weights, config.model.input_size)
+        model, weights = load_backbone(
+            spec,
+            weights=config.model.weights,
+            seed=config.model.seed,
+            cache_dir=config.paths.path("cache"),
+            input_size=config.model.input_size,
+            progress=config.progress,
+        )
+        if "build" in config.stages:
+            log.info("stage=build precision=%s format=%s", config.precision.name, config.build.format)
+            build = build_artifact(config, model, weights)
+    except Exception as caught:  # recorded in result.json below; non-harness errors are re-raised after
+        error = caught
+    result = RunResult(
+        schema_version=1,
+        status="failed" if error else "ok",
+        run_dir=str(run_dir.resolve()),
+        started_at=started_at.isoformat(timespec="seconds"),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        duration_s=round(time.perf_counter() - clock, 3),
+        stages=stages,
+        config=composed,
+        environment=capture(root),
+        weights=weights,
+        build=build,
+        error=RunError(type=type(error).__name__, message=str(error)) if error else None,
+    )
+    write_result(result, run_dir)
+    if error is not None and not isinstance(error, HarnessError):
+        raise error
+    return result

@@ -1,0 +1,77 @@
+"""``result.json``: the record of one run, written atomically before anything is logged anywhere else.
+
+Schema (version 1) is documented in the README. Every stage has a fixed slot; a stage that did not run is
+``null``, never a different shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from harness.build import BuildResult
+from harness.config.convert import from_mapping
+from harness.errors import DataError, HarnessError
+from harness.fileio import write_json_atomic
+from harness.models.weights import WeightsInfo
+
+SCHEMA_VERSION = 1
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class RunError:
+    """Why a run failed: the exception type and its one-line message."""
+
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run. ``status`` is ``ok`` when every requested stage finished, else ``failed`` with ``error``."""
+
+    schema_version: int
+    status: Literal["ok", "failed"]
+    run_dir: str
+    started_at: str
+    finished_at: str
+    duration_s: float
+    stages: tuple[str, ...]
+    config: dict[str, object]
+    environment: dict[str, object]
+    weights: WeightsInfo | None = None
+    build: BuildResult | None = None
+    error: RunError | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> RunResult:
+        return from_mapping(cls, data)
+
+
+def write_result(result: RunResult, run_dir: Path) -> Path:
+    """Write ``<run_dir>/result.json`` atomically and return its path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RESULT_FILE
+    write_json_atomic(path, result.to_dict())
+    return path
+
+
+def load_result(path: Path | str) -> RunResult:
+    """Read a ``result.json`` (or the one inside a run folder) back into a ``RunResult``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULT_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: cannot read result ({error})") from None
+    try:
+        return RunResult.from_dict(data)
+    except HarnessError as error:
+        raise DataError(f"{path}: not a result.json of schema {SCHEMA_VERSION} ({error})") from None
