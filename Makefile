@@ -18,9 +18,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/harness run -m +experiment=demo
 
-test: $(STAMP)
-	$(BIN)/ruff check harness tests bench
-	$(BIN)/ruff format --check harness tests bench
+test: lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -52,7 +52,9 @@ def sha256_of(path: Path, *, progress: bool = False) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: Path, *, sha256: str | None = None, timeout_s: float = 60.0, progress: bool = True) -> FileRecord:
+def fetch(
+    url: str, dest: Path, *, sha256: str | None = None, timeout_s: float = 60.0, progress: bool = True
+) -> FileRecord:
     """Download ``url`` to ``dest`` unless a verified copy is already there.
 
     Args:
@@ -143,12 +145,15 @@ def _stream_to_part(url: str, part: Path, *, timeout_s: float, progress: bool) -
                     received += len(chunk)
                     bar.update(len(chunk))
             except (OSError, http.client.HTTPException) as error:
-                raise DownloadError(f"{url}: transfer interrupted at {received} bytes ({error}); run again to resume") from None
+                raise DownloadError(
+                    f"{url}: transfer interrupted at {received} bytes ({error}); run again to resume"
+                ) from None
     if total is not None and received != total:
-        raise DownloadError(f"{url}: truncated at {received} of {total} bytes; the partial file {part} is kept, run again to resume")
+        raise DownloadError(
+            f"{url}: truncated at {received} of {total} bytes; the partial file {part} is kept, run again to resume"
+        )
     return digest.hexdigest(), received
 
 
 def _bar(total: int | None, desc: str, enabled: bool, initial: int = 0) -> tqdm:
     return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)
-

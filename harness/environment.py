@@ -36,9 +36,12 @@ def library_versions() -> dict[str, str | None]:
 
 def git_state(root: Path) -> dict[str, object]:
     """Commit and dirty flag of the checkout at ``root`` (``None`` when it is not a git checkout)."""
+
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True)
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout.strip()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.build import BuildResult, build_artifact
@@ -29,18 +29,21 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
     Harness errors end the run with ``status: failed``; any other exception is a bug: it is recorded the
     same way and then re-raised.
     """
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     clock = time.perf_counter()
     weights: WeightsInfo | None = None
     build: BuildResult | None = None
     error: BaseException | None = None
     stages: tuple[str, ...] = ()
-    root = Path(str(composed.get("paths", {}).get("root", ".")))  # type: ignore[union-attr]
+    paths = composed.get("paths")
+    root = Path(str(paths.get("root", "."))) if isinstance(paths, dict) else Path()
     try:
         config = RunConfig.from_dict(composed)
         stages = config.stages
         spec = get_variant(config.model.variant)
-        log.info("stage=model variant=%s weights=%s input_size=%s", spec.name, config.model.weights, config.model.input_size)
+        log.info(
+            "stage=model variant=%s weights=%s input_size=%s", spec.name, config.model.weights, config.model.input_size
+        )
         model, weights = load_backbone(
             spec,
             weights=config.model.weights,
@@ -59,7 +62,7 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
         status="failed" if error else "ok",
         run_dir=str(run_dir.resolve()),
         started_at=started_at.isoformat(timespec="seconds"),
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         duration_s=round(time.perf_counter() - clock, 3),
         stages=stages,
         config=composed,

@@ -47,7 +47,8 @@ class RunResult:
     error: RunError | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """JSON-shaped (tuples as lists), exactly what ``result.json`` holds."""
+        return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_dict(cls, data: object) -> RunResult:

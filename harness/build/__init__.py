@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import onnx
@@ -106,7 +106,11 @@ def build_artifact(config: RunConfig, model: dinov2.DinoVisionTransformer, weigh
     if isinstance(manifest, BuildManifest):
         log.info("build cache hit artifact=%s", folder)
         parity = check_parity(
-            folder / manifest.model_file, model, precision=config.precision, build=config.build, input_size=config.model.input_size
+            folder / manifest.model_file,
+            model,
+            precision=config.precision,
+            build=config.build,
+            input_size=config.model.input_size,
         )
     else:
         manifest = _build_into_cache(config, model, fields=fields, key=key, name=name, folder=folder)
@@ -121,7 +125,13 @@ def build_artifact(config: RunConfig, model: dinov2.DinoVisionTransformer, weigh
 
 
 def _build_into_cache(
-    config: RunConfig, model: dinov2.DinoVisionTransformer, *, fields: dict[str, object], key: str, name: str, folder: Path
+    config: RunConfig,
+    model: dinov2.DinoVisionTransformer,
+    *,
+    fields: dict[str, object],
+    key: str,
+    name: str,
+    folder: Path,
 ) -> BuildManifest:
     log.info("build start artifact=%s exporter=%s opset=%d", name, config.build.exporter, config.build.opset)
     staging = folder.with_name(f".staging-{name}-{os.getpid()}")
@@ -131,10 +141,16 @@ def _build_into_cache(
         model_path = staging / f"{name}.onnx"
         export_started = time.perf_counter()
         external = onnx_export.export_onnx(
-            model, precision=config.precision.name, input_size=config.model.input_size, build=config.build, path=model_path
+            model,
+            precision=config.precision.name,
+            input_size=config.model.input_size,
+            build=config.build,
+            path=model_path,
         )
         export_time_s = time.perf_counter() - export_started
-        parity = check_parity(model_path, model, precision=config.precision, build=config.build, input_size=config.model.input_size)
+        parity = check_parity(
+            model_path, model, precision=config.precision, build=config.build, input_size=config.model.input_size
+        )
         manifest = BuildManifest(
             schema_version=MANIFEST_SCHEMA_VERSION,
             artifact_name=name,
@@ -148,7 +164,7 @@ def _build_into_cache(
             ),
             external_data=external,
             export_time_s=round(export_time_s, 3),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             parity=parity,
         )
         cache.publish(staging, folder, manifest)

@@ -17,10 +17,13 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, TypeVar
 
 from harness.config.convert import from_mapping
 from harness.download import sha256_of
 from harness.errors import BuildError, ConfigError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +53,13 @@ def prepare_cache_root(cache_root: Path) -> Path:
         probe.touch()
         probe.unlink()
     except OSError as error:
-        raise ConfigError(f"paths.cache={str(cache_root.parent)!r}: build cache is not writable ({error.strerror})") from None
+        raise ConfigError(
+            f"paths.cache={str(cache_root.parent)!r}: build cache is not writable ({error.strerror})"
+        ) from None
     return cache_root
 
 
-def load_cached(folder: Path, manifest_type: type) -> object | None:
+def load_cached(folder: Path, manifest_type: type[T]) -> T | None:
     """The manifest of a cached artifact whose files all match their digests, else ``None`` (corrupt ones removed)."""
     if not folder.exists():
         return None
@@ -71,9 +76,9 @@ def load_cached(folder: Path, manifest_type: type) -> object | None:
     return manifest
 
 
-def publish(staging: Path, folder: Path, manifest: object) -> None:
+def publish(staging: Path, folder: Path, manifest: Any) -> None:
     """Write ``build.json`` into ``staging`` and rename it to ``folder`` (replacing a stale one)."""
-    (staging / MANIFEST_NAME).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")  # type: ignore[call-overload]
+    (staging / MANIFEST_NAME).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
     if folder.exists():
         shutil.rmtree(folder)
     try:

@@ -90,7 +90,9 @@ def export_onnx(
                     dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 )  # fmt: skip
     except Exception as error:  # the exporters raise many unrelated types; report any as a build failure
-        raise BuildError(f"ONNX export ({build.exporter}, opset {build.opset}) failed: {type(error).__name__}: {error}") from error
+        raise BuildError(
+            f"ONNX export ({build.exporter}, opset {build.opset}) failed: {type(error).__name__}: {error}"
+        ) from error
     _resave(raw_path, path, external=external)
     check_graph(path)
     return external
@@ -102,7 +104,9 @@ def _resave(raw_path: Path, path: Path, *, external: bool) -> None:
     for leftover in raw_path.parent.glob(raw_path.name + "*"):
         leftover.unlink()
     if external:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
+        onnx.save_model(
+            proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
+        )
     else:
         onnx.save_model(proto, str(path))
 

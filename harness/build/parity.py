@@ -57,7 +57,12 @@ def cosine_rows(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 def check_parity(
-    artifact: Path, reference: torch.nn.Module, *, precision: PrecisionConfig, build: BuildConfig, input_size: tuple[int, int]
+    artifact: Path,
+    reference: torch.nn.Module,
+    *,
+    precision: PrecisionConfig,
+    build: BuildConfig,
+    input_size: tuple[int, int],
 ) -> ParityResult:
     """Compare ``artifact`` with ``reference`` on ``build.parity_images`` real photos; raises if a bound fails."""
     photos = sample_photos(build.parity_images)
@@ -67,9 +72,13 @@ def check_parity(
     session = onnxruntime.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
     feed_dtype = io_dtype_for(precision.name, build.io_dtype)
     feed = inputs.astype(np.float16 if feed_dtype == torch.float16 else np.float32)
-    actual = np.concatenate([session.run(None, {INPUT_NAME: part})[0] for part in (feed[:1], feed[1:])]).astype(np.float32)
+    actual = np.concatenate([session.run(None, {INPUT_NAME: part})[0] for part in (feed[:1], feed[1:])]).astype(
+        np.float32
+    )
     if actual.shape != expected.shape:
-        raise BuildError(f"{artifact.name}: features {actual.shape} differ in shape from the reference {expected.shape}")
+        raise BuildError(
+            f"{artifact.name}: features {actual.shape} differ in shape from the reference {expected.shape}"
+        )
     cosines = cosine_rows(actual, expected)
     max_abs_error = float(np.max(np.abs(actual.astype(np.float64) - expected)))
     passed = bool(cosines.min() >= precision.parity_min_cosine) and (

@@ -47,7 +47,7 @@ def _convert(hint: Any, value: object, key: str) -> object:
     if origin is tuple:
         return _convert_sequence(hint, value, key)
     if origin is list:
-        return list(_convert_sequence(tuple[get_args(hint)[0], ...], value, key))
+        return list(_convert_sequence(tuple.__class_getitem__((get_args(hint)[0], ...)), value, key))
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}={value!r}: expected a mapping")
@@ -87,7 +87,10 @@ def _convert_sequence(hint: Any, value: object, key: str) -> tuple[object, ...]:
         return tuple(_convert(args[0], item, f"{key}[{index}]") for index, item in enumerate(value))
     if len(value) != len(args):
         raise ConfigError(f"{key}={list(value)!r}: expected {len(args)} values")
-    return tuple(_convert(item_hint, item, f"{key}[{index}]") for index, (item_hint, item) in enumerate(zip(args, value)))
+    return tuple(
+        _convert(item_hint, item, f"{key}[{index}]")
+        for index, (item_hint, item) in enumerate(zip(args, value, strict=True))
+    )
 
 
 def _convert_scalar(hint: Any, value: object, key: str) -> object:

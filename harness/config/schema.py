@@ -38,7 +38,8 @@ class ModelConfig:
         height, width = self.input_size
         if height <= 0 or width <= 0 or height % spec.patch_size or width % spec.patch_size:
             raise ConfigError(
-                f"model.input_size={list(self.input_size)}: expected positive multiples of the patch size {spec.patch_size}"
+                f"model.input_size={list(self.input_size)}: "
+                f"expected positive multiples of the patch size {spec.patch_size}"
             )
         if not self.weights:
             raise ConfigError("model.weights='': expected 'official', 'random' or a checkpoint path")

@@ -131,4 +131,3 @@ def get_variant(name: str) -> VariantSpec:
         return VARIANTS[name]
     except KeyError:
         raise ConfigError(unknown_name_message("model.variant", name, VARIANTS)) from None
-

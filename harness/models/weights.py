@@ -53,14 +53,16 @@ def load_backbone(
     spec: VariantSpec, *, weights: str, seed: int, cache_dir: Path, input_size: tuple[int, int], progress: bool = True
 ) -> tuple[DinoVisionTransformer, WeightsInfo]:
     """Build the fp32 reference model for ``spec`` with its positional table baked for ``input_size`` (H, W)."""
-    model = DinoVisionTransformer(spec)
-    kind = weights_kind(weights)
-    if kind == "random":
+    if weights_kind(weights) == "random":
+        model = DinoVisionTransformer(spec)
         model.init_random(seed)
         info = WeightsInfo(kind="random", source=f"random(seed={seed})", sha256=None, digest=f"random-seed{seed}")
     else:
+        # Fetch and read first: a missing or bad checkpoint fails before a large model is allocated.
         path, info = _checkpoint_file(spec, weights, cache_dir=cache_dir, progress=progress)
-        load_state_dict_checked(model, read_checkpoint(path), source=str(path))
+        state = read_checkpoint(path)
+        model = DinoVisionTransformer(spec)
+        load_state_dict_checked(model, state, source=str(path))
     model.eval()
     try:
         model.bake_positional_table(*input_size)
@@ -73,13 +75,17 @@ def load_backbone(
 def _checkpoint_file(spec: VariantSpec, weights: str, *, cache_dir: Path, progress: bool) -> tuple[Path, WeightsInfo]:
     if weights == "official":
         if spec.checkpoint_url is None or spec.checkpoint_file is None:
-            raise ConfigError(f"model.weights=official: variant {spec.name!r} has no official checkpoint; use random or a path")
+            raise ConfigError(
+                f"model.weights=official: variant {spec.name!r} has no official checkpoint; use random or a path"
+            )
         path = cache_dir / "weights" / spec.checkpoint_file
         try:
             record = download.fetch(spec.checkpoint_url, path, sha256=spec.checkpoint_sha256, progress=progress)
         except DownloadError as error:
             raise WeightsError(f"{error} (or set model.weights=/path/to/{spec.checkpoint_file})") from None
-        return path, WeightsInfo(kind="official", source=spec.checkpoint_url, sha256=record.sha256, digest=record.sha256)
+        return path, WeightsInfo(
+            kind="official", source=spec.checkpoint_url, sha256=record.sha256, digest=record.sha256
+        )
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"model.weights={weights!r}: no such file (expected 'official', 'random' or a .pth path)")
@@ -102,7 +108,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming the first missing, unexpected and misshapen keys."""
+    """``load_state_dict(strict=True)``; one-line error naming the first missing, unexpected, misshapen keys."""
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
@@ -112,7 +118,8 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tenso
         if key in state and state[key].shape != expected[key].shape
     ]
     problems = [
-        f"{label} ({len(items)}): {', '.join(items[:MAX_LISTED_MISMATCHES])}{', ...' if len(items) > MAX_LISTED_MISMATCHES else ''}"
+        f"{label} ({len(items)}): "
+        + ", ".join(items[:MAX_LISTED_MISMATCHES] + ["..."] * (len(items) > MAX_LISTED_MISMATCHES))
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", misshapen))
         if items
     ]

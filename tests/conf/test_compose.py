@@ -1,0 +1,62 @@
+"""Every config the tree can compose validates into typed dataclasses; bad values fail loudly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.config.schema import RunConfig
+from harness.errors import ConfigError
+from tests.conftest import REPO_ROOT, compose
+
+CONF = REPO_ROOT / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", group_options("model"))
+@pytest.mark.parametrize("precision", group_options("precision"))
+def test_every_model_and_precision_composes(model: str, precision: str) -> None:
+    config = RunConfig.from_dict(compose([f"model={model}", f"precision={precision}"]))
+    assert config.model.variant == model and config.precision.name == precision
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_composes(experiment: str) -> None:
+    RunConfig.from_dict(compose([f"+experiment={experiment}"]))
+
+
+def test_build_command_runs_only_the_build_stage() -> None:
+    config = RunConfig.from_dict(compose([], config_name="build"))
+    assert config.task == "build" and config.stages == ("build",)
+
+
+def test_defaults_are_typed() -> None:
+    config = RunConfig.from_dict(compose(["debug=tiny"]))
+    assert config.model.input_size == (224, 224)
+    assert config.build.parity_images == 2 and config.build.exporter == "legacy"
+    assert isinstance(config.paths.path("cache"), Path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.variant=vitx14", r"model.variant='vitx14': expected one of .*did you mean 'vits14'"),
+        ("precision.name=int4", r"precision.name='int4': expected one of \['fp16', 'fp32'\]"),
+        ("build.opset=17", r"build.opset=17: expected >= 18"),
+        ("build.exporter=tvm", r"build.exporter='tvm': expected one of \['dynamo', 'legacy'\]"),
+        (
+            "model.input_size=[225,224]",
+            r"model.input_size=\[225, 224\]: expected positive multiples of the patch size 14",
+        ),
+        ("+model.colour=red", r"model.colour \(unknown key\)='colour'"),
+        ("stages=[perf]", r"stages\[0\]='perf': expected one of \['build'\]"),
+        ("build.parity_images=two", r"build.parity_images='two': expected int"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_dict(compose([override]))

@@ -1,0 +1,172 @@
+"""Official state-dict compatibility for every variant, against key lists written from the specification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.errors import ConfigError, WeightsError
+from harness.models.dinov2 import DinoVisionTransformer
+from harness.models.variants import OFFICIAL_VARIANTS, VARIANTS, get_variant
+from harness.models.weights import load_backbone, load_state_dict_checked
+
+# (D, depth, registers, giant) from shared/reference/README.md section 1, independent of variants.py.
+SPEC_TABLE = {
+    "vits14": (384, 12, 0, False),
+    "vits14_reg4": (384, 12, 4, False),
+    "vitb14": (768, 12, 0, False),
+    "vitb14_reg4": (768, 12, 4, False),
+    "vitl14": (1024, 24, 0, False),
+    "vitl14_reg4": (1024, 24, 4, False),
+    "vitg14": (1536, 40, 0, True),
+    "vitg14_reg4": (1536, 40, 4, True),
+}
+PUBLISHED_PARAMS_M = {"s": 21, "b": 86, "l": 300, "g": 1100}
+
+
+def official_shapes(dim: int, depth: int, registers: int, giant: bool) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {
+        "cls_token": (1, 1, dim),
+        "pos_embed": (1, 1 + 37 * 37, dim),
+        "mask_token": (1, dim),
+        "patch_embed.proj.weight": (dim, 3, 14, 14),
+        "patch_embed.proj.bias": (dim,),
+        "norm.weight": (dim,),
+        "norm.bias": (dim,),
+    }
+    if registers:
+        shapes["register_tokens"] = (1, registers, dim)
+    for block in range(depth):
+        prefix = f"blocks.{block}."
+        shapes.update({
+            prefix + "norm1.weight": (dim,), prefix + "norm1.bias": (dim,),
+            prefix + "attn.qkv.weight": (3 * dim, dim), prefix + "attn.qkv.bias": (3 * dim,),
+            prefix + "attn.proj.weight": (dim, dim), prefix + "attn.proj.bias": (dim,),
+            prefix + "ls1.gamma": (dim,), prefix + "norm2.weight": (dim,), prefix + "norm2.bias": (dim,),
+            prefix + "ls2.gamma": (dim,),
+        })  # fmt: skip
+        if giant:
+            shapes.update({
+                prefix + "mlp.w12.weight": (8192, dim), prefix + "mlp.w12.bias": (8192,),
+                prefix + "mlp.w3.weight": (dim, 4096), prefix + "mlp.w3.bias": (dim,),
+            })  # fmt: skip
+        else:
+            shapes.update({
+                prefix + "mlp.fc1.weight": (4 * dim, dim), prefix + "mlp.fc1.bias": (4 * dim,),
+                prefix + "mlp.fc2.weight": (dim, 4 * dim), prefix + "mlp.fc2.bias": (dim,),
+            })  # fmt: skip
+    return shapes
+
+
+def test_every_official_variant_is_in_the_table() -> None:
+    assert set(OFFICIAL_VARIANTS) == set(SPEC_TABLE)
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_TABLE))
+def test_official_keys_and_shapes_load_strictly(name: str) -> None:
+    expected = official_shapes(*SPEC_TABLE[name])
+    with torch.device("meta"):
+        model = DinoVisionTransformer(get_variant(name))
+    actual = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    assert actual == expected
+    params_m = sum(tensor.numel() for tensor in model.state_dict().values()) / 1e6
+    published = PUBLISHED_PARAMS_M[name[3]]
+    assert abs(params_m - published) / published < 0.08  # published counts are rounded
+    with torch.device("meta"):
+        checkpoint = {key: torch.empty(shape) for key, shape in expected.items()}
+    model.load_state_dict(checkpoint, strict=True, assign=True)
+
+
+def test_official_urls_follow_the_hub_layout() -> None:
+    assert get_variant("vitl14_reg4").checkpoint_url == (
+        "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth"
+    )
+    assert (
+        get_variant("vitg14").checkpoint_url
+        == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitg14/dinov2_vitg14_pretrain.pth"
+    )
+    assert get_variant("vits14_reg4").hub_name == "dinov2_vits14_reg"
+
+
+def test_unknown_variant_suggests_the_closest() -> None:
+    with pytest.raises(ConfigError, match=r"model.variant='vitl14_reg'.*did you mean 'vitl14_reg4'"):
+        get_variant("vitl14_reg")
+
+
+@pytest.mark.parametrize("name", [name for name, spec in VARIANTS.items() if spec.hub_name is None])
+def test_checkpoint_file_round_trip_gives_identical_features(name: str, tmp_path: Path, cache_dir: Path) -> None:
+    source, _ = load_backbone(get_variant(name), weights="random", seed=3, cache_dir=cache_dir, input_size=(224, 224))
+    path = tmp_path / f"{name}.pth"
+    torch.save(source.state_dict(), path)
+    loaded, info = load_backbone(
+        get_variant(name), weights=str(path), seed=0, cache_dir=cache_dir, input_size=(224, 224)
+    )
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(source(images), loaded(images))
+    assert info.kind == "path" and info.sha256 is not None and len(info.sha256) == 64
+
+
+def test_random_weights_are_seeded(cache_dir: Path) -> None:
+    spec = get_variant("tiny14")
+    first, info = load_backbone(spec, weights="random", seed=1, cache_dir=cache_dir, input_size=(224, 224))
+    again, _ = load_backbone(spec, weights="random", seed=1, cache_dir=cache_dir, input_size=(224, 224))
+    other, _ = load_backbone(spec, weights="random", seed=2, cache_dir=cache_dir, input_size=(224, 224))
+    assert info.kind == "random" and info.digest == "random-seed1"
+    assert torch.equal(first.pos_embed, again.pos_embed)
+    assert not torch.equal(first.pos_embed, other.pos_embed)
+
+
+def test_mismatched_checkpoint_names_the_first_mismatches() -> None:
+    model = DinoVisionTransformer(get_variant("tiny14_reg4"))
+    state = model.state_dict()
+    del state["register_tokens"]
+    state["blocks.0.extra.weight"] = torch.zeros(1)
+    state["norm.weight"] = torch.zeros(7)
+    with pytest.raises(WeightsError) as caught:
+        load_state_dict_checked(model, state, source="bad.pth")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "missing (1): register_tokens" in message
+    assert "unexpected (1): blocks.0.extra.weight" in message
+    assert "norm.weight [7] != [64]" in message
+
+
+def test_a_vitl_checkpoint_does_not_fit_a_vits_model(tmp_path: Path, cache_dir: Path) -> None:
+    small = DinoVisionTransformer(get_variant("tiny14"))
+    path = tmp_path / "wrong.pth"
+    torch.save(small.state_dict(), path)
+    with pytest.raises(WeightsError, match=r"wrong.pth does not fit tiny14_reg4: missing \(1\): register_tokens"):
+        load_backbone(get_variant("tiny14_reg4"), weights=str(path), seed=0, cache_dir=cache_dir, input_size=(224, 224))
+
+
+class _RunsCode:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (self.marker,))  # type: ignore[return-value]
+
+
+def test_unsafe_pickle_is_refused_without_running_it(tmp_path: Path, cache_dir: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"cls_token": _RunsCode(str(marker))}, path)
+    with pytest.raises(WeightsError, match=r"evil.pth: refused to unpickle"):
+        load_backbone(get_variant("tiny14"), weights=str(path), seed=0, cache_dir=cache_dir, input_size=(224, 224))
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path, cache_dir: Path) -> None:
+    path = tmp_path / "cut.pth"
+    torch.save(DinoVisionTransformer(get_variant("tiny14")).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match=r"cut.pth: not a readable PyTorch checkpoint"):
+        load_backbone(get_variant("tiny14"), weights=str(path), seed=0, cache_dir=cache_dir, input_size=(224, 224))
+
+
+def test_missing_checkpoint_path(cache_dir: Path) -> None:
+    with pytest.raises(WeightsError, match=r"model.weights='/nope.pth': no such file"):
+        load_backbone(get_variant("tiny14"), weights="/nope.pth", seed=0, cache_dir=cache_dir, input_size=(224, 224))

@@ -1,0 +1,82 @@
+"""The `harness` command as users run it: real subprocesses, real run folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.result import load_result
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.process
+
+
+def harness(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "harness", *arguments]
+    if arguments and not arguments[0].startswith("-") and arguments[0] in ("run", "build"):
+        command += [f"paths.cache={tmp_path / 'cache'}", f"paths.outputs={tmp_path / 'outputs'}"]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    done = harness(tmp_path, "--help")
+    assert done.returncode == 0
+    assert "run " in done.stdout and "build " in done.stdout
+
+
+def test_unknown_command(tmp_path: Path) -> None:
+    done = harness(tmp_path, "bulid")
+    assert done.returncode == 2
+    assert "command='bulid'" in done.stderr and "did you mean 'build'" in done.stderr
+
+
+def test_run_writes_result_json_and_prints_its_path_last(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "debug=tiny")
+    assert done.returncode == 0, done.stderr
+    result_path = Path(done.stdout.strip().splitlines()[-1])
+    assert result_path.name == "result.json" and result_path.is_relative_to(tmp_path / "outputs" / "run")
+    result = load_result(result_path)
+    assert result.status == "ok" and result.stages == ("build",)
+    assert result.weights is not None and result.weights.kind == "random"
+    assert result.build is not None and result.build.parity.passed
+    assert result.environment["libraries"]["onnxruntime"]  # type: ignore[index]
+    assert "RANDOM weights" in done.stdout
+    assert (result_path.parent / ".hydra" / "config.yaml").is_file()
+    assert load_result(result_path).to_dict() == json.loads(result_path.read_text())
+
+
+def test_second_build_reports_a_cache_hit(tmp_path: Path) -> None:
+    assert harness(tmp_path, "build", "debug=tiny").returncode == 0
+    done = harness(tmp_path, "build", "debug=tiny")
+    assert done.returncode == 0 and "build cache hit" in done.stderr + done.stdout
+    result = load_result(done.stdout.strip().splitlines()[-1])
+    assert result.config["task"] == "build" and result.build is not None and result.build.cache_hit
+
+
+def test_bad_value_is_one_line_error_and_a_failed_result(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "debug=tiny", "model.variant=vitx14")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: model.variant='vitx14': expected one of " + errors[0].split("expected one of ")[1]]
+    assert "Traceback" not in done.stderr
+    result = load_result(done.stdout.strip().splitlines()[-1])
+    assert result.status == "failed" and result.error is not None and result.error.type == "ConfigError"
+
+
+def test_unknown_group_option_fails_before_running(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "model=vitx14")
+    assert done.returncode != 0
+    assert "vitx14" in done.stderr and "vits14" in done.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_sweep_with_a_failing_job_goes_on_and_fails_at_the_end(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "-m", "debug=tiny", "model.weights=random,/missing.pth")
+    assert done.returncode == 1
+    results = sorted((tmp_path / "outputs" / "run" / "multirun").rglob("result.json"))
+    assert [load_result(path).status for path in results] == ["ok", "failed"]
+    assert "1 job(s) failed" in done.stderr

@@ -1,0 +1,34 @@
+"""result.json round-trips and refuses what is not one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.errors import DataError
+from harness.pipeline import run
+from harness.result import load_result
+from tests.conftest import compose
+
+
+def test_result_round_trips_and_failed_runs_keep_their_shape(tmp_path: Path) -> None:
+    ok = run(compose(["debug=tiny", f"paths.cache={tmp_path / 'cache'}"]), run_dir=tmp_path / "ok")
+    failed = run(compose(["debug=tiny", "model.weights=/missing.pth"]), run_dir=tmp_path / "failed")
+    assert load_result(tmp_path / "ok") == ok
+    assert load_result(tmp_path / "failed") == failed
+    assert failed.status == "failed" and failed.build is None and failed.error is not None
+    assert set(json.loads((tmp_path / "ok" / "result.json").read_text())) == set(
+        json.loads((tmp_path / "failed" / "result.json").read_text())
+    )
+
+
+def test_load_result_names_a_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    path.write_text('{"schema_version": 1}')
+    with pytest.raises(DataError, match=r"result.json: not a result.json of schema 1 .*missing required value"):
+        load_result(path)
+    path.write_text("{")
+    with pytest.raises(DataError, match=r"result.json: cannot read result"):
+        load_result(path)
