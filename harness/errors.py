@@ -51,3 +51,11 @@ def unknown_name_message(key: str, value: object, known: object) -> str:
     close = difflib.get_close_matches(str(value), names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"{key}={value!r}: expected one of {names}{hint}"
+
+
+def unknown_key_message(dotted_key: str, name: str, known: object) -> str:
+    """One-line message for a config key that the schema does not have."""
+    names = sorted(str(known_name) for known_name in known)  # type: ignore[attr-defined]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{dotted_key}: unknown key (known: {names}){hint}"

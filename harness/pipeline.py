@@ -16,8 +16,11 @@ from harness.build import BuildResult, build_artifact
 from harness.config.schema import RunConfig
 from harness.environment import capture
 from harness.errors import HarnessError
+from harness.fileio import write_text_atomic
 from harness.models.variants import get_variant
 from harness.models.weights import WeightsInfo, load_backbone
+from harness.perf import PerfResult, run_perf
+from harness.perf.vamp import VAMP_FILE, vamp_report
 from harness.result import RunError, RunResult, write_result
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
     clock = time.perf_counter()
     weights: WeightsInfo | None = None
     build: BuildResult | None = None
+    perf: PerfResult | None = None
     error: BaseException | None = None
     stages: tuple[str, ...] = ()
     paths = composed.get("paths")
@@ -55,6 +59,9 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
         if "build" in config.stages:
             log.info("stage=build precision=%s format=%s", config.precision.name, config.build.format)
             build = build_artifact(config, model, weights)
+        if "perf" in config.stages:
+            perf = run_perf(config, artifact_path=build.artifact_path if build else None, run_dir=run_dir)
+            write_text_atomic(run_dir / VAMP_FILE, vamp_report(perf))
     except Exception as caught:  # recorded in result.json below; non-harness errors are re-raised after
         error = caught
     result = RunResult(
@@ -69,6 +76,7 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
         environment=capture(root),
         weights=weights,
         build=build,
+        perf=perf,
         error=RunError(type=type(error).__name__, message=str(error)) if error else None,
     )
     write_result(result, run_dir)

@@ -16,6 +16,7 @@ from harness.config.convert import from_mapping
 from harness.errors import DataError, HarnessError
 from harness.fileio import write_json_atomic
 from harness.models.weights import WeightsInfo
+from harness.perf import PerfResult
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
@@ -44,6 +45,7 @@ class RunResult:
     environment: dict[str, object]
     weights: WeightsInfo | None = None
     build: BuildResult | None = None
+    perf: PerfResult | None = None
     error: RunError | None = None
 
     def to_dict(self) -> dict[str, object]:

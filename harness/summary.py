@@ -27,8 +27,28 @@ def format_summary(result: RunResult) -> str:
                 f"max abs err {parity.max_abs_error:.2e} on {len(parity.images)} photos",
             ),
         ]
+    if result.perf:
+        perf = result.perf
+        p50, p99 = perf.latency_us.model.p50, perf.latency_us.model.p99
+        rows += [
+            (
+                "perf",
+                f"{perf.backend} b{perf.batch} i{perf.instances} p{perf.processes} {perf.mode}: "
+                f"{perf.throughput_qps:.2f} img/s over {perf.forward_time_s:.2f} s",
+            ),
+            (
+                "latency",
+                f"model p50 {_ms(p50)}, p99 {_ms(p99)}, e2e avg {_ms(perf.latency_us.e2e.avg)}",
+            ),
+            ("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)),
+        ]
+        rows += [("warning", warning) for warning in perf.validity.warnings]
     if result.error:
         rows.append(("error", f"{result.error.type}: {result.error.message}"))
     rows.append(("time", f"{result.duration_s:.1f} s"))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)
+
+
+def _ms(microseconds: float | None) -> str:
+    return "n/a (too few samples)" if microseconds is None else f"{microseconds / 1000:.2f} ms"

@@ -40,7 +40,9 @@ def test_run_writes_result_json_and_prints_its_path_last(tmp_path: Path) -> None
     result_path = Path(done.stdout.strip().splitlines()[-1])
     assert result_path.name == "result.json" and result_path.is_relative_to(tmp_path / "outputs" / "run")
     result = load_result(result_path)
-    assert result.status == "ok" and result.stages == ("build",)
+    assert result.status == "ok" and result.stages == ("build", "perf")
+    assert result.perf is not None and result.perf.samples == 16 and result.perf.backend == "onnxruntime"
+    assert (result_path.parent / "perf_vamp.txt").read_text().startswith("- number of instances in each device: 1")
     assert result.weights is not None and result.weights.kind == "random"
     assert result.build is not None and result.build.parity.passed
     assert result.environment["libraries"]["onnxruntime"]  # type: ignore[index]

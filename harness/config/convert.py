@@ -13,7 +13,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar, get_args, get_origin
 
-from harness.errors import ConfigError, unknown_name_message
+from harness.errors import ConfigError, unknown_key_message, unknown_name_message
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ def _convert_dataclass(cls: type, value: object, key: str) -> object:
     fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
     for name in value:
         if name not in fields:
-            raise ConfigError(unknown_name_message(f"{key}.{name}".lstrip(".") + " (unknown key)", name, fields))
+            raise ConfigError(unknown_key_message(f"{key}.{name}".lstrip("."), str(name), fields))
     arguments = {}
     for name, field in fields.items():
         dotted = f"{key}.{name}".lstrip(".")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from harness.config.convert import from_mapping
 from harness.errors import ConfigError
 from harness.models.variants import get_variant
 
 Precision = Literal["fp32", "fp16"]
-Stage = Literal["build"]
+Stage = Literal["build", "perf"]
 Exporter = Literal["legacy", "dynamo"]
 IoDtype = Literal["fp32", "native"]
 ExternalData = Literal["auto", "always", "never"]
@@ -78,6 +78,63 @@ class BuildConfig:
 
 
 @dataclass(frozen=True)
+class PerfConfig:
+    """``perf`` group: the load, vamp-style (``-i`` instances, ``-p`` processes, ``-b`` batch, ``-s`` shape).
+
+    Attributes:
+        instances: concurrent model instances (each loads its own copy).
+        processes: OS processes sharing the instances out round-robin; at most ``instances``.
+        batch: images per call.
+        shape: [C, H, W] of one image; ``null`` takes it from ``model.input_size``.
+        iterations: batches to run in total across instances (``null`` with ``duration_s`` alone).
+        duration_s: minimum measured time; with ``iterations`` both minimums must be met.
+        warmup: untimed calls per instance before measuring (after the first, cold, call).
+        mode: ``sync`` (one request at a time per instance) or ``async`` (a queue of ``queue_depth`` per instance).
+        queue_depth: requests in flight per instance in async mode.
+        inputs: ``random`` (seeded normal) or ``photos`` (real photos, preprocessed).
+        repeats: independent runs, each in fresh processes; the median is the headline.
+        min_duration_s: a measurement shorter than this is invalid.
+        min_samples: a measurement with fewer batches than this is invalid.
+        windows: time slices for the throughput coefficient of variation.
+        max_window_cv: above this CV a warning is printed and recorded.
+        start_timeout_s: longest wait for workers to load their models.
+    """
+
+    instances: int = 1
+    processes: int = 1
+    batch: int = 1
+    shape: tuple[int, int, int] | None = None
+    iterations: int | None = 1024
+    duration_s: float | None = None
+    warmup: int = 8
+    mode: Literal["sync", "async"] = "sync"
+    queue_depth: int = 2
+    inputs: Literal["random", "photos"] = "random"
+    repeats: int = 1
+    min_duration_s: float = 1.0
+    min_samples: int = 64
+    windows: int = 8
+    max_window_cv: float = 0.1
+    start_timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        for name in ("instances", "processes", "batch", "queue_depth", "repeats", "windows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"perf.{name}={getattr(self, name)!r}: expected a positive int")
+        if self.processes > self.instances:
+            raise ConfigError(
+                f"perf.processes={self.processes}: expected <= perf.instances={self.instances} "
+                "(each process drives at least one instance, as in vamp)"
+            )
+        if self.iterations is None and self.duration_s is None:
+            raise ConfigError("perf.iterations=null and perf.duration_s=null: set at least one")
+        if self.iterations is not None and self.iterations < self.instances:
+            raise ConfigError(f"perf.iterations={self.iterations}: expected >= perf.instances={self.instances}")
+        if self.warmup < 0:
+            raise ConfigError(f"perf.warmup={self.warmup}: expected >= 0")
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     """``paths`` group: where caches, datasets and run outputs live."""
 
@@ -100,12 +157,29 @@ class RunConfig:
     paths: PathsConfig
     stages: tuple[Stage, ...] = STAGES  # type: ignore[assignment]
     build: BuildConfig = field(default_factory=BuildConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    # The registered backend's own config dataclass (see harness.backends), resolved in from_dict.
+    backend: Any = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         if not self.stages:
             raise ConfigError(f"stages=[]: expected a non-empty subset of {list(STAGES)}")
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """[C, H, W] of one image: ``perf.shape`` or the model's input size."""
+        return self.perf.shape or (3, *self.model.input_size)
+
     @classmethod
     def from_dict(cls, data: object) -> RunConfig:
-        return from_mapping(cls, data)
+        """Validate a composed config; the ``backend`` node becomes its registered plugin's config dataclass."""
+        from harness.backends import get_backend
+
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
+        backend = data.get("backend") or {"name": "onnxruntime"}
+        if not isinstance(backend, dict) or "name" not in backend:
+            raise ConfigError(f"backend={backend!r}: expected a mapping with a 'name'")
+        entry = get_backend(str(backend["name"]))
+        return from_mapping(cls, {**data, "backend": from_mapping(entry.config_type, backend, key="backend")})

@@ -34,6 +34,14 @@ def test_build_command_runs_only_the_build_stage() -> None:
     assert config.task == "build" and config.stages == ("build",)
 
 
+@pytest.mark.parametrize("backend", group_options("backend"))
+def test_every_backend_resolves_to_its_config_dataclass(backend: str) -> None:
+    from harness.backends import get_backend
+
+    config = RunConfig.from_dict(compose([f"backend={backend}"]))
+    assert isinstance(config.backend, get_backend(backend).config_type)
+
+
 def test_defaults_are_typed() -> None:
     config = RunConfig.from_dict(compose(["debug=tiny"]))
     assert config.model.input_size == (224, 224)
@@ -52,11 +60,16 @@ def test_defaults_are_typed() -> None:
             "model.input_size=[225,224]",
             r"model.input_size=\[225, 224\]: expected positive multiples of the patch size 14",
         ),
-        ("+model.colour=red", r"model.colour \(unknown key\)='colour'"),
-        ("stages=[perf]", r"stages\[0\]='perf': expected one of \['build'\]"),
+        ("+model.colour=red", r"model.colour: unknown key \(known: \['input_size', 'seed', 'variant', 'weights'\]\)"),
+        ("stages=[accuracy]", r"stages\[0\]='accuracy': expected one of \['build', 'perf'\]"),
+        ("backend=onnxruntime backend.name=tensorrt", r"backend.name='tensorrt': expected one of .*'onnxruntime'"),
+        (
+            "+backend.intra_threads=2",
+            r"backend.intra_threads: unknown key \(known: .*\); did you mean 'intra_op_threads'",
+        ),
         ("build.parity_images=two", r"build.parity_images='two': expected int"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_dict(compose([override]))
+        RunConfig.from_dict(compose(override.split()))

@@ -1,0 +1,118 @@
+"""Backends: one small protocol, plugins registered by name (house style rules 2-4).
+
+A plugin is one config dataclass plus one class, bound by ``@register_backend(name, config=...)``. The
+plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked up, so optional
+runtimes (onnxruntime-gpu, TensorRT, CUDA torch) cost nothing until used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import numpy as np
+
+from harness.config.schema import ModelConfig, Precision
+from harness.errors import ConfigError, unknown_name_message
+
+PLUGIN_MODULES: tuple[str, ...] = (
+    "harness.backends.onnxruntime_backend",
+    "harness.backends.torch_backend",
+    "harness.backends.sleep_backend",
+)
+
+
+@dataclass(frozen=True)
+class LoadTarget:
+    """What a backend loads, picklable so worker processes can load it themselves.
+
+    Attributes:
+        artifact_path: the built artifact (ONNX), or ``None`` for backends that build from the model config.
+        model: the model config (variant, weights, seed, input size).
+        precision: the numeric format to run in.
+        cache_dir: where weights are cached.
+    """
+
+    artifact_path: str | None
+    model: ModelConfig
+    precision: Precision
+    cache_dir: str
+
+
+@dataclass(frozen=True)
+class InputSignature:
+    """The input a loaded model accepts: shape with ``None`` for dynamic axes, and numpy dtype name."""
+
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+class Backend(Protocol):
+    """What the load generator needs from a runtime.
+
+    ``load`` builds the runnable model, ``prepare`` places one input batch where the runtime reads it (once,
+    before timing), ``infer`` runs that batch to completion (synchronised) and returns the model time in
+    microseconds when the runtime measures it itself (CUDA events), else ``None``; ``close`` frees it.
+    """
+
+    precisions: ClassVar[tuple[str, ...]]
+    device_kinds: ClassVar[tuple[str, ...]]
+
+    def __init__(self, config: Any) -> None: ...
+    def resolve(self, target: LoadTarget) -> dict[str, object]: ...
+    def input_signature(self, target: LoadTarget) -> InputSignature: ...
+    def load(self, target: LoadTarget) -> None: ...
+    def prepare(self, batch: np.ndarray) -> None: ...
+    def infer(self) -> float | None: ...
+    def outputs(self) -> np.ndarray: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    config_type: type
+    backend_type: type
+
+
+_REGISTRY: dict[str, BackendEntry] = {}
+_loaded = False
+B = TypeVar("B")
+
+
+def register_backend(name: str, *, config: type) -> Callable[[type[B]], type[B]]:
+    """Class decorator binding ``name`` to a backend class and its config dataclass."""
+
+    def bind(backend_type: type[B]) -> type[B]:
+        if name in _REGISTRY:
+            raise ConfigError(
+                f"backend {name!r} is registered twice ({_REGISTRY[name].backend_type} and {backend_type})"
+            )
+        _REGISTRY[name] = BackendEntry(name=name, config_type=config, backend_type=backend_type)
+        return backend_type
+
+    return bind
+
+
+def backend_names() -> list[str]:
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str) -> BackendEntry:
+    """The registered backend ``name``; unknown names list the known ones."""
+    _load_plugins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(unknown_name_message("backend.name", name, _REGISTRY)) from None
+
+
+def _load_plugins() -> None:
+    global _loaded
+    if not _loaded:
+        for module in PLUGIN_MODULES:
+            importlib.import_module(module)
+        _loaded = True

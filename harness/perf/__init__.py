@@ -1,0 +1,226 @@
+"""Perf stage: vamp-style throughput and latency with validity checks.
+
+``run_perf`` checks the load against the artifact before any timing, runs ``perf.repeats`` independent
+measurements (fresh worker processes each), derives every statistic from the raw samples (kept in
+``perf_samples.npz`` beside ``result.json``) and reports the median run as the headline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness.backends import LoadTarget, get_backend
+from harness.config.schema import RunConfig
+from harness.errors import ConfigError
+from harness.perf import stats
+from harness.perf.loadgen import WorkerReport, WorkerTask, run_workers
+from harness.perf.stats import LatencyBlock
+
+log = logging.getLogger(__name__)
+
+SAMPLES_FILE = "perf_samples.npz"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Validity:
+    """Whether a measurement can be trusted, and every reason it cannot (or is weaker than asked)."""
+
+    valid: bool
+    reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """One independent run of the load.
+
+    Attributes:
+        samples: images completed in the measured phase (batches x batch).
+        batches: backend calls completed.
+        forward_time_s: release of all workers to the last completion.
+        throughput_qps: samples / forward_time_s (images per second).
+        latency_us: end-to-end and model latency statistics, microseconds.
+        load_time_s: mean model load time per instance.
+        first_call_us: mean cold first-call time per instance, apart from the steady state.
+        window_throughput_qps: throughput in ``perf.windows`` equal time slices.
+        window_cv: coefficient of variation of those.
+        cpu_utilization_pct: CPU time of the worker processes over forward time x cores.
+        peak_host_memory_bytes: sum over worker processes of their peak resident memory.
+        peak_device_memory_bytes: peak device memory allocated (torch on CUDA), else ``None``.
+        validity: see ``Validity``.
+    """
+
+    samples: int
+    batches: int
+    forward_time_s: float
+    throughput_qps: float
+    latency_us: LatencyBlock
+    load_time_s: float
+    first_call_us: float
+    window_throughput_qps: tuple[float, ...]
+    window_cv: float
+    cpu_utilization_pct: float
+    peak_host_memory_bytes: int
+    peak_device_memory_bytes: int | None
+    validity: Validity
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerfResult(Measurement):
+    """The perf section of ``result.json``: the median repeat's measurement, the load, and every repeat."""
+
+    backend: str
+    backend_resolved: dict[str, object]
+    instances: int
+    processes: int
+    batch: int
+    shape: tuple[int, int, int]
+    mode: str
+    iterations: int | None
+    duration_s: float | None
+    throughput_qps_repeats: tuple[float, ...]
+    repeats: tuple[Measurement, ...] = field(default=())
+    samples_file: str | None = None
+
+
+def _check_load(config: RunConfig, target: LoadTarget) -> tuple[dict[str, object], tuple[int, ...], str]:
+    """Resolve the backend and check shape and batch against what the artifact accepts, before any timing."""
+    backend = get_backend(config.backend.name).backend_type(config.backend)
+    resolved = backend.resolve(target)
+    signature = backend.input_signature(target)
+    shape = config.input_shape
+    if len(signature.shape) != 4 or tuple(signature.shape[1:]) != shape:
+        accepted = list(signature.shape[1:])
+        raise ConfigError(f"perf.shape={list(shape)}: the artifact takes [C, H, W] = {accepted}")
+    max_batch = signature.shape[0]
+    if max_batch is not None and config.perf.batch > max_batch:
+        raise ConfigError(f"perf.batch={config.perf.batch}: the artifact accepts batch {max_batch} at most")
+    return resolved, (config.perf.batch, *shape), signature.dtype
+
+
+def _tasks(
+    config: RunConfig, target: LoadTarget, batch_shape: tuple[int, ...], dtype: str, seed: int
+) -> list[WorkerTask]:
+    perf = config.perf
+    per_instance = [0] * perf.instances
+    if perf.iterations is not None:
+        per_instance = [
+            perf.iterations // perf.instances + (index < perf.iterations % perf.instances)
+            for index in range(perf.instances)
+        ]
+    tasks = []
+    for worker in range(perf.processes):
+        indices = tuple(range(worker, perf.instances, perf.processes))
+        tasks.append(
+            WorkerTask(
+                worker=worker, instances=indices, iterations=tuple(per_instance[index] for index in indices),
+                backend_config=config.backend, target=target, perf=perf, batch_shape=batch_shape, input_dtype=dtype, seed=seed,
+            )
+        )  # fmt: skip
+    return tasks
+
+
+def summarise(config: RunConfig, reports: list[WorkerReport]) -> tuple[Measurement, dict[str, np.ndarray]]:
+    """Derive one ``Measurement`` from raw worker samples (the only place statistics are computed)."""
+    perf = config.perf
+    instances = [instance for report in reports for instance in report.instances]
+    completions = np.concatenate([instance.start + instance.samples[:, 0].astype(np.float64) for instance in instances])
+    e2e_us = np.concatenate([instance.samples[:, 1] for instance in instances])
+    model_us = np.concatenate([instance.samples[:, 2] for instance in instances])
+    start = min(instance.start for instance in instances)
+    forward_time_s = float(completions.max() - start)
+    batches = int(completions.size)
+    windows = stats.window_throughputs(
+        completions, start_s=start, end_s=float(completions.max()), windows=perf.windows, batch=perf.batch
+    )
+    latency = LatencyBlock(e2e=stats.latency_stats(e2e_us), model=stats.latency_stats(model_us))
+    window_cv = stats.coefficient_of_variation(windows)
+    reasons = []
+    if forward_time_s < perf.min_duration_s:
+        reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}")
+    if batches < perf.min_samples:
+        reasons.append(f"{batches} batches < perf.min_samples={perf.min_samples}")
+    warnings = stats.insufficient_percentiles(latency.e2e)
+    if window_cv > perf.max_window_cv:
+        warnings.append(
+            f"throughput CV across {perf.windows} windows is {window_cv:.3f} > perf.max_window_cv={perf.max_window_cv}"
+        )
+    cpu_s = sum(report.cpu_s for report in reports)
+    device_peaks = [report.peak_device_bytes for report in reports if report.peak_device_bytes is not None]
+    measurement = Measurement(
+        samples=batches * perf.batch,
+        batches=batches,
+        forward_time_s=forward_time_s,
+        throughput_qps=batches * perf.batch / forward_time_s,
+        latency_us=latency,
+        load_time_s=float(np.mean([instance.load_s for instance in instances])),
+        first_call_us=float(np.mean([instance.first_call_us for instance in instances])),
+        window_throughput_qps=tuple(float(value) for value in windows),
+        window_cv=window_cv,
+        cpu_utilization_pct=100.0 * cpu_s / (forward_time_s * (os.cpu_count() or 1)),
+        peak_host_memory_bytes=sum(report.peak_rss_bytes for report in reports),
+        peak_device_memory_bytes=sum(device_peaks) if device_peaks else None,
+        validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
+    )
+    raw = {"completion_s": completions - start, "e2e_us": e2e_us, "model_us": model_us}
+    return measurement, raw
+
+
+def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> PerfResult:
+    """Measure the configured load ``perf.repeats`` times; write the raw samples; return the median run."""
+    target = LoadTarget(
+        artifact_path=artifact_path,
+        model=config.model,
+        precision=config.precision.name,
+        cache_dir=str(config.paths.path("cache")),
+    )
+    resolved, batch_shape, dtype = _check_load(config, target)
+    measurements: list[Measurement] = []
+    raw: dict[str, np.ndarray] = {}
+    for repeat in range(config.perf.repeats):
+        log.info(
+            "stage=perf repeat=%d/%d backend=%s instances=%d processes=%d batch=%d mode=%s",
+            repeat + 1, config.perf.repeats, config.backend.name, config.perf.instances, config.perf.processes,
+            config.perf.batch, config.perf.mode,
+        )  # fmt: skip
+        reports = run_workers(
+            _tasks(config, target, batch_shape, dtype, seed=repeat), start_timeout_s=config.perf.start_timeout_s
+        )
+        measurement, samples = summarise(config, reports)
+        measurements.append(measurement)
+        raw.update({f"repeat{repeat}_{name}": values for name, values in samples.items()})
+        log.info(
+            "perf repeat=%d throughput_qps=%.2f valid=%s",
+            repeat + 1,
+            measurement.throughput_qps,
+            measurement.validity.valid,
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(run_dir / SAMPLES_FILE, allow_pickle=False, **raw)
+    ordered = sorted(measurements, key=lambda measurement: measurement.throughput_qps)
+    median = ordered[(len(ordered) - 1) // 2]
+    reasons = tuple(reason for measurement in measurements for reason in measurement.validity.reasons)
+    headline = {name: getattr(median, name) for name in Measurement.__dataclass_fields__}
+    headline["validity"] = Validity(valid=not reasons, reasons=reasons, warnings=median.validity.warnings)
+    for warning in median.validity.warnings + reasons:
+        log.warning("perf validity: %s", warning)
+    return PerfResult(
+        **headline,
+        backend=config.backend.name,
+        backend_resolved=resolved,
+        instances=config.perf.instances,
+        processes=config.perf.processes,
+        batch=config.perf.batch,
+        shape=config.input_shape,
+        mode=config.perf.mode,
+        iterations=config.perf.iterations,
+        duration_s=config.perf.duration_s,
+        throughput_qps_repeats=tuple(measurement.throughput_qps for measurement in measurements),
+        repeats=tuple(measurements) if len(measurements) > 1 else (),
+        samples_file=SAMPLES_FILE,
+    )

@@ -1,0 +1,309 @@
+"""The load generator: instances in threads, threads in worker processes, one clock for all.
+
+Layout (vamp's): ``instances`` model copies are dealt round-robin to ``processes`` OS processes (spawned
+fresh, so nothing is shared but the artifact file); inside a process each instance has its own thread,
+and runtimes release the GIL while they compute. Every worker loads, makes one cold call, warms up, then
+reports ready; the parent releases all of them at once and waits, blocking on pipes and process
+sentinels, for their samples. A worker that raises sends its error back as data; one that dies is
+reported with its exit code; either fails the run instead of hanging it.
+
+Per batch each instance keeps three float32 numbers (completion time since its start, end-to-end and
+model latency in microseconds): 12 bytes per sample, in chunks, and nothing else that grows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import resource
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from harness.backends import LoadTarget, get_backend
+from harness.config.schema import PerfConfig
+from harness.errors import MeasurementInvalid
+
+CHUNK_SAMPLES = 65536
+
+
+class SampleBuffer:
+    """Growable columns of float32 samples, allocated in fixed chunks (no per-sample Python objects)."""
+
+    def __init__(self, columns: int, capacity_hint: int | None = None) -> None:
+        self.columns = columns
+        self.chunk = min(capacity_hint, CHUNK_SAMPLES) if capacity_hint else CHUNK_SAMPLES
+        self.chunks = [np.empty((self.chunk, columns), dtype=np.float32)]
+        self.used = 0
+
+    def append(self, *values: float) -> None:
+        if self.used == self.chunk:
+            self.chunks.append(np.empty((self.chunk, self.columns), dtype=np.float32))
+            self.used = 0
+        self.chunks[-1][self.used] = values
+        self.used += 1
+
+    def array(self) -> np.ndarray:
+        return np.concatenate([*self.chunks[:-1], self.chunks[-1][: self.used]])
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """Everything one worker process needs (picklable)."""
+
+    worker: int
+    instances: tuple[int, ...]
+    iterations: tuple[int, ...]
+    backend_config: Any
+    target: LoadTarget
+    perf: PerfConfig
+    batch_shape: tuple[int, ...]
+    input_dtype: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class InstanceSamples:
+    """One instance's measurement: ``samples`` columns are completion (s since ``start``), e2e us, model us."""
+
+    instance: int
+    worker: int
+    load_s: float
+    first_call_us: float
+    start: float
+    samples: np.ndarray
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    worker: int
+    pid: int
+    instances: tuple[InstanceSamples, ...]
+    cpu_s: float
+    wall_s: float
+    peak_rss_bytes: int
+    peak_device_bytes: int | None
+
+
+def make_inputs(perf: PerfConfig, batch_shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray:
+    """The batch an instance feeds every call, made before timing."""
+    if perf.inputs == "photos":
+        from harness.data.photos import sample_photos
+        from harness.preprocess import batch_of
+
+        images = [image for _, image in sample_photos(batch_shape[0])]
+        return batch_of(images, (batch_shape[2], batch_shape[3])).astype(dtype)
+    return np.random.default_rng(seed).standard_normal(batch_shape, dtype=np.float32).astype(dtype)
+
+
+class _Instance:
+    """One model instance driven by one thread (plus a submitter thread in async mode)."""
+
+    def __init__(self, task: WorkerTask, index: int, iterations: int) -> None:
+        self.task = task
+        self.index = index
+        self.iterations = iterations
+        self.backend = get_backend(task.backend_config.name).backend_type(task.backend_config)
+        self.samples = SampleBuffer(3, iterations or None)
+        self.load_s = 0.0
+        self.first_call_us = 0.0
+        self.start = 0.0
+
+    def prepare(self) -> None:
+        started = time.perf_counter()
+        self.backend.load(self.task.target)
+        self.backend.prepare(
+            make_inputs(self.task.perf, self.task.batch_shape, self.task.input_dtype, self.task.seed + self.index)
+        )
+        self.load_s = time.perf_counter() - started
+        started = time.perf_counter()
+        self.backend.infer()
+        self.backend.outputs()
+        self.first_call_us = (time.perf_counter() - started) * 1e6
+        for _ in range(self.task.perf.warmup):
+            self.backend.infer()
+            self.backend.outputs()
+
+    def _keep_going(self, done: int) -> bool:
+        perf = self.task.perf
+        enough_iterations = perf.iterations is None or done >= self.iterations
+        enough_time = perf.duration_s is None or time.perf_counter() - self.start >= perf.duration_s
+        return not (enough_iterations and enough_time)
+
+    def _serve(self, submitted: float) -> None:
+        called = time.perf_counter()
+        device_us = self.backend.infer()
+        model_done = time.perf_counter()
+        self.backend.outputs()
+        done = time.perf_counter()
+        model_us = device_us if device_us is not None else (model_done - called) * 1e6
+        self.samples.append(done - self.start, (done - submitted) * 1e6, model_us)
+
+    def run(self) -> None:
+        self.start = time.perf_counter()
+        if self.task.perf.mode == "sync":
+            done = 0
+            while self._keep_going(done):
+                self._serve(time.perf_counter())
+                done += 1
+            return
+        # queue_depth bounds the requests in flight (waiting + in service); a request is stamped only once it
+        # holds a slot, so its end-to-end time is queueing behind earlier requests plus its own service.
+        slots = threading.Semaphore(self.task.perf.queue_depth)
+        requests: queue.SimpleQueue[float | None] = queue.SimpleQueue()
+
+        def submit() -> None:
+            submitted = 0
+            while self._keep_going(submitted):
+                slots.acquire()
+                requests.put(time.perf_counter())
+                submitted += 1
+            requests.put(None)
+
+        submitter = threading.Thread(target=submit, name=f"submit-{self.index}", daemon=True)
+        submitter.start()
+        while (submitted_at := requests.get()) is not None:
+            self._serve(submitted_at)
+            slots.release()
+        submitter.join()
+
+    def report(self) -> InstanceSamples:
+        self.backend.close()
+        return InstanceSamples(
+            instance=self.index, worker=self.task.worker, load_s=self.load_s, first_call_us=self.first_call_us,
+            start=self.start, samples=self.samples.array(),
+        )  # fmt: skip
+
+
+def run_instances(task: WorkerTask, *, ready: Any = None, go: Any = None) -> WorkerReport:
+    """Drive this worker's instances: load and warm up all, signal ``ready``, wait for ``go``, measure."""
+    instances = [
+        _Instance(task, index, iterations) for index, iterations in zip(task.instances, task.iterations, strict=True)
+    ]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(instances) + 1)
+    release = threading.Event()
+
+    def drive(instance: _Instance) -> None:
+        try:
+            instance.prepare()
+            barrier.wait()
+            release.wait()
+            instance.run()
+        except threading.BrokenBarrierError:
+            return
+        except BaseException as error:  # handed to the worker's main thread, which re-raises it
+            errors.append(error)
+            barrier.abort()
+
+    threads = [
+        threading.Thread(target=drive, args=(instance,), name=f"instance-{instance.index}") for instance in instances
+    ]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a failed instance broke it; handled just below
+        barrier.wait()
+    if errors:
+        release.set()
+        for thread in threads:
+            thread.join()
+        raise errors[0]
+    if ready is not None:
+        ready()
+    if go is not None:
+        go()
+    cpu_started, wall_started = time.process_time(), time.perf_counter()
+    release.set()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - wall_started
+    return WorkerReport(
+        worker=task.worker,
+        pid=os.getpid(),
+        instances=tuple(instance.report() for instance in instances),
+        cpu_s=cpu_s,
+        wall_s=wall_s,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_device_bytes=_device_peak_bytes(),
+    )
+
+
+def _device_peak_bytes() -> int | None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return int(torch.cuda.max_memory_allocated())
+    return None
+
+
+def _worker_main(task: WorkerTask, connection: Any, go: Any) -> None:
+    """Entry point of a worker process: results and errors both travel back over ``connection`` as data."""
+    try:
+        report = run_instances(task, ready=lambda: connection.send(("ready", None)), go=go.wait)
+        connection.send(("done", report))
+    except BaseException as error:  # every failure crosses the process boundary as data
+        connection.send(("error", (type(error).__name__, str(error), traceback.format_exc())))
+    finally:
+        connection.close()
+
+
+def run_workers(tasks: list[WorkerTask], *, start_timeout_s: float) -> list[WorkerReport]:
+    """Run ``tasks`` in fresh processes, load them all, release them together, return their reports."""
+    context = multiprocessing.get_context("spawn")
+    go = context.Event()
+    workers = []
+    for task in tasks:
+        parent_end, child_end = context.Pipe(duplex=False)
+        process = context.Process(target=_worker_main, args=(task, child_end, go), name=f"perf-worker-{task.worker}")
+        process.start()
+        child_end.close()
+        workers.append((task, process, parent_end))
+    try:
+        _collect(workers, expect="ready", timeout_s=start_timeout_s)
+        go.set()
+        reports = _collect(workers, expect="done", timeout_s=None)
+    finally:
+        for _, process, connection in workers:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=10)
+            connection.close()
+    return reports
+
+
+def _collect(workers: list[tuple[WorkerTask, Any, Any]], *, expect: str, timeout_s: float | None) -> list[Any]:
+    """Block until every worker sent ``expect``; the first error or death fails the run with its cause."""
+    pending = {connection: (task, process) for task, process, connection in workers}
+    received: dict[int, Any] = {}
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while pending:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = multiprocessing.connection.wait(
+            [*pending, *(process.sentinel for _, process in pending.values())], remaining
+        )
+        if not ready:
+            raise MeasurementInvalid(f"perf workers did not become ready within perf.start_timeout_s={timeout_s}")
+        for connection, (task, process) in list(pending.items()):
+            if connection in ready or process.sentinel in ready:
+                try:
+                    kind, payload = connection.recv()
+                except EOFError:
+                    process.join(timeout=5)
+                    raise MeasurementInvalid(
+                        f"perf worker {task.worker} (pid {process.pid}) died with exit code {process.exitcode}"
+                    ) from None
+                if kind == "error":
+                    error_type, message, _ = payload
+                    raise MeasurementInvalid(f"perf worker {task.worker} failed: {error_type}: {message}")
+                received[task.worker] = payload
+                del pending[connection]
+    return [received[task.worker] for task, _, _ in workers] if expect == "done" else []

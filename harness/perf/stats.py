@@ -1,0 +1,96 @@
+"""Statistics of raw perf samples, derived in one place (house style rule 15).
+
+Percentiles follow the MLPerf early-stopping rule for how many samples a tail needs: a pNN latency is
+reported only when, with at most one sample allowed above it, the chance of seeing that few by luck is
+at most 1% (64 samples for p90, 662 for p99). Otherwise it is ``None`` and the reason is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+EARLY_STOPPING_CONFIDENCE = 0.99
+EARLY_STOPPING_OVERLATENCY = 1
+
+
+def min_samples_for_percentile(
+    percentile: float, *, confidence: float = EARLY_STOPPING_CONFIDENCE, tolerance: int = EARLY_STOPPING_OVERLATENCY
+) -> int:
+    """Smallest n with P(Binomial(n, 1 - p) <= tolerance) <= 1 - confidence (MLPerf early stopping)."""
+    above = 1.0 - percentile / 100.0
+    n = tolerance + 1
+    while sum(math.comb(n, k) * above**k * (1 - above) ** (n - k) for k in range(tolerance + 1)) > 1 - confidence:
+        n += 1
+    return n
+
+
+MIN_SAMPLES = {f"p{p}": min_samples_for_percentile(p) for p in PERCENTILES}
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency summary in microseconds; a percentile is ``None`` when too few samples support it."""
+
+    count: int
+    avg: float
+    std: float
+    min: float
+    max: float
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True)
+class LatencyBlock:
+    """End-to-end (submit -> result, queueing included) and model (the backend call alone) latencies."""
+
+    e2e: LatencyStats
+    model: LatencyStats
+
+
+def latency_stats(samples_us: np.ndarray) -> LatencyStats:
+    """Summarise latencies; percentiles use the 'higher' rule (a sample that was actually observed)."""
+    values = np.asarray(samples_us, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no latency samples")
+    percentiles = {
+        f"p{p}": float(np.percentile(values, p, method="higher")) if values.size >= MIN_SAMPLES[f"p{p}"] else None
+        for p in PERCENTILES
+    }
+    return LatencyStats(
+        count=int(values.size),
+        avg=float(values.mean()),
+        std=float(values.std()),
+        min=float(values.min()),
+        max=float(values.max()),
+        **percentiles,
+    )
+
+
+def insufficient_percentiles(stats: LatencyStats) -> list[str]:
+    """One note naming the percentiles withheld for lack of samples (empty when none were)."""
+    withheld = [name for name in MIN_SAMPLES if getattr(stats, name) is None]
+    if not withheld:
+        return []
+    needs = ", ".join(f"{name} {MIN_SAMPLES[name]}" for name in withheld)
+    return [f"{', '.join(withheld)} withheld: {stats.count} samples, need {needs} (MLPerf early-stopping rule)"]
+
+
+def window_throughputs(
+    completions_s: np.ndarray, *, start_s: float, end_s: float, windows: int, batch: int
+) -> np.ndarray:
+    """Images per second in ``windows`` equal time slices of [start, end], from batch completion times."""
+    edges = np.linspace(start_s, end_s, windows + 1)
+    counts, _ = np.histogram(completions_s, bins=edges)
+    return counts * batch / np.diff(edges)
+
+
+def coefficient_of_variation(values: np.ndarray) -> float:
+    mean = float(np.mean(values))
+    return float(np.std(values) / mean) if mean > 0 else math.inf

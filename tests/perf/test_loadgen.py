@@ -1,0 +1,169 @@
+"""The load generator with real worker processes: aggregation, modes, failures, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from harness.config.schema import RunConfig
+from harness.errors import BackendUnavailable, ConfigError, MeasurementInvalid
+from harness.perf import SAMPLES_FILE, PerfResult, run_perf
+from harness.perf.loadgen import SampleBuffer
+from harness.perf.stats import latency_stats
+from tests.conftest import compose
+
+pytestmark = pytest.mark.process
+SLEEP_US = 4000.0
+
+
+def sleep_config(cache_dir: Path, *overrides: str) -> RunConfig:
+    return RunConfig.from_dict(
+        compose(
+            [
+                "debug=tiny", "backend=sleep", f"backend.latency_us={SLEEP_US}", "stages=[perf]", f"paths.cache={cache_dir}",
+                "perf.warmup=2", *overrides,
+            ]
+        )
+    )  # fmt: skip
+
+
+def measure(config: RunConfig, run_dir: Path, artifact: str | None = None) -> PerfResult:
+    return run_perf(config, artifact_path=artifact, run_dir=run_dir)
+
+
+def test_instances_multiply_throughput_across_threads_and_processes(cache_dir: Path, tmp_path: Path) -> None:
+    single = measure(sleep_config(cache_dir, "perf.iterations=60"), tmp_path / "one")
+    threads = measure(sleep_config(cache_dir, "perf.iterations=240", "perf.instances=4"), tmp_path / "threads")
+    processes = measure(
+        sleep_config(cache_dir, "perf.iterations=240", "perf.instances=4", "perf.processes=2"), tmp_path / "procs"
+    )
+    assert single.samples == 60 and threads.samples == 240 and processes.samples == 240
+    for layout in (threads, processes):
+        assert layout.throughput_qps == pytest.approx(4 * single.throughput_qps, rel=0.15)
+        assert layout.latency_us.model.p50 == pytest.approx(single.latency_us.model.p50, rel=0.15)
+    assert single.latency_us.model.min >= SLEEP_US
+    assert single.throughput_qps == pytest.approx(1e6 / single.latency_us.e2e.avg, rel=0.1)
+
+
+def test_batch_counts_images(cache_dir: Path, tmp_path: Path) -> None:
+    result = measure(sleep_config(cache_dir, "perf.iterations=50", "perf.batch=8"), tmp_path)
+    assert result.batches == 50 and result.samples == 400
+    assert result.throughput_qps == pytest.approx(result.samples / result.forward_time_s)
+
+
+def test_async_end_to_end_latency_includes_queueing(cache_dir: Path, tmp_path: Path) -> None:
+    sync = measure(sleep_config(cache_dir, "perf.iterations=80"), tmp_path / "sync")
+    queued = measure(
+        sleep_config(cache_dir, "perf.iterations=80", "perf.mode=async", "perf.queue_depth=3"), tmp_path / "async"
+    )
+    assert sync.latency_us.e2e.p50 == pytest.approx(sync.latency_us.model.p50, rel=0.1)
+    # A closed loop with 3 requests in flight on one instance: each waits for about two others.
+    assert queued.latency_us.e2e.p50 == pytest.approx(3 * queued.latency_us.model.p50, rel=0.25)
+    assert queued.throughput_qps == pytest.approx(sync.throughput_qps, rel=0.15)
+
+
+def test_duration_bound_run(cache_dir: Path, tmp_path: Path) -> None:
+    result = measure(sleep_config(cache_dir, "perf.iterations=null", "perf.duration_s=0.5"), tmp_path)
+    assert 0.5 <= result.forward_time_s < 0.8
+    assert result.batches == pytest.approx(0.5e6 / SLEEP_US, rel=0.3)
+
+
+def test_statistics_recompute_from_the_saved_samples(cache_dir: Path, tmp_path: Path) -> None:
+    result = measure(sleep_config(cache_dir, "perf.iterations=70", "perf.instances=2", "perf.repeats=3"), tmp_path)
+    assert len(result.repeats) == 3 and len(result.throughput_qps_repeats) == 3
+    assert result.throughput_qps == sorted(result.throughput_qps_repeats)[1]
+    saved = np.load(tmp_path / SAMPLES_FILE)
+    median_repeat = result.throughput_qps_repeats.index(result.throughput_qps)
+    assert latency_stats(saved[f"repeat{median_repeat}_e2e_us"]) == result.latency_us.e2e
+    assert latency_stats(saved[f"repeat{median_repeat}_model_us"]) == result.latency_us.model
+    completions = saved[f"repeat{median_repeat}_completion_s"]
+    assert completions.size == 70 and float(completions.max()) == pytest.approx(result.forward_time_s)
+
+
+def test_validity_needs_duration_and_samples(cache_dir: Path, tmp_path: Path) -> None:
+    result = measure(
+        sleep_config(cache_dir, "perf.iterations=10", "perf.min_duration_s=5", "perf.min_samples=64"), tmp_path
+    )
+    assert not result.validity.valid
+    assert any("perf.min_duration_s=5" in reason for reason in result.validity.reasons)
+    assert any("10 batches < perf.min_samples=64" in reason for reason in result.validity.reasons)
+    assert result.latency_us.e2e.p90 is None
+
+
+def test_a_crashing_worker_fails_the_run_with_its_exit_code(cache_dir: Path, tmp_path: Path) -> None:
+    config = sleep_config(
+        cache_dir, "perf.iterations=400", "perf.instances=2", "perf.processes=2", "backend.exit_after_calls=20"
+    )
+    with pytest.raises(MeasurementInvalid, match=r"perf worker \d \(pid \d+\) died with exit code 70"):
+        measure(config, tmp_path)
+
+
+def test_a_worker_error_travels_back_as_data(cache_dir: Path, tmp_path: Path) -> None:
+    config = RunConfig.from_dict(
+        compose(["debug=tiny", "backend=torch", "stages=[perf]", f"paths.cache={cache_dir}", "model.weights=/gone.pth"])
+    )
+    with pytest.raises(
+        MeasurementInvalid, match=r"perf worker 0 failed: WeightsError: model.weights='/gone.pth': no such file"
+    ):
+        measure(config, tmp_path)
+
+
+def test_processes_above_instances_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"perf.processes=3: expected <= perf.instances=2"):
+        RunConfig.from_dict(compose(["perf.instances=2", "perf.processes=3"]))
+
+
+def test_missing_artifact_and_missing_provider(cache_dir: Path, tmp_path: Path) -> None:
+    config = RunConfig.from_dict(compose(["debug=tiny", "stages=[perf]", f"paths.cache={cache_dir}"]))
+    with pytest.raises(ConfigError, match=r"backend=onnxruntime needs a built artifact: include 'build' in stages"):
+        measure(config, tmp_path)
+    with pytest.raises(ConfigError, match=r"artifact /nowhere.onnx does not exist"):
+        measure(config, tmp_path, artifact="/nowhere.onnx")
+    cuda = RunConfig.from_dict(compose(["debug=tiny", "backend.providers=[CUDAExecutionProvider]"]))
+    with pytest.raises(
+        BackendUnavailable, match=r"'CUDAExecutionProvider' is not available in onnxruntime .*installed: \["
+    ):
+        measure(cuda, tmp_path, artifact=str(static_batch_model(tmp_path, 4)))
+
+
+def static_batch_model(folder: Path, batch: int) -> Path:
+    """A real ONNX graph (global average pool) with a fixed batch axis, as some vendor builds have."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["features"]),
+        ],
+        "static",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 224, 224])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, 3])],
+    )
+    path = folder / "static.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_shape_and_batch_are_checked_against_the_artifact(cache_dir: Path, tmp_path: Path) -> None:
+    artifact = str(static_batch_model(tmp_path, 4))
+    wrong_shape = RunConfig.from_dict(compose(["debug=tiny", "perf.shape=[3,256,256]"]))
+    with pytest.raises(
+        ConfigError, match=r"perf.shape=\[3, 256, 256\]: the artifact takes \[C, H, W\] = \[3, 224, 224\]"
+    ):
+        measure(wrong_shape, tmp_path, artifact=artifact)
+    too_big = RunConfig.from_dict(compose(["debug=tiny", "perf.batch=8"]))
+    with pytest.raises(ConfigError, match=r"perf.batch=8: the artifact accepts batch 4 at most"):
+        measure(too_big, tmp_path, artifact=artifact)
+    fits = RunConfig.from_dict(compose(["debug=tiny", "perf.batch=4", "perf.iterations=8"]))
+    assert measure(fits, tmp_path, artifact=artifact).samples == 32
+
+
+def test_sample_buffer_grows_in_chunks() -> None:
+    buffer = SampleBuffer(3, capacity_hint=4)
+    for index in range(10):
+        buffer.append(index, 2 * index, 3 * index)
+    array = buffer.array()
+    assert array.shape == (10, 3) and array.dtype == np.float32 and len(buffer.chunks) == 3
+    np.testing.assert_array_equal(array[:, 1], 2 * np.arange(10))
