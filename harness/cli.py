@@ -1,33 +1,60 @@
 """``harness <command> [hydra overrides]``: one Hydra app per command over the shared ``conf/`` tree.
 
-``harness --help`` lists the commands; ``harness <command> --help`` shows Hydra's help for its config.
-Each command names its primary config in ``conf/`` and a task function; adding a command is one entry in
-``COMMANDS``.
+``harness --help`` lists the commands; ``harness <command> --help`` shows a command's options. Pipeline
+commands (``run``, ``build``) are Hydra apps (run folders, ``-m`` sweeps, launchers); utility commands
+(``sync``, ``ui``) compose the same config tree without creating run folders.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+UI_STOP_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
 class Command:
-    """A CLI command: its primary config in ``conf/``, its one-line help, and the task run per Hydra job."""
+    """A CLI command: its one-line help and what runs it (arguments after the command name -> exit code)."""
 
-    config_name: str
     help: str
-    task: Callable[[object], None]
+    main: Callable[[list[str]], int]
 
 
 _failed_jobs: list[str] = []
 
 
-def _pipeline_task(cfg: object) -> None:
+def _track(composed: dict[str, Any], run_dir: Path, sweep_dir: Path | None) -> None:
+    """Log a finished run folder; a tracker failure is a warning, never a lost or failed run."""
+    from harness.errors import HarnessError
+    from harness.tracking import Store, log_run_dir
+    from harness.tracking.sweep import tracking_configs, ui_hint
+
+    try:
+        tracking, paths = tracking_configs(composed)
+        if not tracking.enabled:
+            return
+        store = Store(tracking, paths)
+        record, _ = log_run_dir(store, run_dir, sweep_dir=sweep_dir)
+        print(f"  tracked    MLflow run {record.run_id}: {ui_hint(store)}", flush=True)
+    except HarnessError as error:
+        print(
+            f"warning: run not tracked ({error}); result.json is kept: harness sync {run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _pipeline_task(cfg: Any) -> None:
     """Run the pipeline for one composed config; print the summary and, last, the path of result.json."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -37,20 +64,165 @@ def _pipeline_task(cfg: object) -> None:
     from harness.summary import format_summary
 
     hydra_config = HydraConfig.get()
-    composed = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[arg-type]
-    result = run(composed, run_dir=Path(hydra_config.runtime.output_dir))  # type: ignore[arg-type]
+    composed = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = Path(hydra_config.runtime.output_dir)
+    multirun = hydra_config.mode == RunMode.MULTIRUN
+    result = run(composed, run_dir=run_dir)  # type: ignore[arg-type]
     print(format_summary(result), flush=True)
+    _track(composed, run_dir, Path(hydra_config.sweep.dir) if multirun else None)  # type: ignore[arg-type]
     if result.error:
         print(f"error: {result.error.message}", file=sys.stderr, flush=True)
         _failed_jobs.append(result.run_dir)
     print(Path(result.run_dir) / "result.json", flush=True)
-    if result.error and hydra_config.mode != RunMode.MULTIRUN:
+    if result.error and not multirun:
         raise SystemExit(1)
 
 
+def _hydra_command(config_name: str, task: Callable[[Any], None], arguments: list[str]) -> int:
+    import hydra
+
+    app = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)
+    sys.argv = [f"harness {config_name}", *arguments]
+    _failed_jobs.clear()
+    app()
+    if _failed_jobs:
+        print(f"error: {len(_failed_jobs)} job(s) failed: {', '.join(_failed_jobs)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
+    """The composed config for utility commands (no run folder, no Hydra logging set-up)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return OmegaConf.to_container(hydra_compose(config_name=config_name, overrides=overrides), resolve=True)  # type: ignore[return-value]
+
+
+def _split(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """(hydra overrides, other arguments): an override is ``key=value`` that is not an existing path."""
+    overrides = [argument for argument in arguments if "=" in argument and not Path(argument).exists()]
+    return overrides, [argument for argument in arguments if argument not in overrides]
+
+
+def _sync(arguments: list[str]) -> int:
+    """``harness sync [overrides] DIR...``: log run or sweep folders that are not tracked yet, exactly once."""
+    from harness.errors import HarnessError
+    from harness.report import sweep_rows, write_summary
+    from harness.tracking import SWEEP_FILE, Store, finish_sweep, log_run_dir
+    from harness.tracking.sweep import tracking_configs
+
+    overrides, folders = _split(arguments)
+    if not folders or any(folder.startswith("-") for folder in folders):
+        print("usage: harness sync [tracking.uri=...] RUN_OR_SWEEP_DIR...", file=sys.stderr)
+        return 2
+    try:
+        store = Store(*tracking_configs(compose(overrides)))
+        for folder in map(Path, folders):
+            if (folder / SWEEP_FILE).exists():
+                jobs = sorted(
+                    (path.parent for path in folder.glob("*/result.json")), key=lambda path: (len(path.name), path.name)
+                )
+                for job in jobs:
+                    _report_sync(job, *log_run_dir(store, job, sweep_dir=folder))
+                parent = finish_sweep(store, folder, write_summary(sweep_rows(folder), folder))
+                print(f"sweep {folder}: parent run {parent}")
+            elif (folder / "result.json").exists():
+                sweep = folder.parent if (folder.parent / SWEEP_FILE).exists() else None
+                _report_sync(folder, *log_run_dir(store, folder, sweep_dir=sweep))
+            else:
+                print(
+                    f"error: {folder}: neither a run folder (result.json) nor a sweep folder ({SWEEP_FILE})",
+                    file=sys.stderr,
+                )
+                return 1
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report_sync(folder: Path, record: Any, logged: bool) -> None:
+    print(f"{folder}: {'logged as' if logged else 'already logged as'} {record.run_id}")
+
+
+def _ui(arguments: list[str]) -> int:
+    """``harness ui [--port N] [overrides]``: the MLflow UI on the configured store, on 127.0.0.1."""
+    from harness.config.convert import from_mapping
+    from harness.config.schema import PathsConfig, TrackingConfig
+    from harness.tracking import resolve_store
+
+    overrides, rest = _split(arguments)
+    port = 5000
+    if rest[:1] == ["--port"] and len(rest) == 2 and rest[1].isdigit():
+        port = int(rest[1])
+    elif rest:
+        print("usage: harness ui [--port N] [tracking.uri=...]", file=sys.stderr)
+        return 2
+    composed = compose(overrides)
+    uri, artifacts = resolve_store(
+        from_mapping(TrackingConfig, composed["tracking"], key="tracking"),
+        from_mapping(PathsConfig, composed["paths"], key="paths"),
+    )
+    if uri.startswith(("http://", "https://")):
+        print(f"the tracking store is a server: open {uri}")
+        return 0
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if artifacts:
+        command += ["--default-artifact-root", artifacts]
+    print(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it", flush=True)
+    server = subprocess.Popen(command, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        _stop_group(server)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_group(server: subprocess.Popen[bytes]) -> None:
+    """Stop the UI and every worker it started (its own process group): SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + UI_STOP_GRACE_S
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(server.pid, 0)
+            except ProcessLookupError:
+                server.wait()
+                return
+            time.sleep(0.1)
+
+
 COMMANDS: dict[str, Command] = {
-    "run": Command("run", "run the configured stages (build, ...) for one config, or a sweep with -m", _pipeline_task),
-    "build": Command("build", "build and parity-check the deployable artifact only", _pipeline_task),
+    "run": Command(
+        "run the configured stages (build, perf) for one config, or a sweep with -m",
+        functools.partial(_hydra_command, "run", _pipeline_task),
+    ),
+    "build": Command(
+        "build and parity-check the deployable artifact only",
+        functools.partial(_hydra_command, "build", _pipeline_task),
+    ),
+    "sync": Command("log run or sweep folders that are not tracked yet (idempotent)", _sync),
+    "ui": Command("start the MLflow UI on the configured store (127.0.0.1, --port N)", _ui),
 }
 
 
@@ -58,12 +230,12 @@ def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: harness <command> [hydra overrides] [-m]", "", "commands:"]
     lines += [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
-    lines += ["", "`harness <command> --help` shows the config groups and options of a command."]
+    lines += ["", "`harness run --help` shows the config groups and options."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to the Hydra app of the command named by the first argument."""
+    """Dispatch to the command named by the first argument."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments or arguments[0] in ("-h", "--help", "help"):
         print(usage())
@@ -74,17 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {unknown_name_message('command', name, COMMANDS)}", file=sys.stderr)
         return 2
-    import hydra
-
-    command = COMMANDS[name]
-    app = hydra.main(config_path=str(CONF_DIR), config_name=command.config_name, version_base="1.3")(command.task)
-    sys.argv = [f"harness {name}", *rest]
-    _failed_jobs.clear()
-    app()
-    if _failed_jobs:
-        print(f"error: {len(_failed_jobs)} job(s) failed: {', '.join(_failed_jobs)}", file=sys.stderr)
-        return 1
-    return 0
+    return COMMANDS[name].main(rest)
 
 
 def entry_point() -> None:

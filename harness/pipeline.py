@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
     result = RunResult(
         schema_version=1,
         status="failed" if error else "ok",
+        run_uid=uuid.uuid4().hex,
         run_dir=str(run_dir.resolve()),
         started_at=started_at.isoformat(timespec="seconds"),
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),

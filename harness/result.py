@@ -36,6 +36,7 @@ class RunResult:
 
     schema_version: int
     status: Literal["ok", "failed"]
+    run_uid: str
     run_dir: str
     started_at: str
     finished_at: str

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,3 +104,64 @@ def compose(overrides: list[str], config_name: str = "run") -> dict[str, object]
 def run_config(cache_dir: Path, *overrides: str) -> RunConfig:
     """A validated ``RunConfig`` for the tiny debug model with an isolated cache."""
     return RunConfig.from_dict(compose(["debug=tiny", f"paths.cache={cache_dir}", *overrides]))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite store, in its own process group."""
+
+    uri: str
+    port: int
+    store: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        import urllib.request
+
+        command = [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}", "--artifacts-destination", str(self.store / "artifacts"),
+        ]  # fmt: skip
+        environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log_file = open(self.store / "server.log", "ab")  # noqa: SIM115 - kept open for the server's lifetime
+        self.process = subprocess.Popen(
+            command, env=environment, stdout=log_file, stderr=log_file, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.store / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"mlflow server not healthy after {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    port = free_port()
+    server = MlflowServer(uri=f"http://127.0.0.1:{port}", port=port, store=tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

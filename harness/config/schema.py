@@ -135,6 +135,30 @@ class PerfConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """``tracking`` group: where runs are logged (MLflow).
+
+    Attributes:
+        enabled: log runs at all (``result.json`` is written either way).
+        uri: tracking URI; ``null`` uses ``$MLFLOW_TRACKING_URI``, else SQLite at ``<paths.outputs>/mlflow.db``
+            with artifacts under ``<paths.outputs>/mlartifacts``.
+        experiment: MLflow experiment name.
+        log_model: also upload the built artifact files (ONNX models can be large).
+        http_timeout_s: per-request timeout against a tracking server.
+        http_retries: retries per request against a server (0: fail fast and leave the run for ``harness sync``).
+        sqlite_retries: retries of a write that found the SQLite store locked by a concurrent job.
+    """
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "dinov2-deploy"
+    log_model: bool = False
+    http_timeout_s: float = 10.0
+    http_retries: int = 0
+    sqlite_retries: int = 20
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     """``paths`` group: where caches, datasets and run outputs live."""
 
@@ -158,6 +182,7 @@ class RunConfig:
     stages: tuple[Stage, ...] = STAGES  # type: ignore[assignment]
     build: BuildConfig = field(default_factory=BuildConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # The registered backend's own config dataclass (see harness.backends), resolved in from_dict.
     backend: Any = None
     progress: bool = True

@@ -258,6 +258,10 @@ def _worker_main(task: WorkerTask, connection: Any, go: Any) -> None:
 
 def run_workers(tasks: list[WorkerTask], *, start_timeout_s: float) -> list[WorkerReport]:
     """Run ``tasks`` in fresh processes, load them all, release them together, return their reports."""
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
+        # joblib's loky workers set the start method 'loky', which a spawned child is told to use and cannot
+        # resolve ("cannot find context for 'loky'"); this process only needs plain spawn.
+        multiprocessing.set_start_method("spawn", force=True)
     context = multiprocessing.get_context("spawn")
     go = context.Event()
     workers = []

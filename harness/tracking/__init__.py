@@ -1,0 +1,239 @@
+"""Tracking stage: runs and sweeps in MLflow, after ``result.json`` is safely on disk.
+
+Every run folder is logged at most once: a logged run gets ``tracking.json`` beside its ``result.json``,
+and its MLflow run carries the result's ``run_uid`` as the tag ``harness.run_uid``, so a second attempt
+(``harness sync``) finds it instead of logging it again. A sweep's parent run is identified the same way
+by ``harness.sweep_uid`` from ``<sweep dir>/sweep.json``, created under a file lock so concurrent jobs
+agree on one parent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from harness.config.schema import PathsConfig, TrackingConfig
+from harness.errors import TrackingError
+from harness.fileio import write_json_atomic
+from harness.tracking.records import metrics_of, params_of, shorten, tags_of
+
+log = logging.getLogger(__name__)
+
+TRACKING_FILE = "tracking.json"
+SWEEP_FILE = "sweep.json"
+RUN_UID_TAG = "harness.run_uid"
+SWEEP_UID_TAG = "harness.sweep_uid"
+ARTIFACT_FILES = ("result.json", "perf_vamp.txt", "perf_samples.npz")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrackingRecord:
+    """``tracking.json``: where a run folder was logged."""
+
+    uri: str
+    experiment_id: str
+    run_id: str
+    parent_run_id: str | None
+    logged_at: str
+
+
+def resolve_store(tracking: TrackingConfig, paths: PathsConfig) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for new experiments or ``None`` to let a server decide)."""
+    uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri, None
+    outputs = paths.path("outputs").resolve()
+    outputs.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{outputs / 'mlflow.db'}", (outputs / "mlartifacts").as_uri()
+
+
+class Store:
+    """An MLflow client on one store and experiment, with retries for a locked SQLite file."""
+
+    def __init__(self, tracking: TrackingConfig, paths: PathsConfig) -> None:
+        # MLflow reads these per request; the config makes them explicit and recorded instead of ambient.
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(tracking.http_retries)
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, tracking.http_timeout_s)))
+        from mlflow.tracking import MlflowClient
+
+        self.tracking = tracking
+        self.uri, artifact_location = resolve_store(tracking, paths)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = self.call(lambda: self._experiment(tracking.experiment, artifact_location))
+
+    def call(self, operation: Callable[[], T]) -> T:
+        """Run one client operation; retry while SQLite is locked; any failure becomes a ``TrackingError``."""
+        for attempt in range(self.tracking.sqlite_retries + 1):
+            try:
+                return operation()
+            except Exception as error:  # MLflow raises many types (MlflowException, requests, SQLAlchemy)
+                if "database is locked" in str(error) and attempt < self.tracking.sqlite_retries:
+                    time.sleep(min(2.0, 0.05 * 2**attempt))
+                    continue
+                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise TrackingError(f"tracking store {self.uri}: {shorten(message, 300)}") from error
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _experiment(self, name: str, artifact_location: str | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        try:
+            return str(self.client.create_experiment(name, artifact_location=artifact_location))
+        except Exception:  # another job created it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
+    def find(self, tag: str, value: str) -> Any | None:
+        runs = self.call(
+            lambda: self.client.search_runs([self.experiment_id], filter_string=f"tags.`{tag}` = '{value}'")
+        )
+        return runs[0] if runs else None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def start_sweep(sweep_dir: Path, overrides: list[str]) -> dict[str, object]:
+    """Create ``<sweep_dir>/sweep.json`` (the sweep's identity) unless it exists; return its content."""
+    path = sweep_dir / SWEEP_FILE
+    with _locked(path):
+        if path.exists():
+            return json.loads(path.read_text())
+        record: dict[str, object] = {
+            "sweep_uid": uuid.uuid4().hex,
+            "overrides": overrides,
+            "parent_run_id": None,
+            "uri": None,
+        }
+        write_json_atomic(path, record)
+        return record
+
+
+def ensure_parent(store: Store, sweep_dir: Path) -> str:
+    """The MLflow run id of the sweep's parent, creating the parent exactly once."""
+    path = sweep_dir / SWEEP_FILE
+    with _locked(path):
+        record = json.loads(path.read_text())
+        if record.get("parent_run_id") and record.get("uri") == store.uri:
+            return str(record["parent_run_id"])
+        found = store.find(SWEEP_UID_TAG, record["sweep_uid"])
+        if found is None:
+            tags = {SWEEP_UID_TAG: record["sweep_uid"], "harness.kind": "sweep", "sweep_dir": str(sweep_dir.resolve())}
+            found = store.call(
+                lambda: store.client.create_run(store.experiment_id, tags=tags, run_name=f"sweep {sweep_dir.name}")
+            )
+            params = {"sweep.overrides": shorten(" ".join(record.get("overrides") or []))}
+            store.call(lambda: store.client.log_batch(found.info.run_id, params=_params(params)))
+        record.update(parent_run_id=found.info.run_id, uri=store.uri)
+        write_json_atomic(path, record)
+        return str(found.info.run_id)
+
+
+def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -> tuple[TrackingRecord, bool]:
+    """Log one run folder unless it already is; returns its record and whether this call logged it."""
+    existing = run_dir / TRACKING_FILE
+    if existing.exists():
+        record = TrackingRecord(**json.loads(existing.read_text()))
+        if record.uri == store.uri:
+            return record, False
+    result = json.loads((run_dir / "result.json").read_text())
+    parent = ensure_parent(store, sweep_dir) if sweep_dir is not None else None
+    found = store.find(RUN_UID_TAG, result["run_uid"])
+    if found is not None and found.info.status in ("FINISHED", "FAILED"):
+        record = _record(store, found.info.run_id, parent)
+        write_json_atomic(existing, asdict(record))
+        return record, False
+    if found is not None:  # a logging attempt died half way: start it over
+        store.call(lambda: store.client.delete_run(found.info.run_id))
+    tags = tags_of(result)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = store.call(lambda: store.client.create_run(store.experiment_id, tags=tags, run_name=_run_name(result)))
+    run_id = run.info.run_id
+    from mlflow.entities import Metric
+
+    now_ms = int(time.time() * 1000)
+    metrics = [Metric(key, value, now_ms, 0) for key, value in metrics_of(result).items()]
+    params = _params(params_of(result["config"]))
+    for start in range(0, max(len(metrics), len(params)), 100):
+        store.call(
+            partial(
+                store.client.log_batch, run_id, metrics=metrics[start : start + 100], params=params[start : start + 100]
+            )
+        )
+    _log_artifacts(store, run_id, run_dir, result)
+    store.call(lambda: store.client.set_terminated(run_id, status="FINISHED" if result["status"] == "ok" else "FAILED"))
+    record = _record(store, run_id, parent)
+    write_json_atomic(existing, asdict(record))
+    log.info("tracked run_id=%s uri=%s", run_id, store.uri)
+    return record, True
+
+
+def finish_sweep(store: Store, sweep_dir: Path, summary_files: list[Path]) -> str:
+    """Attach the summary table to the parent run and close it."""
+    parent = ensure_parent(store, sweep_dir)
+    for path in summary_files:
+        store.call(partial(store.client.log_artifact, parent, str(path)))
+    store.call(lambda: store.client.set_terminated(parent, status="FINISHED"))
+    return parent
+
+
+def _params(values: dict[str, str]) -> list[Any]:
+    from mlflow.entities import Param
+
+    return [Param(key, value) for key, value in values.items()]
+
+
+def _record(store: Store, run_id: str, parent: str | None) -> TrackingRecord:
+    return TrackingRecord(
+        uri=store.uri, experiment_id=store.experiment_id, run_id=run_id, parent_run_id=parent,
+        logged_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )  # fmt: skip
+
+
+def _run_name(result: dict[str, Any]) -> str:
+    config = result["config"]
+    parts = [config.get("model", {}).get("variant"), config.get("precision", {}).get("name")]
+    if "perf" in (result.get("stages") or []):
+        parts += [config.get("backend", {}).get("name"), f"b{config.get('perf', {}).get('batch')}"]
+    return "-".join(str(part) for part in parts if part)
+
+
+def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: dict[str, Any]) -> None:
+    for name in ARTIFACT_FILES:
+        if (run_dir / name).exists():
+            store.call(partial(store.client.log_artifact, run_id, str(run_dir / name)))
+    if (run_dir / ".hydra").is_dir():
+        store.call(lambda: store.client.log_artifacts(run_id, str(run_dir / ".hydra"), artifact_path="hydra"))
+    build = result.get("build") or {}
+    if build:
+        folder = Path(build["artifact_path"]).parent
+        store.call(lambda: store.client.log_artifact(run_id, str(folder / "build.json")))
+        if store.tracking.log_model:
+            for record in build["manifest"]["files"]:
+                store.call(
+                    partial(store.client.log_artifact, run_id, str(folder / record["name"]), artifact_path="model")
+                )

@@ -1,0 +1,67 @@
+"""Hydra callbacks that make a multirun sweep one MLflow parent run with a child per job.
+
+The callback runs in the launching process for every launcher (basic, joblib, submitit): it writes
+``<sweep dir>/sweep.json``, opens the parent run, and at the end writes the summary table and attaches it
+to the parent. Jobs find the parent through ``sweep.json``, whatever process or machine they run in.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config.convert import from_mapping
+from harness.config.schema import PathsConfig, TrackingConfig
+from harness.errors import HarnessError
+from harness.report import markdown_table, sweep_rows, write_summary
+from harness.tracking import Store, ensure_parent, finish_sweep, start_sweep
+
+log = logging.getLogger(__name__)
+
+
+def tracking_configs(composed: dict[str, Any]) -> tuple[TrackingConfig, PathsConfig]:
+    """The tracking and paths groups of a composed config, validated."""
+    tracking = from_mapping(TrackingConfig, composed.get("tracking", {}), key="tracking")
+    return tracking, from_mapping(PathsConfig, composed.get("paths"), key="paths")
+
+
+def _groups(config: DictConfig) -> dict[str, Any]:
+    return {key: OmegaConf.to_container(config[key], resolve=True) for key in ("tracking", "paths") if key in config}
+
+
+def ui_hint(store: Store) -> str:
+    if store.uri.startswith("sqlite:"):
+        return "open the MLflow UI with `harness ui` (store " + store.uri + ")"
+    return f"open {store.uri} in a browser"
+
+
+class SweepTracking(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        start_sweep(sweep_dir, list(config.hydra.overrides.task))
+        tracking, paths = tracking_configs(_groups(config))
+        if not tracking.enabled:
+            return
+        try:
+            ensure_parent(Store(tracking, paths), sweep_dir)
+        except HarnessError as error:
+            log.warning("tracking unavailable at sweep start (%s); jobs still write result.json", error)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = sweep_rows(sweep_dir)
+        files = write_summary(rows, sweep_dir)
+        print(f"\nsweep summary ({sweep_dir}):\n{markdown_table(rows)}", flush=True)
+        tracking, paths = tracking_configs(_groups(config))
+        if not tracking.enabled:
+            return
+        try:
+            store = Store(tracking, paths)
+            parent = finish_sweep(store, sweep_dir, files)
+            print(f"tracked sweep as MLflow parent run {parent}: {ui_hint(store)}", flush=True)
+        except HarnessError as error:
+            print(f"warning: sweep not fully tracked ({error}); later: harness sync {sweep_dir}", flush=True)

@@ -1,0 +1,191 @@
+"""Runs and sweeps in a real MLflow store: embedded SQLite and a real `mlflow server` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harness.result import load_result
+from tests.conftest import MlflowServer, free_port
+
+pytestmark = pytest.mark.process
+
+
+def harness(tmp_path: Path, *arguments: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "harness", *arguments]
+    environment = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+def runs_of(uri: str, experiment: str = "dinov2-deploy") -> list:
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else list(client.search_runs([found.experiment_id], max_results=1000))
+
+
+def children_of(runs: list, parent_id: str) -> list:
+    return [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def check_sweep(uri: str, sweep_dir: Path, expected_jobs: int) -> None:
+    runs = runs_of(uri)
+    parents = [
+        run
+        for run in runs
+        if run.data.tags.get("harness.kind") == "sweep" and run.data.tags.get("sweep_dir") == str(sweep_dir)
+    ]
+    assert len(parents) == 1
+    (parent,) = parents
+    children = children_of(runs, parent.info.run_id)
+    assert len(children) == expected_jobs
+    for child in children:
+        result = load_result(Path(child.data.tags["run_dir"]))
+        assert child.data.tags["harness.run_uid"] == result.run_uid
+        assert child.data.params["model.variant"] == result.config["model"]["variant"]  # type: ignore[index]
+        assert child.data.params["precision.name"] == result.config["precision"]["name"]  # type: ignore[index]
+        assert child.data.metrics["perf.throughput_qps"] == pytest.approx(result.perf.throughput_qps)  # type: ignore[union-attr]
+        assert child.data.metrics["build.parity.min_cosine"] == pytest.approx(result.build.parity.min_cosine)  # type: ignore[union-attr]
+        assert child.info.status == "FINISHED"
+    client = MlflowClient(tracking_uri=uri)
+    assert {item.path for item in client.list_artifacts(parent.info.run_id)} == {"summary.csv", "summary.md"}
+    child_artifacts = {item.path for item in client.list_artifacts(children[0].info.run_id)}
+    assert {"result.json", "build.json", "perf_vamp.txt", "hydra"} <= child_artifacts
+    assert parent.info.status in ("RUNNING", "FINISHED")
+
+
+def find_sweep_dir(tmp_path: Path) -> Path:
+    (path,) = (tmp_path / "outputs" / "run" / "multirun").rglob("sweep.json")
+    return path.parent
+
+
+SWEEP = ["-m", "debug=tiny", "model=tiny14,tiny14_reg4", "precision=fp32,fp16", "perf.iterations=8"]
+
+
+def test_single_run_to_embedded_sqlite(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "debug=tiny")
+    assert done.returncode == 0, done.stderr
+    result_path = Path(done.stdout.strip().splitlines()[-1])
+    result = load_result(result_path)
+    uri = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    (run,) = runs_of(uri)
+    assert run.data.tags["harness.run_uid"] == result.run_uid and run.data.tags["harness.weights_kind"] == "random"
+    assert run.data.params["perf.batch"] == "1" and run.data.params["backend.name"] == "onnxruntime"
+    assert run.data.metrics["perf.latency_us.model.avg"] == pytest.approx(result.perf.latency_us.model.avg)  # type: ignore[union-attr]
+    assert "perf.latency_us.model.p99" not in run.data.metrics  # withheld percentiles are not invented
+    assert json.loads((result_path.parent / "tracking.json").read_text())["run_id"] == run.info.run_id
+    assert (tmp_path / "outputs" / "mlartifacts").is_dir()
+    assert "harness ui" in done.stdout
+
+
+def test_tracking_off_writes_only_the_result(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "debug=tiny", "tracking=off")
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_sweep_to_a_server_with_the_basic_launcher(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    done = harness(tmp_path, "run", *SWEEP, f"tracking.uri={mlflow_server.uri}")
+    assert done.returncode == 0, done.stderr
+    sweep = find_sweep_dir(tmp_path)
+    check_sweep(mlflow_server.uri, sweep, expected_jobs=4)
+    assert "| tiny14_reg4 | fp16 |" in (sweep / "summary.md").read_text()
+
+
+def test_sweep_with_parallel_jobs_on_sqlite(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", *SWEEP, "hydra/launcher=parallel")
+    assert done.returncode == 0, done.stderr
+    check_sweep(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", find_sweep_dir(tmp_path), expected_jobs=4)
+
+
+def test_sweep_with_submitit_local(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    done = harness(
+        tmp_path, "run", "-m", "debug=tiny", "precision=fp32,fp16", "perf.iterations=8", "hydra/launcher=submitit_local",
+        f"tracking.uri={mlflow_server.uri}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    check_sweep(mlflow_server.uri, find_sweep_dir(tmp_path), expected_jobs=2)
+
+
+def test_server_killed_mid_sweep_then_sync_logs_each_run_once(tmp_path: Path) -> None:
+    port = free_port()
+    server = MlflowServer(uri=f"http://127.0.0.1:{port}", port=port, store=tmp_path / "server")
+    server.store.mkdir()
+    server.start()
+    try:
+        outputs = tmp_path / "outputs" / "run" / "multirun"
+
+        def kill_after_first_job() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not list(outputs.rglob("0/tracking.json")):
+                time.sleep(0.2)
+            server.stop()
+
+        killer = threading.Thread(target=kill_after_first_job)
+        killer.start()
+        done = harness(tmp_path, "run", *SWEEP, "perf.iterations=64", f"tracking.uri={server.uri}")
+        killer.join()
+        assert done.returncode == 0, done.stderr  # the runs themselves succeeded
+        sweep = find_sweep_dir(tmp_path)
+        assert len(list(sweep.glob("*/result.json"))) == 4
+        assert len(list(sweep.glob("*/tracking.json"))) == 1
+        assert "harness sync" in done.stderr + done.stdout
+
+        server.start()
+        synced = harness(tmp_path, "sync", f"tracking.uri={server.uri}", str(sweep))
+        assert synced.returncode == 0, synced.stderr
+        assert synced.stdout.count("already logged as") == 1 and synced.stdout.count(": logged as") == 3
+        again = harness(tmp_path, "sync", f"tracking.uri={server.uri}", str(sweep))
+        assert again.returncode == 0 and again.stdout.count("already logged as") == 4
+        check_sweep(server.uri, sweep, expected_jobs=4)
+        assert len(runs_of(server.uri)) == 5  # one parent, four children: nothing logged twice
+    finally:
+        server.stop()
+
+
+def test_sync_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    done = harness(tmp_path, "sync", str(tmp_path))
+    assert done.returncode == 1 and "neither a run folder" in done.stderr
+
+
+def test_ui_serves_the_store_and_stops_its_process_group_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    environment = {**os.environ}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "harness", "ui", "--port", str(port)], cwd=tmp_path, env=environment,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        healthy = False
+        while time.monotonic() < deadline and not healthy:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    healthy = response.status == 200
+            except OSError:
+                time.sleep(0.5)
+        assert healthy
+        (server_pid,) = subprocess.run(["pgrep", "-P", str(ui.pid)], capture_output=True, text=True).stdout.split()
+        process_group = os.getpgid(int(server_pid))
+        assert process_group == int(server_pid) != os.getpgid(ui.pid)  # the server leads its own group
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(timeout=30) == 0
+        time.sleep(0.5)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(process_group, 0)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+    finally:
+        if ui.poll() is None:
+            ui.kill()

@@ -1,0 +1,48 @@
+"""Flattening a result into params, metrics and tags."""
+
+from __future__ import annotations
+
+from harness.tracking.records import metrics_of, params_of, shorten, tags_of
+
+
+def test_long_values_are_cut_with_a_hash_of_the_whole() -> None:
+    first, second = "x" * 7000 + "a", "x" * 7000 + "b"
+    assert len(shorten(first)) == 6000 and shorten(first) != shorten(second)
+    assert shorten(first).endswith(shorten(first)[-12:]) and "...sha256:" in shorten(first)
+    assert shorten("short") == "short"
+
+
+def test_params_are_the_flattened_config() -> None:
+    params = params_of({"model": {"variant": "vits14", "input_size": [224, 224]}, "perf": {"batch": 8, "shape": None}})
+    assert params == {
+        "model.variant": "vits14",
+        "model.input_size": "[224, 224]",
+        "perf.batch": "8",
+        "perf.shape": "null",
+    }
+
+
+def test_metrics_are_numeric_leaves_outside_config() -> None:
+    result = {
+        "schema_version": 1, "status": "ok", "duration_s": 2.5, "config": {"perf": {"batch": 8}},
+        "environment": {"cpu_count": 2},
+        "perf": {"throughput_qps": 12.5, "latency_us": {"e2e": {"p99": None, "p50": 3.0}}, "validity": {"valid": True},
+                 "window_throughput_qps": [1.0, 2.0], "repeats": [{"throughput_qps": 11.0}]},
+    }  # fmt: skip
+    assert metrics_of(result) == {
+        "duration_s": 2.5, "perf.throughput_qps": 12.5, "perf.latency_us.e2e.p50": 3.0, "perf.validity.valid": 1.0,
+        "perf.window_throughput_qps.0": 1.0, "perf.window_throughput_qps.1": 2.0, "perf.repeats.0.throughput_qps": 11.0,
+    }  # fmt: skip
+
+
+def test_tags_identify_code_machine_config_and_weights() -> None:
+    result = {
+        "run_uid": "abc", "status": "failed", "run_dir": "/r", "stages": ["build"], "config": {"a": 1},
+        "environment": {"host": "h", "cpu_model": "cpu", "hardware_fingerprint": "f", "libraries": {"torch": "2.13"},
+                        "git": {"commit": "c0ffee", "dirty": True}},
+        "weights": {"kind": "random"}, "error": {"type": "ConfigError", "message": "bad"},
+    }  # fmt: skip
+    tags = tags_of(result)
+    assert tags["harness.run_uid"] == "abc" and tags["harness.weights_kind"] == "random"
+    assert tags["git.commit"] == "c0ffee" and tags["git.dirty"] == "true" and tags["version.torch"] == "2.13"
+    assert len(tags["harness.config_hash"]) == 12 and "ConfigError" in tags["harness.error"]
