@@ -60,6 +60,7 @@ def _pipeline_task(cfg: Any) -> None:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from harness.perf.vamp import VAMP_FILE
     from harness.pipeline import run
     from harness.summary import format_summary
 
@@ -69,6 +70,8 @@ def _pipeline_task(cfg: Any) -> None:
     multirun = hydra_config.mode == RunMode.MULTIRUN
     result = run(composed, run_dir=run_dir)  # type: ignore[arg-type]
     print(format_summary(result), flush=True)
+    if (run_dir / VAMP_FILE).exists():
+        print((run_dir / VAMP_FILE).read_text(), end="", flush=True)
     _track(composed, run_dir, Path(hydra_config.sweep.dir) if multirun else None)  # type: ignore[arg-type]
     if result.error:
         print(f"error: {result.error.message}", file=sys.stderr, flush=True)

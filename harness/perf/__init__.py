@@ -18,7 +18,7 @@ from harness.backends import LoadTarget, get_backend
 from harness.config.schema import RunConfig
 from harness.errors import ConfigError
 from harness.perf import stats
-from harness.perf.loadgen import WorkerReport, WorkerTask, run_workers
+from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, WorkerReport, WorkerTask, run_workers
 from harness.perf.stats import LatencyBlock
 
 log = logging.getLogger(__name__)
@@ -129,14 +129,16 @@ def summarise(config: RunConfig, reports: list[WorkerReport]) -> tuple[Measureme
     """Derive one ``Measurement`` from raw worker samples (the only place statistics are computed)."""
     perf = config.perf
     instances = [instance for report in reports for instance in report.instances]
-    completions = np.concatenate([instance.start + instance.samples[:, 0].astype(np.float64) for instance in instances])
-    e2e_us = np.concatenate([instance.samples[:, 1] for instance in instances])
-    model_us = np.concatenate([instance.samples[:, 2] for instance in instances])
+    e2e_us = np.concatenate([instance.samples[:, 0] for instance in instances])
+    model_us = np.concatenate([instance.samples[:, 1] for instance in instances])
     start = min(instance.start for instance in instances)
-    forward_time_s = float(completions.max() - start)
-    batches = int(completions.size)
+    end = max(instance.start + instance.last_completion_s for instance in instances)
+    forward_time_s = end - start
+    batches = int(e2e_us.size)
+    completions = _completions_since(start, instances)
+    bin_starts = start + np.arange(completions.size) * COMPLETION_BIN_S
     windows = stats.window_throughputs(
-        completions, start_s=start, end_s=float(completions.max()), windows=perf.windows, batch=perf.batch
+        bin_starts, completions, start_s=start, end_s=end, windows=perf.windows, batch=perf.batch
     )
     latency = LatencyBlock(e2e=stats.latency_stats(e2e_us), model=stats.latency_stats(model_us))
     window_cv = stats.coefficient_of_variation(windows)
@@ -167,8 +169,20 @@ def summarise(config: RunConfig, reports: list[WorkerReport]) -> tuple[Measureme
         peak_device_memory_bytes=sum(device_peaks) if device_peaks else None,
         validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
     )
-    raw = {"completion_s": completions - start, "e2e_us": e2e_us, "model_us": model_us}
+    raw = {"completions_per_ms": completions, "e2e_us": e2e_us, "model_us": model_us}
     return measurement, raw
+
+
+def _completions_since(start: float, instances: list[InstanceSamples]) -> np.ndarray:
+    """Every instance's completion counts on one grid of ``COMPLETION_BIN_S`` bins from ``start``."""
+    offsets = [round((instance.start - start) / COMPLETION_BIN_S) for instance in instances]
+    merged = np.zeros(
+        max(offset + instance.completions.size for offset, instance in zip(offsets, instances, strict=True)),
+        dtype=np.int64,
+    )
+    for offset, instance in zip(offsets, instances, strict=True):
+        merged[offset : offset + instance.completions.size] += instance.completions
+    return merged
 
 
 def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> PerfResult:

@@ -7,8 +7,9 @@ reports ready; the parent releases all of them at once and waits, blocking on pi
 sentinels, for their samples. A worker that raises sends its error back as data; one that dies is
 reported with its exit code; either fails the run instead of hanging it.
 
-Per batch each instance keeps three float32 numbers (completion time since its start, end-to-end and
-model latency in microseconds): 12 bytes per sample, in chunks, and nothing else that grows.
+Per batch each instance keeps two float32 numbers (end-to-end and model latency in microseconds): 8 bytes
+per sample, in chunks. Completion times are counted in 1 ms bins (``CompletionHistogram``), which grows
+with the run's duration, not its iterations; nothing else grows.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from harness.config.schema import PerfConfig
 from harness.errors import MeasurementInvalid
 
 CHUNK_SAMPLES = 65536
+COMPLETION_BIN_S = 0.001
 
 
 class SampleBuffer:
@@ -55,6 +57,24 @@ class SampleBuffer:
         return np.concatenate([*self.chunks[:-1], self.chunks[-1][: self.used]])
 
 
+class CompletionHistogram:
+    """Batches completed per ``COMPLETION_BIN_S`` since an instance's start, and the last completion time."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(4096, dtype=np.int32)
+        self.last_s = 0.0
+
+    def add(self, offset_s: float) -> None:
+        index = int(offset_s / COMPLETION_BIN_S)
+        if index >= self.counts.size:
+            self.counts = np.concatenate([self.counts, np.zeros(max(index + 1, self.counts.size), dtype=np.int32)])
+        self.counts[index] += 1
+        self.last_s = max(self.last_s, offset_s)
+
+    def array(self) -> np.ndarray:
+        return self.counts[: int(self.last_s / COMPLETION_BIN_S) + 1].copy()
+
+
 @dataclass(frozen=True)
 class WorkerTask:
     """Everything one worker process needs (picklable)."""
@@ -72,7 +92,14 @@ class WorkerTask:
 
 @dataclass(frozen=True)
 class InstanceSamples:
-    """One instance's measurement: ``samples`` columns are completion (s since ``start``), e2e us, model us."""
+    """One instance's measurement.
+
+    Attributes:
+        start: ``time.perf_counter()`` when it began measuring (one clock for every process on a machine).
+        samples: [batches, 2] float32: end-to-end and model latency, microseconds.
+        completions: batches completed per ``COMPLETION_BIN_S`` after ``start``.
+        last_completion_s: seconds from ``start`` to its last completion.
+    """
 
     instance: int
     worker: int
@@ -80,6 +107,8 @@ class InstanceSamples:
     first_call_us: float
     start: float
     samples: np.ndarray
+    completions: np.ndarray
+    last_completion_s: float
 
 
 @dataclass(frozen=True)
@@ -112,7 +141,8 @@ class _Instance:
         self.index = index
         self.iterations = iterations
         self.backend = get_backend(task.backend_config.name).backend_type(task.backend_config)
-        self.samples = SampleBuffer(3, iterations or None)
+        self.samples = SampleBuffer(2, iterations or None)
+        self.completions = CompletionHistogram()
         self.load_s = 0.0
         self.first_call_us = 0.0
         self.start = 0.0
@@ -145,7 +175,8 @@ class _Instance:
         self.backend.outputs()
         done = time.perf_counter()
         model_us = device_us if device_us is not None else (model_done - called) * 1e6
-        self.samples.append(done - self.start, (done - submitted) * 1e6, model_us)
+        self.samples.append((done - submitted) * 1e6, model_us)
+        self.completions.add(done - self.start)
 
     def run(self) -> None:
         self.start = time.perf_counter()
@@ -179,7 +210,8 @@ class _Instance:
         self.backend.close()
         return InstanceSamples(
             instance=self.index, worker=self.task.worker, load_s=self.load_s, first_call_us=self.first_call_us,
-            start=self.start, samples=self.samples.array(),
+            start=self.start, samples=self.samples.array(), completions=self.completions.array(),
+            last_completion_s=self.completions.last_s,
         )  # fmt: skip
 
 

@@ -83,12 +83,12 @@ def insufficient_percentiles(stats: LatencyStats) -> list[str]:
 
 
 def window_throughputs(
-    completions_s: np.ndarray, *, start_s: float, end_s: float, windows: int, batch: int
+    bin_starts_s: np.ndarray, counts: np.ndarray, *, start_s: float, end_s: float, windows: int, batch: int
 ) -> np.ndarray:
-    """Images per second in ``windows`` equal time slices of [start, end], from batch completion times."""
+    """Images per second in ``windows`` equal time slices of [start, end], from batch counts per fine time bin."""
     edges = np.linspace(start_s, end_s, windows + 1)
-    counts, _ = np.histogram(completions_s, bins=edges)
-    return counts * batch / np.diff(edges)
+    per_window, _ = np.histogram(bin_starts_s, bins=edges, weights=counts)
+    return per_window * batch / np.diff(edges)
 
 
 def coefficient_of_variation(values: np.ndarray) -> float:

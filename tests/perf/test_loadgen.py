@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from harness.config.schema import RunConfig
 from harness.errors import BackendUnavailable, ConfigError, MeasurementInvalid
 from harness.perf import SAMPLES_FILE, PerfResult, run_perf
-from harness.perf.loadgen import SampleBuffer
+from harness.perf.loadgen import CompletionHistogram, SampleBuffer
 from harness.perf.stats import latency_stats
 from tests.conftest import compose
 
@@ -80,8 +80,8 @@ def test_statistics_recompute_from_the_saved_samples(cache_dir: Path, tmp_path: 
     median_repeat = result.throughput_qps_repeats.index(result.throughput_qps)
     assert latency_stats(saved[f"repeat{median_repeat}_e2e_us"]) == result.latency_us.e2e
     assert latency_stats(saved[f"repeat{median_repeat}_model_us"]) == result.latency_us.model
-    completions = saved[f"repeat{median_repeat}_completion_s"]
-    assert completions.size == 70 and float(completions.max()) == pytest.approx(result.forward_time_s)
+    completions = saved[f"repeat{median_repeat}_completions_per_ms"]
+    assert completions.sum() == 70 and completions.size / 1000 == pytest.approx(result.forward_time_s, abs=0.002)
 
 
 def test_validity_needs_duration_and_samples(cache_dir: Path, tmp_path: Path) -> None:
@@ -161,9 +161,18 @@ def test_shape_and_batch_are_checked_against_the_artifact(cache_dir: Path, tmp_p
 
 
 def test_sample_buffer_grows_in_chunks() -> None:
-    buffer = SampleBuffer(3, capacity_hint=4)
+    buffer = SampleBuffer(2, capacity_hint=4)
     for index in range(10):
-        buffer.append(index, 2 * index, 3 * index)
+        buffer.append(index, 2 * index)
     array = buffer.array()
-    assert array.shape == (10, 3) and array.dtype == np.float32 and len(buffer.chunks) == 3
+    assert array.shape == (10, 2) and array.dtype == np.float32 and len(buffer.chunks) == 3
     np.testing.assert_array_equal(array[:, 1], 2 * np.arange(10))
+
+
+def test_completion_histogram_counts_per_millisecond_and_grows_with_time() -> None:
+    histogram = CompletionHistogram()
+    for offset in (0.0004, 0.0006, 0.0015, 9.9999):
+        histogram.add(offset)
+    counts = histogram.array()
+    assert counts.size == 10_000 and counts.sum() == 4
+    assert (counts[0], counts[1], counts[9999]) == (2, 1, 1) and histogram.last_s == 9.9999
