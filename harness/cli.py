@@ -215,6 +215,40 @@ def _stop_group(server: subprocess.Popen[bytes]) -> None:
             time.sleep(0.1)
 
 
+def _data(arguments: list[str]) -> int:
+    """``harness data download NAME [--root DIR]`` / ``harness data synthetic [--root DIR] [--images N] ...``."""
+    import argparse
+
+    from harness.data.datasets import DATASETS, download_dataset
+    from harness.data.synthetic import write_synthetic
+    from harness.errors import HarnessError
+
+    parser = argparse.ArgumentParser(prog="harness data", description="Retrieval datasets in the revisitop layout.")
+    actions = parser.add_subparsers(dest="action", required=True)
+    download = actions.add_parser("download", help="fetch a Revisited Oxford/Paris dataset (resumable, verified)")
+    download.add_argument("name", choices=sorted(DATASETS))
+    synthetic = actions.add_parser("synthetic", help="write the synthetic dataset made from shipped photos")
+    synthetic.add_argument("--images", type=int, default=60)
+    synthetic.add_argument("--queries", type=int, default=5)
+    synthetic.add_argument("--seed", type=int, default=0)
+    for action in (download, synthetic):
+        action.add_argument("--root", type=Path, default=None, help="dataset root (default: paths.data)")
+    options = parser.parse_args(arguments)
+    root = options.root or Path(compose([])["paths"]["data"])
+    try:
+        if options.action == "download":
+            truth = download_dataset(options.name, root)
+            name = options.name
+        else:
+            truth = write_synthetic(root, images=options.images, queries=options.queries, seed=options.seed)
+            name = "synthetic"
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{root / name}: {len(truth.imlist)} database images, {len(truth.qimlist)} queries")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command(
         "run the configured stages (build, perf) for one config, or a sweep with -m",
@@ -224,6 +258,7 @@ COMMANDS: dict[str, Command] = {
         "build and parity-check the deployable artifact only",
         functools.partial(_hydra_command, "build", _pipeline_task),
     ),
+    "data": Command("download Revisited Oxford/Paris, or write the synthetic dataset (revisitop layout)", _data),
     "sync": Command("log run or sweep folders that are not tracked yet (idempotent)", _sync),
     "ui": Command("start the MLflow UI on the configured store (127.0.0.1, --port N)", _ui),
 }

@@ -82,3 +82,20 @@ def test_sweep_with_a_failing_job_goes_on_and_fails_at_the_end(tmp_path: Path) -
     results = sorted((tmp_path / "outputs" / "run" / "multirun").rglob("result.json"))
     assert [load_result(path).status for path in results] == ["ok", "failed"]
     assert "1 job(s) failed" in done.stderr
+
+
+def test_data_synthetic_writes_the_revisitop_layout(tmp_path: Path) -> None:
+    done = harness(tmp_path, "data", "synthetic", "--root", str(tmp_path / "data"), "--images", "20", "--queries", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("20 database images, 2 queries")
+    assert (tmp_path / "data" / "synthetic" / "gnd_synthetic.pkl").is_file()
+    assert len(list((tmp_path / "data" / "synthetic" / "jpg").glob("*.jpg"))) == 22
+
+
+def test_data_download_offline_is_one_clear_error(tmp_path: Path) -> None:
+    done = harness(tmp_path, "data", "download", "rparis6k", "--root", str(tmp_path / "data"))
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(
+        "error: cannot download http://cmp.felk.cvut.cz/revisitop/data/datasets/rparis6k/gnd_rparis6k.pkl"
+    )

@@ -1,0 +1,1 @@
+"""Accuracy stage: Revisited Oxford / Paris retrieval, exactly the revisitop protocol."""

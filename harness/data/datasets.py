@@ -1,0 +1,126 @@
+"""Revisited Oxford / Paris on disk: the revisitop layout, official downloads, safe extraction.
+
+Layout: ``<root>/<name>/jpg/<image>.jpg`` and ``<root>/<name>/gnd_<name>.pkl``. ``download_dataset`` fetches
+the ground truth and the image archives from their official locations (resumable, size and sha256 recorded
+and verified, progress bar), checks every archive member before extracting any (no absolute paths, no
+``..``, no links or devices), extracts into a staging folder and moves the JPEGs into place, so an archive
+that is refused leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from harness.data.groundtruth import GroundTruth, load_groundtruth
+from harness.download import fetch
+from harness.errors import ConfigError, DataError, unknown_name_message
+
+log = logging.getLogger(__name__)
+
+GND_BASE_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A revisitop dataset: ground-truth URL and the archives holding its images."""
+
+    name: str
+    archives: tuple[str, ...]
+
+    @property
+    def gnd_url(self) -> str:
+        return f"{GND_BASE_URL}/{self.name}/gnd_{self.name}.pkl"
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "roxford5k": DatasetSpec("roxford5k", ("https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz",)),
+    "rparis6k": DatasetSpec(
+        "rparis6k",
+        (
+            "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/paris_1-v1.tgz",
+            "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/paris_2-v1.tgz",
+        ),
+    ),
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ConfigError(unknown_name_message("dataset", name, DATASETS)) from None
+
+
+def gnd_path(root: Path, name: str) -> Path:
+    return root / name / f"gnd_{name}.pkl"
+
+
+def image_path(root: Path, name: str, image: str) -> Path:
+    return root / name / "jpg" / f"{image}.jpg"
+
+
+def checked_members(archive: tarfile.TarFile, source: str) -> list[tarfile.TarInfo]:
+    """Every member, if all are plain files or folders that stay inside the target; else a ``DataError``."""
+    members = archive.getmembers()
+    for member in members:
+        path = PurePosixPath(member.name)
+        if not (member.isfile() or member.isdir()):
+            kind = "link" if member.issym() or member.islnk() else "special file"
+            raise DataError(f"{source}: refused archive: member {member.name!r} is a {kind}")
+        if path.is_absolute() or ".." in path.parts:
+            raise DataError(f"{source}: refused archive: member {member.name!r} would land outside the target")
+    return members
+
+
+def extract_images(archive_path: Path, images_dir: Path) -> int:
+    """Extract every ``.jpg`` of a tar archive, flattened, into ``images_dir``; returns how many."""
+    staging = images_dir.parent / f".extract-{archive_path.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with tarfile.open(archive_path) as archive:
+            members = checked_members(archive, str(archive_path))
+            staging.mkdir(parents=True)
+            archive.extractall(staging, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(f"{archive_path}: not a readable tar archive ({error})") from None
+    except DataError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    images_dir.mkdir(parents=True, exist_ok=True)
+    moved = 0
+    for image in staging.rglob("*.jpg"):
+        image.replace(images_dir / image.name)
+        moved += 1
+    shutil.rmtree(staging)
+    return moved
+
+
+def missing_images(root: Path, name: str, truth: GroundTruth) -> list[str]:
+    return [image for image in (*truth.imlist, *truth.qimlist) if not image_path(root, name, image).is_file()]
+
+
+def download_dataset(name: str, root: Path, *, progress: bool = True) -> GroundTruth:
+    """Fetch, verify and lay out ``name`` under ``root``; a complete dataset is only re-verified."""
+    spec = dataset_spec(name)
+    truth_file = gnd_path(root, name)
+    fetch(spec.gnd_url, truth_file, progress=progress)
+    truth = load_groundtruth(truth_file)
+    if not missing_images(root, name, truth):
+        log.info("dataset complete name=%s images=%d", name, len(truth.imlist) + len(truth.qimlist))
+        return truth
+    for url in spec.archives:
+        archive = root / name / "downloads" / url.rsplit("/", 1)[-1]
+        fetch(url, archive, progress=progress)
+        count = extract_images(archive, root / name / "jpg")
+        log.info("extracted archive=%s images=%d", archive.name, count)
+    missing = missing_images(root, name, truth)
+    if missing:
+        raise DataError(
+            f"{root / name}: {len(missing)} images of the ground truth are missing after extraction, e.g. {missing[:3]}"
+        )
+    return truth

@@ -1,0 +1,124 @@
+"""Revisited Oxford / Paris ground truth (``gnd_<name>.pkl``), loaded without executing anything.
+
+The files are pickles. ``load_groundtruth`` reads them with an unpickler that admits only plain data
+(dict, list, tuple, str, int, float, bool, None and numpy arrays of plain dtypes) and refuses any other
+global before it is looked up, so a malicious file runs no code. The structure is then validated: every
+index inside ``imlist``, boxes well-formed (and inside the query image when sizes are given), with errors
+naming the query.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import DataError
+
+# The globals a plain numpy array (or numpy scalar) needs to be rebuilt from a pickle, and nothing else.
+ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    # Protocol 2 (the revisitop files' Python 2 era) rebuilds array bytes with _codecs.encode(str, "latin1"):
+    # a pure str -> bytes function.
+    ("_codecs", "encode"),
+}
+INDEX_KEYS = ("easy", "hard", "junk")
+
+
+class PlainDataUnpickler(pickle.Unpickler):
+    """Unpickler whose only reachable globals are those that rebuild numpy arrays."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not plain data")
+
+
+def safe_unpickle(data: bytes, *, source: str) -> object:
+    """Unpickle plain data only; object arrays are refused too (they could hold anything)."""
+    try:
+        value = PlainDataUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise DataError(f"{source}: refused or unreadable pickle ({error})") from None
+    _check_plain(value, source)
+    return value
+
+
+def _check_plain(value: object, source: str) -> None:
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise DataError(f"{source}: refused pickle: numpy array of objects")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_plain(key, source)
+            _check_plain(item, source)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_plain(item, source)
+    elif not isinstance(value, str | bytes | int | float | bool | np.generic) and value is not None:
+        raise DataError(f"{source}: refused pickle: {type(value).__name__} is not plain data")
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """A revisitop ground truth: database and query image names, and per query easy/hard/junk/bbx."""
+
+    imlist: tuple[str, ...]
+    qimlist: tuple[str, ...]
+    gnd: tuple[dict[str, object], ...]
+
+
+def load_groundtruth(path: Path, *, query_sizes: Mapping[str, tuple[int, int]] | None = None) -> GroundTruth:
+    """Read and validate ``gnd_<name>.pkl``.
+
+    Args:
+        path: the pickle.
+        query_sizes: optional (width, height) per query image name, to check boxes lie inside the image.
+
+    Raises:
+        DataError: unreadable or unsafe pickle, or a structural problem, naming the query.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ground truth ({error.strerror})") from None
+    value = safe_unpickle(data, source=str(path))
+    if not isinstance(value, Mapping) or not {"imlist", "qimlist", "gnd"} <= set(value):
+        raise DataError(f"{path}: expected a dict with imlist, qimlist and gnd")
+    imlist, qimlist, gnd = (list(value[key]) for key in ("imlist", "qimlist", "gnd"))
+    if len(gnd) != len(qimlist):
+        raise DataError(f"{path}: {len(gnd)} gnd entries for {len(qimlist)} queries")
+    for query, (name, entry) in enumerate(zip(qimlist, gnd, strict=True)):
+        _validate_query(path, query, str(name), entry, len(imlist), (query_sizes or {}).get(str(name)))
+    return GroundTruth(
+        imlist=tuple(map(str, imlist)), qimlist=tuple(map(str, qimlist)), gnd=tuple(dict(entry) for entry in gnd)
+    )
+
+
+def _validate_query(
+    path: Path, query: int, name: str, entry: object, size: int, image_size: tuple[int, int] | None
+) -> None:
+    where = f"{path}: query {query} ({name})"
+    if not isinstance(entry, Mapping):
+        raise DataError(f"{where}: expected a dict with easy/hard/junk/bbx")
+    for key in INDEX_KEYS:
+        indices = np.asarray(entry.get(key, []))
+        if indices.size and (indices.dtype.kind not in "iu" or indices.min() < 0 or indices.max() >= size):
+            flat = indices.ravel()
+            bad = flat[(flat < 0) | (flat >= size)] if indices.dtype.kind in "iu" else flat
+            raise DataError(f"{where}: {key} index {bad[0].item()!r} out of range [0, {size})")
+    if "bbx" in entry:
+        box = np.asarray(entry["bbx"], dtype=np.float64).ravel()
+        if box.size != 4 or not (box[0] < box[2] and box[1] < box[3]) or box.min() < 0:
+            raise DataError(f"{where}: bbx {box.tolist()} is not [x1, y1, x2, y2] with x1 < x2, y1 < y2, >= 0")
+        if image_size is not None and (box[2] > image_size[0] or box[3] > image_size[1]):
+            raise DataError(f"{where}: bbx {box.tolist()} lies outside the {image_size[0]}x{image_size[1]} image")

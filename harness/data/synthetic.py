@@ -1,0 +1,104 @@
+"""A small retrieval dataset in the revisitop layout, made from real photos that installed packages ship.
+
+Each query is one photo ("landmark") with a box around its centre. Database views of a landmark are made by
+cropping, scaling, rotating, recolouring and re-encoding it; a view is labelled by how much of the
+landmark survives (the crop's share of the photo's area, reduced by rotation): easy >= 0.5, hard
+>= 0.2, junk below. Views of the other photos are distractors. Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from harness.data.datasets import gnd_path, image_path
+from harness.data.groundtruth import GroundTruth, load_groundtruth
+from harness.data.photos import as_rgb, photo_loaders
+from harness.errors import ConfigError
+
+EASY_SURVIVAL = 0.5
+HARD_SURVIVAL = 0.2
+LONG_SIDE = 320
+
+
+def _view(photo: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, float]:
+    """A transformed view and the share of the photo that survives in it."""
+    side = float(rng.uniform(0.3, 1.0))  # crop side as a fraction of the photo's sides
+    width, height = photo.size
+    crop_w, crop_h = int(width * side), int(height * side)
+    left, top = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
+    view = photo.crop((left, top, left + crop_w, top + crop_h))
+    angle = float(rng.uniform(-25, 25))
+    view = view.rotate(angle, resample=Image.Resampling.BILINEAR, expand=False)
+    scale = float(rng.uniform(0.6, 1.2))
+    view = view.resize((max(32, int(view.width * scale)), max(32, int(view.height * scale))), Image.Resampling.BILINEAR)
+    view = ImageEnhance.Color(view).enhance(float(rng.uniform(0.6, 1.4)))
+    view = ImageEnhance.Brightness(view).enhance(float(rng.uniform(0.7, 1.3)))
+    # A rotation by a cuts the corners of the crop: about 1 - |sin 2a| / 2 of it stays inside the frame.
+    survival = side * side * (1 - abs(math.sin(math.radians(2 * angle))) / 2)
+    return view, survival
+
+
+def _save_jpeg(image: Image.Image, path: Path, quality: int) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    path.write_bytes(buffer.getvalue())
+
+
+def write_synthetic(
+    root: Path, *, name: str = "synthetic", images: int = 60, queries: int = 5, seed: int = 0
+) -> GroundTruth:
+    """Write ``<root>/<name>/jpg/*.jpg`` and ``gnd_<name>.pkl``; returns the validated ground truth.
+
+    Args:
+        root: dataset root (``paths.data``).
+        name: dataset folder name.
+        images: database images (views and distractors).
+        queries: landmark photos used as queries (the other shipped photos give distractors).
+        seed: makes every crop, colour change and JPEG quality reproducible.
+    """
+    loaders = list(photo_loaders().items())
+    if not 1 <= queries < len(loaders):
+        raise ConfigError(f"queries={queries}: expected 1 to {len(loaders) - 1} (photos shipped: {len(loaders)})")
+    if images < 2 * queries:
+        raise ConfigError(f"images={images}: expected at least {2 * queries} for {queries} queries")
+    rng = np.random.default_rng(seed)
+    photos = []
+    for _, load in loaders:
+        photo = as_rgb(load())
+        factor = LONG_SIDE / max(photo.size)
+        photos.append(
+            photo.resize((round(photo.width * factor), round(photo.height * factor)), Image.Resampling.BILINEAR)
+        )
+    folder = root / name / "jpg"
+    folder.mkdir(parents=True, exist_ok=True)
+    qimlist, gnd = [], []
+    for query, photo in enumerate(photos[:queries]):
+        qimlist.append(f"query_{query:03d}")
+        _save_jpeg(photo, image_path(root, name, qimlist[-1]), quality=95)
+        width, height = photo.size
+        gnd.append({"easy": [], "hard": [], "junk": [], "bbx": [width * 0.1, height * 0.1, width * 0.9, height * 0.9]})
+    entries: list[tuple[str, int | None, float]] = []
+    views_per_query = (images * 2) // (3 * queries)
+    for query in range(queries):
+        entries += [(f"view_{query:03d}_{view:03d}", query, 0.0) for view in range(views_per_query)]
+    entries += [(f"distractor_{index:04d}", None, 0.0) for index in range(images - len(entries))]
+    order = rng.permutation(len(entries))
+    imlist = []
+    for position, entry_index in enumerate(order):
+        image_name, query, _ = entries[entry_index]
+        source = photos[query] if query is not None else photos[queries + position % (len(photos) - queries)]
+        view, survival = _view(source, rng)
+        _save_jpeg(view, image_path(root, name, image_name), quality=int(rng.integers(60, 96)))
+        imlist.append(image_name)
+        if query is not None:
+            label = "easy" if survival >= EASY_SURVIVAL else "hard" if survival >= HARD_SURVIVAL else "junk"
+            gnd[query][label].append(position)  # type: ignore[attr-defined]
+    gnd_path(root, name).write_bytes(pickle.dumps({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, protocol=2))
+    sizes = {query_name: photos[index].size for index, query_name in enumerate(qimlist)}
+    return load_groundtruth(gnd_path(root, name), query_sizes=sizes)
