@@ -47,3 +47,36 @@ def test_map_over_a_million_descriptors(benchmark) -> None:
     assert measured["seconds"] < 10.0
     assert measured["peak_rss_gb"] < 6.0
     assert measured["map_medium"] == pytest.approx(0.0, abs=1.0)  # random data: near-zero mAP
+
+
+def test_decode_and_preprocess_rate_per_core(benchmark, tmp_path) -> None:
+    """1024x768 JPEGs made from real photos, decoded and preprocessed on one core (no worker processes)."""
+    import io
+    import time
+
+    from PIL import Image
+
+    from harness.accuracy.features import ImageJob, decode
+    from harness.data.photos import sample_photos
+    from harness.preprocess import default_params
+
+    paths = []
+    for index, (_, photo) in enumerate(sample_photos(16)):
+        buffer = io.BytesIO()
+        photo.resize((1024, 768), Image.Resampling.BILINEAR).save(buffer, "JPEG", quality=90)
+        path = tmp_path / f"{index}.jpg"
+        path.write_bytes(buffer.getvalue())
+        paths.append(path)
+    jobs = [ImageJob(str(path), None, default_params((224, 224))) for path in paths] * 4
+
+    def run() -> float:
+        started = time.perf_counter()
+        for job in jobs:
+            assert decode(job)[2] is None
+        return len(jobs) / (time.perf_counter() - started)
+
+    rate = benchmark.pedantic(run, rounds=3)
+    rate = max(run() for _ in range(3))
+    benchmark.extra_info["images_per_s_per_core"] = rate
+    print(f"\ndecode + preprocess 1024x768 JPEG: {rate:.1f} images/s on one core")
+    assert rate >= 40.0

@@ -249,14 +249,51 @@ def _data(arguments: list[str]) -> int:
     return 0
 
 
+def _eval_features(arguments: list[str]) -> int:
+    """``harness eval-features --gnd FILE (--features F.npz | --query Q.npy --database D.npy | --folder DIR)``."""
+    import argparse
+
+    from harness.accuracy.offline import evaluate_files
+    from harness.errors import HarnessError
+
+    parser = argparse.ArgumentParser(
+        prog="harness eval-features", description="revisitop metrics for precomputed descriptors"
+    )
+    parser.add_argument("--gnd", type=Path, required=True, help="gnd_<dataset>.pkl")
+    parser.add_argument("--features", type=Path, help=".npz with 'query' and 'database' matrices")
+    parser.add_argument("--query", type=Path, help="query descriptors [Q, D] .npy")
+    parser.add_argument("--database", type=Path, help="database descriptors [N, D] .npy")
+    parser.add_argument("--folder", type=Path, help="folder of per-image .npz files (vamp --path_output)")
+    parser.add_argument("--normalization", choices=("per_image", "per_dimension"), default="per_image")
+    parser.add_argument("--out", type=Path, help="write the metrics JSON here")
+    options = parser.parse_args(arguments)
+    try:
+        report = evaluate_files(
+            options.gnd, features=options.features, query=options.query, database=options.database,
+            folder=options.folder, normalization=options.normalization, output=options.out,
+        )  # fmt: skip
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for setup in ("easy", "medium", "hard"):
+        values: dict[str, float] = report[setup]  # type: ignore[assignment]
+        print(
+            f"{setup:<6} mAP {values['map']:6.2f}  mP@1 {values['mp1']:6.2f}  mP@5 {values['mp5']:6.2f}  mP@10 {values['mp10']:6.2f}"
+        )
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command(
-        "run the configured stages (build, perf) for one config, or a sweep with -m",
+        "run the configured stages (build, perf, accuracy) for one config, or a sweep with -m",
         functools.partial(_hydra_command, "run", _pipeline_task),
     ),
     "build": Command(
         "build and parity-check the deployable artifact only",
         functools.partial(_hydra_command, "build", _pipeline_task),
+    ),
+    "eval-features": Command(
+        "revisitop metrics for precomputed descriptors (.npy/.npz or per-image .npz folder)", _eval_features
     ),
     "data": Command("download Revisited Oxford/Paris, or write the synthetic dataset (revisitop layout)", _data),
     "sync": Command("log run or sweep folders that are not tracked yet (idempotent)", _sync),

@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.accuracy.stage import AccuracyResult, run_accuracy
 from harness.build import BuildResult, build_artifact
 from harness.config.schema import RunConfig
 from harness.environment import capture
@@ -38,6 +39,7 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
     weights: WeightsInfo | None = None
     build: BuildResult | None = None
     perf: PerfResult | None = None
+    accuracy: AccuracyResult | None = None
     error: BaseException | None = None
     stages: tuple[str, ...] = ()
     paths = composed.get("paths")
@@ -63,6 +65,10 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
         if "perf" in config.stages:
             perf = run_perf(config, artifact_path=build.artifact_path if build else None, run_dir=run_dir)
             write_text_atomic(run_dir / VAMP_FILE, vamp_report(perf))
+        if "accuracy" in config.stages:
+            accuracy = run_accuracy(
+                config, artifact_path=build.artifact_path if build else None, run_dir=run_dir, weights_kind=weights.kind
+            )
     except Exception as caught:  # recorded in result.json below; non-harness errors are re-raised after
         error = caught
     result = RunResult(
@@ -79,6 +85,7 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
         weights=weights,
         build=build,
         perf=perf,
+        accuracy=accuracy,
         error=RunError(type=type(error).__name__, message=str(error)) if error else None,
     )
     write_result(result, run_dir)

@@ -1,8 +1,8 @@
-"""Image -> model input tensor.
+"""Image -> model input tensor, through one path: the vdsp description of the preprocessing.
 
-The default pipeline is the DINOv2 retrieval seed's torchvision one, ``Resize([H, W]) -> ToTensor ->
-Normalize(ImageNet)``, reproduced with PIL and numpy: torchvision resizes a PIL image with PIL's own
-bilinear filter (antialiased when shrinking), scales to [0, 1] and normalises per channel.
+The default is the DINOv2 retrieval seed's torchvision pipeline, ``Resize([H, W]) -> ToTensor ->
+Normalize(ImageNet)``, which is PIL's bilinear resize (antialiased when shrinking) of the RGB image, /255,
+then per-channel normalisation: exactly ``DIV255_MINUSMEAN_DIVSTD`` with ``BILINEAR_PILLOW``.
 """
 
 from __future__ import annotations
@@ -12,20 +12,33 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from harness.vdsp import VdspParams, preprocess
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-def default_transform(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """Stretch an RGB image to ``size`` (H, W) with PIL bilinear, scale to [0, 1], normalise: [3, H, W] float32."""
+def default_params(size: tuple[int, int]) -> VdspParams:
+    """The torchvision-equivalent pipeline for an input of ``size`` (H, W)."""
     height, width = size
-    resized = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
-    pixels = np.asarray(resized, dtype=np.float32) / np.float32(255.0)
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-    std = np.asarray(IMAGENET_STD, dtype=np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+    return VdspParams(
+        op_type="TORCHVISION_RESIZE_TOTENSOR_NORMALIZE",
+        input_format="RGB_PLANAR",
+        output_size=(width, height),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        norma_type="DIV255_MINUSMEAN_DIVSTD",
+        resize_type="BILINEAR_PILLOW",
+        color_cvt_code="NO_CHANGE",
+    )
 
 
-def batch_of(images: Sequence[Image.Image], size: tuple[int, int]) -> np.ndarray:
-    """[N, 3, H, W] float32 batch of ``default_transform`` outputs."""
-    return np.stack([default_transform(image, size) for image in images])
+def default_transform(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """[3, H, W] float32 input of the default pipeline."""
+    return preprocess(image, default_params(size))
+
+
+def batch_of(images: Sequence[Image.Image], size: tuple[int, int], params: VdspParams | None = None) -> np.ndarray:
+    """[N, 3, H, W] float32 batch (the default pipeline unless ``params`` are given)."""
+    chosen = params or default_params(size)
+    return np.stack([preprocess(image, chosen) for image in images])

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from harness.accuracy.stage import AccuracyResult
 from harness.build import BuildResult
 from harness.config.convert import from_mapping
 from harness.errors import DataError, HarnessError
@@ -47,6 +48,7 @@ class RunResult:
     weights: WeightsInfo | None = None
     build: BuildResult | None = None
     perf: PerfResult | None = None
+    accuracy: AccuracyResult | None = None
     error: RunError | None = None
 
     def to_dict(self) -> dict[str, object]:

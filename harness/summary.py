@@ -43,6 +43,29 @@ def format_summary(result: RunResult) -> str:
             ("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)),
         ]
         rows += [("warning", warning) for warning in perf.validity.warnings]
+    if result.accuracy:
+        accuracy = result.accuracy
+        rows.append(
+            (
+                "accuracy",
+                f"{accuracy.dataset} ({accuracy.queries} queries, {accuracy.images} images, {accuracy.normalization}): "
+                + ", ".join(
+                    f"{setup[0].upper()} mAP {getattr(accuracy, setup).map:.2f}" for setup in ("easy", "medium", "hard")
+                )
+                + f", M mP@1/5/10 {accuracy.medium.mp1:.1f}/{accuracy.medium.mp5:.1f}/{accuracy.medium.mp10:.1f}",
+            )
+        )
+        rows += [
+            ("published", f"{item.source} ({item.protocol}): M {item.medium_map}, H {item.hard_map}")
+            for item in accuracy.published
+        ]
+        if accuracy.skipped_images:
+            rows.append(
+                (
+                    "skipped",
+                    f"{len(accuracy.skipped_images)} unreadable images: {', '.join(accuracy.skipped_images[:3])}",
+                )
+            )
     if result.error:
         rows.append(("error", f"{result.error.type}: {result.error.message}"))
     rows.append(("time", f"{result.duration_s:.1f} s"))

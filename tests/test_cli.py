@@ -18,7 +18,11 @@ pytestmark = pytest.mark.process
 def harness(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "harness", *arguments]
     if arguments and not arguments[0].startswith("-") and arguments[0] in ("run", "build"):
-        command += [f"paths.cache={tmp_path / 'cache'}", f"paths.outputs={tmp_path / 'outputs'}"]
+        command += [
+            f"paths.cache={tmp_path / 'cache'}",
+            f"paths.outputs={tmp_path / 'outputs'}",
+            f"paths.data={tmp_path / 'data'}",
+        ]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -40,7 +44,8 @@ def test_run_writes_result_json_and_prints_its_path_last(tmp_path: Path) -> None
     result_path = Path(done.stdout.strip().splitlines()[-1])
     assert result_path.name == "result.json" and result_path.is_relative_to(tmp_path / "outputs" / "run")
     result = load_result(result_path)
-    assert result.status == "ok" and result.stages == ("build", "perf")
+    assert result.status == "ok" and result.stages == ("build", "perf", "accuracy")
+    assert result.accuracy is not None and result.accuracy.dataset == "synthetic"
     assert result.perf is not None and result.perf.samples == 16 and result.perf.backend == "onnxruntime"
     assert (result_path.parent / "perf_vamp.txt").read_text().startswith("- number of instances in each device: 1")
     assert result.weights is not None and result.weights.kind == "random"

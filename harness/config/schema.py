@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from harness.config.convert import from_mapping
 from harness.errors import ConfigError
 from harness.models.variants import get_variant
 
+if TYPE_CHECKING:
+    from harness.vdsp import VdspParams
+
 Precision = Literal["fp32", "fp16"]
-Stage = Literal["build", "perf"]
+Stage = Literal["build", "perf", "accuracy"]
 Exporter = Literal["legacy", "dynamo"]
 IoDtype = Literal["fp32", "native"]
 ExternalData = Literal["auto", "always", "never"]
@@ -135,6 +138,63 @@ class PerfConfig:
 
 
 @dataclass(frozen=True)
+class DatasetConfig:
+    """``dataset`` group: a retrieval dataset in the revisitop layout under ``root`` (default ``paths.data``).
+
+    Attributes:
+        name: ``roxford5k``, ``rparis6k`` (``harness data download``) or ``synthetic`` (written on first use).
+        root: dataset root; ``null`` is ``paths.data``.
+        on_bad_image: ``fail`` names the corrupt or missing file and stops; ``skip`` gives it a zero descriptor
+            and lists it in the result.
+        synthetic_images, synthetic_queries, synthetic_seed: the synthetic set's size and seed.
+    """
+
+    name: Literal["roxford5k", "rparis6k", "synthetic"] = "synthetic"
+    root: str | None = None
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    synthetic_images: int = 60
+    synthetic_queries: int = 5
+    synthetic_seed: int = 0
+
+
+@dataclass(frozen=True)
+class AccuracyConfig:
+    """``accuracy`` node: the retrieval protocol options and how features are extracted.
+
+    Attributes:
+        crop_queries: crop query images to their ``bbx`` (revisitop protocol); the vendor recipe does not.
+        normalization: ``per_image`` (L2 per descriptor: cosine, the standard) or ``per_dimension`` (the vendor
+            accuracy script's, needed to reproduce its numbers).
+        batch: images per backend call during extraction.
+        workers: processes decoding and preprocessing JPEGs (0: in the main process).
+    """
+
+    crop_queries: bool = False
+    normalization: Literal["per_image", "per_dimension"] = "per_image"
+    batch: int = 8
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.workers < 0:
+            raise ConfigError(
+                f"accuracy.batch={self.batch}, accuracy.workers={self.workers}: expected batch >= 1, workers >= 0"
+            )
+
+
+@dataclass(frozen=True)
+class VdspConfig:
+    """``vdsp`` group: the preprocessing, as the vendor's vdsp params describe it.
+
+    Attributes:
+        path: a vendor vdsp params JSON (any of its formats); ``null`` uses ``params``.
+        params: the same JSON inline; ``null`` (with no path) is the torchvision-equivalent default.
+    """
+
+    path: str | None = None
+    params: dict[str, object] | None = None
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """``tracking`` group: where runs are logged (MLflow).
 
@@ -183,6 +243,9 @@ class RunConfig:
     build: BuildConfig = field(default_factory=BuildConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    vdsp: VdspConfig = field(default_factory=VdspConfig)
     # The registered backend's own config dataclass (see harness.backends), resolved in from_dict.
     backend: Any = None
     progress: bool = True
@@ -193,8 +256,25 @@ class RunConfig:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """[C, H, W] of one image: ``perf.shape`` or the model's input size."""
-        return self.perf.shape or (3, *self.model.input_size)
+        """[C, H, W] of one image: ``perf.shape``, else the vdsp output size when vdsp params are given, else the
+        model's input size."""
+        if self.perf.shape:
+            return self.perf.shape
+        if self.vdsp.path or self.vdsp.params:
+            width, height = self.preprocessing().output_size
+            return (3, height, width)
+        return (3, *self.model.input_size)
+
+    def preprocessing(self) -> VdspParams:
+        """The vdsp params in force (a vendor file, inline params, or the torchvision-equivalent default)."""
+        from harness.preprocess import default_params
+        from harness.vdsp import load_vdsp, parse_vdsp
+
+        if self.vdsp.path:
+            return load_vdsp(Path(self.vdsp.path).expanduser())
+        if self.vdsp.params:
+            return parse_vdsp(self.vdsp.params, source="vdsp.params")
+        return default_params(self.model.input_size)
 
     @classmethod
     def from_dict(cls, data: object) -> RunConfig:

@@ -32,6 +32,7 @@ import numpy as np
 from harness.backends import LoadTarget, get_backend
 from harness.config.schema import PerfConfig
 from harness.errors import MeasurementInvalid
+from harness.processes import spawn_context
 
 CHUNK_SAMPLES = 65536
 COMPLETION_BIN_S = 0.001
@@ -290,11 +291,7 @@ def _worker_main(task: WorkerTask, connection: Any, go: Any) -> None:
 
 def run_workers(tasks: list[WorkerTask], *, start_timeout_s: float) -> list[WorkerReport]:
     """Run ``tasks`` in fresh processes, load them all, release them together, return their reports."""
-    if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
-        # joblib's loky workers set the start method 'loky', which a spawned child is told to use and cannot
-        # resolve ("cannot find context for 'loky'"); this process only needs plain spawn.
-        multiprocessing.set_start_method("spawn", force=True)
-    context = multiprocessing.get_context("spawn")
+    context = spawn_context()
     go = context.Event()
     workers = []
     for task in tasks:

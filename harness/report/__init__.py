@@ -22,6 +22,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("e2e_avg_us", "perf.latency_us.e2e.avg"),
     ("perf_valid", "perf.validity.valid"),
     ("parity_min_cos", "build.parity.min_cosine"),
+    ("map_medium", "accuracy.medium.map"),
+    ("map_hard", "accuracy.hard.map"),
     ("error", "error.message"),
 )
 

@@ -34,6 +34,13 @@ def test_build_command_runs_only_the_build_stage() -> None:
     assert config.task == "build" and config.stages == ("build",)
 
 
+@pytest.mark.parametrize("group", ["dataset", "vdsp"])
+def test_every_dataset_and_vdsp_option_composes(group: str) -> None:
+    for option in group_options(group):
+        config = RunConfig.from_dict(compose([f"{group}={option}"]))
+        assert config.preprocessing().output_size == (224, 224)
+
+
 @pytest.mark.parametrize("backend", group_options("backend"))
 def test_every_backend_resolves_to_its_config_dataclass(backend: str) -> None:
     from harness.backends import get_backend
@@ -61,7 +68,9 @@ def test_defaults_are_typed() -> None:
             r"model.input_size=\[225, 224\]: expected positive multiples of the patch size 14",
         ),
         ("+model.colour=red", r"model.colour: unknown key \(known: \['input_size', 'seed', 'variant', 'weights'\]\)"),
-        ("stages=[accuracy]", r"stages\[0\]='accuracy': expected one of \['build', 'perf'\]"),
+        ("stages=[report]", r"stages\[0\]='report': expected one of \['accuracy', 'build', 'perf'\]"),
+        ("dataset.name=coco", r"dataset.name='coco': expected one of \['roxford5k', 'rparis6k', 'synthetic'\]"),
+        ("accuracy.normalization=l1", r"accuracy.normalization='l1': expected one of \['per_dimension', 'per_image'\]"),
         ("backend=onnxruntime backend.name=tensorrt", r"backend.name='tensorrt': expected one of .*'onnxruntime'"),
         (
             "+backend.intra_threads=2",

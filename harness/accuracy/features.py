@@ -1,0 +1,117 @@
+"""Descriptors for a list of images through any backend, with decoding in worker processes.
+
+JPEG decoding and preprocessing run in a pool of spawned processes (ordered ``imap``) while the main
+process feeds the backend, so the model is not starved. Features are written straight into a
+memory-mapped ``.npy`` in the run folder (float32 [N, D]), so large sets never sit in memory twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from harness.backends import LoadTarget, get_backend
+from harness.errors import DataError
+from harness.processes import spawn_context
+from harness.vdsp import VdspParams, preprocess
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    path: str
+    box: Box | None
+    params: VdspParams
+
+
+def decode(job: ImageJob) -> tuple[str, np.ndarray | None, str | None]:
+    """(path, [3, H, W] input or None, error or None): runs in a worker process."""
+    try:
+        with Image.open(job.path) as opened:
+            opened.load()
+            image: Image.Image = opened.crop(job.box) if job.box is not None else opened
+            return job.path, preprocess(image, job.params), None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        return job.path, None, f"{type(error).__name__}: {error}"
+
+
+def _decoded(jobs: Sequence[ImageJob], workers: int) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    if workers == 0:
+        yield from map(decode, jobs)
+        return
+    with spawn_context().Pool(workers) as pool:
+        yield from pool.imap(decode, jobs, chunksize=4)
+
+
+def extract(
+    jobs: Sequence[ImageJob],
+    *,
+    backend_config: Any,
+    target: LoadTarget,
+    batch: int,
+    workers: int,
+    output: Path,
+    on_bad_image: str,
+    progress: bool = True,
+) -> tuple[np.ndarray, list[str]]:
+    """Run every image through the backend; returns the memory-mapped features and the skipped files.
+
+    Raises:
+        DataError: a corrupt or missing image with ``on_bad_image=fail`` (the message names the file).
+    """
+    backend = get_backend(backend_config.name).backend_type(backend_config)
+    backend.load(target)
+    features: np.memmap | None = None
+    skipped: list[str] = []
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        nonlocal features
+        backend.prepare(np.stack([tensor for _, tensor in pending]).astype(np.float32))
+        backend.infer()
+        outputs = np.asarray(backend.outputs(), dtype=np.float32)
+        if features is None:
+            features = np.lib.format.open_memmap(
+                output, mode="w+", dtype=np.float32, shape=(len(jobs), outputs.shape[1])
+            )
+            features[:] = 0.0
+        features[[index for index, _ in pending]] = outputs
+        pending.clear()
+
+    try:
+        for index, (path, tensor, error) in enumerate(
+            tqdm(
+                _decoded(jobs, workers),
+                total=len(jobs),
+                desc=f"features {output.stem}",
+                disable=not progress,
+                leave=False,
+            )
+        ):
+            if tensor is None:
+                if on_bad_image == "fail":
+                    raise DataError(f"{path}: cannot read image ({error}); set dataset.on_bad_image=skip to skip it")
+                log.warning("skipping bad image path=%s error=%s", path, error)
+                skipped.append(path)
+                continue
+            pending.append((index, tensor))
+            if len(pending) == batch:
+                flush()
+        if pending:
+            flush()
+    finally:
+        backend.close()
+    if features is None:
+        raise DataError(f"no readable image among {len(jobs)} (first: {jobs[0].path if jobs else 'none'})")
+    features.flush()
+    return features, skipped

@@ -1,0 +1,89 @@
+"""``harness eval-features``: revisitop metrics for descriptors computed elsewhere.
+
+Inputs: query and database matrices (``.npy``, or one ``.npz`` holding ``query`` and ``database``), or a
+folder of per-image ``.npz`` files named after the images (as vamp ``--path_output`` writes; the first
+array of each file is the descriptor), matched to the ground truth's ``qimlist`` and ``imlist``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from harness.accuracy.revisited import Normalization, evaluate
+from harness.accuracy.stage import check_descriptors, setup_metrics
+from harness.data.groundtruth import GroundTruth, load_groundtruth
+from harness.errors import DataError
+from harness.fileio import write_json_atomic
+
+
+def _load_matrix(path: Path, key: str | None = None) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as loaded:
+            if isinstance(loaded, np.ndarray):
+                return loaded
+            names = list(loaded.files)
+            if key is not None and key not in names:
+                raise DataError(f"{path}: no array {key!r} (has {names})")
+            return np.asarray(loaded[key or names[0]])
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(f"{path}: cannot read descriptors ({error})") from None
+
+
+def load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(f"{path}: cannot read descriptors ({error})") from None
+
+
+def _from_folder(folder: Path, names: tuple[str, ...]) -> np.ndarray:
+    missing = [name for name in names if not (folder / f"{name}.npz").is_file()]
+    if missing:
+        raise DataError(f"{folder}: {len(missing)} per-image .npz files missing, e.g. {missing[:3]}")
+    return np.stack([_load_matrix(folder / f"{name}.npz").astype(np.float32).ravel() for name in names])
+
+
+def load_descriptors(
+    truth: GroundTruth, *, features: Path | None, query: Path | None, database: Path | None, folder: Path | None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """(query, database, source description) from whichever input form was given."""
+    if folder is not None:
+        return _from_folder(folder, truth.qimlist), _from_folder(folder, truth.imlist), str(folder)
+    if features is not None:
+        return _load_matrix(features, "query"), _load_matrix(features, "database"), str(features)
+    if query is not None and database is not None:
+        return load_npy(query), load_npy(database), f"{query} / {database}"
+    raise DataError("give --features FILE.npz, or --query Q.npy --database DB.npy, or --folder DIR")
+
+
+def evaluate_files(
+    gnd: Path,
+    *,
+    features: Path | None = None,
+    query: Path | None = None,
+    database: Path | None = None,
+    folder: Path | None = None,
+    normalization: Normalization = "per_image",
+    output: Path | None = None,
+) -> dict[str, object]:
+    """Metrics JSON (also written to ``output`` when given) for descriptors against ``gnd``."""
+    truth = load_groundtruth(gnd)
+    query_matrix, database_matrix, source = load_descriptors(
+        truth, features=features, query=query, database=database, folder=folder
+    )
+    check_descriptors(query_matrix, database_matrix, truth, source=source)
+    metrics = setup_metrics(evaluate(query_matrix, database_matrix, truth.gnd, normalization=normalization))
+    report: dict[str, object] = {
+        "gnd": str(gnd),
+        "descriptors": source,
+        "normalization": normalization,
+        "queries": len(truth.qimlist),
+        "images": len(truth.imlist),
+        **{setup: vars(value) for setup, value in metrics.items()},
+    }
+    if output is not None:
+        write_json_atomic(output, report)
+    return json.loads(json.dumps(report))

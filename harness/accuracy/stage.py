@@ -1,0 +1,166 @@
+"""Accuracy stage: extract descriptors for a revisitop dataset through the run's backend and score them.
+
+Queries and database images are preprocessed as the vdsp params say (the torchvision-equivalent default
+unless configured), optionally cropped to their ``bbx``, run through the backend, and evaluated with the
+exact revisitop metrics. Descriptors are saved in the run folder (``features_query.npy``,
+``features_database.npy``). With official weights on a real dataset, the published numbers for the same
+backbone are put beside the measured ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.accuracy.features import ImageJob, extract
+from harness.accuracy.published import Published, published_results
+from harness.accuracy.revisited import SETUPS, Setup, SetupResult, evaluate
+from harness.backends import LoadTarget
+from harness.config.schema import RunConfig
+from harness.data.datasets import gnd_path, image_path
+from harness.data.groundtruth import GroundTruth, load_groundtruth
+from harness.data.synthetic import write_synthetic
+from harness.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SetupMetrics:
+    """One setup in percent: mAP and mean precision at 1, 5, 10, over ``queries_evaluated`` queries."""
+
+    map: float
+    mp1: float
+    mp5: float
+    mp10: float
+    queries_evaluated: int
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    """The accuracy section of ``result.json``."""
+
+    dataset: str
+    images: int
+    queries: int
+    crop_queries: bool
+    normalization: str
+    preprocessing: dict[str, object]
+    easy: SetupMetrics
+    medium: SetupMetrics
+    hard: SetupMetrics
+    skipped_images: tuple[str, ...]
+    features_files: tuple[str, str]
+    extraction_time_s: float
+    images_per_s: float
+    published: tuple[Published, ...] = ()
+
+
+def setup_metrics(results: Mapping[Setup, SetupResult]) -> dict[Setup, SetupMetrics]:
+    return {
+        setup: SetupMetrics(
+            map=result.map,
+            mp1=result.mp_at[1],
+            mp5=result.mp_at[5],
+            mp10=result.mp_at[10],
+            queries_evaluated=result.queries_evaluated,
+        )
+        for setup, result in results.items()
+    }
+
+
+def check_descriptors(query: np.ndarray, database: np.ndarray, truth: GroundTruth, *, source: str) -> None:
+    """Shapes agree with the ground truth and every value is finite; else a ``DataError`` naming ``source``."""
+    for label, matrix, expected in (("query", query, len(truth.qimlist)), ("database", database, len(truth.imlist))):
+        if matrix.ndim != 2 or matrix.shape[0] != expected:
+            raise DataError(f"{source}: {label} descriptors have shape {list(matrix.shape)}, expected [{expected}, D]")
+        bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+        if bad.size:
+            raise DataError(f"{source}: {label} descriptor {int(bad[0])} contains NaN or inf ({bad.size} rows)")
+    if query.shape[1] != database.shape[1]:
+        raise DataError(f"{source}: query dimension {query.shape[1]} != database dimension {database.shape[1]}")
+
+
+def dataset_truth(config: RunConfig) -> tuple[Path, GroundTruth]:
+    """The dataset's root and validated ground truth (the synthetic set is written on first use)."""
+    root = Path(config.dataset.root or config.paths.data).expanduser()
+    name = config.dataset.name
+    if name == "synthetic" and not gnd_path(root, name).exists():
+        log.info("writing synthetic dataset root=%s images=%d", root, config.dataset.synthetic_images)
+        write_synthetic(
+            root,
+            images=config.dataset.synthetic_images,
+            queries=config.dataset.synthetic_queries,
+            seed=config.dataset.synthetic_seed,
+        )
+    if not gnd_path(root, name).exists():
+        raise DataError(f"{gnd_path(root, name)} not found: run `harness data download {name} --root {root}`")
+    return root, load_groundtruth(gnd_path(root, name))
+
+
+def run_accuracy(config: RunConfig, *, artifact_path: str | None, run_dir: Path, weights_kind: str) -> AccuracyResult:
+    """Extract, evaluate, and return the accuracy block (descriptors saved in ``run_dir``)."""
+    root, truth = dataset_truth(config)
+    params = config.preprocessing()
+    width, height = params.output_size
+    if (height, width) != tuple(config.model.input_size):
+        raise ConfigError(
+            f"vdsp output {width}x{height} does not match model.input_size={list(config.model.input_size)}"
+        )
+    name = config.dataset.name
+    boxes: Sequence[tuple[float, float, float, float] | None] = [
+        tuple(np.asarray(entry["bbx"], dtype=np.float64).tolist())
+        if config.accuracy.crop_queries and "bbx" in entry
+        else None  # type: ignore[misc]
+        for entry in truth.gnd
+    ]
+    query_jobs = [
+        ImageJob(str(image_path(root, name, image)), box, params)
+        for image, box in zip(truth.qimlist, boxes, strict=True)
+    ]
+    database_jobs = [ImageJob(str(image_path(root, name, image)), None, params) for image in truth.imlist]
+    target = LoadTarget(
+        artifact_path=artifact_path,
+        model=config.model,
+        precision=config.precision.name,
+        cache_dir=str(config.paths.path("cache")),
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    common = {"backend_config": config.backend, "target": target, "batch": config.accuracy.batch, "workers": config.accuracy.workers,
+              "on_bad_image": config.dataset.on_bad_image, "progress": config.progress}  # fmt: skip
+    log.info("stage=accuracy dataset=%s queries=%d images=%d", name, len(query_jobs), len(database_jobs))
+    query, skipped_queries = extract(query_jobs, output=run_dir / "features_query.npy", **common)
+    database, skipped_images = extract(database_jobs, output=run_dir / "features_database.npy", **common)
+    extraction_time_s = time.perf_counter() - started
+    skipped_query_paths = set(skipped_queries)
+    gnd = [{} if job.path in skipped_query_paths else entry for job, entry in zip(query_jobs, truth.gnd, strict=True)]
+    metrics = setup_metrics(evaluate(query, database, gnd, normalization=config.accuracy.normalization))
+    published = (
+        tuple(published_results(config.model.variant, name))
+        if weights_kind == "official" and name != "synthetic"
+        else ()
+    )
+    result = AccuracyResult(
+        dataset=name,
+        images=len(truth.imlist),
+        queries=len(truth.qimlist),
+        crop_queries=config.accuracy.crop_queries,
+        normalization=config.accuracy.normalization,
+        preprocessing=json.loads(json.dumps(dataclasses.asdict(params))),  # JSON-shaped: round-trips exactly
+        skipped_images=tuple([*skipped_queries, *skipped_images]),
+        features_files=("features_query.npy", "features_database.npy"),
+        extraction_time_s=extraction_time_s,
+        images_per_s=(len(query_jobs) + len(database_jobs)) / extraction_time_s,
+        published=published,
+        **{setup: metrics[setup] for setup in SETUPS},
+    )
+    log.info("accuracy medium_map=%.2f hard_map=%.2f", result.medium.map, result.hard.map)
+    return result

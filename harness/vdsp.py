@@ -1,0 +1,198 @@
+"""The vendor's preprocessing description ("vdsp params" JSON) and the preprocessing it implies.
+
+Spec: shared/reference/README.md section 6. Two formats:
+
+* new: ``OpType`` + ``OpConfig`` with float ``Mean`` / ``Std`` on the scale the ``NormaType`` implies;
+* legacy: ``vdsp_op_type`` with flat fields or a ``config`` property list; ``meanr/g/b`` and ``stdr/g/b`` are
+  uint16 fp16 bit patterns (14275 -> 0.4851, 22459 -> 123.69) and enums may be numbers.
+
+Numeric enums are mapped only where their meaning is documented (``norma_type`` 3 and 4); any other number
+is kept as ``code N`` and refused when preprocessing needs it, naming the field, instead of guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from harness.errors import ConfigError, DataError
+
+NORMA_TYPES = ("EQUAL", "MINUSMEAN_DIVSTD", "DIV255_MINUSMEAN_DIVSTD", "DIV255", "DIV1275_MINUSONE")
+RESIZE_TYPES = ("BILINEAR_CV", "BILINEAR_PILLOW", "BILINEAR")
+COLOR_CONVERSIONS = ("NO_CHANGE", "BGR2RGB", "RGB2BGR")
+NUMERIC_NORMA_TYPES = {3: "MINUSMEAN_DIVSTD", 4: "DIV255_MINUSMEAN_DIVSTD"}
+
+
+@dataclass(frozen=True)
+class VdspParams:
+    """One vdsp preprocessing op, normalised across formats.
+
+    Attributes:
+        op_type: the vendor op name (or number, as text).
+        input_format: pixel layout the op reads (``RGB_PLANAR``...).
+        output_size: (width, height) after resize.
+        mean, std: per channel (R, G, B order), on the scale ``norma_type`` implies.
+        norma_type, resize_type, color_cvt_code: names from the sets above, or ``code N`` when undocumented.
+        crop: (x, y, width, height) after resize, or ``None``.
+        source_format: ``new``, ``legacy-flat`` or ``legacy-proplist``.
+    """
+
+    op_type: str
+    input_format: str
+    output_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    norma_type: str
+    resize_type: str
+    color_cvt_code: str
+    crop: tuple[int, int, int, int] | None = None
+    source_format: str = "new"
+
+
+def fp16_from_bits(bits: int) -> float:
+    """A uint16 fp16 bit pattern as a float (14275 -> 0.48510742...)."""
+    return float(np.array([bits], dtype=np.uint16).view(np.float16)[0])
+
+
+def _enum(value: object, allowed: tuple[str, ...], numeric: dict[int, str], field: str, source: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return numeric.get(value, f"code {value}")
+    name = str(value).upper().removeprefix("COLOR_")
+    if name not in allowed:
+        raise DataError(f"{source}: {field}={value!r}: expected one of {list(allowed)}")
+    return name
+
+
+def _three(values: Any, field: str, source: str) -> tuple[float, float, float]:
+    try:
+        first, second, third = (float(value) for value in values)
+    except (TypeError, ValueError):
+        raise DataError(f"{source}: {field}={values!r}: expected three numbers") from None
+    return first, second, third
+
+
+def _crop(values: Any) -> tuple[int, int, int, int] | None:
+    if values is None:
+        return None
+    x, y, width, height = (int(value) for value in values)
+    return x, y, width, height
+
+
+def parse_vdsp(data: dict[str, Any], *, source: str = "vdsp params") -> VdspParams:
+    """Parse any of the three vdsp JSON layouts into ``VdspParams``."""
+    if "OpConfig" in data:
+        fields: dict[str, Any] = dict(data["OpConfig"])
+        try:
+            size = (int(fields["OimageWidth"]), int(fields["OimageHeight"]))
+            mean, std = _three(fields["Mean"], "Mean", source), _three(fields["Std"], "Std", source)
+        except KeyError as missing:
+            raise DataError(f"{source}: missing field {missing.args[0]!r}") from None
+        crop_keys = ("CropX", "CropY", "CropWidth", "CropHeight")
+        return VdspParams(
+            op_type=str(data.get("OpType")),
+            input_format=str(fields.get("IimageFormat", "RGB_PLANAR")),
+            output_size=size,
+            mean=mean,
+            std=std,
+            norma_type=_enum(fields.get("NormaType"), NORMA_TYPES, NUMERIC_NORMA_TYPES, "NormaType", source),
+            resize_type=_enum(fields.get("ResizeType", "BILINEAR_CV"), RESIZE_TYPES, {}, "ResizeType", source),
+            color_cvt_code=_enum(
+                fields.get("ColorCvtCode", "NO_CHANGE"), COLOR_CONVERSIONS, {}, "ColorCvtCode", source
+            ),
+            crop=_crop([fields.get(key, 0) for key in crop_keys]) if "CropWidth" in fields else None,
+            source_format="new",
+        )
+    if "vdsp_op_type" not in data:
+        raise DataError(f"{source}: neither OpType/OpConfig nor vdsp_op_type: not a vdsp params file")
+    if "config" in data:
+        flat: dict[str, Any] = {entry["Property"]: entry["Value"] for entry in data["config"]}
+        layout = "legacy-proplist"
+    else:
+        flat = {key: value for key, value in data.items() if key != "vdsp_op_type"}
+        layout = "legacy-flat"
+    try:
+        mean = _three([fp16_from_bits(int(flat[f"mean{channel}"])) for channel in "rgb"], "mean", source)
+        std = _three([fp16_from_bits(int(flat[f"std{channel}"])) for channel in "rgb"], "std", source)
+        size = (int(flat["oimage_width"]), int(flat["oimage_height"]))
+    except KeyError as missing:
+        raise DataError(f"{source}: missing field {missing.args[0]!r}") from None
+    crop_keys = ("crop_x", "crop_y", "crop_width", "crop_height")
+    return VdspParams(
+        op_type=str(data["vdsp_op_type"]),
+        input_format=str(flat.get("iimage_format", "RGB_PLANAR")),
+        output_size=size,
+        mean=mean,
+        std=std,
+        norma_type=_enum(flat.get("norma_type"), NORMA_TYPES, NUMERIC_NORMA_TYPES, "norma_type", source),
+        resize_type=_enum(flat.get("resize_type", "BILINEAR_CV"), RESIZE_TYPES, {}, "resize_type", source),
+        color_cvt_code=_enum(flat.get("color_cvt_code", "NO_CHANGE"), COLOR_CONVERSIONS, {}, "color_cvt_code", source),
+        crop=_crop([flat.get(key, 0) for key in crop_keys]) if "crop_width" in flat else None,
+        source_format=layout,
+    )
+
+
+def load_vdsp(path: Path) -> VdspParams:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: cannot read vdsp params ({error})") from None
+    return parse_vdsp(data, source=str(path))
+
+
+def resize_bilinear_cv(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """OpenCV-style bilinear resize (half-pixel centres, edge clamp, no antialias) of [H, W, C] to (W, H), float32.
+
+    OpenCV's uint8 path rounds the weights to 11 bits; this computes them in float, so it may differ from
+    ``cv2.resize`` by at most one grey level.
+    """
+    width, height = size
+
+    def axis(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        source = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
+        low = np.floor(source).astype(np.int64)
+        fraction = (source - low).astype(np.float32)
+        fraction[low < 0] = 0.0
+        low = np.clip(low, 0, size_in - 1)
+        fraction[low >= size_in - 1] = 0.0
+        return low, np.minimum(low + 1, size_in - 1), fraction
+
+    values = pixels.astype(np.float32)
+    top, bottom, fy = axis(values.shape[0], height)
+    left, right, fx = axis(values.shape[1], width)
+    rows = values[top] * (1 - fy)[:, None, None] + values[bottom] * fy[:, None, None]
+    return rows[:, left] * (1 - fx)[None, :, None] + rows[:, right] * fx[None, :, None]
+
+
+def preprocess(image: Image.Image, params: VdspParams) -> np.ndarray:
+    """RGB image -> [3, H, W] float32 model input as ``params`` describe."""
+    for field in ("norma_type", "resize_type", "color_cvt_code"):
+        if getattr(params, field).startswith("code "):
+            raise ConfigError(
+                f"vdsp {field}={getattr(params, field)!r} is not documented: set it by name in the vdsp config"
+            )
+    rgb = image.convert("RGB")
+    if params.resize_type == "BILINEAR_PILLOW":
+        pixels = np.asarray(rgb.resize(params.output_size, Image.Resampling.BILINEAR), dtype=np.float32)
+    else:
+        pixels = resize_bilinear_cv(np.asarray(rgb), params.output_size)
+    if params.crop is not None:
+        x, y, width, height = params.crop
+        pixels = pixels[y : y + height, x : x + width]
+    if params.color_cvt_code in ("BGR2RGB", "RGB2BGR"):
+        pixels = pixels[:, :, ::-1]
+    mean, std = np.asarray(params.mean, dtype=np.float32), np.asarray(params.std, dtype=np.float32)
+    if params.color_cvt_code == "RGB2BGR":  # constants follow the output channel order
+        mean, std = mean[::-1], std[::-1]
+    normalised = {
+        "EQUAL": lambda x: x,
+        "MINUSMEAN_DIVSTD": lambda x: (x - mean) / std,
+        "DIV255_MINUSMEAN_DIVSTD": lambda x: (x / np.float32(255.0) - mean) / std,
+        "DIV255": lambda x: x / np.float32(255.0),
+        "DIV1275_MINUSONE": lambda x: x / np.float32(127.5) - np.float32(1.0),
+    }[params.norma_type](pixels)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)

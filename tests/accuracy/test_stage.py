@@ -1,0 +1,134 @@
+"""The accuracy stage end to end on the synthetic set, bad images, vdsp preprocessing, eval-features."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.accuracy.offline import evaluate_files
+from harness.accuracy.published import published_results
+from harness.accuracy.revisited import evaluate
+from harness.config.schema import RunConfig
+from harness.data.datasets import gnd_path, image_path
+from harness.data.groundtruth import load_groundtruth
+from harness.data.synthetic import write_synthetic
+from harness.errors import DataError
+from harness.pipeline import run
+from tests.conftest import REPO_ROOT, compose
+
+
+def tiny_run(tmp_path: Path, *overrides: str, name: str = "run"):
+    composed = compose(
+        [
+            "debug=tiny",
+            "stages=[build,accuracy]",
+            f"paths.cache={tmp_path / 'cache'}",
+            f"paths.data={tmp_path / 'data'}",
+            *overrides,
+        ]
+    )
+    return run(composed, run_dir=tmp_path / name)
+
+
+def test_run_writes_the_accuracy_block_and_its_descriptors(tmp_path: Path) -> None:
+    result = tiny_run(tmp_path)
+    assert result.status == "ok", result.error
+    accuracy = result.accuracy
+    assert accuracy is not None and accuracy.dataset == "synthetic" and (accuracy.queries, accuracy.images) == (2, 16)
+    for setup in ("easy", "medium", "hard"):
+        metrics = getattr(accuracy, setup)
+        assert 0.0 <= metrics.map <= 100.0 and 0.0 <= metrics.mp1 <= 100.0
+    assert accuracy.normalization == "per_image" and accuracy.preprocessing["resize_type"] == "BILINEAR_PILLOW"
+    assert accuracy.published == ()  # random weights, synthetic data: nothing to compare with
+    query = np.load(tmp_path / "run" / "features_query.npy")
+    database = np.load(tmp_path / "run" / "features_database.npy")
+    assert query.shape == (2, 64) and database.shape == (16, 64) and query.dtype == np.float32
+    truth = load_groundtruth(gnd_path(tmp_path / "data", "synthetic"))
+    assert evaluate(query, database, truth.gnd)["medium"].map == pytest.approx(accuracy.medium.map)
+
+
+def test_eval_features_reproduces_the_run(tmp_path: Path) -> None:
+    result = tiny_run(tmp_path)
+    gnd = gnd_path(tmp_path / "data", "synthetic")
+    report = evaluate_files(
+        gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "run" / "features_database.npy"
+    )
+    assert report["medium"]["map"] == pytest.approx(result.accuracy.medium.map)  # type: ignore[index, union-attr]
+    query, database = (
+        np.load(tmp_path / "run" / "features_query.npy"),
+        np.load(tmp_path / "run" / "features_database.npy"),
+    )
+    np.savez(tmp_path / "both.npz", query=query, database=database)
+    assert evaluate_files(gnd, features=tmp_path / "both.npz")["hard"] == report["hard"]
+    folder = tmp_path / "per_image"
+    folder.mkdir()
+    truth = load_groundtruth(gnd)
+    for names, matrix in ((truth.qimlist, query), (truth.imlist, database)):
+        for name, row in zip(names, matrix, strict=True):
+            np.savez(folder / f"{name}.npz", output_0=row[None])
+    assert evaluate_files(gnd, folder=folder, output=tmp_path / "m.json")["easy"] == report["easy"]
+    assert (tmp_path / "m.json").is_file()
+    np.save(tmp_path / "short.npy", database[:-1])
+    with pytest.raises(DataError, match=r"short.npy: database descriptors have shape \[15, 64\], expected \[16, D\]"):
+        evaluate_files(gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "short.npy")
+    database[3, 5] = np.nan
+    np.save(tmp_path / "nan.npy", database)
+    with pytest.raises(DataError, match=r"database descriptor 3 contains NaN or inf"):
+        evaluate_files(gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "nan.npy")
+
+
+def test_eval_features_command(tmp_path: Path) -> None:
+    tiny_run(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "eval-features", "--gnd", str(gnd_path(tmp_path / "data", "synthetic")),
+         "--query", str(tmp_path / "run" / "features_query.npy"), "--database", str(tmp_path / "run" / "features_database.npy")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.strip().splitlines()] == ["easy", "medium", "hard"]
+
+
+def test_a_corrupt_image_fails_naming_it_or_is_skipped_and_listed(tmp_path: Path) -> None:
+    truth = write_synthetic(tmp_path / "data", images=16, queries=2, seed=0)
+    bad = image_path(tmp_path / "data", "synthetic", truth.imlist[5])
+    bad.write_bytes(bad.read_bytes()[:200])
+    failed = tiny_run(tmp_path, name="fail")
+    assert failed.status == "failed" and failed.error is not None
+    assert (
+        failed.error.type == "DataError"
+        and str(bad) in failed.error.message
+        and "on_bad_image=skip" in failed.error.message
+    )
+    skipped = tiny_run(tmp_path, "dataset.on_bad_image=skip", name="skip")
+    assert skipped.status == "ok" and skipped.accuracy is not None and skipped.accuracy.skipped_images == (str(bad),)
+    assert not np.load(tmp_path / "skip" / "features_database.npy")[5].any()  # zero descriptor, never ranked first
+
+
+def test_vendor_vdsp_preprocessing_and_perf_shape_from_vdsp(tmp_path: Path) -> None:
+    result = tiny_run(tmp_path, "vdsp=official_dinov2")
+    assert result.status == "ok", result.error
+    assert result.accuracy.preprocessing["resize_type"] == "BILINEAR_CV"  # type: ignore[union-attr]
+    config = RunConfig.from_dict(
+        compose(
+            [
+                "debug=tiny",
+                "model.input_size=[112,112]",
+                "vdsp=official_dinov2",
+                "vdsp.params.OpConfig.OimageWidth=112",
+                "vdsp.params.OpConfig.OimageHeight=112",
+            ]
+        )
+    )
+    assert config.input_shape == (3, 112, 112)
+
+
+def test_published_numbers_are_shown_for_official_backbones_only() -> None:
+    oxford = published_results("vitl14_reg4", "roxford5k")
+    assert [item.source for item in oxford][:2] == ["DINOv2 model card (Oxford-H)", "vendor CPU reference, torch fp32"]
+    assert any(item.protocol.endswith("per_dimension") and item.medium_map == 79.6 for item in oxford)
+    assert published_results("vits14", "rparis6k")[0].hard_map == 68.5
+    assert published_results("tiny14", "roxford5k") == []
