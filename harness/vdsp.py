@@ -83,56 +83,68 @@ def _crop(values: Any) -> tuple[int, int, int, int] | None:
     return x, y, width, height
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Key names of one vdsp JSON layout."""
+
+    width: str
+    height: str
+    input_format: str
+    norma_type: str
+    resize_type: str
+    color_cvt_code: str
+    crop: tuple[str, str, str, str]
+
+
+NEW_LAYOUT = _Layout(
+    "OimageWidth", "OimageHeight", "IimageFormat", "NormaType", "ResizeType", "ColorCvtCode",
+    ("CropX", "CropY", "CropWidth", "CropHeight"),
+)  # fmt: skip
+LEGACY_LAYOUT = _Layout(
+    "oimage_width", "oimage_height", "iimage_format", "norma_type", "resize_type", "color_cvt_code",
+    ("crop_x", "crop_y", "crop_width", "crop_height"),
+)  # fmt: skip
+
+
 def parse_vdsp(data: dict[str, Any], *, source: str = "vdsp params") -> VdspParams:
     """Parse any of the three vdsp JSON layouts into ``VdspParams``."""
-    if "OpConfig" in data:
-        fields: dict[str, Any] = dict(data["OpConfig"])
-        try:
-            size = (int(fields["OimageWidth"]), int(fields["OimageHeight"]))
-            mean, std = _three(fields["Mean"], "Mean", source), _three(fields["Std"], "Std", source)
-        except KeyError as missing:
-            raise DataError(f"{source}: missing field {missing.args[0]!r}") from None
-        crop_keys = ("CropX", "CropY", "CropWidth", "CropHeight")
-        return VdspParams(
-            op_type=str(data.get("OpType")),
-            input_format=str(fields.get("IimageFormat", "RGB_PLANAR")),
-            output_size=size,
-            mean=mean,
-            std=std,
-            norma_type=_enum(fields.get("NormaType"), NORMA_TYPES, NUMERIC_NORMA_TYPES, "NormaType", source),
-            resize_type=_enum(fields.get("ResizeType", "BILINEAR_CV"), RESIZE_TYPES, {}, "ResizeType", source),
-            color_cvt_code=_enum(
-                fields.get("ColorCvtCode", "NO_CHANGE"), COLOR_CONVERSIONS, {}, "ColorCvtCode", source
-            ),
-            crop=_crop([fields.get(key, 0) for key in crop_keys]) if "CropWidth" in fields else None,
-            source_format="new",
-        )
-    if "vdsp_op_type" not in data:
-        raise DataError(f"{source}: neither OpType/OpConfig nor vdsp_op_type: not a vdsp params file")
-    if "config" in data:
-        flat: dict[str, Any] = {entry["Property"]: entry["Value"] for entry in data["config"]}
-        layout = "legacy-proplist"
-    else:
-        flat = {key: value for key, value in data.items() if key != "vdsp_op_type"}
-        layout = "legacy-flat"
     try:
-        mean = _three([fp16_from_bits(int(flat[f"mean{channel}"])) for channel in "rgb"], "mean", source)
-        std = _three([fp16_from_bits(int(flat[f"std{channel}"])) for channel in "rgb"], "std", source)
-        size = (int(flat["oimage_width"]), int(flat["oimage_height"]))
+        if "OpConfig" in data:
+            fields: dict[str, Any] = dict(data["OpConfig"])
+            layout, source_format, op_type = NEW_LAYOUT, "new", data.get("OpType")
+            mean, std = _three(fields["Mean"], "Mean", source), _three(fields["Std"], "Std", source)
+        elif "vdsp_op_type" in data:
+            if "config" in data:
+                fields, source_format = (
+                    {entry["Property"]: entry["Value"] for entry in data["config"]},
+                    "legacy-proplist",
+                )
+            else:
+                fields, source_format = (
+                    {key: value for key, value in data.items() if key != "vdsp_op_type"},
+                    "legacy-flat",
+                )
+            layout, op_type = LEGACY_LAYOUT, data["vdsp_op_type"]
+            mean = _three([fp16_from_bits(int(fields[f"mean{channel}"])) for channel in "rgb"], "mean", source)
+            std = _three([fp16_from_bits(int(fields[f"std{channel}"])) for channel in "rgb"], "std", source)
+        else:
+            raise DataError(f"{source}: neither OpType/OpConfig nor vdsp_op_type: not a vdsp params file")
+        size = (int(fields[layout.width]), int(fields[layout.height]))
     except KeyError as missing:
         raise DataError(f"{source}: missing field {missing.args[0]!r}") from None
-    crop_keys = ("crop_x", "crop_y", "crop_width", "crop_height")
     return VdspParams(
-        op_type=str(data["vdsp_op_type"]),
-        input_format=str(flat.get("iimage_format", "RGB_PLANAR")),
+        op_type=str(op_type),
+        input_format=str(fields.get(layout.input_format, "RGB_PLANAR")),
         output_size=size,
         mean=mean,
         std=std,
-        norma_type=_enum(flat.get("norma_type"), NORMA_TYPES, NUMERIC_NORMA_TYPES, "norma_type", source),
-        resize_type=_enum(flat.get("resize_type", "BILINEAR_CV"), RESIZE_TYPES, {}, "resize_type", source),
-        color_cvt_code=_enum(flat.get("color_cvt_code", "NO_CHANGE"), COLOR_CONVERSIONS, {}, "color_cvt_code", source),
-        crop=_crop([flat.get(key, 0) for key in crop_keys]) if "crop_width" in flat else None,
-        source_format=layout,
+        norma_type=_enum(fields.get(layout.norma_type), NORMA_TYPES, NUMERIC_NORMA_TYPES, layout.norma_type, source),
+        resize_type=_enum(fields.get(layout.resize_type, "BILINEAR_CV"), RESIZE_TYPES, {}, layout.resize_type, source),
+        color_cvt_code=_enum(
+            fields.get(layout.color_cvt_code, "NO_CHANGE"), COLOR_CONVERSIONS, {}, layout.color_cvt_code, source
+        ),
+        crop=_crop([fields.get(key, 0) for key in layout.crop]) if layout.crop[2] in fields else None,
+        source_format=source_format,
     )
 
 

@@ -14,7 +14,10 @@ from tests.conftest import compose
 
 
 def test_result_round_trips_and_failed_runs_keep_their_shape(tmp_path: Path) -> None:
-    ok = run(compose(["debug=tiny", f"paths.cache={tmp_path / 'cache'}", f"paths.data={tmp_path / 'data'}"]), run_dir=tmp_path / "ok")
+    ok = run(
+        compose(["debug=tiny", f"paths.cache={tmp_path / 'cache'}", f"paths.data={tmp_path / 'data'}"]),
+        run_dir=tmp_path / "ok",
+    )
     failed = run(compose(["debug=tiny", "model.weights=/missing.pth"]), run_dir=tmp_path / "failed")
     assert load_result(tmp_path / "ok") == ok
     assert load_result(tmp_path / "failed") == failed

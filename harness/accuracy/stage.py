@@ -102,7 +102,23 @@ def dataset_truth(config: RunConfig) -> tuple[Path, GroundTruth]:
         )
     if not gnd_path(root, name).exists():
         raise DataError(f"{gnd_path(root, name)} not found: run `harness data download {name} --root {root}`")
-    return root, load_groundtruth(gnd_path(root, name))
+    return root, load_groundtruth(gnd_path(root, name), query_sizes=_query_sizes(root, name, gnd_path(root, name)))
+
+
+def _query_sizes(root: Path, name: str, truth_file: Path) -> dict[str, tuple[int, int]]:
+    """(width, height) of each readable query image, from its header, so boxes can be checked against it."""
+    from PIL import Image, UnidentifiedImageError
+
+    from harness.data.groundtruth import safe_unpickle
+
+    sizes = {}
+    for query in safe_unpickle(truth_file.read_bytes(), source=str(truth_file)).get("qimlist", []):  # type: ignore[attr-defined]
+        try:
+            with Image.open(image_path(root, name, str(query))) as image:
+                sizes[str(query)] = image.size
+        except (OSError, UnidentifiedImageError):
+            continue  # reported by name when the image is read for extraction
+    return sizes
 
 
 def run_accuracy(config: RunConfig, *, artifact_path: str | None, run_dir: Path, weights_kind: str) -> AccuracyResult:

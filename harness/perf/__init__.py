@@ -120,6 +120,7 @@ def _tasks(
             WorkerTask(
                 worker=worker, instances=indices, iterations=tuple(per_instance[index] for index in indices),
                 backend_config=config.backend, target=target, perf=perf, batch_shape=batch_shape, input_dtype=dtype, seed=seed,
+                preprocessing=config.preprocessing() if perf.inputs == "photos" else None,
             )
         )  # fmt: skip
     return tasks

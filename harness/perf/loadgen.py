@@ -33,6 +33,7 @@ from harness.backends import LoadTarget, get_backend
 from harness.config.schema import PerfConfig
 from harness.errors import MeasurementInvalid
 from harness.processes import spawn_context
+from harness.vdsp import VdspParams
 
 CHUNK_SAMPLES = 65536
 COMPLETION_BIN_S = 0.001
@@ -89,6 +90,7 @@ class WorkerTask:
     batch_shape: tuple[int, ...]
     input_dtype: str
     seed: int
+    preprocessing: VdspParams | None = None  # for inputs=photos: the run's preprocessing
 
 
 @dataclass(frozen=True)
@@ -123,14 +125,16 @@ class WorkerReport:
     peak_device_bytes: int | None
 
 
-def make_inputs(perf: PerfConfig, batch_shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray:
+def make_inputs(
+    perf: PerfConfig, batch_shape: tuple[int, ...], dtype: str, seed: int, preprocessing: VdspParams | None = None
+) -> np.ndarray:
     """The batch an instance feeds every call, made before timing."""
     if perf.inputs == "photos":
         from harness.data.photos import sample_photos
         from harness.preprocess import batch_of
 
         images = [image for _, image in sample_photos(batch_shape[0])]
-        return batch_of(images, (batch_shape[2], batch_shape[3])).astype(dtype)
+        return batch_of(images, (batch_shape[2], batch_shape[3]), preprocessing).astype(dtype)
     return np.random.default_rng(seed).standard_normal(batch_shape, dtype=np.float32).astype(dtype)
 
 
@@ -152,7 +156,13 @@ class _Instance:
         started = time.perf_counter()
         self.backend.load(self.task.target)
         self.backend.prepare(
-            make_inputs(self.task.perf, self.task.batch_shape, self.task.input_dtype, self.task.seed + self.index)
+            make_inputs(
+                self.task.perf,
+                self.task.batch_shape,
+                self.task.input_dtype,
+                self.task.seed + self.index,
+                self.task.preprocessing,
+            )
         )
         self.load_s = time.perf_counter() - started
         started = time.perf_counter()

@@ -132,3 +132,24 @@ def test_published_numbers_are_shown_for_official_backbones_only() -> None:
     assert any(item.protocol.endswith("per_dimension") and item.medium_map == 79.6 for item in oxford)
     assert published_results("vits14", "rparis6k")[0].hard_map == 68.5
     assert published_results("tiny14", "roxford5k") == []
+
+
+def test_query_cropping_and_boxes_checked_against_the_images(tmp_path: Path) -> None:
+    uncropped = tiny_run(tmp_path, name="plain")
+    cropped = tiny_run(tmp_path, "accuracy.crop_queries=true", name="cropped")
+    assert cropped.status == "ok" and cropped.accuracy.crop_queries  # type: ignore[union-attr]
+    plain_query = np.load(tmp_path / "plain" / "features_query.npy")
+    cropped_query = np.load(tmp_path / "cropped" / "features_query.npy")
+    assert not np.allclose(plain_query, cropped_query)  # the box changed what the model saw
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "plain" / "features_database.npy"), np.load(tmp_path / "cropped" / "features_database.npy")
+    )
+    truth = load_groundtruth(gnd_path(tmp_path / "data", "synthetic"))
+    query = image_path(tmp_path / "data", "synthetic", truth.qimlist[0])
+    from PIL import Image
+
+    with Image.open(query) as image:
+        image.resize((20, 20)).save(query)  # the box now lies outside the query image
+    broken = tiny_run(tmp_path, name="broken")
+    assert broken.status == "failed" and "query 0 (query_000): bbx" in broken.error.message  # type: ignore[union-attr]
+    assert uncropped.accuracy is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -166,6 +167,7 @@ def test_ui_serves_the_store_and_stops_its_process_group_on_ctrl_c(tmp_path: Pat
         [sys.executable, "-m", "harness", "ui", "--port", str(port)], cwd=tmp_path, env=environment,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    process_group = None
     try:
         deadline = time.monotonic() + 90
         healthy = False
@@ -189,3 +191,6 @@ def test_ui_serves_the_store_and_stops_its_process_group_on_ctrl_c(tmp_path: Pat
     finally:
         if ui.poll() is None:
             ui.kill()
+        if process_group is not None:  # a failed assertion must not leave the server running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process_group, signal.SIGKILL)
