@@ -81,10 +81,10 @@ def extract(
         backend.infer()
         outputs = np.asarray(backend.outputs(), dtype=np.float32)
         if features is None:
+            # A new memmap reads as zeros, which is what skipped images keep.
             features = np.lib.format.open_memmap(
                 output, mode="w+", dtype=np.float32, shape=(len(jobs), outputs.shape[1])
             )
-            features[:] = 0.0
         features[[index for index, _ in pending]] = outputs
         pending.clear()
 

@@ -25,7 +25,7 @@ from harness.accuracy.revisited import SETUPS, Setup, SetupResult, evaluate
 from harness.backends import LoadTarget
 from harness.config.schema import RunConfig
 from harness.data.datasets import gnd_path, image_path
-from harness.data.groundtruth import GroundTruth, load_groundtruth
+from harness.data.groundtruth import GroundTruth, check_boxes_inside, load_groundtruth
 from harness.data.synthetic import write_synthetic
 from harness.errors import ConfigError, DataError
 
@@ -102,20 +102,20 @@ def dataset_truth(config: RunConfig) -> tuple[Path, GroundTruth]:
         )
     if not gnd_path(root, name).exists():
         raise DataError(f"{gnd_path(root, name)} not found: run `harness data download {name} --root {root}`")
-    return root, load_groundtruth(gnd_path(root, name), query_sizes=_query_sizes(root, name, gnd_path(root, name)))
+    truth = load_groundtruth(gnd_path(root, name))
+    check_boxes_inside(truth, _query_sizes(root, name, truth), source=str(gnd_path(root, name)))
+    return root, truth
 
 
-def _query_sizes(root: Path, name: str, truth_file: Path) -> dict[str, tuple[int, int]]:
+def _query_sizes(root: Path, name: str, truth: GroundTruth) -> dict[str, tuple[int, int]]:
     """(width, height) of each readable query image, from its header, so boxes can be checked against it."""
     from PIL import Image, UnidentifiedImageError
 
-    from harness.data.groundtruth import safe_unpickle
-
     sizes = {}
-    for query in safe_unpickle(truth_file.read_bytes(), source=str(truth_file)).get("qimlist", []):  # type: ignore[attr-defined]
+    for query in truth.qimlist:
         try:
-            with Image.open(image_path(root, name, str(query))) as image:
-                sizes[str(query)] = image.size
+            with Image.open(image_path(root, name, query)) as image:
+                sizes[query] = image.size
         except (OSError, UnidentifiedImageError):
             continue  # reported by name when the image is read for extraction
     return sizes

@@ -98,14 +98,26 @@ def load_groundtruth(path: Path, *, query_sizes: Mapping[str, tuple[int, int]] |
     if len(gnd) != len(qimlist):
         raise DataError(f"{path}: {len(gnd)} gnd entries for {len(qimlist)} queries")
     for query, (name, entry) in enumerate(zip(qimlist, gnd, strict=True)):
-        _validate_query(path, query, str(name), entry, len(imlist), (query_sizes or {}).get(str(name)))
-    return GroundTruth(
-        imlist=tuple(map(str, imlist)), qimlist=tuple(map(str, qimlist)), gnd=tuple(dict(entry) for entry in gnd)
-    )
+        _validate_query(path, query, str(name), entry, len(imlist))
+    truth = GroundTruth(imlist=tuple(map(str, imlist)), qimlist=tuple(map(str, qimlist)), gnd=tuple(dict(entry) for entry in gnd))
+    if query_sizes:
+        check_boxes_inside(truth, query_sizes, source=str(path))
+    return truth
+
+
+def check_boxes_inside(truth: GroundTruth, query_sizes: Mapping[str, tuple[int, int]], *, source: str) -> None:
+    """Every query box lies inside its image, given (width, height) per query name; else a ``DataError``."""
+    for query, (name, entry) in enumerate(zip(truth.qimlist, truth.gnd, strict=True)):
+        size = query_sizes.get(name)
+        if size is None or "bbx" not in entry:
+            continue
+        box = np.asarray(entry["bbx"], dtype=np.float64).ravel()
+        if box[2] > size[0] or box[3] > size[1]:
+            raise DataError(f"{source}: query {query} ({name}): bbx {box.tolist()} lies outside the {size[0]}x{size[1]} image")
 
 
 def _validate_query(
-    path: Path, query: int, name: str, entry: object, size: int, image_size: tuple[int, int] | None
+    path: Path, query: int, name: str, entry: object, size: int
 ) -> None:
     where = f"{path}: query {query} ({name})"
     if not isinstance(entry, Mapping):
@@ -120,5 +132,3 @@ def _validate_query(
         box = np.asarray(entry["bbx"], dtype=np.float64).ravel()
         if box.size != 4 or not (box[0] < box[2] and box[1] < box[3]) or box.min() < 0:
             raise DataError(f"{where}: bbx {box.tolist()} is not [x1, y1, x2, y2] with x1 < x2, y1 < y2, >= 0")
-        if image_size is not None and (box[2] > image_size[0] or box[3] > image_size[1]):
-            raise DataError(f"{where}: bbx {box.tolist()} lies outside the {image_size[0]}x{image_size[1]} image")
