@@ -113,7 +113,7 @@ def _split(arguments: list[str]) -> tuple[list[str], list[str]]:
 def _sync(arguments: list[str]) -> int:
     """``harness sync [overrides] DIR...``: log run or sweep folders that are not tracked yet, exactly once."""
     from harness.errors import HarnessError
-    from harness.report import sweep_rows, write_summary
+    from harness.report import job_dirs, sweep_rows, write_summary
     from harness.tracking import SWEEP_FILE, Store, finish_sweep, log_run_dir
     from harness.tracking.sweep import tracking_configs
 
@@ -125,10 +125,7 @@ def _sync(arguments: list[str]) -> int:
         store = Store(*tracking_configs(compose(overrides)))
         for folder in map(Path, folders):
             if (folder / SWEEP_FILE).exists():
-                jobs = sorted(
-                    (path.parent for path in folder.glob("*/result.json")), key=lambda path: (len(path.name), path.name)
-                )
-                for job in jobs:
+                for job in job_dirs(folder):
                     _report_sync(job, *log_run_dir(store, job, sweep_dir=folder))
                 parent = finish_sweep(store, folder, write_summary(sweep_rows(folder), folder))
                 print(f"sweep {folder}: parent run {parent}")
@@ -153,9 +150,8 @@ def _report_sync(folder: Path, record: Any, logged: bool) -> None:
 
 def _ui(arguments: list[str]) -> int:
     """``harness ui [--port N] [overrides]``: the MLflow UI on the configured store, on 127.0.0.1."""
-    from harness.config.convert import from_mapping
-    from harness.config.schema import PathsConfig, TrackingConfig
     from harness.tracking import resolve_store
+    from harness.tracking.sweep import tracking_configs
 
     overrides, rest = _split(arguments)
     port = 5000
@@ -165,10 +161,7 @@ def _ui(arguments: list[str]) -> int:
         print("usage: harness ui [--port N] [tracking.uri=...]", file=sys.stderr)
         return 2
     composed = compose(overrides)
-    uri, artifacts = resolve_store(
-        from_mapping(TrackingConfig, composed["tracking"], key="tracking"),
-        from_mapping(PathsConfig, composed["paths"], key="paths"),
-    )
+    uri, artifacts = resolve_store(*tracking_configs(composed))
     if uri.startswith(("http://", "https://")):
         print(f"the tracking store is a server: open {uri}")
         return 0

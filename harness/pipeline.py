@@ -1,7 +1,6 @@
 """One run: composed config -> stages -> ``result.json``.
 
-The config flows ``conf/`` -> ``RunConfig`` -> model + weights -> build -> (perf, accuracy in later stages)
--> ``RunResult``. Whatever happens, ``result.json`` is written: a failed stage yields ``status: failed``
+The config flows ``conf/`` -> ``RunConfig`` -> model + weights -> build -> perf -> accuracy -> ``RunResult``. Whatever happens, ``result.json`` is written: a failed stage yields ``status: failed``
 with the error, and the stages that finished before it keep their results.
 """
 
@@ -62,13 +61,12 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
         if "build" in config.stages:
             log.info("stage=build precision=%s format=%s", config.precision.name, config.build.format)
             build = build_artifact(config, model, weights)
+        artifact_path = build.artifact_path if build else None
         if "perf" in config.stages:
-            perf = run_perf(config, artifact_path=build.artifact_path if build else None, run_dir=run_dir)
+            perf = run_perf(config, artifact_path=artifact_path, run_dir=run_dir)
             write_text_atomic(run_dir / VAMP_FILE, vamp_report(perf))
         if "accuracy" in config.stages:
-            accuracy = run_accuracy(
-                config, artifact_path=build.artifact_path if build else None, run_dir=run_dir, weights_kind=weights.kind
-            )
+            accuracy = run_accuracy(config, artifact_path=artifact_path, run_dir=run_dir, weights_kind=weights.kind)
     except Exception as caught:  # recorded in result.json below; non-harness errors are re-raised after
         error = caught
     result = RunResult(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.cli import compose
 from harness.config.schema import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,17 +89,6 @@ def file_server() -> Iterator[FileServer]:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
-
-
-def compose(overrides: list[str], config_name: str = "run") -> dict[str, object]:
-    """The config ``harness <config_name> <overrides>`` would run, composed from the real ``conf/`` tree."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        composed = hydra_compose(config_name=config_name, overrides=overrides)
-    return OmegaConf.to_container(composed, resolve=True)  # type: ignore[return-value]
 
 
 def run_config(cache_dir: Path, *overrides: str) -> RunConfig:

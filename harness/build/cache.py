@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from harness.config.convert import from_mapping
 from harness.download import sha256_of
 from harness.errors import BuildError, ConfigError
+from harness.fileio import write_json_atomic
 
 T = TypeVar("T")
 
@@ -78,7 +79,7 @@ def load_cached(folder: Path, manifest_type: type[T]) -> T | None:
 
 def publish(staging: Path, folder: Path, manifest: Any) -> None:
     """Write ``build.json`` into ``staging`` and rename it to ``folder`` (replacing a stale one)."""
-    (staging / MANIFEST_NAME).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
+    write_json_atomic(staging / MANIFEST_NAME, asdict(manifest))
     if folder.exists():
         shutil.rmtree(folder)
     try:

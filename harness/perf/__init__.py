@@ -20,6 +20,7 @@ from harness.errors import ConfigError
 from harness.perf import stats
 from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, WorkerReport, WorkerTask, run_workers
 from harness.perf.stats import LatencyBlock
+from harness.vdsp import VdspParams
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class PerfResult(Measurement):
     samples_file: str | None = None
 
 
-def _check_load(config: RunConfig, target: LoadTarget) -> tuple[dict[str, object], tuple[int, ...], str]:
+def _check_load(config: RunConfig, target: LoadTarget) -> tuple[dict[str, object], tuple[int, int, int], str]:
     """Resolve the backend and check shape and batch against what the artifact accepts, before any timing."""
     backend = get_backend(config.backend.name).backend_type(config.backend)
     resolved = backend.resolve(target)
@@ -100,11 +101,16 @@ def _check_load(config: RunConfig, target: LoadTarget) -> tuple[dict[str, object
     max_batch = signature.shape[0]
     if max_batch is not None and config.perf.batch > max_batch:
         raise ConfigError(f"perf.batch={config.perf.batch}: the artifact accepts batch {max_batch} at most")
-    return resolved, (config.perf.batch, *shape), signature.dtype
+    return resolved, shape, signature.dtype
 
 
 def _tasks(
-    config: RunConfig, target: LoadTarget, batch_shape: tuple[int, ...], dtype: str, seed: int
+    config: RunConfig,
+    target: LoadTarget,
+    batch_shape: tuple[int, ...],
+    dtype: str,
+    seed: int,
+    preprocessing: VdspParams | None,
 ) -> list[WorkerTask]:
     perf = config.perf
     per_instance = [0] * perf.instances
@@ -120,7 +126,7 @@ def _tasks(
             WorkerTask(
                 worker=worker, instances=indices, iterations=tuple(per_instance[index] for index in indices),
                 backend_config=config.backend, target=target, perf=perf, batch_shape=batch_shape, input_dtype=dtype, seed=seed,
-                preprocessing=config.preprocessing() if perf.inputs == "photos" else None,
+                preprocessing=preprocessing,
             )
         )  # fmt: skip
     return tasks
@@ -194,7 +200,9 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         precision=config.precision.name,
         cache_dir=str(config.paths.path("cache")),
     )
-    resolved, batch_shape, dtype = _check_load(config, target)
+    resolved, shape, dtype = _check_load(config, target)
+    batch_shape = (config.perf.batch, *shape)
+    preprocessing = config.preprocessing() if config.perf.inputs == "photos" else None
     measurements: list[Measurement] = []
     raw: dict[str, np.ndarray] = {}
     for repeat in range(config.perf.repeats):
@@ -204,7 +212,8 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
             config.perf.batch, config.perf.mode,
         )  # fmt: skip
         reports = run_workers(
-            _tasks(config, target, batch_shape, dtype, seed=repeat), start_timeout_s=config.perf.start_timeout_s
+            _tasks(config, target, batch_shape, dtype, repeat, preprocessing),
+            start_timeout_s=config.perf.start_timeout_s,
         )
         measurement, samples = summarise(config, reports)
         measurements.append(measurement)
@@ -231,7 +240,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         instances=config.perf.instances,
         processes=config.perf.processes,
         batch=config.perf.batch,
-        shape=config.input_shape,
+        shape=shape,
         mode=config.perf.mode,
         iterations=config.perf.iterations,
         duration_s=config.perf.duration_s,

@@ -44,13 +44,16 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job folders (those with a ``result.json``) in job order: 0, 1, ..., 9, 10, ..."""
+    jobs = (path.parent for path in sweep_dir.glob("*/result.json"))
+    return sorted(jobs, key=lambda path: (len(path.name), path.name))
+
+
 def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
     """One row per job folder (``<sweep_dir>/<n>/result.json``), in job order."""
     rows = []
-    jobs = sorted(
-        (path.parent for path in sweep_dir.glob("*/result.json")), key=lambda path: (len(path.name), path.name)
-    )
-    for job in jobs:
+    for job in job_dirs(sweep_dir):
         result = {**json.loads((job / "result.json").read_text()), "job": job.name}
         rows.append({name: _cell(_lookup(result, dotted)) for name, dotted in COLUMNS})
     return rows
