@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check harness tests bench
 	$(BIN)/ruff format --check harness tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest bench --benchmark-only

@@ -6,17 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import build_artifact
 from harness.config.schema import RunConfig
+from harness.export.stage import build_artifact
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
+from harness.resolve import resolve_config
 from tests.conftest import compose
 
 
 @pytest.fixture(scope="session")
 def vits_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, str]:
     cache = tmp_path_factory.mktemp("bench-cache")
-    config = RunConfig.from_dict(compose(["model=vits14_reg4", f"paths.cache={cache}", "build.parity_images=2"]))
+    config = resolve_config(compose(["model=vits14_reg4", f"paths.cache={cache}", "build.parity_images=2"]))
     model, weights = load_backbone(
         get_variant("vits14_reg4"),
         weights="random",

@@ -21,31 +21,38 @@ import pytest
 import threadpoolctl
 import torch
 
-from harness.backends import LoadTarget
-from harness.backends.onnxruntime_backend import OrtConfig
-from harness.backends.sleep_backend import SleepConfig
-from harness.config.schema import PerfConfig, RunConfig
-from harness.perf.loadgen import WorkerTask, make_inputs, run_instances
+from harness.backends import BackendFactory, LoadTarget
+from harness.config.schema import RunConfig
+from harness.perf.loadgen import LoadPlan, WorkerTask, run_instances
+from harness.perf.stage import make_inputs
+from harness.resolve import resolve_config
+from tests.conftest import compose
 
 VITS_GFLOP_PER_IMAGE = 12.5
 ROUNDS = 5
 
 
-def harness_throughput(config: RunConfig, artifact: str, backend: object, *, batch: int, calls: int) -> float:
-    perf = PerfConfig(iterations=calls, batch=batch, warmup=2)
-    task = WorkerTask(
-        worker=0, instances=(0,), iterations=(calls,), backend_config=backend,
-        target=LoadTarget(artifact_path=artifact, model=config.model, precision="fp32", cache_dir=config.paths.cache),
-        perf=perf, batch_shape=(batch, 3, 224, 224), input_dtype="float32", seed=0,
+def random_batch(batch: int) -> np.ndarray:
+    return make_inputs("random", (batch, 3, 224, 224), "float32", seed=0)
+
+
+def one_instance(backend: object, target: LoadTarget, *, batch: int, calls: int, warmup: int) -> WorkerTask:
+    return WorkerTask(
+        worker=0, instances=(0,), iterations=(calls,), factory=BackendFactory(backend, target), inputs=random_batch(batch),
+        plan=LoadPlan(mode="sync", queue_depth=1, warmup=warmup, duration_s=None),
     )  # fmt: skip
-    report = run_instances(task)
+
+
+def harness_throughput(config: RunConfig, artifact: str, backend: object, *, batch: int, calls: int) -> float:
+    target = LoadTarget(artifact_path=artifact, model=config.model, precision="fp32", cache_dir=config.paths.cache)
+    report = run_instances(one_instance(backend, target, batch=batch, calls=calls, warmup=2))
     (instance,) = report.instances
     return calls * batch / instance.last_completion_s
 
 
 def bare_throughput(artifact: str, options: onnxruntime.SessionOptions, *, batch: int, calls: int) -> float:
     session = onnxruntime.InferenceSession(artifact, sess_options=options, providers=["CPUExecutionProvider"])
-    feed = {"input": make_inputs(PerfConfig(), (batch, 3, 224, 224), "float32", seed=0)}
+    feed = {"input": random_batch(batch)}
     for _ in range(2):
         session.run(None, feed)
     started = time.perf_counter()
@@ -63,7 +70,7 @@ def session_options(threads: int) -> onnxruntime.SessionOptions:
 @pytest.mark.parametrize(("batch", "calls"), [(1, 40), (8, 6)])
 def test_harness_overhead_against_a_bare_loop(benchmark, vits_artifact, batch: int, calls: int) -> None:
     config, artifact = vits_artifact
-    backend = OrtConfig(intra_op_threads=2)
+    backend = dataclasses.replace(config.backend, intra_op_threads=2)
     measured: dict[str, list[float]] = {"bare": [], "harness": []}
     runners = {
         "bare": lambda: bare_throughput(artifact, session_options(2), batch=batch, calls=calls),
@@ -110,7 +117,9 @@ def test_onnxruntime_reaches_the_flop_floor(benchmark, vits_artifact) -> None:
     rates = {library: sgemm_gflops(library) for library in ("numpy", "torch")}
     floors = {library: rate / VITS_GFLOP_PER_IMAGE for library, rate in rates.items()}
     measured = {
-        batch: harness_throughput(config, artifact, OrtConfig(intra_op_threads=2), batch=batch, calls=calls)
+        batch: harness_throughput(
+            config, artifact, dataclasses.replace(config.backend, intra_op_threads=2), batch=batch, calls=calls
+        )
         for batch, calls in ((1, 40), (8, 6))
     }
     best = max(measured.values())
@@ -123,16 +132,9 @@ def test_onnxruntime_reaches_the_flop_floor(benchmark, vits_artifact) -> None:
 
 def runner_memory_bytes(calls: int) -> tuple[int, int]:
     """(retained, peak) bytes traced while the instance loop runs ``calls`` zero-latency calls."""
-    config = RunConfig.from_dict(
-        {"task": "bench", "model": {"variant": "tiny14"}, "precision": {"name": "fp32", "parity_min_cosine": 0.9},
-         "paths": {"root": ".", "cache": ".", "data": ".", "outputs": "."}, "backend": {"name": "sleep"}}
-    )  # fmt: skip
-    task = WorkerTask(
-        worker=0, instances=(0,), iterations=(calls,), backend_config=SleepConfig(latency_us=0.0),
-        target=LoadTarget(artifact_path=None, model=config.model, precision="fp32", cache_dir="."),
-        perf=dataclasses.replace(PerfConfig(), iterations=calls, warmup=0), batch_shape=(1, 3, 224, 224),
-        input_dtype="float32", seed=0,
-    )  # fmt: skip
+    config = resolve_config(compose(["model=tiny14", "backend=sleep", "backend.latency_us=0"]))
+    target = LoadTarget(artifact_path=None, model=config.model, precision="fp32", cache_dir=".")
+    task = one_instance(config.backend, target, batch=1, calls=calls, warmup=0)
     tracemalloc.start()
     baseline = tracemalloc.get_traced_memory()[0]
     report = run_instances(task)

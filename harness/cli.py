@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 UI_STOP_GRACE_S = 10.0
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 @dataclass(frozen=True)
@@ -33,17 +33,16 @@ class Command:
 _failed_jobs: list[str] = []
 
 
-def _track(composed: dict[str, Any], run_dir: Path, sweep_dir: Path | None) -> None:
+def _track(config: Any, run_dir: Path, sweep_dir: Path | None) -> None:
     """Log a finished run folder; a tracker failure is a warning, never a lost or failed run."""
     from harness.errors import HarnessError
     from harness.tracking import Store, log_run_dir
-    from harness.tracking.sweep import tracking_configs, ui_hint
+    from harness.tracking.sweep import ui_hint
 
     try:
-        tracking, paths = tracking_configs(composed)
-        if not tracking.enabled:
+        if not config.tracking.enabled:
             return
-        store = Store(tracking, paths)
+        store = Store(config.tracking, config.paths)
         record, _ = log_run_dir(store, run_dir, sweep_dir=sweep_dir)
         print(f"  tracked    MLflow run {record.run_id}: {ui_hint(store)}", flush=True)
     except HarnessError as error:
@@ -62,17 +61,18 @@ def _pipeline_task(cfg: Any) -> None:
 
     from harness.perf.vamp import VAMP_FILE
     from harness.pipeline import run
+    from harness.resolve import resolve_config
     from harness.summary import format_summary
 
     hydra_config = HydraConfig.get()
-    composed = OmegaConf.to_container(cfg, resolve=True)
+    config = resolve_config(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))  # type: ignore[arg-type]
     run_dir = Path(hydra_config.runtime.output_dir)
     multirun = hydra_config.mode == RunMode.MULTIRUN
-    result = run(composed, run_dir=run_dir)  # type: ignore[arg-type]
+    result = run(config, run_dir=run_dir)
     print(format_summary(result), flush=True)
     if (run_dir / VAMP_FILE).exists():
         print((run_dir / VAMP_FILE).read_text(), end="", flush=True)
-    _track(composed, run_dir, Path(hydra_config.sweep.dir) if multirun else None)  # type: ignore[arg-type]
+    _track(config, run_dir, Path(hydra_config.sweep.dir) if multirun else None)  # type: ignore[arg-type]
     if result.error:
         print(f"error: {result.error.message}", file=sys.stderr, flush=True)
         _failed_jobs.append(result.run_dir)
@@ -84,6 +84,15 @@ def _pipeline_task(cfg: Any) -> None:
 def _hydra_command(config_name: str, task: Callable[[Any], None], arguments: list[str]) -> int:
     import hydra
 
+    from harness.config.store import CONF_DIR, register_schema
+    from harness.errors import ConfigError
+
+    try:
+        _check_jobs(config_name, arguments)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    register_schema()
     app = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)
     sys.argv = [f"harness {config_name}", *arguments]
     _failed_jobs.clear()
@@ -94,14 +103,46 @@ def _hydra_command(config_name: str, task: Callable[[Any], None], arguments: lis
     return 0
 
 
-def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
-    """The composed config for utility commands (no run folder, no Hydra logging set-up)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+def _check_jobs(config_name: str, arguments: list[str]) -> None:
+    """Compose and resolve every job's config before Hydra creates a run folder or a sweep starts.
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return OmegaConf.to_container(hydra_compose(config_name=config_name, overrides=overrides), resolve=True)  # type: ignore[return-value]
+    A config that does not resolve is not a run: it raises ``ConfigError`` naming the job and the key. The
+    sweep is expanded with Hydra's own basic sweeper (``hydra.sweeper.params`` included); other sweepers
+    and Hydra's informational flags (``--cfg``, ``--help``...) are left to Hydra.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from harness.config.store import compose, compose_sweep_settings
+    from harness.errors import ConfigError
+    from harness.resolve import resolve_config
+
+    multirun = any(argument in ("-m", "--multirun") for argument in arguments)
+    overrides = [argument for argument in arguments if argument not in ("-m", "--multirun")]
+    if any(argument.startswith("-") for argument in overrides):
+        return
+    if not multirun:
+        resolve_config(compose(overrides, config_name))
+        return
+    parser = OverridesParser.create()
+    try:
+        fixed = [str(item.input_line) for item in parser.parse_overrides(overrides) if not item.is_sweep_override()]
+        sweeper, params = compose_sweep_settings(fixed, config_name)
+        if sweeper != BASIC_SWEEPER:
+            return
+        parsed = parser.parse_overrides([*params, *overrides])
+        swept = {item.get_key_element() for item in parsed if item.is_sweep_override()}
+        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+    except ConfigError:
+        raise
+    except Exception as error:  # Hydra's override grammar errors
+        raise ConfigError(str(error).strip().splitlines()[0]) from None
+    for number, job in enumerate(jobs):
+        try:
+            resolve_config(compose(job, config_name))
+        except ConfigError as error:
+            varying = " ".join(item for item in job if item.split("=", 1)[0] in swept)
+            raise ConfigError(f"sweep job {number} ({varying}): {error}") from None
 
 
 def _split(arguments: list[str]) -> tuple[list[str], list[str]]:
@@ -112,6 +153,7 @@ def _split(arguments: list[str]) -> tuple[list[str], list[str]]:
 
 def _sync(arguments: list[str]) -> int:
     """``harness sync [overrides] DIR...``: log run or sweep folders that are not tracked yet, exactly once."""
+    from harness.config.store import compose
     from harness.errors import HarnessError
     from harness.report import job_dirs, sweep_rows, write_summary
     from harness.tracking import SWEEP_FILE, Store, finish_sweep, log_run_dir
@@ -150,6 +192,7 @@ def _report_sync(folder: Path, record: Any, logged: bool) -> None:
 
 def _ui(arguments: list[str]) -> int:
     """``harness ui [--port N] [overrides]``: the MLflow UI on the configured store, on 127.0.0.1."""
+    from harness.config.store import compose
     from harness.tracking import resolve_store
     from harness.tracking.sweep import tracking_configs
 
@@ -160,8 +203,7 @@ def _ui(arguments: list[str]) -> int:
     elif rest:
         print("usage: harness ui [--port N] [tracking.uri=...]", file=sys.stderr)
         return 2
-    composed = compose(overrides)
-    uri, artifacts = resolve_store(*tracking_configs(composed))
+    uri, artifacts = resolve_store(*tracking_configs(compose(overrides)))
     if uri.startswith(("http://", "https://")):
         print(f"the tracking store is a server: open {uri}")
         return 0
@@ -227,6 +269,8 @@ def _data(arguments: list[str]) -> int:
     for action in (download, synthetic):
         action.add_argument("--root", type=Path, default=None, help="dataset root (default: paths.data)")
     options = parser.parse_args(arguments)
+    from harness.config.store import compose
+
     root = options.root or Path(compose([])["paths"]["data"])
     try:
         if options.action == "download":

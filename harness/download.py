@@ -1,4 +1,4 @@
-"""Resumable, verified downloads (house style rule 19).
+"""Resumable, verified downloads.
 
 A file is streamed into ``<dest>.part``; an interrupted transfer leaves the part file so the next call
 resumes with an HTTP ``Range`` request. A finished transfer is checked against the expected size and
@@ -19,14 +19,10 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from harness.errors import DownloadError
-from harness.fileio import write_json_atomic
+from harness.fileio import CHUNK_BYTES, byte_progress, sha256_of, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -40,16 +36,6 @@ class FileRecord:
 
 def record_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".sha256.json")
-
-
-def sha256_of(path: Path, *, progress: bool = False) -> str:
-    """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle, _bar(path.stat().st_size, f"verify {path.name}", progress) as bar:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
 
 
 def fetch(
@@ -137,7 +123,7 @@ def _stream_to_part(url: str, part: Path, *, timeout_s: float, progress: bool) -
         total = offset + int(remaining) if remaining is not None else None
         received = offset
         mode = "ab" if offset else "wb"
-        with open(part, mode) as handle, _bar(total, f"download {part.stem}", progress, initial=offset) as bar:
+        with open(part, mode) as handle, byte_progress(total, f"download {part.stem}", progress, initial=offset) as bar:
             try:
                 for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
                     handle.write(chunk)
@@ -153,7 +139,3 @@ def _stream_to_part(url: str, part: Path, *, timeout_s: float, progress: bool) -
             f"{url}: truncated at {received} of {total} bytes; the partial file {part} is kept, run again to resume"
         )
     return digest.hexdigest(), received
-
-
-def _bar(total: int | None, desc: str, enabled: bool, initial: int = 0) -> tqdm:
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)

@@ -1,7 +1,8 @@
-"""One exception tree for the harness (house style rule 17).
+"""One exception tree for the harness.
 
 Every error raised on bad user input is a ``HarnessError`` whose message names the input (config key,
-file, URL) and what was expected, so the CLI can print it as one line and exit non-zero.
+file, URL) and what was expected, so the CLI can print it as one line and exit non-zero. ``details`` holds
+longer evidence (a dead worker's last stderr lines) that ``result.json`` keeps beside the one-line message.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import difflib
 
 class HarnessError(Exception):
     """Base of every error the harness raises on purpose."""
+
+    def __init__(self, message: str, *, details: str | None = None) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class ConfigError(HarnessError):

@@ -1,10 +1,15 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of one."""
+"""File helpers: atomic writes (a reader sees the old file or the new one, never half of one) and digests."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
+
+from tqdm import tqdm
+
+CHUNK_BYTES = 1 << 20
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -20,3 +25,18 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, payload: object) -> None:
     """``payload`` as indented, key-sorted JSON, written atomically."""
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_of(path: Path, *, progress: bool = False) -> str:
+    """Hex sha256 of a file, streamed (with a progress bar when asked: checkpoints are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle, byte_progress(path.stat().st_size, f"verify {path.name}", progress) as bar:
+        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def byte_progress(total: int | None, desc: str, enabled: bool, initial: int = 0) -> tqdm:
+    """A progress bar counting bytes (hidden when ``enabled`` is false)."""
+    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)

@@ -1,7 +1,9 @@
-"""One run: composed config -> stages -> ``result.json``.
+"""One run: resolved config -> stages -> ``result.json``.
 
-The config flows ``conf/`` -> ``RunConfig`` -> model + weights -> build -> perf -> accuracy -> ``RunResult``. Whatever happens, ``result.json`` is written: a failed stage yields ``status: failed``
-with the error, and the stages that finished before it keep their results.
+The config flows ``conf/`` -> ``harness.resolve`` (a typed ``RunConfig``) -> inputs checked -> model +
+weights -> build -> perf -> accuracy -> ``RunResult``. Whatever happens once the run has started,
+``result.json`` is written: a failed stage yields ``status: failed`` with the error, and the stages that
+finished before it keep their results.
 """
 
 from __future__ import annotations
@@ -11,28 +13,33 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from harness.accuracy.stage import AccuracyResult, run_accuracy
-from harness.build import BuildResult, build_artifact
+from harness.accuracy.stage import check_dataset_present, run_accuracy
 from harness.config.schema import RunConfig
 from harness.environment import capture
 from harness.errors import HarnessError
+from harness.export.stage import build_artifact
 from harness.fileio import write_text_atomic
 from harness.models.variants import get_variant
-from harness.models.weights import WeightsInfo, load_backbone
-from harness.perf import PerfResult, run_perf
+from harness.models.weights import load_backbone
+from harness.perf.stage import run_perf
 from harness.perf.vamp import VAMP_FILE, vamp_report
-from harness.result import RunError, RunResult, write_result
+from harness.resolve import resolve_config
+from harness.result import AccuracyResult, BuildResult, PerfResult, RunError, RunResult, WeightsInfo, write_result
 
 log = logging.getLogger(__name__)
 
 
-def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
-    """Validate ``composed``, run its stages and write ``<run_dir>/result.json``.
+def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
+    """Run the stages of ``config`` (a ``RunConfig``, or a composed mapping that is resolved first) in ``run_dir``.
 
-    Harness errors end the run with ``status: failed``; any other exception is a bug: it is recorded the
-    same way and then re-raised.
+    A config that does not resolve raises ``ConfigError`` before anything is written: it is not a run.
+    Harness errors after that end the run with ``status: failed``; any other exception is a bug: it is
+    recorded the same way and then re-raised.
     """
+    if not isinstance(config, RunConfig):
+        config = resolve_config(config)
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
     weights: WeightsInfo | None = None
@@ -40,12 +47,9 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
     perf: PerfResult | None = None
     accuracy: AccuracyResult | None = None
     error: BaseException | None = None
-    stages: tuple[str, ...] = ()
-    paths = composed.get("paths")
-    root = Path(str(paths.get("root", "."))) if isinstance(paths, dict) else Path()
     try:
-        config = RunConfig.from_dict(composed)
-        stages = config.stages
+        if "accuracy" in config.stages:
+            check_dataset_present(config)
         spec = get_variant(config.model.variant)
         log.info(
             "stage=model variant=%s weights=%s input_size=%s", spec.name, config.model.weights, config.model.input_size
@@ -77,16 +81,22 @@ def run(composed: dict[str, object], *, run_dir: Path) -> RunResult:
         started_at=started_at.isoformat(timespec="seconds"),
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         duration_s=round(time.perf_counter() - clock, 3),
-        stages=stages,
-        config=composed,
-        environment=capture(root),
+        stages=config.stages,
+        config=config.portable(),
+        environment=capture(config.paths.path("root")),
         weights=weights,
         build=build,
         perf=perf,
         accuracy=accuracy,
-        error=RunError(type=type(error).__name__, message=str(error)) if error else None,
+        error=_run_error(error),
     )
     write_result(result, run_dir)
     if error is not None and not isinstance(error, HarnessError):
         raise error
     return result
+
+
+def _run_error(error: BaseException | None) -> RunError | None:
+    if error is None:
+        return None
+    return RunError(type=type(error).__name__, message=str(error), details=getattr(error, "details", None))

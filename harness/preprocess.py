@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from harness.vdsp import VdspParams, preprocess
+from harness.config.schema import VdspParams
+from harness.vdsp import preprocess
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -20,11 +21,10 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 def default_params(size: tuple[int, int]) -> VdspParams:
     """The torchvision-equivalent pipeline for an input of ``size`` (H, W)."""
-    height, width = size
     return VdspParams(
         op_type="TORCHVISION_RESIZE_TOTENSOR_NORMALIZE",
         input_format="RGB_PLANAR",
-        output_size=(width, height),
+        output_size=size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         norma_type="DIV255_MINUSMEAN_DIVSTD",

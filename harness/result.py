@@ -1,39 +1,256 @@
-"""``result.json``: the record of one run, written atomically before anything is logged anywhere else.
+"""``result.json``: the record of one run, as typed, light dataclasses.
 
-Schema (version 1) is documented in the README. Every stage has a fixed slot; a stage that did not run is
-``null``, never a different shape.
+Every stage's result type lives here, so reading a result back (``load_result``), the summary, reports, the
+gate and tracking import neither torch nor onnxruntime. The schema (version 1) is documented in the README.
+Every stage has a fixed slot; a stage that did not run is ``null``, never a different shape.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from harness.accuracy.stage import AccuracyResult
-from harness.build import BuildResult
 from harness.config.convert import from_mapping
+from harness.config.schema import RunConfig
 from harness.errors import DataError, HarnessError
 from harness.fileio import write_json_atomic
-from harness.models.weights import WeightsInfo
-from harness.perf import PerfResult
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
+WeightsKind = Literal["official", "random", "path"]
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Provenance of the weights a model was built with.
+
+    Attributes:
+        kind: ``official``, ``random`` or ``path``.
+        source: URL, file path, or ``random(seed=N)``.
+        sha256: digest of the checkpoint file; ``None`` for random weights.
+        digest: what identifies the weights in cache keys (the sha256, or ``random-seed<N>``).
+    """
+
+    kind: WeightsKind
+    source: str
+    sha256: str | None
+    digest: str
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """Agreement of artifact features with torch fp32 features.
+
+    Attributes:
+        images: names of the photos compared.
+        min_cosine: smallest per-image cosine similarity.
+        mean_cosine: mean per-image cosine similarity.
+        max_abs_error: largest absolute difference of any feature element.
+        threshold_min_cosine: the configured bound on ``min_cosine``.
+        threshold_max_abs_error: the configured bound on ``max_abs_error`` (``None``: not checked).
+        runtime: what ran the artifact (``onnxruntime <version> CPUExecutionProvider``).
+        passed: both bounds hold.
+    """
+
+    images: tuple[str, ...]
+    min_cosine: float
+    mean_cosine: float
+    max_abs_error: float
+    threshold_min_cosine: float
+    threshold_max_abs_error: float | None
+    runtime: str
+    passed: bool
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """One file of an artifact: name within its folder, size in bytes, sha256 hex digest."""
+
+    name: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BuildManifest:
+    """``build.json``: what an artifact is and how it was made (schema in the README)."""
+
+    schema_version: int
+    artifact_name: str
+    format: str
+    model_file: str
+    cache_key: str
+    key_fields: dict[str, object]
+    files: tuple[ArtifactFile, ...]
+    external_data: bool
+    export_time_s: float
+    created_at: str
+    parity: ParityResult
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The build stage's section of ``result.json``.
+
+    Attributes:
+        artifact_path: absolute path of the model file to load.
+        cache_hit: the artifact came from the cache (no export in this run).
+        manifest: the artifact's ``build.json``.
+        parity: this run's parity check (a cache hit is re-checked too).
+        time_s: wall time of the stage, seconds.
+    """
+
+    artifact_path: str
+    cache_hit: bool
+    manifest: BuildManifest
+    parity: ParityResult
+    time_s: float
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency summary in microseconds; a percentile is ``None`` when too few samples support it."""
+
+    count: int
+    avg: float
+    std: float
+    min: float
+    max: float
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True)
+class LatencyBlock:
+    """End-to-end (submit -> result, queueing included) and model (the backend call alone) latencies."""
+
+    e2e: LatencyStats
+    model: LatencyStats
+
+
+@dataclass(frozen=True, kw_only=True)
+class Validity:
+    """Whether a measurement can be trusted, and every reason it cannot (or is weaker than asked)."""
+
+    valid: bool
+    reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """One independent run of the load.
+
+    Attributes:
+        samples: images completed in the measured phase (batches x batch).
+        batches: backend calls completed.
+        forward_time_s: release of all workers to the last completion.
+        throughput_qps: samples / forward_time_s (images per second).
+        latency_us: end-to-end and model latency statistics, microseconds.
+        load_time_s: mean model load time per instance.
+        first_call_us: mean cold first-call time per instance, apart from the steady state.
+        window_throughput_qps: throughput in ``perf.windows`` equal time slices.
+        window_cv: coefficient of variation of those.
+        cpu_utilization_pct: CPU time of the worker processes over forward time x cores.
+        peak_host_memory_bytes: sum over worker processes of their peak resident memory.
+        peak_device_memory_bytes: peak device memory allocated (torch on CUDA), else ``None``.
+        validity: see ``Validity``.
+    """
+
+    samples: int
+    batches: int
+    forward_time_s: float
+    throughput_qps: float
+    latency_us: LatencyBlock
+    load_time_s: float
+    first_call_us: float
+    window_throughput_qps: tuple[float, ...]
+    window_cv: float
+    cpu_utilization_pct: float
+    peak_host_memory_bytes: int
+    peak_device_memory_bytes: int | None
+    validity: Validity
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerfResult(Measurement):
+    """The perf section of ``result.json``: the median repeat's measurement, the load, and every repeat."""
+
+    backend: str
+    backend_resolved: dict[str, object]
+    instances: int
+    processes: int
+    batch: int
+    shape: tuple[int, int, int]
+    mode: str
+    iterations: int | None
+    duration_s: float | None
+    throughput_qps_repeats: tuple[float, ...]
+    repeats: tuple[Measurement, ...] = field(default=())
+    samples_file: str | None = None
+
+
+@dataclass(frozen=True)
+class SetupMetrics:
+    """One setup in percent: mAP and mean precision at 1, 5, 10, over ``queries_evaluated`` queries."""
+
+    map: float
+    mp1: float
+    mp5: float
+    mp10: float
+    queries_evaluated: int
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published result (x100); ``None`` where the source gives no number."""
+
+    source: str
+    protocol: str
+    medium_map: float | None
+    hard_map: float | None
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    """The accuracy section of ``result.json``."""
+
+    dataset: str
+    images: int
+    queries: int
+    crop_queries: bool
+    normalization: str
+    preprocessing: dict[str, object]
+    easy: SetupMetrics
+    medium: SetupMetrics
+    hard: SetupMetrics
+    skipped_images: tuple[str, ...]
+    features_files: tuple[str, str]
+    extraction_time_s: float
+    images_per_s: float
+    published: tuple[Published, ...] = ()
 
 
 @dataclass(frozen=True)
 class RunError:
-    """Why a run failed: the exception type and its one-line message."""
+    """Why a run failed: the exception type, its one-line message and, for a dead process, what it printed last."""
 
     type: str
     message: str
+    details: str | None = None
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """One run. ``status`` is ``ok`` when every requested stage finished, else ``failed`` with ``error``."""
+    """One run. ``status`` is ``ok`` when every requested stage finished, else ``failed`` with ``error``.
+
+    ``config`` is the resolved ``RunConfig``; read back from JSON its ``backend`` stays a mapping, so that
+    loading a result needs no backend plugin.
+    """
 
     schema_version: int
     status: Literal["ok", "failed"]
@@ -43,7 +260,7 @@ class RunResult:
     finished_at: str
     duration_s: float
     stages: tuple[str, ...]
-    config: dict[str, object]
+    config: RunConfig
     environment: dict[str, object]
     weights: WeightsInfo | None = None
     build: BuildResult | None = None
@@ -57,6 +274,8 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, data: object) -> RunResult:
+        if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
+            raise DataError(f"schema_version={data.get('schema_version')!r}: this harness reads {SCHEMA_VERSION}")
         return from_mapping(cls, data)
 
 

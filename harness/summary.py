@@ -7,12 +7,11 @@ from harness.result import RunResult
 
 def format_summary(result: RunResult) -> str:
     """A few aligned lines: what was built, how it was checked, where it is."""
-    model: dict[str, object] = result.config.get("model") or {}  # type: ignore[assignment]
-    precision: dict[str, object] = result.config.get("precision") or {}  # type: ignore[assignment]
+    model = result.config.model
     rows: list[tuple[str, str]] = [
         ("status", result.status),
-        ("model", f"{model.get('variant')} weights={result.weights.kind if result.weights else model.get('weights')}"),
-        ("precision", str(precision.get("name"))),
+        ("model", f"{model.variant} weights={result.weights.kind if result.weights else model.weights}"),
+        ("precision", result.config.precision.name),
     ]
     if result.weights and result.weights.kind == "random":
         rows.append(("note", "RANDOM weights: numbers show speed and numerics, not retrieval quality"))

@@ -1,6 +1,6 @@
 """The vendor's preprocessing description ("vdsp params" JSON) and the preprocessing it implies.
 
-Spec: shared/reference/README.md section 6. Two formats:
+Spec: ``docs/vdsp.md`` (the vendor's model-zoo vdsp params files). Two formats:
 
 * new: ``OpType`` + ``OpConfig`` with float ``Mean`` / ``Std`` on the scale the ``NormaType`` implies;
 * legacy: ``vdsp_op_type`` with flat fields or a ``config`` property list; ``meanr/g/b`` and ``stdr/g/b`` are
@@ -20,38 +20,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from harness.config.schema import VdspParams
 from harness.errors import ConfigError, DataError
 
 NORMA_TYPES = ("EQUAL", "MINUSMEAN_DIVSTD", "DIV255_MINUSMEAN_DIVSTD", "DIV255", "DIV1275_MINUSONE")
 RESIZE_TYPES = ("BILINEAR_CV", "BILINEAR_PILLOW", "BILINEAR")
 COLOR_CONVERSIONS = ("NO_CHANGE", "BGR2RGB", "RGB2BGR")
 NUMERIC_NORMA_TYPES = {3: "MINUSMEAN_DIVSTD", 4: "DIV255_MINUSMEAN_DIVSTD"}
-
-
-@dataclass(frozen=True)
-class VdspParams:
-    """One vdsp preprocessing op, normalised across formats.
-
-    Attributes:
-        op_type: the vendor op name (or number, as text).
-        input_format: pixel layout the op reads (``RGB_PLANAR``...).
-        output_size: (width, height) after resize.
-        mean, std: per channel (R, G, B order), on the scale ``norma_type`` implies.
-        norma_type, resize_type, color_cvt_code: names from the sets above, or ``code N`` when undocumented.
-        crop: (x, y, width, height) after resize, or ``None``.
-        source_format: ``new``, ``legacy-flat`` or ``legacy-proplist``.
-    """
-
-    op_type: str
-    input_format: str
-    output_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    norma_type: str
-    resize_type: str
-    color_cvt_code: str
-    crop: tuple[int, int, int, int] | None = None
-    source_format: str = "new"
 
 
 def fp16_from_bits(bits: int) -> float:
@@ -129,7 +104,7 @@ def parse_vdsp(data: dict[str, Any], *, source: str = "vdsp params") -> VdspPara
             std = _three([fp16_from_bits(int(fields[f"std{channel}"])) for channel in "rgb"], "std", source)
         else:
             raise DataError(f"{source}: neither OpType/OpConfig nor vdsp_op_type: not a vdsp params file")
-        size = (int(fields[layout.width]), int(fields[layout.height]))
+        size = (int(fields[layout.height]), int(fields[layout.width]))
     except KeyError as missing:
         raise DataError(f"{source}: missing field {missing.args[0]!r}") from None
     return VdspParams(
@@ -157,12 +132,12 @@ def load_vdsp(path: Path) -> VdspParams:
 
 
 def resize_bilinear_cv(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """OpenCV-style bilinear resize (half-pixel centres, edge clamp, no antialias) of [H, W, C] to (W, H), float32.
+    """OpenCV-style bilinear resize (half-pixel centres, edge clamp, no antialias) of [H, W, C] to ``size`` (H, W).
 
     OpenCV's uint8 path rounds the weights to 11 bits; this computes them in float, so it may differ from
     ``cv2.resize`` by at most one grey level.
     """
-    width, height = size
+    height, width = size
 
     def axis(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         source = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
@@ -189,7 +164,8 @@ def preprocess(image: Image.Image, params: VdspParams) -> np.ndarray:
             )
     rgb = image.convert("RGB")
     if params.resize_type == "BILINEAR_PILLOW":
-        pixels = np.asarray(rgb.resize(params.output_size, Image.Resampling.BILINEAR), dtype=np.float32)
+        height, width = params.output_size
+        pixels = np.asarray(rgb.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     else:
         pixels = resize_bilinear_cv(np.asarray(rgb), params.output_size)
     if params.crop is not None:

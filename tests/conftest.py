@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import compose
 from harness.config.schema import RunConfig
+from harness.config.store import compose
+from harness.resolve import resolve_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,7 +94,7 @@ def cache_dir(tmp_path: Path) -> Path:
 
 def run_config(cache_dir: Path, *overrides: str) -> RunConfig:
     """A validated ``RunConfig`` for the tiny debug model with an isolated cache."""
-    return RunConfig.from_dict(compose(["debug=tiny", f"paths.cache={cache_dir}", *overrides]))
+    return resolve_config(compose(["debug=tiny", f"paths.cache={cache_dir}", *overrides]))
 
 
 def free_port() -> int:

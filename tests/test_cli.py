@@ -61,17 +61,37 @@ def test_second_build_reports_a_cache_hit(tmp_path: Path) -> None:
     done = harness(tmp_path, "build", "debug=tiny")
     assert done.returncode == 0 and "build cache hit" in done.stderr + done.stdout
     result = load_result(done.stdout.strip().splitlines()[-1])
-    assert result.config["task"] == "build" and result.build is not None and result.build.cache_hit
+    assert result.config.task == "build" and result.build is not None and result.build.cache_hit
 
 
-def test_bad_value_is_one_line_error_and_a_failed_result(tmp_path: Path) -> None:
+def test_a_config_that_does_not_resolve_is_one_line_and_not_a_run(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "debug=tiny", "model.variant=vitx14")
-    assert done.returncode == 1
+    assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: model.variant='vitx14': expected one of " + errors[0].split("expected one of ")[1]]
-    assert "Traceback" not in done.stderr
-    result = load_result(done.stdout.strip().splitlines()[-1])
-    assert result.status == "failed" and result.error is not None and result.error.type == "ConfigError"
+    assert "Traceback" not in done.stderr and done.stderr.strip() == errors[0]
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("perf.batch=abc", "error: perf.batch='abc': expected int"),
+        ("perf.batchsize=8", "error: perf.batchsize: unknown key"),
+        ("vdsp.path=/nowhere/vdsp.json", "error: vdsp.path: /nowhere/vdsp.json: cannot read vdsp params"),
+    ],
+)
+def test_bad_types_unknown_keys_and_bad_vdsp_fail_before_any_stage(tmp_path: Path, override: str, message: str) -> None:
+    done = harness(tmp_path, "run", "debug=tiny", override)
+    assert done.returncode == 2 and done.stderr.startswith(message), done.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_sweep_with_one_bad_job_runs_nothing(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "-m", "debug=tiny", "perf.batch=1,abc")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: sweep job 1 (perf.batch=abc): perf.batch='abc': expected int"
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_unknown_group_option_fails_before_running(tmp_path: Path) -> None:

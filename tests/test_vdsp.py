@@ -35,7 +35,7 @@ def test_legacy_property_list_with_fp16_bit_patterns() -> None:
 
 def test_legacy_flat_with_numeric_enums() -> None:
     params = load_vdsp(FIXTURES / "legacy-flat-vdsp_params.json")
-    assert params.source_format == "legacy-flat" and params.op_type == "301" and params.output_size == (100, 32)
+    assert params.source_format == "legacy-flat" and params.op_type == "301" and params.output_size == (32, 100)
     assert params.mean == (0.5, 0.5, 0.5) and params.norma_type == "DIV255_MINUSMEAN_DIVSTD"
     assert params.resize_type == "code 1" and params.color_cvt_code == "code 2"  # undocumented: kept, not guessed
     with pytest.raises(ConfigError, match=r"vdsp resize_type='code 1' is not documented"):
@@ -107,7 +107,7 @@ def test_bilinear_cv_is_half_pixel_bilinear_without_antialias() -> None:
     assert up[0].tolist() == [0.0, 25.0, 75.0, 100.0]
     row = np.arange(8, dtype=np.uint8)[None, :, None] * 10
     # 8 -> 2 samples x = 1.5 and 5.5 only (no antialias): the mean of two neighbours, not of four
-    assert resize_bilinear_cv(row, (2, 1))[0, :, 0].tolist() == [15.0, 55.0]
+    assert resize_bilinear_cv(row, (1, 2))[0, :, 0].tolist() == [15.0, 55.0]
 
 
 def test_colour_conversion_and_crop() -> None:

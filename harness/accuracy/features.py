@@ -11,16 +11,16 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from harness.backends import LoadTarget, get_backend
+from harness.backends import BackendFactory
+from harness.config.schema import VdspParams
 from harness.errors import DataError
 from harness.processes import spawn_context
-from harness.vdsp import VdspParams, preprocess
+from harness.vdsp import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ def _decoded(jobs: Sequence[ImageJob], workers: int) -> Iterator[tuple[str, np.n
 def extract(
     jobs: Sequence[ImageJob],
     *,
-    backend_config: Any,
-    target: LoadTarget,
+    factory: BackendFactory,
+    input_dtype: str,
     batch: int,
     workers: int,
     output: Path,
@@ -69,15 +69,14 @@ def extract(
     Raises:
         DataError: a corrupt or missing image with ``on_bad_image=fail`` (the message names the file).
     """
-    backend = get_backend(backend_config.name).backend_type(backend_config)
-    backend.load(target)
+    backend = factory()
     features: np.memmap | None = None
     skipped: list[str] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
         nonlocal features
-        backend.prepare(np.stack([tensor for _, tensor in pending]).astype(np.float32))
+        backend.prepare(np.stack([tensor for _, tensor in pending]).astype(input_dtype))
         backend.infer()
         outputs = np.asarray(backend.outputs(), dtype=np.float32)
         if features is None:

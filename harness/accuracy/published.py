@@ -1,19 +1,8 @@
-"""Published Roxford5k / Rparis6k accuracy, shown beside measured numbers (shared/reference/README.md s. 4)."""
+"""Published Roxford5k / Rparis6k accuracy, shown beside measured numbers (sources in ``docs/accuracy.md``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Published:
-    """One published result (x100); ``None`` where the source gives no number."""
-
-    source: str
-    protocol: str
-    medium_map: float | None
-    hard_map: float | None
-
+from harness.result import Published
 
 _PAPER = {"vits14": (68.8, 43.2), "vitb14": (72.9, 49.5), "vitl14": (75.1, 54.0), "vitg14": (73.6, 52.3)}
 _PAPER_PARIS = {"vits14": (84.6, 68.5), "vitb14": (90.3, 78.6), "vitl14": (92.7, 83.5), "vitg14": (92.1, 82.6)}

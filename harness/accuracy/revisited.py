@@ -1,6 +1,6 @@
 """Revisited Oxford / Paris metrics, mirroring revisitop's ``compute_ap`` / ``compute_map`` one for one.
 
-Spec: shared/reference/README.md section 3 (Radenovic et al., CVPR 2018, revisitop ``evaluate.py``).
+Spec: ``docs/revisitop.md`` (Radenovic et al., CVPR 2018, revisitop ``evaluate.py``).
 Conventions kept from revisitop:
 
 * ranks are 0-based; the database is ranked by descending similarity, ties broken by database index (a

@@ -10,57 +10,27 @@ backbone are put beside the measured ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from harness.accuracy.features import ImageJob, extract
-from harness.accuracy.published import Published, published_results
+from harness.accuracy.published import published_results
 from harness.accuracy.revisited import SETUPS, Setup, SetupResult, evaluate
-from harness.backends import LoadTarget
+from harness.backends import LoadTarget, open_backend
 from harness.config.schema import RunConfig
 from harness.data.datasets import gnd_path, image_path
 from harness.data.groundtruth import GroundTruth, check_boxes_inside, load_groundtruth
 from harness.data.synthetic import write_synthetic
-from harness.errors import ConfigError, DataError
+from harness.errors import DataError
+from harness.result import AccuracyResult, SetupMetrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SetupMetrics:
-    """One setup in percent: mAP and mean precision at 1, 5, 10, over ``queries_evaluated`` queries."""
-
-    map: float
-    mp1: float
-    mp5: float
-    mp10: float
-    queries_evaluated: int
-
-
-@dataclass(frozen=True)
-class AccuracyResult:
-    """The accuracy section of ``result.json``."""
-
-    dataset: str
-    images: int
-    queries: int
-    crop_queries: bool
-    normalization: str
-    preprocessing: dict[str, object]
-    easy: SetupMetrics
-    medium: SetupMetrics
-    hard: SetupMetrics
-    skipped_images: tuple[str, ...]
-    features_files: tuple[str, str]
-    extraction_time_s: float
-    images_per_s: float
-    published: tuple[Published, ...] = ()
 
 
 def setup_metrics(results: Mapping[Setup, SetupResult]) -> dict[Setup, SetupMetrics]:
@@ -86,6 +56,14 @@ def check_descriptors(query: np.ndarray, database: np.ndarray, truth: GroundTrut
             raise DataError(f"{source}: {label} descriptor {int(bad[0])} contains NaN or inf ({bad.size} rows)")
     if query.shape[1] != database.shape[1]:
         raise DataError(f"{source}: query dimension {query.shape[1]} != database dimension {database.shape[1]}")
+
+
+def check_dataset_present(config: RunConfig) -> None:
+    """A downloaded dataset's ground truth is there, checked before any stage runs (the synthetic set is made)."""
+    root = Path(config.dataset.root or config.paths.data).expanduser()
+    name = config.dataset.name
+    if name != "synthetic" and not gnd_path(root, name).exists():
+        raise DataError(f"{gnd_path(root, name)} not found: run `harness data download {name} --root {root}`")
 
 
 def dataset_truth(config: RunConfig) -> tuple[Path, GroundTruth]:
@@ -124,12 +102,7 @@ def _query_sizes(root: Path, name: str, truth: GroundTruth) -> dict[str, tuple[i
 def run_accuracy(config: RunConfig, *, artifact_path: str | None, run_dir: Path, weights_kind: str) -> AccuracyResult:
     """Extract, evaluate, and return the accuracy block (descriptors saved in ``run_dir``)."""
     root, truth = dataset_truth(config)
-    params = config.preprocessing()
-    width, height = params.output_size
-    if (height, width) != tuple(config.model.input_size):
-        raise ConfigError(
-            f"vdsp output {width}x{height} does not match model.input_size={list(config.model.input_size)}"
-        )
+    params = config.vdsp_params
     name = config.dataset.name
     boxes: Sequence[tuple[float, float, float, float] | None] = [
         tuple(np.asarray(entry["bbx"], dtype=np.float64).tolist())
@@ -148,13 +121,16 @@ def run_accuracy(config: RunConfig, *, artifact_path: str | None, run_dir: Path,
         precision=config.precision.name,
         cache_dir=str(config.paths.path("cache")),
     )
+    opened = open_backend(config.backend, target, shape=(3, *params.output_size), batch=config.accuracy.batch)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    common = {"backend_config": config.backend, "target": target, "batch": config.accuracy.batch, "workers": config.accuracy.workers,
-              "on_bad_image": config.dataset.on_bad_image, "progress": config.progress}  # fmt: skip
+    extract_with_backend = functools.partial(
+        extract, factory=opened.factory, input_dtype=opened.input_dtype, batch=config.accuracy.batch,
+        workers=config.accuracy.workers, on_bad_image=config.dataset.on_bad_image, progress=config.progress,
+    )  # fmt: skip
     log.info("stage=accuracy dataset=%s queries=%d images=%d", name, len(query_jobs), len(database_jobs))
-    query, skipped_queries = extract(query_jobs, output=run_dir / "features_query.npy", **common)
-    database, skipped_images = extract(database_jobs, output=run_dir / "features_database.npy", **common)
+    query, skipped_queries = extract_with_backend(query_jobs, output=run_dir / "features_query.npy")
+    database, skipped_images = extract_with_backend(database_jobs, output=run_dir / "features_database.npy")
     extraction_time_s = time.perf_counter() - started
     skipped_query_paths = set(skipped_queries)
     gnd = [{} if job.path in skipped_query_paths else entry for job, entry in zip(query_jobs, truth.gnd, strict=True)]

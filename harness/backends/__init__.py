@@ -1,8 +1,12 @@
-"""Backends: one small protocol, plugins registered by name (house style rules 2-4).
+"""Backends: one small protocol, plugins registered by name, and one way to open one.
 
 A plugin is one config dataclass plus one class, bound by ``@register_backend(name, config=...)``. The
-plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked up, so optional
-runtimes (onnxruntime-gpu, TensorRT, CUDA torch) cost nothing until used.
+plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked up; they import
+their runtimes (onnxruntime, torch, vendor tools) inside their methods, so looking a backend up is cheap.
+
+``open_backend`` is the only place a backend is built for a target: it resolves it (what is installed),
+checks the input it accepts against the shape and batch asked for, and hands back a picklable factory
+that worker processes call to get their own loaded instance.
 """
 
 from __future__ import annotations
@@ -43,14 +47,14 @@ class LoadTarget:
 
 @dataclass(frozen=True)
 class InputSignature:
-    """The input a loaded model accepts: shape with ``None`` for dynamic axes, and numpy dtype name."""
+    """The input a loaded model accepts: [N, C, H, W] with ``None`` for dynamic axes, and numpy dtype name."""
 
     shape: tuple[int | None, ...]
     dtype: str
 
 
 class Backend(Protocol):
-    """What the load generator needs from a runtime.
+    """What the load generator and feature extraction need from a runtime.
 
     ``load`` builds the runnable model, ``prepare`` places one input batch where the runtime reads it (once,
     before timing), ``infer`` runs that batch to completion (synchronised) and returns the model time in
@@ -74,7 +78,7 @@ class Backend(Protocol):
 class BackendEntry:
     name: str
     config_type: type
-    backend_type: type
+    backend_type: Any  # a class implementing ``Backend``
 
 
 _REGISTRY: dict[str, BackendEntry] = {}
@@ -116,3 +120,48 @@ def _load_plugins() -> None:
         for module in PLUGIN_MODULES:
             importlib.import_module(module)
         _loaded = True
+
+
+@dataclass(frozen=True)
+class BackendFactory:
+    """Picklable recipe for a loaded backend: each call builds a fresh instance and loads the target."""
+
+    config: Any
+    target: LoadTarget
+
+    def __call__(self) -> Backend:
+        backend: Backend = get_backend(self.config.name).backend_type(self.config)
+        backend.load(self.target)
+        return backend
+
+
+@dataclass(frozen=True)
+class OpenedBackend:
+    """A backend checked against its target: what it resolved to, the input dtype it takes, and its factory."""
+
+    factory: BackendFactory
+    resolved: dict[str, object]
+    input_dtype: str
+
+
+def open_backend(config: Any, target: LoadTarget, *, shape: tuple[int, int, int], batch: int) -> OpenedBackend:
+    """Build, resolve and check the backend ``config`` names for ``target``, before anything is timed or run.
+
+    Raises:
+        BackendUnavailable: the runtime, provider or device is not installed here.
+        ConfigError: ``shape`` ([C, H, W]) or ``batch`` is not what the artifact accepts.
+    """
+    entry = get_backend(config.name)
+    if target.precision not in entry.backend_type.precisions:
+        raise ConfigError(
+            f"precision={target.precision}: backend {config.name!r} runs {list(entry.backend_type.precisions)}"
+        )
+    backend: Backend = entry.backend_type(config)
+    resolved = backend.resolve(target)
+    signature = backend.input_signature(target)
+    if len(signature.shape) != 4 or tuple(signature.shape[1:]) != tuple(shape):
+        raise ConfigError(f"perf.shape={list(shape)}: the artifact takes [C, H, W] = {list(signature.shape[1:])}")
+    max_batch = signature.shape[0]
+    if max_batch is not None and batch > max_batch:
+        raise ConfigError(f"perf.batch={batch}: the artifact accepts batch {max_batch} at most")
+    return OpenedBackend(factory=BackendFactory(config, target), resolved=resolved, input_dtype=signature.dtype)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import onnx
 
 from harness.backends import InputSignature, LoadTarget, register_backend
 from harness.errors import BackendUnavailable, ConfigError
@@ -24,7 +23,7 @@ KNOWN_PROVIDERS = (
 
 @dataclass(frozen=True)
 class OrtConfig:
-    """``backend=onnxruntime``.
+    """``backend=onnxruntime`` (defaults in ``conf/backend/onnxruntime.yaml``).
 
     Attributes:
         providers: execution providers in priority order.
@@ -35,13 +34,13 @@ class OrtConfig:
         io_binding: bind the input once and keep outputs on the device (used with device providers only).
     """
 
-    name: Literal["onnxruntime"] = "onnxruntime"
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    provider_options: tuple[dict[str, str], ...] = ()
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    graph_optimization: GRAPH_OPTIMIZATION = "all"
-    io_binding: bool = True
+    name: Literal["onnxruntime"]
+    providers: tuple[str, ...]
+    provider_options: tuple[dict[str, str], ...]
+    intra_op_threads: int
+    inter_op_threads: int
+    graph_optimization: GRAPH_OPTIMIZATION
+    io_binding: bool
 
     def __post_init__(self) -> None:
         if not self.providers:
@@ -55,6 +54,8 @@ class OrtConfig:
 
 
 def _numpy_dtype(onnx_type: int) -> str:
+    import onnx
+
     return str(onnx.helper.tensor_dtype_to_np_dtype(onnx_type))
 
 
@@ -91,6 +92,8 @@ class OrtBackend:
         }
 
     def input_signature(self, target: LoadTarget) -> InputSignature:
+        import onnx
+
         proto = onnx.load(str(self._artifact(target)), load_external_data=False)
         (graph_input,) = proto.graph.input
         tensor = graph_input.type.tensor_type

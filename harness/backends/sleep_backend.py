@@ -25,15 +25,17 @@ CRASH_EXIT_CODE = 70
 class SleepConfig:
     """``backend=sleep``: ``latency_us`` per call, plus ``per_sample_us`` for each image in the batch.
 
+    Defaults in ``conf/backend/sleep.yaml``.
+
     ``exit_after_calls`` > 0 makes the process exit abruptly (code 70) on that call: it rehearses a runtime
     that crashes its worker, so the harness's handling of dead workers can be exercised for real.
     """
 
-    name: Literal["sleep"] = "sleep"
-    latency_us: float = 1000.0
-    per_sample_us: float = 0.0
-    feature_dim: int = 8
-    exit_after_calls: int = 0
+    name: Literal["sleep"]
+    latency_us: float
+    per_sample_us: float
+    feature_dim: int
+    exit_after_calls: int
 
     def __post_init__(self) -> None:
         if self.latency_us < 0 or self.per_sample_us < 0:
@@ -67,6 +69,8 @@ class SleepBackend:
     def infer(self) -> float | None:
         self.calls += 1
         if self.calls == self.config.exit_after_calls:
+            # As a crashing runtime does: a last word on stderr, then the process is gone without cleanup.
+            os.write(2, f"sleep backend: simulated runtime crash on call {self.calls}\n".encode())
             os._exit(CRASH_EXIT_CODE)
         time.sleep(self.seconds)
         return None

@@ -21,7 +21,7 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 
 @dataclass(frozen=True)
 class TorchConfig:
-    """``backend=torch``.
+    """``backend=torch`` (defaults in ``conf/backend/torch.yaml``).
 
     Attributes:
         device: ``cpu``, ``cuda`` or ``cuda:N``.
@@ -31,12 +31,12 @@ class TorchConfig:
         threads: CPU intra-op threads; 0 keeps torch's default.
     """
 
-    name: Literal["torch"] = "torch"
-    device: str = "cpu"
-    dtype: TorchDtype | None = None
-    compile: bool = False
-    compile_mode: CompileMode = "default"
-    threads: int = 0
+    name: Literal["torch"]
+    device: str
+    dtype: TorchDtype | None
+    compile: bool
+    compile_mode: CompileMode
+    threads: int
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):

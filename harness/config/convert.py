@@ -1,6 +1,6 @@
-"""Mapping -> frozen dataclass conversion, strict and loud (house style rules 7 and 8).
+"""Mapping -> frozen dataclass conversion, strict and loud.
 
-Hydra composes plain YAML; this turns the composed tree into typed dataclasses so nothing downstream sees a
+``harness.resolve`` turns the composed tree into typed dataclasses with it, so nothing downstream sees a
 ``DictConfig``. An unknown key, a value of the wrong type or outside a ``Literal`` is a ``ConfigError`` that
 names the dotted key, the value and what is allowed. The same function reads ``result.json`` back.
 """
@@ -21,6 +21,31 @@ T = TypeVar("T")
 def from_mapping(cls: type[T], data: object, *, key: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, recursively, checking every key and value against the type hints."""
     return typing.cast(T, _convert(cls, data, key))
+
+
+def convert_value(hint: Any, value: object, key: str) -> object:
+    """``value`` checked against (and converted to) ``hint``; a ``ConfigError`` naming ``key`` when it does not fit."""
+    return _convert(hint, value, key)
+
+
+def hint_at(cls: type, dotted_key: str) -> Any | None:
+    """The type hint of ``dotted_key`` inside dataclass ``cls`` (list indices allowed), or ``None`` if it has none."""
+    hint: Any = cls
+    for part in dotted_key.replace("[", ".").replace("]", "").split("."):
+        if dataclasses.is_dataclass(hint):
+            hints = typing.get_type_hints(hint)
+            if part not in hints:
+                return None
+            hint = hints[part]
+        elif get_origin(hint) is tuple and part.isdigit():
+            arguments = get_args(hint)
+            hint = arguments[0] if arguments[-1] is Ellipsis else arguments[int(part)]
+        else:
+            return None
+        options = [option for option in get_args(hint) if option is not type(None)]
+        if get_origin(hint) in (typing.Union, types.UnionType) and len(options) == 1:
+            hint = options[0]
+    return hint
 
 
 def _convert(hint: Any, value: object, key: str) -> object:

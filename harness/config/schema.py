@@ -1,21 +1,22 @@
-"""Typed configuration of one run: what ``conf/`` composes, validated (house style rules 7, 8, 12).
+"""Typed configuration of one run: the schema of what ``conf/`` composes.
 
-Every group of ``conf/`` maps onto one frozen dataclass here. ``__post_init__`` only checks values; the
-environment (installed providers, writable folders, files) is looked at when a stage starts.
+Every group of ``conf/`` maps onto one frozen dataclass here. The dataclasses declare types and checks only:
+every default lives in the group's YAML file in ``conf/`` (with a comment per key, the user's documentation),
+and ``harness.config.store`` registers these classes as Hydra's schema so a wrong type or an unknown key is
+refused when the config is composed. ``__post_init__`` only checks values; files, plugins and the
+environment are looked at by ``harness.resolve``, once, before any stage runs.
+
+Image sizes are (H, W) everywhere, shapes [C, H, W] or [N, C, H, W].
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
-from harness.config.convert import from_mapping
 from harness.errors import ConfigError
-from harness.models.variants import get_variant
-
-if TYPE_CHECKING:
-    from harness.vdsp import VdspParams
 
 Precision = Literal["fp32", "fp16"]
 Stage = Literal["build", "perf", "accuracy"]
@@ -25,6 +26,8 @@ ExternalData = Literal["auto", "always", "never"]
 
 STAGES: tuple[str, ...] = get_args(Stage)
 MIN_OPSET = 18
+# Fields that ``harness.resolve`` fills in: not part of the composed config, so not in Hydra's schema.
+RESOLVED = {"resolved": True}
 
 
 @dataclass(frozen=True)
@@ -32,18 +35,11 @@ class ModelConfig:
     """``model`` group: which backbone, with which weights, for which input size (H, W)."""
 
     variant: str
-    weights: str = "random"
-    seed: int = 0
-    input_size: tuple[int, int] = (224, 224)
+    weights: str
+    seed: int
+    input_size: tuple[int, int]
 
     def __post_init__(self) -> None:
-        spec = get_variant(self.variant)
-        height, width = self.input_size
-        if height <= 0 or width <= 0 or height % spec.patch_size or width % spec.patch_size:
-            raise ConfigError(
-                f"model.input_size={list(self.input_size)}: "
-                f"expected positive multiples of the patch size {spec.patch_size}"
-            )
         if not self.weights:
             raise ConfigError("model.weights='': expected 'official', 'random' or a checkpoint path")
 
@@ -54,7 +50,7 @@ class PrecisionConfig:
 
     name: Precision
     parity_min_cosine: float
-    parity_max_abs_error: float | None = None
+    parity_max_abs_error: float | None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.parity_min_cosine <= 1.0:
@@ -65,13 +61,13 @@ class PrecisionConfig:
 class BuildConfig:
     """``build`` node: how the deployable artifact is produced and checked."""
 
-    format: Literal["onnx"] = "onnx"
-    exporter: Exporter = "legacy"
-    opset: int = MIN_OPSET
-    io_dtype: IoDtype = "fp32"
-    external_data: ExternalData = "auto"
-    parity_images: int = 8
-    force: bool = False
+    format: Literal["onnx"]
+    exporter: Exporter
+    opset: int
+    io_dtype: IoDtype
+    external_data: ExternalData
+    parity_images: int
+    force: bool
 
     def __post_init__(self) -> None:
         if self.opset < MIN_OPSET:
@@ -88,7 +84,7 @@ class PerfConfig:
         instances: concurrent model instances (each loads its own copy).
         processes: OS processes sharing the instances out round-robin; at most ``instances``.
         batch: images per call.
-        shape: [C, H, W] of one image; ``null`` takes it from ``model.input_size``.
+        shape: [C, H, W] of one image; ``null`` takes it from the vdsp params or ``model.input_size``.
         iterations: batches to run in total across instances (``null`` with ``duration_s`` alone).
         duration_s: minimum measured time; with ``iterations`` both minimums must be met.
         warmup: untimed calls per instance before measuring (after the first, cold, call).
@@ -103,22 +99,22 @@ class PerfConfig:
         start_timeout_s: longest wait for workers to load their models.
     """
 
-    instances: int = 1
-    processes: int = 1
-    batch: int = 1
-    shape: tuple[int, int, int] | None = None
-    iterations: int | None = 1024
-    duration_s: float | None = None
-    warmup: int = 8
-    mode: Literal["sync", "async"] = "sync"
-    queue_depth: int = 2
-    inputs: Literal["random", "photos"] = "random"
-    repeats: int = 1
-    min_duration_s: float = 1.0
-    min_samples: int = 64
-    windows: int = 8
-    max_window_cv: float = 0.1
-    start_timeout_s: float = 900.0
+    instances: int
+    processes: int
+    batch: int
+    shape: tuple[int, int, int] | None
+    iterations: int | None
+    duration_s: float | None
+    warmup: int
+    mode: Literal["sync", "async"]
+    queue_depth: int
+    inputs: Literal["random", "photos"]
+    repeats: int
+    min_duration_s: float
+    min_samples: int
+    windows: int
+    max_window_cv: float
+    start_timeout_s: float
 
     def __post_init__(self) -> None:
         for name in ("instances", "processes", "batch", "queue_depth", "repeats", "windows"):
@@ -149,12 +145,12 @@ class DatasetConfig:
         synthetic_images, synthetic_queries, synthetic_seed: the synthetic set's size and seed.
     """
 
-    name: Literal["roxford5k", "rparis6k", "synthetic"] = "synthetic"
-    root: str | None = None
-    on_bad_image: Literal["fail", "skip"] = "fail"
-    synthetic_images: int = 60
-    synthetic_queries: int = 5
-    synthetic_seed: int = 0
+    name: Literal["roxford5k", "rparis6k", "synthetic"]
+    root: str | None
+    on_bad_image: Literal["fail", "skip"]
+    synthetic_images: int
+    synthetic_queries: int
+    synthetic_seed: int
 
 
 @dataclass(frozen=True)
@@ -169,10 +165,10 @@ class AccuracyConfig:
         workers: processes decoding and preprocessing JPEGs (0: in the main process).
     """
 
-    crop_queries: bool = False
-    normalization: Literal["per_image", "per_dimension"] = "per_image"
-    batch: int = 8
-    workers: int = 2
+    crop_queries: bool
+    normalization: Literal["per_image", "per_dimension"]
+    batch: int
+    workers: int
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.workers < 0:
@@ -190,8 +186,34 @@ class VdspConfig:
         params: the same JSON inline; ``null`` (with no path) is the torchvision-equivalent default.
     """
 
-    path: str | None = None
-    params: dict[str, object] | None = None
+    path: str | None
+    params: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class VdspParams:
+    """One vdsp preprocessing op, normalised across the vendor's JSON formats (see ``docs/vdsp.md``).
+
+    Attributes:
+        op_type: the vendor op name (or number, as text).
+        input_format: pixel layout the op reads (``RGB_PLANAR``...).
+        output_size: (height, width) after resize.
+        mean, std: per channel (R, G, B order), on the scale ``norma_type`` implies.
+        norma_type, resize_type, color_cvt_code: names from the documented sets, or ``code N`` when undocumented.
+        crop: (x, y, width, height) after resize, or ``None``.
+        source_format: ``new``, ``legacy-flat``, ``legacy-proplist`` or ``default``.
+    """
+
+    op_type: str
+    input_format: str
+    output_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    norma_type: str
+    resize_type: str
+    color_cvt_code: str
+    crop: tuple[int, int, int, int] | None = None
+    source_format: str = "new"
 
 
 @dataclass(frozen=True)
@@ -209,18 +231,18 @@ class TrackingConfig:
         sqlite_retries: retries of a write that found the SQLite store locked by a concurrent job.
     """
 
-    enabled: bool = True
-    uri: str | None = None
-    experiment: str = "dinov2-deploy"
-    log_model: bool = False
-    http_timeout_s: float = 10.0
-    http_retries: int = 0
-    sqlite_retries: int = 20
+    enabled: bool
+    uri: str | None
+    experiment: str
+    log_model: bool
+    http_timeout_s: float
+    http_retries: int
+    sqlite_retries: int
 
 
 @dataclass(frozen=True)
 class PathsConfig:
-    """``paths`` group: where caches, datasets and run outputs live."""
+    """``paths`` group: where caches, datasets and run outputs live (``~`` expanded by ``harness.resolve``)."""
 
     root: str
     cache: str
@@ -233,58 +255,46 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The whole composed config of one ``harness`` command."""
+    """The whole config of one ``harness`` command, as composed and then resolved.
+
+    ``backend`` is the registered plugin's own config dataclass (chosen by ``backend.name`` in
+    ``harness.resolve``); ``preprocessing`` is the vdsp params in force, already read and parsed.
+    """
 
     task: str
+    stages: tuple[Stage, ...]
+    progress: bool
     model: ModelConfig
     precision: PrecisionConfig
+    build: BuildConfig
+    perf: PerfConfig
+    dataset: DatasetConfig
+    accuracy: AccuracyConfig
+    vdsp: VdspConfig
+    tracking: TrackingConfig
     paths: PathsConfig
-    stages: tuple[Stage, ...] = STAGES  # type: ignore[assignment]
-    build: BuildConfig = field(default_factory=BuildConfig)
-    perf: PerfConfig = field(default_factory=PerfConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
-    vdsp: VdspConfig = field(default_factory=VdspConfig)
-    # The registered backend's own config dataclass (see harness.backends), resolved in from_dict.
-    backend: Any = None
-    progress: bool = True
+    backend: Any
+    preprocessing: VdspParams | None = field(default=None, metadata=RESOLVED)
 
     def __post_init__(self) -> None:
         if not self.stages:
             raise ConfigError(f"stages=[]: expected a non-empty subset of {list(STAGES)}")
 
     @property
+    def vdsp_params(self) -> VdspParams:
+        """The preprocessing in force; set by ``harness.resolve``."""
+        if self.preprocessing is None:
+            raise ConfigError("config is not resolved: call harness.resolve.resolve_config first")
+        return self.preprocessing
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
-        """[C, H, W] of one image: ``perf.shape``, else the vdsp output size when vdsp params are given, else the
-        model's input size."""
+        """[C, H, W] of one image: ``perf.shape``, else the vdsp output size (the model's input size by default)."""
         if self.perf.shape:
             return self.perf.shape
-        if self.vdsp.path or self.vdsp.params:
-            width, height = self.preprocessing().output_size
-            return (3, height, width)
-        return (3, *self.model.input_size)
+        return (3, *self.vdsp_params.output_size)
 
-    def preprocessing(self) -> VdspParams:
-        """The vdsp params in force (a vendor file, inline params, or the torchvision-equivalent default)."""
-        from harness.preprocess import default_params
-        from harness.vdsp import load_vdsp, parse_vdsp
-
-        if self.vdsp.path:
-            return load_vdsp(Path(self.vdsp.path).expanduser())
-        if self.vdsp.params:
-            return parse_vdsp(self.vdsp.params, source="vdsp.params")
-        return default_params(self.model.input_size)
-
-    @classmethod
-    def from_dict(cls, data: object) -> RunConfig:
-        """Validate a composed config; the ``backend`` node becomes its registered plugin's config dataclass."""
-        from harness.backends import get_backend
-
-        if not isinstance(data, dict):
-            raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
-        backend = data.get("backend") or {"name": "onnxruntime"}
-        if not isinstance(backend, dict) or "name" not in backend:
-            raise ConfigError(f"backend={backend!r}: expected a mapping with a 'name'")
-        entry = get_backend(str(backend["name"]))
-        return from_mapping(cls, {**data, "backend": from_mapping(entry.config_type, backend, key="backend")})
+    def portable(self) -> RunConfig:
+        """This config with ``backend`` as a plain mapping: what ``result.json`` stores, readable without plugins."""
+        backend = self.backend if isinstance(self.backend, dict) else asdict(self.backend)
+        return replace(self, backend=json.loads(json.dumps(backend)))

@@ -1,4 +1,4 @@
-"""DINOv2 ViT backbone, written from the official architecture (shared/reference/README.md section 1).
+"""DINOv2 ViT backbone, written from the official architecture (``docs/dinov2.md``).
 
 State-dict names and shapes equal the official hub models, so an official ``.pth`` loads with
 ``strict=True``. Two deployment choices differ from the training code on purpose:

@@ -1,6 +1,6 @@
 """The DINOv2 variant table: every fact that distinguishes one backbone from another, in one place.
 
-Spec: ``shared/reference/README.md`` section 1 (official hub construction at facebookresearch/dinov2
+Spec: ``docs/dinov2.md`` (official hub construction at facebookresearch/dinov2
 commit e1277af). Tiny variants use the same code with small widths so tests run in seconds.
 """
 

@@ -9,38 +9,20 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from harness import download
 from harness.errors import ConfigError, DownloadError, WeightsError
+from harness.fileio import sha256_of
 from harness.models.dinov2 import DinoVisionTransformer
 from harness.models.variants import VariantSpec
+from harness.result import WeightsInfo, WeightsKind
 
 log = logging.getLogger(__name__)
 
-WeightsKind = Literal["official", "random", "path"]
 MAX_LISTED_MISMATCHES = 3
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """Provenance of the weights a model was built with.
-
-    Attributes:
-        kind: ``official``, ``random`` or ``path``.
-        source: URL, file path, or ``random(seed=N)``.
-        sha256: digest of the checkpoint file; ``None`` for random weights.
-        digest: what identifies the weights in cache keys (the sha256, or ``random-seed<N>``).
-    """
-
-    kind: WeightsKind
-    source: str
-    sha256: str | None
-    digest: str
 
 
 def weights_kind(weights: str) -> WeightsKind:
@@ -89,7 +71,7 @@ def _checkpoint_file(spec: VariantSpec, weights: str, *, cache_dir: Path, progre
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"model.weights={weights!r}: no such file (expected 'official', 'random' or a .pth path)")
-    digest = download.sha256_of(path)
+    digest = sha256_of(path)
     return path, WeightsInfo(kind="path", source=str(path.resolve()), sha256=digest, digest=digest)
 
 

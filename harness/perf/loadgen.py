@@ -5,7 +5,11 @@ fresh, so nothing is shared but the artifact file); inside a process each instan
 and runtimes release the GIL while they compute. Every worker loads, makes one cold call, warms up, then
 reports ready; the parent releases all of them at once and waits, blocking on pipes and process
 sentinels, for their samples. A worker that raises sends its error back as data; one that dies is
-reported with its exit code; either fails the run instead of hanging it.
+reported with its exit code and the last lines it wrote to stderr (a runtime's crash message, or the
+Python traceback ``faulthandler`` prints on a fatal signal); either fails the run instead of hanging it.
+
+As in MLPerf LoadGen, the load generator never touches the model or the data: it receives a ready
+backend factory (the system under test) and ready input batches (the sample library).
 
 Per batch each instance keeps two float32 numbers (end-to-end and model latency in microseconds): 8 bytes
 per sample, in chunks. Completion times are counted in 1 ms bins (``CompletionHistogram``), which grows
@@ -15,25 +19,26 @@ with the run's duration, not its iterations; nothing else grows.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import multiprocessing
 import multiprocessing.connection
 import os
 import queue
 import resource
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
-from harness.backends import LoadTarget, get_backend
-from harness.config.schema import PerfConfig
+from harness.backends import BackendFactory
 from harness.errors import MeasurementInvalid
 from harness.processes import spawn_context
-from harness.vdsp import VdspParams
 
 CHUNK_SAMPLES = 65536
 COMPLETION_BIN_S = 0.001
@@ -77,20 +82,41 @@ class CompletionHistogram:
         return self.counts[: int(self.last_s / COMPLETION_BIN_S) + 1].copy()
 
 
+STDERR_TAIL_BYTES = 4000
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How each instance is driven.
+
+    Attributes:
+        mode: ``sync`` (one request at a time) or ``async`` (``queue_depth`` requests in flight).
+        queue_depth: requests in flight per instance in async mode.
+        warmup: untimed calls after the cold first call.
+        duration_s: minimum measured seconds per instance, or ``None`` to stop on iterations alone.
+    """
+
+    mode: Literal["sync", "async"]
+    queue_depth: int
+    warmup: int
+    duration_s: float | None
+
+
 @dataclass(frozen=True)
 class WorkerTask:
-    """Everything one worker process needs (picklable)."""
+    """Everything one worker process needs (picklable).
+
+    Attributes:
+        iterations: batches per instance, or ``None`` per instance to run on ``plan.duration_s`` alone.
+        inputs: the batch every instance feeds on every call, made before any worker starts.
+    """
 
     worker: int
     instances: tuple[int, ...]
-    iterations: tuple[int, ...]
-    backend_config: Any
-    target: LoadTarget
-    perf: PerfConfig
-    batch_shape: tuple[int, ...]
-    input_dtype: str
-    seed: int
-    preprocessing: VdspParams | None = None  # for inputs=photos: the run's preprocessing
+    iterations: tuple[int | None, ...]
+    factory: BackendFactory
+    inputs: np.ndarray
+    plan: LoadPlan
 
 
 @dataclass(frozen=True)
@@ -125,27 +151,14 @@ class WorkerReport:
     peak_device_bytes: int | None
 
 
-def make_inputs(
-    perf: PerfConfig, batch_shape: tuple[int, ...], dtype: str, seed: int, preprocessing: VdspParams | None = None
-) -> np.ndarray:
-    """The batch an instance feeds every call, made before timing."""
-    if perf.inputs == "photos":
-        from harness.data.photos import sample_photos
-        from harness.preprocess import batch_of
-
-        images = [image for _, image in sample_photos(batch_shape[0])]
-        return batch_of(images, (batch_shape[2], batch_shape[3]), preprocessing).astype(dtype)
-    return np.random.default_rng(seed).standard_normal(batch_shape, dtype=np.float32).astype(dtype)
-
-
 class _Instance:
     """One model instance driven by one thread (plus a submitter thread in async mode)."""
 
-    def __init__(self, task: WorkerTask, index: int, iterations: int) -> None:
+    def __init__(self, task: WorkerTask, index: int, iterations: int | None) -> None:
         self.task = task
         self.index = index
         self.iterations = iterations
-        self.backend = get_backend(task.backend_config.name).backend_type(task.backend_config)
+        self.backend: Any = None
         self.samples = SampleBuffer(2, iterations or None)
         self.completions = CompletionHistogram()
         self.load_s = 0.0
@@ -154,29 +167,21 @@ class _Instance:
 
     def prepare(self) -> None:
         started = time.perf_counter()
-        self.backend.load(self.task.target)
-        self.backend.prepare(
-            make_inputs(
-                self.task.perf,
-                self.task.batch_shape,
-                self.task.input_dtype,
-                self.task.seed + self.index,
-                self.task.preprocessing,
-            )
-        )
+        self.backend = self.task.factory()
+        self.backend.prepare(self.task.inputs)
         self.load_s = time.perf_counter() - started
         started = time.perf_counter()
         self.backend.infer()
         self.backend.outputs()
         self.first_call_us = (time.perf_counter() - started) * 1e6
-        for _ in range(self.task.perf.warmup):
+        for _ in range(self.task.plan.warmup):
             self.backend.infer()
             self.backend.outputs()
 
     def _keep_going(self, done: int) -> bool:
-        perf = self.task.perf
-        enough_iterations = perf.iterations is None or done >= self.iterations
-        enough_time = perf.duration_s is None or time.perf_counter() - self.start >= perf.duration_s
+        duration_s = self.task.plan.duration_s
+        enough_iterations = self.iterations is None or done >= self.iterations
+        enough_time = duration_s is None or time.perf_counter() - self.start >= duration_s
         return not (enough_iterations and enough_time)
 
     def _serve(self, submitted: float) -> None:
@@ -191,7 +196,7 @@ class _Instance:
 
     def run(self) -> None:
         self.start = time.perf_counter()
-        if self.task.perf.mode == "sync":
+        if self.task.plan.mode == "sync":
             done = 0
             while self._keep_going(done):
                 self._serve(time.perf_counter())
@@ -199,7 +204,7 @@ class _Instance:
             return
         # queue_depth bounds the requests in flight (waiting + in service); a request is stamped only once it
         # holds a slot, so its end-to-end time is queueing behind earlier requests plus its own service.
-        slots = threading.Semaphore(self.task.perf.queue_depth)
+        slots = threading.Semaphore(self.task.plan.queue_depth)
         requests: queue.SimpleQueue[float | None] = queue.SimpleQueue()
 
         def submit() -> None:
@@ -218,7 +223,8 @@ class _Instance:
         submitter.join()
 
     def report(self) -> InstanceSamples:
-        self.backend.close()
+        if self.backend is not None:
+            self.backend.close()
         return InstanceSamples(
             instance=self.index, worker=self.task.worker, load_s=self.load_s, first_call_us=self.first_call_us,
             start=self.start, samples=self.samples.array(), completions=self.completions.array(),
@@ -288,8 +294,15 @@ def _device_peak_bytes() -> int | None:
     return None
 
 
-def _worker_main(task: WorkerTask, connection: Any, go: Any) -> None:
-    """Entry point of a worker process: results and errors both travel back over ``connection`` as data."""
+def _worker_main(task: WorkerTask, connection: Any, go: Any, stderr_path: str) -> None:
+    """Entry point of a worker process: results and errors both travel back over ``connection`` as data.
+
+    Its stderr goes to ``stderr_path`` (the parent shows it afterwards, and keeps its tail if the worker dies);
+    ``faulthandler`` adds the Python stack of a fatal signal (a segfault in a runtime) to it.
+    """
+    with open(stderr_path, "ab", buffering=0) as stderr_file:
+        os.dup2(stderr_file.fileno(), 2)
+    faulthandler.enable()
     try:
         report = run_instances(task, ready=lambda: connection.send(("ready", None)), go=go.wait)
         connection.send(("done", report))
@@ -304,49 +317,81 @@ def run_workers(tasks: list[WorkerTask], *, start_timeout_s: float) -> list[Work
     context = spawn_context()
     go = context.Event()
     workers = []
-    for task in tasks:
-        parent_end, child_end = context.Pipe(duplex=False)
-        process = context.Process(target=_worker_main, args=(task, child_end, go), name=f"perf-worker-{task.worker}")
-        process.start()
-        child_end.close()
-        workers.append((task, process, parent_end))
-    try:
-        _collect(workers, expect="ready", timeout_s=start_timeout_s)
-        go.set()
-        reports = _collect(workers, expect="done", timeout_s=None)
-    finally:
-        for _, process, connection in workers:
-            if process.is_alive():
-                process.terminate()
-            process.join(timeout=10)
-            connection.close()
-    return reports
+    with tempfile.TemporaryDirectory(prefix="harness-perf-") as folder:
+        for task in tasks:
+            parent_end, child_end = context.Pipe(duplex=False)
+            stderr_path = Path(folder) / f"worker{task.worker}.stderr"
+            process = context.Process(
+                target=_worker_main, args=(task, child_end, go, str(stderr_path)), name=f"perf-worker-{task.worker}"
+            )
+            process.start()
+            child_end.close()
+            workers.append(_Worker(task, process, parent_end, stderr_path))
+        try:
+            _collect(workers, expect="ready", timeout_s=start_timeout_s)
+            go.set()
+            return _collect(workers, expect="done", timeout_s=None)
+        finally:
+            for worker in workers:
+                if worker.process.is_alive():
+                    worker.process.terminate()
+                worker.process.join(timeout=10)
+                worker.connection.close()
+                _forward_stderr(worker.stderr_path)
 
 
-def _collect(workers: list[tuple[WorkerTask, Any, Any]], *, expect: str, timeout_s: float | None) -> list[Any]:
+@dataclass(frozen=True)
+class _Worker:
+    task: WorkerTask
+    process: Any
+    connection: Any
+    stderr_path: Path
+
+
+def _forward_stderr(path: Path) -> None:
+    """Show what a worker wrote to stderr (warnings, a runtime's messages) on ours, after the fact."""
+    if path.exists() and path.stat().st_size:
+        sys.stderr.write(path.read_text(errors="replace"))
+        sys.stderr.flush()
+
+
+def stderr_tail(path: Path) -> str:
+    """The last ``STDERR_TAIL_BYTES`` a worker wrote to stderr, as text ('' when it wrote nothing)."""
+    if not path.exists():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - STDERR_TAIL_BYTES))
+        return handle.read().decode(errors="replace").strip()
+
+
+def _collect(workers: list[_Worker], *, expect: str, timeout_s: float | None) -> list[Any]:
     """Block until every worker sent ``expect``; the first error or death fails the run with its cause."""
-    pending = {connection: (task, process) for task, process, connection in workers}
+    pending = {worker.connection: worker for worker in workers}
     received: dict[int, Any] = {}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while pending:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready = multiprocessing.connection.wait(
-            [*pending, *(process.sentinel for _, process in pending.values())], remaining
+            [*pending, *(worker.process.sentinel for worker in pending.values())], remaining
         )
         if not ready:
             raise MeasurementInvalid(f"perf workers did not become ready within perf.start_timeout_s={timeout_s}")
-        for connection, (task, process) in list(pending.items()):
-            if connection in ready or process.sentinel in ready:
+        for connection, worker in list(pending.items()):
+            if connection in ready or worker.process.sentinel in ready:
                 try:
                     kind, payload = connection.recv()
                 except EOFError:
-                    process.join(timeout=5)
+                    worker.process.join(timeout=5)
                     raise MeasurementInvalid(
-                        f"perf worker {task.worker} (pid {process.pid}) died with exit code {process.exitcode}"
+                        f"perf worker {worker.task.worker} (pid {worker.process.pid}) died with exit code "
+                        f"{worker.process.exitcode}",
+                        details=stderr_tail(worker.stderr_path) or None,
                     ) from None
                 if kind == "error":
-                    error_type, message, _ = payload
-                    raise MeasurementInvalid(f"perf worker {task.worker} failed: {error_type}: {message}")
-                received[task.worker] = payload
+                    error_type, message, formatted = payload
+                    raise MeasurementInvalid(
+                        f"perf worker {worker.task.worker} failed: {error_type}: {message}", details=formatted
+                    )
+                received[worker.task.worker] = payload
                 del pending[connection]
-    return [received[task.worker] for task, _, _ in workers] if expect == "done" else []
+    return [received[worker.task.worker] for worker in workers] if expect == "done" else []

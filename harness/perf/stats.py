@@ -1,4 +1,4 @@
-"""Statistics of raw perf samples, derived in one place (house style rule 15).
+"""Statistics of raw perf samples, derived in one place.
 
 Percentiles follow the MLPerf early-stopping rule for how many samples a tail needs: a pNN latency is
 reported only when, with at most one sample allowed above it, the chance of seeing that few by luck is
@@ -8,9 +8,10 @@ at most 1% (64 samples for p90, 662 for p99). Otherwise it is ``None`` and the r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
+
+from harness.result import LatencyStats
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 EARLY_STOPPING_CONFIDENCE = 0.99
@@ -29,29 +30,6 @@ def min_samples_for_percentile(
 
 
 MIN_SAMPLES = {f"p{p}": min_samples_for_percentile(p) for p in PERCENTILES}
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Latency summary in microseconds; a percentile is ``None`` when too few samples support it."""
-
-    count: int
-    avg: float
-    std: float
-    min: float
-    max: float
-    p50: float | None
-    p90: float | None
-    p95: float | None
-    p99: float | None
-
-
-@dataclass(frozen=True)
-class LatencyBlock:
-    """End-to-end (submit -> result, queueing included) and model (the backend call alone) latencies."""
-
-    e2e: LatencyStats
-    model: LatencyStats
 
 
 def latency_stats(samples_us: np.ndarray) -> LatencyStats:

@@ -1,6 +1,6 @@
 """vamp's text report: written in its layout so scripts that read vamp read ours, and parsed tolerantly.
 
-The layout (shared/reference/README.md section 6 and the fixtures in ``vastai/vamp-*.txt``): a header
+The layout (``docs/vamp.md`` and the real outputs in ``tests/fixtures/vastai/vamp-*.txt``): a header
 ``- number of instances in each device: N`` (or ``*** ... N ****``), then ``key: value`` lines in any order
 and indentation, then ``e2e latency (us):`` and ``model latency (us):`` blocks of ``avg|min|max|pNN
 latency: value`` lines. ``samples``, ``forwad time (s)`` (sic), power, temperature and percentile lines
@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from harness.errors import DataError
-from harness.perf.stats import PERCENTILES, LatencyStats
-
-if TYPE_CHECKING:
-    from harness.perf import PerfResult
+from harness.perf.stats import PERCENTILES
+from harness.result import LatencyStats, PerfResult
 
 VAMP_FILE = "perf_vamp.txt"
 

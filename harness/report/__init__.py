@@ -3,37 +3,32 @@
 from __future__ import annotations
 
 import csv
-import json
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.fileio import write_text_atomic
+from harness.result import RunResult, load_result
 
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("job", "job"),
-    ("status", "status"),
-    ("variant", "config.model.variant"),
-    ("precision", "config.precision.name"),
-    ("backend", "config.backend.name"),
-    ("batch", "config.perf.batch"),
-    ("instances", "config.perf.instances"),
-    ("throughput_qps", "perf.throughput_qps"),
-    ("model_p50_us", "perf.latency_us.model.p50"),
-    ("model_p99_us", "perf.latency_us.model.p99"),
-    ("e2e_avg_us", "perf.latency_us.e2e.avg"),
-    ("perf_valid", "perf.validity.valid"),
-    ("parity_min_cos", "build.parity.min_cosine"),
-    ("map_medium", "accuracy.medium.map"),
-    ("map_hard", "accuracy.hard.map"),
-    ("error", "error.message"),
+Column = tuple[str, Callable[[RunResult], object]]
+
+COLUMNS: tuple[Column, ...] = (
+    ("status", lambda result: result.status),
+    ("variant", lambda result: result.config.model.variant),
+    ("precision", lambda result: result.config.precision.name),
+    ("backend", lambda result: result.config.backend["name"]),
+    ("batch", lambda result: result.config.perf.batch),
+    ("instances", lambda result: result.config.perf.instances),
+    ("throughput_qps", lambda result: result.perf and result.perf.throughput_qps),
+    ("model_p50_us", lambda result: result.perf and result.perf.latency_us.model.p50),
+    ("model_p99_us", lambda result: result.perf and result.perf.latency_us.model.p99),
+    ("e2e_avg_us", lambda result: result.perf and result.perf.latency_us.e2e.avg),
+    ("perf_valid", lambda result: result.perf and result.perf.validity.valid),
+    ("parity_min_cos", lambda result: result.build and result.build.parity.min_cosine),
+    ("map_medium", lambda result: result.accuracy and result.accuracy.medium.map),
+    ("map_hard", lambda result: result.accuracy and result.accuracy.hard.map),
+    ("error", lambda result: result.error and result.error.message),
 )
-
-
-def _lookup(tree: object, dotted: str) -> object:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict):
-            return None
-        tree = tree.get(part)
-    return tree
+COLUMN_NAMES = ("job", *(name for name, _ in COLUMNS))
 
 
 def _cell(value: object) -> str:
@@ -54,14 +49,14 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
     """One row per job folder (``<sweep_dir>/<n>/result.json``), in job order."""
     rows = []
     for job in job_dirs(sweep_dir):
-        result = {**json.loads((job / "result.json").read_text()), "job": job.name}
-        rows.append({name: _cell(_lookup(result, dotted)) for name, dotted in COLUMNS})
+        result = load_result(job)
+        rows.append({"job": job.name, **{name: _cell(extract(result)) for name, extract in COLUMNS}})
     return rows
 
 
 def write_summary(rows: list[dict[str, str]], folder: Path) -> list[Path]:
     """``summary.csv`` and ``summary.md`` in ``folder``; returns both paths."""
-    names = [name for name, _ in COLUMNS]
+    names = list(COLUMN_NAMES)
     csv_path, markdown_path = folder / "summary.csv", folder / "summary.md"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=names)
@@ -72,7 +67,7 @@ def write_summary(rows: list[dict[str, str]], folder: Path) -> list[Path]:
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:
-    names = [name for name, _ in COLUMNS if any(row[name] for row in rows)]
+    names = [name for name in COLUMN_NAMES if any(row[name] for row in rows)]
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(row[name].replace("|", "/") for name in names) + " |" for row in rows]
     return "\n".join(lines) + "\n"

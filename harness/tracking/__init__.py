@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from harness.config.schema import PathsConfig, TrackingConfig
 from harness.errors import TrackingError
 from harness.fileio import write_json_atomic
+from harness.result import RunResult, load_result
 from harness.tracking.records import metrics_of, params_of, shorten, tags_of
 
 log = logging.getLogger(__name__)
@@ -159,16 +160,17 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
         record = TrackingRecord(**json.loads(existing.read_text()))
         if record.uri == store.uri:
             return record, False
-    result = json.loads((run_dir / "result.json").read_text())
+    result = load_result(run_dir)
+    record_data = result.to_dict()
     parent = ensure_parent(store, sweep_dir) if sweep_dir is not None else None
-    found = store.find(RUN_UID_TAG, result["run_uid"])
+    found = store.find(RUN_UID_TAG, result.run_uid)
     if found is not None and found.info.status in ("FINISHED", "FAILED"):
         record = _record(store, found.info.run_id, parent)
         write_json_atomic(existing, asdict(record))
         return record, False
     if found is not None:  # a logging attempt died half way: start it over
         store.call(lambda: store.client.delete_run(found.info.run_id))
-    tags = tags_of(result)
+    tags = tags_of(record_data)
     if parent:
         tags["mlflow.parentRunId"] = parent
     run = store.call(lambda: store.client.create_run(store.experiment_id, tags=tags, run_name=_run_name(result)))
@@ -176,8 +178,8 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
     from mlflow.entities import Metric
 
     now_ms = int(time.time() * 1000)
-    metrics = [Metric(key, value, now_ms, 0) for key, value in metrics_of(result).items()]
-    params = _params(params_of(result["config"]))
+    metrics = [Metric(key, value, now_ms, 0) for key, value in metrics_of(record_data).items()]
+    params = _params(params_of(record_data["config"]))  # type: ignore[arg-type]
     for start in range(0, max(len(metrics), len(params)), 100):
         store.call(
             partial(
@@ -185,7 +187,7 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
             )
         )
     _log_artifacts(store, run_id, run_dir, result)
-    store.call(lambda: store.client.set_terminated(run_id, status="FINISHED" if result["status"] == "ok" else "FAILED"))
+    store.call(lambda: store.client.set_terminated(run_id, status="FINISHED" if result.status == "ok" else "FAILED"))
     record = _record(store, run_id, parent)
     write_json_atomic(existing, asdict(record))
     log.info("tracked run_id=%s uri=%s", run_id, store.uri)
@@ -214,26 +216,23 @@ def _record(store: Store, run_id: str, parent: str | None) -> TrackingRecord:
     )  # fmt: skip
 
 
-def _run_name(result: dict[str, Any]) -> str:
-    config = result["config"]
-    parts = [config.get("model", {}).get("variant"), config.get("precision", {}).get("name")]
-    if "perf" in (result.get("stages") or []):
-        parts += [config.get("backend", {}).get("name"), f"b{config.get('perf', {}).get('batch')}"]
-    return "-".join(str(part) for part in parts if part)
+def _run_name(result: RunResult) -> str:
+    config = result.config
+    parts = [config.model.variant, config.precision.name]
+    if "perf" in result.stages:
+        parts += [config.backend["name"], f"b{config.perf.batch}"]
+    return "-".join(str(part) for part in parts)
 
 
-def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: dict[str, Any]) -> None:
+def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: RunResult) -> None:
     for name in ARTIFACT_FILES:
         if (run_dir / name).exists():
             store.call(partial(store.client.log_artifact, run_id, str(run_dir / name)))
     if (run_dir / ".hydra").is_dir():
         store.call(lambda: store.client.log_artifacts(run_id, str(run_dir / ".hydra"), artifact_path="hydra"))
-    build = result.get("build") or {}
-    if build:
-        folder = Path(build["artifact_path"]).parent
+    if result.build:
+        folder = Path(result.build.artifact_path).parent
         store.call(lambda: store.client.log_artifact(run_id, str(folder / "build.json")))
         if store.tracking.log_model:
-            for record in build["manifest"]["files"]:
-                store.call(
-                    partial(store.client.log_artifact, run_id, str(folder / record["name"]), artifact_path="model")
-                )
+            for record in result.build.manifest.files:
+                store.call(partial(store.client.log_artifact, run_id, str(folder / record.name), artifact_path="model"))

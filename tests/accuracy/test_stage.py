@@ -12,12 +12,12 @@ import pytest
 from harness.accuracy.offline import evaluate_files
 from harness.accuracy.published import published_results
 from harness.accuracy.revisited import evaluate
-from harness.config.schema import RunConfig
 from harness.data.datasets import gnd_path, image_path
 from harness.data.groundtruth import load_groundtruth
 from harness.data.synthetic import write_synthetic
 from harness.errors import DataError
 from harness.pipeline import run
+from harness.resolve import resolve_config
 from tests.conftest import REPO_ROOT, compose
 
 
@@ -112,7 +112,7 @@ def test_vendor_vdsp_preprocessing_and_perf_shape_from_vdsp(tmp_path: Path) -> N
     result = tiny_run(tmp_path, "vdsp=official_dinov2")
     assert result.status == "ok", result.error
     assert result.accuracy.preprocessing["resize_type"] == "BILINEAR_CV"  # type: ignore[union-attr]
-    config = RunConfig.from_dict(
+    config = resolve_config(
         compose(
             [
                 "debug=tiny",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config.schema import RunConfig
 from harness.errors import ConfigError
+from harness.resolve import resolve_config
 from tests.conftest import REPO_ROOT, compose
 
 CONF = REPO_ROOT / "conf"
@@ -20,37 +20,37 @@ def group_options(group: str) -> list[str]:
 @pytest.mark.parametrize("model", group_options("model"))
 @pytest.mark.parametrize("precision", group_options("precision"))
 def test_every_model_and_precision_composes(model: str, precision: str) -> None:
-    config = RunConfig.from_dict(compose([f"model={model}", f"precision={precision}"]))
+    config = resolve_config(compose([f"model={model}", f"precision={precision}"]))
     assert config.model.variant == model and config.precision.name == precision
 
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_composes(experiment: str) -> None:
-    RunConfig.from_dict(compose([f"+experiment={experiment}"]))
+    resolve_config(compose([f"+experiment={experiment}"]))
 
 
 def test_build_command_runs_only_the_build_stage() -> None:
-    config = RunConfig.from_dict(compose([], config_name="build"))
+    config = resolve_config(compose([], config_name="build"))
     assert config.task == "build" and config.stages == ("build",)
 
 
 @pytest.mark.parametrize("group", ["dataset", "vdsp"])
 def test_every_dataset_and_vdsp_option_composes(group: str) -> None:
     for option in group_options(group):
-        config = RunConfig.from_dict(compose([f"{group}={option}"]))
-        assert config.preprocessing().output_size == (224, 224)
+        config = resolve_config(compose([f"{group}={option}"]))
+        assert config.vdsp_params.output_size == (224, 224)
 
 
 @pytest.mark.parametrize("backend", group_options("backend"))
 def test_every_backend_resolves_to_its_config_dataclass(backend: str) -> None:
     from harness.backends import get_backend
 
-    config = RunConfig.from_dict(compose([f"backend={backend}"]))
+    config = resolve_config(compose([f"backend={backend}"]))
     assert isinstance(config.backend, get_backend(backend).config_type)
 
 
 def test_defaults_are_typed() -> None:
-    config = RunConfig.from_dict(compose(["debug=tiny"]))
+    config = resolve_config(compose(["debug=tiny"]))
     assert config.model.input_size == (224, 224)
     assert config.build.parity_images == 2 and config.build.exporter == "legacy"
     assert isinstance(config.paths.path("cache"), Path)
@@ -81,4 +81,4 @@ def test_defaults_are_typed() -> None:
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_dict(compose(override.split()))
+        resolve_config(compose(override.split()))

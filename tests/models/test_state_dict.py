@@ -12,7 +12,7 @@ from harness.models.dinov2 import DinoVisionTransformer
 from harness.models.variants import OFFICIAL_VARIANTS, VARIANTS, get_variant
 from harness.models.weights import load_backbone, load_state_dict_checked
 
-# (D, depth, registers, giant) from shared/reference/README.md section 1, independent of variants.py.
+# (D, depth, registers, giant) from docs/dinov2.md, independent of variants.py.
 SPEC_TABLE = {
     "vits14": (384, 12, 0, False),
     "vits14_reg4": (384, 12, 4, False),

@@ -11,9 +11,11 @@ from onnx import TensorProto, helper
 
 from harness.config.schema import RunConfig
 from harness.errors import BackendUnavailable, ConfigError, MeasurementInvalid
-from harness.perf import SAMPLES_FILE, PerfResult, run_perf
 from harness.perf.loadgen import CompletionHistogram, SampleBuffer
+from harness.perf.stage import SAMPLES_FILE, run_perf
 from harness.perf.stats import latency_stats
+from harness.resolve import resolve_config
+from harness.result import PerfResult, load_result
 from tests.conftest import compose
 
 pytestmark = pytest.mark.process
@@ -21,7 +23,7 @@ SLEEP_US = 6000.0
 
 
 def sleep_config(cache_dir: Path, *overrides: str) -> RunConfig:
-    return RunConfig.from_dict(
+    return resolve_config(
         compose(
             [
                 "debug=tiny", "backend=sleep", f"backend.latency_us={SLEEP_US}", "stages=[perf]", f"paths.cache={cache_dir}",
@@ -102,8 +104,19 @@ def test_a_crashing_worker_fails_the_run_with_its_exit_code(cache_dir: Path, tmp
         measure(config, tmp_path)
 
 
+def test_a_dead_workers_last_words_are_kept_in_result_json(cache_dir: Path, tmp_path: Path) -> None:
+    from harness.pipeline import run
+
+    config = sleep_config(cache_dir, "perf.iterations=50", "backend.exit_after_calls=5")
+    result = run(config, run_dir=tmp_path / "run")
+    assert result.status == "failed" and result.error is not None
+    assert "died with exit code 70" in result.error.message and "\n" not in result.error.message
+    assert result.error.details == "sleep backend: simulated runtime crash on call 5"
+    assert load_result(tmp_path / "run").error == result.error
+
+
 def test_a_worker_error_travels_back_as_data(cache_dir: Path, tmp_path: Path) -> None:
-    config = RunConfig.from_dict(
+    config = resolve_config(
         compose(["debug=tiny", "backend=torch", "stages=[perf]", f"paths.cache={cache_dir}", "model.weights=/gone.pth"])
     )
     with pytest.raises(
@@ -114,16 +127,16 @@ def test_a_worker_error_travels_back_as_data(cache_dir: Path, tmp_path: Path) ->
 
 def test_processes_above_instances_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"perf.processes=3: expected <= perf.instances=2"):
-        RunConfig.from_dict(compose(["perf.instances=2", "perf.processes=3"]))
+        resolve_config(compose(["perf.instances=2", "perf.processes=3"]))
 
 
 def test_missing_artifact_and_missing_provider(cache_dir: Path, tmp_path: Path) -> None:
-    config = RunConfig.from_dict(compose(["debug=tiny", "stages=[perf]", f"paths.cache={cache_dir}"]))
+    config = resolve_config(compose(["debug=tiny", "stages=[perf]", f"paths.cache={cache_dir}"]))
     with pytest.raises(ConfigError, match=r"backend=onnxruntime needs a built artifact: include 'build' in stages"):
         measure(config, tmp_path)
     with pytest.raises(ConfigError, match=r"artifact /nowhere.onnx does not exist"):
         measure(config, tmp_path, artifact="/nowhere.onnx")
-    cuda = RunConfig.from_dict(compose(["debug=tiny", "backend.providers=[CUDAExecutionProvider]"]))
+    cuda = resolve_config(compose(["debug=tiny", "backend.providers=[CUDAExecutionProvider]"]))
     with pytest.raises(
         BackendUnavailable, match=r"'CUDAExecutionProvider' is not available in onnxruntime .*installed: \["
     ):
@@ -148,15 +161,15 @@ def static_batch_model(folder: Path, batch: int) -> Path:
 
 def test_shape_and_batch_are_checked_against_the_artifact(cache_dir: Path, tmp_path: Path) -> None:
     artifact = str(static_batch_model(tmp_path, 4))
-    wrong_shape = RunConfig.from_dict(compose(["debug=tiny", "perf.shape=[3,256,256]"]))
+    wrong_shape = resolve_config(compose(["debug=tiny", "perf.shape=[3,256,256]"]))
     with pytest.raises(
         ConfigError, match=r"perf.shape=\[3, 256, 256\]: the artifact takes \[C, H, W\] = \[3, 224, 224\]"
     ):
         measure(wrong_shape, tmp_path, artifact=artifact)
-    too_big = RunConfig.from_dict(compose(["debug=tiny", "perf.batch=8"]))
+    too_big = resolve_config(compose(["debug=tiny", "perf.batch=8"]))
     with pytest.raises(ConfigError, match=r"perf.batch=8: the artifact accepts batch 4 at most"):
         measure(too_big, tmp_path, artifact=artifact)
-    fits = RunConfig.from_dict(compose(["debug=tiny", "perf.batch=4", "perf.iterations=8"]))
+    fits = resolve_config(compose(["debug=tiny", "perf.batch=4", "perf.iterations=8"]))
     assert measure(fits, tmp_path, artifact=artifact).samples == 32
 
 
@@ -179,14 +192,14 @@ def test_completion_histogram_counts_per_millisecond_and_grows_with_time() -> No
 
 
 def test_photo_inputs_use_the_runs_preprocessing() -> None:
-    from harness.perf.loadgen import make_inputs
+    from harness.perf.stage import make_inputs
     from harness.vdsp import parse_vdsp
 
-    perf = RunConfig.from_dict(compose(["debug=tiny", "perf.inputs=photos"])).perf
-    default = make_inputs(perf, (2, 3, 224, 224), "float32", 0)
-    vendor = RunConfig.from_dict(compose(["debug=tiny", "vdsp=official_dinov2"])).preprocessing()
+    config = resolve_config(compose(["debug=tiny", "perf.inputs=photos"]))
+    default = make_inputs(config.perf.inputs, (2, 3, 224, 224), "float32", seed=0, preprocessing=config.vdsp_params)
+    vendor = resolve_config(compose(["debug=tiny", "vdsp=official_dinov2"])).vdsp_params
     assert vendor == parse_vdsp(vendor_json(), source="fixture")
-    with_vendor = make_inputs(perf, (2, 3, 224, 224), "float32", 0, vendor)
+    with_vendor = make_inputs(config.perf.inputs, (2, 3, 224, 224), "float32", seed=0, preprocessing=vendor)
     assert default.shape == with_vendor.shape == (2, 3, 224, 224)
     assert not np.allclose(default, with_vendor)  # OpenCV-style bilinear and fp16-rounded constants differ
 

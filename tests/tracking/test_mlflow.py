@@ -53,8 +53,8 @@ def check_sweep(uri: str, sweep_dir: Path, expected_jobs: int) -> None:
     for child in children:
         result = load_result(Path(child.data.tags["run_dir"]))
         assert child.data.tags["harness.run_uid"] == result.run_uid
-        assert child.data.params["model.variant"] == result.config["model"]["variant"]  # type: ignore[index]
-        assert child.data.params["precision.name"] == result.config["precision"]["name"]  # type: ignore[index]
+        assert child.data.params["model.variant"] == result.config.model.variant
+        assert child.data.params["precision.name"] == result.config.precision.name
         assert child.data.metrics["perf.throughput_qps"] == pytest.approx(result.perf.throughput_qps)  # type: ignore[union-attr]
         assert child.data.metrics["build.parity.min_cosine"] == pytest.approx(result.build.parity.min_cosine)  # type: ignore[union-attr]
         assert child.info.status == "FINISHED"

@@ -10,12 +10,13 @@ import onnx
 import onnxruntime
 import pytest
 
-from harness.build import BuildManifest, build_artifact
-from harness.build.cache import MANIFEST_NAME
 from harness.config.schema import RunConfig
 from harness.errors import BuildError, ConfigError
+from harness.export.cache import MANIFEST_NAME
+from harness.export.stage import build_artifact
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
+from harness.result import BuildManifest
 from tests.conftest import run_config
 
 

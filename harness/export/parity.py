@@ -8,45 +8,20 @@ similarity and absolute error.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import torch
 
-from harness.build.onnx_export import INPUT_NAME, io_dtype_for
 from harness.config.schema import BuildConfig, PrecisionConfig
 from harness.data.photos import sample_photos
 from harness.errors import BuildError
+from harness.export.onnx_export import INPUT_NAME, io_dtype_for
 from harness.preprocess import batch_of
+from harness.result import ParityResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ParityResult:
-    """Agreement of artifact features with torch fp32 features.
-
-    Attributes:
-        images: names of the photos compared.
-        min_cosine: smallest per-image cosine similarity.
-        mean_cosine: mean per-image cosine similarity.
-        max_abs_error: largest absolute difference of any feature element.
-        threshold_min_cosine: the configured bound on ``min_cosine``.
-        threshold_max_abs_error: the configured bound on ``max_abs_error`` (``None``: not checked).
-        runtime: what ran the artifact (``onnxruntime <version> CPUExecutionProvider``).
-        passed: both bounds hold.
-    """
-
-    images: tuple[str, ...]
-    min_cosine: float
-    mean_cosine: float
-    max_abs_error: float
-    threshold_min_cosine: float
-    threshold_max_abs_error: float | None
-    runtime: str
-    passed: bool
 
 
 def cosine_rows(left: np.ndarray, right: np.ndarray) -> np.ndarray:

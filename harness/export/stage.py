@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,61 +18,16 @@ import onnx
 import torch
 
 from harness import __version__
-from harness.build import cache, onnx_export
-from harness.build.parity import ParityResult, check_parity
 from harness.config.schema import RunConfig
-from harness.download import sha256_of
+from harness.export import cache, onnx_export
+from harness.export.parity import check_parity
+from harness.fileio import sha256_of
 from harness.models import dinov2
-from harness.models.weights import WeightsInfo
+from harness.result import ArtifactFile, BuildManifest, BuildResult, WeightsInfo
 
 log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ArtifactFile:
-    """One file of an artifact: name within its folder, size in bytes, sha256 hex digest."""
-
-    name: str
-    size_bytes: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class BuildManifest:
-    """``build.json``: what an artifact is and how it was made (schema in the README)."""
-
-    schema_version: int
-    artifact_name: str
-    format: str
-    model_file: str
-    cache_key: str
-    key_fields: dict[str, object]
-    files: tuple[ArtifactFile, ...]
-    external_data: bool
-    export_time_s: float
-    created_at: str
-    parity: ParityResult
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    """The build stage's section of ``result.json``.
-
-    Attributes:
-        artifact_path: absolute path of the model file to load.
-        cache_hit: the artifact came from the cache (no export in this run).
-        manifest: the artifact's ``build.json``.
-        parity: this run's parity check (a cache hit is re-checked too).
-        time_s: wall time of the stage, seconds.
-    """
-
-    artifact_path: str
-    cache_hit: bool
-    manifest: BuildManifest
-    parity: ParityResult
-    time_s: float
 
 
 def cache_key_fields(config: RunConfig, model: dinov2.DinoVisionTransformer, weights: WeightsInfo) -> dict[str, object]:

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.config.convert import from_mapping
-from harness.download import sha256_of
 from harness.errors import BuildError, ConfigError
-from harness.fileio import write_json_atomic
+from harness.fileio import sha256_of, write_json_atomic
 
 T = TypeVar("T")
 

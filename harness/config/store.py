@@ -1,0 +1,166 @@
+"""The schema of ``harness.config.schema`` as Hydra structured configs, and composing ``conf/`` against it.
+
+Hydra's schema pattern: a structured config registered in the ``ConfigStore`` types the tree that the YAML
+files fill in, so a wrong type (``perf.batch=abc``), a value outside a closed set or an unknown key is
+refused while composing, before any run folder exists. OmegaConf 2.3 knows neither ``Literal`` nor
+frozen nodes that can be overridden, so the registered classes are generated from the frozen dataclasses
+(``Literal`` -> an ``Enum`` of the same values, tuples -> lists); the dataclasses stay the one definition.
+Defaults are not copied: every field is ``MISSING`` in the schema and the YAML files give the values, so a
+YAML file that forgets a key fails composition. The ``backend`` node is validated by ``harness.resolve``
+instead, so that composing imports no backend plugin.
+
+Hydra's composition errors are translated into ``ConfigError`` messages of the same shape as every other
+config error: the dotted key, the value, what is allowed and the closest match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import types
+import typing
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from harness.config.convert import convert_value, hint_at
+from harness.config.schema import RunConfig
+from harness.errors import ConfigError, unknown_key_message, unknown_name_message
+
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+SCHEMA_NAME = "run_schema"
+
+
+def _omegaconf_type(hint: Any) -> Any:
+    """The type OmegaConf 2.3 can check for ``hint``."""
+    origin = get_origin(hint)
+    if origin is typing.Literal:
+        values = [str(value) for value in get_args(hint)]
+        return enum.Enum("_".join(["Choice", *values]), {value: value for value in values})  # type: ignore[misc]
+    if origin in (typing.Union, types.UnionType):
+        options = [option for option in get_args(hint) if option is not type(None)]
+        (option,) = options  # OmegaConf supports Optional[X] only; the schema uses nothing wider
+        return typing.Optional[_omegaconf_type(option)]  # noqa: UP045 - OmegaConf reads typing.Optional
+    if origin is tuple:
+        return list[_omegaconf_type(get_args(hint)[0])]  # type: ignore[misc]
+    if origin is dict:
+        return dict[str, Any]
+    if dataclasses.is_dataclass(hint):
+        return _schema_class(typing.cast(type, hint))
+    return hint
+
+
+@functools.cache
+def _schema_class(cls: type) -> type:
+    from omegaconf import MISSING
+
+    hints = typing.get_type_hints(cls)
+    # omegaconf's MISSING ("???") as every default: each value must come from the YAML files.
+    fields = [
+        (item.name, _omegaconf_type(hints[item.name]), dataclasses.field(default=MISSING))
+        for item in dataclasses.fields(cls)
+        if not item.metadata.get("resolved")
+    ]
+    return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
+
+
+@functools.cache
+def register_schema() -> None:
+    """Register the run schema as ``run_schema`` (``conf/run.yaml`` puts it first in its defaults)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(_schema_class(RunConfig))
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=node)
+
+
+def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
+    """The composed config as plain data (no run folder, no logging set-up); errors are ``ConfigError``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            composed = hydra_compose(config_name=config_name, overrides=overrides)
+            return typing.cast(
+                dict[str, Any], OmegaConf.to_container(composed, resolve=True, enum_to_str=True, throw_on_missing=True)
+            )
+        except Exception as error:  # Hydra and OmegaConf raise many types; each becomes one named message
+            raise composition_error(error) from None
+
+
+def compose_sweep_settings(overrides: list[str], config_name: str = "run") -> tuple[str, list[str]]:
+    """The sweeper's ``_target_`` and the sweep in ``hydra.sweeper.params`` as overrides (``key=v1,v2``)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            sweeper = hydra_compose(
+                config_name=config_name, overrides=overrides, return_hydra_config=True
+            ).hydra.sweeper
+        except Exception as error:  # Hydra and OmegaConf raise many types; each becomes one named message
+            raise composition_error(error) from None
+    params = sweeper.get("params") or {}
+    return str(sweeper.get("_target_")), [f"{key}={value}" for key, value in params.items()]
+
+
+def composition_error(error: BaseException) -> ConfigError:
+    """Hydra's or OmegaConf's error as a one-line ``ConfigError`` naming the key."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for item in chain:
+        if isinstance(item, MissingConfigException) and item.missing_cfg_file and item.options:
+            group, _, option = item.missing_cfg_file.rpartition("/")
+            return ConfigError(unknown_name_message(group or "config", option, item.options))
+        key = getattr(item, "full_key", None) if isinstance(item, OmegaConfBaseException) else None
+        if not key:
+            continue
+        if isinstance(item, MissingMandatoryValue):
+            return ConfigError(f"{key}: no value: set it in the group's YAML file in conf/ or as an override")
+        if isinstance(item, ConfigKeyError | ConfigAttributeError):
+            parent, _, name = str(key).rpartition(".")
+            known = _known_keys(parent)
+            if known is not None:
+                return ConfigError(unknown_key_message(str(key), name, known))
+        hint = hint_at(RunConfig, str(key))
+        value = _offending_value(item)
+        if hint is not None:
+            try:
+                convert_value(hint, value, str(key))
+            except ConfigError as converted:
+                return converted
+        return ConfigError(f"{key}: {_first_line(item)}")
+    return ConfigError(_first_line(error))
+
+
+def _offending_value(error: BaseException) -> object:
+    value = getattr(error, "value", None)
+    if value is not None:
+        return value
+    message = _first_line(error)
+    # "Value 'abc' of type 'str' could not be converted to Integer", "Invalid value 'x', expected one of ..."
+    if "'" in message:
+        return message.split("'")[1]
+    return None
+
+
+def _known_keys(dotted_parent: str) -> list[str] | None:
+    hint = RunConfig if not dotted_parent else hint_at(RunConfig, dotted_parent)
+    if hint is not None and dataclasses.is_dataclass(hint):
+        return [item.name for item in dataclasses.fields(hint) if not item.metadata.get("resolved")]
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

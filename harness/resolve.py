@@ -1,0 +1,67 @@
+"""Resolve once: the composed config -> the complete, typed ``RunConfig`` every stage receives.
+
+One step, before any stage runs: the tree is validated into the schema's dataclasses, the ``backend`` node
+becomes its registered plugin's config dataclass, the vdsp params are read and parsed, the variant and
+input size are checked against the variant table, and paths are expanded. Every error in the config or
+the vdsp params is a ``ConfigError`` (or ``DataError`` for an unreadable vdsp file) raised here, naming
+the key. Nothing here looks at devices or runs anything: that is each backend's ``resolve`` at stage start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from harness.backends import get_backend
+from harness.config.convert import from_mapping
+from harness.config.schema import PathsConfig, RunConfig, VdspParams
+from harness.errors import ConfigError, DataError
+from harness.models.variants import get_variant
+from harness.preprocess import default_params
+from harness.vdsp import load_vdsp, parse_vdsp
+
+
+def resolve_config(composed: dict[str, Any]) -> RunConfig:
+    """Validate and complete a composed config (``harness.config.store.compose``'s output)."""
+    if not isinstance(composed, dict):
+        raise ConfigError(f"config: expected a mapping, got {type(composed).__name__}")
+    backend = composed.get("backend")
+    if not isinstance(backend, dict) or "name" not in backend:
+        raise ConfigError(f"backend={backend!r}: expected a mapping with a 'name'")
+    backend_config: Any = from_mapping(get_backend(str(backend["name"])).config_type, backend, key="backend")
+    config = from_mapping(RunConfig, {**composed, "backend": backend_config, "preprocessing": None})
+    _check_model(config)
+    preprocessing = _preprocessing(config)
+    if "accuracy" in config.stages and preprocessing.output_size != config.model.input_size:
+        height, width = preprocessing.output_size
+        raise ConfigError(
+            f"vdsp output {height}x{width} (H x W) does not match model.input_size={list(config.model.input_size)}"
+        )
+    return dataclasses.replace(config, paths=_expanded(config.paths), preprocessing=preprocessing)
+
+
+def _check_model(config: RunConfig) -> None:
+    spec = get_variant(config.model.variant)
+    height, width = config.model.input_size
+    if height <= 0 or width <= 0 or height % spec.patch_size or width % spec.patch_size:
+        raise ConfigError(
+            f"model.input_size={list(config.model.input_size)}: "
+            f"expected positive multiples of the patch size {spec.patch_size}"
+        )
+
+
+def _preprocessing(config: RunConfig) -> VdspParams:
+    """The vdsp params in force: a vendor file, inline params, or the torchvision-equivalent default."""
+    if config.vdsp.path:
+        try:
+            return load_vdsp(Path(config.vdsp.path).expanduser())
+        except DataError as error:
+            raise ConfigError(f"vdsp.path: {error}") from None
+    if config.vdsp.params:
+        return parse_vdsp(config.vdsp.params, source="vdsp.params")
+    return default_params(config.model.input_size)
+
+
+def _expanded(paths: PathsConfig) -> PathsConfig:
+    return PathsConfig(**{item.name: str(paths.path(item.name)) for item in dataclasses.fields(paths)})  # type: ignore[arg-type]
