@@ -74,36 +74,34 @@ def register_schema() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=node)
 
 
-def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
-    """The composed config as plain data (no run folder, no logging set-up); errors are ``ConfigError``."""
+def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool = False) -> Any:
+    """Hydra's compose API on ``conf/`` with the schema registered; errors are ``ConfigError``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
 
     register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:
-            composed = hydra_compose(config_name=config_name, overrides=overrides)
-            return typing.cast(
-                dict[str, Any], OmegaConf.to_container(composed, resolve=True, enum_to_str=True, throw_on_missing=True)
-            )
+            return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
         except Exception as error:  # Hydra and OmegaConf raise many types; each becomes one named message
             raise composition_error(error) from None
+
+
+def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
+    """The composed config as plain data (no run folder, no logging set-up); errors are ``ConfigError``."""
+    from omegaconf import OmegaConf
+
+    composed = _hydra_compose(overrides, config_name)
+    try:
+        container = OmegaConf.to_container(composed, resolve=True, enum_to_str=True, throw_on_missing=True)
+    except Exception as error:  # an unset key or a failing interpolation, named by composition_error
+        raise composition_error(error) from None
+    return typing.cast(dict[str, Any], container)
 
 
 def compose_sweep_settings(overrides: list[str], config_name: str = "run") -> tuple[str, list[str]]:
     """The sweeper's ``_target_`` and the sweep in ``hydra.sweeper.params`` as overrides (``key=v1,v2``)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        try:
-            sweeper = hydra_compose(
-                config_name=config_name, overrides=overrides, return_hydra_config=True
-            ).hydra.sweeper
-        except Exception as error:  # Hydra and OmegaConf raise many types; each becomes one named message
-            raise composition_error(error) from None
+    sweeper = _hydra_compose(overrides, config_name, with_hydra=True).hydra.sweeper
     params = sweeper.get("params") or {}
     return str(sweeper.get("_target_")), [f"{key}={value}" for key, value in params.items()]
 
