@@ -57,15 +57,15 @@ def _pipeline_task(cfg: Any) -> None:
     """Run the pipeline for one composed config; print the summary and, last, the path of result.json."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import OmegaConf
 
+    from harness.config.store import plain
     from harness.perf.vamp import VAMP_FILE
     from harness.pipeline import run
     from harness.resolve import resolve_config
     from harness.summary import format_summary
 
     hydra_config = HydraConfig.get()
-    config = resolve_config(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))  # type: ignore[arg-type]
+    config = resolve_config(plain(cfg))
     run_dir = Path(hydra_config.runtime.output_dir)
     multirun = hydra_config.mode == RunMode.MULTIRUN
     result = run(config, run_dir=run_dir)

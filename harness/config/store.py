@@ -89,9 +89,13 @@ def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool =
 
 def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
     """The composed config as plain data (no run folder, no logging set-up); errors are ``ConfigError``."""
+    return plain(_hydra_compose(overrides, config_name))
+
+
+def plain(composed: Any) -> dict[str, Any]:
+    """A composed ``DictConfig`` as plain data (interpolations resolved, enums as strings, unset keys refused)."""
     from omegaconf import OmegaConf
 
-    composed = _hydra_compose(overrides, config_name)
     try:
         container = OmegaConf.to_container(composed, resolve=True, enum_to_str=True, throw_on_missing=True)
     except Exception as error:  # an unset key or a failing interpolation, named by composition_error
