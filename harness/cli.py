@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 UI_STOP_GRACE_S = 10.0
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 @dataclass(frozen=True)
@@ -106,14 +105,11 @@ def _hydra_command(config_name: str, task: Callable[[Any], None], arguments: lis
 def _check_jobs(config_name: str, arguments: list[str]) -> None:
     """Compose and resolve every job's config before Hydra creates a run folder or a sweep starts.
 
-    A config that does not resolve is not a run: it raises ``ConfigError`` naming the job and the key. The
-    sweep is expanded with Hydra's own basic sweeper (``hydra.sweeper.params`` included); other sweepers
-    and Hydra's informational flags (``--cfg``, ``--help``...) are left to Hydra.
+    A config that does not resolve is not a run: it raises ``ConfigError`` naming the key, and in a sweep
+    every invalid job with the overrides that make it differ, so none is a silent gap. Other sweepers and
+    Hydra's informational flags (``--cfg``, ``--help``...) are left to Hydra.
     """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from harness.config.store import compose, compose_sweep_settings
+    from harness.config.store import compose, sweep_plan
     from harness.errors import ConfigError
     from harness.resolve import resolve_config
 
@@ -124,25 +120,21 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
     if not multirun:
         resolve_config(compose(overrides, config_name))
         return
-    parser = OverridesParser.create()
-    try:
-        fixed = [str(item.input_line) for item in parser.parse_overrides(overrides) if not item.is_sweep_override()]
-        sweeper, params = compose_sweep_settings(fixed, config_name)
-        if sweeper != BASIC_SWEEPER:
-            return
-        parsed = parser.parse_overrides([*params, *overrides])
-        swept = {item.get_key_element() for item in parsed if item.is_sweep_override()}
-        jobs = BasicSweeper.split_arguments(parsed, None)[0]
-    except ConfigError:
-        raise
-    except Exception as error:  # Hydra's override grammar errors
-        raise ConfigError(str(error).strip().splitlines()[0]) from None
-    for number, job in enumerate(jobs):
+    plan = sweep_plan(overrides, config_name)
+    if plan is None:
+        return
+    invalid = []
+    for number, job in enumerate(plan.jobs):
         try:
-            resolve_config(compose(job, config_name))
+            resolve_config(compose(list(job), config_name))
         except ConfigError as error:
-            varying = " ".join(item for item in job if item.split("=", 1)[0] in swept)
-            raise ConfigError(f"sweep job {number} ({varying}): {error}") from None
+            invalid.append(f"sweep job {number} ({plan.varying(number)}): {error}")
+    if len(invalid) == 1:
+        raise ConfigError(invalid[0])
+    if invalid:
+        raise ConfigError(
+            f"{len(invalid)} of {len(plan.jobs)} sweep jobs are invalid, nothing was run:\n  " + "\n  ".join(invalid)
+        )
 
 
 def _split(arguments: list[str]) -> tuple[list[str], list[str]]:
@@ -155,8 +147,8 @@ def _sync(arguments: list[str]) -> int:
     """``harness sync [overrides] DIR...``: log run or sweep folders that are not tracked yet, exactly once."""
     from harness.config.store import compose
     from harness.errors import HarnessError
-    from harness.report import job_dirs, sweep_rows, write_summary
-    from harness.tracking import SWEEP_FILE, Store, finish_sweep, log_run_dir
+    from harness.report import SWEEP_FILE, job_dirs, sweep_rows, write_summary
+    from harness.tracking import Store, finish_sweep, log_run_dir
     from harness.tracking.sweep import tracking_configs
 
     overrides, folders = _split(arguments)
@@ -255,7 +247,7 @@ def _data(arguments: list[str]) -> int:
     import argparse
 
     from harness.data.datasets import DATASETS, download_dataset
-    from harness.data.synthetic import write_synthetic
+    from harness.data.synthetic import synthetic_name, write_synthetic
     from harness.errors import HarnessError
 
     parser = argparse.ArgumentParser(prog="harness data", description="Retrieval datasets in the revisitop layout.")
@@ -278,7 +270,7 @@ def _data(arguments: list[str]) -> int:
             name = options.name
         else:
             truth = write_synthetic(root, images=options.images, queries=options.queries, seed=options.seed)
-            name = "synthetic"
+            name = synthetic_name(options.images, options.queries, options.seed)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

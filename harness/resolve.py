@@ -16,6 +16,7 @@ from typing import Any
 from harness.backends import get_backend
 from harness.config.convert import from_mapping
 from harness.config.schema import PathsConfig, RunConfig, VdspParams
+from harness.data.synthetic import check_synthetic_size
 from harness.errors import ConfigError, DataError
 from harness.models.variants import get_variant
 from harness.preprocess import default_params
@@ -32,6 +33,11 @@ def resolve_config(composed: dict[str, Any]) -> RunConfig:
     backend_config: Any = from_mapping(get_backend(str(backend["name"])).config_type, backend, key="backend")
     config = from_mapping(RunConfig, {**composed, "backend": backend_config, "preprocessing": None})
     _check_model(config)
+    if "accuracy" in config.stages and config.dataset.name == "synthetic":
+        try:
+            check_synthetic_size(config.dataset.synthetic_images, config.dataset.synthetic_queries)
+        except ConfigError as error:
+            raise ConfigError(f"dataset.synthetic_{error}") from None
     preprocessing = _preprocessing(config)
     if "accuracy" in config.stages and preprocessing.output_size != config.model.input_size:
         height, width = preprocessing.output_size

@@ -45,7 +45,7 @@ def test_run_writes_result_json_and_prints_its_path_last(tmp_path: Path) -> None
     assert result_path.name == "result.json" and result_path.is_relative_to(tmp_path / "outputs" / "run")
     result = load_result(result_path)
     assert result.status == "ok" and result.stages == ("build", "perf", "accuracy")
-    assert result.accuracy is not None and result.accuracy.dataset == "synthetic"
+    assert result.accuracy is not None and result.accuracy.dataset.startswith("synthetic-")
     assert result.perf is not None and result.perf.samples == 16 and result.perf.backend == "onnxruntime"
     assert (result_path.parent / "perf_vamp.txt").read_text().startswith("- number of instances in each device: 1")
     assert result.weights is not None and result.weights.kind == "random"
@@ -113,8 +113,8 @@ def test_data_synthetic_writes_the_revisitop_layout(tmp_path: Path) -> None:
     done = harness(tmp_path, "data", "synthetic", "--root", str(tmp_path / "data"), "--images", "20", "--queries", "2")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("20 database images, 2 queries")
-    assert (tmp_path / "data" / "synthetic" / "gnd_synthetic.pkl").is_file()
-    assert len(list((tmp_path / "data" / "synthetic" / "jpg").glob("*.jpg"))) == 22
+    assert (tmp_path / "data" / "synthetic-i20-q2-s0" / "gnd_synthetic-i20-q2-s0.pkl").is_file()
+    assert len(list((tmp_path / "data" / "synthetic-i20-q2-s0" / "jpg").glob("*.jpg"))) == 22
 
 
 def test_data_download_offline_is_one_clear_error(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from harness.backends import LoadTarget, open_backend
 from harness.config.schema import RunConfig
 from harness.data.datasets import gnd_path, image_path
 from harness.data.groundtruth import GroundTruth, check_boxes_inside, load_groundtruth
-from harness.data.synthetic import write_synthetic
+from harness.data.synthetic import synthetic_name, write_synthetic
 from harness.errors import DataError
 from harness.result import AccuracyResult, SetupMetrics
 
@@ -58,31 +58,35 @@ def check_descriptors(query: np.ndarray, database: np.ndarray, truth: GroundTrut
         raise DataError(f"{source}: query dimension {query.shape[1]} != database dimension {database.shape[1]}")
 
 
+def dataset_location(config: RunConfig) -> tuple[Path, str]:
+    """(root, folder name) of the run's dataset; a synthetic set's folder names its size and seed."""
+    root = Path(config.dataset.root or config.paths.data).expanduser()
+    dataset = config.dataset
+    if dataset.name == "synthetic":
+        return root, synthetic_name(dataset.synthetic_images, dataset.synthetic_queries, dataset.synthetic_seed)
+    return root, dataset.name
+
+
 def check_dataset_present(config: RunConfig) -> None:
     """A downloaded dataset's ground truth is there, checked before any stage runs (the synthetic set is made)."""
-    root = Path(config.dataset.root or config.paths.data).expanduser()
-    name = config.dataset.name
-    if name != "synthetic" and not gnd_path(root, name).exists():
+    root, name = dataset_location(config)
+    if config.dataset.name != "synthetic" and not gnd_path(root, name).exists():
         raise DataError(f"{gnd_path(root, name)} not found: run `harness data download {name} --root {root}`")
 
 
-def dataset_truth(config: RunConfig) -> tuple[Path, GroundTruth]:
-    """The dataset's root and validated ground truth (the synthetic set is written on first use)."""
-    root = Path(config.dataset.root or config.paths.data).expanduser()
-    name = config.dataset.name
-    if name == "synthetic" and not gnd_path(root, name).exists():
-        log.info("writing synthetic dataset root=%s images=%d", root, config.dataset.synthetic_images)
+def dataset_truth(config: RunConfig) -> tuple[Path, str, GroundTruth]:
+    """The dataset's root, folder name and validated ground truth (a synthetic set is written on first use)."""
+    root, name = dataset_location(config)
+    if config.dataset.name == "synthetic":
+        dataset = config.dataset
+        log.info("synthetic dataset %s under %s", name, root)
         write_synthetic(
-            root,
-            images=config.dataset.synthetic_images,
-            queries=config.dataset.synthetic_queries,
-            seed=config.dataset.synthetic_seed,
+            root, images=dataset.synthetic_images, queries=dataset.synthetic_queries, seed=dataset.synthetic_seed
         )
-    if not gnd_path(root, name).exists():
-        raise DataError(f"{gnd_path(root, name)} not found: run `harness data download {name} --root {root}`")
+    check_dataset_present(config)
     truth = load_groundtruth(gnd_path(root, name))
     check_boxes_inside(truth, _query_sizes(root, name, truth), source=str(gnd_path(root, name)))
-    return root, truth
+    return root, name, truth
 
 
 def _query_sizes(root: Path, name: str, truth: GroundTruth) -> dict[str, tuple[int, int]]:
@@ -101,9 +105,8 @@ def _query_sizes(root: Path, name: str, truth: GroundTruth) -> dict[str, tuple[i
 
 def run_accuracy(config: RunConfig, *, artifact_path: str | None, run_dir: Path, weights_kind: str) -> AccuracyResult:
     """Extract, evaluate, and return the accuracy block (descriptors saved in ``run_dir``)."""
-    root, truth = dataset_truth(config)
+    root, name, truth = dataset_truth(config)
     params = config.vdsp_params
-    name = config.dataset.name
     boxes: Sequence[tuple[float, float, float, float] | None] = [
         tuple(np.asarray(entry["bbx"], dtype=np.float64).tolist())
         if config.accuracy.crop_queries and "bbx" in entry
@@ -137,7 +140,7 @@ def run_accuracy(config: RunConfig, *, artifact_path: str | None, run_dir: Path,
     metrics = setup_metrics(evaluate(query, database, gnd, normalization=config.accuracy.normalization))
     published = (
         tuple(published_results(config.model.variant, name))
-        if weights_kind == "official" and name != "synthetic"
+        if weights_kind == "official" and config.dataset.name != "synthetic"
         else ()
     )
     result = AccuracyResult(

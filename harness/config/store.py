@@ -105,9 +105,58 @@ def plain(composed: Any) -> dict[str, Any]:
 
 def compose_sweep_settings(overrides: list[str], config_name: str = "run") -> tuple[str, list[str]]:
     """The sweeper's ``_target_`` and the sweep in ``hydra.sweeper.params`` as overrides (``key=v1,v2``)."""
-    sweeper = _hydra_compose(overrides, config_name, with_hydra=True).hydra.sweeper
+    return sweeper_settings(_hydra_compose(overrides, config_name, with_hydra=True).hydra.sweeper)
+
+
+def sweeper_settings(sweeper: Any) -> tuple[str, list[str]]:
+    """``hydra.sweeper`` of a composed config -> (its ``_target_``, its ``params`` as ``key=v1,v2`` overrides)."""
     params = sweeper.get("params") or {}
     return str(sweeper.get("_target_")), [f"{key}={value}" for key, value in params.items()]
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    """The jobs of a ``-m`` sweep as Hydra's basic sweeper will number them, and the keys that vary."""
+
+    jobs: tuple[tuple[str, ...], ...]
+    swept: frozenset[str]
+
+    def varying(self, job: int) -> str:
+        """The overrides that make job ``job`` differ from the others (``model=tiny14 precision=fp16``)."""
+        return " ".join(item for item in self.jobs[job] if item.split("=", 1)[0].lstrip("+~") in self.swept)
+
+
+def sweep_plan(overrides: list[str], config_name: str = "run") -> SweepPlan | None:
+    """Expand a sweep's command-line overrides (``hydra.sweeper.params`` included) into its jobs, exactly as
+    the basic sweeper does; ``None`` when another sweeper (e.g. an optimiser) decides the jobs as it goes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as error:  # Hydra's override grammar errors
+        raise ConfigError(str(error).strip().splitlines()[0]) from None
+    fixed = [str(item.input_line) for item in parsed if not item.is_sweep_override()]
+    sweeper, params = compose_sweep_settings(fixed, config_name)
+    return expand_sweep(overrides, sweeper=sweeper, params=params)
+
+
+def expand_sweep(overrides: list[str], *, sweeper: str, params: list[str]) -> SweepPlan | None:
+    """The jobs of a sweep given its composed sweeper settings (``_target_``, ``params`` as ``key=v1,v2``)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if sweeper != BASIC_SWEEPER:
+        return None
+    try:
+        parsed = OverridesParser.create().parse_overrides([*params, *overrides])
+        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+    except Exception as error:  # Hydra's override grammar errors
+        raise ConfigError(str(error).strip().splitlines()[0]) from None
+    swept = frozenset(item.get_key_element().lstrip("+~") for item in parsed if item.is_sweep_override())
+    return SweepPlan(jobs=tuple(tuple(job) for job in jobs), swept=swept)
 
 
 def composition_error(error: BaseException) -> ConfigError:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import pickle
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from PIL import Image, ImageEnhance
 from harness.data.datasets import gnd_path, image_path
 from harness.data.groundtruth import GroundTruth, load_groundtruth
 from harness.data.photos import as_rgb, photo_loaders
-from harness.errors import ConfigError
+from harness.errors import ConfigError, DataError
 
 EASY_SURVIVAL = 0.5
 HARD_SURVIVAL = 0.2
@@ -50,23 +53,62 @@ def _save_jpeg(image: Image.Image, path: Path, quality: int) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-def write_synthetic(
-    root: Path, *, name: str = "synthetic", images: int = 60, queries: int = 5, seed: int = 0
-) -> GroundTruth:
-    """Write ``<root>/<name>/jpg/*.jpg`` and ``gnd_<name>.pkl``; returns the validated ground truth.
+def synthetic_name(images: int, queries: int, seed: int) -> str:
+    """The folder of one synthetic set: every parameter is in the name, so a set on disk is always the one asked for."""
+    return f"synthetic-i{images}-q{queries}-s{seed}"
+
+
+def check_synthetic_size(images: int, queries: int) -> None:
+    """A ``ConfigError`` unless the shipped photos can make ``queries`` landmarks and ``images`` database images."""
+    photos = len(photo_loaders())
+    if not 1 <= queries < photos:
+        raise ConfigError(f"queries={queries}: expected 1 to {photos - 1} (photos shipped: {photos})")
+    if images < 2 * queries:
+        raise ConfigError(f"images={images}: expected at least {2 * queries} for {queries} queries")
+
+
+def write_synthetic(root: Path, *, images: int = 60, queries: int = 5, seed: int = 0) -> GroundTruth:
+    """The synthetic set ``<root>/<synthetic_name>/``, written unless it is already there; its validated ground truth.
+
+    The set is written into a staging folder and renamed into place, so a reader never sees half a set and
+    jobs that ask for the same set at once all end up with one complete copy.
 
     Args:
         root: dataset root (``paths.data``).
-        name: dataset folder name.
         images: database images (views and distractors).
         queries: landmark photos used as queries (the other shipped photos give distractors).
         seed: makes every crop, colour change and JPEG quality reproducible.
     """
+    check_synthetic_size(images, queries)
+    name = synthetic_name(images, queries, seed)
+    if not gnd_path(root, name).exists():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            staging = Path(root) / f".staging-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        except OSError as error:
+            raise DataError(f"{root}: cannot create the dataset root ({error.strerror or error})") from None
+        try:
+            _write_set(staging, name, images=images, queries=queries, seed=seed)
+            os.rename(staging / name, root / name)
+        except OSError as error:
+            if not gnd_path(root, name).exists():  # not a lost race with another job writing the same set
+                raise DataError(f"{root / name}: cannot write the synthetic set ({error.strerror or error})") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return load_groundtruth(gnd_path(root, name), query_sizes=_query_sizes(root, name))
+
+
+def _query_sizes(root: Path, name: str) -> dict[str, tuple[int, int]]:
+    sizes = {}
+    for path in sorted((root / name / "jpg").glob("query_*.jpg")):
+        with Image.open(path) as image:
+            sizes[path.stem] = image.size
+    return sizes
+
+
+def _write_set(root: Path, name: str, *, images: int, queries: int, seed: int) -> None:
+    """Write ``<root>/<name>/jpg/*.jpg`` and ``gnd_<name>.pkl``."""
     loaders = list(photo_loaders().items())
-    if not 1 <= queries < len(loaders):
-        raise ConfigError(f"queries={queries}: expected 1 to {len(loaders) - 1} (photos shipped: {len(loaders)})")
-    if images < 2 * queries:
-        raise ConfigError(f"images={images}: expected at least {2 * queries} for {queries} queries")
     rng = np.random.default_rng(seed)
     photos = []
     for _, load in loaders:
@@ -100,5 +142,3 @@ def write_synthetic(
             label = "easy" if survival >= EASY_SURVIVAL else "hard" if survival >= HARD_SURVIVAL else "junk"
             gnd[query][label].append(position)  # type: ignore[attr-defined]
     gnd_path(root, name).write_bytes(pickle.dumps({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, protocol=2))
-    sizes = {query_name: photos[index].size for index, query_name in enumerate(qimlist)}
-    return load_groundtruth(gnd_path(root, name), query_sizes=sizes)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.errors import DataError
 from harness.fileio import write_text_atomic
-from harness.result import RunResult, load_result
+from harness.result import RESULT_FILE, RunResult, load_result
+
+SWEEP_FILE = "sweep.json"
 
 Column = tuple[str, Callable[[RunResult], object]]
 
@@ -45,13 +49,40 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(jobs, key=lambda path: (len(path.name), path.name))
 
 
+def read_sweep_record(sweep_dir: Path) -> dict[str, object]:
+    """``<sweep_dir>/sweep.json``: the sweep's identity, its planned jobs and how it ended."""
+    try:
+        return json.loads((sweep_dir / SWEEP_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{sweep_dir / SWEEP_FILE}: cannot read the sweep record ({error})") from None
+
+
+def missing_jobs(sweep_dir: Path) -> dict[int, str]:
+    """Planned jobs without a ``result.json``: job number -> why (never a silent gap in a summary)."""
+    record = read_sweep_record(sweep_dir)
+    planned: list[list[str]] = record.get("jobs") or []  # type: ignore[assignment]
+    interrupted = record.get("status") == "interrupted"
+    missing = {}
+    for number, overrides in enumerate(planned):
+        if (sweep_dir / str(number) / RESULT_FILE).exists():
+            continue
+        started = (sweep_dir / str(number)).is_dir()
+        reason = "stopped without a result" if started else "not run"
+        if interrupted:
+            reason += " (sweep interrupted)"
+        missing[number] = f"{reason}: {' '.join(overrides)}"
+    return missing
+
+
 def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
-    """One row per job folder (``<sweep_dir>/<n>/result.json``), in job order."""
-    rows = []
+    """One row per planned job (``<sweep_dir>/<n>/result.json``, or why there is none), in job order."""
+    rows = {}
     for job in job_dirs(sweep_dir):
         result = load_result(job)
-        rows.append({"job": job.name, **{name: _cell(extract(result)) for name, extract in COLUMNS}})
-    return rows
+        rows[int(job.name)] = {"job": job.name, **{name: _cell(extract(result)) for name, extract in COLUMNS}}
+    for number, reason in missing_jobs(sweep_dir).items():
+        rows[number] = {"job": str(number), **dict.fromkeys(COLUMN_NAMES[1:], ""), "status": "missing", "error": reason}
+    return [rows[number] for number in sorted(rows)]
 
 
 def write_summary(rows: list[dict[str, str]], folder: Path) -> list[Path]:

@@ -26,17 +26,24 @@ from typing import Any, TypeVar
 from harness.config.schema import PathsConfig, TrackingConfig
 from harness.errors import TrackingError
 from harness.fileio import write_json_atomic
+from harness.report import SWEEP_FILE
 from harness.result import RunResult, load_result
 from harness.tracking.records import metrics_of, params_of, shorten, tags_of
 
 log = logging.getLogger(__name__)
 
 TRACKING_FILE = "tracking.json"
-SWEEP_FILE = "sweep.json"
 RUN_UID_TAG = "harness.run_uid"
 SWEEP_UID_TAG = "harness.sweep_uid"
 ARTIFACT_FILES = ("result.json", "perf_vamp.txt", "perf_samples.npz")
 T = TypeVar("T")
+# result.json status -> MLflow run status.
+RUN_STATUS = {"ok": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+
+
+def _epoch_ms(timestamp: str) -> int:
+    """Milliseconds since the epoch of an ISO 8601 time from ``result.json`` (when the run really ran)."""
+    return int(datetime.fromisoformat(timestamp).timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def start_sweep(sweep_dir: Path, overrides: list[str]) -> dict[str, object]:
+def start_sweep(sweep_dir: Path, overrides: list[str], jobs: list[list[str]] | None = None) -> dict[str, object]:
     """Create ``<sweep_dir>/sweep.json`` (the sweep's identity) unless it exists; return its content."""
     path = sweep_dir / SWEEP_FILE
     with _locked(path):
@@ -126,6 +133,10 @@ def start_sweep(sweep_dir: Path, overrides: list[str]) -> dict[str, object]:
         record: dict[str, object] = {
             "sweep_uid": uuid.uuid4().hex,
             "overrides": overrides,
+            "jobs": jobs,
+            "started_at": _now(),
+            "finished_at": None,
+            "status": "running",
             "parent_run_id": None,
             "uri": None,
         }
@@ -143,8 +154,11 @@ def ensure_parent(store: Store, sweep_dir: Path) -> str:
         found = store.find(SWEEP_UID_TAG, record["sweep_uid"])
         if found is None:
             tags = {SWEEP_UID_TAG: record["sweep_uid"], "harness.kind": "sweep", "sweep_dir": str(sweep_dir.resolve())}
+            started_ms = _epoch_ms(record["started_at"]) if record.get("started_at") else None
             found = store.call(
-                lambda: store.client.create_run(store.experiment_id, tags=tags, run_name=f"sweep {sweep_dir.name}")
+                lambda: store.client.create_run(
+                    store.experiment_id, start_time=started_ms, tags=tags, run_name=f"sweep {sweep_dir.name}"
+                )
             )
             params = {"sweep.overrides": shorten(" ".join(record.get("overrides") or []))}
             store.call(lambda: store.client.log_batch(found.info.run_id, params=_params(params)))
@@ -164,7 +178,7 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
     record_data = result.to_dict()
     parent = ensure_parent(store, sweep_dir) if sweep_dir is not None else None
     found = store.find(RUN_UID_TAG, result.run_uid)
-    if found is not None and found.info.status in ("FINISHED", "FAILED"):
+    if found is not None and found.info.status != "RUNNING":
         record = _record(store, found.info.run_id, parent)
         write_json_atomic(existing, asdict(record))
         return record, False
@@ -173,12 +187,20 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
     tags = tags_of(record_data)
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run = store.call(lambda: store.client.create_run(store.experiment_id, tags=tags, run_name=_run_name(result)))
+    started_ms, finished_ms = _epoch_ms(result.started_at), _epoch_ms(result.finished_at)
+    run = store.call(
+        lambda: store.client.create_run(
+            store.experiment_id, start_time=started_ms, tags=tags, run_name=_run_name(result)
+        )
+    )
     run_id = run.info.run_id
     from mlflow.entities import Metric
 
-    now_ms = int(time.time() * 1000)
-    metrics = [Metric(key, value, now_ms, 0) for key, value in metrics_of(record_data).items()]
+    metrics = [
+        Metric(key, value, finished_ms, step)
+        for key, values in metrics_of(record_data).items()
+        for step, value in enumerate(values)
+    ]
     params = _params(params_of(record_data["config"]))  # type: ignore[arg-type]
     for start in range(0, max(len(metrics), len(params)), 100):
         store.call(
@@ -187,20 +209,43 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
             )
         )
     _log_artifacts(store, run_id, run_dir, result)
-    store.call(lambda: store.client.set_terminated(run_id, status="FINISHED" if result.status == "ok" else "FAILED"))
+    store.call(lambda: store.client.set_terminated(run_id, status=RUN_STATUS[result.status], end_time=finished_ms))
     record = _record(store, run_id, parent)
     write_json_atomic(existing, asdict(record))
     log.info("tracked run_id=%s uri=%s", run_id, store.uri)
     return record, True
 
 
+def end_sweep(sweep_dir: Path, status: str) -> None:
+    """Record in ``sweep.json`` when and how the sweep ended (``finished`` or ``interrupted``), once."""
+    path = sweep_dir / SWEEP_FILE
+    with _locked(path):
+        record = json.loads(path.read_text())
+        if not record.get("finished_at"):
+            record.update(finished_at=_now(), status=status)
+            write_json_atomic(path, record)
+
+
 def finish_sweep(store: Store, sweep_dir: Path, summary_files: list[Path]) -> str:
-    """Attach the summary table to the parent run and close it."""
+    """Attach the summary table to the parent run and close it, at the time the sweep really ended.
+
+    A parent that is already closed is left exactly as it was logged (``harness sync`` changes no logged run).
+    """
     parent = ensure_parent(store, sweep_dir)
+    if store.call(lambda: store.client.get_run(parent)).info.status != "RUNNING":
+        return parent
     for path in summary_files:
         store.call(partial(store.client.log_artifact, parent, str(path)))
-    store.call(lambda: store.client.set_terminated(parent, status="FINISHED"))
+    record = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    job_ends = [load_result(path.parent).finished_at for path in sweep_dir.glob("*/result.json")]
+    ended = record.get("finished_at") or max(job_ends, default=None) or _now()
+    status = "KILLED" if record.get("status") == "interrupted" else "FINISHED"
+    store.call(lambda: store.client.set_terminated(parent, status=status, end_time=_epoch_ms(ended)))
     return parent
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _params(values: dict[str, str]) -> list[Any]:
@@ -212,7 +257,7 @@ def _params(values: dict[str, str]) -> list[Any]:
 def _record(store: Store, run_id: str, parent: str | None) -> TrackingRecord:
     return TrackingRecord(
         uri=store.uri, experiment_id=store.experiment_id, run_id=run_id, parent_run_id=parent,
-        logged_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        logged_at=_now(),
     )  # fmt: skip
 
 

@@ -1,31 +1,64 @@
-"""What a run becomes in a tracker: params, metrics and tags flattened from ``result.json``.
+"""What a run becomes in a tracker: params, metrics and tags drawn from ``result.json``.
 
-Params are the composed config, flattened to dotted keys; metrics are every numeric leaf of the result
-outside ``config`` and ``environment`` (booleans as 0/1, list items by index); tags identify the code,
-machine, config and weights. Values longer than the tracker accepts are cut and end in a hash of the
-whole value, so two different long values never look equal.
+- **Params** are the settings: the composed config, flattened to dotted keys.
+- **Metrics** are measurements only: the fields listed in ``MEASUREMENTS`` (a whitelist, so a new setting in
+  the result never turns into a plotted "metric"), under their dotted name, plus a few headline metrics with
+  short top-level names (``HEADLINE``) that sort first in the tracker's UI. A list (throughput per window or
+  per repeat) is one metric with a step per item.
+- **Tags** are identity and outcome: code, machine, config hash, weights, validity, cache hit.
+
+Values longer than the tracker accepts are cut and end in a hash of the whole value, so two different long
+values never look equal.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import math
 from collections.abc import Iterator
 
 MAX_VALUE_LENGTH = 6000
-NOT_METRICS = (
-    "config",
-    "environment",
-    "schema_version",
-    "run_uid",
-    "run_dir",
-    "started_at",
-    "finished_at",
-    "status",
-    "error",
-    "stages",
+# Dotted paths (fnmatch patterns) of the result fields that are measurements.
+MEASUREMENTS = (
+    "duration_s",
+    "build.time_s",
+    "build.manifest.export_time_s",
+    "build.parity.min_cosine",
+    "build.parity.mean_cosine",
+    "build.parity.max_abs_error",
+    "perf.samples",
+    "perf.batches",
+    "perf.forward_time_s",
+    "perf.throughput_qps",
+    "perf.throughput_qps_repeats",
+    "perf.latency_us.*",
+    "perf.load_time_s",
+    "perf.first_call_us",
+    "perf.window_throughput_qps",
+    "perf.window_cv",
+    "perf.cpu_utilization_pct",
+    "perf.peak_host_memory_bytes",
+    "perf.peak_device_memory_bytes",
+    "accuracy.easy.*",
+    "accuracy.medium.*",
+    "accuracy.hard.*",
+    "accuracy.extraction_time_s",
+    "accuracy.images_per_s",
 )
+# Headline metric -> (measurement it copies, scale): the few numbers people compare runs by.
+HEADLINE: dict[str, tuple[str, float]] = {
+    "throughput_qps": ("perf.throughput_qps", 1.0),
+    "e2e_latency_p50_ms": ("perf.latency_us.e2e.p50", 1e-3),
+    "e2e_latency_p99_ms": ("perf.latency_us.e2e.p99", 1e-3),
+    "model_latency_p50_ms": ("perf.latency_us.model.p50", 1e-3),
+    "model_latency_p99_ms": ("perf.latency_us.model.p99", 1e-3),
+    "map_easy": ("accuracy.easy.map", 1.0),
+    "map_medium": ("accuracy.medium.map", 1.0),
+    "map_hard": ("accuracy.hard.map", 1.0),
+    "parity_min_cos": ("build.parity.min_cosine", 1.0),
+}
 
 
 def shorten(value: str, limit: int = MAX_VALUE_LENGTH) -> str:
@@ -53,21 +86,25 @@ def params_of(config: dict[str, object]) -> dict[str, str]:
     return {key: shorten(value if isinstance(value, str) else json.dumps(value)) for key, value in flatten(config)}
 
 
-def metrics_of(result: dict[str, object]) -> dict[str, float]:
-    """Every finite numeric leaf of a result outside config/environment, under its dotted name."""
-    metrics: dict[str, float] = {}
-    for section, value in result.items():
-        if section in NOT_METRICS:
+def is_measurement(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in MEASUREMENTS)
+
+
+def metrics_of(result: dict[str, object]) -> dict[str, list[float]]:
+    """Headline metrics first, then every finite measurement: name -> values by step (one unless a series)."""
+    measured: dict[str, list[float]] = {}
+    for key, leaf in flatten({name: value for name, value in result.items() if name != "config"}):
+        if not is_measurement(key):
             continue
-        for key, leaf in flatten(value, section):
-            if isinstance(leaf, list):
-                pairs: list[tuple[str, object]] = [(f"{key}.{index}", item) for index, item in enumerate(leaf)]
-            else:
-                pairs = [(key, leaf)]
-            for name, item in pairs:
-                if isinstance(item, bool) or (isinstance(item, int | float) and math.isfinite(item)):
-                    metrics[name] = float(item)
-    return metrics
+        values = leaf if isinstance(leaf, list) else [leaf]
+        if values and all(_is_number(value) for value in values):
+            measured[key] = [float(value) for value in values]  # type: ignore[arg-type]
+    headline = {name: [measured[source][0] * scale] for name, (source, scale) in HEADLINE.items() if source in measured}
+    return {**headline, **measured}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def config_hash(config: dict[str, object]) -> str:
@@ -93,9 +130,21 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
         "hardware.cpu": environment.get("cpu_model", "unknown"),
         "hardware.fingerprint": environment.get("hardware_fingerprint", "unknown"),
         "hardware.gpu": str(resolved.get("device_name", "none")),
+        "harness.perf_valid": _flag(perf, "validity", "valid"),
+        "harness.parity_passed": _flag(result.get("build"), "parity", "passed"),
+        "harness.cache_hit": _flag(result.get("build"), "cache_hit"),
         "run_dir": result["run_dir"],
     }
+    tags = {key: value for key, value in tags.items() if value is not None}
     tags.update({f"version.{name}": str(version) for name, version in (environment.get("libraries") or {}).items()})
     if result.get("error"):
         tags["harness.error"] = shorten(json.dumps(result["error"]), 5000)
     return {key: shorten(str(value), 5000) for key, value in tags.items()}
+
+
+def _flag(section: object, *path: str) -> str | None:
+    """``true``/``false`` of a boolean inside a result section, ``None`` when the section or value is absent."""
+    value = section
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return None if value is None else str(bool(value)).lower()

@@ -16,9 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.config.convert import from_mapping
 from harness.config.schema import PathsConfig, TrackingConfig
+from harness.config.store import expand_sweep, sweeper_settings
 from harness.errors import HarnessError
 from harness.report import markdown_table, sweep_rows, write_summary
-from harness.tracking import Store, ensure_parent, finish_sweep, start_sweep
+from harness.tracking import Store, end_sweep, ensure_parent, finish_sweep, start_sweep
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,10 @@ def ui_hint(store: Store) -> str:
 class SweepTracking(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        start_sweep(sweep_dir, list(config.hydra.overrides.task))
+        overrides = list(config.hydra.overrides.task)
+        sweeper, params = sweeper_settings(config.hydra.sweeper)
+        plan = expand_sweep(overrides, sweeper=sweeper, params=params)
+        start_sweep(sweep_dir, overrides, [list(job) for job in plan.jobs] if plan else None)
         tracking, paths = tracking_configs(_groups(config))
         if not tracking.enabled:
             return
@@ -53,6 +57,7 @@ class SweepTracking(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        end_sweep(sweep_dir, "finished")
         rows = sweep_rows(sweep_dir)
         files = write_summary(rows, sweep_dir)
         print(f"\nsweep summary ({sweep_dir}):\n{markdown_table(rows)}", flush=True)

@@ -14,11 +14,13 @@ from harness.accuracy.published import published_results
 from harness.accuracy.revisited import evaluate
 from harness.data.datasets import gnd_path, image_path
 from harness.data.groundtruth import load_groundtruth
-from harness.data.synthetic import write_synthetic
-from harness.errors import DataError
+from harness.data.synthetic import synthetic_name, write_synthetic
+from harness.errors import ConfigError, DataError
 from harness.pipeline import run
 from harness.resolve import resolve_config
 from tests.conftest import REPO_ROOT, compose
+
+TINY_SET = synthetic_name(16, 2, 0)  # the set debug=tiny asks for
 
 
 def tiny_run(tmp_path: Path, *overrides: str, name: str = "run"):
@@ -38,7 +40,7 @@ def test_run_writes_the_accuracy_block_and_its_descriptors(tmp_path: Path) -> No
     result = tiny_run(tmp_path)
     assert result.status == "ok", result.error
     accuracy = result.accuracy
-    assert accuracy is not None and accuracy.dataset == "synthetic" and (accuracy.queries, accuracy.images) == (2, 16)
+    assert accuracy is not None and accuracy.dataset == TINY_SET and (accuracy.queries, accuracy.images) == (2, 16)
     for setup in ("easy", "medium", "hard"):
         metrics = getattr(accuracy, setup)
         assert 0.0 <= metrics.map <= 100.0 and 0.0 <= metrics.mp1 <= 100.0
@@ -47,13 +49,13 @@ def test_run_writes_the_accuracy_block_and_its_descriptors(tmp_path: Path) -> No
     query = np.load(tmp_path / "run" / "features_query.npy")
     database = np.load(tmp_path / "run" / "features_database.npy")
     assert query.shape == (2, 64) and database.shape == (16, 64) and query.dtype == np.float32
-    truth = load_groundtruth(gnd_path(tmp_path / "data", "synthetic"))
+    truth = load_groundtruth(gnd_path(tmp_path / "data", TINY_SET))
     assert evaluate(query, database, truth.gnd)["medium"].map == pytest.approx(accuracy.medium.map)
 
 
 def test_eval_features_reproduces_the_run(tmp_path: Path) -> None:
     result = tiny_run(tmp_path)
-    gnd = gnd_path(tmp_path / "data", "synthetic")
+    gnd = gnd_path(tmp_path / "data", TINY_SET)
     report = evaluate_files(
         gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "run" / "features_database.npy"
     )
@@ -84,7 +86,7 @@ def test_eval_features_reproduces_the_run(tmp_path: Path) -> None:
 def test_eval_features_command(tmp_path: Path) -> None:
     tiny_run(tmp_path)
     done = subprocess.run(
-        [sys.executable, "-m", "harness", "eval-features", "--gnd", str(gnd_path(tmp_path / "data", "synthetic")),
+        [sys.executable, "-m", "harness", "eval-features", "--gnd", str(gnd_path(tmp_path / "data", TINY_SET)),
          "--query", str(tmp_path / "run" / "features_query.npy"), "--database", str(tmp_path / "run" / "features_database.npy")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -94,7 +96,7 @@ def test_eval_features_command(tmp_path: Path) -> None:
 
 def test_a_corrupt_image_fails_naming_it_or_is_skipped_and_listed(tmp_path: Path) -> None:
     truth = write_synthetic(tmp_path / "data", images=16, queries=2, seed=0)
-    bad = image_path(tmp_path / "data", "synthetic", truth.imlist[5])
+    bad = image_path(tmp_path / "data", TINY_SET, truth.imlist[5])
     bad.write_bytes(bad.read_bytes()[:200])
     failed = tiny_run(tmp_path, name="fail")
     assert failed.status == "failed" and failed.error is not None
@@ -144,8 +146,8 @@ def test_query_cropping_and_boxes_checked_against_the_images(tmp_path: Path) -> 
     np.testing.assert_array_equal(
         np.load(tmp_path / "plain" / "features_database.npy"), np.load(tmp_path / "cropped" / "features_database.npy")
     )
-    truth = load_groundtruth(gnd_path(tmp_path / "data", "synthetic"))
-    query = image_path(tmp_path / "data", "synthetic", truth.qimlist[0])
+    truth = load_groundtruth(gnd_path(tmp_path / "data", TINY_SET))
+    query = image_path(tmp_path / "data", TINY_SET, truth.qimlist[0])
     from PIL import Image
 
     with Image.open(query) as image:
@@ -153,3 +155,22 @@ def test_query_cropping_and_boxes_checked_against_the_images(tmp_path: Path) -> 
     broken = tiny_run(tmp_path, name="broken")
     assert broken.status == "failed" and "query 0 (query_000): bbx" in broken.error.message  # type: ignore[union-attr]
     assert uncropped.accuracy is not None
+
+
+def test_the_scored_set_is_the_one_the_config_asks_for_even_with_another_on_disk(tmp_path: Path) -> None:
+    first = tiny_run(tmp_path, name="first")
+    second = tiny_run(
+        tmp_path,
+        "dataset.synthetic_images=20",
+        "dataset.synthetic_queries=3",
+        "dataset.synthetic_seed=1",
+        name="second",
+    )
+    assert (first.accuracy.images, first.accuracy.queries) == (16, 2)  # type: ignore[union-attr]
+    assert (second.accuracy.images, second.accuracy.queries) == (20, 3)  # type: ignore[union-attr]
+    assert second.accuracy.dataset == synthetic_name(20, 3, 1)  # type: ignore[union-attr]
+
+
+def test_a_synthetic_size_the_photos_cannot_make_is_refused_when_resolving(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"dataset.synthetic_queries=40: expected 1 to \d+"):
+        resolve_config(compose(["debug=tiny", "stages=[accuracy]", "dataset.synthetic_queries=40"]))

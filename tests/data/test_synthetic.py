@@ -11,8 +11,8 @@ from PIL import Image
 
 from harness.accuracy.revisited import evaluate
 from harness.data.datasets import gnd_path, image_path
-from harness.data.synthetic import write_synthetic
-from harness.errors import ConfigError
+from harness.data.synthetic import synthetic_name, write_synthetic
+from harness.errors import ConfigError, DataError
 
 
 def digest(folder: Path) -> str:
@@ -27,7 +27,7 @@ def test_layout_labels_and_determinism(tmp_path: Path) -> None:
     truth = write_synthetic(tmp_path / "a", images=40, queries=4, seed=3)
     assert len(truth.imlist) == 40 and len(truth.qimlist) == 4
     for image in (*truth.imlist, *truth.qimlist):
-        with Image.open(image_path(tmp_path / "a", "synthetic", image)) as opened:
+        with Image.open(image_path(tmp_path / "a", synthetic_name(40, 4, 3), image)) as opened:
             assert opened.format == "JPEG"
     labelled = [index for query in truth.gnd for key in ("easy", "hard", "junk") for index in query[key]]  # type: ignore[attr-defined]
     assert len(labelled) == len(set(labelled)) == 4 * (80 // 12)  # each view belongs to one query, once
@@ -37,7 +37,7 @@ def test_layout_labels_and_determinism(tmp_path: Path) -> None:
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     write_synthetic(tmp_path / "c", images=40, queries=4, seed=4)
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
-    assert gnd_path(tmp_path / "a", "synthetic").is_file()
+    assert gnd_path(tmp_path / "a", synthetic_name(40, 4, 3)).is_file()
 
 
 def test_views_of_a_landmark_are_retrievable_by_pixels(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_views_of_a_landmark_are_retrievable_by_pixels(tmp_path: Path) -> None:
     truth = write_synthetic(root, images=48, queries=4, seed=0)
 
     def histogram(name: str) -> np.ndarray:
-        with Image.open(image_path(root, "synthetic", name)) as image:
+        with Image.open(image_path(root, synthetic_name(48, 4, 0), name)) as image:
             pixels = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.int64) // 64
         return np.bincount((pixels[..., 0] * 16 + pixels[..., 1] * 4 + pixels[..., 2]).ravel(), minlength=64).astype(
             np.float32
@@ -66,3 +66,35 @@ def test_bad_sizes_are_refused(tmp_path: Path) -> None:
         write_synthetic(tmp_path, queries=0)
     with pytest.raises(ConfigError, match="images=3: expected at least 10"):
         write_synthetic(tmp_path, images=3, queries=5)
+
+
+def test_each_parameter_set_has_its_own_folder_and_a_set_on_disk_is_never_reused_for_another(tmp_path: Path) -> None:
+    small = write_synthetic(tmp_path, images=20, queries=2, seed=0)
+    large = write_synthetic(tmp_path, images=30, queries=3, seed=0)
+    assert (len(small.imlist), len(small.qimlist)) == (20, 2) and (len(large.imlist), len(large.qimlist)) == (30, 3)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [synthetic_name(20, 2, 0), synthetic_name(30, 3, 0)]
+    again = write_synthetic(tmp_path, images=20, queries=2, seed=0)  # found on disk, not rewritten
+    assert again.imlist == small.imlist
+
+
+def test_jobs_writing_the_same_set_at_once_end_with_one_complete_copy(tmp_path: Path) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(3, mp_context=context) as pool:
+        truths = list(pool.map(_write_small_set, [tmp_path] * 3))
+    assert all(truth.imlist == truths[0].imlist for truth in truths)
+    assert [path.name for path in tmp_path.iterdir()] == [synthetic_name(20, 2, 5)]  # no staging folder left
+    assert len(list((tmp_path / synthetic_name(20, 2, 5) / "jpg").glob("*.jpg"))) == 22
+
+
+def _write_small_set(root: Path):  # type: ignore[no-untyped-def]
+    return write_synthetic(root, images=20, queries=2, seed=5)
+
+
+def test_an_unwritable_root_is_one_error_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match=f"{blocker / 'root'}: cannot create the dataset root"):
+        write_synthetic(blocker / "root", images=20, queries=2)

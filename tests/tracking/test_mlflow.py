@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,10 @@ def harness(tmp_path: Path, *arguments: str, timeout: float = 600) -> subprocess
     environment = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
     environment.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+def epoch_ms(timestamp: str) -> int:
+    return int(datetime.fromisoformat(timestamp).timestamp() * 1000)
 
 
 def runs_of(uri: str, experiment: str = "dinov2-deploy") -> list:
@@ -84,6 +89,17 @@ def test_single_run_to_embedded_sqlite(tmp_path: Path) -> None:
     assert run.data.params["perf.batch"] == "1" and run.data.params["backend.name"] == "onnxruntime"
     assert run.data.metrics["perf.latency_us.model.avg"] == pytest.approx(result.perf.latency_us.model.avg)  # type: ignore[union-attr]
     assert "perf.latency_us.model.p99" not in run.data.metrics  # withheld percentiles are not invented
+    metrics = run.data.metrics
+    assert metrics["throughput_qps"] == pytest.approx(result.perf.throughput_qps)  # type: ignore[union-attr]
+    assert metrics["map_medium"] == pytest.approx(result.accuracy.medium.map)  # type: ignore[union-attr]
+    assert metrics["parity_min_cos"] == pytest.approx(result.build.parity.min_cosine)  # type: ignore[union-attr]
+    settings = [key for key in metrics if key.split(".")[-1] in ("batch", "crop_queries", "instances", "passed")]
+    assert not settings and not [key for key in metrics if "key_fields" in key or "threshold" in key]
+    assert run.data.params["accuracy.batch"] == "8" and run.data.tags["harness.perf_valid"] == "true"
+    window = MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "perf.window_throughput_qps")
+    assert [item.step for item in window] == list(range(len(result.perf.window_throughput_qps)))  # type: ignore[union-attr]
+    # The run lasts as long as it really ran, not as long as logging it took.
+    assert run.info.start_time == epoch_ms(result.started_at) and run.info.end_time == epoch_ms(result.finished_at)
     assert json.loads((result_path.parent / "tracking.json").read_text())["run_id"] == run.info.run_id
     assert (tmp_path / "outputs" / "mlartifacts").is_dir()
     assert "harness ui" in done.stdout
@@ -146,9 +162,15 @@ def test_server_killed_mid_sweep_then_sync_logs_each_run_once(tmp_path: Path) ->
         synced = harness(tmp_path, "sync", f"tracking.uri={server.uri}", str(sweep))
         assert synced.returncode == 0, synced.stderr
         assert synced.stdout.count("already logged as") == 1 and synced.stdout.count(": logged as") == 3
+        (parent,) = [run for run in runs_of(server.uri) if run.data.tags.get("harness.kind") == "sweep"]
+        finished = max(load_result(job).finished_at for job in sweep.glob("*/result.json"))
+        assert parent.info.status == "FINISHED" and parent.info.end_time <= epoch_ms(finished) + 5000
+        time.sleep(1.1)
         again = harness(tmp_path, "sync", f"tracking.uri={server.uri}", str(sweep))
         assert again.returncode == 0 and again.stdout.count("already logged as") == 4
         check_sweep(server.uri, sweep, expected_jobs=4)
+        (unchanged,) = [run for run in runs_of(server.uri) if run.data.tags.get("harness.kind") == "sweep"]
+        assert (unchanged.info.start_time, unchanged.info.end_time) == (parent.info.start_time, parent.info.end_time)
         assert len(runs_of(server.uri)) == 5  # one parent, four children: nothing logged twice
     finally:
         server.stop()

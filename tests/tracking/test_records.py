@@ -22,17 +22,26 @@ def test_params_are_the_flattened_config() -> None:
     }
 
 
-def test_metrics_are_numeric_leaves_outside_config() -> None:
+def test_metrics_are_measurements_only_with_headline_names_first() -> None:
     result = {
         "schema_version": 1, "status": "ok", "duration_s": 2.5, "config": {"perf": {"batch": 8}},
         "environment": {"cpu_count": 2},
-        "perf": {"throughput_qps": 12.5, "latency_us": {"e2e": {"p99": None, "p50": 3.0}}, "validity": {"valid": True},
-                 "window_throughput_qps": [1.0, 2.0], "repeats": [{"throughput_qps": 11.0}]},
+        "build": {"cache_hit": True, "time_s": 1.0, "manifest": {"key_fields": {"opset": 18}, "schema_version": 1},
+                  "parity": {"min_cosine": 0.99, "threshold_min_cosine": 0.9, "passed": True}},
+        "perf": {"throughput_qps": 12.5, "batch": 8, "instances": 1, "latency_us": {"e2e": {"p99": None, "p50": 3000.0}},
+                 "validity": {"valid": True}, "window_throughput_qps": [1.0, 2.0], "repeats": [{"throughput_qps": 11.0}]},
+        "accuracy": {"crop_queries": False, "images": 16, "medium": {"map": 50.0, "mp1": 100.0}},
     }  # fmt: skip
-    assert metrics_of(result) == {
-        "duration_s": 2.5, "perf.throughput_qps": 12.5, "perf.latency_us.e2e.p50": 3.0, "perf.validity.valid": 1.0,
-        "perf.window_throughput_qps.0": 1.0, "perf.window_throughput_qps.1": 2.0, "perf.repeats.0.throughput_qps": 11.0,
+    metrics = metrics_of(result)
+    assert list(metrics)[:4] == ["throughput_qps", "e2e_latency_p50_ms", "map_medium", "parity_min_cos"]
+    assert metrics == {
+        "throughput_qps": [12.5], "e2e_latency_p50_ms": [3.0], "map_medium": [50.0], "parity_min_cos": [0.99],
+        "duration_s": [2.5], "build.time_s": [1.0], "build.parity.min_cosine": [0.99], "perf.throughput_qps": [12.5],
+        "perf.latency_us.e2e.p50": [3000.0], "perf.window_throughput_qps": [1.0, 2.0],
+        "accuracy.medium.map": [50.0], "accuracy.medium.mp1": [100.0],
     }  # fmt: skip
+    tags = tags_of({**result, "run_uid": "u", "run_dir": "/r", "stages": []})
+    assert (tags["harness.perf_valid"], tags["harness.parity_passed"], tags["harness.cache_hit"]) == ("true",) * 3
 
 
 def test_tags_identify_code_machine_config_and_weights() -> None:
