@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,17 @@ class Command:
     main: Callable[[list[str]], int]
 
 
-_failed_jobs: list[str] = []
+@dataclass
+class _Session:
+    """What one Hydra command has done so far, for its exit code and for a clean stop on Ctrl-C."""
+
+    failed_jobs: list[str] = field(default_factory=list)
+    sweep_dir: Path | None = None
+    run_dir: Path | None = None
+    config: Any = None
+
+
+_session = _Session()
 
 
 def _track(config: Any, run_dir: Path, sweep_dir: Path | None) -> None:
@@ -67,14 +77,20 @@ def _pipeline_task(cfg: Any) -> None:
     config = resolve_config(plain(cfg))
     run_dir = Path(hydra_config.runtime.output_dir)
     multirun = hydra_config.mode == RunMode.MULTIRUN
-    result = run(config, run_dir=run_dir)
+    sweep_dir = Path(hydra_config.sweep.dir) if multirun else None  # type: ignore[arg-type]
+    _session.sweep_dir, _session.run_dir, _session.config = sweep_dir, run_dir, config
+    try:
+        result = run(config, run_dir=run_dir)
+    except KeyboardInterrupt:
+        _track(config, run_dir, sweep_dir)  # the interrupted run is logged as KILLED, never left RUNNING
+        raise
     print(format_summary(result), flush=True)
     if (run_dir / VAMP_FILE).exists():
         print((run_dir / VAMP_FILE).read_text(), end="", flush=True)
-    _track(config, run_dir, Path(hydra_config.sweep.dir) if multirun else None)  # type: ignore[arg-type]
+    _track(config, run_dir, sweep_dir)
     if result.error:
         print(f"error: {result.error.message}", file=sys.stderr, flush=True)
-        _failed_jobs.append(result.run_dir)
+        _session.failed_jobs.append(result.run_dir)
     print(Path(result.run_dir) / "result.json", flush=True)
     if result.error and not multirun:
         raise SystemExit(1)
@@ -94,12 +110,52 @@ def _hydra_command(config_name: str, task: Callable[[Any], None], arguments: lis
     register_schema()
     app = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)
     sys.argv = [f"harness {config_name}", *arguments]
-    _failed_jobs.clear()
-    app()
-    if _failed_jobs:
-        print(f"error: {len(_failed_jobs)} job(s) failed: {', '.join(_failed_jobs)}", file=sys.stderr)
+    global _session
+    _session = _Session()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        app()
+    except KeyboardInterrupt:
+        return _stop_interrupted()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if _session.failed_jobs:
+        print(f"error: {len(_session.failed_jobs)} job(s) failed: {', '.join(_session.failed_jobs)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _interrupt(*_: object) -> None:
+    """SIGTERM (``kill``, ``scancel``) stops a run the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def _stop_interrupted() -> int:
+    """After Ctrl-C: close the sweep (summary, parent run KILLED), say in one line what was kept; exit 130."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+    from harness.errors import HarnessError
+    from harness.report import markdown_table, sweep_rows, write_summary
+    from harness.tracking import Store, end_sweep, finish_sweep
+
+    where = f"{_session.run_dir / 'result.json'} (status interrupted)" if _session.run_dir else "no run had started"
+    sweep_dir = _session.sweep_dir
+    if sweep_dir is None or not sweep_dir.is_dir():
+        print(f"interrupted: {where}", file=sys.stderr)
+        return 130
+    rows: list[dict[str, str]] = []
+    try:
+        end_sweep(sweep_dir, "interrupted")
+        rows = sweep_rows(sweep_dir)
+        files = write_summary(rows, sweep_dir)
+        print(f"\nsweep summary ({sweep_dir}):\n{markdown_table(rows)}", flush=True)
+        config = _session.config
+        if config is not None and config.tracking.enabled:
+            finish_sweep(Store(config.tracking, config.paths), sweep_dir, files)
+    except HarnessError as error:
+        print(f"warning: sweep not fully closed ({error}); later: harness sync {sweep_dir}", file=sys.stderr)
+    done = sum(row["status"] == "ok" for row in rows)
+    print(f"interrupted: {where}; sweep {sweep_dir}: {done} job(s) finished before it", file=sys.stderr)
+    return 130
 
 
 def _check_jobs(config_name: str, arguments: list[str]) -> None:
@@ -147,7 +203,7 @@ def _sync(arguments: list[str]) -> int:
     """``harness sync [overrides] DIR...``: log run or sweep folders that are not tracked yet, exactly once."""
     from harness.config.store import compose
     from harness.errors import HarnessError
-    from harness.report import SWEEP_FILE, job_dirs, sweep_rows, write_summary
+    from harness.report import SWEEP_FILE, job_dirs, missing_jobs, sweep_rows, write_summary
     from harness.tracking import Store, finish_sweep, log_run_dir
     from harness.tracking.sweep import tracking_configs
 
@@ -161,6 +217,8 @@ def _sync(arguments: list[str]) -> int:
             if (folder / SWEEP_FILE).exists():
                 for job in job_dirs(folder):
                     _report_sync(job, *log_run_dir(store, job, sweep_dir=folder))
+                for number, reason in missing_jobs(folder).items():
+                    print(f"{folder / str(number)}: no result.json, nothing to log: {reason}")
                 parent = finish_sweep(store, folder, write_summary(sweep_rows(folder), folder))
                 print(f"sweep {folder}: parent run {parent}")
             elif (folder / "result.json").exists():

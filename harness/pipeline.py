@@ -3,12 +3,13 @@
 The config flows ``conf/`` -> ``harness.resolve`` (a typed ``RunConfig``) -> inputs checked -> model +
 weights -> build -> perf -> accuracy -> ``RunResult``. Whatever happens once the run has started,
 ``result.json`` is written: a failed stage yields ``status: failed`` with the error, and the stages that
-finished before it keep their results.
+finished before it keep their results; an interrupt (Ctrl-C) yields ``status: interrupted`` and is re-raised.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -16,17 +17,27 @@ from pathlib import Path
 from typing import Any
 
 from harness.accuracy.stage import check_dataset_present, run_accuracy
+from harness.backends import check_backend
 from harness.config.schema import RunConfig
 from harness.environment import capture
-from harness.errors import HarnessError
+from harness.errors import DataError, HarnessError, MeasurementInvalid
 from harness.export.stage import build_artifact
 from harness.fileio import write_text_atomic
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
-from harness.perf.stage import run_perf
+from harness.perf.stage import run_perf, strict_problems
 from harness.perf.vamp import VAMP_FILE, vamp_report
 from harness.resolve import resolve_config
-from harness.result import AccuracyResult, BuildResult, PerfResult, RunError, RunResult, WeightsInfo, write_result
+from harness.result import (
+    SCHEMA_VERSION,
+    AccuracyResult,
+    BuildResult,
+    PerfResult,
+    RunError,
+    RunResult,
+    WeightsInfo,
+    write_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +59,7 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
     accuracy: AccuracyResult | None = None
     error: BaseException | None = None
     try:
-        if "accuracy" in config.stages:
-            check_dataset_present(config)
+        check_inputs(config)
         spec = get_variant(config.model.variant)
         log.info(
             "stage=model variant=%s weights=%s input_size=%s", spec.name, config.model.weights, config.model.input_size
@@ -69,13 +79,16 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
         if "perf" in config.stages:
             perf = run_perf(config, artifact_path=artifact_path, run_dir=run_dir)
             write_text_atomic(run_dir / VAMP_FILE, vamp_report(perf))
+            problems = strict_problems(perf)
+            if config.perf.strict and problems:
+                raise MeasurementInvalid(f"perf.strict=true and the measurement falls short: {'; '.join(problems)}")
         if "accuracy" in config.stages:
             accuracy = run_accuracy(config, artifact_path=artifact_path, run_dir=run_dir, weights_kind=weights.kind)
-    except Exception as caught:  # recorded in result.json below; non-harness errors are re-raised after
+    except (Exception, KeyboardInterrupt) as caught:  # recorded in result.json below; all but harness errors re-raised
         error = caught
     result = RunResult(
-        schema_version=1,
-        status="failed" if error else "ok",
+        schema_version=SCHEMA_VERSION,
+        status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed" if error else "ok",
         run_uid=uuid.uuid4().hex,
         run_dir=str(run_dir.resolve()),
         started_at=started_at.isoformat(timespec="milliseconds"),
@@ -96,7 +109,22 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
     return result
 
 
+def check_inputs(config: RunConfig) -> None:
+    """What can be checked before the first stage is: a stage that would fail on it later never starts."""
+    if "accuracy" in config.stages:
+        check_dataset_present(config)
+    if config.model.weights not in ("official", "random"):
+        weights = Path(config.model.weights).expanduser()
+        if not weights.is_file() or not os.access(weights, os.R_OK):
+            reason = "not readable" if weights.is_file() else "no such file"
+            raise DataError(f"model.weights={config.model.weights}: {reason}")
+    if {"perf", "accuracy"} & set(config.stages):
+        check_backend(config.backend, config.precision.name)
+
+
 def _run_error(error: BaseException | None) -> RunError | None:
     if error is None:
         return None
+    if isinstance(error, KeyboardInterrupt):
+        return RunError(type="KeyboardInterrupt", message="interrupted (SIGINT or SIGTERM) while the run was going")
     return RunError(type=type(error).__name__, message=str(error), details=getattr(error, "details", None))

@@ -10,17 +10,20 @@ the key. Nothing here looks at devices or runs anything: that is each backend's 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 from harness.backends import get_backend
 from harness.config.convert import from_mapping
-from harness.config.schema import PathsConfig, RunConfig, VdspParams
+from harness.config.schema import PathsConfig, PerfConfig, RunConfig, VdspParams
 from harness.data.synthetic import check_synthetic_size
 from harness.errors import ConfigError, DataError
 from harness.models.variants import get_variant
 from harness.preprocess import default_params
 from harness.vdsp import load_vdsp, parse_vdsp
+
+log = logging.getLogger(__name__)
 
 
 def resolve_config(composed: dict[str, Any]) -> RunConfig:
@@ -44,7 +47,17 @@ def resolve_config(composed: dict[str, Any]) -> RunConfig:
         raise ConfigError(
             f"vdsp output {height}x{width} (H x W) does not match model.input_size={list(config.model.input_size)}"
         )
-    return dataclasses.replace(config, paths=_expanded(config.paths), preprocessing=preprocessing)
+    return dataclasses.replace(
+        config, paths=_expanded(config.paths), perf=_folded(config.perf), preprocessing=preprocessing
+    )
+
+
+def _folded(perf: PerfConfig) -> PerfConfig:
+    """``perf.duration_s`` (the old name of the minimum duration) folded into ``perf.min_duration_s``."""
+    if perf.duration_s is None:
+        return perf
+    log.warning("perf.duration_s is deprecated: use perf.min_duration_s (the larger of the two applies)")
+    return dataclasses.replace(perf, min_duration_s=max(perf.min_duration_s, perf.duration_s), duration_s=None)
 
 
 def _check_model(config: RunConfig) -> None:

@@ -1,7 +1,7 @@
 """``result.json``: the record of one run, as typed, light dataclasses.
 
 Every stage's result type lives here, so reading a result back (``load_result``), the summary, reports, the
-gate and tracking import neither torch nor onnxruntime. The schema (version 1) is documented in the README.
+gate and tracking import neither torch nor onnxruntime. The schema (version 2) is documented in the README.
 Every stage has a fixed slot; a stage that did not run is ``null``, never a different shape.
 """
 
@@ -17,7 +17,7 @@ from harness.config.schema import RunConfig
 from harness.errors import DataError, HarnessError
 from harness.fileio import write_json_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
 WeightsKind = Literal["official", "random", "path"]
 
@@ -188,7 +188,8 @@ class PerfResult(Measurement):
     shape: tuple[int, int, int]
     mode: str
     iterations: int | None
-    duration_s: float | None
+    min_duration_s: float
+    max_duration_s: float | None
     throughput_qps_repeats: tuple[float, ...]
     repeats: tuple[Measurement, ...] = field(default=())
     samples_file: str | None = None
@@ -246,14 +247,15 @@ class RunError:
 
 @dataclass(frozen=True)
 class RunResult:
-    """One run. ``status`` is ``ok`` when every requested stage finished, else ``failed`` with ``error``.
+    """One run. ``status`` is ``ok`` when every requested stage finished, else ``failed`` or ``interrupted``
+    (Ctrl-C, SIGTERM) with ``error``.
 
     ``config`` is the resolved ``RunConfig``; read back from JSON its ``backend`` stays a mapping, so that
     loading a result needs no backend plugin.
     """
 
     schema_version: int
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "failed", "interrupted"]
     run_uid: str
     run_dir: str
     started_at: str

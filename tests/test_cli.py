@@ -124,3 +124,20 @@ def test_data_download_offline_is_one_clear_error(tmp_path: Path) -> None:
     assert line.startswith(
         "error: cannot download http://cmp.felk.cvut.cz/revisitop/data/datasets/rparis6k/gnd_rparis6k.pkl"
     )
+
+
+def test_data_synthetic_into_a_root_that_cannot_exist_is_one_line(tmp_path: Path) -> None:
+    done = harness(tmp_path, "data", "synthetic", "--root", "/proc/nope")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: /proc/nope: cannot create the dataset root (No such file or directory)"
+
+
+def test_a_sweep_lists_every_invalid_job_and_runs_nothing(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "-m", "debug=tiny", "perf.batch=abc,1,0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        "error: 2 of 3 sweep jobs are invalid, nothing was run:",
+        "  sweep job 0 (perf.batch=abc): perf.batch='abc': expected int",
+        "  sweep job 2 (perf.batch=0): perf.batch=0: expected a positive int",
+    ]
+    assert not (tmp_path / "outputs").exists()

@@ -56,6 +56,8 @@ class InputSignature:
 class Backend(Protocol):
     """What the load generator and feature extraction need from a runtime.
 
+    ``check_environment`` says whether the runtime, its providers and devices are installed (before any stage
+    runs; what it found goes into the result), ``resolve`` adds the checks against the artifact,
     ``load`` builds the runnable model, ``prepare`` places one input batch where the runtime reads it (once,
     before timing), ``infer`` runs that batch to completion (synchronised) and returns the model time in
     microseconds when the runtime measures it itself (CUDA events), else ``None``; ``close`` frees it.
@@ -65,6 +67,7 @@ class Backend(Protocol):
     device_kinds: ClassVar[tuple[str, ...]]
 
     def __init__(self, config: Any) -> None: ...
+    def check_environment(self) -> dict[str, object]: ...
     def resolve(self, target: LoadTarget) -> dict[str, object]: ...
     def input_signature(self, target: LoadTarget) -> InputSignature: ...
     def load(self, target: LoadTarget) -> None: ...
@@ -144,6 +147,20 @@ class OpenedBackend:
     input_dtype: str
 
 
+def check_backend(config: Any, precision: str) -> dict[str, object]:
+    """The backend ``config`` names can run ``precision`` here, checked before any stage; what it found.
+
+    Raises:
+        BackendUnavailable: the runtime, provider or device is not installed here.
+        ConfigError: the backend does not run ``precision``.
+    """
+    entry = get_backend(config.name)
+    if precision not in entry.backend_type.precisions:
+        raise ConfigError(f"precision={precision}: backend {config.name!r} runs {list(entry.backend_type.precisions)}")
+    backend: Backend = entry.backend_type(config)
+    return backend.check_environment()
+
+
 def open_backend(config: Any, target: LoadTarget, *, shape: tuple[int, int, int], batch: int) -> OpenedBackend:
     """Build, resolve and check the backend ``config`` names for ``target``, before anything is timed or run.
 
@@ -151,12 +168,8 @@ def open_backend(config: Any, target: LoadTarget, *, shape: tuple[int, int, int]
         BackendUnavailable: the runtime, provider or device is not installed here.
         ConfigError: ``shape`` ([C, H, W]) or ``batch`` is not what the artifact accepts.
     """
-    entry = get_backend(config.name)
-    if target.precision not in entry.backend_type.precisions:
-        raise ConfigError(
-            f"precision={target.precision}: backend {config.name!r} runs {list(entry.backend_type.precisions)}"
-        )
-    backend: Backend = entry.backend_type(config)
+    check_backend(config, target.precision)
+    backend: Backend = get_backend(config.name).backend_type(config)
     resolved = backend.resolve(target)
     signature = backend.input_signature(target)
     if len(signature.shape) != 4 or tuple(signature.shape[1:]) != tuple(shape):

@@ -71,7 +71,7 @@ class OrtBackend:
         self.feed: dict[str, np.ndarray] = {}
         self.last_outputs: list[Any] = []
 
-    def resolve(self, target: LoadTarget) -> dict[str, object]:
+    def check_environment(self) -> dict[str, object]:
         import onnxruntime
 
         available = onnxruntime.get_available_providers()
@@ -84,12 +84,16 @@ class OrtBackend:
                     f"backend.providers: {provider!r} is not available in onnxruntime {onnxruntime.__version__} "
                     f"(installed: {available}){hint}"
                 )
-        self._artifact(target)
         return {
             "onnxruntime": onnxruntime.__version__,
             "providers": list(self.config.providers),
             "available": available,
         }
+
+    def resolve(self, target: LoadTarget) -> dict[str, object]:
+        found = self.check_environment()
+        self._artifact(target)
+        return found
 
     def input_signature(self, target: LoadTarget) -> InputSignature:
         import onnx

@@ -53,8 +53,11 @@ class SleepBackend:
         self.calls = 0
         self.result = np.zeros((0, config.feature_dim), dtype=np.float32)
 
-    def resolve(self, target: LoadTarget) -> dict[str, object]:
+    def check_environment(self) -> dict[str, object]:
         return {"latency_us": self.config.latency_us, "per_sample_us": self.config.per_sample_us}
+
+    def resolve(self, target: LoadTarget) -> dict[str, object]:
+        return self.check_environment()
 
     def input_signature(self, target: LoadTarget) -> InputSignature:
         return InputSignature(shape=(None, 3, *target.model.input_size), dtype="float32")

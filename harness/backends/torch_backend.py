@@ -62,6 +62,9 @@ class TorchBackend:
         return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
     def resolve(self, target: LoadTarget) -> dict[str, object]:
+        return self.check_environment()
+
+    def check_environment(self) -> dict[str, object]:
         import torch
 
         if self.config.device.startswith("cuda") and not torch.cuda.is_available():

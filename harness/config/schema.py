@@ -85,15 +85,17 @@ class PerfConfig:
         processes: OS processes sharing the instances out round-robin; at most ``instances``.
         batch: images per call.
         shape: [C, H, W] of one image; ``null`` takes it from the vdsp params or ``model.input_size``.
-        iterations: batches to run in total across instances (``null`` with ``duration_s`` alone).
-        duration_s: minimum measured time; with ``iterations`` both minimums must be met.
+        iterations: at least this many batches in total across instances (``null``: the minimums alone).
+        duration_s: deprecated alias of ``min_duration_s`` (folded into it by ``harness.resolve``).
         warmup: untimed calls per instance before measuring (after the first, cold, call).
         mode: ``sync`` (one request at a time per instance) or ``async`` (a queue of ``queue_depth`` per instance).
         queue_depth: requests in flight per instance in async mode.
         inputs: ``random`` (seeded normal) or ``photos`` (real photos, preprocessed).
         repeats: independent runs, each in fresh processes; the median is the headline.
-        min_duration_s: a measurement shorter than this is invalid.
-        min_samples: a measurement with fewer batches than this is invalid.
+        min_duration_s: the run goes on until it has measured at least this long (as MLPerf LoadGen does)...
+        min_samples: ...and completed at least this many batches (and ``iterations``).
+        max_duration_s: it stops here even if a minimum is not met, and is then invalid (``null``: no bound).
+        strict: an invalid measurement, a withheld percentile or a window CV above the bound fails the run.
         windows: time slices for the throughput coefficient of variation.
         max_window_cv: above this CV a warning is printed and recorded.
         start_timeout_s: longest wait for workers to load their models.
@@ -112,12 +114,19 @@ class PerfConfig:
     repeats: int
     min_duration_s: float
     min_samples: int
+    max_duration_s: float | None
+    strict: bool
     windows: int
     max_window_cv: float
     start_timeout_s: float
 
+    @property
+    def batches_floor(self) -> int:
+        """Batches a measurement runs at least: ``iterations`` and ``min_samples``, whichever is more."""
+        return max(self.iterations or 0, self.min_samples)
+
     def __post_init__(self) -> None:
-        for name in ("instances", "processes", "batch", "queue_depth", "repeats", "windows"):
+        for name in ("instances", "processes", "batch", "queue_depth", "repeats", "windows", "min_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"perf.{name}={getattr(self, name)!r}: expected a positive int")
         if self.processes > self.instances:
@@ -125,8 +134,10 @@ class PerfConfig:
                 f"perf.processes={self.processes}: expected <= perf.instances={self.instances} "
                 "(each process drives at least one instance, as in vamp)"
             )
-        if self.iterations is None and self.duration_s is None:
-            raise ConfigError("perf.iterations=null and perf.duration_s=null: set at least one")
+        if self.min_duration_s < 0:
+            raise ConfigError(f"perf.min_duration_s={self.min_duration_s}: expected >= 0")
+        if self.max_duration_s is not None and self.max_duration_s <= 0:
+            raise ConfigError(f"perf.max_duration_s={self.max_duration_s}: expected > 0 or null")
         if self.iterations is not None and self.iterations < self.instances:
             raise ConfigError(f"perf.iterations={self.iterations}: expected >= perf.instances={self.instances}")
         if self.warmup < 0:

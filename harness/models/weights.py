@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -78,15 +79,28 @@ def _checkpoint_file(spec: VariantSpec, weights: str, *, cache_dir: Path, progre
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict with ``weights_only=True``; anything else is a ``WeightsError`` naming the file."""
     try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise WeightsError(f"{path}: cannot read ({error.strerror or error})") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise WeightsError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)")
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise WeightsError(f"{path}: refused to unpickle (not plain tensors): {first_line}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise WeightsError(f"{path}: {_refusal(error)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as error:
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise WeightsError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     return state
+
+
+def _refusal(error: pickle.UnpicklingError) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a pickle, without torch's advice to load it unsafely."""
+    detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", str(error), re.S)
+    reason = " ".join(detail.group(1).split()) if detail and detail.group(1).strip() else "not plain tensors"
+    return f"refused to unpickle: it holds more than plain tensors ({reason}); only tensors are ever loaded"
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

@@ -93,13 +93,15 @@ class LoadPlan:
         mode: ``sync`` (one request at a time) or ``async`` (``queue_depth`` requests in flight).
         queue_depth: requests in flight per instance in async mode.
         warmup: untimed calls after the cold first call.
-        duration_s: minimum measured seconds per instance, or ``None`` to stop on iterations alone.
+        min_duration_s: each instance measures at least this long (and its iterations)...
+        max_duration_s: ...but stops here whatever is unmet (``None``: no bound).
     """
 
     mode: Literal["sync", "async"]
     queue_depth: int
     warmup: int
-    duration_s: float | None
+    min_duration_s: float
+    max_duration_s: float | None
 
 
 @dataclass(frozen=True)
@@ -107,13 +109,13 @@ class WorkerTask:
     """Everything one worker process needs (picklable).
 
     Attributes:
-        iterations: batches per instance, or ``None`` per instance to run on ``plan.duration_s`` alone.
+        iterations: the least batches each instance runs (it goes on while ``plan.min_duration_s`` is unmet).
         inputs: the batch every instance feeds on every call, made before any worker starts.
     """
 
     worker: int
     instances: tuple[int, ...]
-    iterations: tuple[int | None, ...]
+    iterations: tuple[int, ...]
     factory: BackendFactory
     inputs: np.ndarray
     plan: LoadPlan
@@ -154,12 +156,12 @@ class WorkerReport:
 class _Instance:
     """One model instance driven by one thread (plus a submitter thread in async mode)."""
 
-    def __init__(self, task: WorkerTask, index: int, iterations: int | None) -> None:
+    def __init__(self, task: WorkerTask, index: int, iterations: int) -> None:
         self.task = task
         self.index = index
         self.iterations = iterations
         self.backend: Any = None
-        self.samples = SampleBuffer(2, iterations or None)
+        self.samples = SampleBuffer(2, iterations)
         self.completions = CompletionHistogram()
         self.load_s = 0.0
         self.first_call_us = 0.0
@@ -179,10 +181,12 @@ class _Instance:
             self.backend.outputs()
 
     def _keep_going(self, done: int) -> bool:
-        duration_s = self.task.plan.duration_s
-        enough_iterations = self.iterations is None or done >= self.iterations
-        enough_time = duration_s is None or time.perf_counter() - self.start >= duration_s
-        return not (enough_iterations and enough_time)
+        """Both minimums extend the run; the upper bound ends it whatever is unmet (judged by the stage)."""
+        plan = self.task.plan
+        elapsed = time.perf_counter() - self.start
+        if plan.max_duration_s is not None and elapsed >= plan.max_duration_s:
+            return False
+        return done < self.iterations or elapsed < plan.min_duration_s
 
     def _serve(self, submitted: float) -> None:
         called = time.perf_counter()

@@ -39,14 +39,15 @@ def make_inputs(
 
 
 def _tasks(perf: PerfConfig, factory: BackendFactory, inputs: np.ndarray) -> list[WorkerTask]:
-    """The instances dealt round-robin to ``perf.processes`` workers, with ``perf.iterations`` split among them."""
-    per_instance: list[int | None] = [None] * perf.instances
-    if perf.iterations is not None:
-        per_instance = [
-            perf.iterations // perf.instances + (index < perf.iterations % perf.instances)
-            for index in range(perf.instances)
-        ]
-    plan = LoadPlan(mode=perf.mode, queue_depth=perf.queue_depth, warmup=perf.warmup, duration_s=perf.duration_s)
+    """The instances dealt round-robin to ``perf.processes`` workers, the batch floor split among them."""
+    floor = perf.batches_floor
+    per_instance = [
+        max(1, floor // perf.instances + (index < floor % perf.instances)) for index in range(perf.instances)
+    ]
+    plan = LoadPlan(
+        mode=perf.mode, queue_depth=perf.queue_depth, warmup=perf.warmup, min_duration_s=perf.min_duration_s,
+        max_duration_s=perf.max_duration_s,
+    )  # fmt: skip
     return [
         WorkerTask(
             worker=worker,
@@ -77,10 +78,11 @@ def summarise(perf: PerfConfig, reports: list[WorkerReport]) -> tuple[Measuremen
     latency = LatencyBlock(e2e=stats.latency_stats(e2e_us), model=stats.latency_stats(model_us))
     window_cv = stats.coefficient_of_variation(windows)
     reasons = []
+    bound = f" (stopped at perf.max_duration_s={perf.max_duration_s})" if perf.max_duration_s is not None else ""
     if forward_time_s < perf.min_duration_s:
-        reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}")
-    if batches < perf.min_samples:
-        reasons.append(f"{batches} batches < perf.min_samples={perf.min_samples}")
+        reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}{bound}")
+    if batches < perf.batches_floor:
+        reasons.append(f"{batches} batches < {perf.batches_floor} (perf.iterations, perf.min_samples){bound}")
     warnings = stats.insufficient_percentiles(latency.e2e)
     if window_cv > perf.max_window_cv:
         warnings.append(
@@ -170,8 +172,14 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         shape=shape,
         mode=config.perf.mode,
         iterations=config.perf.iterations,
-        duration_s=config.perf.duration_s,
+        min_duration_s=config.perf.min_duration_s,
+        max_duration_s=config.perf.max_duration_s,
         throughput_qps_repeats=tuple(measurement.throughput_qps for measurement in measurements),
         repeats=tuple(measurements) if len(measurements) > 1 else (),
         samples_file=SAMPLES_FILE,
     )
+
+
+def strict_problems(perf: PerfResult) -> list[str]:
+    """Why a measurement does not meet ``perf.strict``: invalid, a withheld percentile, an unstable window CV."""
+    return [*perf.validity.reasons, *perf.validity.warnings]

@@ -154,9 +154,21 @@ def test_unsafe_pickle_is_refused_without_running_it(tmp_path: Path, cache_dir: 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"cls_token": _RunsCode(str(marker))}, path)
-    with pytest.raises(WeightsError, match=r"evil.pth: refused to unpickle"):
+    with pytest.raises(
+        WeightsError, match=r"evil.pth: refused to unpickle: it holds more than plain tensors"
+    ) as refused:
         load_backbone(get_variant("tiny14"), weights=str(path), seed=0, cache_dir=cache_dir, input_size=(224, 224))
     assert not marker.exists()
+    assert "weights_only` set to `False`" not in str(refused.value)  # never the advice to unpickle unsafely
+
+
+def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(tmp_path: Path, cache_dir: Path) -> None:
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"these are not model weights\n" * 40)
+    with pytest.raises(WeightsError) as refused:
+        load_backbone(get_variant("tiny14"), weights=str(path), seed=0, cache_dir=cache_dir, input_size=(224, 224))
+    assert str(refused.value) == f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)"
+    assert "weights_only" not in str(refused.value)
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path, cache_dir: Path) -> None:

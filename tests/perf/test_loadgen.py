@@ -69,7 +69,7 @@ def test_async_end_to_end_latency_includes_queueing(cache_dir: Path, tmp_path: P
 
 
 def test_duration_bound_run(cache_dir: Path, tmp_path: Path) -> None:
-    result = measure(sleep_config(cache_dir, "perf.iterations=null", "perf.duration_s=0.5"), tmp_path)
+    result = measure(sleep_config(cache_dir, "perf.iterations=null", "perf.min_duration_s=0.5"), tmp_path)
     assert 0.5 <= result.forward_time_s < 0.8
     assert result.batches == pytest.approx(0.5e6 / SLEEP_US, rel=0.3)
 
@@ -86,14 +86,34 @@ def test_statistics_recompute_from_the_saved_samples(cache_dir: Path, tmp_path: 
     assert completions.sum() == 70 and completions.size / 1000 == pytest.approx(result.forward_time_s, abs=0.002)
 
 
-def test_validity_needs_duration_and_samples(cache_dir: Path, tmp_path: Path) -> None:
+def test_both_minimums_extend_the_run_past_its_iterations(cache_dir: Path, tmp_path: Path) -> None:
+    timed = measure(sleep_config(cache_dir, "perf.iterations=10", "perf.min_duration_s=0.4"), tmp_path / "timed")
+    assert timed.validity.valid and timed.forward_time_s >= 0.4
+    assert timed.batches == pytest.approx(0.4e6 / SLEEP_US, rel=0.3) and timed.batches > 10
+    counted = measure(sleep_config(cache_dir, "perf.iterations=10", "perf.min_samples=40"), tmp_path / "counted")
+    assert counted.validity.valid and counted.batches == 40  # iterations are a floor, min_samples another
+
+
+def test_the_upper_bound_stops_a_run_that_misses_its_minimums_and_makes_it_invalid(
+    cache_dir: Path, tmp_path: Path
+) -> None:
     result = measure(
-        sleep_config(cache_dir, "perf.iterations=10", "perf.min_duration_s=5", "perf.min_samples=64"), tmp_path
+        sleep_config(
+            cache_dir, "perf.iterations=10", "perf.min_duration_s=5", "perf.min_samples=1000", "perf.max_duration_s=0.3"
+        ),
+        tmp_path,
     )
-    assert not result.validity.valid
-    assert any("perf.min_duration_s=5" in reason for reason in result.validity.reasons)
-    assert any("10 batches < perf.min_samples=64" in reason for reason in result.validity.reasons)
-    assert result.latency_us.e2e.p90 is None
+    assert 0.3 <= result.forward_time_s < 0.6 and not result.validity.valid
+    assert any(
+        "perf.min_duration_s=5.0 (stopped at perf.max_duration_s=0.3)" in reason for reason in result.validity.reasons
+    )
+    assert any("< 1000 (perf.iterations, perf.min_samples)" in reason for reason in result.validity.reasons)
+    assert result.latency_us.e2e.p99 is None  # too few samples: withheld, not invented
+
+
+def test_the_old_duration_knob_is_the_minimum_duration(cache_dir: Path, tmp_path: Path) -> None:
+    config = sleep_config(cache_dir, "perf.iterations=null", "perf.duration_s=0.5", "perf.min_duration_s=0.2")
+    assert (config.perf.min_duration_s, config.perf.duration_s) == (0.5, None)
 
 
 def test_a_crashing_worker_fails_the_run_with_its_exit_code(cache_dir: Path, tmp_path: Path) -> None:

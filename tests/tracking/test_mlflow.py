@@ -176,6 +176,46 @@ def test_server_killed_mid_sweep_then_sync_logs_each_run_once(tmp_path: Path) ->
         server.stop()
 
 
+def test_ctrl_c_mid_sweep_stops_cleanly_and_leaves_every_job_accounted_for(tmp_path: Path) -> None:
+    environment = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    sweep = subprocess.Popen(
+        [
+            sys.executable, "-m", "harness", "run", "-m", "debug=tiny", "backend=sleep", "stages=[perf]",
+            "perf.iterations=null", "perf.min_duration_s=4", "backend.latency_us=1000,2000,3000",
+        ],
+        cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job is
+    )  # fmt: skip
+    outputs = tmp_path / "outputs" / "run" / "multirun"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(outputs.rglob("0/result.json")):
+        time.sleep(0.2)
+    time.sleep(2.5)  # job 1 is measuring now
+    os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group, workers included
+    stdout, stderr = sweep.communicate(timeout=60)
+    assert "| 1 | interrupted |" in stdout  # the summary is printed, as at the end of any sweep
+    assert sweep.returncode == 130
+    assert "Traceback" not in stderr and stderr.count("interrupted:") == 1
+    sweep_dir = find_sweep_dir(tmp_path)
+    assert load_result(sweep_dir / "0").status == "ok" and load_result(sweep_dir / "1").status == "interrupted"
+    assert not (sweep_dir / "2").exists()
+    summary = (sweep_dir / "summary.md").read_text()
+    assert (
+        "| 1 | interrupted |" in summary and "| 2 | missing |" in summary and "not run (sweep interrupted)" in summary
+    )
+    uri = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    statuses = {
+        run.data.tags.get("harness.kind", run.data.tags.get("run_dir", "")[-1:]): run.info.status
+        for run in runs_of(uri)
+    }
+    assert statuses == {"sweep": "KILLED", "0": "FINISHED", "1": "KILLED"}
+    synced = harness(tmp_path, "sync", str(sweep_dir))
+    assert synced.returncode == 0 and synced.stdout.count("already logged as") == 2
+    assert f"{sweep_dir / '2'}: no result.json, nothing to log: not run (sweep interrupted)" in synced.stdout
+    assert len(runs_of(uri)) == 3
+
+
 def test_sync_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     done = harness(tmp_path, "sync", str(tmp_path))
     assert done.returncode == 1 and "neither a run folder" in done.stderr
