@@ -178,7 +178,12 @@ class Measurement:
 
 @dataclass(frozen=True, kw_only=True)
 class PerfResult(Measurement):
-    """The perf section of ``result.json``: the median repeat's measurement, the load, and every repeat."""
+    """The perf section of ``result.json``: the median repeat's measurement, the load, and every repeat.
+
+    ``device`` is what the load ran on (``cpu``, ``cuda:0``); ``contended_with`` lists the run folders of other
+    perf runs that measured on the same device of the same host at the same time (their timings and these
+    are not comparable).
+    """
 
     backend: str
     backend_resolved: dict[str, object]
@@ -187,6 +192,8 @@ class PerfResult(Measurement):
     batch: int
     shape: tuple[int, int, int]
     mode: str
+    device: str
+    contended_with: tuple[str, ...]
     iterations: int | None
     min_duration_s: float
     max_duration_s: float | None

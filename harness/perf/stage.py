@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backends import BackendFactory, LoadTarget, open_backend
+from harness.backends import BackendFactory, LoadTarget, OpenedBackend, open_backend
 from harness.config.schema import PerfConfig, RunConfig, VdspParams
 from harness.data.photos import sample_photos
 from harness.perf import stats
+from harness.perf.contention import CLAIMS_FOLDER, claimed_window
 from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, LoadPlan, WorkerReport, WorkerTask, run_workers
 from harness.preprocess import batch_of
 from harness.result import LatencyBlock, Measurement, PerfResult, Validity
@@ -134,33 +135,25 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
     batch_shape = (config.perf.batch, *shape)
     measurements: list[Measurement] = []
     raw: dict[str, np.ndarray] = {}
-    for repeat in range(config.perf.repeats):
-        log.info(
-            "stage=perf repeat=%d/%d backend=%s instances=%d processes=%d batch=%d mode=%s",
-            repeat + 1, config.perf.repeats, config.backend.name, config.perf.instances, config.perf.processes,
-            config.perf.batch, config.perf.mode,
-        )  # fmt: skip
-        inputs = make_inputs(
-            config.perf.inputs, batch_shape, opened.input_dtype, seed=repeat, preprocessing=config.vdsp_params
-        )
-        reports = run_workers(_tasks(config.perf, opened.factory, inputs), start_timeout_s=config.perf.start_timeout_s)
-        measurement, samples = summarise(config.perf, reports)
-        measurements.append(measurement)
-        raw.update({f"repeat{repeat}_{name}": values for name, values in samples.items()})
-        log.info(
-            "perf repeat=%d throughput_qps=%.2f valid=%s",
-            repeat + 1,
-            measurement.throughput_qps,
-            measurement.validity.valid,
-        )
+    device = str(opened.resolved.get("device", "cpu"))
+    claims = config.paths.path("outputs") / CLAIMS_FOLDER
+    with claimed_window(claims, run_dir=run_dir, device=device) as contention:
+        for repeat in range(config.perf.repeats):
+            measurements.append(_measure_once(config, opened, batch_shape, repeat, raw))
     run_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run_dir / SAMPLES_FILE, allow_pickle=False, **raw)
     ordered = sorted(measurements, key=lambda measurement: measurement.throughput_qps)
     median = ordered[(len(ordered) - 1) // 2]
     reasons = tuple(reason for measurement in measurements for reason in measurement.validity.reasons)
     headline = {name: getattr(median, name) for name in Measurement.__dataclass_fields__}
-    headline["validity"] = Validity(valid=not reasons, reasons=reasons, warnings=median.validity.warnings)
-    for warning in median.validity.warnings + reasons:
+    warnings = median.validity.warnings
+    if contention.overlapping:
+        warnings += (
+            f"contended: {len(contention.overlapping)} other perf run(s) measured on {device} of this host at the "
+            f"same time ({', '.join(contention.overlapping)}); timings are not comparable: run one job per device",
+        )
+    headline["validity"] = Validity(valid=not reasons, reasons=reasons, warnings=warnings)
+    for warning in warnings + reasons:
         log.warning("perf validity: %s", warning)
     return PerfResult(
         **headline,
@@ -174,10 +167,36 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         iterations=config.perf.iterations,
         min_duration_s=config.perf.min_duration_s,
         max_duration_s=config.perf.max_duration_s,
+        device=device,
+        contended_with=contention.overlapping,
         throughput_qps_repeats=tuple(measurement.throughput_qps for measurement in measurements),
         repeats=tuple(measurements) if len(measurements) > 1 else (),
         samples_file=SAMPLES_FILE,
     )
+
+
+def _measure_once(
+    config: RunConfig, opened: OpenedBackend, batch_shape: tuple[int, ...], repeat: int, raw: dict[str, np.ndarray]
+) -> Measurement:
+    """One repeat in fresh worker processes; its raw samples are added to ``raw`` under ``repeat<N>_``."""
+    log.info(
+        "stage=perf repeat=%d/%d backend=%s instances=%d processes=%d batch=%d mode=%s",
+        repeat + 1, config.perf.repeats, config.backend.name, config.perf.instances, config.perf.processes,
+        config.perf.batch, config.perf.mode,
+    )  # fmt: skip
+    inputs = make_inputs(
+        config.perf.inputs, batch_shape, opened.input_dtype, seed=repeat, preprocessing=config.vdsp_params
+    )
+    reports = run_workers(_tasks(config.perf, opened.factory, inputs), start_timeout_s=config.perf.start_timeout_s)
+    measurement, samples = summarise(config.perf, reports)
+    raw.update({f"repeat{repeat}_{name}": values for name, values in samples.items()})
+    log.info(
+        "perf repeat=%d throughput_qps=%.2f valid=%s",
+        repeat + 1,
+        measurement.throughput_qps,
+        measurement.validity.valid,
+    )
+    return measurement
 
 
 def strict_problems(perf: PerfResult) -> list[str]:

@@ -27,6 +27,7 @@ COLUMNS: tuple[Column, ...] = (
     ("model_p99_us", lambda result: result.perf and result.perf.latency_us.model.p99),
     ("e2e_avg_us", lambda result: result.perf and result.perf.latency_us.e2e.avg),
     ("perf_valid", lambda result: result.perf and result.perf.validity.valid),
+    ("contended", lambda result: result.perf and bool(result.perf.contended_with)),
     ("parity_min_cos", lambda result: result.build and result.build.parity.min_cosine),
     ("map_medium", lambda result: result.accuracy and result.accuracy.medium.map),
     ("map_hard", lambda result: result.accuracy and result.accuracy.hard.map),
@@ -102,3 +103,14 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(row[name].replace("|", "/") for name in names) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def contention_warning(rows: list[dict[str, str]]) -> str | None:
+    """One line when jobs measured on one device at the same time, else ``None``."""
+    contended = [row["job"] for row in rows if row.get("contended") == "True"]
+    if not contended:
+        return None
+    return (
+        f"warning: jobs {', '.join(contended)} measured on one device at the same time: their timings are not "
+        "comparable (run perf sweeps one job per device, e.g. the basic launcher)"
+    )

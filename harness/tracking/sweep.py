@@ -18,7 +18,7 @@ from harness.config.convert import from_mapping
 from harness.config.schema import PathsConfig, TrackingConfig
 from harness.config.store import expand_sweep, sweeper_settings
 from harness.errors import HarnessError
-from harness.report import markdown_table, sweep_rows, write_summary
+from harness.report import contention_warning, markdown_table, sweep_rows, write_summary
 from harness.tracking import Store, end_sweep, ensure_parent, finish_sweep, start_sweep
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ class SweepTracking(Callback):
         rows = sweep_rows(sweep_dir)
         files = write_summary(rows, sweep_dir)
         print(f"\nsweep summary ({sweep_dir}):\n{markdown_table(rows)}", flush=True)
+        warning = contention_warning(rows)
+        if warning:
+            print(warning, flush=True)
         tracking, paths = tracking_configs(_groups(config))
         if not tracking.enabled:
             return

@@ -125,6 +125,30 @@ def test_sweep_with_parallel_jobs_on_sqlite(tmp_path: Path) -> None:
     check_sweep(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", find_sweep_dir(tmp_path), expected_jobs=4)
 
 
+def test_parallel_perf_jobs_on_one_device_are_marked_contended(tmp_path: Path) -> None:
+    done = harness(
+        tmp_path, "run", "-m", "debug=tiny", "backend=sleep", "stages=[perf]", "perf.iterations=null",
+        "perf.min_duration_s=4", "backend.latency_us=1000,1500", "hydra/launcher=parallel",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sweep = find_sweep_dir(tmp_path)
+    first, second = load_result(sweep / "0").perf, load_result(sweep / "1").perf
+    assert first is not None and second is not None
+    assert first.contended_with == (str((sweep / "1").resolve()),) and second.contended_with == (
+        str((sweep / "0").resolve()),
+    )
+    assert any(
+        warning.startswith("contended: 1 other perf run(s) measured on cpu") for warning in first.validity.warnings
+    )
+    assert "warning: jobs 0, 1 measured on one device at the same time" in done.stdout
+    runs = [
+        run
+        for run in runs_of(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+        if "harness.contended" in run.data.tags
+    ]
+    assert [run.data.tags["harness.contended"] for run in runs] == ["true", "true"]
+
+
 def test_sweep_with_submitit_local(tmp_path: Path, mlflow_server: MlflowServer) -> None:
     done = harness(
         tmp_path, "run", "-m", "debug=tiny", "precision=fp32,fp16", "perf.iterations=8", "hydra/launcher=submitit_local",

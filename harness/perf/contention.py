@@ -1,0 +1,97 @@
+"""Who else measured on this device at the same time: perf windows claimed in a shared folder.
+
+Timings of runs that overlapped on one device (``hydra/launcher=parallel`` on one CPU, two users on one
+GPU) are not comparable. Every perf stage claims its window in ``<paths.outputs>/.perf-windows/``: a small
+JSON file with its host, device, run folder and start time, completed with its end time. When its own
+window ends, a run looks for other claims on the same host and device whose windows overlap it. Both runs of
+an overlapping pair see each other: the first to finish sees the other's start, the second sees the first's
+end. A claim whose process died without an end is judged by whether that process still exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from harness.fileio import write_json_atomic
+
+CLAIMS_FOLDER = ".perf-windows"
+STALE_AFTER_S = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class WindowClaim:
+    """One perf stage's time on a device (epoch seconds; ``end`` is ``None`` while it runs)."""
+
+    run_dir: str
+    host: str
+    device: str
+    pid: int
+    start: float
+    end: float | None
+
+
+@dataclass
+class ContentionProbe:
+    """Filled in when the window closes: the run folders that measured on the same device meanwhile."""
+
+    overlapping: tuple[str, ...] = ()
+
+
+@contextlib.contextmanager
+def claimed_window(folder: Path, *, run_dir: Path, device: str) -> Iterator[ContentionProbe]:
+    """Claim the enclosed time on ``device``; on exit, the probe names every run that overlapped it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.json"
+    claim = WindowClaim(
+        run_dir=str(run_dir.resolve()), host=socket.gethostname(), device=device, pid=os.getpid(),
+        start=time.time(), end=None,
+    )  # fmt: skip
+    write_json_atomic(path, asdict(claim))
+    probe = ContentionProbe()
+    try:
+        yield probe
+    finally:
+        claim = replace(claim, end=time.time())
+        write_json_atomic(path, asdict(claim))
+        probe.overlapping = tuple(sorted(other.run_dir for other in _others(folder, path) if _overlap(claim, other)))
+
+
+def _others(folder: Path, own: Path) -> Iterator[WindowClaim]:
+    now = time.time()
+    for path in folder.glob("*.json"):
+        if path == own:
+            continue
+        try:
+            claim = WindowClaim(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue  # being replaced right now, or not a claim
+        if now - (claim.end or claim.start) > STALE_AFTER_S:
+            path.unlink(missing_ok=True)
+            continue
+        yield claim
+
+
+def _overlap(own: WindowClaim, other: WindowClaim) -> bool:
+    if (other.host, other.device) != (own.host, own.device) or other.run_dir == own.run_dir:
+        return False
+    own_end = own.end if own.end is not None else time.time()
+    other_end = other.end if other.end is not None else (own_end if _alive(other.pid) else other.start)
+    return other.start < own_end and other_end > own.start
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
