@@ -201,16 +201,24 @@ def _split(arguments: list[str]) -> tuple[list[str], list[str]]:
 
 def _sync(arguments: list[str]) -> int:
     """``harness sync [overrides] DIR...``: log run or sweep folders that are not tracked yet, exactly once."""
+    import argparse
+
     from harness.config.store import compose
     from harness.errors import HarnessError
     from harness.report import SWEEP_FILE, job_dirs, missing_jobs, sweep_rows, write_summary
     from harness.tracking import Store, finish_sweep, log_run_dir
     from harness.tracking.sweep import tracking_configs
 
-    overrides, folders = _split(arguments)
-    if not folders or any(folder.startswith("-") for folder in folders):
-        print("usage: harness sync [tracking.uri=...] RUN_OR_SWEEP_DIR...", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(
+        prog="harness sync",
+        description="Log run folders (result.json) and sweep folders (sweep.json) to the tracking store. Folders "
+        "already logged there are skipped and nothing logged is changed, so it is safe to repeat; jobs of a "
+        "sweep without a result.json are listed.",
+    )
+    parser.add_argument("items", nargs="+", metavar="KEY=VALUE|DIR", help="overrides (tracking.uri=...) and folders")
+    overrides, folders = _split(parser.parse_args(arguments).items)
+    if not folders:
+        parser.error("no run or sweep folder given")
     try:
         store = Store(*tracking_configs(compose(overrides)))
         for folder in map(Path, folders):
@@ -242,45 +250,80 @@ def _report_sync(folder: Path, record: Any, logged: bool) -> None:
 
 def _ui(arguments: list[str]) -> int:
     """``harness ui [--port N] [overrides]``: the MLflow UI on the configured store, on 127.0.0.1."""
+    import argparse
+
     from harness.config.store import compose
-    from harness.tracking import resolve_store
+    from harness.errors import HarnessError
+    from harness.tracking import Store, resolve_store, runs_table_url
     from harness.tracking.sweep import tracking_configs
 
-    overrides, rest = _split(arguments)
-    port = 5000
-    if rest[:1] == ["--port"] and len(rest) == 2 and rest[1].isdigit():
-        port = int(rest[1])
-    elif rest:
-        print("usage: harness ui [--port N] [tracking.uri=...]", file=sys.stderr)
-        return 2
-    uri, artifacts = resolve_store(*tracking_configs(compose(overrides)))
-    if uri.startswith(("http://", "https://")):
-        print(f"the tracking store is a server: open {uri}")
-        return 0
+    parser = argparse.ArgumentParser(
+        prog="harness ui",
+        description="Serve the MLflow UI for the configured tracking store on 127.0.0.1 until Ctrl-C. "
+        "It opens on the runs table of the harness's experiment.",
+    )
+    parser.add_argument("--port", type=_port, default=5000, help="TCP port on 127.0.0.1 (default 5000)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. tracking.uri=...")
+    options = parser.parse_args(arguments)
+    try:
+        configs = tracking_configs(compose(options.overrides))
+        uri, artifacts = resolve_store(*configs)
+        if uri.startswith(("http://", "https://")):
+            print(f"the tracking store is a server: open {uri}")
+            return 0
+        # Before the server starts, so that the two never create a new store's tables at the same time.
+        experiment_id = Store(*configs).experiment_id  # created as a classic ML experiment if it is new
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    busy = _port_in_use(options.port)
+    if busy:
+        print(
+            f"error: port {options.port} on 127.0.0.1 is not free ({busy}): choose another with --port N",
+            file=sys.stderr,
+        )
+        return 1
     command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+        sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+        "--port", str(options.port), "--workers", "1",
+    ]  # fmt: skip
     if artifacts:
         command += ["--default-artifact-root", artifacts]
-    print(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it", flush=True)
-    server = subprocess.Popen(command, start_new_session=True)
+    # The UI serves runs only: MLflow's job runner and its task-queue consumers are not needed.
+    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, env=environment, start_new_session=True)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        return server.wait()
+        url = runs_table_url(f"http://127.0.0.1:{options.port}", experiment_id)
+        print(f"MLflow UI on {url} (store {uri}); Ctrl-C stops it", flush=True)
+        code = server.wait()
+        print(f"error: the MLflow UI exited with code {code}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         _stop_group(server)
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _port(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a TCP port, 1 to 65535")
+    return int(text)
+
+
+def _port_in_use(port: int) -> str | None:
+    """Why ``port`` cannot be bound on 127.0.0.1 (e.g. 'Address already in use'), or ``None`` when it can."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            return error.strerror or str(error)
+    return None
 
 
 def _stop_group(server: subprocess.Popen[bytes]) -> None:
@@ -292,10 +335,10 @@ def _stop_group(server: subprocess.Popen[bytes]) -> None:
             return
         deadline = time.monotonic() + UI_STOP_GRACE_S
         while time.monotonic() < deadline:
+            server.poll()  # reaps the group leader: a zombie would still count as a member of the group
             try:
                 os.killpg(server.pid, 0)
             except ProcessLookupError:
-                server.wait()
                 return
             time.sleep(0.1)
 

@@ -37,6 +37,18 @@ RUN_UID_TAG = "harness.run_uid"
 SWEEP_UID_TAG = "harness.sweep_uid"
 ARTIFACT_FILES = ("result.json", "perf_vamp.txt", "perf_samples.npz")
 T = TypeVar("T")
+# MLflow opens an experiment of this kind as a classic machine-learning experiment (the runs table), not
+# on the GenAI overview of traces and token usage; the note is the experiment's description in the UI.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {
+    EXPERIMENT_KIND_TAG: "custom_model_development",
+    "mlflow.note.content": (
+        "DINOv2 retrieval deployments measured by the harness: one run per build and load, a parent run per sweep. "
+        "Headline metrics: throughput_qps, e2e_latency_p50_ms, model_latency_p50_ms, map_medium, map_hard, "
+        "parity_min_cos; the full result tree is below them (perf.*, accuracy.*, build.*), settings are params, "
+        "identity and validity are tags."
+    ),
+}
 # result.json status -> MLflow run status.
 RUN_STATUS = {"ok": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
@@ -55,6 +67,11 @@ class TrackingRecord:
     run_id: str
     parent_run_id: str | None
     logged_at: str
+
+
+def runs_table_url(base: str, experiment_id: str) -> str:
+    """The UI page to open first: the experiment's runs table."""
+    return f"{base}/#/experiments/{experiment_id}/runs"
 
 
 def resolve_store(tracking: TrackingConfig, paths: PathsConfig) -> tuple[str, str | None]:
@@ -97,9 +114,12 @@ class Store:
     def _experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older harness: becomes a classic ML experiment
+                for key, value in EXPERIMENT_TAGS.items():
+                    self.client.set_experiment_tag(found.experiment_id, key, value)
             return str(found.experiment_id)
         try:
-            return str(self.client.create_experiment(name, artifact_location=artifact_location))
+            return str(self.client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_TAGS))
         except Exception:  # another job created it first
             found = self.client.get_experiment_by_name(name)
             if found is None:

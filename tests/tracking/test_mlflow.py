@@ -240,6 +240,20 @@ def test_ctrl_c_mid_sweep_stops_cleanly_and_leaves_every_job_accounted_for(tmp_p
     assert len(runs_of(uri)) == 3
 
 
+@pytest.mark.parametrize(
+    ("arguments", "code", "expected"),
+    [
+        (["ui", "--port", "99999"], 2, "harness ui: error: argument --port: '99999': expected a TCP port, 1 to 65535"),
+        (["ui", "--help"], 0, "Serve the MLflow UI for the configured tracking store"),
+        (["sync", "--help"], 0, "Log run folders (result.json) and sweep folders (sweep.json)"),
+    ],
+)
+def test_ui_and_sync_arguments(tmp_path: Path, arguments: list[str], code: int, expected: str) -> None:
+    done = harness(tmp_path, *arguments)
+    assert done.returncode == code and expected in " ".join((done.stdout + done.stderr).split())
+    assert "Traceback" not in done.stderr
+
+
 def test_sync_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     done = harness(tmp_path, "sync", str(tmp_path))
     assert done.returncode == 1 and "neither a run folder" in done.stderr
@@ -267,8 +281,28 @@ def test_ui_serves_the_store_and_stops_its_process_group_on_ctrl_c(tmp_path: Pat
         (server_pid,) = subprocess.run(["pgrep", "-P", str(ui.pid)], capture_output=True, text=True).stdout.split()
         process_group = os.getpgid(int(server_pid))
         assert process_group == int(server_pid) != os.getpgid(ui.pid)  # the server leads its own group
+        group = subprocess.run(["pgrep", "-a", "-g", str(process_group)], capture_output=True, text=True).stdout
+        assert "huey" not in group and len(group.splitlines()) == 2  # mlflow ui + one uvicorn worker, no job runner
+        busy = subprocess.run(
+            [sys.executable, "-m", "harness", "ui", "--port", str(port)], cwd=tmp_path, env=environment,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert busy.returncode == 1
+        assert (
+            busy.stderr.strip()
+            == f"error: port {port} on 127.0.0.1 is not free (Address already in use): choose another with --port N"
+        )
+        (experiment,) = [
+            item
+            for item in MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}").search_experiments()
+            if item.name == "dinov2-deploy"
+        ]
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+        assert "throughput_qps" in experiment.tags["mlflow.note.content"]
+        stopping = time.monotonic()
         ui.send_signal(signal.SIGINT)
         assert ui.wait(timeout=30) == 0
+        assert time.monotonic() - stopping < 8
         time.sleep(0.5)
         with pytest.raises(ProcessLookupError):
             os.killpg(process_group, 0)
