@@ -70,8 +70,8 @@ class TrackingRecord:
 
 
 def runs_table_url(base: str, experiment_id: str) -> str:
-    """The UI page to open first: the experiment's runs table."""
-    return f"{base}/#/experiments/{experiment_id}/runs"
+    """The UI page to open first: the experiment's runs table, in the model-training (not GenAI) view."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def resolve_store(tracking: TrackingConfig, paths: PathsConfig) -> tuple[str, str | None]:
