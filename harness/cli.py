@@ -216,7 +216,7 @@ def _sync(arguments: list[str]) -> int:
         "sweep without a result.json are listed.",
     )
     parser.add_argument("items", nargs="+", metavar="KEY=VALUE|DIR", help="overrides (tracking.uri=...) and folders")
-    overrides, folders = _split(parser.parse_args(arguments).items)
+    overrides, folders = _split(parser.parse_intermixed_args(arguments).items)
     if not folders:
         parser.error("no run or sweep folder given")
     try:
@@ -264,7 +264,7 @@ def _ui(arguments: list[str]) -> int:
     )
     parser.add_argument("--port", type=_port, default=5000, help="TCP port on 127.0.0.1 (default 5000)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. tracking.uri=...")
-    options = parser.parse_args(arguments)
+    options = parser.parse_intermixed_args(arguments)
     try:
         configs = tracking_configs(compose(options.overrides))
         uri, artifacts = resolve_store(*configs)
@@ -379,6 +379,170 @@ def _data(arguments: list[str]) -> int:
     return 0
 
 
+def _gate(arguments: list[str]) -> int:
+    """``harness gate CANDIDATE... --baseline FILE|mlflow`` / ``harness gate --promote RUN... --baseline ...``."""
+    import argparse
+
+    from harness.config.convert import from_mapping
+    from harness.config.schema import GateConfig
+    from harness.config.store import compose
+    from harness.errors import HarnessError
+    from harness.fileio import write_text_atomic
+    from harness.gate import markdown, rerun_perf, run_gate
+    from harness.gate.sources import (
+        candidate_evidence,
+        entries_for,
+        mlflow_baselines,
+        promote_in_mlflow,
+        read_baseline_file,
+        tag_verdicts,
+        write_baseline_file,
+    )  # fmt: skip
+    from harness.tracking import Store
+    from harness.tracking.sweep import tracking_configs
+
+    parser = argparse.ArgumentParser(
+        prog="harness gate",
+        description="Compare candidate runs with their baseline (same config hash, same hardware) and decide: "
+        "exit 0 pass, 1 regression, 3 inconclusive, 4 unusable input (2: usage). Rules: conf/gate/default.yaml.",
+    )
+    parser.add_argument(
+        "items",
+        nargs="+",
+        metavar="CANDIDATE|KEY=VALUE",
+        help="run folders, sweep folders or MLflow run ids; gate.* / tracking.* overrides",
+    )
+    parser.add_argument(
+        "--baseline",
+        required=True,
+        help="a baseline JSON file (reports/baselines/NAME.json), or 'mlflow' for runs tagged harness.baseline=true",
+    )
+    parser.add_argument(
+        "--promote", action="store_true", help="make the given runs the baseline instead of gating them"
+    )
+    parser.add_argument(
+        "--rerun", type=int, default=0, metavar="N", help="re-measure an inconclusive candidate run up to N times"
+    )
+    parser.add_argument(
+        "--allow-hardware-mismatch", action="store_true", help="compare with a baseline from other hardware"
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="write the markdown table here (default: gate.md beside the first candidate)",
+    )
+    options = parser.parse_intermixed_args(arguments)
+    overrides, candidates = _split(options.items)
+    if not candidates:
+        parser.error("no candidate given")
+    try:
+        composed = compose(overrides, "gate")
+        settings = from_mapping(GateConfig, composed["gate"], key="gate")
+        tracking, paths = tracking_configs(composed)
+        use_mlflow = options.baseline == "mlflow"
+        store = Store(tracking, paths) if (use_mlflow or tracking.enabled) else None
+        if options.promote:
+            if use_mlflow:
+                assert store is not None
+                for candidate in candidates:
+                    print(
+                        f"baseline: MLflow run(s) {', '.join(promote_in_mlflow(store, candidate))} tagged harness.baseline=true"
+                    )
+            else:
+                evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
+                write_baseline_file(Path(options.baseline), evidence)
+                print(
+                    f"baseline: {len(evidence)} entr{'y' if len(evidence) == 1 else 'ies'} written to {options.baseline}"
+                )
+            return 0
+        evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
+        if use_mlflow:
+            assert store is not None
+            lookup = functools.partial(mlflow_baselines, store)
+        else:
+            lookup = functools.partial(entries_for, read_baseline_file(Path(options.baseline)))
+        result = run_gate(
+            evidence, lookup, settings, allow_hardware_mismatch=options.allow_hardware_mismatch,
+            rerun=max(0, options.rerun), rerunner=rerun_perf,
+        )  # fmt: skip
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    table = markdown(result)
+    print(table, end="")
+    first = Path(candidates[0])
+    report = options.report or ((first if first.is_dir() else Path.cwd()) / "gate.md")
+    write_text_atomic(report, table)
+    print(f"gate report: {report}")
+    if store is not None:
+        try:
+            tag_verdicts(store, result, baseline=options.baseline)
+        except HarnessError as error:
+            print(f"warning: verdict not tagged in MLflow ({error})", file=sys.stderr)
+    print(
+        f"{'error: ' if result.exit_code else ''}gate {result.verdict}",
+        file=sys.stderr if result.exit_code else sys.stdout,
+    )
+    return result.exit_code
+
+
+def _report(arguments: list[str]) -> int:
+    """``harness report PATH... [--out DIR]``: plots and an index over run folders, sweep folders or MLflow."""
+    import argparse
+    import json
+
+    from harness.config.store import compose
+    from harness.errors import HarnessError
+    from harness.report import SWEEP_FILE
+    from harness.report.render import folder_runs, write_report
+    from harness.tracking import Store, download_runs
+    from harness.tracking.sweep import tracking_configs
+
+    parser = argparse.ArgumentParser(
+        prog="harness report",
+        description="Plots (PNG) and an index.md / self-contained index.html over run folders, sweep folders, or "
+        "'mlflow' (every run of the configured experiment). A sweep's report is also attached to its parent run.",
+    )
+    parser.add_argument(
+        "items",
+        nargs="+",
+        metavar="PATH|mlflow|KEY=VALUE",
+        help="run or sweep folders, or 'mlflow'; tracking.* overrides",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report folder (default: reports/<name of the first folder>)"
+    )
+    options = parser.parse_intermixed_args(arguments)
+    overrides, sources = _split(options.items)
+    if not sources:
+        parser.error("nothing to report on")
+    try:
+        tracking, paths = tracking_configs(compose(overrides))
+        store = Store(tracking, paths) if (tracking.enabled or "mlflow" in sources) else None
+        name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
+        folder = options.out or Path("reports") / name
+        runs = folder_runs([Path(source) for source in sources if source != "mlflow"])
+        if "mlflow" in sources:
+            assert store is not None
+            runs += download_runs(store, folder / "runs")
+        report = write_report(runs, folder, title=f"report {name}")
+        for source in sources:
+            record = Path(source) / SWEEP_FILE
+            if store is not None and record.exists() and json.loads(record.read_text()).get("uri") == store.uri:
+                parent = json.loads(record.read_text()).get("parent_run_id")
+                if parent:
+                    store.call(
+                        functools.partial(store.client.log_artifacts, parent, str(folder), artifact_path="report")
+                    )
+                    print(f"attached to MLflow parent run {parent} (artifacts/report)")
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"report: {report.index_md} ({len(report.plots)} plots, {len(runs)} runs; index.html is self-contained)")
+    return 0
+
+
 def _eval_features(arguments: list[str]) -> int:
     """``harness eval-features --gnd FILE (--features F.npz | --query Q.npy --database D.npy | --folder DIR)``."""
     import argparse
@@ -426,6 +590,8 @@ COMMANDS: dict[str, Command] = {
         "revisitop metrics for precomputed descriptors (.npy/.npz or per-image .npz folder)", _eval_features
     ),
     "data": Command("download Revisited Oxford/Paris, or write the synthetic dataset (revisitop layout)", _data),
+    "gate": Command("regression gate: compare runs with their baseline (statistics over repeats for perf)", _gate),
+    "report": Command("plots and an index (md + self-contained html) over run folders, sweeps or MLflow", _report),
     "sync": Command("log run or sweep folders that are not tracked yet (idempotent)", _sync),
     "ui": Command("start the MLflow UI on the configured store (127.0.0.1, --port N)", _ui),
 }

@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,12 +52,41 @@ def git_state(root: Path) -> dict[str, object]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+def gpus() -> list[dict[str, str]]:
+    """Each NVIDIA GPU's name, total memory and driver, from ``nvidia-smi`` ([] without one or without the tool)."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return []
+    try:
+        done = subprocess.run(
+            [tool, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []
+    fields = ("name", "memory", "driver")
+    return [
+        dict(zip(fields, (part.strip() for part in line.split(",")), strict=False))
+        for line in done.stdout.splitlines()
+        if line.strip()
+    ]
+
+
+def hardware_fingerprint(cpu: str, cores: int | None, gpu_list: list[dict[str, str]]) -> str:
+    """What timings are comparable across: CPU model and cores, architecture, OS, and every GPU with its driver."""
+    gpu_text = ";".join(f"{gpu.get('name')}|{gpu.get('memory')}|{gpu.get('driver')}" for gpu in gpu_list)
+    identity = f"{cpu}|{cores}|{platform.machine()}|{platform.system()}|{gpu_text}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+
 def capture(root: Path) -> dict[str, object]:
     """The environment section of ``result.json``."""
     cpu = cpu_model()
     cores = os.cpu_count()
-    fingerprint = hashlib.sha256(f"{cpu}|{cores}|{platform.machine()}|{platform.system()}".encode()).hexdigest()[:12]
+    gpu_list = gpus()
+    fingerprint = hardware_fingerprint(cpu, cores, gpu_list)
     return {
+        "gpus": gpu_list,
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],

@@ -29,8 +29,8 @@ def test_result_round_trips_and_failed_runs_keep_their_shape(tmp_path: Path) -> 
 
 def test_load_result_names_a_bad_file(tmp_path: Path) -> None:
     path = tmp_path / "result.json"
-    path.write_text('{"schema_version": 1}')
-    with pytest.raises(DataError, match=r"result.json: not a result.json of schema 1 .*missing required value"):
+    path.write_text('{"schema_version": 2}')
+    with pytest.raises(DataError, match=r"result.json: not a result.json of schema 2 .*missing required value"):
         load_result(path)
     path.write_text("{")
     with pytest.raises(DataError, match=r"result.json: cannot read result"):

@@ -1,4 +1,5 @@
-"""Reports: tables over many runs (a sweep's summary), from their ``result.json`` files."""
+"""Reports over many runs, from their ``result.json`` files: the sweep summary table here, plots in
+``harness.report.plots`` and the ``index.md`` / ``index.html`` report in ``harness.report.render``."""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def row_of(label: str, result: RunResult) -> dict[str, str]:
+    """One table row: the run's label (job number or folder), then every column's cell."""
+    return {"job": label, **{name: _cell(extract(result)) for name, extract in COLUMNS}}
+
+
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """The sweep's job folders (those with a ``result.json``) in job order: 0, 1, ..., 9, 10, ..."""
     jobs = (path.parent for path in sweep_dir.glob("*/result.json"))
@@ -77,10 +83,7 @@ def missing_jobs(sweep_dir: Path) -> dict[int, str]:
 
 def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
     """One row per planned job (``<sweep_dir>/<n>/result.json``, or why there is none), in job order."""
-    rows = {}
-    for job in job_dirs(sweep_dir):
-        result = load_result(job)
-        rows[int(job.name)] = {"job": job.name, **{name: _cell(extract(result)) for name, extract in COLUMNS}}
+    rows = {int(job.name): row_of(job.name, load_result(job)) for job in job_dirs(sweep_dir)}
     for number, reason in missing_jobs(sweep_dir).items():
         rows[number] = {"job": str(number), **dict.fromkeys(COLUMN_NAMES[1:], ""), "status": "missing", "error": reason}
     return [rows[number] for number in sorted(rows)]

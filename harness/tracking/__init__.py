@@ -91,6 +91,7 @@ class Store:
         # MLflow reads these per request; the config makes them explicit and recorded instead of ambient.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(tracking.http_retries)
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, tracking.http_timeout_s)))
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one result.json is no download to watch
         from mlflow.tracking import MlflowClient
 
         self.tracking = tracking
@@ -246,7 +247,7 @@ def end_sweep(sweep_dir: Path, status: str) -> None:
             write_json_atomic(path, record)
 
 
-def finish_sweep(store: Store, sweep_dir: Path, summary_files: list[Path]) -> str:
+def finish_sweep(store: Store, sweep_dir: Path, summary_files: list[Path], *, report_dir: Path | None = None) -> str:
     """Attach the summary table to the parent run and close it, at the time the sweep really ended.
 
     A parent that is already closed is left exactly as it was logged (``harness sync`` changes no logged run).
@@ -256,6 +257,8 @@ def finish_sweep(store: Store, sweep_dir: Path, summary_files: list[Path]) -> st
         return parent
     for path in summary_files:
         store.call(partial(store.client.log_artifact, parent, str(path)))
+    if report_dir is not None and report_dir.is_dir():
+        store.call(partial(store.client.log_artifacts, parent, str(report_dir), artifact_path="report"))
     record = json.loads((sweep_dir / SWEEP_FILE).read_text())
     job_ends = [load_result(path.parent).finished_at for path in sweep_dir.glob("*/result.json")]
     ended = record.get("finished_at") or max(job_ends, default=None) or _now()
@@ -301,3 +304,27 @@ def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: RunResult) 
         if store.tracking.log_model:
             for record in result.build.manifest.files:
                 store.call(partial(store.client.log_artifact, run_id, str(folder / record.name), artifact_path="model"))
+
+
+def download_runs(store: Store, folder: Path) -> list[Any]:
+    """Every run (not sweep parents) of the store's experiment, with its ``result.json`` and raw perf samples
+    downloaded into ``<folder>/<run id>/``; returns them as the report's labelled runs."""
+    from harness.report.plots import LabelledRun
+
+    runs = store.call(
+        lambda: store.client.search_runs(
+            [store.experiment_id], filter_string="tags.`harness.run_uid` != ''", max_results=1000
+        )
+    )
+    labelled = []
+    for run in runs:
+        target = folder / run.info.run_id
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("result.json", "perf_samples.npz"):
+            try:
+                store.client.download_artifacts(run.info.run_id, name, str(target))
+            except Exception:  # an artifact the run does not have (no perf stage): its plot is left out
+                continue
+        if (target / "result.json").exists():
+            labelled.append(LabelledRun(run.info.run_name or run.info.run_id, load_result(target), target))
+    return labelled

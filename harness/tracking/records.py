@@ -107,8 +107,32 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# Config keys that say where and how a run is kept or judged, not what is measured: left out of the config hash, so a
+# baseline matches a candidate run on another machine, folder or tracking store.
+NOT_IDENTITY = (
+    "task",
+    "stages",
+    "progress",
+    "paths",
+    "tracking",
+    "dataset.root",
+    "vdsp.path",
+    "perf.repeats",
+    "perf.strict",
+)
+
+
 def config_hash(config: dict[str, object]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    """12 hex digits identifying what a run measured (model, precision, build, backend, load, data, preprocessing)."""
+    identity = json.loads(json.dumps(config))
+    for dotted in NOT_IDENTITY:
+        *parents, key = dotted.split(".")
+        node = identity
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def tags_of(result: dict[str, object]) -> dict[str, str]:

@@ -19,6 +19,7 @@ from harness.config.schema import PathsConfig, TrackingConfig
 from harness.config.store import expand_sweep, sweeper_settings
 from harness.errors import HarnessError
 from harness.report import contention_warning, markdown_table, sweep_rows, write_summary
+from harness.report.render import sweep_runs, write_report
 from harness.tracking import Store, end_sweep, ensure_parent, finish_sweep, start_sweep
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,14 @@ class SweepTracking(Callback):
         warning = contention_warning(rows)
         if warning:
             print(warning, flush=True)
+        report = write_report(sweep_runs(sweep_dir), sweep_dir / "report", title=f"sweep {sweep_dir.name}")
+        print(f"sweep report: {report.index_md} ({len(report.plots)} plots; index.html is self-contained)", flush=True)
         tracking, paths = tracking_configs(_groups(config))
         if not tracking.enabled:
             return
         try:
             store = Store(tracking, paths)
-            parent = finish_sweep(store, sweep_dir, files)
+            parent = finish_sweep(store, sweep_dir, files, report_dir=report.folder)
             print(f"tracked sweep as MLflow parent run {parent}: {ui_hint(store)}", flush=True)
         except HarnessError as error:
             print(f"warning: sweep not fully tracked ({error}); later: harness sync {sweep_dir}", flush=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.tracking.records import metrics_of, params_of, shorten, tags_of
+from harness.tracking.records import config_hash, metrics_of, params_of, shorten, tags_of
 
 
 def test_long_values_are_cut_with_a_hash_of_the_whole() -> None:
@@ -55,3 +55,13 @@ def test_tags_identify_code_machine_config_and_weights() -> None:
     assert tags["harness.run_uid"] == "abc" and tags["harness.weights_kind"] == "random"
     assert tags["git.commit"] == "c0ffee" and tags["git.dirty"] == "true" and tags["version.torch"] == "2.13"
     assert len(tags["harness.config_hash"]) == 12 and "ConfigError" in tags["harness.error"]
+
+
+def test_the_config_hash_ignores_where_a_run_is_kept_but_not_what_it_measured() -> None:
+    base = {"model": {"variant": "vits14"}, "perf": {"batch": 8}, "paths": {"outputs": "/a"}, "tracking": {"uri": None},
+            "dataset": {"name": "synthetic", "root": "/data"}, "stages": ["build", "perf"]}  # fmt: skip
+    moved = {**base, "paths": {"outputs": "/b"}, "tracking": {"uri": "http://x"}, "stages": ["perf"],
+             "dataset": {"name": "synthetic", "root": "/elsewhere"}}  # fmt: skip
+    assert config_hash(base) == config_hash(moved)
+    assert config_hash(base) != config_hash({**base, "perf": {"batch": 16}})
+    assert base["paths"] == {"outputs": "/a"}  # the caller's mapping is left as it was

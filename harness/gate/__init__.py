@@ -1,0 +1,167 @@
+"""``harness gate``: does a candidate regress against its baseline? Statistics for perf, tolerances for the rest.
+
+A candidate (a run folder, each job of a sweep folder, or an MLflow run) is paired with the baseline of the
+same config hash on the same machine (``hardware.fingerprint``), from a committed baseline file or from
+MLflow; every metric with a rule in the ``gate`` group is decided by ``harness.gate.decide``. The verdict:
+
+- exit 0 **pass**, 1 **fail** (a regression), 3 **inconclusive** (perf needs more repeats or the interval
+  straddles the threshold; ``--rerun N`` adds repeats first), 4 **unusable** input (no baseline, a metric
+  missing on one side, fingerprints that differ without ``--allow-hardware-mismatch``); 2 is a usage error.
+  A regression anywhere wins over a missing baseline elsewhere, which wins over inconclusive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from harness.config.schema import GateConfig
+from harness.errors import HarnessError
+from harness.gate.decide import Decision, decide
+from harness.gate.evidence import PER_REPEAT, Evidence, evidence_of
+from harness.result import load_result
+
+log = logging.getLogger(__name__)
+
+Verdict = Literal["pass", "fail", "inconclusive", "unusable"]
+EXIT_CODES: dict[Verdict, int] = {"pass": 0, "fail": 1, "inconclusive": 3, "unusable": 4}
+PRECEDENCE: tuple[Verdict, ...] = ("fail", "unusable", "inconclusive", "pass")
+BaselineLookup = Callable[[str], list[Evidence]]
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """One candidate against its baseline: every metric's decision, or why it could not be compared."""
+
+    candidate: Evidence
+    baseline: Evidence | None
+    decisions: tuple[Decision, ...]
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def verdict(self) -> Verdict:
+        outcomes = {decision.outcome for decision in self.decisions}
+        if "fail" in outcomes:
+            return "fail"
+        if self.problems:
+            return "unusable"
+        return "inconclusive" if "inconclusive" in outcomes else "pass"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    pairings: tuple[Pairing, ...]
+
+    @property
+    def verdict(self) -> Verdict:
+        verdicts = {pairing.verdict for pairing in self.pairings}
+        return next(verdict for verdict in PRECEDENCE if verdict in verdicts)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+
+def pair(
+    candidate: Evidence, baselines: list[Evidence], settings: GateConfig, *, allow_hardware_mismatch: bool
+) -> Pairing:
+    """Pick the candidate's baseline (same config hash; same machine first) and decide every ruled metric."""
+    same_machine = [item for item in baselines if item.hardware_fingerprint == candidate.hardware_fingerprint]
+    notes: list[str] = []
+    if same_machine:
+        baseline = same_machine[0]
+    elif baselines and allow_hardware_mismatch:
+        baseline = baselines[0]
+        notes.append(
+            f"hardware differs (baseline {baseline.hardware_fingerprint}, candidate {candidate.hardware_fingerprint}): "
+            "compared because --allow-hardware-mismatch"
+        )
+    elif baselines:
+        problem = (
+            f"no baseline measured on this hardware (fingerprint {candidate.hardware_fingerprint}; baselines exist for "
+            f"{sorted({item.hardware_fingerprint for item in baselines})}): --allow-hardware-mismatch compares anyway"
+        )
+        return Pairing(candidate, None, (), (problem,), ())
+    else:
+        return Pairing(candidate, None, (), (f"no baseline for config hash {candidate.config_hash}",), ())
+    decisions, problems = [], []
+    for metric, rule in settings.rules.items():
+        base, cand = baseline.metrics.get(metric), candidate.metrics.get(metric)
+        if base is None and cand is None:
+            continue
+        if base is None or cand is None:
+            problems.append(f"metric {metric} missing in the {'baseline' if base is None else 'candidate'}")
+            continue
+        decisions.append(decide(metric, rule, base, cand, settings))
+    return Pairing(candidate, baseline, tuple(decisions), tuple(problems), tuple(notes))
+
+
+def run_gate(
+    candidates: list[Evidence], lookup: BaselineLookup, settings: GateConfig, *, allow_hardware_mismatch: bool = False,
+    rerun: int = 0, rerunner: Callable[[Evidence, int], Evidence] | None = None,
+) -> GateResult:  # fmt: skip
+    """Decide every candidate; an inconclusive perf decision is re-measured up to ``rerun`` times first."""
+    pairings = []
+    for candidate in candidates:
+        pairing = pair(
+            candidate, lookup(candidate.config_hash), settings, allow_hardware_mismatch=allow_hardware_mismatch
+        )
+        attempt = 0
+        while pairing.verdict == "inconclusive" and attempt < rerun and rerunner is not None:
+            attempt += 1
+            log.info("gate: %s inconclusive, rerun %d/%d", candidate.label, attempt, rerun)
+            candidate = candidate.merged(rerunner(candidate, attempt))
+            pairing = pair(
+                candidate, lookup(candidate.config_hash), settings, allow_hardware_mismatch=allow_hardware_mismatch
+            )
+        pairings.append(pairing)
+    return GateResult(tuple(pairings))
+
+
+def rerun_perf(candidate: Evidence, attempt: int) -> Evidence:
+    """Measure the candidate's saved config again (build from cache, perf) and return only its perf values."""
+    from harness.pipeline import run
+    from harness.resolve import resolve_config
+
+    run_dir = Path(candidate.run_dirs[0])
+    saved = json.loads(json.dumps(dataclasses.asdict(load_result(run_dir).config)))
+    saved.pop("preprocessing", None)
+    saved["stages"] = ["build", "perf"]
+    saved["tracking"]["enabled"] = False
+    result = run(resolve_config(saved), run_dir=run_dir / "gate-reruns" / str(attempt))
+    if result.status != "ok" or result.error is not None:
+        raise HarnessError(f"{run_dir}: the gate's rerun {attempt} failed: {result.error and result.error.message}")
+    measured = evidence_of(result, label=result.run_dir)
+    return dataclasses.replace(
+        measured, metrics={name: values for name, values in measured.metrics.items() if name in PER_REPEAT}
+    )
+
+
+def markdown(result: GateResult) -> str:
+    """The gate's table: one row per metric of each candidate, then one line per problem."""
+    lines = [
+        f"gate verdict: **{result.verdict}** (exit {result.exit_code})",
+        "",
+        "| candidate | metric | baseline | candidate | change | interval | p | repeats | verdict | why |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for pairing in result.pairings:
+        label = Path(pairing.candidate.label).name or pairing.candidate.label
+        for decision in pairing.decisions:
+            change = f"x{decision.change:.4f}" if decision.rule.kind == "perf" else f"{decision.change:+.6g}"
+            interval = f"[{decision.interval[0]:.4f}, {decision.interval[1]:.4f}]" if decision.interval else ""
+            p_value = f"{decision.p_value:.4f}" if decision.p_value is not None else ""
+            lines.append(
+                f"| {label} | {decision.metric} | {decision.baseline:.6g} | {decision.candidate:.6g} | {change} | "
+                f"{interval} | {p_value} | {decision.repeats[0]}/{decision.repeats[1]} | {decision.outcome} | {decision.reason} |"
+            )
+        notes += [f"- {label}: unusable: {problem}" for problem in pairing.problems]
+        notes += [f"- {label}: {note}" for note in pairing.notes]
+    return "\n".join([*lines, *([""] if notes else []), *notes]) + "\n"

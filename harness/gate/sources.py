@@ -1,0 +1,185 @@
+"""Where candidates and baselines come from: run and sweep folders, MLflow runs, committed baseline files.
+
+A baseline file (``reports/baselines/<name>.json``) holds one entry per configuration and machine: its
+config hash, hardware fingerprint and per-metric values, written by ``harness gate --promote RUN
+--baseline FILE``. In MLflow, a baseline is a run tagged ``harness.baseline=true``; it is matched on the tags
+``harness.config_hash`` and ``hardware.fingerprint`` and its values are read from its ``result.json``
+artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.errors import DataError
+from harness.fileio import write_json_atomic
+from harness.gate.evidence import Evidence, evidence_of
+from harness.report import SWEEP_FILE, job_dirs
+from harness.result import RESULT_FILE, load_result
+from harness.tracking import TRACKING_FILE, Store
+
+if TYPE_CHECKING:
+    from harness.gate import GateResult
+
+BASELINE_SCHEMA = 1
+BASELINE_TAG = "harness.baseline"
+
+
+def is_run_id(text: str) -> bool:
+    return len(text) == 32 and all(char in "0123456789abcdef" for char in text) and not Path(text).exists()
+
+
+def candidate_evidence(candidate: str, store: Store | None) -> list[Evidence]:
+    """The evidence of a run folder, each job of a sweep folder, or an MLflow run id."""
+    path = Path(candidate)
+    if (path / SWEEP_FILE).exists():
+        jobs = job_dirs(path)
+        if not jobs:
+            raise DataError(f"{path}: a sweep folder without any job result")
+        return [evidence_of(load_result(job), label=str(job)) for job in jobs]
+    if (path / RESULT_FILE).exists() or path.suffix == ".json":
+        return [evidence_of(load_result(path), label=str(path))]
+    if is_run_id(candidate):
+        if store is None:
+            raise DataError(f"{candidate}: an MLflow run id, but tracking is off")
+        return [evidence_of(_mlflow_result(store, candidate), label=f"mlflow run {candidate}")]
+    raise DataError(f"{candidate}: neither a run folder, a sweep folder nor an MLflow run id")
+
+
+def _mlflow_result(store: Store, run_id: str):  # type: ignore[no-untyped-def]
+    with tempfile.TemporaryDirectory(prefix="harness-gate-") as folder:
+        local = store.call(lambda: store.client.download_artifacts(run_id, RESULT_FILE, folder))
+        return load_result(local)
+
+
+def read_baseline_file(path: Path) -> list[Evidence]:
+    """The entries of a baseline file; a missing or malformed file is a ``DataError`` naming it."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("schema_version") != BASELINE_SCHEMA:
+            raise DataError(
+                f"{path}: baseline schema_version={data.get('schema_version')!r}, expected {BASELINE_SCHEMA}"
+            )
+        return [
+            Evidence(
+                label=f"{path}:{entry['label']}",
+                config_hash=entry["config_hash"],
+                hardware_fingerprint=entry["hardware_fingerprint"],
+                metrics={name: tuple(float(value) for value in values) for name, values in entry["metrics"].items()},
+            )
+            for entry in data["entries"]
+        ]
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the baseline ({error.strerror or error})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DataError(f"{path}: not a baseline file ({type(error).__name__}: {error})") from None
+
+
+def entries_for(entries: list[Evidence], config_hash: str) -> list[Evidence]:
+    """A baseline file's entries for one config hash."""
+    return [item for item in entries if item.config_hash == config_hash]
+
+
+def write_baseline_file(path: Path, evidence: list[Evidence]) -> None:
+    """Add (or replace, per config hash and machine) entries in a baseline file."""
+    entries = read_baseline_file(path) if path.exists() else []
+    replaced = {(item.config_hash, item.hardware_fingerprint) for item in evidence}
+    kept = [item for item in entries if (item.config_hash, item.hardware_fingerprint) not in replaced]
+    record = {
+        "schema_version": BASELINE_SCHEMA,
+        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "entries": [
+            {
+                "label": item.label.split(":", 1)[-1] if item.label.startswith(str(path)) else Path(item.label).name,
+                **{key: value for key, value in asdict(item).items() if key not in ("label", "run_dirs")},
+            }
+            for item in [*kept, *evidence]
+        ],
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, record)
+    except OSError as error:
+        raise DataError(f"{path}: cannot write the baseline ({error.strerror or error})") from None
+
+
+def mlflow_baselines(store: Store, config_hash: str) -> list[Evidence]:
+    """Runs tagged as baseline for this config hash, newest first per machine, read from their ``result.json``."""
+    query = f"tags.`{BASELINE_TAG}` = 'true' and tags.`harness.config_hash` = '{config_hash}'"
+    runs = store.call(
+        partial(
+            store.client.search_runs,
+            [store.experiment_id],
+            filter_string=query,
+            order_by=["attributes.start_time DESC"],
+        )
+    )
+    newest: dict[str, str] = {}
+    for run in runs:
+        newest.setdefault(run.data.tags.get("hardware.fingerprint", "unknown"), run.info.run_id)
+    return [evidence_of(_mlflow_result(store, run_id), label=f"mlflow run {run_id}") for run_id in newest.values()]
+
+
+def tag_verdicts(store: Store, result: GateResult, *, baseline: str) -> None:
+    """Record each tracked candidate's verdict on its MLflow run (``harness.gate.*`` tags)."""
+    for pairing in result.pairings:
+        for run_id in tracked_run_ids([pairing.candidate]):
+            tags = {
+                "harness.gate.verdict": pairing.verdict,
+                "harness.gate.baseline": pairing.baseline.label if pairing.baseline else baseline,
+            }
+            tags.update({f"harness.gate.{decision.metric}": decision.outcome for decision in pairing.decisions})
+            for key, value in tags.items():
+                store.call(partial(store.client.set_tag, run_id, key, value[:5000]))
+
+
+def promote_in_mlflow(store: Store, candidate: str) -> list[str]:
+    """Tag the candidate's MLflow runs as the baseline (the previous baseline of the same config and machine loses it)."""
+    run_ids = [_run_id_of(item, store) for item in _run_sources(candidate)]
+    client = store.client
+    for run_id in run_ids:
+        tags = store.call(partial(client.get_run, run_id)).data.tags
+        query = (
+            f"tags.`{BASELINE_TAG}` = 'true' and tags.`harness.config_hash` = '{tags.get('harness.config_hash')}' "
+            f"and tags.`hardware.fingerprint` = '{tags.get('hardware.fingerprint')}'"
+        )
+        for previous in store.call(partial(client.search_runs, [store.experiment_id], filter_string=query)):
+            store.call(partial(client.set_tag, previous.info.run_id, BASELINE_TAG, "false"))
+        store.call(partial(client.set_tag, run_id, BASELINE_TAG, "true"))
+    return run_ids
+
+
+def tracked_run_ids(evidence: list[Evidence]) -> list[str]:
+    """MLflow run ids of the candidate's run folders that were logged (``tracking.json``)."""
+    found = []
+    for item in evidence:
+        for run_dir in item.run_dirs[:1]:
+            record = Path(run_dir) / TRACKING_FILE
+            if record.exists():
+                found.append(str(json.loads(record.read_text())["run_id"]))
+    return found
+
+
+def _run_sources(candidate: str) -> list[str]:
+    path = Path(candidate)
+    if (path / SWEEP_FILE).exists():
+        return [str(job) for job in job_dirs(path)]
+    return [candidate]
+
+
+def _run_id_of(source: str, store: Store) -> str:
+    if is_run_id(source):
+        return source
+    record = Path(source) / TRACKING_FILE
+    if not record.exists():
+        raise DataError(f"{source}: not logged to MLflow yet (no {TRACKING_FILE}): run `harness sync {source}` first")
+    data = json.loads(record.read_text())
+    if data.get("uri") != store.uri:
+        raise DataError(f"{source}: logged to {data.get('uri')}, not to {store.uri}")
+    return str(data["run_id"])

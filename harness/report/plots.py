@@ -1,0 +1,303 @@
+"""Plots of many runs, drawn with matplotlib (Agg, no display) from their typed results and raw samples.
+
+Every plot function takes the runs and a path, draws only what the runs contain, and returns a ``Plot``
+(or ``None`` when there is nothing to draw) saying what was drawn and what was missing. A value a run does
+not have (a p99 withheld for too few samples, a stage that did not run) is drawn as missing ("n/a"), never
+as zero.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness.result import RunResult
+
+FIGURE_SIZE_IN = (8.0, 5.0)
+DPI = 100
+PERCENTILE_NAMES = ("p50", "p90", "p99")
+LOAD_KEYS = ("batch", "instances", "processes", "queue_depth", "mode")
+
+
+@dataclass(frozen=True)
+class LabelledRun:
+    """A run and the short name it has in plots and tables (its job number or folder name)."""
+
+    label: str
+    result: RunResult
+    run_dir: Path
+
+
+@dataclass
+class Plot:
+    """One drawn figure: its file, title, what it shows, and the values that were missing."""
+
+    path: Path
+    title: str
+    caption: str
+    missing: list[str] = field(default_factory=list)
+
+
+def _figure():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=FIGURE_SIZE_IN, dpi=DPI)
+
+
+def _save(figure, path: Path) -> None:  # type: ignore[no-untyped-def]
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
+def _series_key(run: LabelledRun) -> str:
+    config = run.result.config
+    return f"{config.model.variant} {config.backend['name']} {config.precision.name}"
+
+
+def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
+    """Throughput against batch size, one line per variant, backend and precision; the bars span the repeats."""
+    measured = [run for run in runs if run.result.perf is not None]
+    if not measured:
+        return None
+    series: dict[str, list[tuple[int, float, float, float]]] = defaultdict(list)
+    for run in measured:
+        perf = run.result.perf
+        assert perf is not None
+        repeats = perf.throughput_qps_repeats or (perf.throughput_qps,)
+        series[_series_key(run)].append((perf.batch, perf.throughput_qps, min(repeats), max(repeats)))
+    figure, axes = _figure()
+    for name, points in sorted(series.items()):
+        points.sort()
+        batches, values, lows, highs = (np.asarray(column, dtype=np.float64) for column in zip(*points, strict=True))
+        axes.errorbar(batches, values, yerr=[values - lows, highs - values], marker="o", capsize=3, label=name)
+    axes.set_xscale("log", base=2)
+    ticks = sorted({run.result.perf.batch for run in measured})  # type: ignore[union-attr]
+    axes.set_xticks(ticks, [str(batch) for batch in ticks])
+    axes.minorticks_off()
+    axes.set_xlabel("batch (images per call)")
+    axes.set_ylabel("throughput (images/s)")
+    axes.set_title("Throughput vs batch (median repeat; bars: min-max over repeats)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    _save(figure, path)
+    return Plot(path, "Throughput vs batch", "Median-repeat throughput per batch size; bars span all repeats.")
+
+
+def latency_percentiles(runs: list[LabelledRun], path: Path) -> Plot | None:
+    """End-to-end p50 / p90 / p99 per run; a withheld percentile is marked n/a, not drawn as zero."""
+    measured = [run for run in runs if run.result.perf is not None]
+    if not measured:
+        return None
+    figure, axes = _figure()
+    width = 0.8 / len(PERCENTILE_NAMES)
+    missing = []
+    tallest = max(
+        (value for run in measured for name in PERCENTILE_NAMES if (value := _percentile_ms(run, name)) is not None),
+        default=1.0,
+    )
+    for offset, name in enumerate(PERCENTILE_NAMES):
+        for index, run in enumerate(measured):
+            value = _percentile_ms(run, name)
+            x = index + (offset - 1) * width
+            if value is None:
+                missing.append(f"{run.label} {name}")
+                axes.text(x, tallest * 0.02, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="grey")
+                continue
+            axes.bar(x, value, width, color=f"C{offset}", label=name if index == 0 else None)
+    axes.set_xticks(range(len(measured)), [run.label for run in measured], rotation=30, ha="right", fontsize=8)
+    axes.set_ylabel("end-to-end latency (ms)")
+    axes.set_title("Latency percentiles (n/a: too few samples for that percentile)")
+    axes.legend(fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    _save(figure, path)
+    caption = "End-to-end latency percentiles per run (MLPerf early-stopping rule: p99 needs 662 samples)."
+    return Plot(path, "Latency percentiles", caption, missing)
+
+
+def _percentile_ms(run: LabelledRun, name: str) -> float | None:
+    perf = run.result.perf
+    value = getattr(perf.latency_us.e2e, name) if perf else None
+    return None if value is None else value / 1000.0
+
+
+def latency_cdf(runs: list[LabelledRun], path: Path) -> Plot | None:
+    """The distribution of every end-to-end latency sample of each run's headline repeat."""
+    curves = []
+    for run in runs:
+        samples = _headline_samples(run)
+        if samples is not None and samples.size:
+            curves.append((run.label, np.sort(samples) / 1000.0))
+    if not curves:
+        return None
+    figure, axes = _figure()
+    for label, values in curves:
+        axes.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=f"{label} (n={values.size})")
+    axes.set_xlabel("end-to-end latency (ms)")
+    axes.set_ylabel("fraction of batches")
+    axes.set_title("Latency CDF (raw samples of the median repeat)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    _save(figure, path)
+    return Plot(path, "Latency CDF", "Every end-to-end latency sample of each run's median repeat.")
+
+
+def _headline_samples(run: LabelledRun) -> np.ndarray | None:
+    """The e2e samples of the repeat the headline came from (``perf_samples.npz``), or ``None``."""
+    perf = run.result.perf
+    if perf is None or not perf.samples_file or not (run.run_dir / perf.samples_file).exists():
+        return None
+    repeat = (perf.throughput_qps_repeats or (perf.throughput_qps,)).index(perf.throughput_qps)
+    with np.load(run.run_dir / perf.samples_file) as samples:
+        key = f"repeat{repeat}_e2e_us"
+        return samples[key] if key in samples.files else None
+
+
+def accuracy_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
+    """Medium mAP against throughput; the Pareto front (no run both faster and more accurate) is marked."""
+    points = [
+        (run.label, run.result.perf.throughput_qps, run.result.accuracy.medium.map)
+        for run in runs
+        if run.result.perf is not None and run.result.accuracy is not None
+    ]
+    if not points:
+        return None
+    front = pareto_front([(speed, quality) for _, speed, quality in points])
+    figure, axes = _figure()
+    for index, (label, speed, quality) in enumerate(points):
+        on_front = index in front
+        axes.scatter(
+            speed, quality, marker="*" if on_front else "o", s=120 if on_front else 40, color="C3" if on_front else "C0"
+        )
+        axes.annotate(label, (speed, quality), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ordered = sorted((points[index][1], points[index][2]) for index in front)
+    axes.plot(*zip(*ordered, strict=True), color="C3", alpha=0.6, label="Pareto front")
+    axes.set_xlabel("throughput (images/s)")
+    axes.set_ylabel("medium mAP (%)")
+    axes.set_title("Accuracy vs throughput (stars: Pareto front)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    _save(figure, path)
+    return Plot(path, "Accuracy vs throughput", "Medium mAP against throughput; stars are the Pareto-optimal runs.")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> set[int]:
+    """Indices of the points no other point beats on both axes (higher is better on both)."""
+    return {
+        index
+        for index, (x, y) in enumerate(points)
+        if not any(ox >= x and oy >= y and (ox > x or oy > y) for ox, oy in points)
+    }
+
+
+def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
+    """Each lower precision minus fp32 of the same variant, backend and batch: mAP (points) and parity."""
+    by_key: dict[tuple[str, str, int], dict[str, RunResult]] = defaultdict(dict)
+    for run in runs:
+        config = run.result.config
+        by_key[(config.model.variant, str(config.backend["name"]), config.perf.batch)][config.precision.name] = (
+            run.result
+        )
+    rows: list[tuple[str, dict[str, float | None]]] = []
+    for (variant, backend, batch), results in sorted(by_key.items()):
+        reference = results.get("fp32")
+        for precision, result in sorted(results.items()):
+            if reference is None or precision == "fp32":
+                continue
+            rows.append((f"{variant} {backend} b{batch} {precision}", _deltas(reference, result)))
+    if not rows:
+        return None
+    names = ["map_easy", "map_medium", "map_hard", "parity_min_cos_x1e4"]
+    figure, axes = _figure()
+    width = 0.8 / len(names)
+    missing = []
+    for offset, name in enumerate(names):
+        for index, (label, deltas) in enumerate(rows):
+            value = deltas[name]
+            x = index + (offset - (len(names) - 1) / 2) * width
+            if value is None:
+                missing.append(f"{label} {name}")
+                axes.text(x, 0, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="grey")
+                continue
+            axes.bar(x, value, width, color=f"C{offset}", label=name if index == 0 else None)
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.set_xticks(range(len(rows)), [label for label, _ in rows], rotation=20, ha="right", fontsize=8)
+    axes.set_ylabel("minus fp32 (mAP points; parity cosine x 1e4)")
+    axes.set_title("What a lower precision costs against fp32")
+    axes.legend(fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    _save(figure, path)
+    caption = "mAP (points) and parity minimum cosine (x 1e4) of each lower precision minus fp32, same variant, backend and batch."
+    return Plot(path, "Precision deltas against fp32", caption, missing)
+
+
+def _deltas(reference: RunResult, other: RunResult) -> dict[str, float | None]:
+    def difference(extract: Callable[[RunResult], float | None], scale: float = 1.0) -> float | None:
+        first, second = extract(reference), extract(other)
+        return None if first is None or second is None else (second - first) * scale
+
+    def setup_map(setup: str) -> Callable[[RunResult], float | None]:
+        return lambda result: getattr(result.accuracy, setup).map if result.accuracy else None
+
+    return {
+        "map_easy": difference(setup_map("easy")),
+        "map_medium": difference(setup_map("medium")),
+        "map_hard": difference(setup_map("hard")),
+        "parity_min_cos_x1e4": difference(lambda result: result.build.parity.min_cosine if result.build else None, 1e4),
+    }
+
+
+def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
+    """p50 and p99 latency against throughput when the runs vary the load (batch, instances, queue depth...)."""
+    measured = [run for run in runs if run.result.perf is not None]
+    loads = {tuple(getattr(run.result.config.perf, key) for key in LOAD_KEYS) for run in measured}
+    if len(loads) < 2:
+        return None
+    figure, axes = _figure()
+    missing = []
+    series: dict[str, list[LabelledRun]] = defaultdict(list)
+    for run in measured:
+        series[_series_key(run)].append(run)
+    for colour, (key, members) in enumerate(sorted(series.items())):
+        for name, style in (("p50", "o-"), ("p99", "s--")):
+            points = []
+            for run in members:
+                value = _percentile_ms(run, name)
+                if value is None:
+                    missing.append(f"{run.label} {name}")
+                    continue
+                points.append((run.result.perf.throughput_qps, value))  # type: ignore[union-attr]
+            if points:
+                points.sort()
+                axes.plot(*zip(*points, strict=True), style, color=f"C{colour}", label=f"{key} e2e {name}")
+    axes.set_xlabel("throughput (images/s)")
+    axes.set_ylabel("end-to-end latency (ms)")
+    axes.set_title("Latency vs throughput across the load the sweep varies")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    _save(figure, path)
+    return Plot(
+        path,
+        "Latency vs throughput",
+        "Each point is one run's load; withheld percentiles are left out and listed.",
+        missing,
+    )
+
+
+PLOTS: tuple[tuple[str, Callable[[list[LabelledRun], Path], Plot | None]], ...] = (
+    ("throughput_vs_batch.png", throughput_vs_batch),
+    ("latency_percentiles.png", latency_percentiles),
+    ("latency_cdf.png", latency_cdf),
+    ("accuracy_vs_throughput.png", accuracy_vs_throughput),
+    ("precision_deltas.png", precision_deltas),
+    ("latency_vs_throughput.png", latency_vs_throughput),
+)

@@ -1,0 +1,93 @@
+"""The gate's decision rule on synthetic repeats: regressions fail, equals pass, overlap is inconclusive."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.config.schema import GateConfig, GateRule
+from harness.gate import pair, run_gate
+from harness.gate.decide import decide
+from harness.gate.evidence import Evidence
+
+SETTINGS = GateConfig(rules={}, min_repeats=5, alpha=0.01, confidence=0.95, bootstrap_resamples=4000, seed=0)
+THROUGHPUT = GateRule(kind="perf", better="higher", threshold=0.05)
+LATENCY = GateRule(kind="perf", better="lower", threshold=0.05)
+
+
+def noisy(center: float, repeats: int = 5, cv: float = 0.01, seed: int = 0) -> tuple[float, ...]:
+    return tuple(center * np.random.default_rng(seed).lognormal(0.0, cv, repeats))
+
+
+def test_a_clear_regression_fails_in_either_direction() -> None:
+    slower = decide("throughput_qps", THROUGHPUT, noisy(100.0), noisy(80.0, seed=1), SETTINGS)
+    assert slower.outcome == "fail" and slower.p_value is not None and slower.p_value < 0.01
+    assert (
+        slower.interval is not None and slower.interval[1] < 1 / 1.05 and slower.change == pytest.approx(0.8, abs=0.02)
+    )
+    later = decide("e2e_latency_p50_ms", LATENCY, noisy(10.0), noisy(12.5, seed=1), SETTINGS)
+    assert later.outcome == "fail" and later.interval is not None and later.interval[0] > 1.05
+
+
+def test_identical_distributions_pass_and_so_does_an_improvement() -> None:
+    assert decide("throughput_qps", THROUGHPUT, noisy(100.0), noisy(100.0, seed=1), SETTINGS).outcome == "pass"
+    assert decide("throughput_qps", THROUGHPUT, noisy(100.0), noisy(130.0, seed=1), SETTINGS).outcome == "pass"
+
+
+def test_overlapping_noisy_samples_are_inconclusive() -> None:
+    decision = decide("throughput_qps", THROUGHPUT, noisy(100.0, cv=0.08), noisy(94.0, cv=0.08, seed=1), SETTINGS)
+    assert decision.outcome == "inconclusive" and "straddles" in decision.reason
+
+
+def test_too_few_repeats_is_inconclusive_whatever_the_numbers() -> None:
+    decision = decide("throughput_qps", THROUGHPUT, noisy(100.0, repeats=3), noisy(50.0, repeats=5), SETTINGS)
+    assert decision.outcome == "inconclusive" and decision.reason == "needs >= 5 repeats a side to decide, has 3 and 5"
+    assert decision.p_value is None and decision.interval is None
+
+
+@pytest.mark.parametrize(("candidate", "outcome"), [(74.5, "pass"), (74.0, "pass"), (73.99, "fail"), (80.0, "pass")])
+def test_accuracy_tolerance_edges(candidate: float, outcome: str) -> None:
+    rule = GateRule(kind="accuracy", better="higher", threshold=0.5)
+    decision = decide("map_medium", rule, (74.5,), (candidate,), SETTINGS)
+    assert decision.outcome == outcome and decision.change == pytest.approx(candidate - 74.5)
+
+
+def test_parity_may_not_drop_by_more_than_its_tolerance() -> None:
+    rule = GateRule(kind="parity", better="higher", threshold=1e-4)
+    assert decide("parity_min_cos", rule, (0.99999,), (0.99990,), SETTINGS).outcome == "pass"
+    assert decide("parity_min_cos", rule, (0.99999,), (0.9998,), SETTINGS).outcome == "fail"
+
+
+def evidence(metrics: dict[str, tuple[float, ...]], *, fingerprint: str = "machine", config: str = "cfg") -> Evidence:
+    return Evidence(label="run", config_hash=config, hardware_fingerprint=fingerprint, metrics=metrics)
+
+
+def test_pairing_needs_a_baseline_on_the_same_hardware_unless_allowed() -> None:
+    settings = GateConfig(**{**SETTINGS.__dict__, "rules": {"throughput_qps": THROUGHPUT}})
+    candidate = evidence({"throughput_qps": noisy(100.0)})
+    other_machine = evidence({"throughput_qps": noisy(100.0, seed=1)}, fingerprint="elsewhere")
+    refused = pair(candidate, [other_machine], settings, allow_hardware_mismatch=False)
+    assert refused.verdict == "unusable" and "no baseline measured on this hardware" in refused.problems[0]
+    allowed = pair(candidate, [other_machine], settings, allow_hardware_mismatch=True)
+    assert allowed.verdict == "pass" and "hardware differs" in allowed.notes[0]
+    assert pair(candidate, [], settings, allow_hardware_mismatch=False).problems == ("no baseline for config hash cfg",)
+    missing = pair(evidence({}), [candidate], settings, allow_hardware_mismatch=False)
+    assert missing.verdict == "unusable" and missing.problems == ("metric throughput_qps missing in the candidate",)
+
+
+def test_an_inconclusive_candidate_is_remeasured_before_the_gate_settles() -> None:
+    settings = GateConfig(**{**SETTINGS.__dict__, "rules": {"throughput_qps": THROUGHPUT}})
+    baseline = evidence({"throughput_qps": noisy(100.0)})
+    calls = []
+
+    def rerun(candidate: Evidence, attempt: int) -> Evidence:
+        calls.append(attempt)
+        return evidence({"throughput_qps": noisy(100.0, repeats=2, seed=10 + attempt)})
+
+    result = run_gate([evidence({"throughput_qps": noisy(100.0, repeats=3, seed=3)})], lambda _: [baseline], settings,
+                      rerun=2, rerunner=rerun)  # fmt: skip
+    assert calls == [1] and result.verdict == "pass" and result.exit_code == 0  # 3 + 2 repeats: decidable
+    (decision,) = result.pairings[0].decisions
+    assert decision.repeats == (5, 5)
+    stuck = run_gate([evidence({"throughput_qps": noisy(100.0, repeats=2)})], lambda _: [baseline], settings, rerun=0)
+    assert stuck.verdict == "inconclusive" and stuck.exit_code == 3

@@ -1,0 +1,119 @@
+"""`harness gate` on real runs: the sleep backend (known service time) and the tiny ONNX model slowed by CPU hogs."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.process
+SLEEP_RUN = [
+    "run",
+    "debug=tiny",
+    "backend=sleep",
+    "stages=[perf]",
+    "perf.min_duration_s=0.5",
+    "backend.latency_us=2000",
+]
+
+
+def harness(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *arguments], cwd=tmp_path, env=environment, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+
+
+def run_folder(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr
+    return str(Path(done.stdout.strip().splitlines()[-1]).parent)
+
+
+def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path) -> None:
+    baseline = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=5", "tracking=off"))
+    baseline_file = tmp_path / "baselines" / "sleep.json"
+    promoted = harness(tmp_path, "gate", "--promote", baseline, "--baseline", str(baseline_file), "tracking=off")
+    assert promoted.returncode == 0 and "1 entry written" in promoted.stdout
+    entry = json.loads(baseline_file.read_text())["entries"][0]
+    assert len(entry["metrics"]["throughput_qps"]) == 5 and "map_medium" not in entry["metrics"]
+
+    itself = harness(tmp_path, "gate", baseline, "--baseline", str(baseline_file), "tracking=off")
+    assert itself.returncode == 0, itself.stdout + itself.stderr
+    assert "gate verdict: **pass** (exit 0)" in itself.stdout and "| throughput_qps | " in itself.stdout
+    assert (Path(baseline) / "gate.md").read_text() in itself.stdout
+
+    other = run_folder(harness(tmp_path, *SLEEP_RUN, "backend.latency_us=2500", "perf.repeats=5", "tracking=off"))
+    unmatched = harness(tmp_path, "gate", other, "--baseline", str(baseline_file), "tracking=off")
+    assert unmatched.returncode == 4 and "unusable: no baseline for config hash" in unmatched.stdout
+
+    few = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=3", "tracking=off"))
+    inconclusive = harness(tmp_path, "gate", few, "--baseline", str(baseline_file), "tracking=off")
+    assert inconclusive.returncode == 3 and "needs >= 5 repeats a side to decide, has 5 and 3" in inconclusive.stdout
+    rerun = harness(tmp_path, "gate", few, "--baseline", str(baseline_file), "--rerun", "1", "tracking=off")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (Path(few) / "gate-reruns" / "1" / "result.json").is_file() and "| 5/6 | pass |" in rerun.stdout
+
+    entry["hardware_fingerprint"] = "0123456789ab"
+    baseline_file.write_text(json.dumps({"schema_version": 1, "entries": [entry]}))
+    elsewhere = harness(tmp_path, "gate", baseline, "--baseline", str(baseline_file), "tracking=off")
+    assert elsewhere.returncode == 4 and "no baseline measured on this hardware" in elsewhere.stdout
+    allowed = harness(
+        tmp_path, "gate", baseline, "--baseline", str(baseline_file), "--allow-hardware-mismatch", "tracking=off"
+    )
+    assert allowed.returncode == 0 and "hardware differs" in allowed.stdout
+
+    assert harness(tmp_path, "gate", baseline).returncode == 2  # --baseline is required
+    missing = harness(tmp_path, "gate", baseline, "--baseline", str(tmp_path / "nowhere.json"), "tracking=off")
+    assert missing.returncode == 4 and missing.stderr.startswith(
+        f"error: {tmp_path / 'nowhere.json'}: cannot read the baseline"
+    )
+
+
+def _burn(stop_at: float) -> None:
+    while time.time() < stop_at:
+        pass
+
+
+def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_verdict(tmp_path: Path) -> None:
+    onnx_run = [
+        "run",
+        "debug=tiny",
+        "stages=[build,perf]",
+        "perf.repeats=5",
+        "perf.iterations=null",
+        "perf.min_duration_s=0.6",
+    ]
+    baseline = run_folder(harness(tmp_path, *onnx_run))
+    promoted = harness(tmp_path, "gate", "--promote", baseline, "--baseline", "mlflow")
+    assert promoted.returncode == 0, promoted.stderr
+
+    context = multiprocessing.get_context("spawn")
+    hogs = [context.Process(target=_burn, args=(time.time() + 120,)) for _ in range(2 * (os.cpu_count() or 1))]
+    for hog in hogs:
+        hog.start()
+    try:
+        slowed = run_folder(harness(tmp_path, *onnx_run))
+    finally:
+        for hog in hogs:
+            hog.terminate()
+            hog.join()
+    gated = harness(tmp_path, "gate", slowed, "--baseline", "mlflow")
+    assert gated.returncode == 1, gated.stdout + gated.stderr
+    assert "gate verdict: **fail** (exit 1)" in gated.stdout and "| throughput_qps |" in gated.stdout
+    assert "error: gate fail" in gated.stderr
+    run_id = json.loads((Path(slowed) / "tracking.json").read_text())["run_id"]
+    tags = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}").get_run(run_id).data.tags
+    assert tags["harness.gate.verdict"] == "fail" and tags["harness.gate.throughput_qps"] == "fail"
+    assert (
+        tags["harness.gate.map_medium" if "harness.gate.map_medium" in tags else "harness.gate.parity_min_cos"]
+        == "pass"
+    )
