@@ -64,7 +64,8 @@ def check_sweep(uri: str, sweep_dir: Path, expected_jobs: int) -> None:
         assert child.data.metrics["build.parity.min_cosine"] == pytest.approx(result.build.parity.min_cosine)  # type: ignore[union-attr]
         assert child.info.status == "FINISHED"
     client = MlflowClient(tracking_uri=uri)
-    assert {item.path for item in client.list_artifacts(parent.info.run_id)} == {"summary.csv", "summary.md"}
+    assert {item.path for item in client.list_artifacts(parent.info.run_id)} == {"summary.csv", "summary.md", "report"}
+    assert "report/index.html" in {item.path for item in client.list_artifacts(parent.info.run_id, "report")}
     child_artifacts = {item.path for item in client.list_artifacts(children[0].info.run_id)}
     assert {"result.json", "build.json", "perf_vamp.txt", "hydra"} <= child_artifacts
     assert parent.info.status in ("RUNNING", "FINISHED")

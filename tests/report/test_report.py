@@ -1,0 +1,87 @@
+"""Reports over real runs: every plot drawn at its size, the table equal to the runs, withheld values missing."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from harness.pipeline import run
+from harness.report.plots import DPI, FIGURE_SIZE_IN, LabelledRun, pareto_front
+from harness.report.render import folder_runs, write_report
+from tests.conftest import REPO_ROOT, compose
+
+PLOT_FILES = {
+    "throughput_vs_batch.png", "latency_percentiles.png", "latency_cdf.png", "accuracy_vs_throughput.png",
+    "precision_deltas.png", "latency_vs_throughput.png",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> list[LabelledRun]:
+    """Four real runs of the tiny model: fp32 / fp16 x batch 1 / 2, 16 batches each (too few for p90 and p99)."""
+    root = tmp_path_factory.mktemp("report-runs")
+    made = []
+    for precision in ("fp32", "fp16"):
+        for batch in (1, 2):
+            composed = compose(
+                ["debug=tiny", f"precision={precision}", f"perf.batch={batch}", f"paths.cache={root / 'cache'}",
+                 f"paths.data={root / 'data'}", f"paths.outputs={root / 'outputs'}", "tracking=off"]
+            )  # fmt: skip
+            run_dir = root / f"{precision}-b{batch}"
+            result = run(composed, run_dir=run_dir)
+            assert result.status == "ok", result.error
+            made.append(run_dir)
+    return folder_runs(made)
+
+
+def test_every_plot_and_index_is_written_and_the_table_equals_the_runs(runs: list[LabelledRun], tmp_path: Path) -> None:
+    report = write_report(runs, tmp_path / "report", title="tiny sweep")
+    assert {plot.path.name for plot in report.plots} == PLOT_FILES
+    for plot in report.plots:
+        with Image.open(plot.path) as image:
+            assert image.format == "PNG" and image.size == (int(FIGURE_SIZE_IN[0] * DPI), int(FIGURE_SIZE_IN[1] * DPI))
+    index = report.index_md.read_text()
+    header = next(line for line in index.splitlines() if line.startswith("| job |"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    for labelled in runs:
+        row = next(line for line in index.splitlines() if line.startswith(f"| {labelled.label} |"))
+        cells = dict(zip(columns, (cell.strip() for cell in row.strip("|").split("|")), strict=True))
+        assert float(cells["throughput_qps"]) == pytest.approx(labelled.result.perf.throughput_qps, rel=1e-5)  # type: ignore[union-attr]
+        assert float(cells["map_medium"]) == pytest.approx(labelled.result.accuracy.medium.map, rel=1e-5)  # type: ignore[union-attr]
+        assert cells.get("model_p99_us", "") == ""  # withheld: an empty cell (or no column at all), never 0
+    page = report.index_html.read_text()
+    assert page.count("src='data:image/png;base64,") == len(PLOT_FILES) and not re.search(r"src='(?!data:)", page)
+
+
+def test_withheld_percentiles_are_drawn_as_missing_never_as_zero(runs: list[LabelledRun], tmp_path: Path) -> None:
+    report = write_report(runs, tmp_path / "report", title="tiny sweep")
+    (percentiles,) = [plot for plot in report.plots if plot.path.name == "latency_percentiles.png"]
+    assert sorted(percentiles.missing) == sorted(f"{run.label} {name}" for run in runs for name in ("p90", "p99"))
+    assert "Missing (drawn as n/a or left out, never as zero)" in report.index_md.read_text()
+
+
+def test_the_pareto_front_keeps_only_runs_nothing_beats_on_both_axes() -> None:
+    assert pareto_front([(10.0, 80.0), (20.0, 70.0), (15.0, 60.0), (20.0, 80.0), (5.0, 90.0)]) == {3, 4}
+
+
+def test_the_report_command_writes_under_reports_by_default(runs: list[LabelledRun], tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "report", *(str(run.run_dir) for run in runs[:2]), "--out", str(tmp_path / "r"),
+         "tracking=off"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("(5 plots, 2 runs; index.html is self-contained)")  # one precision: no deltas
+    assert (tmp_path / "r" / "index.md").is_file()
+    refused = subprocess.run(
+        [sys.executable, "-m", "harness", "report", str(tmp_path), "tracking=off"], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"error: {tmp_path}: neither a run folder (result.json) nor a sweep folder (sweep.json)"
+    )
