@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gate baseline clean
+CI_SWEEP := outputs/ci-gate
+CI_BASELINE := reports/baselines/ci.json
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +30,25 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest bench --benchmark-only
+	# Saved under .benchmarks/ and compared with the previous saved run, for information: the benchmarks'
+	# own assertions are ratios measured within one run.
+	$(BIN)/python -m pytest bench --benchmark-only --benchmark-autosave --benchmark-compare || \
+		$(BIN)/python -m pytest bench --benchmark-only --benchmark-autosave
+
+# CI's regression gate: a small fixed experiment gated against the committed baseline (exit 1 regression,
+# 3 still inconclusive after one rerun, 4 unusable input: each fails). The sleep backend's speed does not
+# depend on the machine, so a baseline from another machine is allowed.
+gate: $(STAMP)
+	rm -rf $(CI_SWEEP)
+	$(BIN)/harness run -m +experiment=ci_accuracy,ci_perf hydra.sweep.dir=$(CI_SWEEP) tracking=off
+	$(BIN)/harness gate $(CI_SWEEP) --baseline $(CI_BASELINE) --rerun 1 --allow-hardware-mismatch \
+		--report $(CI_SWEEP)/gate.md tracking=off
+
+# Re-measure the CI experiment and make it the committed baseline (review the diff before committing).
+baseline: $(STAMP)
+	rm -rf $(CI_SWEEP)
+	$(BIN)/harness run -m +experiment=ci_accuracy,ci_perf hydra.sweep.dir=$(CI_SWEEP) tracking=off
+	$(BIN)/harness gate --promote $(CI_SWEEP) --baseline $(CI_BASELINE) tracking=off
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

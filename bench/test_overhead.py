@@ -39,7 +39,7 @@ def random_batch(batch: int) -> np.ndarray:
 def one_instance(backend: object, target: LoadTarget, *, batch: int, calls: int, warmup: int) -> WorkerTask:
     return WorkerTask(
         worker=0, instances=(0,), iterations=(calls,), factory=BackendFactory(backend, target), inputs=random_batch(batch),
-        plan=LoadPlan(mode="sync", queue_depth=1, warmup=warmup, duration_s=None),
+        plan=LoadPlan(mode="sync", queue_depth=1, warmup=warmup, min_duration_s=0.0, max_duration_s=None),
     )  # fmt: skip
 
 
