@@ -69,9 +69,9 @@ def harness_row(variant: str, batch: int, backend: TorchConfig, seconds: float, 
     model = ModelConfig(variant=variant, weights="random", seed=0, input_size=(224, 224))
     target = LoadTarget(artifact_path=None, model=model, precision="fp16", cache_dir=str(cache))
     task = WorkerTask(
-        worker=0, instances=(0,), iterations=(None,), factory=BackendFactory(backend, target),
+        worker=0, instances=(0,), iterations=(1,), factory=BackendFactory(backend, target),
         inputs=np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32),
-        plan=LoadPlan(mode="sync", queue_depth=1, warmup=10, duration_s=seconds),
+        plan=LoadPlan(mode="sync", queue_depth=1, warmup=10, min_duration_s=seconds, max_duration_s=None),
     )  # fmt: skip
     (instance,) = run_instances(task).instances
     stats = latency_stats(instance.samples[:, 1])

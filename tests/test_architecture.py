@@ -10,7 +10,8 @@ import typing
 import pytest
 
 from harness.backends import backend_names, get_backend
-from harness.config.schema import RunConfig
+from harness.config.convert import from_mapping
+from harness.config.schema import GateConfig, GateRule, RunConfig
 from tests.conftest import REPO_ROOT
 
 
@@ -33,7 +34,7 @@ def _schema_classes(cls: type) -> typing.Iterator[type]:
 
 @pytest.mark.parametrize(
     "cls",
-    [*_schema_classes(RunConfig), *(get_backend(name).config_type for name in backend_names())],
+    [*_schema_classes(RunConfig), GateConfig, GateRule, *(get_backend(name).config_type for name in backend_names())],
     ids=lambda cls: cls.__name__,
 )
 def test_defaults_live_only_in_the_yaml_files(cls: type) -> None:
@@ -53,3 +54,7 @@ def test_every_conf_group_option_sets_every_key() -> None:
     for group in ("backend", "dataset", "perf", "precision", "tracking", "vdsp", "paths", "model"):
         for option in sorted((REPO_ROOT / "conf" / group).glob("*.yaml")):
             resolve_config(compose([f"{group}={option.stem}"]))
+    for option in sorted((REPO_ROOT / "conf" / "experiment").glob("*.yaml")):
+        resolve_config(compose([f"+experiment={option.stem}"]))
+    for option in sorted((REPO_ROOT / "conf" / "gate").glob("*.yaml")):
+        from_mapping(GateConfig, compose([f"gate={option.stem}"], "gate")["gate"], key="gate")
