@@ -398,7 +398,6 @@ def _gate(arguments: list[str]) -> int:
         tag_verdicts,
         write_baseline_file,
     )  # fmt: skip
-    from harness.tracking import Store
     from harness.tracking.sweep import tracking_configs
 
     parser = argparse.ArgumentParser(
@@ -441,7 +440,7 @@ def _gate(arguments: list[str]) -> int:
         settings = from_mapping(GateConfig, composed["gate"], key="gate")
         tracking, paths = tracking_configs(composed)
         use_mlflow = options.baseline == "mlflow"
-        store = Store(tracking, paths) if (use_mlflow or tracking.enabled) else None
+        store = _optional_store(tracking, paths, required=use_mlflow)
         if options.promote:
             if use_mlflow:
                 assert store is not None
@@ -496,7 +495,7 @@ def _report(arguments: list[str]) -> int:
     from harness.errors import HarnessError
     from harness.report import SWEEP_FILE
     from harness.report.render import folder_runs, write_report
-    from harness.tracking import Store, download_runs
+    from harness.tracking import download_runs
     from harness.tracking.sweep import tracking_configs
 
     parser = argparse.ArgumentParser(
@@ -519,7 +518,7 @@ def _report(arguments: list[str]) -> int:
         parser.error("nothing to report on")
     try:
         tracking, paths = tracking_configs(compose(overrides))
-        store = Store(tracking, paths) if (tracking.enabled or "mlflow" in sources) else None
+        store = _optional_store(tracking, paths, required="mlflow" in sources)
         name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
         folder = options.out or Path("reports") / name
         runs = folder_runs([Path(source) for source in sources if source != "mlflow"])
@@ -541,6 +540,22 @@ def _report(arguments: list[str]) -> int:
         return 1
     print(f"report: {report.index_md} ({len(report.plots)} plots, {len(runs)} runs; index.html is self-contained)")
     return 0
+
+
+def _optional_store(tracking: Any, paths: Any, *, required: bool) -> Any:
+    """The tracking store, or ``None`` when tracking is off or, unless ``required``, unreachable (a warning)."""
+    from harness.errors import HarnessError
+    from harness.tracking import Store
+
+    if not (required or tracking.enabled):
+        return None
+    try:
+        return Store(tracking, paths)
+    except HarnessError as error:
+        if required:
+            raise
+        print(f"warning: tracking store unavailable ({error}); going on without it", file=sys.stderr)
+        return None
 
 
 def _eval_features(arguments: list[str]) -> int:
