@@ -227,7 +227,8 @@ def _sync(arguments: list[str]) -> int:
                     _report_sync(job, *log_run_dir(store, job, sweep_dir=folder))
                 for number, reason in missing_jobs(folder).items():
                     print(f"{folder / str(number)}: no result.json, nothing to log: {reason}")
-                parent = finish_sweep(store, folder, write_summary(sweep_rows(folder), folder))
+                files = write_summary(sweep_rows(folder), folder)
+                parent = finish_sweep(store, folder, files, report_dir=folder / "report")
                 print(f"sweep {folder}: parent run {parent}")
             elif (folder / "result.json").exists():
                 sweep = folder.parent if (folder.parent / SWEEP_FILE).exists() else None

@@ -51,6 +51,12 @@ def _figure():  # type: ignore[no-untyped-def]
     return plt.subplots(figsize=FIGURE_SIZE_IN, dpi=DPI)
 
 
+def _legend(axes) -> None:  # type: ignore[no-untyped-def]
+    """A legend when something labelled was drawn (every value of a plot may be missing)."""
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=8)
+
+
 def _save(figure, path: Path) -> None:  # type: ignore[no-untyped-def]
     import matplotlib.pyplot as plt
 
@@ -88,7 +94,7 @@ def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
     axes.set_ylabel("throughput (images/s)")
     axes.set_title("Throughput vs batch (median repeat; bars: min-max over repeats)")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    _legend(axes)
     _save(figure, path)
     return Plot(path, "Throughput vs batch", "Median-repeat throughput per batch size; bars span all repeats.")
 
@@ -117,7 +123,7 @@ def latency_percentiles(runs: list[LabelledRun], path: Path) -> Plot | None:
     axes.set_xticks(range(len(measured)), [run.label for run in measured], rotation=30, ha="right", fontsize=8)
     axes.set_ylabel("end-to-end latency (ms)")
     axes.set_title("Latency percentiles (n/a: too few samples for that percentile)")
-    axes.legend(fontsize=8)
+    _legend(axes)
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
     caption = "End-to-end latency percentiles per run (MLPerf early-stopping rule: p99 needs 662 samples)."
@@ -146,7 +152,7 @@ def latency_cdf(runs: list[LabelledRun], path: Path) -> Plot | None:
     axes.set_ylabel("fraction of batches")
     axes.set_title("Latency CDF (raw samples of the median repeat)")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    _legend(axes)
     _save(figure, path)
     return Plot(path, "Latency CDF", "Every end-to-end latency sample of each run's median repeat.")
 
@@ -185,7 +191,7 @@ def accuracy_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     axes.set_ylabel("medium mAP (%)")
     axes.set_title("Accuracy vs throughput (stars: Pareto front)")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    _legend(axes)
     _save(figure, path)
     return Plot(path, "Accuracy vs throughput", "Medium mAP against throughput; stars are the Pareto-optimal runs.")
 
@@ -233,7 +239,7 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
     axes.set_xticks(range(len(rows)), [label for label, _ in rows], rotation=20, ha="right", fontsize=8)
     axes.set_ylabel("minus fp32 (mAP points; parity cosine x 1e4)")
     axes.set_title("What a lower precision costs against fp32")
-    axes.legend(fontsize=8)
+    _legend(axes)
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
     caption = "mAP (points) and parity minimum cosine (x 1e4) of each lower precision minus fp32, same variant, backend and batch."
@@ -283,7 +289,7 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     axes.set_ylabel("end-to-end latency (ms)")
     axes.set_title("Latency vs throughput across the load the sweep varies")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    _legend(axes)
     _save(figure, path)
     return Plot(
         path,

@@ -124,6 +124,11 @@ def test_sweep_with_parallel_jobs_on_sqlite(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", *SWEEP, "hydra/launcher=parallel")
     assert done.returncode == 0, done.stderr
     check_sweep(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", find_sweep_dir(tmp_path), expected_jobs=4)
+    report = harness(tmp_path, "report", "mlflow", "--out", str(tmp_path / "from-mlflow"))
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.strip().endswith("(5 plots, 4 runs; index.html is self-contained)")  # no load varies
+    assert "Traceback" not in report.stderr and "Warning" not in report.stderr
+    assert len(list((tmp_path / "from-mlflow" / "runs").glob("*/perf_samples.npz"))) == 4
 
 
 def test_parallel_perf_jobs_on_one_device_are_marked_contended(tmp_path: Path) -> None:
