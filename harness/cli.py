@@ -8,6 +8,7 @@ commands (``run``, ``build``) are Hydra apps (run folders, ``-m`` sweeps, launch
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import subprocess
@@ -113,16 +114,48 @@ def _hydra_command(config_name: str, task: Callable[[Any], None], arguments: lis
     global _session
     _session = _Session()
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    from harness.tracking.sweep import STARTED_SWEEPS
+
+    STARTED_SWEEPS.clear()
+    logging.getLogger("submitit").addFilter(_SacctOnce())
     try:
         app()
     except KeyboardInterrupt:
         return _stop_interrupted()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if _session.failed_jobs:
-        print(f"error: {len(_session.failed_jobs)} job(s) failed: {', '.join(_session.failed_jobs)}", file=sys.stderr)
+    failed = sorted({*_session.failed_jobs, *(job for sweep in STARTED_SWEEPS for job in _unsuccessful_jobs(sweep))})
+    if failed:
+        print(f"error: {len(failed)} job(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _unsuccessful_jobs(sweep_dir: Path) -> list[str]:
+    """Jobs of a sweep that did not end ``ok`` (wherever they ran: another process, another node)."""
+    from harness.report import sweep_rows
+
+    return [str((sweep_dir / row["job"]).resolve()) for row in sweep_rows(sweep_dir) if row["status"] != "ok"]
+
+
+class _SacctOnce(logging.Filter):
+    """On a cluster without SLURM accounting, submitit warns on every poll that ``sacct`` failed; say it once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if self.said:
+            return False
+        self.said = True
+        record.msg, record.args = (
+            "SLURM accounting (sacct) is off on this cluster: job states are read from squeue (said once per sweep)",
+            (),
+        )
+        return True
 
 
 def _interrupt(*_: object) -> None:

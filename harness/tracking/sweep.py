@@ -41,9 +41,15 @@ def ui_hint(store: Store) -> str:
     return f"open {store.uri} in a browser"
 
 
+# Sweep folders started by this (launching) process: with submitit launchers the jobs run elsewhere, so the
+# command learns how they ended from their result.json files, not from its own memory.
+STARTED_SWEEPS: list[Path] = []
+
+
 class SweepTracking(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        STARTED_SWEEPS.append(sweep_dir)
         overrides = list(config.hydra.overrides.task)
         sweeper, params = sweeper_settings(config.hydra.sweeper)
         plan = expand_sweep(overrides, sweeper=sweeper, params=params)
