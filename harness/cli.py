@@ -523,11 +523,10 @@ def _gate(arguments: list[str]) -> int:
 def _report(arguments: list[str]) -> int:
     """``harness report PATH... [--out DIR]``: plots and an index over run folders, sweep folders or MLflow."""
     import argparse
-    import json
 
     from harness.config.store import compose
     from harness.errors import HarnessError
-    from harness.report import SWEEP_FILE
+    from harness.report import SWEEP_FILE, read_sweep_record
     from harness.report.render import folder_runs, write_report
     from harness.tracking import download_runs
     from harness.tracking.sweep import tracking_configs
@@ -561,14 +560,13 @@ def _report(arguments: list[str]) -> int:
             runs += download_runs(store, folder / "runs")
         report = write_report(runs, folder, title=f"report {name}")
         for source in sources:
-            record = Path(source) / SWEEP_FILE
-            if store is not None and record.exists() and json.loads(record.read_text()).get("uri") == store.uri:
-                parent = json.loads(record.read_text()).get("parent_run_id")
-                if parent:
-                    store.call(
-                        functools.partial(store.client.log_artifacts, parent, str(folder), artifact_path="report")
-                    )
-                    print(f"attached to MLflow parent run {parent} (artifacts/report)")
+            if store is None or not (Path(source) / SWEEP_FILE).exists():
+                continue
+            record = read_sweep_record(Path(source))
+            parent = record.get("parent_run_id") if record.get("uri") == store.uri else None
+            if parent:
+                store.call(functools.partial(store.client.log_artifacts, parent, str(folder), artifact_path="report"))
+                print(f"attached to MLflow parent run {parent} (artifacts/report)")
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

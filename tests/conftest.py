@@ -97,6 +97,22 @@ def run_config(cache_dir: Path, *overrides: str) -> RunConfig:
     return resolve_config(compose(["debug=tiny", f"paths.cache={cache_dir}", *overrides]))
 
 
+def harness_in(
+    folder: Path, *arguments: str, environment: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``python -m harness ...`` run in ``folder`` as a user would: its own cache there, no ambient tracking URI."""
+    env = {**(os.environ if environment is None else environment), "HARNESS_CACHE": str(folder / "cache")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *arguments],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def free_port() -> int:
     import socket
 

@@ -24,8 +24,8 @@ from harness.accuracy.published import published_results
 from harness.accuracy.revisited import SETUPS, Setup, SetupResult, evaluate
 from harness.backends import LoadTarget, open_backend
 from harness.config.schema import RunConfig
-from harness.data.datasets import gnd_path, image_path
-from harness.data.groundtruth import GroundTruth, check_boxes_inside, load_groundtruth
+from harness.data.datasets import gnd_path, image_path, load_checked
+from harness.data.groundtruth import GroundTruth
 from harness.data.synthetic import synthetic_name, write_synthetic
 from harness.errors import DataError
 from harness.result import AccuracyResult, SetupMetrics
@@ -77,30 +77,15 @@ def check_dataset_present(config: RunConfig) -> None:
 def dataset_truth(config: RunConfig) -> tuple[Path, str, GroundTruth]:
     """The dataset's root, folder name and validated ground truth (a synthetic set is written on first use)."""
     root, name = dataset_location(config)
-    if config.dataset.name == "synthetic":
-        dataset = config.dataset
+    dataset = config.dataset
+    if dataset.name == "synthetic":
         log.info("synthetic dataset %s under %s", name, root)
-        write_synthetic(
+        truth = write_synthetic(
             root, images=dataset.synthetic_images, queries=dataset.synthetic_queries, seed=dataset.synthetic_seed
         )
+        return root, name, truth
     check_dataset_present(config)
-    truth = load_groundtruth(gnd_path(root, name))
-    check_boxes_inside(truth, _query_sizes(root, name, truth), source=str(gnd_path(root, name)))
-    return root, name, truth
-
-
-def _query_sizes(root: Path, name: str, truth: GroundTruth) -> dict[str, tuple[int, int]]:
-    """(width, height) of each readable query image, from its header, so boxes can be checked against it."""
-    from PIL import Image, UnidentifiedImageError
-
-    sizes = {}
-    for query in truth.qimlist:
-        try:
-            with Image.open(image_path(root, name, query)) as image:
-                sizes[query] = image.size
-        except (OSError, UnidentifiedImageError):
-            continue  # reported by name when the image is read for extraction
-    return sizes
+    return root, name, load_checked(root, name)
 
 
 def run_accuracy(config: RunConfig, *, artifact_path: str | None, run_dir: Path, weights_kind: str) -> AccuracyResult:

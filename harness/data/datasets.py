@@ -15,7 +15,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from harness.data.groundtruth import GroundTruth, load_groundtruth
+from harness.data.groundtruth import GroundTruth, check_boxes_inside, load_groundtruth
 from harness.download import fetch
 from harness.errors import ConfigError, DataError, unknown_name_message
 
@@ -61,6 +61,27 @@ def gnd_path(root: Path, name: str) -> Path:
 
 def image_path(root: Path, name: str, image: str) -> Path:
     return root / name / "jpg" / f"{image}.jpg"
+
+
+def load_checked(root: Path, name: str) -> GroundTruth:
+    """The validated ground truth of ``<root>/<name>``, its query boxes checked against the query images' sizes."""
+    truth = load_groundtruth(gnd_path(root, name))
+    check_boxes_inside(truth, _query_sizes(root, name, truth), source=str(gnd_path(root, name)))
+    return truth
+
+
+def _query_sizes(root: Path, name: str, truth: GroundTruth) -> dict[str, tuple[int, int]]:
+    """(width, height) of each readable query image, from its header, so boxes can be checked against it."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes = {}
+    for query in truth.qimlist:
+        try:
+            with Image.open(image_path(root, name, query)) as image:
+                sizes[query] = image.size
+        except (OSError, UnidentifiedImageError):
+            continue  # reported by name when the image is read for extraction
+    return sizes
 
 
 def checked_members(archive: tarfile.TarFile, source: str) -> list[tarfile.TarInfo]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from harness.data.datasets import gnd_path, image_path
+from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth, load_groundtruth
 from harness.data.photos import as_rgb, photo_loaders
 from harness.errors import ConfigError, DataError
@@ -95,15 +95,7 @@ def write_synthetic(root: Path, *, images: int = 60, queries: int = 5, seed: int
                 raise DataError(f"{root / name}: cannot write the synthetic set ({error.strerror or error})") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return load_groundtruth(gnd_path(root, name), query_sizes=_query_sizes(root, name))
-
-
-def _query_sizes(root: Path, name: str) -> dict[str, tuple[int, int]]:
-    sizes = {}
-    for path in sorted((root / name / "jpg").glob("query_*.jpg")):
-        with Image.open(path) as image:
-            sizes[path.stem] = image.size
-    return sizes
+    return load_checked(root, name)
 
 
 def _write_set(root: Path, name: str, *, images: int, queries: int, seed: int) -> None:

@@ -109,17 +109,14 @@ def run_gate(
     """Decide every candidate; an inconclusive perf decision is re-measured up to ``rerun`` times first."""
     pairings = []
     for candidate in candidates:
-        pairing = pair(
-            candidate, lookup(candidate.config_hash), settings, allow_hardware_mismatch=allow_hardware_mismatch
-        )
+        baselines = lookup(candidate.config_hash)  # once: an MLflow lookup downloads each baseline's result
+        pairing = pair(candidate, baselines, settings, allow_hardware_mismatch=allow_hardware_mismatch)
         attempt = 0
         while pairing.verdict == "inconclusive" and attempt < rerun and rerunner is not None:
             attempt += 1
             log.info("gate: %s inconclusive, rerun %d/%d", candidate.label, attempt, rerun)
             candidate = candidate.merged(rerunner(candidate, attempt))
-            pairing = pair(
-                candidate, lookup(candidate.config_hash), settings, allow_hardware_mismatch=allow_hardware_mismatch
-            )
+            pairing = pair(candidate, baselines, settings, allow_hardware_mismatch=allow_hardware_mismatch)
         pairings.append(pairing)
     return GateResult(tuple(pairings))
 

@@ -21,7 +21,7 @@ from harness.errors import DataError
 from harness.fileio import write_json_atomic
 from harness.gate.evidence import Evidence, evidence_of
 from harness.report import SWEEP_FILE, job_dirs
-from harness.result import RESULT_FILE, load_result
+from harness.result import RESULT_FILE, RunResult, load_result
 from harness.tracking import TRACKING_FILE, Store
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def candidate_evidence(candidate: str, store: Store | None) -> list[Evidence]:
     raise DataError(f"{candidate}: neither a run folder, a sweep folder nor an MLflow run id")
 
 
-def _mlflow_result(store: Store, run_id: str):  # type: ignore[no-untyped-def]
+def _mlflow_result(store: Store, run_id: str) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="harness-gate-") as folder:
         local = store.call(lambda: store.client.download_artifacts(run_id, RESULT_FILE, folder))
         return load_result(local)

@@ -65,6 +65,27 @@ def _save(figure, path: Path) -> None:  # type: ignore[no-untyped-def]
     plt.close(figure)
 
 
+def _grouped_bars(  # type: ignore[no-untyped-def]
+    axes, labels: list[str], series: tuple[str, ...], value_of: Callable[[int, str], float | None], *,
+    na_height: float, rotation: int,
+) -> list[str]:  # fmt: skip
+    """Bars grouped per label, one colour per series; a missing value is an "n/a" mark, never a zero bar.
+    Returns the missing values as ``"<label> <series>"``."""
+    width = 0.8 / len(series)
+    missing = []
+    for offset, name in enumerate(series):
+        for index, label in enumerate(labels):
+            value = value_of(index, name)
+            x = index + (offset - (len(series) - 1) / 2) * width
+            if value is None:
+                missing.append(f"{label} {name}")
+                axes.text(x, na_height, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="grey")
+                continue
+            axes.bar(x, value, width, color=f"C{offset}", label=name if index == 0 else None)
+    axes.set_xticks(range(len(labels)), labels, rotation=rotation, ha="right", fontsize=8)
+    return missing
+
+
 def _series_key(run: LabelledRun) -> str:
     config = run.result.config
     return f"{config.model.variant} {config.backend['name']} {config.precision.name}"
@@ -105,22 +126,14 @@ def latency_percentiles(runs: list[LabelledRun], path: Path) -> Plot | None:
     if not measured:
         return None
     figure, axes = _figure()
-    width = 0.8 / len(PERCENTILE_NAMES)
-    missing = []
     tallest = max(
         (value for run in measured for name in PERCENTILE_NAMES if (value := _percentile_ms(run, name)) is not None),
         default=1.0,
     )
-    for offset, name in enumerate(PERCENTILE_NAMES):
-        for index, run in enumerate(measured):
-            value = _percentile_ms(run, name)
-            x = index + (offset - 1) * width
-            if value is None:
-                missing.append(f"{run.label} {name}")
-                axes.text(x, tallest * 0.02, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="grey")
-                continue
-            axes.bar(x, value, width, color=f"C{offset}", label=name if index == 0 else None)
-    axes.set_xticks(range(len(measured)), [run.label for run in measured], rotation=30, ha="right", fontsize=8)
+    missing = _grouped_bars(
+        axes, [run.label for run in measured], PERCENTILE_NAMES,
+        lambda index, name: _percentile_ms(measured[index], name), na_height=tallest * 0.02, rotation=30,
+    )  # fmt: skip
     axes.set_ylabel("end-to-end latency (ms)")
     axes.set_title("Latency percentiles (n/a: too few samples for that percentile)")
     _legend(axes)
@@ -222,21 +235,12 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
             rows.append((f"{variant} {backend} b{batch} {precision}", _deltas(reference, result)))
     if not rows:
         return None
-    names = ["map_easy", "map_medium", "map_hard", "parity_min_cos_x1e4"]
+    names = ("map_easy", "map_medium", "map_hard", "parity_min_cos_x1e4")
     figure, axes = _figure()
-    width = 0.8 / len(names)
-    missing = []
-    for offset, name in enumerate(names):
-        for index, (label, deltas) in enumerate(rows):
-            value = deltas[name]
-            x = index + (offset - (len(names) - 1) / 2) * width
-            if value is None:
-                missing.append(f"{label} {name}")
-                axes.text(x, 0, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="grey")
-                continue
-            axes.bar(x, value, width, color=f"C{offset}", label=name if index == 0 else None)
+    missing = _grouped_bars(
+        axes, [label for label, _ in rows], names, lambda index, name: rows[index][1][name], na_height=0.0, rotation=20
+    )
     axes.axhline(0, color="black", linewidth=0.8)
-    axes.set_xticks(range(len(rows)), [label for label, _ in rows], rotation=20, ha="right", fontsize=8)
     axes.set_ylabel("minus fp32 (mAP points; parity cosine x 1e4)")
     axes.set_title("What a lower precision costs against fp32")
     _legend(axes)

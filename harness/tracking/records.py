@@ -155,7 +155,7 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
         "hardware.fingerprint": environment.get("hardware_fingerprint", "unknown"),
         "hardware.gpu": str(resolved.get("device_name", "none")),
         "harness.perf_valid": _flag(perf, "validity", "valid"),
-        "harness.contended": None if not perf else str(bool(perf.get("contended_with"))).lower(),
+        "harness.contended": _flag(perf, "contended_with"),
         "harness.parity_passed": _flag(result.get("build"), "parity", "passed"),
         "harness.cache_hit": _flag(result.get("build"), "cache_hit"),
         "run_dir": result["run_dir"],

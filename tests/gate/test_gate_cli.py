@@ -6,12 +6,13 @@ import json
 import multiprocessing
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from tests.conftest import harness_in
 
 pytestmark = pytest.mark.process
 SLEEP_RUN = [
@@ -24,13 +25,7 @@ SLEEP_RUN = [
 ]
 
 
-def harness(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *arguments], cwd=tmp_path, env=environment, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
+harness = harness_in
 
 
 def run_folder(done: subprocess.CompletedProcess[str]) -> str:

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.result import load_result
-from tests.conftest import MlflowServer
+from tests.conftest import MlflowServer, harness_in
 from tests.slurm.conftest import SlurmCluster
 
 pytestmark = [pytest.mark.process, pytest.mark.slurm]
 
 
 def harness(tmp_path: Path, cluster: SlurmCluster, *arguments: str) -> subprocess.CompletedProcess[str]:
-    environment = {**cluster.environment, "HARNESS_CACHE": str(tmp_path / "cache")}
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *arguments], cwd=tmp_path, env=environment, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
+    return harness_in(tmp_path, *arguments, environment=cluster.environment)
 
 
 def sweep_dir(tmp_path: Path) -> Path:

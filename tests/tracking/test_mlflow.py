@@ -18,16 +18,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.result import load_result
-from tests.conftest import MlflowServer, free_port
+from tests.conftest import MlflowServer, free_port, harness_in
 
 pytestmark = pytest.mark.process
 
 
-def harness(tmp_path: Path, *arguments: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "harness", *arguments]
-    environment = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=environment)
+harness = harness_in
 
 
 def epoch_ms(timestamp: str) -> int:
