@@ -24,8 +24,8 @@ test: lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check harness tests bench
-	$(BIN)/ruff format --check harness tests bench
+	$(BIN)/ruff check harness hydra_plugins tests bench
+	$(BIN)/ruff format --check harness hydra_plugins tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,6 +75,10 @@ def _pipeline_task(cfg: Any) -> None:
     from harness.resolve import resolve_config
     from harness.summary import format_summary
 
+    if threading.current_thread() is threading.main_thread():
+        # In a SLURM job submitit ignores SIGTERM (its preemption warning); ``scancel`` must end the run as
+        # interrupted, with its result.json written and its MLflow run closed before SLURM's SIGKILL.
+        signal.signal(signal.SIGTERM, _interrupt)
     hydra_config = HydraConfig.get()
     config = resolve_config(plain(cfg))
     run_dir = Path(hydra_config.runtime.output_dir)
@@ -124,18 +129,24 @@ def _hydra_command(config_name: str, task: Callable[[Any], None], arguments: lis
         return _stop_interrupted()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    failed = sorted({*_session.failed_jobs, *(job for sweep in STARTED_SWEEPS for job in _unsuccessful_jobs(sweep))})
-    if failed:
-        print(f"error: {len(failed)} job(s) failed: {', '.join(failed)}", file=sys.stderr)
+    unsuccessful = dict.fromkeys(_session.failed_jobs, "failed")
+    for sweep in STARTED_SWEEPS:
+        unsuccessful.update(_unsuccessful_jobs(sweep))
+    if unsuccessful:
+        jobs = ", ".join(f"{job} ({status})" for job, status in sorted(unsuccessful.items()))
+        print(f"error: {len(unsuccessful)} job(s) did not succeed: {jobs}", file=sys.stderr)
         return 1
     return 0
 
 
-def _unsuccessful_jobs(sweep_dir: Path) -> list[str]:
-    """Jobs of a sweep that did not end ``ok`` (wherever they ran: another process, another node)."""
+def _unsuccessful_jobs(sweep_dir: Path) -> dict[str, str]:
+    """Job folder -> status of each sweep job that did not end ``ok`` (wherever it ran: another process,
+    another node; a job the cluster cancelled before it started is ``cancelled``)."""
     from harness.report import sweep_rows
 
-    return [str((sweep_dir / row["job"]).resolve()) for row in sweep_rows(sweep_dir) if row["status"] != "ok"]
+    return {
+        str((sweep_dir / row["job"]).resolve()): row["status"] for row in sweep_rows(sweep_dir) if row["status"] != "ok"
+    }
 
 
 class _SacctOnce(logging.Filter):

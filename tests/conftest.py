@@ -97,16 +97,22 @@ def run_config(cache_dir: Path, *overrides: str) -> RunConfig:
     return resolve_config(compose(["debug=tiny", f"paths.cache={cache_dir}", *overrides]))
 
 
+def harness_environment(folder: Path, environment: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a harness process run in ``folder`` as a user would: its own cache there, no ambient
+    tracking URI."""
+    env = {**(os.environ if environment is None else environment), "HARNESS_CACHE": str(folder / "cache")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
 def harness_in(
     folder: Path, *arguments: str, environment: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m harness ...`` run in ``folder`` as a user would: its own cache there, no ambient tracking URI."""
-    env = {**(os.environ if environment is None else environment), "HARNESS_CACHE": str(folder / "cache")}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    """``python -m harness ...`` run in ``folder`` (see ``harness_environment``), waited for."""
     return subprocess.run(
         [sys.executable, "-m", "harness", *arguments],
         cwd=folder,
-        env=env,
+        env=harness_environment(folder, environment),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -69,12 +69,13 @@ def missing_jobs(sweep_dir: Path) -> dict[int, str]:
     record = read_sweep_record(sweep_dir)
     planned: list[list[str]] = record.get("jobs") or []  # type: ignore[assignment]
     interrupted = record.get("status") == "interrupted"
+    endings: dict[str, str] = record.get("job_endings") or {}  # type: ignore[assignment]
     missing = {}
     for number, overrides in enumerate(planned):
         if (sweep_dir / str(number) / RESULT_FILE).exists():
             continue
         started = (sweep_dir / str(number)).is_dir()
-        reason = "stopped without a result" if started else "not run"
+        reason = endings.get(str(number)) or ("stopped without a result" if started else "not run")
         if interrupted:
             reason += " (sweep interrupted)"
         missing[number] = f"{reason}: {' '.join(overrides)}"
@@ -82,10 +83,14 @@ def missing_jobs(sweep_dir: Path) -> dict[int, str]:
 
 
 def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
-    """One row per planned job (``<sweep_dir>/<n>/result.json``, or why there is none), in job order."""
+    """One row per planned job (``<sweep_dir>/<n>/result.json``, or why there is none), in job order.
+
+    A job without a result is ``cancelled`` when its launcher saw the cluster cancel it, else ``missing``.
+    """
     rows = {int(job.name): row_of(job.name, load_result(job)) for job in job_dirs(sweep_dir)}
     for number, reason in missing_jobs(sweep_dir).items():
-        rows[number] = {"job": str(number), **dict.fromkeys(COLUMN_NAMES[1:], ""), "status": "missing", "error": reason}
+        status = "cancelled" if reason.startswith("CANCELLED") else "missing"
+        rows[number] = {"job": str(number), **dict.fromkeys(COLUMN_NAMES[1:], ""), "status": status, "error": reason}
     return [rows[number] for number in sorted(rows)]
 
 

@@ -247,6 +247,16 @@ def end_sweep(sweep_dir: Path, status: str) -> None:
             write_json_atomic(path, record)
 
 
+def record_job_ending(sweep_dir: Path, number: int, ending: str) -> None:
+    """Record in ``sweep.json`` how sweep job ``number`` ended when the launcher saw it end without success
+    (``CANCELLED (SLURM job 12_1)``...): a job that never started has no folder to say it."""
+    path = sweep_dir / SWEEP_FILE
+    with _locked(path):
+        record = json.loads(path.read_text())
+        record.setdefault("job_endings", {})[str(number)] = ending
+        write_json_atomic(path, record)
+
+
 def finish_sweep(store: Store, sweep_dir: Path, summary_files: list[Path], *, report_dir: Path | None = None) -> str:
     """Attach the summary table to the parent run and close it, at the time the sweep really ended.
 

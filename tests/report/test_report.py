@@ -85,3 +85,18 @@ def test_the_report_command_writes_under_reports_by_default(runs: list[LabelledR
     assert refused.returncode == 1 and refused.stderr.strip() == (
         f"error: {tmp_path}: neither a run folder (result.json) nor a sweep folder (sweep.json)"
     )
+
+
+def test_jobs_without_a_result_are_rows_saying_how_they_ended(tmp_path: Path) -> None:
+    from harness.report import sweep_rows
+    from harness.tracking import record_job_ending, start_sweep
+
+    start_sweep(tmp_path, ["perf.batch=1,2,4"], [["perf.batch=1"], ["perf.batch=2"], ["perf.batch=4"]])
+    record_job_ending(tmp_path, 0, "CANCELLED (SLURM job 7_0)")
+    record_job_ending(tmp_path, 1, "NODE_FAIL (SLURM job 7_1)")
+    rows = sweep_rows(tmp_path)
+    assert [(row["status"], row["error"]) for row in rows] == [
+        ("cancelled", "CANCELLED (SLURM job 7_0): perf.batch=1"),
+        ("missing", "NODE_FAIL (SLURM job 7_1): perf.batch=2"),
+        ("missing", "not run: perf.batch=4"),
+    ]

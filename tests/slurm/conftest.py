@@ -34,9 +34,9 @@ class SlurmCluster:
     environment: dict[str, str]
 
     def squeue(self) -> list[tuple[str, str]]:
-        """(job id, state code) of every queued or running job."""
+        """(job id, state code) of every queued or running job, array tasks one by one."""
         done = subprocess.run(
-            ["squeue", "-h", "-o", "%i %t"], capture_output=True, text=True, env=self.environment, check=True
+            ["squeue", "-h", "-r", "-o", "%i %t"], capture_output=True, text=True, env=self.environment, check=True
         )
         return [tuple(line.split()) for line in done.stdout.splitlines() if line.strip()]  # type: ignore[misc]
 
