@@ -25,6 +25,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Instruction sets that decide how fast int8 and half precision run on a CPU.
+CPU_ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
+                 "asimddp", "i8mm", "sve")  # fmt: skip
+
+
+def cpu_isa() -> list[str]:
+    """The CPU's instruction sets among ``CPU_ISA_FLAGS`` (``/proc/cpuinfo`` flags; empty where unknown)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return []
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith(("flags", "Features")):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in CPU_ISA_FLAGS if flag in present]
+    return []
+
+
+def has_int8_dot_product(isa: list[str]) -> bool:
+    """x86 VNNI (AVX-512 or AVX) or Arm's int8 dot product: int8 matrix kernels without int16 saturation."""
+    return bool({"avx512_vnni", "avx_vnni", "asimddp", "i8mm"} & set(isa))
+
+
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for name in LIBRARIES:
@@ -92,6 +114,7 @@ def capture(root: Path) -> dict[str, object]:
         "python": sys.version.split()[0],
         "cpu_model": cpu,
         "cpu_count": cores,
+        "cpu_isa": cpu_isa(),
         "hardware_fingerprint": fingerprint,
         "libraries": library_versions(),
         "git": git_state(root),

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from harness.backends import check_backend
 from harness.config.schema import RunConfig
 from harness.environment import capture
 from harness.errors import DataError, HarnessError, MeasurementInvalid
-from harness.export.stage import build_artifact
+from harness.export.stage import FLOAT_BASE, build_artifact
 from harness.fileio import write_text_atomic
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
@@ -83,7 +84,13 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
             if config.perf.strict and problems:
                 raise MeasurementInvalid(f"perf.strict=true and the measurement falls short: {'; '.join(problems)}")
         if "accuracy" in config.stages:
-            accuracy = run_accuracy(config, artifact_path=artifact_path, run_dir=run_dir, weights_kind=weights.kind)
+            fp32_artifact_path = None
+            if artifact_path and config.accuracy.compare_fp32 and config.precision.name != "fp32":
+                fp32_artifact_path = build_artifact(replace(config, precision=FLOAT_BASE), model, weights).artifact_path
+            accuracy = run_accuracy(
+                config, artifact_path=artifact_path, run_dir=run_dir, weights_kind=weights.kind,
+                fp32_artifact_path=fp32_artifact_path,
+            )  # fmt: skip
     except (Exception, KeyboardInterrupt) as caught:  # recorded in result.json below; all but harness errors re-raised
         error = caught
     result = RunResult(

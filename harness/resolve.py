@@ -14,10 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from harness.backends import get_backend
+from harness.backends import check_precision, get_backend
 from harness.config.convert import from_mapping
 from harness.config.schema import PathsConfig, PerfConfig, RunConfig, VdspParams
-from harness.data.synthetic import check_synthetic_size
+from harness.data.synthetic import check_synthetic_size, synthetic_name
 from harness.errors import ConfigError, DataError
 from harness.models.variants import get_variant
 from harness.preprocess import default_params
@@ -33,14 +33,17 @@ def resolve_config(composed: dict[str, Any]) -> RunConfig:
     backend = composed.get("backend")
     if not isinstance(backend, dict) or "name" not in backend:
         raise ConfigError(f"backend={backend!r}: expected a mapping with a 'name'")
-    backend_config: Any = from_mapping(get_backend(str(backend["name"])).config_type, backend, key="backend")
+    entry = get_backend(str(backend["name"]))
+    backend_config: Any = from_mapping(entry.config_type, backend, key="backend")
     config = from_mapping(RunConfig, {**composed, "backend": backend_config, "preprocessing": None})
+    check_precision(entry, config.precision.name)
     _check_model(config)
     if "accuracy" in config.stages and config.dataset.name == "synthetic":
         try:
             check_synthetic_size(config.dataset.synthetic_images, config.dataset.synthetic_queries)
         except ConfigError as error:
             raise ConfigError(f"dataset.synthetic_{error}") from None
+    _check_calibration(config)
     preprocessing = _preprocessing(config)
     if "accuracy" in config.stages and preprocessing.output_size != config.model.input_size:
         height, width = preprocessing.output_size
@@ -58,6 +61,28 @@ def _folded(perf: PerfConfig) -> PerfConfig:
         return perf
     log.warning("perf.duration_s is deprecated: use perf.min_duration_s (the larger of the two applies)")
     return dataclasses.replace(perf, min_duration_s=max(perf.min_duration_s, perf.duration_s), duration_s=None)
+
+
+def _check_calibration(config: RunConfig) -> None:
+    """Static int8 calibration images must not be the images the run evaluates."""
+    quantization = config.precision.quantization
+    if quantization is None or quantization.mode != "static" or "accuracy" not in config.stages:
+        return
+    calibration, dataset = config.calibration, config.dataset
+    if calibration.source == "views" and dataset.name == "synthetic" and calibration.seed == dataset.synthetic_seed:
+        raise ConfigError(
+            f"calibration.seed={calibration.seed}: the synthetic set evaluated is made with the same seed; "
+            "calibrate on views made with another seed"
+        )
+    if calibration.source == "folder":
+        root = Path(dataset.root).expanduser() if dataset.root else config.paths.path("data")
+        name = synthetic_name(dataset.synthetic_images, dataset.synthetic_queries, dataset.synthetic_seed)
+        evaluated = root / (name if dataset.name == "synthetic" else dataset.name)
+        folder = Path(str(calibration.folder)).expanduser()
+        if folder.resolve() == evaluated.resolve() or evaluated.resolve() in folder.resolve().parents:
+            raise ConfigError(
+                f"calibration.folder={folder}: holds the evaluated dataset ({evaluated}); calibrate on other images"
+            )
 
 
 def _check_model(config: RunConfig) -> None:

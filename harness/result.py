@@ -74,6 +74,42 @@ class ArtifactFile:
 
 
 @dataclass(frozen=True)
+class CalibrationRecord:
+    """The images a static int8 build was calibrated on: where from, which, and a digest of the model inputs."""
+
+    method: str
+    source: str
+    seed: int
+    images: tuple[str, ...]
+    inputs_sha256: str
+
+
+@dataclass(frozen=True)
+class QuantizationRecord:
+    """How an int8 artifact was made from its fp32 ONNX build, and what its graph holds.
+
+    Attributes:
+        base_artifact: the verified fp32 build quantized (its artifact name).
+        reduce_range: 7-bit weights were used (``auto`` resolved for this CPU).
+        cpu_isa: the building CPU's instruction sets (int8 speed and the ``auto`` choice depend on them).
+        op_counts: operator type -> count in the int8 graph (QuantizeLinear, MatMulInteger...).
+        float_ops: operator types of the graph that run in float.
+        calibration: the calibration set (static only).
+    """
+
+    mode: str
+    base_artifact: str
+    per_channel: bool
+    reduce_range: bool
+    cpu_isa: tuple[str, ...]
+    quantize_ops: tuple[str, ...]
+    float_nodes: tuple[str, ...]
+    op_counts: dict[str, int]
+    float_ops: tuple[str, ...]
+    calibration: CalibrationRecord | None
+
+
+@dataclass(frozen=True)
 class BuildManifest:
     """``build.json``: what an artifact is and how it was made (schema in the README)."""
 
@@ -88,6 +124,7 @@ class BuildManifest:
     export_time_s: float
     created_at: str
     parity: ParityResult
+    quantization: QuantizationRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +261,28 @@ class Published:
 
 
 @dataclass(frozen=True)
+class Fp32Comparison:
+    """What a lower precision changes in retrieval against the fp32 build of the same weights, same images.
+
+    Attributes:
+        reference: what gave the fp32 descriptors (the fp32 artifact, or the torch model).
+        neighbour_overlap_at_10: mean over queries of the share of the top-10 database neighbours that the
+            fp32 ranking also has in its top 10 (1.0: same neighbours). Meaningful with random weights too.
+        min_neighbour_overlap_at_10: the worst query's share.
+        descriptor_min_cosine: the smallest cosine between an image's descriptor and its fp32 descriptor.
+        fp32_map: fp32 mAP per setup (easy, medium, hard), in percent.
+        map_delta: this run's mAP minus fp32's per setup, in points.
+    """
+
+    reference: str
+    neighbour_overlap_at_10: float
+    min_neighbour_overlap_at_10: float
+    descriptor_min_cosine: float
+    fp32_map: dict[str, float]
+    map_delta: dict[str, float]
+
+
+@dataclass(frozen=True)
 class AccuracyResult:
     """The accuracy section of ``result.json``."""
 
@@ -241,6 +300,7 @@ class AccuracyResult:
     extraction_time_s: float
     images_per_s: float
     published: tuple[Published, ...] = ()
+    fp32: Fp32Comparison | None = None
 
 
 @dataclass(frozen=True)

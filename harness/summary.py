@@ -26,6 +26,21 @@ def format_summary(result: RunResult) -> str:
                 f"max abs err {parity.max_abs_error:.2e} on {len(parity.images)} photos",
             ),
         ]
+        quantization = result.build.manifest.quantization
+        if quantization:
+            calibration = quantization.calibration
+            how = (
+                f"{calibration.method} on {len(calibration.images)} {calibration.source} images"
+                if calibration
+                else "per call"
+            )
+            rows.append(
+                (
+                    "quantized",
+                    f"{quantization.mode} ({how}) from {quantization.base_artifact}; {'/'.join(quantization.quantize_ops)} "
+                    f"in int8, reduce_range={quantization.reduce_range}, CPU {' '.join(quantization.cpu_isa) or 'unknown'}",
+                )
+            )
     if result.perf:
         perf = result.perf
         p50, p99 = perf.latency_us.model.p50, perf.latency_us.model.p99
@@ -54,6 +69,19 @@ def format_summary(result: RunResult) -> str:
                 + f", M mP@1/5/10 {accuracy.medium.mp1:.1f}/{accuracy.medium.mp5:.1f}/{accuracy.medium.mp10:.1f}",
             )
         )
+        if accuracy.fp32:
+            fp32 = accuracy.fp32
+            rows.append(
+                (
+                    "vs fp32",
+                    f"top-10 neighbour overlap {fp32.neighbour_overlap_at_10:.3f} (worst query "
+                    f"{fp32.min_neighbour_overlap_at_10:.2f}), mAP delta "
+                    + ", ".join(
+                        f"{setup[0].upper()} {fp32.map_delta[setup]:+.2f}" for setup in ("easy", "medium", "hard")
+                    )
+                    + f" points, descriptor min cos {fp32.descriptor_min_cosine:.4f}",
+                )
+            )
         rows += [
             ("published", f"{item.source} ({item.protocol}): M {item.medium_map}, H {item.hard_map}")
             for item in accuracy.published

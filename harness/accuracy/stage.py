@@ -21,16 +21,20 @@ import numpy as np
 
 from harness.accuracy.features import ImageJob, extract
 from harness.accuracy.published import published_results
-from harness.accuracy.revisited import SETUPS, Setup, SetupResult, evaluate
+from harness.accuracy.revisited import SETUPS, Setup, SetupResult, evaluate, normalize, similarity
 from harness.backends import LoadTarget, open_backend
-from harness.config.schema import RunConfig
+from harness.config.schema import Precision, RunConfig
 from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth
 from harness.data.synthetic import synthetic_name, write_synthetic
 from harness.errors import DataError
-from harness.result import AccuracyResult, SetupMetrics
+from harness.result import AccuracyResult, Fp32Comparison, SetupMetrics
 
 log = logging.getLogger(__name__)
+
+OVERLAP_K = 10
+# The fp32 comparison's descriptors, beside the run's own.
+FP32_FOLDER = "fp32"
 
 
 def setup_metrics(results: Mapping[Setup, SetupResult]) -> dict[Setup, SetupMetrics]:
@@ -88,8 +92,29 @@ def dataset_truth(config: RunConfig) -> tuple[Path, str, GroundTruth]:
     return root, name, load_checked(root, name)
 
 
-def run_accuracy(config: RunConfig, *, artifact_path: str | None, run_dir: Path, weights_kind: str) -> AccuracyResult:
-    """Extract, evaluate, and return the accuracy block (descriptors saved in ``run_dir``)."""
+def neighbour_overlap(scores: np.ndarray, reference_scores: np.ndarray, k: int = OVERLAP_K) -> np.ndarray:
+    """Per query, the share of its top-``k`` database neighbours under ``scores`` that ``reference_scores``
+    also ranks in its top ``k`` (order inside the top ``k`` does not matter)."""
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    reference_top = np.argpartition(-reference_scores, k - 1, axis=1)[:, :k]
+    return np.array([len(set(mine) & set(theirs)) / k for mine, theirs in zip(top, reference_top, strict=True)])
+
+
+def run_accuracy(
+    config: RunConfig,
+    *,
+    artifact_path: str | None,
+    run_dir: Path,
+    weights_kind: str,
+    fp32_artifact_path: str | None = None,
+) -> AccuracyResult:
+    """Extract, evaluate, and return the accuracy block (descriptors saved in ``run_dir``).
+
+    With ``accuracy.compare_fp32`` and a precision other than fp32, the same images are extracted again with
+    the fp32 build (``fp32_artifact_path``, or the backend's own fp32 model when it builds from the config)
+    and compared: ``accuracy.fp32`` in the result.
+    """
     root, name, truth = dataset_truth(config)
     params = config.vdsp_params
     boxes: Sequence[tuple[float, float, float, float] | None] = [
@@ -103,26 +128,20 @@ def run_accuracy(config: RunConfig, *, artifact_path: str | None, run_dir: Path,
         for image, box in zip(truth.qimlist, boxes, strict=True)
     ]
     database_jobs = [ImageJob(str(image_path(root, name, image)), None, params) for image in truth.imlist]
-    target = LoadTarget(
-        artifact_path=artifact_path,
-        model=config.model,
-        precision=config.precision.name,
-        cache_dir=str(config.paths.path("cache")),
-    )
-    opened = open_backend(config.backend, target, shape=(3, *params.output_size), batch=config.accuracy.batch)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    extract_with_backend = functools.partial(
-        extract, factory=opened.factory, input_dtype=opened.input_dtype, batch=config.accuracy.batch,
-        workers=config.accuracy.workers, on_bad_image=config.dataset.on_bad_image, progress=config.progress,
-    )  # fmt: skip
     log.info("stage=accuracy dataset=%s queries=%d images=%d", name, len(query_jobs), len(database_jobs))
-    query, skipped_queries = extract_with_backend(query_jobs, output=run_dir / "features_query.npy")
-    database, skipped_images = extract_with_backend(database_jobs, output=run_dir / "features_database.npy")
+    extract_all = functools.partial(_extract_all, config, query_jobs=query_jobs, database_jobs=database_jobs)
+    query, database, skipped_queries, skipped_images = extract_all(artifact_path, config.precision.name, run_dir)
     extraction_time_s = time.perf_counter() - started
     skipped_query_paths = set(skipped_queries)
     gnd = [{} if job.path in skipped_query_paths else entry for job, entry in zip(query_jobs, truth.gnd, strict=True)]
     metrics = setup_metrics(evaluate(query, database, gnd, normalization=config.accuracy.normalization))
+    fp32 = None
+    if config.accuracy.compare_fp32 and config.precision.name != "fp32":
+        log.info("stage=accuracy extracting again with the fp32 build for comparison")
+        reference = extract_all(fp32_artifact_path, "fp32", run_dir / FP32_FOLDER)
+        fp32 = _compare(config, (query, database), reference[:2], gnd, metrics, fp32_artifact_path)
     published = (
         tuple(published_results(config.model.variant, name))
         if weights_kind == "official" and config.dataset.name != "synthetic"
@@ -140,7 +159,64 @@ def run_accuracy(config: RunConfig, *, artifact_path: str | None, run_dir: Path,
         extraction_time_s=extraction_time_s,
         images_per_s=(len(query_jobs) + len(database_jobs)) / extraction_time_s,
         published=published,
+        fp32=fp32,
         **{setup: metrics[setup] for setup in SETUPS},
     )
     log.info("accuracy medium_map=%.2f hard_map=%.2f", result.medium.map, result.hard.map)
+    return result
+
+
+def _extract_all(
+    config: RunConfig,
+    artifact_path: str | None,
+    precision: Precision,
+    folder: Path,
+    *,
+    query_jobs: Sequence[ImageJob],
+    database_jobs: Sequence[ImageJob],
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Query and database descriptors through the run's backend loading ``artifact_path`` in ``precision``
+    (saved in ``folder``), and the files skipped in each."""
+    target = LoadTarget(
+        artifact_path=artifact_path, model=config.model, precision=precision, cache_dir=str(config.paths.path("cache"))
+    )
+    opened = open_backend(
+        config.backend, target, shape=(3, *config.vdsp_params.output_size), batch=config.accuracy.batch
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    extract_with_backend = functools.partial(
+        extract, factory=opened.factory, input_dtype=opened.input_dtype, batch=config.accuracy.batch,
+        workers=config.accuracy.workers, on_bad_image=config.dataset.on_bad_image, progress=config.progress,
+    )  # fmt: skip
+    query, skipped_queries = extract_with_backend(query_jobs, output=folder / "features_query.npy")
+    database, skipped_images = extract_with_backend(database_jobs, output=folder / "features_database.npy")
+    return query, database, skipped_queries, skipped_images
+
+
+def _compare(
+    config: RunConfig,
+    descriptors: tuple[np.ndarray, np.ndarray],
+    reference: tuple[np.ndarray, np.ndarray],
+    gnd: list[dict[str, object]],
+    metrics: Mapping[Setup, SetupMetrics],
+    fp32_artifact_path: str | None,
+) -> Fp32Comparison:
+    normalization = config.accuracy.normalization
+    overlap = neighbour_overlap(similarity(*descriptors, normalization), similarity(*reference, normalization))
+    fp32_metrics = setup_metrics(evaluate(*reference, gnd, normalization=normalization))
+    cosines = np.sum(
+        normalize(np.concatenate(descriptors), "per_image") * normalize(np.concatenate(reference), "per_image"), axis=1
+    )
+    result = Fp32Comparison(
+        reference=Path(fp32_artifact_path).name if fp32_artifact_path else f"{config.backend.name} fp32",
+        neighbour_overlap_at_10=float(overlap.mean()),
+        min_neighbour_overlap_at_10=float(overlap.min()),
+        descriptor_min_cosine=float(cosines.min()),
+        fp32_map={setup: fp32_metrics[setup].map for setup in SETUPS},
+        map_delta={setup: metrics[setup].map - fp32_metrics[setup].map for setup in SETUPS},
+    )
+    log.info(
+        "accuracy vs fp32: top-10 overlap %.3f (worst query %.2f), medium mAP delta %+.2f points",
+        result.neighbour_overlap_at_10, result.min_neighbour_overlap_at_10, result.map_delta["medium"],
+    )  # fmt: skip
     return result

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
-from harness.config.schema import ModelConfig, Precision
+from harness.config.schema import QUANTIZED, ModelConfig, Precision
 from harness.errors import ConfigError, unknown_name_message
 
 PLUGIN_MODULES: tuple[str, ...] = (
@@ -147,6 +147,15 @@ class OpenedBackend:
     input_dtype: str
 
 
+def check_precision(entry: BackendEntry, precision: str) -> None:
+    """A ``ConfigError`` with the reason unless the backend runs ``precision``."""
+    if precision not in entry.backend_type.precisions:
+        why = f" ({precision} is an ONNX Runtime quantization of the ONNX build)" if precision in QUANTIZED else ""
+        raise ConfigError(
+            f"precision={precision}: backend {entry.name!r} runs {list(entry.backend_type.precisions)}{why}"
+        )
+
+
 def check_backend(config: Any, precision: str) -> dict[str, object]:
     """The backend ``config`` names can run ``precision`` here, checked before any stage; what it found.
 
@@ -155,8 +164,7 @@ def check_backend(config: Any, precision: str) -> dict[str, object]:
         ConfigError: the backend does not run ``precision``.
     """
     entry = get_backend(config.name)
-    if precision not in entry.backend_type.precisions:
-        raise ConfigError(f"precision={precision}: backend {config.name!r} runs {list(entry.backend_type.precisions)}")
+    check_precision(entry, precision)
     backend: Backend = entry.backend_type(config)
     return backend.check_environment()
 

@@ -61,7 +61,7 @@ def _numpy_dtype(onnx_type: int) -> str:
 
 @register_backend("onnxruntime", config=OrtConfig)
 class OrtBackend:
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "int8_dynamic")
     device_kinds: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
     def __init__(self, config: OrtConfig) -> None:

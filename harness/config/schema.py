@@ -18,7 +18,9 @@ from typing import Any, Literal, get_args
 
 from harness.errors import ConfigError
 
-Precision = Literal["fp32", "fp16"]
+Precision = Literal["fp32", "fp16", "int8", "int8_dynamic"]
+# Precisions that are ONNX Runtime quantizations of the fp32 ONNX build (float input and output).
+QUANTIZED: tuple[str, ...] = ("int8", "int8_dynamic")
 Stage = Literal["build", "perf", "accuracy"]
 Exporter = Literal["legacy", "dynamo"]
 IoDtype = Literal["fp32", "native"]
@@ -45,16 +47,88 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class QuantizationConfig:
+    """``precision.quantization`` (int8 precisions): how ONNX Runtime quantizes the fp32 ONNX build.
+
+    Attributes:
+        mode: ``static`` (QDQ graph, activation ranges calibrated on ``calibration``) or ``dynamic`` (activation
+            ranges computed per call, weights int8).
+        per_channel: one weight scale per output channel instead of one per tensor.
+        reduce_range: 7-bit weights. ``auto`` turns it on for x86 CPUs without VNNI, whose u8 x s8 kernels
+            (VPMADDUBSW) saturate int16 sums with full-range weights.
+        quantize_ops: operator types run in int8; every other operator (LayerNormalization, Softmax, Gelu,
+            the residual adds) stays float.
+        float_nodes: node names kept float even when their type is in ``quantize_ops``.
+        quantize_outputs: static only: also quantize the outputs of ``quantize_ops`` (int8 chains such as
+            QLinearMatMul). ``false`` keeps them float (MatMulIntegerToFloat), so the operators between them
+            (Softmax) never sit inside a quantize/dequantize pair that the runtime could fuse into int8.
+    """
+
+    mode: Literal["static", "dynamic"]
+    per_channel: bool
+    reduce_range: Literal["auto", "true", "false"]
+    quantize_ops: tuple[str, ...]
+    float_nodes: tuple[str, ...]
+    quantize_outputs: bool
+
+    def __post_init__(self) -> None:
+        if not self.quantize_ops:
+            raise ConfigError("precision.quantization.quantize_ops=[]: expected at least one operator type")
+
+
+@dataclass(frozen=True)
 class PrecisionConfig:
     """``precision`` group: the numeric format of the artifact and how close to fp32 torch it must stay."""
 
     name: Precision
     parity_min_cosine: float
     parity_max_abs_error: float | None
+    quantization: QuantizationConfig | None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.parity_min_cosine <= 1.0:
             raise ConfigError(f"precision.parity_min_cosine={self.parity_min_cosine!r}: expected a value in (0, 1]")
+        if (self.name in QUANTIZED) != (self.quantization is not None):
+            raise ConfigError(
+                f"precision.quantization: expected a quantization block exactly for {list(QUANTIZED)}, "
+                f"got {'none' if self.quantization is None else 'one'} for precision {self.name}"
+            )
+        if self.quantization is not None and (self.quantization.mode == "dynamic") != (self.name == "int8_dynamic"):
+            raise ConfigError(
+                f"precision.quantization.mode={self.quantization.mode}: precision {self.name} is "
+                f"{'dynamic' if self.name == 'int8_dynamic' else 'static'}"
+            )
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """``calibration`` node: the images static int8 builds take their activation ranges from.
+
+    Attributes:
+        method: ``minmax``, ``entropy`` or ``percentile`` (ONNX Runtime's calibrators).
+        percentile: the percentile ``percentile`` keeps.
+        images: how many images.
+        seed: which images: the views made, or the files drawn from ``folder``.
+        source: ``views`` (random crops, rotations and recolourings of the shipped photos, made with ``seed``:
+            never the parity photos, and not the synthetic set when the seeds differ) or ``folder`` (JPEGs in
+            ``folder``, e.g. another dataset's ``jpg/``; never the evaluated dataset's own).
+        folder: the folder for ``source=folder``.
+    """
+
+    method: Literal["minmax", "entropy", "percentile"]
+    percentile: float
+    images: int
+    seed: int
+    source: Literal["views", "folder"]
+    folder: str | None
+
+    def __post_init__(self) -> None:
+        if self.images < 1:
+            raise ConfigError(f"calibration.images={self.images}: expected >= 1")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ConfigError(f"calibration.percentile={self.percentile}: expected a value in (0, 100]")
+        if (self.source == "folder") != bool(self.folder):
+            raise ConfigError(f"calibration.folder={self.folder!r}: required exactly when calibration.source=folder")
 
 
 @dataclass(frozen=True)
@@ -174,12 +248,15 @@ class AccuracyConfig:
             accuracy script's, needed to reproduce its numbers).
         batch: images per backend call during extraction.
         workers: processes decoding and preprocessing JPEGs (0: in the main process).
+        compare_fp32: for a precision other than fp32, extract again with the fp32 build of the same weights
+            and report the neighbour overlap and mAP deltas (``accuracy.fp32`` in the result; twice the time).
     """
 
     crop_queries: bool
     normalization: Literal["per_image", "per_dimension"]
     batch: int
     workers: int
+    compare_fp32: bool
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.workers < 0:
@@ -330,6 +407,7 @@ class RunConfig:
     perf: PerfConfig
     dataset: DatasetConfig
     accuracy: AccuracyConfig
+    calibration: CalibrationConfig
     vdsp: VdspConfig
     tracking: TrackingConfig
     paths: PathsConfig

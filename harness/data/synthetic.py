@@ -29,7 +29,7 @@ HARD_SURVIVAL = 0.2
 LONG_SIDE = 320
 
 
-def _view(photo: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, float]:
+def random_view(photo: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, float]:
     """A transformed view and the share of the photo that survives in it."""
     side = float(rng.uniform(0.3, 1.0))  # crop side as a fraction of the photo's sides
     width, height = photo.size
@@ -127,7 +127,7 @@ def _write_set(root: Path, name: str, *, images: int, queries: int, seed: int) -
     for position, entry_index in enumerate(order):
         image_name, query, _ = entries[entry_index]
         source = photos[query] if query is not None else photos[queries + position % (len(photos) - queries)]
-        view, survival = _view(source, rng)
+        view, survival = random_view(source, rng)
         _save_jpeg(view, image_path(root, name, image_name), quality=int(rng.integers(60, 96)))
         imlist.append(image_name)
         if query is not None:

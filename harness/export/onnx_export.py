@@ -44,8 +44,8 @@ class _CastingModel(nn.Module):
 
 
 def io_dtype_for(precision: Precision, io_dtype: str) -> torch.dtype:
-    """The tensor dtype of the artifact's input and output."""
-    return torch.float32 if io_dtype == "fp32" else TORCH_DTYPES[precision]
+    """The tensor dtype of the artifact's input and output (int8 builds take and give float32)."""
+    return torch.float32 if io_dtype == "fp32" or precision not in TORCH_DTYPES else TORCH_DTYPES[precision]
 
 
 def needs_external_data(model: nn.Module, precision: Precision, mode: str) -> bool:

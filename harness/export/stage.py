@@ -6,28 +6,36 @@ the artifact with its ``build.json`` manifest.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import onnx
+import onnxruntime
 import torch
 
 from harness import __version__
-from harness.config.schema import RunConfig
-from harness.export import cache, onnx_export
+from harness.config.schema import PrecisionConfig, RunConfig
+from harness.environment import cpu_isa
+from harness.export import cache, onnx_export, quantize
 from harness.export.parity import check_parity
+from harness.export.quantize import CalibrationSet, calibration_set, resolve_reduce_range
 from harness.fileio import sha256_of
 from harness.models import dinov2
-from harness.result import ArtifactFile, BuildManifest, BuildResult, WeightsInfo
+from harness.result import ArtifactFile, BuildManifest, BuildResult, QuantizationRecord, WeightsInfo
 
 log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA_VERSION = 1
+# The float build an int8 artifact is quantized from, checked as an fp32 run checks it (conf/precision/fp32.yaml).
+FLOAT_BASE = PrecisionConfig(name="fp32", parity_min_cosine=0.99999, parity_max_abs_error=None, quantization=None)
 
 
 def cache_key_fields(config: RunConfig, model: dinov2.DinoVisionTransformer, weights: WeightsInfo) -> dict[str, object]:
@@ -47,11 +55,41 @@ def cache_key_fields(config: RunConfig, model: dinov2.DinoVisionTransformer, wei
     }
 
 
+def quantized_key_fields(config: RunConfig, base: BuildResult, calibration: CalibrationSet | None) -> dict[str, object]:
+    """Everything that determines an int8 artifact's bytes: its fp32 base, the quantizer's settings as
+    resolved for this CPU, and the calibration set's identity and model inputs."""
+    assert config.precision.quantization is not None
+    quantization = asdict(config.precision.quantization)
+    quantization["reduce_range"] = resolve_reduce_range(config.precision.quantization.reduce_range, cpu_isa())
+    return {
+        "base_artifact": base.manifest.cache_key,
+        "precision": config.precision.name,
+        "quantization": quantization,
+        "calibration": None
+        if calibration is None
+        else {**asdict(config.calibration), "inputs_sha256": calibration.inputs_sha256},
+        "versions": {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "harness": __version__},
+        "source_sha256": cache.source_digest(quantize),
+    }
+
+
 def build_artifact(config: RunConfig, model: dinov2.DinoVisionTransformer, weights: WeightsInfo) -> BuildResult:
-    """Return the verified artifact for ``config``, building it unless a valid cached copy exists."""
+    """Return the verified artifact for ``config``, building it unless a valid cached copy exists.
+
+    An int8 precision first builds (or finds) the verified fp32 ONNX artifact and quantizes that.
+    """
     started = time.perf_counter()
     cache_root = cache.prepare_cache_root(config.paths.path("cache") / "builds")
-    fields = cache_key_fields(config, model, weights)
+    produce: Callable[[Path], tuple[bool, QuantizationRecord | None]]
+    if config.precision.quantization is None:
+        fields = cache_key_fields(config, model, weights)
+        produce = functools.partial(_export, config, model)
+    else:
+        base = build_artifact(dataclasses.replace(config, precision=FLOAT_BASE), model, weights)
+        static = config.precision.quantization.mode == "static"
+        calibration = calibration_set(config.calibration, config.vdsp_params) if static else None
+        fields = quantized_key_fields(config, base, calibration)
+        produce = functools.partial(_quantize, config, base, calibration)
     key = cache.content_key(fields)
     height, width = config.model.input_size
     name = f"{model.spec.name}-{height}x{width}-{config.precision.name}-{config.build.format}-{key}"
@@ -68,7 +106,7 @@ def build_artifact(config: RunConfig, model: dinov2.DinoVisionTransformer, weigh
             input_size=config.model.input_size,
         )
     else:
-        manifest = _build_into_cache(config, model, fields=fields, key=key, name=name, folder=folder)
+        manifest = _build_into_cache(config, model, fields=fields, key=key, name=name, folder=folder, produce=produce)
         parity = manifest.parity
     return BuildResult(
         artifact_path=str((folder / manifest.model_file).resolve()),
@@ -87,6 +125,7 @@ def _build_into_cache(
     key: str,
     name: str,
     folder: Path,
+    produce: Callable[[Path], tuple[bool, QuantizationRecord | None]],
 ) -> BuildManifest:
     log.info("build start artifact=%s exporter=%s opset=%d", name, config.build.exporter, config.build.opset)
     staging = folder.with_name(f".staging-{name}-{os.getpid()}")
@@ -95,13 +134,7 @@ def _build_into_cache(
     try:
         model_path = staging / f"{name}.onnx"
         export_started = time.perf_counter()
-        external = onnx_export.export_onnx(
-            model,
-            precision=config.precision.name,
-            input_size=config.model.input_size,
-            build=config.build,
-            path=model_path,
-        )
+        external, quantization = produce(model_path)
         export_time_s = time.perf_counter() - export_started
         parity = check_parity(
             model_path, model, precision=config.precision, build=config.build, input_size=config.model.input_size
@@ -121,9 +154,32 @@ def _build_into_cache(
             export_time_s=round(export_time_s, 3),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             parity=parity,
+            quantization=quantization,
         )
         cache.publish(staging, folder, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("build done artifact=%s export_time_s=%.1f external_data=%s", folder, export_time_s, external)
     return manifest
+
+
+def _export(
+    config: RunConfig, model: dinov2.DinoVisionTransformer, path: Path
+) -> tuple[bool, QuantizationRecord | None]:
+    external = onnx_export.export_onnx(
+        model, precision=config.precision.name, input_size=config.model.input_size, build=config.build, path=path
+    )
+    return external, None
+
+
+def _quantize(
+    config: RunConfig, base: BuildResult, calibration: CalibrationSet | None, path: Path
+) -> tuple[bool, QuantizationRecord | None]:
+    assert config.precision.quantization is not None
+    external = base.manifest.external_data
+    record = quantize.quantize_onnx(
+        Path(base.artifact_path), path, base_artifact=base.manifest.artifact_name,
+        quantization=config.precision.quantization, calibration_config=config.calibration, calibration=calibration,
+        external=external,
+    )  # fmt: skip
+    return external, record

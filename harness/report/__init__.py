@@ -32,6 +32,10 @@ COLUMNS: tuple[Column, ...] = (
     ("parity_min_cos", lambda result: result.build and result.build.parity.min_cosine),
     ("map_medium", lambda result: result.accuracy and result.accuracy.medium.map),
     ("map_hard", lambda result: result.accuracy and result.accuracy.hard.map),
+    (
+        "fp32_top10_overlap",
+        lambda result: result.accuracy and result.accuracy.fp32 and result.accuracy.fp32.neighbour_overlap_at_10,
+    ),
     ("error", lambda result: result.error and result.error.message),
 )
 COLUMN_NAMES = ("job", *(name for name, _ in COLUMNS))

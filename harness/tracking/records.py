@@ -46,6 +46,10 @@ MEASUREMENTS = (
     "accuracy.hard.*",
     "accuracy.extraction_time_s",
     "accuracy.images_per_s",
+    "accuracy.fp32.neighbour_overlap_at_10",
+    "accuracy.fp32.min_neighbour_overlap_at_10",
+    "accuracy.fp32.descriptor_min_cosine",
+    "accuracy.fp32.map_delta.*",
 )
 # Headline metric -> (measurement it copies, scale): the few numbers people compare runs by.
 HEADLINE: dict[str, tuple[str, float]] = {
@@ -58,6 +62,8 @@ HEADLINE: dict[str, tuple[str, float]] = {
     "map_medium": ("accuracy.medium.map", 1.0),
     "map_hard": ("accuracy.hard.map", 1.0),
     "parity_min_cos": ("build.parity.min_cosine", 1.0),
+    "fp32_top10_overlap": ("accuracy.fp32.neighbour_overlap_at_10", 1.0),
+    "map_medium_delta_fp32": ("accuracy.fp32.map_delta.medium", 1.0),
 }
 
 
@@ -152,6 +158,7 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
         "git.dirty": str(git.get("dirty")).lower(),
         "host": environment.get("host", "unknown"),
         "hardware.cpu": environment.get("cpu_model", "unknown"),
+        "hardware.cpu_isa": " ".join(environment.get("cpu_isa") or []) or None,
         "hardware.fingerprint": environment.get("hardware_fingerprint", "unknown"),
         "hardware.gpu": str(resolved.get("device_name", "none")),
         "harness.perf_valid": _flag(perf, "validity", "valid"),
