@@ -213,6 +213,19 @@ class Measurement:
     validity: Validity
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One measurement of a peak-rate search: the offered rate, what was achieved, and whether p99 met the bound
+    (``p99_ms`` is ``None`` when the probe had too few samples for a p99, which then does not pass)."""
+
+    target_qps: float
+    throughput_qps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    samples: int
+    passed: bool
+
+
 @dataclass(frozen=True, kw_only=True)
 class PerfResult(Measurement):
     """The perf section of ``result.json``: the median repeat's measurement, the load, and every repeat.
@@ -237,6 +250,12 @@ class PerfResult(Measurement):
     throughput_qps_repeats: tuple[float, ...]
     repeats: tuple[Measurement, ...] = field(default=())
     samples_file: str | None = None
+    scenario: str = "closed"
+    target_qps: float | None = None
+    max_queue_delay_ms: float = 0.0
+    latency_bound_ms: float | None = None
+    peak_qps: float | None = None
+    probes: tuple[Probe, ...] = field(default=())
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.result import RunResult
+from harness.result import PerfResult, RunResult
 
 
 def format_summary(result: RunResult) -> str:
@@ -47,7 +47,7 @@ def format_summary(result: RunResult) -> str:
         rows += [
             (
                 "perf",
-                f"{perf.backend} b{perf.batch} i{perf.instances} p{perf.processes} {perf.mode}: "
+                f"{perf.backend} b{perf.batch} i{perf.instances} p{perf.processes} {_load(perf)}: "
                 f"{perf.throughput_qps:.2f} img/s over {perf.forward_time_s:.2f} s",
             ),
             (
@@ -57,6 +57,14 @@ def format_summary(result: RunResult) -> str:
             ("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)),
         ]
         rows += [("warning", warning) for warning in perf.validity.warnings]
+        if perf.probes:
+            verdicts = ", ".join(
+                f"{probe.target_qps:.4g} {'pass' if probe.passed else 'fail'}" for probe in perf.probes
+            )
+            peak = f"{perf.peak_qps:.4g} img/s" if perf.peak_qps is not None else "none"
+            rows.append(
+                ("peak", f"{peak} with p99 <= {perf.latency_bound_ms} ms ({len(perf.probes)} probes: {verdicts})")
+            )
     if result.accuracy:
         accuracy = result.accuracy
         rows.append(
@@ -98,6 +106,16 @@ def format_summary(result: RunResult) -> str:
     rows.append(("time", f"{result.duration_s:.1f} s"))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)
+
+
+def _load(perf: PerfResult) -> str:
+    """How the load was offered: the closed loop's mode, or the open-loop scenario and its rate."""
+    if perf.scenario == "server":
+        offered = f"{perf.target_qps:.4g} qps offered" if perf.target_qps is not None else "no rate met the bound"
+        return f"server {offered} (latency from scheduled arrival)"
+    if perf.scenario == "offline":
+        return "offline (all requests queued at the start)"
+    return perf.mode
 
 
 def _ms(microseconds: float | None) -> str:

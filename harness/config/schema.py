@@ -12,6 +12,7 @@ Image sizes are (H, W) everywhere, shapes [C, H, W] or [N, C, H, W].
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -28,6 +29,8 @@ ExternalData = Literal["auto", "always", "never"]
 
 STAGES: tuple[str, ...] = get_args(Stage)
 MIN_OPSET = 18
+# Samples p99 needs to be reported (at most 1% of them above it, with 99% confidence; harness.perf.stats).
+P99_MIN_SAMPLES = 662
 # Fields that ``harness.resolve`` fills in: not part of the composed config, so not in Hydra's schema.
 RESOLVED = {"resolved": True}
 
@@ -173,6 +176,19 @@ class PerfConfig:
         windows: time slices for the throughput coefficient of variation.
         max_window_cv: above this CV a warning is printed and recorded.
         start_timeout_s: longest wait for workers to load their models.
+        scenario: ``closed`` (vamp's loop: each instance sends the next request when the last returns),
+            ``server`` (open loop: Poisson arrivals at ``target_qps``, latency from each request's scheduled
+            arrival) or ``offline`` (every request queued at the start; throughput only).
+        target_qps: server: the offered rate (images per second over all instances); with ``search=peak``
+            the first probe.
+        max_queue_delay_ms: open loop: longest wait for a batch of ``batch`` requests to fill after its first
+            request arrived.
+        arrival_seed: server: seed of the arrival schedule (the same seed replays the same arrivals).
+        search: ``none``, or ``peak``: the highest ``target_qps`` whose p99 latency stays within
+            ``latency_bound_ms``, by bracketing then bisection; every probe is kept.
+        latency_bound_ms: peak search: the p99 end-to-end bound.
+        search_tolerance: peak search stops when the bracket is narrower than this share of its low end.
+        max_probes: peak search: most probes (each one a measurement of its own).
     """
 
     instances: int
@@ -193,11 +209,28 @@ class PerfConfig:
     windows: int
     max_window_cv: float
     start_timeout_s: float
+    scenario: Literal["closed", "server", "offline"]
+    target_qps: float | None
+    max_queue_delay_ms: float
+    arrival_seed: int
+    search: Literal["none", "peak"]
+    latency_bound_ms: float | None
+    search_tolerance: float
+    max_probes: int
 
     @property
     def batches_floor(self) -> int:
         """Batches a measurement runs at least: ``iterations`` and ``min_samples``, whichever is more."""
         return max(self.iterations or 0, self.min_samples)
+
+    def open_loop_requests(self, target_qps: float | None) -> int:
+        """Open loop: requests (one image each) over all instances. Server: the batch floor, and enough to
+        fill ``min_duration_s`` at ``target_qps`` (and p99's 662 when searching); offline: floor x batch."""
+        if self.scenario == "offline":
+            return self.batches_floor * self.batch
+        assert target_qps is not None
+        least = P99_MIN_SAMPLES if self.search == "peak" else 0
+        return max(self.batches_floor, least, math.ceil(target_qps * self.min_duration_s))
 
     def __post_init__(self) -> None:
         for name in ("instances", "processes", "batch", "queue_depth", "repeats", "windows", "min_samples"):
@@ -216,6 +249,26 @@ class PerfConfig:
             raise ConfigError(f"perf.iterations={self.iterations}: expected >= perf.instances={self.instances}")
         if self.warmup < 0:
             raise ConfigError(f"perf.warmup={self.warmup}: expected >= 0")
+        if self.scenario == "server" and (self.target_qps is None or self.target_qps <= 0):
+            raise ConfigError(f"perf.target_qps={self.target_qps}: perf.scenario=server needs an arrival rate > 0")
+        if self.max_queue_delay_ms < 0:
+            raise ConfigError(f"perf.max_queue_delay_ms={self.max_queue_delay_ms}: expected >= 0")
+        if self.search == "peak":
+            if self.repeats != 1:
+                raise ConfigError(f"perf.repeats={self.repeats}: perf.search=peak measures each probe once (use 1)")
+            if self.scenario != "server":
+                raise ConfigError(
+                    f"perf.search=peak: searches the server scenario's rate, got perf.scenario={self.scenario}"
+                )
+            if self.latency_bound_ms is None or self.latency_bound_ms <= 0:
+                raise ConfigError(
+                    f"perf.latency_bound_ms={self.latency_bound_ms}: perf.search=peak needs a p99 bound > 0"
+                )
+            if not 0 < self.search_tolerance < 1 or self.max_probes < 2:
+                raise ConfigError(
+                    f"perf.search_tolerance={self.search_tolerance}, perf.max_probes={self.max_probes}: "
+                    "expected a tolerance in (0, 1) and at least 2 probes"
+                )
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ import numpy as np
 
 from harness.backends import BackendFactory
 from harness.errors import MeasurementInvalid
+from harness.perf.openloop import poisson_arrivals, serve_schedule
 from harness.processes import spawn_context
 
 CHUNK_SAMPLES = 65536
@@ -71,11 +72,11 @@ class CompletionHistogram:
         self.counts = np.zeros(4096, dtype=np.int32)
         self.last_s = 0.0
 
-    def add(self, offset_s: float) -> None:
+    def add(self, offset_s: float, count: int = 1) -> None:
         index = int(offset_s / COMPLETION_BIN_S)
         if index >= self.counts.size:
             self.counts = np.concatenate([self.counts, np.zeros(max(index + 1, self.counts.size), dtype=np.int32)])
-        self.counts[index] += 1
+        self.counts[index] += count
         self.last_s = max(self.last_s, offset_s)
 
     def array(self) -> np.ndarray:
@@ -95,6 +96,10 @@ class LoadPlan:
         warmup: untimed calls after the cold first call.
         min_duration_s: each instance measures at least this long (and its iterations)...
         max_duration_s: ...but stops here whatever is unmet (``None``: no bound).
+        scenario: ``closed`` (the loops above), or open loop (``harness.perf.openloop``): ``server`` (Poisson
+            arrivals at ``rate_qps`` per instance, seeded with ``arrival_seed`` + the instance number) or
+            ``offline`` (every request there at the start); ``iterations`` then counts requests (one image each).
+        max_queue_delay_s: open loop: how long a request may wait for its batch to fill.
     """
 
     mode: Literal["sync", "async"]
@@ -102,6 +107,19 @@ class LoadPlan:
     warmup: int
     min_duration_s: float
     max_duration_s: float | None
+    scenario: Literal["closed", "server", "offline"] = "closed"
+    rate_qps: float | None = None
+    max_queue_delay_s: float = 0.0
+    arrival_seed: int = 0
+
+    def arrivals(self, instance: int, count: int) -> np.ndarray:
+        """Open loop: this instance's scheduled arrivals (seconds from its start), cut at ``max_duration_s``."""
+        if self.scenario == "offline":
+            arrivals = np.zeros(count)
+        else:
+            assert self.rate_qps is not None  # the stage sets it for the server scenario
+            arrivals = poisson_arrivals(self.rate_qps, count, self.arrival_seed + instance)
+        return arrivals if self.max_duration_s is None else arrivals[arrivals < self.max_duration_s]
 
 
 @dataclass(frozen=True)
@@ -127,9 +145,11 @@ class InstanceSamples:
 
     Attributes:
         start: ``time.perf_counter()`` when it began measuring (one clock for every process on a machine).
-        samples: [batches, 2] float32: end-to-end and model latency, microseconds.
-        completions: batches completed per ``COMPLETION_BIN_S`` after ``start``.
+        samples: [rows, 2] float32: end-to-end and model latency, microseconds; a row per batch (closed loop)
+            or per request (open loop).
+        completions: rows completed per ``COMPLETION_BIN_S`` after ``start``.
         last_completion_s: seconds from ``start`` to its last completion.
+        calls: inference calls made (batches).
     """
 
     instance: int
@@ -140,6 +160,7 @@ class InstanceSamples:
     samples: np.ndarray
     completions: np.ndarray
     last_completion_s: float
+    calls: int
 
 
 @dataclass(frozen=True)
@@ -166,6 +187,8 @@ class _Instance:
         self.load_s = 0.0
         self.first_call_us = 0.0
         self.start = 0.0
+        self.calls = 0
+        self.prepared_rows = len(task.inputs)
 
     def prepare(self) -> None:
         started = time.perf_counter()
@@ -197,9 +220,35 @@ class _Instance:
         model_us = device_us if device_us is not None else (model_done - called) * 1e6
         self.samples.append((done - submitted) * 1e6, model_us)
         self.completions.add(done - self.start)
+        self.calls += 1
+
+    def _run_batch(self, rows: int) -> float | None:
+        """One open-loop call on the first ``rows`` requests of the input batch (placed anew when it changes)."""
+        if rows != self.prepared_rows:
+            self.backend.prepare(self.task.inputs[:rows])
+            self.prepared_rows = rows
+        device_us = self.backend.infer()
+        self.backend.outputs()
+        return device_us
+
+    def _run_open_loop(self) -> None:
+        plan = self.task.plan
+        served = serve_schedule(
+            plan.arrivals(self.index, self.iterations), batch=len(self.task.inputs),
+            max_queue_delay_s=plan.max_queue_delay_s, run_batch=self._run_batch, now=time.perf_counter,
+            sleep=time.sleep, start=self.start,
+        )  # fmt: skip
+        for latency_us, model_us in zip(served.latency_us, served.model_us, strict=True):
+            self.samples.append(latency_us, model_us)
+        for done_s, rows in zip(served.call_done_s, served.batch_sizes, strict=True):
+            self.completions.add(float(done_s), int(rows))
+        self.calls = len(served.batch_sizes)
 
     def run(self) -> None:
         self.start = time.perf_counter()
+        if self.task.plan.scenario != "closed":
+            self._run_open_loop()
+            return
         if self.task.plan.mode == "sync":
             done = 0
             while self._keep_going(done):
@@ -233,6 +282,7 @@ class _Instance:
             instance=self.index, worker=self.task.worker, load_s=self.load_s, first_call_us=self.first_call_us,
             start=self.start, samples=self.samples.array(), completions=self.completions.array(),
             last_completion_s=self.completions.last_s,
+            calls=self.calls,
         )  # fmt: skip
 
 

@@ -21,7 +21,7 @@ from harness.perf import stats
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
 from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, LoadPlan, WorkerReport, WorkerTask, run_workers
 from harness.preprocess import batch_of
-from harness.result import LatencyBlock, Measurement, PerfResult, Validity
+from harness.result import LatencyBlock, Measurement, PerfResult, Probe, Validity
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,18 @@ def make_inputs(
     return np.random.default_rng(seed).standard_normal(batch_shape, dtype=np.float32).astype(dtype)
 
 
-def _tasks(perf: PerfConfig, factory: BackendFactory, inputs: np.ndarray) -> list[WorkerTask]:
-    """The instances dealt round-robin to ``perf.processes`` workers, the batch floor split among them."""
-    floor = perf.batches_floor
+def _tasks(perf: PerfConfig, factory: BackendFactory, inputs: np.ndarray, target_qps: float | None) -> list[WorkerTask]:
+    """The instances dealt round-robin to ``perf.processes`` workers, the batch floor (closed loop) or the
+    requests (open loop, each instance a Poisson stream at its share of ``target_qps``) split among them."""
+    floor = perf.batches_floor if perf.scenario == "closed" else perf.open_loop_requests(target_qps)
     per_instance = [
         max(1, floor // perf.instances + (index < floor % perf.instances)) for index in range(perf.instances)
     ]
     plan = LoadPlan(
         mode=perf.mode, queue_depth=perf.queue_depth, warmup=perf.warmup, min_duration_s=perf.min_duration_s,
-        max_duration_s=perf.max_duration_s,
+        max_duration_s=perf.max_duration_s, scenario=perf.scenario,
+        rate_qps=target_qps / perf.instances if target_qps else None,
+        max_queue_delay_s=perf.max_queue_delay_ms / 1e3, arrival_seed=perf.arrival_seed,
     )  # fmt: skip
     return [
         WorkerTask(
@@ -62,19 +65,27 @@ def _tasks(perf: PerfConfig, factory: BackendFactory, inputs: np.ndarray) -> lis
     ]
 
 
-def summarise(perf: PerfConfig, reports: list[WorkerReport]) -> tuple[Measurement, dict[str, np.ndarray]]:
-    """Derive one ``Measurement`` from raw worker samples (the only place statistics are computed)."""
+def summarise(
+    perf: PerfConfig, reports: list[WorkerReport], *, target_qps: float | None = None
+) -> tuple[Measurement, dict[str, np.ndarray]]:
+    """Derive one ``Measurement`` from raw worker samples (the only place statistics are computed).
+
+    A sample row is a batch of ``perf.batch`` images in the closed loop, one request of one image in the open
+    loop (whose latency is counted from its scheduled arrival).
+    """
     instances = [instance for report in reports for instance in report.instances]
     e2e_us = np.concatenate([instance.samples[:, 0] for instance in instances])
     model_us = np.concatenate([instance.samples[:, 1] for instance in instances])
     start = min(instance.start for instance in instances)
     end = max(instance.start + instance.last_completion_s for instance in instances)
     forward_time_s = end - start
-    batches = int(e2e_us.size)
+    batches = sum(instance.calls for instance in instances)
+    images_per_row = perf.batch if perf.scenario == "closed" else 1
+    images = int(e2e_us.size) * images_per_row
     completions = _completions_since(start, instances)
     bin_starts = start + np.arange(completions.size) * COMPLETION_BIN_S
     windows = stats.window_throughputs(
-        bin_starts, completions, start_s=start, end_s=end, windows=perf.windows, batch=perf.batch
+        bin_starts, completions, start_s=start, end_s=end, windows=perf.windows, batch=images_per_row
     )
     latency = LatencyBlock(e2e=stats.latency_stats(e2e_us), model=stats.latency_stats(model_us))
     window_cv = stats.coefficient_of_variation(windows)
@@ -82,8 +93,11 @@ def summarise(perf: PerfConfig, reports: list[WorkerReport]) -> tuple[Measuremen
     bound = f" (stopped at perf.max_duration_s={perf.max_duration_s})" if perf.max_duration_s is not None else ""
     if forward_time_s < perf.min_duration_s:
         reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}{bound}")
-    if batches < perf.batches_floor:
+    if perf.scenario == "closed" and batches < perf.batches_floor:
         reasons.append(f"{batches} batches < {perf.batches_floor} (perf.iterations, perf.min_samples){bound}")
+    if perf.scenario != "closed" and e2e_us.size < perf.open_loop_requests(target_qps):
+        requested = perf.open_loop_requests(target_qps)
+        reasons.append(f"{e2e_us.size} requests served < {requested} scheduled{bound}")
     warnings = stats.insufficient_percentiles(latency.e2e)
     if window_cv > perf.max_window_cv:
         warnings.append(
@@ -92,10 +106,10 @@ def summarise(perf: PerfConfig, reports: list[WorkerReport]) -> tuple[Measuremen
     cpu_s = sum(report.cpu_s for report in reports)
     device_peaks = [report.peak_device_bytes for report in reports if report.peak_device_bytes is not None]
     measurement = Measurement(
-        samples=batches * perf.batch,
+        samples=images,
         batches=batches,
         forward_time_s=forward_time_s,
-        throughput_qps=batches * perf.batch / forward_time_s,
+        throughput_qps=images / forward_time_s,
         latency_us=latency,
         load_time_s=float(np.mean([instance.load_s for instance in instances])),
         first_call_us=float(np.mean([instance.first_call_us for instance in instances])),
@@ -137,16 +151,29 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
     raw: dict[str, np.ndarray] = {}
     device = str(opened.resolved.get("device", "cpu"))
     claims = config.paths.path("outputs") / CLAIMS_FOLDER
+    probes: list[Probe] = []
     with claimed_window(claims, run_dir=run_dir, device=device) as contention:
-        for repeat in range(config.perf.repeats):
-            measurements.append(_measure_once(config, opened, batch_shape, repeat, raw))
+        if config.perf.search == "peak":
+            median, probes = _search_peak(config, opened, batch_shape, raw)
+            measurements = [median]
+        else:
+            for repeat in range(config.perf.repeats):
+                measurements.append(
+                    _measure_once(
+                        config, opened, batch_shape, f"repeat{repeat}", raw, seed=repeat,
+                        target_qps=config.perf.target_qps,
+                    )
+                )  # fmt: skip
+            ordered = sorted(measurements, key=lambda measurement: measurement.throughput_qps)
+            median = ordered[(len(ordered) - 1) // 2]
     run_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run_dir / SAMPLES_FILE, allow_pickle=False, **raw)
-    ordered = sorted(measurements, key=lambda measurement: measurement.throughput_qps)
-    median = ordered[(len(ordered) - 1) // 2]
     reasons = tuple(reason for measurement in measurements for reason in measurement.validity.reasons)
     headline = {name: getattr(median, name) for name in Measurement.__dataclass_fields__}
     warnings = median.validity.warnings
+    peak = max((probe.target_qps for probe in probes if probe.passed), default=None)
+    if probes and peak is None:
+        reasons += (f"no probe kept p99 within perf.latency_bound_ms={config.perf.latency_bound_ms}",)
     if contention.overlapping:
         warnings += (
             f"contended: {len(contention.overlapping)} other perf run(s) measured on {device} of this host at the "
@@ -172,30 +199,85 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         throughput_qps_repeats=tuple(measurement.throughput_qps for measurement in measurements),
         repeats=tuple(measurements) if len(measurements) > 1 else (),
         samples_file=SAMPLES_FILE,
+        scenario=config.perf.scenario,
+        target_qps=peak if probes else config.perf.target_qps,
+        max_queue_delay_ms=config.perf.max_queue_delay_ms,
+        latency_bound_ms=config.perf.latency_bound_ms,
+        peak_qps=peak,
+        probes=tuple(probes),
     )
+
+
+def _search_peak(
+    config: RunConfig, opened: OpenedBackend, batch_shape: tuple[int, ...], raw: dict[str, np.ndarray]
+) -> tuple[Measurement, list[Probe]]:
+    """The highest server rate whose p99 meets ``perf.latency_bound_ms``: double or halve from ``target_qps``
+    until one rate passes and one fails, then bisect until the bracket is within ``search_tolerance``.
+
+    Returns the measurement of the best passing probe (the last probe when none passed) and every probe.
+    """
+    perf = config.perf
+    assert perf.target_qps is not None and perf.latency_bound_ms is not None  # checked by PerfConfig
+    bound_us = perf.latency_bound_ms * 1e3
+    probes: list[Probe] = []
+    measured: dict[float, Measurement] = {}
+
+    def passes(rate: float) -> bool:
+        measurement = _measure_once(config, opened, batch_shape, f"probe{len(probes)}", raw, seed=0, target_qps=rate)
+        p50, p99 = measurement.latency_us.e2e.p50, measurement.latency_us.e2e.p99
+        passed = p99 is not None and p99 <= bound_us and measurement.validity.valid
+        probes.append(
+            Probe(
+                target_qps=rate, throughput_qps=measurement.throughput_qps, p50_ms=None if p50 is None else p50 / 1e3,
+                p99_ms=None if p99 is None else p99 / 1e3, samples=measurement.samples, passed=passed,
+            )
+        )  # fmt: skip
+        measured[rate] = measurement
+        log.info("peak search probe %d: %.2f qps offered, p99 %s ms: %s", len(probes), rate, probes[-1].p99_ms, passed)
+        return passed
+
+    low: float | None = None
+    high: float | None = None
+    rate = perf.target_qps
+    while len(probes) < perf.max_probes and (low is None or high is None):
+        if passes(rate):
+            low, rate = rate, rate * 2
+        else:
+            high, rate = rate, rate / 2
+    while low is not None and high is not None and high - low > perf.search_tolerance * low:
+        if len(probes) >= perf.max_probes:
+            break
+        middle = (low + high) / 2
+        if passes(middle):
+            low = middle
+        else:
+            high = middle
+    best = measured[low] if low is not None else measured[probes[-1].target_qps]
+    return best, probes
 
 
 def _measure_once(
-    config: RunConfig, opened: OpenedBackend, batch_shape: tuple[int, ...], repeat: int, raw: dict[str, np.ndarray]
+    config: RunConfig,
+    opened: OpenedBackend,
+    batch_shape: tuple[int, ...],
+    label: str,
+    raw: dict[str, np.ndarray],
+    *,
+    seed: int,
+    target_qps: float | None,
 ) -> Measurement:
-    """One repeat in fresh worker processes; its raw samples are added to ``raw`` under ``repeat<N>_``."""
+    """One measurement in fresh worker processes; its raw samples are added to ``raw`` under ``<label>_``."""
+    perf = config.perf
     log.info(
-        "stage=perf repeat=%d/%d backend=%s instances=%d processes=%d batch=%d mode=%s",
-        repeat + 1, config.perf.repeats, config.backend.name, config.perf.instances, config.perf.processes,
-        config.perf.batch, config.perf.mode,
+        "stage=perf %s scenario=%s backend=%s instances=%d processes=%d batch=%d mode=%s target_qps=%s",
+        label, perf.scenario, config.backend.name, perf.instances, perf.processes, perf.batch, perf.mode, target_qps,
     )  # fmt: skip
-    inputs = make_inputs(
-        config.perf.inputs, batch_shape, opened.input_dtype, seed=repeat, preprocessing=config.vdsp_params
-    )
-    reports = run_workers(_tasks(config.perf, opened.factory, inputs), start_timeout_s=config.perf.start_timeout_s)
-    measurement, samples = summarise(config.perf, reports)
-    raw.update({f"repeat{repeat}_{name}": values for name, values in samples.items()})
-    log.info(
-        "perf repeat=%d throughput_qps=%.2f valid=%s",
-        repeat + 1,
-        measurement.throughput_qps,
-        measurement.validity.valid,
-    )
+    inputs = make_inputs(perf.inputs, batch_shape, opened.input_dtype, seed=seed, preprocessing=config.vdsp_params)
+    tasks = _tasks(perf, opened.factory, inputs, target_qps)
+    reports = run_workers(tasks, start_timeout_s=perf.start_timeout_s)
+    measurement, samples = summarise(perf, reports, target_qps=target_qps)
+    raw.update({f"{label}_{name}": values for name, values in samples.items()})
+    log.info("perf %s throughput_qps=%.2f valid=%s", label, measurement.throughput_qps, measurement.validity.valid)
     return measurement
 
 

@@ -235,18 +235,21 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
             rows.append((f"{variant} {backend} b{batch} {precision}", _deltas(reference, result)))
     if not rows:
         return None
-    names = ("map_easy", "map_medium", "map_hard", "parity_min_cos_x1e4")
+    names = ("map_easy", "map_medium", "map_hard", "parity_min_cos_x1e4", "top10_neighbours_lost_pct")
     figure, axes = _figure()
     missing = _grouped_bars(
         axes, [label for label, _ in rows], names, lambda index, name: rows[index][1][name], na_height=0.0, rotation=20
     )
     axes.axhline(0, color="black", linewidth=0.8)
-    axes.set_ylabel("minus fp32 (mAP points; parity cosine x 1e4)")
+    axes.set_ylabel("minus fp32 (mAP points; parity cosine x 1e4; % top-10)")
     axes.set_title("What a lower precision costs against fp32")
     _legend(axes)
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
-    caption = "mAP (points) and parity minimum cosine (x 1e4) of each lower precision minus fp32, same variant, backend and batch."
+    caption = (
+        "mAP (points) and parity minimum cosine (x 1e4) of each lower precision minus fp32, same variant, backend and "
+        "batch; and the share of top-10 database neighbours the run lost against the fp32 build on the same images (%)."
+    )
     return Plot(path, "Precision deltas against fp32", caption, missing)
 
 
@@ -263,6 +266,10 @@ def _deltas(reference: RunResult, other: RunResult) -> dict[str, float | None]:
         "map_medium": difference(setup_map("medium")),
         "map_hard": difference(setup_map("hard")),
         "parity_min_cos_x1e4": difference(lambda result: result.build.parity.min_cosine if result.build else None, 1e4),
+        # The run's own comparison with fp32 on the same images: the share of top-10 neighbours it lost.
+        "top10_neighbours_lost_pct": -100.0 * (1.0 - other.accuracy.fp32.neighbour_overlap_at_10)
+        if other.accuracy and other.accuracy.fp32
+        else None,
     }
 
 

@@ -41,6 +41,11 @@ MEASUREMENTS = (
     "perf.cpu_utilization_pct",
     "perf.peak_host_memory_bytes",
     "perf.peak_device_memory_bytes",
+    "perf.peak_qps",
+    "perf.probes.target_qps",
+    "perf.probes.throughput_qps",
+    "perf.probes.p50_ms",
+    "perf.probes.p99_ms",
     "accuracy.easy.*",
     "accuracy.medium.*",
     "accuracy.hard.*",
@@ -62,6 +67,7 @@ HEADLINE: dict[str, tuple[str, float]] = {
     "map_medium": ("accuracy.medium.map", 1.0),
     "map_hard": ("accuracy.hard.map", 1.0),
     "parity_min_cos": ("build.parity.min_cosine", 1.0),
+    "peak_qps": ("perf.peak_qps", 1.0),
     "fp32_top10_overlap": ("accuracy.fp32.neighbour_overlap_at_10", 1.0),
     "map_medium_delta_fp32": ("accuracy.fp32.map_delta.medium", 1.0),
 }
@@ -99,7 +105,13 @@ def is_measurement(key: str) -> bool:
 def metrics_of(result: dict[str, object]) -> dict[str, list[float]]:
     """Headline metrics first, then every finite measurement: name -> values by step (one unless a series)."""
     measured: dict[str, list[float]] = {}
-    for key, leaf in flatten({name: value for name, value in result.items() if name != "config"}):
+    tree = {name: value for name, value in result.items() if name != "config"}
+    perf = tree.get("perf")
+    if isinstance(perf, dict) and perf.get("probes"):
+        # A peak search's probes: one stepped metric per field, so the tracker draws each against the probe order.
+        probes: list[dict[str, object]] = perf["probes"]
+        tree["perf"] = {**perf, "probes": {field: [probe[field] for probe in probes] for field in probes[0]}}
+    for key, leaf in flatten(tree):
         if not is_measurement(key):
             continue
         values = leaf if isinstance(leaf, list) else [leaf]

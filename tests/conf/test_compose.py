@@ -60,7 +60,7 @@ def test_defaults_are_typed() -> None:
     ("override", "message"),
     [
         ("model.variant=vitx14", r"model.variant='vitx14': expected one of .*did you mean 'vits14'"),
-        ("precision.name=int4", r"precision.name='int4': expected one of \['fp16', 'fp32'\]"),
+        ("precision.name=int4", r"precision.name='int4': expected one of \['fp16', 'fp32', 'int8', 'int8_dynamic'\]"),
         ("build.opset=17", r"build.opset=17: expected >= 18"),
         ("build.exporter=tvm", r"build.exporter='tvm': expected one of \['dynamo', 'legacy'\]"),
         (

@@ -1,0 +1,172 @@
+"""Open-loop load: seeded Poisson arrivals, latency from the scheduled arrival, batching, scenarios, peak search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from harness.config.schema import P99_MIN_SAMPLES
+from harness.errors import ConfigError
+from harness.perf.openloop import poisson_arrivals, serve_schedule
+from harness.perf.stats import MIN_SAMPLES
+from harness.result import load_result
+from harness.tracking.records import metrics_of
+from tests.perf.test_loadgen import measure, sleep_config
+
+
+class FakeClock:
+    """A clock that moves only when the code under test sleeps or the fake backend serves."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+def fake_backend(
+    clock: FakeClock, service_s: float, stall: tuple[int, float] | None = None
+) -> tuple[list[int], object]:
+    """``run_batch`` that takes ``service_s`` per call, and ``stall[1]`` seconds on call ``stall[0]``."""
+    calls: list[int] = []
+
+    def run_batch(rows: int) -> float | None:
+        calls.append(rows)
+        clock.t += stall[1] if stall and len(calls) - 1 == stall[0] else service_s
+        return None
+
+    return calls, run_batch
+
+
+def test_arrivals_are_exponential_and_reproducible_per_seed() -> None:
+    arrivals = poisson_arrivals(250.0, 20_000, seed=3)
+    gaps = np.diff(np.concatenate([[0.0], arrivals]))
+    assert stats.kstest(gaps, "expon", args=(0, 1 / 250.0)).pvalue > 0.01
+    assert len(arrivals) / arrivals[-1] == pytest.approx(250.0, rel=0.03)
+    assert np.array_equal(arrivals, poisson_arrivals(250.0, 20_000, seed=3))
+    assert not np.array_equal(arrivals, poisson_arrivals(250.0, 20_000, seed=4))
+    assert stats.kstest(gaps, "expon", args=(0, 1 / 125.0)).pvalue < 1e-6  # the test can tell rates apart
+
+
+def test_a_stall_shows_in_every_request_scheduled_during_it() -> None:
+    clock = FakeClock()
+    arrivals = np.arange(20) * 0.010  # one request every 10 ms; service 1 ms; call 5 stalls for 100 ms
+    _, run_batch = fake_backend(clock, 0.001, stall=(5, 0.100))
+    served = serve_schedule(
+        arrivals, batch=1, max_queue_delay_s=0.0, run_batch=run_batch, now=clock.now, sleep=clock.sleep
+    )
+    latency_ms = served.latency_us / 1e3
+    assert latency_ms[:5] == pytest.approx([1.0] * 5)
+    stall_ends = 0.050 + 0.100
+    for index in range(5, 20):
+        if arrivals[index] < stall_ends:  # scheduled before the stall ended: waits for it, then for those ahead
+            assert latency_ms[index] >= (stall_ends - arrivals[index]) * 1e3 - 1e-6
+    assert latency_ms[5] == pytest.approx(100.0)
+    assert latency_ms[6] == pytest.approx(100.0 - 10.0 + 1.0)  # queued behind the stalled call
+    assert latency_ms[15] == pytest.approx(10.0)  # arrives as the stall ends, behind the nine queued during it
+    assert latency_ms[16:] == pytest.approx([1.0] * 4)  # the queue has drained by then
+    assert served.batch_sizes.tolist() == [1] * 20
+
+
+def test_requests_are_batched_up_to_the_batch_within_the_queue_delay() -> None:
+    clock = FakeClock()
+    arrivals = np.array([0.0, 0.001, 0.002, 0.003, 0.050, 0.100])
+    calls, run_batch = fake_backend(clock, 0.002)
+    served = serve_schedule(
+        arrivals, batch=3, max_queue_delay_s=0.005, run_batch=run_batch, now=clock.now, sleep=clock.sleep
+    )
+    # 0, 1, 2 fill a batch at 2 ms; 3 waits its 5 ms for company, then goes alone, as do 50 and 100 ms.
+    assert calls == [3, 1, 1, 1]
+    assert served.latency_us[:3] / 1e3 == pytest.approx([4.0, 3.0, 2.0])
+    assert served.latency_us[3] / 1e3 == pytest.approx(5.0 + 2.0)
+    offline = FakeClock()
+    offline_calls, offline_batch = fake_backend(offline, 0.002)
+    serve_schedule(
+        np.zeros(7), batch=3, max_queue_delay_s=0.0, run_batch=offline_batch, now=offline.now, sleep=offline.sleep
+    )
+    assert offline_calls == [3, 3, 1] and offline.sleeps == []
+
+
+def test_open_loop_settings_are_checked_when_the_config_resolves(cache_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"perf.target_qps=None: perf.scenario=server needs an arrival rate > 0"):
+        sleep_config(cache_dir, "perf.scenario=server")
+    with pytest.raises(ConfigError, match=r"perf.search=peak: searches the server scenario's rate"):
+        sleep_config(cache_dir, "perf.search=peak", "perf.latency_bound_ms=5")
+    with pytest.raises(ConfigError, match=r"perf.latency_bound_ms=None: perf.search=peak needs a p99 bound"):
+        sleep_config(cache_dir, "perf.scenario=server", "perf.target_qps=10", "perf.search=peak")
+    assert MIN_SAMPLES["p99"] == P99_MIN_SAMPLES
+
+
+def test_server_scenario_counts_requests_and_latency_from_the_schedule(cache_dir: Path, tmp_path: Path) -> None:
+    config = sleep_config(
+        cache_dir, "backend.latency_us=1000", "perf.scenario=server", "perf.target_qps=300", "perf.min_samples=300",
+        "perf.min_duration_s=0", "perf.iterations=null",
+    )  # fmt: skip
+    result = measure(config, tmp_path)
+    assert result.scenario == "server" and result.target_qps == 300.0
+    assert result.samples == result.batches == 300  # batch 1: one call per request
+    assert result.latency_us.e2e.min >= result.latency_us.model.min >= 1000.0
+    assert result.throughput_qps == pytest.approx(300.0, rel=0.25)
+    saved = np.load(tmp_path / "perf_samples.npz")
+    assert saved["repeat0_e2e_us"].size == 300
+
+
+def test_offline_scenario_serves_full_batches_back_to_back(cache_dir: Path, tmp_path: Path) -> None:
+    config = sleep_config(
+        cache_dir, "backend.latency_us=2000", "perf.scenario=offline", "perf.batch=4", "perf.iterations=20",
+        "perf.min_samples=20", "perf.min_duration_s=0",
+    )  # fmt: skip
+    result = measure(config, tmp_path)
+    assert result.samples == 80 and result.batches == 20
+    # All 80 requests are there at the start: the last waits for every call before its own.
+    assert result.latency_us.e2e.max >= 20 * 2000.0
+
+
+def test_peak_search_brackets_then_bisects_and_keeps_every_probe(cache_dir: Path, tmp_path: Path) -> None:
+    config = sleep_config(
+        cache_dir, "backend.latency_us=500", "perf.scenario=server", "perf.search=peak", "perf.target_qps=400",
+        "perf.latency_bound_ms=5", "perf.min_duration_s=0", "perf.iterations=null", "perf.search_tolerance=0.1",
+        "perf.max_probes=6",
+    )  # fmt: skip
+    result = measure(config, tmp_path)
+    rates = [probe.target_qps for probe in result.probes]
+    assert rates[0] == 400.0 and rates[1] == (800.0 if result.probes[0].passed else 200.0)
+    assert all(probe.samples >= P99_MIN_SAMPLES and probe.p99_ms is not None for probe in result.probes)
+    for probe in result.probes:
+        assert probe.passed == (probe.p99_ms <= 5.0)  # type: ignore[operator]
+    passed = [probe.target_qps for probe in result.probes if probe.passed]
+    failed = [probe.target_qps for probe in result.probes if not probe.passed]
+    assert result.peak_qps == max(passed) and failed and min(failed) > result.peak_qps
+    assert len(rates) == 6 or (min(failed) - result.peak_qps) <= 0.1 * result.peak_qps
+    # A service time of 0.5 ms caps the rate below 2000/s.
+    assert result.peak_qps < 2000.0
+    saved = np.load(tmp_path / "perf_samples.npz")
+    assert {f"probe{index}_e2e_us" for index in range(len(rates))} <= set(saved.files)
+
+
+def test_a_peak_search_is_kept_in_result_json_and_as_stepped_metrics(cache_dir: Path, tmp_path: Path) -> None:
+    from harness.pipeline import run
+
+    config = sleep_config(
+        cache_dir, "backend.latency_us=500", "perf.scenario=server", "perf.search=peak", "perf.target_qps=800",
+        "perf.latency_bound_ms=5", "perf.min_duration_s=0", "perf.iterations=null", "perf.max_probes=2",
+    )  # fmt: skip
+    result = run(config, run_dir=tmp_path)
+    stored = load_result(tmp_path)
+    assert stored.perf is not None and stored.perf.probes == result.perf.probes and len(stored.perf.probes) == 2  # type: ignore[union-attr]
+    import json
+
+    metrics = metrics_of(json.loads((tmp_path / "result.json").read_text()))
+    assert metrics["perf.probes.target_qps"] == [probe.target_qps for probe in stored.perf.probes]
+    assert len(metrics["perf.probes.p99_ms"]) == 2
+    if stored.perf.peak_qps is not None:
+        assert metrics["peak_qps"] == [stored.perf.peak_qps]
