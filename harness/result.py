@@ -214,6 +214,31 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class Efficiency:
+    """How close the measurement comes to the device's matrix throughput (``harness.perf.efficiency``).
+
+    Attributes:
+        flops_per_image: the architecture's FLOPs for one image (2 per multiply-add).
+        flops_per_image_onnx: the same counted from the artifact's graph (MatMul, Gemm, Conv), the cross-check.
+        achieved_gflops: ``flops_per_image`` x measured throughput.
+        gemm_time_us: the model's GEMMs at the run's batch and dtype run alone, same runtime and threads.
+        model_time_us: the measured model time per batch (mean).
+        efficiency: ``gemm_time_us / model_time_us``: the share of the run that is irreducible matrix work.
+        gemm_gflops: the rate the GEMMs alone reach.
+        runtime: what timed the GEMMs.
+    """
+
+    flops_per_image: int
+    flops_per_image_onnx: int | None
+    achieved_gflops: float
+    gemm_time_us: float
+    model_time_us: float
+    efficiency: float
+    gemm_gflops: float
+    runtime: str
+
+
+@dataclass(frozen=True)
 class Probe:
     """One measurement of a peak-rate search: the offered rate, what was achieved, and whether p99 met the bound
     (``p99_ms`` is ``None`` when the probe had too few samples for a p99, which then does not pass)."""
@@ -256,6 +281,7 @@ class PerfResult(Measurement):
     latency_bound_ms: float | None = None
     peak_qps: float | None = None
     probes: tuple[Probe, ...] = field(default=())
+    efficiency: Efficiency | None = None
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,16 @@ def format_summary(result: RunResult) -> str:
             ),
             ("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)),
         ]
+        if perf.efficiency:
+            efficiency = perf.efficiency
+            rows.append(
+                (
+                    "efficiency",
+                    f"GEMMs alone would take {efficiency.efficiency:.0%} of the measured time: "
+                    f"{efficiency.achieved_gflops:.1f} GFLOP/s achieved ({efficiency.flops_per_image / 1e9:.3g} GFLOP "
+                    f"per image), the GEMMs alone {efficiency.gemm_gflops:.1f} GFLOP/s",
+                )
+            )
         rows += [("warning", warning) for warning in perf.validity.warnings]
         if perf.probes:
             verdicts = ", ".join(

@@ -189,6 +189,8 @@ class PerfConfig:
         latency_bound_ms: peak search: the p99 end-to-end bound.
         search_tolerance: peak search stops when the bracket is narrower than this share of its low end.
         max_probes: peak search: most probes (each one a measurement of its own).
+        efficiency: closed loop, ONNX Runtime on CPU, fp32/fp16: also time the model's GEMMs alone (cached per
+            machine) and report FLOPs, GFLOP/s and efficiency (``perf.efficiency`` in the result).
     """
 
     instances: int
@@ -217,6 +219,7 @@ class PerfConfig:
     latency_bound_ms: float | None
     search_tolerance: float
     max_probes: int
+    efficiency: bool
 
     @property
     def batches_floor(self) -> int:

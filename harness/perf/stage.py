@@ -17,11 +17,14 @@ import numpy as np
 from harness.backends import BackendFactory, LoadTarget, OpenedBackend, open_backend
 from harness.config.schema import PerfConfig, RunConfig, VdspParams
 from harness.data.photos import sample_photos
+from harness.environment import cpu_model, gpus, hardware_fingerprint
+from harness.models.variants import get_variant
 from harness.perf import stats
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
+from harness.perf.efficiency import flops_per_image, model_gemms, onnx_gemm_flops, time_gemms_onnxruntime
 from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, LoadPlan, WorkerReport, WorkerTask, run_workers
 from harness.preprocess import batch_of
-from harness.result import LatencyBlock, Measurement, PerfResult, Probe, Validity
+from harness.result import Efficiency, LatencyBlock, Measurement, PerfResult, Probe, Validity
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +208,40 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         latency_bound_ms=config.perf.latency_bound_ms,
         peak_qps=peak,
         probes=tuple(probes),
+        efficiency=_efficiency(config, artifact_path, median),
+    )
+
+
+def _efficiency(config: RunConfig, artifact_path: str | None, measured: Measurement) -> Efficiency | None:
+    """FLOPs, GFLOP/s and GEMM-only efficiency where they are defined: the closed loop's fixed batch, ONNX
+    Runtime on its CPU provider, a float precision (``None`` elsewhere, and with ``perf.efficiency=false``)."""
+    backend = config.backend
+    if not (
+        config.perf.efficiency and config.perf.scenario == "closed" and artifact_path and backend.name == "onnxruntime"
+        and tuple(backend.providers) == ("CPUExecutionProvider",) and config.precision.name in ("fp32", "fp16")
+    ):  # fmt: skip
+        return None
+    spec = get_variant(config.model.variant)
+    batch, size = config.perf.batch, config.model.input_size
+    threads = backend.intra_op_threads or None
+    dtype = "float16" if config.precision.name == "fp16" else "float32"
+    fingerprint = hardware_fingerprint(cpu_model(), os.cpu_count(), gpus())
+    log.info("stage=perf timing the model's GEMMs alone (batch %d, %s, %s threads)", batch, dtype, threads or "default")
+    timing = time_gemms_onnxruntime(
+        model_gemms(spec, batch, size), dtype=dtype, threads=threads, cache_dir=config.paths.path("cache"),
+        fingerprint=fingerprint,
+    )  # fmt: skip
+    per_image = flops_per_image(spec, size)
+    model_time_us = measured.latency_us.model.avg
+    return Efficiency(
+        flops_per_image=per_image,
+        flops_per_image_onnx=onnx_gemm_flops(Path(artifact_path), batch) // batch,
+        achieved_gflops=per_image * measured.throughput_qps / 1e9,
+        gemm_time_us=timing.gemm_time_us,
+        model_time_us=model_time_us,
+        efficiency=timing.gemm_time_us / model_time_us,
+        gemm_gflops=timing.flops / timing.gemm_time_us / 1e3,
+        runtime=f"onnxruntime CPUExecutionProvider, {threads or 'default'} intra-op threads, {dtype}",
     )
 
 

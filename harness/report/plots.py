@@ -20,7 +20,7 @@ from harness.result import RunResult
 FIGURE_SIZE_IN = (8.0, 5.0)
 DPI = 100
 PERCENTILE_NAMES = ("p50", "p90", "p99")
-LOAD_KEYS = ("batch", "instances", "processes", "queue_depth", "mode")
+LOAD_KEYS = ("batch", "instances", "processes", "queue_depth", "mode", "scenario", "target_qps")
 
 
 @dataclass(frozen=True)
@@ -273,11 +273,21 @@ def _deltas(reference: RunResult, other: RunResult) -> dict[str, float | None]:
     }
 
 
+def _load_points(run: LabelledRun, name: str) -> list[tuple[float, float | None]]:
+    """(throughput, e2e latency ms) of a run, or of each probe of its peak-rate search."""
+    perf = run.result.perf
+    assert perf is not None
+    if perf.probes:
+        return [(probe.throughput_qps, getattr(probe, f"{name}_ms")) for probe in perf.probes]
+    return [(perf.throughput_qps, _percentile_ms(run, name))]
+
+
 def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
-    """p50 and p99 latency against throughput when the runs vary the load (batch, instances, queue depth...)."""
+    """p50 and p99 latency against throughput when the runs vary the load (batch, instances, queue depth,
+    offered rate...), or a peak-rate search probed several rates."""
     measured = [run for run in runs if run.result.perf is not None]
     loads = {tuple(getattr(run.result.config.perf, key) for key in LOAD_KEYS) for run in measured}
-    if len(loads) < 2:
+    if len(loads) < 2 and not any(len(run.result.perf.probes) > 1 for run in measured):  # type: ignore[union-attr]
         return None
     figure, axes = _figure()
     missing = []
@@ -288,16 +298,19 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
         for name, style in (("p50", "o-"), ("p99", "s--")):
             points = []
             for run in members:
-                value = _percentile_ms(run, name)
-                if value is None:
-                    missing.append(f"{run.label} {name}")
-                    continue
-                points.append((run.result.perf.throughput_qps, value))  # type: ignore[union-attr]
+                for throughput, value in _load_points(run, name):
+                    if value is None:
+                        missing.append(f"{run.label} {name} at {throughput:.4g} img/s")
+                        continue
+                    points.append((throughput, value))
             if points:
                 points.sort()
                 axes.plot(*zip(*points, strict=True), style, color=f"C{colour}", label=f"{key} e2e {name}")
     axes.set_xlabel("throughput (images/s)")
     axes.set_ylabel("end-to-end latency (ms)")
+    bounds = {run.result.perf.latency_bound_ms for run in measured if run.result.perf.probes}  # type: ignore[union-attr]
+    for bound in sorted(bound for bound in bounds if bound is not None):
+        axes.axhline(bound, color="grey", linestyle=":", label=f"p99 bound {bound:g} ms")
     axes.set_title("Latency vs throughput across the load the sweep varies")
     axes.grid(alpha=0.3)
     _legend(axes)
@@ -305,7 +318,8 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     return Plot(
         path,
         "Latency vs throughput",
-        "Each point is one run's load; withheld percentiles are left out and listed.",
+        "Each point is one run's load, or one probe of a peak-rate search (latency from the scheduled arrival); "
+        "withheld percentiles are left out and listed.",
         missing,
     )
 

@@ -1,0 +1,168 @@
+"""How close a measured build comes to the device: FLOPs, achieved GFLOP/s, and efficiency against its own GEMMs.
+
+A DINOv2 forward is almost all matrix products. ``model_gemms`` lists them from the architecture (patch
+embedding as a GEMM, then per block qkv, attention scores, attention x V, projection, feed-forward);
+``onnx_gemm_flops`` counts the same from an exported graph (MatMul, Gemm and Conv nodes after shape inference
+at a fixed batch) as a cross-check. **Efficiency** is the time those GEMMs take when run alone, through the
+same runtime and thread settings as the backend, divided by the measured model time per batch: the share of
+the run that is irreducible matrix work (100% means nothing else costs anything). The GEMM-only time is a
+MatMul-only ONNX graph per distinct shape in ONNX Runtime, run as many times as the model runs that shape;
+it includes ONNX Runtime's per-call overhead (tens of microseconds per GEMM), so it errs towards a higher
+efficiency at batch 1. It is cached per hardware fingerprint in ``<paths.cache>/gemm/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.fileio import write_json_atomic
+from harness.models.variants import VariantSpec
+
+GEMM_TIMING_ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """``count`` products of an [m, k] by a [k, n] matrix, each ``batches`` times (attention's heads)."""
+
+    m: int
+    k: int
+    n: int
+    batches: int = 1
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.k * self.n * self.batches
+
+
+def model_gemms(spec: VariantSpec, batch: int, input_size: tuple[int, int]) -> Counter[Gemm]:
+    """The matrix products of one forward pass on ``batch`` images, with how many times each shape runs."""
+    height, width = input_size
+    patches = (height // spec.patch_size) * (width // spec.patch_size)
+    tokens = batch * (1 + spec.num_registers + patches)
+    per_image_tokens = 1 + spec.num_registers + patches
+    width_d = spec.embed_dim
+    head_dim = width_d // spec.num_heads
+    hidden_out = 2 * spec.ffn_hidden if spec.feed_forward == "swiglu" else spec.ffn_hidden
+    gemms: Counter[Gemm] = Counter({Gemm(batch * patches, 3 * spec.patch_size**2, width_d): 1})
+    block = [
+        Gemm(tokens, width_d, 3 * width_d),
+        Gemm(per_image_tokens, head_dim, per_image_tokens, batch * spec.num_heads),
+        Gemm(per_image_tokens, per_image_tokens, head_dim, batch * spec.num_heads),
+        Gemm(tokens, width_d, width_d),
+        Gemm(tokens, width_d, hidden_out),
+        Gemm(tokens, spec.ffn_hidden, width_d),
+    ]
+    for gemm in block:
+        gemms[gemm] += spec.depth
+    return gemms
+
+
+def flops_per_image(spec: VariantSpec, input_size: tuple[int, int]) -> int:
+    return sum(gemm.flops * count for gemm, count in model_gemms(spec, 1, input_size).items())
+
+
+def onnx_gemm_flops(path: Path, batch: int) -> int:
+    """FLOPs of the MatMul, Gemm and Conv nodes of the graph at ``path`` for ``batch`` images (2 per multiply-add)."""
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    model = onnx.load(str(path), load_external_data=False)
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.ClearField("dim_param")
+    dim.dim_value = batch
+    # ONNX Runtime's symbolic inference follows the exporters' Shape -> Gather -> Reshape chains to concrete
+    # sizes (the attention heads' width), where onnx's own inference leaves them unknown.
+    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    shapes = {
+        value.name: [axis.dim_value for axis in value.type.tensor_type.shape.dim]
+        for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
+    shapes.update({init.name: list(init.dims) for init in inferred.graph.initializer})
+    total = 0
+    for node in inferred.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            output = shapes[node.output[0]]
+            total += 2 * int(np.prod(output)) * shapes[node.input[0]][-1]
+        elif node.op_type == "Conv":
+            output, weight = shapes[node.output[0]], shapes[node.input[1]]
+            total += 2 * int(np.prod(output)) * int(np.prod(weight[1:]))
+    return total
+
+
+@dataclass(frozen=True)
+class GemmTiming:
+    """The GEMM-only time of one forward at a batch, through ONNX Runtime with the backend's threads."""
+
+    gemm_time_us: float
+    flops: int
+    threads: int | None
+    dtype: str
+    fingerprint: str
+
+
+def _matmul_graph(gemm: Gemm, dtype: str) -> bytes:
+    from onnx import TensorProto, helper
+
+    element = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
+    left_shape = [gemm.batches, gemm.m, gemm.k] if gemm.batches > 1 else [gemm.m, gemm.k]
+    right_shape = [gemm.batches, gemm.k, gemm.n] if gemm.batches > 1 else [gemm.k, gemm.n]
+    output_shape = [gemm.batches, gemm.m, gemm.n] if gemm.batches > 1 else [gemm.m, gemm.n]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+        [helper.make_tensor_value_info("a", element, left_shape), helper.make_tensor_value_info("b", element, right_shape)],
+        [helper.make_tensor_value_info("c", element, output_shape)],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+
+
+def time_gemms_onnxruntime(
+    gemms: Counter[Gemm], *, dtype: str, threads: int | None, cache_dir: Path, fingerprint: str
+) -> GemmTiming:
+    """The GEMM-only time of ``gemms`` (median of rounds), cached per hardware fingerprint and settings."""
+    import onnxruntime
+
+    key_fields = {
+        "gemms": sorted((gemm.m, gemm.k, gemm.n, gemm.batches, count) for gemm, count in gemms.items()),
+        "dtype": dtype, "threads": threads, "onnxruntime": onnxruntime.__version__, "fingerprint": fingerprint,
+    }  # fmt: skip
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
+    cached = cache_dir / "gemm" / f"{fingerprint}-{key}.json"
+    if cached.exists():
+        return GemmTiming(**json.loads(cached.read_text()))
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    rng = np.random.default_rng(0)
+    total_us = 0.0
+    for gemm, count in gemms.items():
+        session = onnxruntime.InferenceSession(
+            _matmul_graph(gemm, dtype), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        shape = (gemm.batches,) if gemm.batches > 1 else ()
+        feed = {
+            "a": rng.standard_normal((*shape, gemm.m, gemm.k)).astype(dtype),
+            "b": rng.standard_normal((*shape, gemm.k, gemm.n)).astype(dtype),
+        }
+        session.run(None, feed)
+        rounds = []
+        for _ in range(GEMM_TIMING_ROUNDS):
+            started = time.perf_counter()
+            for _ in range(count):
+                session.run(None, feed)
+            rounds.append((time.perf_counter() - started) * 1e6)
+        total_us += float(np.median(rounds))
+    timing = GemmTiming(
+        gemm_time_us=total_us, flops=sum(gemm.flops * count for gemm, count in gemms.items()), threads=threads,
+        dtype=dtype, fingerprint=fingerprint,
+    )  # fmt: skip
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cached, asdict(timing))
+    return timing

@@ -1,0 +1,64 @@
+"""FLOPs from the architecture and from the graph, and efficiency against the model's own GEMMs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.models.variants import get_variant
+from harness.perf.efficiency import flops_per_image, model_gemms, onnx_gemm_flops
+from harness.tracking.records import metrics_of
+from tests.conftest import run_config
+from tests.export.test_onnx_build import build
+from tests.perf.test_loadgen import measure, sleep_config
+
+
+def test_flops_per_image_are_the_published_counts() -> None:
+    # docs/dinov2.md: 12.5, 47.1, 164.6, 608 GFLOP per 224x224 image for the register models.
+    counts = {variant: flops_per_image(get_variant(variant), (224, 224)) / 1e9 for variant in
+              ("vits14_reg4", "vitb14_reg4", "vitl14_reg4", "vitg14_reg4")}  # fmt: skip
+    assert counts == pytest.approx(
+        {"vits14_reg4": 12.455, "vitb14_reg4": 47.078, "vitl14_reg4": 164.644, "vitg14_reg4": 608.349}, abs=1e-3
+    )
+    # Fewer tokens (no registers), and a larger image, change the count as the token arithmetic says.
+    assert flops_per_image(get_variant("vits14"), (224, 224)) < flops_per_image(get_variant("vits14_reg4"), (224, 224))
+    assert flops_per_image(get_variant("vits14"), (448, 448)) > 4 * flops_per_image(get_variant("vits14"), (224, 224))
+
+
+@pytest.mark.parametrize("variant", ["tiny14", "tiny14_reg4", "tinyg14_reg4"])
+def test_the_graph_count_equals_the_architecture_count(cache_dir: Path, variant: str) -> None:
+    artifact = Path(build(run_config(cache_dir, f"model={variant}")).artifact_path)
+    spec = get_variant(variant)
+    for batch in (1, 3):
+        expected = sum(gemm.flops * count for gemm, count in model_gemms(spec, batch, (224, 224)).items())
+        assert onnx_gemm_flops(artifact, batch) == expected
+
+
+def test_a_cpu_onnxruntime_run_reports_its_efficiency_once_timed_per_machine(cache_dir: Path, tmp_path: Path) -> None:
+    config = run_config(
+        cache_dir, "stages=[build,perf]", "backend.intra_op_threads=1", "perf.iterations=20", "perf.min_samples=20"
+    )
+    artifact = build(config).artifact_path
+    result = measure(config, tmp_path / "first", artifact)
+    efficiency = result.efficiency
+    assert efficiency is not None and efficiency.flops_per_image == efficiency.flops_per_image_onnx == 105_460_224
+    assert efficiency.efficiency == pytest.approx(efficiency.gemm_time_us / efficiency.model_time_us)
+    assert efficiency.model_time_us == pytest.approx(result.latency_us.model.avg)
+    assert efficiency.achieved_gflops == pytest.approx(105_460_224 * result.throughput_qps / 1e9)
+    assert efficiency.efficiency > 0 and "1 intra-op threads" in efficiency.runtime
+    (cached,) = (cache_dir / "gemm").iterdir()
+    again = measure(config, tmp_path / "again", artifact)
+    assert again.efficiency is not None and again.efficiency.gemm_time_us == efficiency.gemm_time_us  # from the cache
+    assert list((cache_dir / "gemm").iterdir()) == [cached]
+    (tmp_path / "result.json").write_text(json.dumps({"perf": {"efficiency": {"efficiency": efficiency.efficiency}}}))
+    assert metrics_of(json.loads((tmp_path / "result.json").read_text()))["efficiency_pct"] == [
+        100 * efficiency.efficiency
+    ]
+
+
+def test_efficiency_is_absent_where_it_is_not_defined(cache_dir: Path, tmp_path: Path) -> None:
+    assert measure(sleep_config(cache_dir, "perf.iterations=10"), tmp_path / "sleep").efficiency is None
+    config = run_config(cache_dir, "stages=[build,perf]", "perf.iterations=10", "perf.efficiency=false")
+    assert measure(config, tmp_path / "off", build(config).artifact_path).efficiency is None
