@@ -239,6 +239,18 @@ class Efficiency:
 
 
 @dataclass(frozen=True)
+class Stability:
+    """A measurement run until its throughput was stable: whether it got there, after how many windows of
+    ``window_s``, the rule (last 3 windows within ``pct`` percent of their mean) and every window's rate."""
+
+    stable: bool
+    windows: int
+    window_s: float
+    pct: float
+    window_throughput_qps: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Probe:
     """One measurement of a peak-rate search: the offered rate, what was achieved, and whether p99 met the bound
     (``p99_ms`` is ``None`` when the probe had too few samples for a p99, which then does not pass)."""
@@ -282,6 +294,7 @@ class PerfResult(Measurement):
     peak_qps: float | None = None
     probes: tuple[Probe, ...] = field(default=())
     efficiency: Efficiency | None = None
+    stability: Stability | None = None
 
 
 @dataclass(frozen=True)

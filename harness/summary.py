@@ -56,6 +56,18 @@ def format_summary(result: RunResult) -> str:
             ),
             ("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)),
         ]
+        if perf.stability:
+            stability = perf.stability
+            verdict = "stable" if stability.stable else "NOT stable"
+            rows.append(
+                (
+                    "stability",
+                    f"{verdict} after {stability.windows} windows of {stability.window_s:g} s (last 3 within "
+                    f"{stability.pct:g}%): "
+                    + ", ".join(f"{value:.4g}" for value in stability.window_throughput_qps[-3:])
+                    + " img/s",
+                )
+            )
         if perf.efficiency:
             efficiency = perf.efficiency
             rows.append(

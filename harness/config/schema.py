@@ -191,6 +191,9 @@ class PerfConfig:
         max_probes: peak search: most probes (each one a measurement of its own).
         efficiency: closed loop, ONNX Runtime on CPU, fp32/fp16: also time the model's GEMMs alone (cached per
             machine) and report FLOPs, GFLOP/s and efficiency (``perf.efficiency`` in the result).
+        stability: closed loop: instead of the minimums, measure in windows of ``stability_window_s`` until the
+            throughput of the last 3 windows agrees within ``stability_pct`` percent of their mean (perf_analyzer's
+            rule), or ``max_windows`` have passed; the result says whether and after how many windows.
     """
 
     instances: int
@@ -220,6 +223,10 @@ class PerfConfig:
     search_tolerance: float
     max_probes: int
     efficiency: bool
+    stability: bool
+    stability_window_s: float
+    stability_pct: float
+    max_windows: int
 
     @property
     def batches_floor(self) -> int:
@@ -256,6 +263,14 @@ class PerfConfig:
             raise ConfigError(f"perf.target_qps={self.target_qps}: perf.scenario=server needs an arrival rate > 0")
         if self.max_queue_delay_ms < 0:
             raise ConfigError(f"perf.max_queue_delay_ms={self.max_queue_delay_ms}: expected >= 0")
+        if self.stability:
+            if self.scenario != "closed":
+                raise ConfigError(f"perf.stability=true: watches the closed loop, got perf.scenario={self.scenario}")
+            if self.stability_window_s <= 0 or self.stability_pct <= 0 or self.max_windows < 3:
+                raise ConfigError(
+                    f"perf.stability_window_s={self.stability_window_s}, perf.stability_pct={self.stability_pct}, "
+                    f"perf.max_windows={self.max_windows}: expected a window > 0, a percentage > 0, >= 3 windows"
+                )
         if self.search == "peak":
             if self.repeats != 1:
                 raise ConfigError(f"perf.repeats={self.repeats}: perf.search=peak measures each probe once (use 1)")

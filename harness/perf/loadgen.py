@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,6 +100,8 @@ class LoadPlan:
             arrivals at ``rate_qps`` per instance, seeded with ``arrival_seed`` + the instance number) or
             ``offline`` (every request there at the start); ``iterations`` then counts requests (one image each).
         max_queue_delay_s: open loop: how long a request may wait for its batch to fill.
+        until_stopped: closed loop with a stability rule: run until the parent says the throughput is stable
+            (or ``max_duration_s``); iterations and minimum duration are the rule's business then.
     """
 
     mode: Literal["sync", "async"]
@@ -111,6 +113,7 @@ class LoadPlan:
     rate_qps: float | None = None
     max_queue_delay_s: float = 0.0
     arrival_seed: int = 0
+    until_stopped: bool = False
 
     def arrivals(self, instance: int, count: int) -> np.ndarray:
         """Open loop: this instance's scheduled arrivals (seconds from its start), cut at ``max_duration_s``."""
@@ -177,8 +180,9 @@ class WorkerReport:
 class _Instance:
     """One model instance driven by one thread (plus a submitter thread in async mode)."""
 
-    def __init__(self, task: WorkerTask, index: int, iterations: int) -> None:
+    def __init__(self, task: WorkerTask, index: int, iterations: int, signals: StopSignals | None = None) -> None:
         self.task = task
+        self.signals = signals
         self.index = index
         self.iterations = iterations
         self.backend: Any = None
@@ -209,6 +213,8 @@ class _Instance:
         elapsed = time.perf_counter() - self.start
         if plan.max_duration_s is not None and elapsed >= plan.max_duration_s:
             return False
+        if plan.until_stopped and self.signals is not None:
+            return not self.signals.stop.is_set()
         return done < self.iterations or elapsed < plan.min_duration_s
 
     def _serve(self, submitted: float) -> None:
@@ -221,6 +227,8 @@ class _Instance:
         self.samples.append((done - submitted) * 1e6, model_us)
         self.completions.add(done - self.start)
         self.calls += 1
+        if self.signals is not None:
+            self.signals.images[self.index] += len(self.task.inputs)
 
     def _run_batch(self, rows: int) -> float | None:
         """One open-loop call on the first ``rows`` requests of the input batch (placed anew when it changes)."""
@@ -286,10 +294,22 @@ class _Instance:
         )  # fmt: skip
 
 
-def run_instances(task: WorkerTask, *, ready: Any = None, go: Any = None) -> WorkerReport:
+@dataclass(frozen=True)
+class StopSignals:
+    """Shared with the workers of a measurement watched for stability: images completed per instance (each
+    slot written by its own instance only) and the parent's stop."""
+
+    images: Any  # multiprocessing RawArray of int64, one slot per instance
+    stop: Any  # multiprocessing Event
+
+
+def run_instances(
+    task: WorkerTask, *, ready: Any = None, go: Any = None, signals: StopSignals | None = None
+) -> WorkerReport:
     """Drive this worker's instances: load and warm up all, signal ``ready``, wait for ``go``, measure."""
     instances = [
-        _Instance(task, index, iterations) for index, iterations in zip(task.instances, task.iterations, strict=True)
+        _Instance(task, index, iterations, signals)
+        for index, iterations in zip(task.instances, task.iterations, strict=True)
     ]
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(instances) + 1)
@@ -348,7 +368,9 @@ def _device_peak_bytes() -> int | None:
     return None
 
 
-def _worker_main(task: WorkerTask, connection: Any, go: Any, stderr_path: str) -> None:
+def _worker_main(
+    task: WorkerTask, connection: Any, go: Any, stderr_path: str, signals: StopSignals | None = None
+) -> None:
     """Entry point of a worker process: results and errors both travel back over ``connection`` as data.
 
     Its stderr goes to ``stderr_path`` (the parent shows it afterwards, and keeps its tail if the worker dies);
@@ -358,7 +380,7 @@ def _worker_main(task: WorkerTask, connection: Any, go: Any, stderr_path: str) -
         os.dup2(stderr_file.fileno(), 2)
     faulthandler.enable()
     try:
-        report = run_instances(task, ready=lambda: connection.send(("ready", None)), go=go.wait)
+        report = run_instances(task, ready=lambda: connection.send(("ready", None)), go=go.wait, signals=signals)
         connection.send(("done", report))
     except BaseException as error:  # every failure crosses the process boundary as data
         connection.send(("error", (type(error).__name__, str(error), traceback.format_exc())))
@@ -366,26 +388,75 @@ def _worker_main(task: WorkerTask, connection: Any, go: Any, stderr_path: str) -
         connection.close()
 
 
-def run_workers(tasks: list[WorkerTask], *, start_timeout_s: float) -> list[WorkerReport]:
-    """Run ``tasks`` in fresh processes, load them all, release them together, return their reports."""
+@dataclass
+class StabilityWatch:
+    """perf_analyzer's rule: measure in windows of ``window_s`` until the throughput of the last 3 agrees
+    within ``pct`` percent of their mean, or ``max_windows`` have passed. Filled in by ``run_workers``."""
+
+    window_s: float
+    pct: float
+    max_windows: int
+    window_throughput_qps: list[float] = field(default_factory=list)
+    stable: bool = False
+
+    def settled(self) -> bool:
+        last = self.window_throughput_qps[-3:]
+        if len(last) < 3 or min(last) <= 0:
+            return False
+        mean = sum(last) / 3
+        return max(abs(value - mean) for value in last) <= self.pct / 100 * mean
+
+    def watch(self, signals: StopSignals) -> None:
+        """Until the stop: every ``window_s`` read the images completed, and stop once settled or out of windows."""
+        counted, clock = 0, time.perf_counter()
+        while not signals.stop.wait(self.window_s):
+            total, now = sum(signals.images), time.perf_counter()
+            self.window_throughput_qps.append((total - counted) / (now - clock))
+            counted, clock = total, now
+            self.stable = self.settled()
+            if self.stable or len(self.window_throughput_qps) >= self.max_windows:
+                signals.stop.set()
+
+
+def run_workers(
+    tasks: list[WorkerTask], *, start_timeout_s: float, stability: StabilityWatch | None = None
+) -> list[WorkerReport]:
+    """Run ``tasks`` in fresh processes, load them all, release them together, return their reports.
+
+    With ``stability`` the workers run until it says the throughput is stable (or is out of windows).
+    """
     context = spawn_context()
     go = context.Event()
+    signals = None
+    if stability is not None:
+        instances = sum(len(task.instances) for task in tasks)
+        signals = StopSignals(images=context.RawArray("q", instances), stop=context.Event())
     workers = []
     with tempfile.TemporaryDirectory(prefix="harness-perf-") as folder:
         for task in tasks:
             parent_end, child_end = context.Pipe(duplex=False)
             stderr_path = Path(folder) / f"worker{task.worker}.stderr"
             process = context.Process(
-                target=_worker_main, args=(task, child_end, go, str(stderr_path)), name=f"perf-worker-{task.worker}"
+                target=_worker_main,
+                args=(task, child_end, go, str(stderr_path), signals),
+                name=f"perf-worker-{task.worker}",
             )
             process.start()
             child_end.close()
             workers.append(_Worker(task, process, parent_end, stderr_path))
+        watcher = None
         try:
             _collect(workers, expect="ready", timeout_s=start_timeout_s)
+            if stability is not None and signals is not None:
+                watcher = threading.Thread(target=stability.watch, args=(signals,), name="stability", daemon=True)
+                watcher.start()
             go.set()
             return _collect(workers, expect="done", timeout_s=None)
         finally:
+            if signals is not None:
+                signals.stop.set()  # a run that ended otherwise (its bound, an error) ends the watch too
+                if watcher is not None:
+                    watcher.join()
             for worker in workers:
                 if worker.process.is_alive():
                     worker.process.terminate()

@@ -22,9 +22,17 @@ from harness.models.variants import get_variant
 from harness.perf import stats
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
 from harness.perf.efficiency import flops_per_image, model_gemms, onnx_gemm_flops, time_gemms_onnxruntime
-from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, LoadPlan, WorkerReport, WorkerTask, run_workers
+from harness.perf.loadgen import (
+    COMPLETION_BIN_S,
+    InstanceSamples,
+    LoadPlan,
+    StabilityWatch,
+    WorkerReport,
+    WorkerTask,
+    run_workers,
+)
 from harness.preprocess import batch_of
-from harness.result import Efficiency, LatencyBlock, Measurement, PerfResult, Probe, Validity
+from harness.result import Efficiency, LatencyBlock, Measurement, PerfResult, Probe, Stability, Validity
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,7 @@ def _tasks(perf: PerfConfig, factory: BackendFactory, inputs: np.ndarray, target
         max_duration_s=perf.max_duration_s, scenario=perf.scenario,
         rate_qps=target_qps / perf.instances if target_qps else None,
         max_queue_delay_s=perf.max_queue_delay_ms / 1e3, arrival_seed=perf.arrival_seed,
+        until_stopped=perf.stability,
     )  # fmt: skip
     return [
         WorkerTask(
@@ -69,7 +78,11 @@ def _tasks(perf: PerfConfig, factory: BackendFactory, inputs: np.ndarray, target
 
 
 def summarise(
-    perf: PerfConfig, reports: list[WorkerReport], *, target_qps: float | None = None
+    perf: PerfConfig,
+    reports: list[WorkerReport],
+    *,
+    target_qps: float | None = None,
+    stability: StabilityWatch | None = None,
 ) -> tuple[Measurement, dict[str, np.ndarray]]:
     """Derive one ``Measurement`` from raw worker samples (the only place statistics are computed).
 
@@ -94,9 +107,15 @@ def summarise(
     window_cv = stats.coefficient_of_variation(windows)
     reasons = []
     bound = f" (stopped at perf.max_duration_s={perf.max_duration_s})" if perf.max_duration_s is not None else ""
-    if forward_time_s < perf.min_duration_s:
+    if stability is not None:
+        if not stability.stable:
+            watched = len(stability.window_throughput_qps)
+            reasons.append(
+                f"throughput not stable within perf.stability_pct={perf.stability_pct}% after {watched} windows{bound}"
+            )
+    elif forward_time_s < perf.min_duration_s:
         reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}{bound}")
-    if perf.scenario == "closed" and batches < perf.batches_floor:
+    if perf.scenario == "closed" and stability is None and batches < perf.batches_floor:
         reasons.append(f"{batches} batches < {perf.batches_floor} (perf.iterations, perf.min_samples){bound}")
     if perf.scenario != "closed" and e2e_us.size < perf.open_loop_requests(target_qps):
         requested = perf.open_loop_requests(target_qps)
@@ -155,6 +174,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
     device = str(opened.resolved.get("device", "cpu"))
     claims = config.paths.path("outputs") / CLAIMS_FOLDER
     probes: list[Probe] = []
+    stabilities: dict[str, Stability] = {}
     with claimed_window(claims, run_dir=run_dir, device=device) as contention:
         if config.perf.search == "peak":
             median, probes = _search_peak(config, opened, batch_shape, raw)
@@ -164,7 +184,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
                 measurements.append(
                     _measure_once(
                         config, opened, batch_shape, f"repeat{repeat}", raw, seed=repeat,
-                        target_qps=config.perf.target_qps,
+                        target_qps=config.perf.target_qps, stabilities=stabilities,
                     )
                 )  # fmt: skip
             ordered = sorted(measurements, key=lambda measurement: measurement.throughput_qps)
@@ -209,6 +229,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         peak_qps=peak,
         probes=tuple(probes),
         efficiency=_efficiency(config, artifact_path, median),
+        stability=stabilities.get(f"repeat{measurements.index(median)}"),
     )
 
 
@@ -302,6 +323,7 @@ def _measure_once(
     *,
     seed: int,
     target_qps: float | None,
+    stabilities: dict[str, Stability] | None = None,
 ) -> Measurement:
     """One measurement in fresh worker processes; its raw samples are added to ``raw`` under ``<label>_``."""
     perf = config.perf
@@ -311,8 +333,14 @@ def _measure_once(
     )  # fmt: skip
     inputs = make_inputs(perf.inputs, batch_shape, opened.input_dtype, seed=seed, preprocessing=config.vdsp_params)
     tasks = _tasks(perf, opened.factory, inputs, target_qps)
-    reports = run_workers(tasks, start_timeout_s=perf.start_timeout_s)
-    measurement, samples = summarise(perf, reports, target_qps=target_qps)
+    watch = StabilityWatch(perf.stability_window_s, perf.stability_pct, perf.max_windows) if perf.stability else None
+    reports = run_workers(tasks, start_timeout_s=perf.start_timeout_s, stability=watch)
+    measurement, samples = summarise(perf, reports, target_qps=target_qps, stability=watch)
+    if watch is not None and stabilities is not None:
+        stabilities[label] = Stability(
+            stable=watch.stable, windows=len(watch.window_throughput_qps), window_s=watch.window_s, pct=watch.pct,
+            window_throughput_qps=tuple(watch.window_throughput_qps),
+        )  # fmt: skip
     raw.update({f"{label}_{name}": values for name, values in samples.items()})
     log.info("perf %s throughput_qps=%.2f valid=%s", label, measurement.throughput_qps, measurement.validity.valid)
     return measurement
