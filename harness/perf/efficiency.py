@@ -126,7 +126,8 @@ def _matmul_graph(gemm: Gemm, dtype: str) -> bytes:
 def time_gemms_onnxruntime(
     gemms: Counter[Gemm], *, dtype: str, threads: int | None, cache_dir: Path, fingerprint: str
 ) -> GemmTiming:
-    """The GEMM-only time of ``gemms`` (median of rounds), cached per hardware fingerprint and settings."""
+    """The GEMM-only time of ``gemms`` (the fastest of ``GEMM_TIMING_ROUNDS`` rounds per shape, so a busy moment
+    does not get cached as the machine's speed), cached per hardware fingerprint and settings."""
     import onnxruntime
 
     key_fields = {
@@ -158,7 +159,7 @@ def time_gemms_onnxruntime(
             for _ in range(count):
                 session.run(None, feed)
             rounds.append((time.perf_counter() - started) * 1e6)
-        total_us += float(np.median(rounds))
+        total_us += min(rounds)  # the irreducible time: interference only ever adds to a round
     timing = GemmTiming(
         gemm_time_us=total_us, flops=sum(gemm.flops * count for gemm, count in gemms.items()), threads=threads,
         dtype=dtype, fingerprint=fingerprint,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -38,7 +39,7 @@ import numpy as np
 
 from harness.backends import BackendFactory
 from harness.errors import MeasurementInvalid
-from harness.perf.openloop import poisson_arrivals, serve_schedule
+from harness.perf.openloop import poisson_arrivals, precise_sleep, serve_schedule
 from harness.processes import spawn_context
 
 CHUNK_SAMPLES = 65536
@@ -244,7 +245,7 @@ class _Instance:
         served = serve_schedule(
             plan.arrivals(self.index, self.iterations), batch=len(self.task.inputs),
             max_queue_delay_s=plan.max_queue_delay_s, run_batch=self._run_batch, now=time.perf_counter,
-            sleep=time.sleep, start=self.start,
+            sleep=functools.partial(precise_sleep, share_gil=len(self.task.instances) > 1), start=self.start,
         )  # fmt: skip
         for latency_us, model_us in zip(served.latency_us, served.model_us, strict=True):
             self.samples.append(latency_us, model_us)

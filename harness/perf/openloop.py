@@ -12,10 +12,27 @@ cannot hide the queue that built up behind the stall (no coordinated omission).
 
 from __future__ import annotations
 
+import bisect
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+# The last stretch of a wait before a scheduled arrival is spun, not slept: a sleeping thread wakes up late
+# (tens to hundreds of microseconds on a busy VM), and that lateness would be counted as the system's latency.
+SPIN_S = 0.0005
+
+
+def precise_sleep(seconds: float, *, share_gil: bool = False) -> None:
+    """Sleep ``seconds``, spinning the last ``SPIN_S`` of it. With ``share_gil`` (other instances' threads in
+    the process) every turn of the spin yields the GIL, at the price of a later wake-up."""
+    deadline = time.perf_counter() + seconds
+    if seconds > SPIN_S:
+        time.sleep(seconds - SPIN_S)
+    while time.perf_counter() < deadline:
+        if share_gil:
+            time.sleep(0)
 
 
 def poisson_arrivals(rate_qps: float, count: int, seed: int) -> np.ndarray:
@@ -53,33 +70,41 @@ def serve_schedule(
     the moment the schedule's offsets count from.
     """
     start = now() if start is None else start
-    count = len(arrivals)
-    latency = np.empty(count, dtype=np.float64)
-    model = np.empty(count, dtype=np.float64)
+    # Plain floats and lists inside the loop: its own cost between two calls is part of every queued
+    # request's latency, so the arrays are built once the schedule has been served.
+    schedule: list[float] = arrivals.tolist()
+    count = len(schedule)
     sizes: list[int] = []
     done_at: list[float] = []
+    call_model_us: list[float] = []
     first = 0
     while first < count:
         elapsed = now() - start
-        if arrivals[first] > elapsed:
-            sleep(arrivals[first] - elapsed)
+        arrival = schedule[first]
+        if arrival > elapsed:
+            sleep(arrival - elapsed)
             # A clock read after a sleep is never taken as earlier than the moment slept to (float rounding).
-            elapsed = max(now() - start, arrivals[first])
-        deadline = arrivals[first] + max_queue_delay_s
-        last = min(int(np.searchsorted(arrivals, elapsed, side="right")), first + batch)
-        while last - first < batch and last < count and elapsed < deadline:
-            wake = min(arrivals[last], deadline)
+            elapsed = max(now() - start, arrival)
+        deadline = arrival + max_queue_delay_s
+        limit = min(first + batch, count)
+        last = bisect.bisect_right(schedule, elapsed, first, limit)
+        while last < limit and elapsed < deadline:
+            wake = min(schedule[last], deadline)
             sleep(wake - elapsed)
             elapsed = max(now() - start, wake)
-            last = min(int(np.searchsorted(arrivals, elapsed, side="right")), first + batch)
+            last = bisect.bisect_right(schedule, elapsed, first, limit)
         called = now()
         measured = run_batch(last - first)
         finished = now()
-        latency[first:last] = (finished - start - arrivals[first:last]) * 1e6
-        model[first:last] = measured if measured is not None else (finished - called) * 1e6
-        sizes.append(last - first)
+        call_model_us.append(measured if measured is not None else (finished - called) * 1e6)
         done_at.append(finished - start)
+        sizes.append(last - first)
         first = last
+    batch_sizes = np.asarray(sizes, dtype=np.int64)
+    call_done_s = np.asarray(done_at)
     return ServedRequests(
-        latency_us=latency, model_us=model, batch_sizes=np.asarray(sizes), call_done_s=np.asarray(done_at)
+        latency_us=(np.repeat(call_done_s, batch_sizes) - arrivals) * 1e6,
+        model_us=np.repeat(np.asarray(call_model_us), batch_sizes),
+        batch_sizes=batch_sizes,
+        call_done_s=call_done_s,
     )
