@@ -11,6 +11,10 @@ Python traceback ``faulthandler`` prints on a fatal signal); either fails the ru
 As in MLPerf LoadGen, the load generator never touches the model or the data: it receives a ready
 backend factory (the system under test) and ready input batches (the sample library).
 
+Instances run vamp's closed loop (``sync`` / ``async``), or an open-loop schedule (``server``, ``offline``:
+``harness.perf.openloop``). With a ``StabilityWatch`` the parent reads a shared per-instance image counter
+every window and stops the workers once the throughput is stable.
+
 Per batch each instance keeps two float32 numbers (end-to-end and model latency in microseconds): 8 bytes
 per sample, in chunks. Completion times are counted in 1 ms bins (``CompletionHistogram``), which grows
 with the run's duration, not its iterations; nothing else grows.
