@@ -73,9 +73,14 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
             input_size=config.model.input_size,
             progress=config.progress,
         )
+        fp32_build: BuildResult | None = None
+        compare_fp32 = "accuracy" in config.stages and config.accuracy.compare_fp32 and config.precision.name != "fp32"
         if "build" in config.stages:
             log.info("stage=build precision=%s format=%s", config.precision.name, config.build.format)
-            build = build_artifact(config, model, weights)
+            if config.precision.quantization is not None or compare_fp32:
+                # One verified fp32 build: the base an int8 build quantizes and the accuracy stage's reference.
+                fp32_build = build_artifact(replace(config, precision=FLOAT_BASE), model, weights)
+            build = build_artifact(config, model, weights, base=fp32_build)
         artifact_path = build.artifact_path if build else None
         if "perf" in config.stages:
             perf = run_perf(config, artifact_path=artifact_path, run_dir=run_dir)
@@ -84,12 +89,9 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
             if config.perf.strict and problems:
                 raise MeasurementInvalid(f"perf.strict=true and the measurement falls short: {'; '.join(problems)}")
         if "accuracy" in config.stages:
-            fp32_artifact_path = None
-            if artifact_path and config.accuracy.compare_fp32 and config.precision.name != "fp32":
-                fp32_artifact_path = build_artifact(replace(config, precision=FLOAT_BASE), model, weights).artifact_path
             accuracy = run_accuracy(
                 config, artifact_path=artifact_path, run_dir=run_dir, weights_kind=weights.kind,
-                fp32_artifact_path=fp32_artifact_path,
+                fp32_artifact_path=fp32_build.artifact_path if fp32_build and compare_fp32 else None,
             )  # fmt: skip
     except (Exception, KeyboardInterrupt) as caught:  # recorded in result.json below; all but harness errors re-raised
         error = caught

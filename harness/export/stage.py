@@ -73,10 +73,13 @@ def quantized_key_fields(config: RunConfig, base: BuildResult, calibration: Cali
     }
 
 
-def build_artifact(config: RunConfig, model: dinov2.DinoVisionTransformer, weights: WeightsInfo) -> BuildResult:
+def build_artifact(
+    config: RunConfig, model: dinov2.DinoVisionTransformer, weights: WeightsInfo, *, base: BuildResult | None = None
+) -> BuildResult:
     """Return the verified artifact for ``config``, building it unless a valid cached copy exists.
 
-    An int8 precision first builds (or finds) the verified fp32 ONNX artifact and quantizes that.
+    An int8 precision quantizes the verified fp32 ONNX artifact: ``base`` when the caller already has it,
+    else built (or found) here.
     """
     started = time.perf_counter()
     cache_root = cache.prepare_cache_root(config.paths.path("cache") / "builds")
@@ -85,7 +88,7 @@ def build_artifact(config: RunConfig, model: dinov2.DinoVisionTransformer, weigh
         fields = cache_key_fields(config, model, weights)
         produce = functools.partial(_export, config, model)
     else:
-        base = build_artifact(dataclasses.replace(config, precision=FLOAT_BASE), model, weights)
+        base = base or build_artifact(dataclasses.replace(config, precision=FLOAT_BASE), model, weights)
         static = config.precision.quantization.mode == "static"
         calibration = calibration_set(config.calibration, config.vdsp_params) if static else None
         fields = quantized_key_fields(config, base, calibration)

@@ -117,8 +117,8 @@ def summarise(
         reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}{bound}")
     if perf.scenario == "closed" and stability is None and batches < perf.batches_floor:
         reasons.append(f"{batches} batches < {perf.batches_floor} (perf.iterations, perf.min_samples){bound}")
-    if perf.scenario != "closed" and e2e_us.size < perf.open_loop_requests(target_qps):
-        requested = perf.open_loop_requests(target_qps)
+    requested = perf.open_loop_requests(target_qps) if perf.scenario != "closed" else 0
+    if e2e_us.size < requested:
         reasons.append(f"{e2e_us.size} requests served < {requested} scheduled{bound}")
     warnings = stats.insufficient_percentiles(latency.e2e)
     if window_cv > perf.max_window_cv:

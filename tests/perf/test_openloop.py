@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -163,8 +164,6 @@ def test_a_peak_search_is_kept_in_result_json_and_as_stepped_metrics(cache_dir: 
     result = run(config, run_dir=tmp_path)
     stored = load_result(tmp_path)
     assert stored.perf is not None and stored.perf.probes == result.perf.probes and len(stored.perf.probes) == 2  # type: ignore[union-attr]
-    import json
-
     metrics = metrics_of(json.loads((tmp_path / "result.json").read_text()))
     assert metrics["perf.probes.target_qps"] == [probe.target_qps for probe in stored.perf.probes]
     assert len(metrics["perf.probes.p99_ms"]) == 2
