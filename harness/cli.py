@@ -635,6 +635,49 @@ def _eval_features(arguments: list[str]) -> int:
     return 0
 
 
+def _vamp_parse(arguments: list[str]) -> int:
+    """``harness vamp-parse [--log] [overrides] FILE...``: saved vamp outputs to JSON (and to MLflow runs)."""
+    import argparse
+    import json
+
+    from harness.config.store import compose
+    from harness.errors import HarnessError
+    from harness.perf.vamp import parse_vamp, perf_fields
+
+    parser = argparse.ArgumentParser(
+        prog="harness vamp-parse",
+        description="Parse saved vamp outputs (any version's layout) to JSON on stdout; with --log, log each as an "
+        "MLflow run (once per file content) with its numbers as metrics and the file as an artifact.",
+    )
+    parser.add_argument("--log", action="store_true", help="also log each file to the tracking store")
+    parser.add_argument("items", nargs="+", metavar="KEY=VALUE|FILE", help="overrides (tracking.uri=...) and files")
+    options = parser.parse_intermixed_args(arguments)
+    overrides, files = _split(options.items)
+    if not files:
+        parser.error("no vamp output file given")
+    try:
+        parsed = []
+        for path in map(Path, files):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError as error:
+                raise HarnessError(f"{path}: cannot read ({error.strerror})") from None
+            parsed.append((path, perf_fields(parse_vamp(text, source=str(path)))))
+        print(json.dumps([{"file": str(path), **report} for path, report in parsed], indent=2, ensure_ascii=False))
+        if options.log:
+            from harness.tracking import Store, log_vamp_file
+            from harness.tracking.sweep import tracking_configs
+
+            store = Store(*tracking_configs(compose(overrides)))
+            for path, report in parsed:
+                run_id, logged = log_vamp_file(store, path, report)
+                print(f"{path}: {'logged as' if logged else 'already logged as'} {run_id}", file=sys.stderr)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command(
         "run the configured stages (build, perf, accuracy) for one config, or a sweep with -m",
@@ -647,6 +690,7 @@ COMMANDS: dict[str, Command] = {
     "eval-features": Command(
         "revisitop metrics for precomputed descriptors (.npy/.npz or per-image .npz folder)", _eval_features
     ),
+    "vamp-parse": Command("saved vamp outputs to JSON (--log: and to MLflow runs)", _vamp_parse),
     "data": Command("download Revisited Oxford/Paris, or write the synthetic dataset (revisitop layout)", _data),
     "gate": Command("regression gate: compare runs with their baseline (statistics over repeats for perf)", _gate),
     "report": Command("plots and an index (md + self-contained html) over run folders, sweeps or MLflow", _report),

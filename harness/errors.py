@@ -38,6 +38,10 @@ class BackendUnavailable(HarnessError):
     """A backend, execution provider or device the config asks for is not installed here."""
 
 
+class ToolError(HarnessError):
+    """An external tool (a vendor compiler or profiler) exited non-zero, timed out, or printed what it should not."""
+
+
 class DataError(HarnessError):
     """An image, ground-truth file or descriptor matrix is corrupt or malformed."""
 

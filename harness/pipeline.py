@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from harness.accuracy.stage import check_dataset_present, run_accuracy
-from harness.backends import check_backend
+from harness.backends import check_backend, is_toolchain
 from harness.config.schema import RunConfig
 from harness.environment import capture
 from harness.errors import DataError, HarnessError, MeasurementInvalid
+from harness.export.device import compile_for_device
 from harness.export.stage import FLOAT_BASE, build_artifact
 from harness.fileio import write_text_atomic
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
 from harness.perf.stage import run_perf, strict_problems
+from harness.perf.toolchain import run_toolchain_perf
 from harness.perf.vamp import VAMP_FILE, vamp_report
 from harness.resolve import resolve_config
 from harness.result import (
@@ -75,16 +77,24 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
         )
         fp32_build: BuildResult | None = None
         compare_fp32 = "accuracy" in config.stages and config.accuracy.compare_fp32 and config.precision.name != "fp32"
+        toolchain = is_toolchain(config.backend)
         if "build" in config.stages:
             log.info("stage=build precision=%s format=%s", config.precision.name, config.build.format)
-            if config.precision.quantization is not None or compare_fp32:
-                # One verified fp32 build: the base an int8 build quantizes and the accuracy stage's reference.
+            if config.precision.quantization is not None or compare_fp32 or toolchain:
+                # One verified fp32 build: what an int8 build quantizes, a toolchain compiles, accuracy compares to.
                 fp32_build = build_artifact(replace(config, precision=FLOAT_BASE), model, weights)
-            build = build_artifact(config, model, weights, base=fp32_build)
+            if toolchain:
+                assert fp32_build is not None
+                build = compile_for_device(config, model, fp32_build)
+            else:
+                build = build_artifact(config, model, weights, base=fp32_build)
         artifact_path = build.artifact_path if build else None
-        if "perf" in config.stages:
+        if "perf" in config.stages and toolchain:
+            perf = run_toolchain_perf(config, model_prefix=artifact_path, run_dir=run_dir)
+        elif "perf" in config.stages:
             perf = run_perf(config, artifact_path=artifact_path, run_dir=run_dir)
             write_text_atomic(run_dir / VAMP_FILE, vamp_report(perf))
+        if perf is not None:
             problems = strict_problems(perf)
             if config.perf.strict and problems:
                 raise MeasurementInvalid(f"perf.strict=true and the measurement falls short: {'; '.join(problems)}")

@@ -30,6 +30,7 @@ def default_params(size: tuple[int, int]) -> VdspParams:
         norma_type="DIV255_MINUSMEAN_DIVSTD",
         resize_type="BILINEAR_PILLOW",
         color_cvt_code="NO_CHANGE",
+        source_format="default",
     )
 
 

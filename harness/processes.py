@@ -1,9 +1,19 @@
-"""Child processes the harness starts (perf workers, image decoders): always fresh, spawned interpreters."""
+"""Child processes the harness starts: perf workers and image decoders (always fresh, spawned interpreters),
+and external tools (vendor compilers and profilers) run to completion with their output and cost captured."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from multiprocessing.context import SpawnContext
+from pathlib import Path
 
 
 def spawn_context() -> SpawnContext:
@@ -15,3 +25,60 @@ def spawn_context() -> SpawnContext:
     if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
         multiprocessing.set_start_method("spawn", force=True)
     return multiprocessing.get_context("spawn")
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """One finished run of an external tool: its command, exit status, output and what it cost the host.
+
+    Attributes:
+        argv: the command as run.
+        returncode: the exit status (negative: killed by that signal).
+        output: stdout and stderr, interleaved as the tool wrote them.
+        wall_s: seconds from start to exit.
+        cpu_s: user + system CPU seconds of the tool process (its own children included once they are reaped).
+        max_rss_bytes: the tool process's peak resident memory.
+        timed_out: it was killed after ``timeout_s``.
+    """
+
+    argv: tuple[str, ...]
+    returncode: int
+    output: str
+    wall_s: float
+    cpu_s: float
+    max_rss_bytes: int
+    timed_out: bool
+
+    def tail(self, lines: int = 12) -> str:
+        """The last ``lines`` lines of the output, for error messages."""
+        return "\n".join(self.output.rstrip().splitlines()[-lines:])
+
+
+def run_tool(
+    argv: Sequence[str], *, timeout_s: float, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> ToolRun:
+    """Run ``argv`` to completion (killed with its process group after ``timeout_s``), capturing its output and
+    its own CPU time and peak memory (``wait4`` reports them for exactly this child)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+        env=None if env is None else dict(env), start_new_session=True,
+    )  # fmt: skip
+    chunks: list[bytes] = []
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: chunks.extend(iter(process.stdout.read1, b"")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout_s)
+    timed_out = reader.is_alive()
+    if timed_out:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    reader.join(5.0)
+    process.stdout.close()
+    return ToolRun(
+        argv=tuple(argv), returncode=process.returncode, output=b"".join(chunks).decode(errors="replace"),
+        wall_s=time.perf_counter() - started, cpu_s=usage.ru_utime + usage.ru_stime,
+        max_rss_bytes=usage.ru_maxrss * 1024, timed_out=timed_out,
+    )  # fmt: skip

@@ -36,7 +36,13 @@ def resolve_config(composed: dict[str, Any]) -> RunConfig:
     entry = get_backend(str(backend["name"]))
     backend_config: Any = from_mapping(entry.config_type, backend, key="backend")
     config = from_mapping(RunConfig, {**composed, "backend": backend_config, "preprocessing": None})
-    check_precision(entry, config.precision.name)
+    check_precision(entry, backend_config, config.precision.name)
+    if entry.toolchain:
+        _check_toolchain_load(config.perf, entry.name)
+        if {"perf", "accuracy"} & set(config.stages) and "build" not in config.stages:
+            raise ConfigError(
+                f"stages={list(config.stages)}: backend={entry.name} runs the model its compiler builds: add build"
+            )
     _check_model(config)
     if "accuracy" in config.stages and config.dataset.name == "synthetic":
         try:
@@ -61,6 +67,21 @@ def _folded(perf: PerfConfig) -> PerfConfig:
         return perf
     log.warning("perf.duration_s is deprecated: use perf.min_duration_s (the larger of the two applies)")
     return dataclasses.replace(perf, min_duration_s=max(perf.min_duration_s, perf.duration_s), duration_s=None)
+
+
+def _check_toolchain_load(perf: PerfConfig, backend: str) -> None:
+    """A vendor profiler drives its own closed loop: the harness's open-loop scenarios, peak search and
+    stability windows are not something it can be asked for."""
+    asked = {
+        "perf.scenario": (perf.scenario, "closed"), "perf.search": (perf.search, "none"),
+        "perf.stability": (perf.stability, False),
+    }  # fmt: skip
+    for key, (value, supported) in asked.items():
+        if value != supported:
+            raise ConfigError(
+                f"{key}={value}: backend={backend} measures with its vendor profiler's closed loop only "
+                f"({key}={supported})"
+            )
 
 
 def _check_calibration(config: RunConfig) -> None:

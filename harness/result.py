@@ -110,6 +110,30 @@ class QuantizationRecord:
 
 
 @dataclass(frozen=True)
+class ToolchainRecord:
+    """How a vendor toolchain compiled a device model from the verified fp32 ONNX build.
+
+    Attributes:
+        base_artifact: the fp32 ONNX build given to the compiler as its checkpoint (artifact name).
+        model_prefix: what the profiler loads (``-m``), relative to the artifact folder (``<name>/mod``).
+        spec_file: the build spec as written, relative to the artifact folder.
+        spec: the build spec's content, as given to the compiler (its ``workspace.path`` is the staging folder
+            the artifact was built in before it was verified and moved into the cache).
+        versions: each tool's reported version.
+        command: the compile command as run.
+        compile_time_s: the compiler's wall time.
+    """
+
+    base_artifact: str
+    model_prefix: str
+    spec_file: str
+    spec: dict[str, object]
+    versions: dict[str, str]
+    command: tuple[str, ...]
+    compile_time_s: float
+
+
+@dataclass(frozen=True)
 class BuildManifest:
     """``build.json``: what an artifact is and how it was made (schema in the README)."""
 
@@ -125,6 +149,7 @@ class BuildManifest:
     created_at: str
     parity: ParityResult
     quantization: QuantizationRecord | None = None
+    toolchain: ToolchainRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +157,7 @@ class BuildResult:
     """The build stage's section of ``result.json``.
 
     Attributes:
-        artifact_path: absolute path of the model file to load.
+        artifact_path: absolute path of the model file to load (a toolchain build: the prefix its profiler loads).
         cache_hit: the artifact came from the cache (no export in this run).
         manifest: the artifact's ``build.json``.
         parity: this run's parity check (a cache hit is re-checked too).
@@ -145,16 +170,23 @@ class BuildResult:
     parity: ParityResult
     time_s: float
 
+    @property
+    def artifact_folder(self) -> Path:
+        """The cached artifact's folder (``build.json`` and every file of the manifest)."""
+        return Path(self.artifact_path).parents[len(Path(self.manifest.model_file).parts) - 1]
+
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Latency summary in microseconds; a percentile is ``None`` when too few samples support it."""
+    """Latency summary in microseconds; a percentile is ``None`` when too few samples support it (or, from a
+    vendor profiler's summary, when it did not print it); ``std``, ``min`` and ``max`` likewise when a profiler's
+    summary lacks them."""
 
     count: int
     avg: float
-    std: float
-    min: float
-    max: float
+    std: float | None
+    min: float | None
+    max: float | None
     p50: float | None
     p90: float | None
     p95: float | None
@@ -188,12 +220,12 @@ class Measurement:
         forward_time_s: release of all workers to the last completion.
         throughput_qps: samples / forward_time_s (images per second).
         latency_us: end-to-end and model latency statistics, microseconds.
-        load_time_s: mean model load time per instance.
-        first_call_us: mean cold first-call time per instance, apart from the steady state.
-        window_throughput_qps: throughput in ``perf.windows`` equal time slices.
-        window_cv: coefficient of variation of those.
-        cpu_utilization_pct: CPU time of the worker processes over forward time x cores.
-        peak_host_memory_bytes: sum over worker processes of their peak resident memory.
+        load_time_s: mean model load time per instance (``None``: a vendor profiler that does not report it).
+        first_call_us: mean cold first-call time per instance, apart from the steady state (``None`` likewise).
+        window_throughput_qps: throughput in ``perf.windows`` equal time slices (empty from a profiler's summary).
+        window_cv: coefficient of variation of those (``None`` without them).
+        cpu_utilization_pct: CPU time of the worker processes (or the vendor profiler) over its wall time x cores.
+        peak_host_memory_bytes: sum over worker processes (or the profiler process) of their peak resident memory.
         peak_device_memory_bytes: peak device memory allocated (torch on CUDA), else ``None``.
         validity: see ``Validity``.
     """
@@ -203,10 +235,10 @@ class Measurement:
     forward_time_s: float
     throughput_qps: float
     latency_us: LatencyBlock
-    load_time_s: float
-    first_call_us: float
+    load_time_s: float | None
+    first_call_us: float | None
     window_throughput_qps: tuple[float, ...]
-    window_cv: float
+    window_cv: float | None
     cpu_utilization_pct: float
     peak_host_memory_bytes: int
     peak_device_memory_bytes: int | None
@@ -251,6 +283,27 @@ class Stability:
 
 
 @dataclass(frozen=True)
+class DeviceTelemetry:
+    """What the device reported about the measured window, in vamp's fields (``None``: not reported).
+
+    Attributes:
+        ai_utilize_pct: accelerator utilisation, percent (vamp's ``ai utilize (%)``).
+        die_memory_used_mb: device memory in use, MB (``die memory used (MB)``).
+        card_power_w: board power, watts (``card power (W)``).
+        temperature_c: temperature, degrees Celsius (``temperature (°C)``).
+        images_per_joule: throughput / power, where power was reported.
+        source: what reported them (``vamp``, ``nvml``).
+    """
+
+    ai_utilize_pct: float | None
+    die_memory_used_mb: float | None
+    card_power_w: float | None
+    temperature_c: float | None
+    images_per_joule: float | None
+    source: str
+
+
+@dataclass(frozen=True)
 class Probe:
     """One measurement of a peak-rate search: the offered rate, what was achieved, and whether p99 met the bound
     (``p99_ms`` is ``None`` when the probe had too few samples for a p99, which then does not pass)."""
@@ -267,9 +320,11 @@ class Probe:
 class PerfResult(Measurement):
     """The perf section of ``result.json``: the median repeat's measurement, the load, and every repeat.
 
-    ``device`` is what the load ran on (``cpu``, ``cuda:0``); ``contended_with`` lists the run folders of other
-    perf runs that measured on the same device of the same host at the same time (their timings and these
-    are not comparable).
+    ``device`` is what the load ran on (``cpu``, ``cuda:0``, ``vastai:0``); ``contended_with`` lists the run
+    folders of other perf runs that measured on the same device of the same host at the same time (their timings
+    and these are not comparable). ``samples_source`` says where the statistics come from: ``harness`` (derived
+    from per-batch samples, kept in ``samples_file``) or ``vamp`` (the summary the vendor profiler printed, kept
+    verbatim in ``perf_vamp.txt``: its percentiles are the ones it printed, and its repeats are the evidence).
     """
 
     backend: str
@@ -295,6 +350,8 @@ class PerfResult(Measurement):
     probes: tuple[Probe, ...] = field(default=())
     efficiency: Efficiency | None = None
     stability: Stability | None = None
+    telemetry: DeviceTelemetry | None = None
+    samples_source: Literal["harness", "vamp"] = "harness"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.result import PerfResult, RunResult
+from harness.result import DeviceTelemetry, PerfResult, RunResult
 
 
 def format_summary(result: RunResult) -> str:
@@ -52,7 +52,9 @@ def format_summary(result: RunResult) -> str:
             ),
             (
                 "latency",
-                f"model p50 {_ms(p50)}, p99 {_ms(p99)}, e2e avg {_ms(perf.latency_us.e2e.avg)}",
+                f"model p50 {_ms(p50, perf.samples_source)}, p99 {_ms(p99, perf.samples_source)}, "
+                f"e2e avg {_ms(perf.latency_us.e2e.avg)}"
+                + (" (as vamp printed them)" if perf.samples_source == "vamp" else ""),
             ),
             ("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)),
         ]
@@ -68,6 +70,8 @@ def format_summary(result: RunResult) -> str:
                     + " img/s",
                 )
             )
+        if perf.telemetry:
+            rows.append(("device", _telemetry(perf.telemetry)))
         if perf.efficiency:
             efficiency = perf.efficiency
             rows.append(
@@ -140,5 +144,18 @@ def _load(perf: PerfResult) -> str:
     return perf.mode
 
 
-def _ms(microseconds: float | None) -> str:
-    return "n/a (too few samples)" if microseconds is None else f"{microseconds / 1000:.2f} ms"
+def _ms(microseconds: float | None, source: str = "harness") -> str:
+    if microseconds is None:
+        return "n/a (not printed)" if source == "vamp" else "n/a (too few samples)"
+    return f"{microseconds / 1000:.2f} ms"
+
+
+def _telemetry(telemetry: DeviceTelemetry) -> str:
+    """The device's own report, in vamp's terms; fields it did not report are left out."""
+    fields = (
+        ("ai utilize", telemetry.ai_utilize_pct, "{:.1f}%"), ("die memory", telemetry.die_memory_used_mb, "{:.0f} MB"),
+        ("power", telemetry.card_power_w, "{:.1f} W"), ("temperature", telemetry.temperature_c, "{:.1f} °C"),
+        ("", telemetry.images_per_joule, "{:.1f} img/J"),
+    )  # fmt: skip
+    shown = [f"{label} {form.format(value)}".strip() for label, value, form in fields if value is not None]
+    return f"{', '.join(shown)} ({telemetry.source})"

@@ -20,13 +20,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from harness.config.schema import VdspParams
+from harness.config.schema import VdspConfig, VdspParams
 from harness.errors import ConfigError, DataError
+from harness.fileio import write_text_atomic
 
 NORMA_TYPES = ("EQUAL", "MINUSMEAN_DIVSTD", "DIV255_MINUSMEAN_DIVSTD", "DIV255", "DIV1275_MINUSONE")
 RESIZE_TYPES = ("BILINEAR_CV", "BILINEAR_PILLOW", "BILINEAR")
 COLOR_CONVERSIONS = ("NO_CHANGE", "BGR2RGB", "RGB2BGR")
 NUMERIC_NORMA_TYPES = {3: "MINUSMEAN_DIVSTD", 4: "DIV255_MINUSMEAN_DIVSTD"}
+# The zoo's fused preprocessing op (resize, colour conversion, normalisation), as its DINOv2 recipe names it.
+DEVICE_OP_TYPE = "FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR"
+VDSP_FILE = "vdsp_params.json"
 
 
 def fp16_from_bits(bits: int) -> float:
@@ -64,6 +68,8 @@ class _Layout:
 
     width: str
     height: str
+    input_width: str
+    input_height: str
     input_format: str
     norma_type: str
     resize_type: str
@@ -72,11 +78,11 @@ class _Layout:
 
 
 NEW_LAYOUT = _Layout(
-    "OimageWidth", "OimageHeight", "IimageFormat", "NormaType", "ResizeType", "ColorCvtCode",
+    "OimageWidth", "OimageHeight", "IimageWidth", "IimageHeight", "IimageFormat", "NormaType", "ResizeType", "ColorCvtCode",
     ("CropX", "CropY", "CropWidth", "CropHeight"),
 )  # fmt: skip
 LEGACY_LAYOUT = _Layout(
-    "oimage_width", "oimage_height", "iimage_format", "norma_type", "resize_type", "color_cvt_code",
+    "oimage_width", "oimage_height", "iimage_width", "iimage_height", "iimage_format", "norma_type", "resize_type", "color_cvt_code",
     ("crop_x", "crop_y", "crop_width", "crop_height"),
 )  # fmt: skip
 
@@ -105,6 +111,11 @@ def parse_vdsp(data: dict[str, Any], *, source: str = "vdsp params") -> VdspPara
         else:
             raise DataError(f"{source}: neither OpType/OpConfig nor vdsp_op_type: not a vdsp params file")
         size = (int(fields[layout.height]), int(fields[layout.width]))
+        input_size = (
+            (int(fields[layout.input_height]), int(fields[layout.input_width]))
+            if layout.input_height in fields and layout.input_width in fields
+            else None
+        )
     except KeyError as missing:
         raise DataError(f"{source}: missing field {missing.args[0]!r}") from None
     return VdspParams(
@@ -119,6 +130,7 @@ def parse_vdsp(data: dict[str, Any], *, source: str = "vdsp params") -> VdspPara
             fields.get(layout.color_cvt_code, "NO_CHANGE"), COLOR_CONVERSIONS, {}, layout.color_cvt_code, source
         ),
         crop=_crop([fields.get(key, 0) for key in layout.crop]) if layout.crop[2] in fields else None,
+        input_size=input_size,
         source_format=source_format,
     )
 
@@ -155,13 +167,18 @@ def resize_bilinear_cv(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return rows[:, left] * (1 - fx)[None, :, None] + rows[:, right] * fx[None, :, None]
 
 
-def preprocess(image: Image.Image, params: VdspParams) -> np.ndarray:
-    """RGB image -> [3, H, W] float32 model input as ``params`` describe."""
+def check_documented(params: VdspParams) -> None:
+    """A ``ConfigError`` for an enum kept as ``code N``: its meaning is not documented, so it is not guessed."""
     for field in ("norma_type", "resize_type", "color_cvt_code"):
         if getattr(params, field).startswith("code "):
             raise ConfigError(
                 f"vdsp {field}={getattr(params, field)!r} is not documented: set it by name in the vdsp config"
             )
+
+
+def preprocess(image: Image.Image, params: VdspParams) -> np.ndarray:
+    """RGB image -> [3, H, W] float32 model input as ``params`` describe."""
+    check_documented(params)
     rgb = image.convert("RGB")
     if params.resize_type == "BILINEAR_PILLOW":
         height, width = params.output_size
@@ -184,3 +201,53 @@ def preprocess(image: Image.Image, params: VdspParams) -> np.ndarray:
         "DIV1275_MINUSONE": lambda x: x / np.float32(127.5) - np.float32(1.0),
     }[params.norma_type](pixels)
     return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+
+
+def to_vdsp_json(params: VdspParams) -> dict[str, Any]:
+    """``params`` in the new vdsp JSON layout (what vamp's ``--vdsp_params`` reads), input as wide as output
+    unless the params say otherwise; the default pipeline and legacy op numbers are written as the zoo's fused op."""
+    check_documented(params)
+    height, width = params.output_size
+    input_height, input_width = params.input_size or params.output_size
+    op_type = params.op_type if params.source_format == "new" else DEVICE_OP_TYPE
+    config: dict[str, Any] = {
+        "IimageFormat": params.input_format,
+        "IimageWidth": input_width,
+        "IimageHeight": input_height,
+        "OimageWidth": width,
+        "OimageHeight": height,
+        "IimageWidthPitch": input_width,
+        "IimageHeightPitch": input_height,
+        "Mean": list(params.mean),
+        "Std": list(params.std),
+        "NormaType": params.norma_type,
+        "ColorCvtCode": params.color_cvt_code,
+        "ResizeType": params.resize_type,
+    }
+    if params.crop is not None:
+        config.update(zip(NEW_LAYOUT.crop, params.crop, strict=True))
+    return {"OpType": op_type, "OpConfig": config}
+
+
+def device_input(image: Image.Image, params: VdspParams) -> np.ndarray:
+    """The decoded image as the device's preprocessing reads it: RGB planar uint8 [3, H, W] at the params'
+    input size (their output size where they declare none), resized on the host as they resize."""
+    if params.input_format != "RGB_PLANAR":
+        raise ConfigError(f"vdsp IimageFormat={params.input_format!r}: device inputs are written as RGB_PLANAR only")
+    height, width = params.input_size or params.output_size
+    rgb = image.convert("RGB")
+    if params.resize_type == "BILINEAR_PILLOW":
+        pixels = np.asarray(rgb.resize((width, height), Image.Resampling.BILINEAR))
+    else:
+        pixels = np.clip(np.rint(resize_bilinear_cv(np.asarray(rgb), (height, width))), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def vdsp_params_file(vdsp: VdspConfig, params: VdspParams, folder: Path) -> Path:
+    """The vdsp params file a device preprocesses with: the configured file itself, else the resolved
+    ``params`` written into ``folder`` in the layout vamp reads."""
+    if vdsp.path:
+        return Path(vdsp.path).expanduser().resolve()
+    path = folder / VDSP_FILE
+    write_text_atomic(path, json.dumps(to_vdsp_json(params), indent=2) + "\n")
+    return path

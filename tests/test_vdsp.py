@@ -13,7 +13,15 @@ from PIL import Image
 from harness.data.photos import sample_photos
 from harness.errors import ConfigError, DataError
 from harness.preprocess import IMAGENET_MEAN, IMAGENET_STD, default_params, default_transform
-from harness.vdsp import fp16_from_bits, load_vdsp, parse_vdsp, preprocess, resize_bilinear_cv
+from harness.vdsp import (
+    device_input,
+    fp16_from_bits,
+    load_vdsp,
+    parse_vdsp,
+    preprocess,
+    resize_bilinear_cv,
+    to_vdsp_json,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vastai"
 
@@ -132,3 +140,41 @@ def test_default_pipeline_equals_the_torchvision_definition_on_real_photos() -> 
         np.testing.assert_allclose(
             default_transform(photo, (224, 224)), torchvision_definition(photo, (224, 224)).numpy(), atol=1e-6
         )
+
+
+@pytest.mark.parametrize("name", ["official-dinov2_vitl14_reg4-vdsp_params.json", "legacy-proplist-vdsp_params.json"])
+def test_what_vamp_is_given_parses_back_to_the_same_preprocessing(name: str) -> None:
+    params = load_vdsp(FIXTURES / name)
+    written = to_vdsp_json(params)
+    again = parse_vdsp(written)
+    assert dataclasses.replace(again, op_type=params.op_type, source_format=params.source_format) == params
+    assert written["OpConfig"]["IimageWidth"] == params.input_size[1]  # type: ignore[index]
+
+
+def test_the_default_pipeline_is_written_as_the_zoo_fused_op() -> None:
+    written = to_vdsp_json(default_params((224, 448)))
+    assert written["OpType"] == "FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR"
+    config = written["OpConfig"]
+    assert (config["IimageWidth"], config["IimageHeight"], config["OimageWidth"], config["OimageHeight"]) == (
+        448, 224, 448, 224
+    )  # fmt: skip
+    assert config["ResizeType"] == "BILINEAR_PILLOW" and config["NormaType"] == "DIV255_MINUSMEAN_DIVSTD"
+
+
+@pytest.mark.parametrize("resize_type", ["BILINEAR_CV", "BILINEAR_PILLOW"])
+def test_device_inputs_are_the_resized_photo_in_uint8_planar(resize_type: str) -> None:
+    params = dataclasses.replace(load_vdsp(FIXTURES / "official-dinov2_vitl14_reg4-vdsp_params.json"),
+                                 resize_type=resize_type)  # fmt: skip
+    for _, photo in sample_photos(3):
+        planar = device_input(photo, params)
+        assert planar.dtype == np.uint8 and planar.shape == (3, 224, 224)
+        # The device normalises what it reads; that equals the float pipeline up to the uint8 rounding of the resize.
+        on_device = preprocess(Image.fromarray(planar.transpose(1, 2, 0)), params)
+        np.testing.assert_allclose(on_device, preprocess(photo, params), atol=0.51 / 255 / min(params.std) + 1e-6)
+    with pytest.raises(ConfigError, match=r"vdsp IimageFormat='BGR_PLANAR': device inputs are written as RGB_PLANAR"):
+        device_input(photo, dataclasses.replace(params, input_format="BGR_PLANAR"))
+
+
+def test_an_undocumented_enum_is_not_written_for_vamp() -> None:
+    with pytest.raises(ConfigError, match=r"vdsp resize_type='code 1' is not documented"):
+        to_vdsp_json(load_vdsp(FIXTURES / "legacy-flat-vdsp_params.json"))

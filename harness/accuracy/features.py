@@ -16,11 +16,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from harness.backends import BackendFactory
+from harness.backends import BackendFactory, Toolchain
 from harness.config.schema import VdspParams
 from harness.errors import DataError
 from harness.processes import spawn_context
-from harness.vdsp import preprocess
+from harness.vdsp import device_input, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,13 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class ImageJob:
+    """One image to describe: its file, the query box to crop to, its preprocessing, and whether it is wanted
+    as the device's preprocessing reads it (uint8, ``vdsp.device_input``) instead of as the model's input."""
+
     path: str
     box: Box | None
     params: VdspParams
+    device_input: bool = False
 
 
 def decode(job: ImageJob) -> tuple[str, np.ndarray | None, str | None]:
@@ -40,7 +44,7 @@ def decode(job: ImageJob) -> tuple[str, np.ndarray | None, str | None]:
         with Image.open(job.path) as opened:
             opened.load()
             image: Image.Image = opened.crop(job.box) if job.box is not None else opened
-            return job.path, preprocess(image, job.params), None
+            return job.path, (device_input if job.device_input else preprocess)(image, job.params), None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
         return job.path, None, f"{type(error).__name__}: {error}"
 
@@ -51,6 +55,54 @@ def _decoded(jobs: Sequence[ImageJob], workers: int) -> Iterator[tuple[str, np.n
         return
     with spawn_context().Pool(workers) as pool:
         yield from pool.imap(decode, jobs, chunksize=4)
+
+
+def _readable(
+    jobs: Sequence[ImageJob], workers: int, on_bad_image: str, skipped: list[str], *, desc: str, progress: bool
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, decoded input) of each readable image, in order; unreadable ones fail or go to ``skipped``."""
+    decoded = tqdm(_decoded(jobs, workers), total=len(jobs), desc=f"features {desc}", disable=not progress, leave=False)
+    for index, (path, tensor, error) in enumerate(decoded):
+        if tensor is None:
+            if on_bad_image == "fail":
+                raise DataError(f"{path}: cannot read image ({error}); set dataset.on_bad_image=skip to skip it")
+            log.warning("skipping bad image path=%s error=%s", path, error)
+            skipped.append(path)
+            continue
+        yield index, tensor
+
+
+def extract_on_toolchain(
+    jobs: Sequence[ImageJob],
+    *,
+    toolchain: Toolchain,
+    prefix: Path,
+    vdsp_params: Path,
+    batch: int,
+    workers: int,
+    output: Path,
+    on_bad_image: str,
+    progress: bool = True,
+) -> tuple[np.ndarray, list[str]]:
+    """``extract`` through a vendor toolchain: every readable image decoded as the device reads it (``jobs``
+    made with ``device_input=True``) and written as it comes, then one toolchain run over all of them, its
+    per-image outputs gathered in order (in ``<output stem>/`` beside ``output``)."""
+    skipped: list[str] = []
+    indices: list[int] = []
+
+    def named() -> Iterator[tuple[str, np.ndarray]]:
+        for index, image in _readable(jobs, workers, on_bad_image, skipped, desc=output.stem, progress=progress):
+            indices.append(index)
+            yield Path(jobs[index].path).stem, image
+
+    outputs = toolchain.run_images(
+        prefix, named(), vdsp_params=vdsp_params, workdir=output.with_suffix(""), batch=batch
+    )  # fmt: skip
+    rows = [outputs[Path(jobs[index].path).stem] for index in indices]
+    features = np.lib.format.open_memmap(output, mode="w+", dtype=np.float32, shape=(len(jobs), rows[0].size))
+    features[indices] = np.stack(rows)
+    features.flush()
+    return features, skipped
 
 
 def extract(
@@ -88,21 +140,7 @@ def extract(
         pending.clear()
 
     try:
-        for index, (path, tensor, error) in enumerate(
-            tqdm(
-                _decoded(jobs, workers),
-                total=len(jobs),
-                desc=f"features {output.stem}",
-                disable=not progress,
-                leave=False,
-            )
-        ):
-            if tensor is None:
-                if on_bad_image == "fail":
-                    raise DataError(f"{path}: cannot read image ({error}); set dataset.on_bad_image=skip to skip it")
-                log.warning("skipping bad image path=%s error=%s", path, error)
-                skipped.append(path)
-                continue
+        for index, tensor in _readable(jobs, workers, on_bad_image, skipped, desc=output.stem, progress=progress):
             pending.append((index, tensor))
             if len(pending) == batch:
                 flush()

@@ -14,21 +14,23 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from harness.accuracy.features import ImageJob, extract
+from harness.accuracy.features import ImageJob, extract, extract_on_toolchain
 from harness.accuracy.published import published_results
 from harness.accuracy.revisited import SETUPS, Setup, SetupResult, evaluate, normalize, similarity
-from harness.backends import LoadTarget, open_backend
+from harness.backends import LoadTarget, is_toolchain, open_backend, open_toolchain, reference_backend
 from harness.config.schema import Precision, RunConfig
 from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth
 from harness.data.synthetic import synthetic_name, write_synthetic
-from harness.errors import DataError
+from harness.errors import ConfigError, DataError
 from harness.result import AccuracyResult, Fp32Comparison, SetupMetrics
+from harness.vdsp import vdsp_params_file
 
 log = logging.getLogger(__name__)
 
@@ -175,21 +177,38 @@ def _extract_all(
     query_jobs: Sequence[ImageJob],
     database_jobs: Sequence[ImageJob],
 ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Query and database descriptors through the run's backend loading ``artifact_path`` in ``precision``
-    (saved in ``folder``), and the files skipped in each."""
-    target = LoadTarget(
-        artifact_path=artifact_path, model=config.model, precision=precision, cache_dir=str(config.paths.path("cache"))
-    )
-    opened = open_backend(
-        config.backend, target, shape=(3, *config.vdsp_params.output_size), batch=config.accuracy.batch
-    )
+    """Query and database descriptors of ``artifact_path`` in ``precision`` (saved in ``folder``), and the files
+    skipped in each: through the run's backend, or through its vendor toolchain's runner for the device model
+    (an fp32 reference for a toolchain run is the fp32 ONNX build on ONNX Runtime's CPU provider)."""
     folder.mkdir(parents=True, exist_ok=True)
-    extract_with_backend = functools.partial(
-        extract, factory=opened.factory, input_dtype=opened.input_dtype, batch=config.accuracy.batch,
-        workers=config.accuracy.workers, on_bad_image=config.dataset.on_bad_image, progress=config.progress,
-    )  # fmt: skip
-    query, skipped_queries = extract_with_backend(query_jobs, output=folder / "features_query.npy")
-    database, skipped_images = extract_with_backend(database_jobs, output=folder / "features_database.npy")
+    common: dict[str, Any] = {
+        "workers": config.accuracy.workers,
+        "on_bad_image": config.dataset.on_bad_image,
+        "progress": config.progress,
+    }
+    extract_one: Callable[..., tuple[np.ndarray, list[str]]]
+    if is_toolchain(config.backend) and precision == config.precision.name:
+        if artifact_path is None:
+            raise ConfigError(f"backend={config.backend.name}: the accuracy stage runs the compiled model: add build")
+        extract_one = functools.partial(
+            extract_on_toolchain, toolchain=open_toolchain(config.backend), prefix=Path(artifact_path),
+            vdsp_params=vdsp_params_file(config.vdsp, config.vdsp_params, folder), batch=config.perf.batch, **common,
+        )  # fmt: skip
+        query_jobs, database_jobs = (
+            [dataclasses.replace(job, device_input=True) for job in jobs] for jobs in (query_jobs, database_jobs)
+        )
+    else:
+        backend = reference_backend() if is_toolchain(config.backend) else config.backend
+        target = LoadTarget(
+            artifact_path=artifact_path, model=config.model, precision=precision,
+            cache_dir=str(config.paths.path("cache")),
+        )  # fmt: skip
+        opened = open_backend(backend, target, shape=(3, *config.vdsp_params.output_size), batch=config.accuracy.batch)
+        extract_one = functools.partial(
+            extract, factory=opened.factory, input_dtype=opened.input_dtype, batch=config.accuracy.batch, **common
+        )
+    query, skipped_queries = extract_one(query_jobs, output=folder / "features_query.npy")
+    database, skipped_images = extract_one(database_jobs, output=folder / "features_database.npy")
     return query, database, skipped_queries, skipped_images
 
 

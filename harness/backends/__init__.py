@@ -1,4 +1,9 @@
-"""Backends: one small protocol, plugins registered by name, and one way to open one.
+"""Backends: two small protocols, plugins registered by name, and one way to open one.
+
+A *runtime* backend (``Backend``) loads the artifact in the harness's own processes, which time it. A
+*toolchain* backend (``Toolchain``, registered with ``toolchain=True``) is a vendor's compiler and profiler:
+its compiler builds a device model from the verified fp32 ONNX build, and its profiler loads, times and
+runs that model in the tool's own processes; the stages read back what the tools print and write.
 
 A plugin is one config dataclass plus one class, bound by ``@register_backend(name, config=...)``. The
 plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked up; they import
@@ -11,20 +16,24 @@ that worker processes call to get their own loaded instance.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
 from harness.config.schema import QUANTIZED, ModelConfig, Precision
 from harness.errors import ConfigError, unknown_name_message
+from harness.processes import ToolRun
 
 PLUGIN_MODULES: tuple[str, ...] = (
     "harness.backends.onnxruntime_backend",
     "harness.backends.torch_backend",
     "harness.backends.sleep_backend",
+    "harness.backends.vastai_backend",
 )
 
 
@@ -78,10 +87,69 @@ class Backend(Protocol):
 
 
 @dataclass(frozen=True)
+class ProfileLoad:
+    """The closed-loop load a toolchain's profiler drives, from the run's ``perf`` keys.
+
+    Attributes:
+        instances, processes, batch: vamp's ``-i``, ``-p``, ``-b``.
+        shape: [C, H, W] of one input (``-s``).
+        iterations: batches in total across instances, or ``None`` (only the duration bounds the run).
+        min_duration_s: seconds the profiler runs at least (0: iterations alone).
+        mode: ``sync`` (one request in flight per instance: meaningful latency) or ``async``.
+    """
+
+    instances: int
+    processes: int
+    batch: int
+    shape: tuple[int, int, int]
+    iterations: int | None
+    min_duration_s: float
+    mode: str
+
+
+@dataclass(frozen=True)
+class CompiledModel:
+    """What a toolchain's compiler made: the model prefix its profiler loads (the files it promised are checked
+    to exist), the build spec it was given, and the tool run."""
+
+    prefix: Path
+    spec: dict[str, Any]
+    run: ToolRun
+
+
+class Toolchain(Protocol):
+    """A vendor toolchain (``vamc`` / ``vamp``): compiles the verified fp32 ONNX build for its device, then
+    times it and runs images through it in its own processes.
+
+    ``precisions`` are the formats it builds (a config switch: toolchains differ per model); ``compile``
+    writes the build spec into ``workspace`` and checks the files the compiler promises exist; ``profile``
+    drives a closed-loop load and returns the profiler's raw report; ``run_images`` runs decoded images
+    (uint8 [3, H, W], as the device's preprocessing reads them) and returns one output per image name.
+    Tool failures (non-zero exit, timeout, missing outputs) raise ``ToolError`` with the tool's last lines.
+    """
+
+    precisions: tuple[str, ...]
+    device: str
+
+    def __init__(self, config: Any) -> None: ...
+    def check_environment(self) -> dict[str, object]: ...
+    def versions(self) -> dict[str, str]: ...
+    def compile(
+        self, onnx_path: Path, *, name: str, input_name: str, batch: int, shape: tuple[int, int, int],
+        precision: str, workspace: Path,
+    ) -> CompiledModel: ...  # fmt: skip
+    def profile(self, prefix: Path, load: ProfileLoad, *, vdsp_params: Path, output: Path) -> ToolRun: ...
+    def run_images(
+        self, prefix: Path, images: Iterable[tuple[str, np.ndarray]], *, vdsp_params: Path, workdir: Path, batch: int
+    ) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
 class BackendEntry:
     name: str
     config_type: type
-    backend_type: Any  # a class implementing ``Backend``
+    backend_type: Any  # a class implementing ``Backend``, or ``Toolchain`` when ``toolchain``
+    toolchain: bool = False
 
 
 _REGISTRY: dict[str, BackendEntry] = {}
@@ -89,15 +157,15 @@ _loaded = False
 B = TypeVar("B")
 
 
-def register_backend(name: str, *, config: type) -> Callable[[type[B]], type[B]]:
-    """Class decorator binding ``name`` to a backend class and its config dataclass."""
+def register_backend(name: str, *, config: type, toolchain: bool = False) -> Callable[[type[B]], type[B]]:
+    """Class decorator binding ``name`` to a backend class (a ``Toolchain`` when ``toolchain``) and its config."""
 
     def bind(backend_type: type[B]) -> type[B]:
         if name in _REGISTRY:
             raise ConfigError(
                 f"backend {name!r} is registered twice ({_REGISTRY[name].backend_type} and {backend_type})"
             )
-        _REGISTRY[name] = BackendEntry(name=name, config_type=config, backend_type=backend_type)
+        _REGISTRY[name] = BackendEntry(name=name, config_type=config, backend_type=backend_type, toolchain=toolchain)
         return backend_type
 
     return bind
@@ -147,13 +215,41 @@ class OpenedBackend:
     input_dtype: str
 
 
-def check_precision(entry: BackendEntry, precision: str) -> None:
-    """A ``ConfigError`` with the reason unless the backend runs ``precision``."""
-    if precision not in entry.backend_type.precisions:
-        why = f" ({precision} is an ONNX Runtime quantization of the ONNX build)" if precision in QUANTIZED else ""
-        raise ConfigError(
-            f"precision={precision}: backend {entry.name!r} runs {list(entry.backend_type.precisions)}{why}"
-        )
+def check_precision(entry: BackendEntry, config: Any, precision: str) -> None:
+    """A ``ConfigError`` with the reason unless the backend ``config`` names runs ``precision``."""
+    precisions = entry.backend_type(config).precisions
+    if precision not in precisions:
+        if "precisions" in {item.name for item in dataclasses.fields(config)}:
+            why = " (backend.precisions: what this toolchain builds for the model)"
+        elif precision in QUANTIZED:
+            why = f" ({precision} is an ONNX Runtime quantization of the ONNX build)"
+        else:
+            why = ""
+        raise ConfigError(f"precision={precision}: backend {entry.name!r} runs {list(precisions)}{why}")
+
+
+def is_toolchain(config: Any) -> bool:
+    """The backend ``config`` names is a vendor toolchain (its tools build, time and run the model)."""
+    return get_backend(config.name).toolchain
+
+
+def reference_backend() -> Any:
+    """ONNX Runtime on its CPU provider with default settings: what runs an ONNX build where the run's own
+    backend cannot (the fp32 reference of a toolchain run)."""
+    return get_backend("onnxruntime").config_type(
+        name="onnxruntime", providers=("CPUExecutionProvider",), provider_options=(), intra_op_threads=0,
+        inter_op_threads=0, graph_optimization="all", io_binding=False,
+    )  # fmt: skip
+
+
+def open_toolchain(config: Any) -> Toolchain:
+    """The toolchain backend ``config`` names, its tools checked (``BackendUnavailable`` names what to install)."""
+    entry = get_backend(config.name)
+    if not entry.toolchain:
+        raise ConfigError(f"backend={entry.name}: a runtime backend, not a vendor toolchain")
+    toolchain: Toolchain = entry.backend_type(config)
+    toolchain.check_environment()
+    return toolchain
 
 
 def check_backend(config: Any, precision: str) -> dict[str, object]:
@@ -164,8 +260,8 @@ def check_backend(config: Any, precision: str) -> dict[str, object]:
         ConfigError: the backend does not run ``precision``.
     """
     entry = get_backend(config.name)
-    check_precision(entry, precision)
-    backend: Backend = entry.backend_type(config)
+    check_precision(entry, config, precision)
+    backend: Backend | Toolchain = entry.backend_type(config)
     return backend.check_environment()
 
 
@@ -176,6 +272,10 @@ def open_backend(config: Any, target: LoadTarget, *, shape: tuple[int, int, int]
         BackendUnavailable: the runtime, provider or device is not installed here.
         ConfigError: ``shape`` ([C, H, W]) or ``batch`` is not what the artifact accepts.
     """
+    if is_toolchain(config):
+        raise ConfigError(
+            f"backend={config.name}: a vendor toolchain runs the model in its own tools, not in the harness"
+        )
     check_backend(config, target.precision)
     backend: Backend = get_backend(config.name).backend_type(config)
     resolved = backend.resolve(target)

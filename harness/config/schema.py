@@ -360,6 +360,8 @@ class VdspParams:
         mean, std: per channel (R, G, B order), on the scale ``norma_type`` implies.
         norma_type, resize_type, color_cvt_code: names from the documented sets, or ``code N`` when undocumented.
         crop: (x, y, width, height) after resize, or ``None``.
+        input_size: (height, width) of the decoded image the op reads on the device (``IimageHeight`` /
+            ``IimageWidth``), or ``None`` where the params do not say (the default preprocessing).
         source_format: ``new``, ``legacy-flat``, ``legacy-proplist`` or ``default``.
     """
 
@@ -372,6 +374,7 @@ class VdspParams:
     resize_type: str
     color_cvt_code: str
     crop: tuple[int, int, int, int] | None = None
+    input_size: tuple[int, int] | None = None
     source_format: str = "new"
 
 

@@ -52,6 +52,26 @@ class VampReport:
     model_latency_us: dict[str, float] = field(default_factory=dict)
 
 
+def perf_fields(report: VampReport) -> dict[str, object]:
+    """The report under the names a harness ``perf`` block uses (``latency_us.e2e.p50``, ``telemetry.*``), so a
+    parsed vamp log and a harness run line up in the tracker and in reports."""
+    return {
+        "instances": report.instances,
+        "batch": report.batch_size,
+        "samples": report.samples,
+        "forward_time_s": report.forward_time_s,
+        "throughput_qps": report.throughput_qps,
+        "latency_us": {"e2e": report.e2e_latency_us, "model": report.model_latency_us},
+        "telemetry": {
+            "ai_utilize_pct": report.ai_utilize_pct,
+            "die_memory_used_mb": report.die_memory_mb,
+            "card_power_w": report.card_power_w,
+            "temperature_c": report.temperature_c,
+        },
+        "samples_source": "vamp",
+    }
+
+
 def _number(text: str) -> float:
     return float(text.split()[0])
 
@@ -110,11 +130,9 @@ def format_vamp(
     ]
     for title, latency in (("e2e latency (us):", e2e), ("model latency (us):", model)):
         lines.append(f"  {title}")
-        lines += [f"    {name} latency: {getattr(latency, name):.0f}" for name in ("avg", "min", "max")]
+        names = ("avg", "min", "max", *(f"p{p}" for p in PERCENTILES))
         lines += [
-            f"    p{p} latency: {getattr(latency, f'p{p}'):.0f}"
-            for p in PERCENTILES
-            if getattr(latency, f"p{p}") is not None
+            f"    {name} latency: {getattr(latency, name):.0f}" for name in names if getattr(latency, name) is not None
         ]
     return "\n".join(lines) + "\n"
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from harness.config.schema import PathsConfig, TrackingConfig
 from harness.errors import TrackingError
-from harness.fileio import write_json_atomic
+from harness.fileio import sha256_of, write_json_atomic
 from harness.report import SWEEP_FILE
 from harness.result import RunResult, load_result
 from harness.tracking.records import metrics_of, params_of, shorten, tags_of
@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 TRACKING_FILE = "tracking.json"
 RUN_UID_TAG = "harness.run_uid"
 SWEEP_UID_TAG = "harness.sweep_uid"
+VAMP_SHA_TAG = "harness.vamp_sha256"
 ARTIFACT_FILES = ("result.json", "perf_vamp.txt", "perf_samples.npz")
+VAMP_REPEAT_FILES = "perf_vamp_repeat*.txt"
 T = TypeVar("T")
 # MLflow opens an experiment of this kind as a classic machine-learning experiment (the runs table), not
 # on the GenAI overview of traces and token usage; the note is the experiment's description in the UI.
@@ -237,6 +239,28 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
     return record, True
 
 
+def log_vamp_file(store: Store, path: Path, perf: dict[str, object]) -> tuple[str, bool]:
+    """Log one saved vamp output as a run (``perf``: its fields under a harness perf block's names, so its
+    metrics are named as a harness run's), unless a run of the same bytes is already there; returns the run id
+    and whether this call logged it."""
+    digest = sha256_of(path)
+    found = store.find(VAMP_SHA_TAG, digest)
+    if found is not None:
+        return str(found.info.run_id), False
+    from mlflow.entities import Metric
+
+    now_ms = int(time.time() * 1000)
+    tags = {VAMP_SHA_TAG: digest, "harness.source": "vamp-parse", "harness.vamp_file": str(path.resolve())}
+    run = store.call(lambda: store.client.create_run(store.experiment_id, tags=tags, run_name=f"vamp-{path.stem}"))
+    run_id = run.info.run_id
+    metrics = [Metric(key, values[0], now_ms, 0) for key, values in metrics_of({"perf": perf}).items()]
+    params = _params({f"perf.{key}": str(perf[key]) for key in ("instances", "batch")})
+    store.call(partial(store.client.log_batch, run_id, metrics=metrics, params=params))
+    store.call(partial(store.client.log_artifact, run_id, str(path)))
+    store.call(lambda: store.client.set_terminated(run_id, status="FINISHED", end_time=now_ms))
+    return run_id, True
+
+
 def end_sweep(sweep_dir: Path, status: str) -> None:
     """Record in ``sweep.json`` when and how the sweep ended (``finished`` or ``interrupted``), once."""
     path = sweep_dir / SWEEP_FILE
@@ -306,10 +330,12 @@ def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: RunResult) 
     for name in ARTIFACT_FILES:
         if (run_dir / name).exists():
             store.call(partial(store.client.log_artifact, run_id, str(run_dir / name)))
+    for path in sorted(run_dir.glob(VAMP_REPEAT_FILES)):  # a vendor profiler's every report, verbatim
+        store.call(partial(store.client.log_artifact, run_id, str(path), artifact_path="vamp"))
     if (run_dir / ".hydra").is_dir():
         store.call(lambda: store.client.log_artifacts(run_id, str(run_dir / ".hydra"), artifact_path="hydra"))
     if result.build:
-        folder = Path(result.build.artifact_path).parent
+        folder = result.build.artifact_folder
         store.call(lambda: store.client.log_artifact(run_id, str(folder / "build.json")))
         if store.tracking.log_model:
             for record in result.build.manifest.files:

@@ -51,6 +51,7 @@ MEASUREMENTS = (
     "perf.probes.throughput_qps",
     "perf.probes.p50_ms",
     "perf.probes.p99_ms",
+    "perf.telemetry.*",
     "accuracy.easy.*",
     "accuracy.medium.*",
     "accuracy.hard.*",
@@ -77,6 +78,9 @@ HEADLINE: dict[str, tuple[str, float]] = {
     "achieved_gflops": ("perf.efficiency.achieved_gflops", 1.0),
     "fp32_top10_overlap": ("accuracy.fp32.neighbour_overlap_at_10", 1.0),
     "map_medium_delta_fp32": ("accuracy.fp32.map_delta.medium", 1.0),
+    "ai_utilize_pct": ("perf.telemetry.ai_utilize_pct", 1.0),
+    "card_power_w": ("perf.telemetry.card_power_w", 1.0),
+    "images_per_joule": ("perf.telemetry.images_per_joule", 1.0),
 }
 
 

@@ -1,0 +1,154 @@
+"""Device builds: a vendor toolchain compiles the verified fp32 ONNX build, cached and parity-checked like ONNX.
+
+The zoo's recipe gives the compiler the fp32 ONNX model and lets ``backend.dtype`` reduce it on the device, so
+the base is always the harness's own fp32 build (checked against torch fp32 first). The device model is then
+checked too: the parity photos, decoded as the device reads them, run through the toolchain's own runner and
+are compared with torch fp32 on the same photos preprocessed the same way (on every build and every cache hit).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from harness import __version__
+from harness.backends import Toolchain, open_toolchain
+from harness.config.schema import RunConfig
+from harness.data.photos import sample_photos
+from harness.export import cache
+from harness.export.onnx_export import INPUT_NAME
+from harness.export.parity import compare_features, reference_features
+from harness.export.stage import MANIFEST_SCHEMA_VERSION
+from harness.fileio import sha256_of
+from harness.models import dinov2
+from harness.preprocess import batch_of
+from harness.result import ArtifactFile, BuildManifest, BuildResult, ParityResult, ToolchainRecord
+from harness.vdsp import device_input, vdsp_params_file
+
+log = logging.getLogger(__name__)
+
+# The toolchain's settings that do not change what it builds (where the tools are, how long to wait for them).
+NOT_BUILD_IDENTITY = ("vamc", "vamp", "compile_timeout_s", "profile_timeout_s", "percentiles", "device_ids")
+
+
+def compile_for_device(config: RunConfig, model: dinov2.DinoVisionTransformer, base: BuildResult) -> BuildResult:
+    """The device model for ``config`` compiled from the fp32 ONNX build ``base``, unless a valid cached copy
+    exists; its parity with torch fp32 is checked through the toolchain in both cases."""
+    started = time.perf_counter()
+    toolchain = open_toolchain(config.backend)
+    versions = toolchain.versions()
+    backend = {key: value for key, value in asdict(config.backend).items() if key not in NOT_BUILD_IDENTITY}
+    fields = {
+        "base_artifact": base.manifest.cache_key,
+        "precision": config.precision.name,
+        "batch": config.perf.batch,
+        "input_size": list(config.model.input_size),
+        "toolchain": backend,
+        "versions": {**versions, "harness": __version__},
+    }
+    key = cache.content_key(fields)
+    height, width = config.model.input_size
+    spec_name = f"{model.spec.name}_{config.precision.name}"
+    name = (
+        f"{model.spec.name}-{height}x{width}-{config.precision.name}-{config.backend.name}-b{config.perf.batch}-{key}"
+    )
+    folder = cache.prepare_cache_root(config.paths.path("cache") / "builds") / name
+    manifest = None if config.build.force else cache.load_cached(folder, BuildManifest)
+    cache_hit = isinstance(manifest, BuildManifest)
+    if isinstance(manifest, BuildManifest):
+        log.info("build cache hit artifact=%s", folder)
+        assert manifest.toolchain is not None
+        parity = device_parity(config, model, toolchain, folder / manifest.toolchain.model_prefix)
+    else:
+        manifest = _compile_into_cache(
+            config, model, toolchain, base, fields=fields, key=key, name=name, spec_name=spec_name, folder=folder,
+            versions=versions,
+        )  # fmt: skip
+        parity = manifest.parity
+    return BuildResult(
+        artifact_path=str((folder / manifest.model_file).resolve()),
+        cache_hit=cache_hit,
+        manifest=manifest,
+        parity=parity,
+        time_s=time.perf_counter() - started,
+    )
+
+
+def _compile_into_cache(
+    config: RunConfig, model: dinov2.DinoVisionTransformer, toolchain: Toolchain, base: BuildResult, *,
+    fields: dict[str, object], key: str, name: str, spec_name: str, folder: Path, versions: dict[str, str],
+) -> BuildManifest:  # fmt: skip
+    staging = folder.with_name(f".staging-{name}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        log.info("build start artifact=%s compiler=%s base=%s", name, config.backend.name, base.manifest.artifact_name)
+        compiled = toolchain.compile(
+            Path(base.artifact_path), name=spec_name, input_name=INPUT_NAME, batch=config.perf.batch,
+            shape=config.input_shape, precision=config.precision.name, workspace=staging,
+        )  # fmt: skip
+        parity = device_parity(config, model, toolchain, compiled.prefix)
+        prefix = compiled.prefix.relative_to(staging)
+        manifest = BuildManifest(
+            schema_version=MANIFEST_SCHEMA_VERSION,
+            artifact_name=name,
+            format=config.backend.name,
+            model_file=str(prefix),
+            cache_key=key,
+            key_fields=fields,
+            files=tuple(
+                ArtifactFile(
+                    name=str(path.relative_to(staging)), size_bytes=path.stat().st_size, sha256=sha256_of(path)
+                )
+                for path in sorted(staging.rglob("*"))
+                if path.is_file()
+            ),
+            external_data=False,
+            export_time_s=round(compiled.run.wall_s, 3),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            parity=parity,
+            toolchain=ToolchainRecord(
+                base_artifact=base.manifest.artifact_name,
+                model_prefix=str(prefix),
+                spec_file=f"{spec_name}.yaml",
+                spec=compiled.spec,
+                versions=versions,
+                command=compiled.run.argv,
+                compile_time_s=round(compiled.run.wall_s, 3),
+            ),
+        )
+        cache.publish(staging, folder, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("build done artifact=%s compile_time_s=%.1f", folder, compiled.run.wall_s)
+    return manifest
+
+
+def device_parity(
+    config: RunConfig, model: dinov2.DinoVisionTransformer, toolchain: Toolchain, prefix: Path
+) -> ParityResult:
+    """The parity photos through the device model against torch fp32 on the same preprocessing."""
+    params = config.vdsp_params
+    photos = sample_photos(config.build.parity_images)
+    # Photo names hold their source's folder ("skimage/astronaut"); a datalist entry is one plain file name.
+    names = [name.replace("/", "-") for name, _ in photos]
+    with tempfile.TemporaryDirectory(prefix="harness-parity-") as folder:
+        workdir = Path(folder)
+        outputs = toolchain.run_images(
+            prefix, ((name, device_input(image, params)) for name, (_, image) in zip(names, photos, strict=True)),
+            vdsp_params=vdsp_params_file(config.vdsp, params, workdir), workdir=workdir, batch=config.perf.batch,
+        )  # fmt: skip
+    expected = reference_features(model, batch_of([image for _, image in photos], params.output_size, params))
+    actual = np.stack([outputs[name] for name in names])
+    return compare_features(
+        actual, expected, images=tuple(name for name, _ in photos), artifact=prefix.parent.name,
+        precision=config.precision, runtime=f"{config.backend.name} {toolchain.device} (vamp --datalist)",
+    )  # fmt: skip

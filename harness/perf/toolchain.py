@@ -1,0 +1,163 @@
+"""Perf through a vendor profiler (vamp): one profiler call per repeat, its report parsed into the perf block.
+
+vamp prints summaries, not per-batch samples, so the statistics are the ones it printed (percentiles
+included), ``samples_source`` says so, and the repeats (``perf.repeats``, one vamp call each, median as the
+headline) are the independent evidence the gate uses. Every report is kept verbatim beside ``result.json``:
+``perf_vamp_repeat<N>.txt`` and, for the median repeat, ``perf_vamp.txt``. A non-zero exit, a timeout, or
+output that is not vamp's fails the run with the tool's last lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from harness.backends import ProfileLoad, open_toolchain
+from harness.config.schema import PerfConfig, RunConfig
+from harness.errors import ConfigError, DataError, ToolError
+from harness.perf.contention import CLAIMS_FOLDER, claimed_window
+from harness.perf.vamp import VAMP_FILE, VampReport, parse_vamp
+from harness.processes import ToolRun
+from harness.result import DeviceTelemetry, LatencyBlock, LatencyStats, Measurement, PerfResult, Validity
+from harness.vdsp import vdsp_params_file
+
+log = logging.getLogger(__name__)
+
+PERCENTILE_NAMES = ("p50", "p90", "p95", "p99")
+
+
+def _latency(block: dict[str, float], count: int, label: str, run: ToolRun) -> LatencyStats:
+    if "avg" not in block:
+        raise ToolError(f"vamp printed no {label} avg latency; its last lines:\n{run.tail()}")
+    return LatencyStats(
+        count=count, avg=block["avg"], std=None, min=block.get("min"), max=block.get("max"),
+        **{name: block.get(name) for name in PERCENTILE_NAMES},
+    )  # fmt: skip
+
+
+def measurement_from_report(report: VampReport, run: ToolRun, perf: PerfConfig) -> Measurement:
+    """One repeat's ``Measurement`` from what vamp printed (and what the host saw of the vamp process).
+
+    Raises:
+        ToolError: the report lacks the throughput or a latency block's avg/min/max.
+    """
+    if report.throughput_qps is None or report.throughput_qps <= 0:
+        raise ToolError(f"vamp printed no throughput (qps); its last lines:\n{run.tail()}")
+    warnings = []
+    samples = report.samples
+    if samples is None:
+        samples = round(report.throughput_qps * report.forward_time_s) if report.forward_time_s else None
+    if samples is None:
+        if perf.iterations is None:
+            raise ToolError(f"vamp printed neither samples nor forward time; its last lines:\n{run.tail()}")
+        samples = perf.iterations * perf.batch
+        warnings.append(f"vamp printed no samples line: samples is the {samples} asked for (--iterations)")
+    forward_time_s = report.forward_time_s or samples / report.throughput_qps
+    if report.forward_time_s is None:
+        warnings.append("vamp printed no forward time: it is samples / throughput")
+    batches = samples // (report.batch_size or perf.batch)
+    latency = LatencyBlock(
+        e2e=_latency(report.e2e_latency_us, batches, "e2e", run),
+        model=_latency(report.model_latency_us, batches, "model", run),
+    )
+    reasons = []
+    if report.instances != perf.instances:
+        reasons.append(f"vamp ran {report.instances} instances per device, perf.instances={perf.instances}")
+    if report.batch_size is not None and report.batch_size != perf.batch:
+        reasons.append(f"vamp ran batch {report.batch_size}, perf.batch={perf.batch}")
+    if batches < perf.batches_floor:
+        reasons.append(f"{batches} batches < {perf.batches_floor} (perf.iterations, perf.min_samples)")
+    if forward_time_s < perf.min_duration_s:
+        reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}")
+    return Measurement(
+        samples=samples,
+        batches=batches,
+        forward_time_s=forward_time_s,
+        throughput_qps=report.throughput_qps,
+        latency_us=latency,
+        load_time_s=None,
+        first_call_us=None,
+        window_throughput_qps=(),
+        window_cv=None,
+        cpu_utilization_pct=100.0 * run.cpu_s / (run.wall_s * (os.cpu_count() or 1)),
+        peak_host_memory_bytes=run.max_rss_bytes,
+        peak_device_memory_bytes=None,
+        validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
+    )
+
+
+def telemetry_from_report(report: VampReport) -> DeviceTelemetry:
+    power = report.card_power_w
+    return DeviceTelemetry(
+        ai_utilize_pct=report.ai_utilize_pct, die_memory_used_mb=report.die_memory_mb, card_power_w=power,
+        temperature_c=report.temperature_c,
+        images_per_joule=report.throughput_qps / power if power and report.throughput_qps else None, source="vamp",
+    )  # fmt: skip
+
+
+def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: Path) -> PerfResult:
+    """``perf.repeats`` vamp calls on the compiled model; the median repeat is the headline."""
+    if model_prefix is None:
+        raise ConfigError(f"backend={config.backend.name}: the perf stage profiles the compiled model: add build")
+    perf = config.perf
+    toolchain = open_toolchain(config.backend)
+    resolved = {**toolchain.check_environment(), **toolchain.versions()}
+    load = ProfileLoad(
+        instances=perf.instances, processes=perf.processes, batch=perf.batch, shape=config.input_shape,
+        iterations=perf.iterations, min_duration_s=perf.min_duration_s, mode=perf.mode,
+    )  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    vdsp = vdsp_params_file(config.vdsp, config.vdsp_params, run_dir)
+    measured: list[tuple[Measurement, VampReport, Path]] = []
+    with claimed_window(
+        config.paths.path("outputs") / CLAIMS_FOLDER, run_dir=run_dir, device=toolchain.device
+    ) as claim:
+        for repeat in range(perf.repeats):
+            output = run_dir / f"perf_vamp_repeat{repeat}.txt"
+            log.info("stage=perf repeat%d vamp instances=%d batch=%d", repeat, perf.instances, perf.batch)
+            run = toolchain.profile(Path(model_prefix), load, vdsp_params=vdsp, output=output)
+            try:
+                report = parse_vamp(run.output, source=f"vamp output {output}")
+            except DataError as error:
+                raise ToolError(f"{error}; its last lines:\n{run.tail()}") from None
+            measured.append((measurement_from_report(report, run, perf), report, output))
+            log.info("perf repeat%d throughput_qps=%.2f", repeat, measured[-1][0].throughput_qps)
+    ordered = sorted(measured, key=lambda item: item[0].throughput_qps)
+    median, report, output = ordered[(len(ordered) - 1) // 2]
+    shutil.copyfile(output, run_dir / VAMP_FILE)
+    measurements = [measurement for measurement, _, _ in measured]
+    headline = {name: getattr(median, name) for name in Measurement.__dataclass_fields__}
+    reasons = tuple(reason for measurement in measurements for reason in measurement.validity.reasons)
+    warnings = median.validity.warnings
+    unprinted = [f"p{value}" for value in config.backend.percentiles if f"p{value}" not in report.e2e_latency_us]
+    if unprinted:
+        warnings += (f"vamp printed no {', '.join(unprinted)} latency (asked with --percentiles)",)
+    if claim.overlapping:
+        warnings += (
+            f"contended: other perf runs used {toolchain.device} at the same time ({', '.join(claim.overlapping)})",
+        )
+    headline["validity"] = Validity(valid=not reasons, reasons=reasons, warnings=warnings)
+    for note in warnings + reasons:
+        log.warning("perf validity: %s", note)
+    return PerfResult(
+        **headline,
+        backend=config.backend.name,
+        backend_resolved=resolved,
+        instances=perf.instances,
+        processes=perf.processes,
+        batch=perf.batch,
+        shape=config.input_shape,
+        mode=perf.mode,
+        iterations=perf.iterations,
+        min_duration_s=perf.min_duration_s,
+        max_duration_s=perf.max_duration_s,
+        device=toolchain.device,
+        contended_with=claim.overlapping,
+        throughput_qps_repeats=tuple(measurement.throughput_qps for measurement in measurements),
+        repeats=tuple(measurements) if len(measurements) > 1 else (),
+        samples_file=None,
+        telemetry=telemetry_from_report(report),
+        samples_source="vamp",
+    )
