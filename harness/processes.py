@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from multiprocessing.context import SpawnContext
 from pathlib import Path
 
+import psutil
+
 
 def spawn_context() -> SpawnContext:
     """The spawn context, usable from any parent process.
@@ -27,6 +29,11 @@ def spawn_context() -> SpawnContext:
     return multiprocessing.get_context("spawn")
 
 
+# How often a running tool's memory is read: resident memory has no exact peak for a child of a large process
+# (the kernel's ru_maxrss counts the parent's pages the child had before it exec'd), so it is sampled.
+RSS_SAMPLE_S = 0.05
+
+
 @dataclass(frozen=True)
 class ToolRun:
     """One finished run of an external tool: its command, exit status, output and what it cost the host.
@@ -37,7 +44,8 @@ class ToolRun:
         output: stdout and stderr, interleaved as the tool wrote them.
         wall_s: seconds from start to exit.
         cpu_s: user + system CPU seconds of the tool process (its own children included once they are reaped).
-        max_rss_bytes: the tool process's peak resident memory.
+        peak_rss_bytes: the sum over the tool's processes of the largest resident memory sampled every
+            ``RSS_SAMPLE_S`` (a peak shorter than that can be missed).
         timed_out: it was killed after ``timeout_s``.
     """
 
@@ -46,7 +54,7 @@ class ToolRun:
     output: str
     wall_s: float
     cpu_s: float
-    max_rss_bytes: int
+    peak_rss_bytes: int
     timed_out: bool
 
     def tail(self, lines: int = 12) -> str:
@@ -54,11 +62,19 @@ class ToolRun:
         return "\n".join(self.output.rstrip().splitlines()[-lines:])
 
 
+def _sample_rss(tool: psutil.Process, peaks: dict[int, int]) -> None:
+    """Record the resident memory of ``tool`` and its descendants in ``peaks`` (pid -> largest seen)."""
+    with contextlib.suppress(psutil.Error):
+        for process in [tool, *tool.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                peaks[process.pid] = max(peaks.get(process.pid, 0), process.memory_info().rss)
+
+
 def run_tool(
     argv: Sequence[str], *, timeout_s: float, cwd: Path | None = None, env: Mapping[str, str] | None = None
 ) -> ToolRun:
-    """Run ``argv`` to completion (killed with its process group after ``timeout_s``), capturing its output and
-    its own CPU time and peak memory (``wait4`` reports them for exactly this child)."""
+    """Run ``argv`` to completion (killed with its process group after ``timeout_s``), capturing its output, its
+    own CPU time (``wait4`` reports it for exactly this child) and its sampled peak memory."""
     started = time.perf_counter()
     process = subprocess.Popen(
         list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
@@ -68,7 +84,11 @@ def run_tool(
     assert process.stdout is not None
     reader = threading.Thread(target=lambda: chunks.extend(iter(process.stdout.read1, b"")), daemon=True)  # type: ignore[union-attr]
     reader.start()
-    reader.join(timeout_s)
+    tool, peaks = psutil.Process(process.pid), dict[int, int]()
+    deadline = started + timeout_s
+    while reader.is_alive() and (remaining := deadline - time.perf_counter()) > 0:
+        _sample_rss(tool, peaks)
+        reader.join(min(RSS_SAMPLE_S, remaining))
     timed_out = reader.is_alive()
     if timed_out:
         with contextlib.suppress(ProcessLookupError):
@@ -80,5 +100,5 @@ def run_tool(
     return ToolRun(
         argv=tuple(argv), returncode=process.returncode, output=b"".join(chunks).decode(errors="replace"),
         wall_s=time.perf_counter() - started, cpu_s=usage.ru_utime + usage.ru_stime,
-        max_rss_bytes=usage.ru_maxrss * 1024, timed_out=timed_out,
+        peak_rss_bytes=sum(peaks.values()), timed_out=timed_out,
     )  # fmt: skip

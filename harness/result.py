@@ -210,6 +210,25 @@ class Validity:
     warnings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class HostTelemetry:
+    """The host during the measured window, sampled every ``interval_s`` (``harness.perf.host``).
+
+    Attributes:
+        cpu_util_pct: mean CPU use over all cores, percent of one core's capacity (100: every core busy).
+        cpu_util_per_core_pct: mean use of each core, percent.
+        rss_mean_bytes, rss_peak_bytes: the perf workers' resident memory summed, mean and largest sample.
+        samples: samples inside the window.
+    """
+
+    cpu_util_pct: float
+    cpu_util_per_core_pct: tuple[float, ...]
+    rss_mean_bytes: int
+    rss_peak_bytes: int
+    samples: int
+    interval_s: float
+
+
 @dataclass(frozen=True, kw_only=True)
 class Measurement:
     """One independent run of the load.
@@ -228,6 +247,8 @@ class Measurement:
         peak_host_memory_bytes: sum over worker processes (or the profiler process) of their peak resident memory.
         peak_device_memory_bytes: peak device memory allocated (torch on CUDA), else ``None``.
         validity: see ``Validity``.
+        host: CPU use per core and worker memory sampled during the window (``None``: a run shorter than one
+            sample interval, or a vendor profiler's run).
     """
 
     samples: int
@@ -243,6 +264,7 @@ class Measurement:
     peak_host_memory_bytes: int
     peak_device_memory_bytes: int | None
     validity: Validity
+    host: HostTelemetry | None = None
 
 
 @dataclass(frozen=True)

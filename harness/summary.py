@@ -72,6 +72,17 @@ def format_summary(result: RunResult) -> str:
             )
         if perf.telemetry:
             rows.append(("device", _telemetry(perf.telemetry)))
+        if perf.host:
+            host = perf.host
+            rows.append(
+                (
+                    "host",
+                    f"CPU {host.cpu_util_pct:.0f}% (per core "
+                    + ", ".join(f"{value:.0f}" for value in host.cpu_util_per_core_pct)
+                    + f"), workers' RSS {host.rss_mean_bytes / 2**20:.0f} MiB (peak {host.rss_peak_bytes / 2**20:.0f} "
+                    f"MiB), {host.samples} samples",
+                )
+            )
         if perf.efficiency:
             efficiency = perf.efficiency
             rows.append(

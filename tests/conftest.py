@@ -21,6 +21,9 @@ from harness.config.store import compose
 from harness.resolve import resolve_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# What a group option needs beside it to resolve alone: the vendor toolchain builds fp16 only, and the default
+# precision (fp32) is refused for it on purpose.
+COMPANIONS = {"backend=vastai": ["precision=fp16"]}
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 from harness.backends import backend_names, get_backend
 from harness.config.convert import from_mapping
 from harness.config.schema import GateConfig, GateRule, RunConfig
-from tests.conftest import REPO_ROOT
+from tests.conftest import COMPANIONS, REPO_ROOT
 
 
 def test_reading_results_imports_no_runtime() -> None:
@@ -51,12 +51,10 @@ def test_every_conf_group_option_sets_every_key() -> None:
     from harness.config.store import compose
     from harness.resolve import resolve_config
 
-    # The vendor toolchain builds fp16 only, so it is composed with that (the default fp32 is refused on purpose).
-    companions = {"backend=vastai": ["precision=fp16"]}
     for group in ("backend", "dataset", "perf", "precision", "tracking", "vdsp", "paths", "model"):
         for option in sorted((REPO_ROOT / "conf" / group).glob("*.yaml")):
             choice = f"{group}={option.stem}"
-            resolve_config(compose([choice, *companions.get(choice, [])]))
+            resolve_config(compose([choice, *COMPANIONS.get(choice, [])]))
     for option in sorted((REPO_ROOT / "conf" / "experiment").glob("*.yaml")):
         resolve_config(compose([f"+experiment={option.stem}"]))
     for option in sorted((REPO_ROOT / "conf" / "gate").glob("*.yaml")):

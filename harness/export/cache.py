@@ -10,6 +10,7 @@ their recorded sha256 is deleted and rebuilt.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from harness.config.convert import from_mapping
 from harness.errors import BuildError, ConfigError
@@ -76,12 +77,25 @@ def load_cached(folder: Path, manifest_type: type[T]) -> T | None:
     return manifest
 
 
-def publish(staging: Path, folder: Path, manifest: Any) -> None:
-    """Write ``build.json`` into ``staging`` and rename it to ``folder`` (replacing a stale one)."""
-    write_json_atomic(staging / MANIFEST_NAME, asdict(manifest))
-    if folder.exists():
+def publish(staging: Path, folder: Path, manifest: T, *, replace: bool = False) -> T:
+    """Write ``build.json`` into ``staging`` and rename it to ``folder``; returns the manifest now in place.
+
+    ``replace`` (a forced rebuild) removes an existing ``folder`` first. Otherwise an artifact another job
+    published under the same content key while this one was building is kept, since it may be in use: this
+    job's copy is dropped and the other's manifest returned.
+    """
+    write_json_atomic(staging / MANIFEST_NAME, asdict(manifest))  # type: ignore[call-overload]
+    if replace and folder.exists():
         shutil.rmtree(folder)
-    try:
-        os.rename(staging, folder)
-    except OSError as error:
-        raise BuildError(f"cannot move the built artifact into {folder}: {error.strerror}") from None
+    for _ in range(2):
+        try:
+            os.rename(staging, folder)
+            return manifest
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise BuildError(f"cannot move the built artifact into {folder}: {error.strerror}") from None
+        existing = load_cached(folder, type(manifest))  # a corrupt one is removed, and the rename tried again
+        if existing is not None:
+            log.info("artifact %s was published by another job first: using that copy", folder)
+            return existing
+    raise BuildError(f"cannot move the built artifact into {folder}: another job keeps publishing a corrupt copy")

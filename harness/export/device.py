@@ -125,7 +125,7 @@ def _compile_into_cache(
                 compile_time_s=round(compiled.run.wall_s, 3),
             ),
         )
-        cache.publish(staging, folder, manifest)
+        manifest = cache.publish(staging, folder, manifest, replace=config.build.force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("build done artifact=%s compile_time_s=%.1f", folder, compiled.run.wall_s)

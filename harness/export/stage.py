@@ -159,7 +159,7 @@ def _build_into_cache(
             parity=parity,
             quantization=quantization,
         )
-        cache.publish(staging, folder, manifest)
+        manifest = cache.publish(staging, folder, manifest, replace=config.build.force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("build done artifact=%s export_time_s=%.1f external_data=%s", folder, export_time_s, external)

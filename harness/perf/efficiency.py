@@ -6,19 +6,23 @@ embedding as a GEMM, then per block qkv, attention scores, attention x V, projec
 at a fixed batch) as a cross-check. **Efficiency** is the time those GEMMs take when run alone, through the
 same runtime and thread settings as the backend, divided by the measured model time per batch: the share of
 the run that is irreducible matrix work (100% means nothing else costs anything). The GEMM-only time is a
-MatMul-only ONNX graph per distinct shape in ONNX Runtime, run as many times as the model runs that shape;
-it includes ONNX Runtime's per-call overhead (tens of microseconds per GEMM), so it errs towards a higher
-efficiency at batch 1. It is cached per hardware fingerprint in ``<paths.cache>/gemm/``.
+MatMul-only ONNX graph per distinct shape in ONNX Runtime (or ``torch.matmul`` for the torch backend), run
+as many times as the model runs that shape; it includes the runtime's per-call overhead (tens of
+microseconds per GEMM), so it errs towards a higher efficiency at batch 1. It is cached per hardware
+fingerprint in ``<paths.cache>/gemm/``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -99,7 +103,7 @@ def onnx_gemm_flops(path: Path, batch: int) -> int:
 
 @dataclass(frozen=True)
 class GemmTiming:
-    """The GEMM-only time of one forward at a batch, through ONNX Runtime with the backend's threads."""
+    """The GEMM-only time of one forward at a batch, through the backend's runtime with its threads."""
 
     gemm_time_us: float
     flops: int
@@ -123,43 +127,75 @@ def _matmul_graph(gemm: Gemm, dtype: str) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
 
 
-def time_gemms_onnxruntime(
-    gemms: Counter[Gemm], *, dtype: str, threads: int | None, cache_dir: Path, fingerprint: str
-) -> GemmTiming:
-    """The GEMM-only time of ``gemms`` (the fastest of ``GEMM_TIMING_ROUNDS`` rounds per shape, so a busy moment
-    does not get cached as the machine's speed), cached per hardware fingerprint and settings."""
+def _onnxruntime_runner(
+    threads: int | None, dtype: str, device: str
+) -> Callable[[Gemm, np.ndarray, np.ndarray], Callable[[], object]]:
     import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+
+    def runner(gemm: Gemm, left: np.ndarray, right: np.ndarray) -> Callable[[], object]:
+        session = onnxruntime.InferenceSession(
+            _matmul_graph(gemm, dtype), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        return functools.partial(session.run, None, {"a": left, "b": right})
+
+    return runner
+
+
+def _torch_runner(
+    threads: int | None, dtype: str, device: str
+) -> Callable[[Gemm, np.ndarray, np.ndarray], Callable[[], object]]:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    def runner(gemm: Gemm, left: np.ndarray, right: np.ndarray) -> Callable[[], object]:
+        a, b = (torch.from_numpy(side).to(device=device, dtype=getattr(torch, dtype)) for side in (left, right))
+        synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+        def run() -> object:
+            product = torch.matmul(a, b)
+            synchronize()  # a CUDA matmul returns when queued; the time is when it is done
+            return product
+
+        return run
+
+    return runner
+
+
+RUNNERS = {"onnxruntime": _onnxruntime_runner, "torch": _torch_runner}
+
+
+def time_gemms(
+    gemms: Counter[Gemm], *, runtime: Literal["onnxruntime", "torch"], dtype: str, threads: int | None,
+    cache_dir: Path, fingerprint: str, device: str = "cpu",
+) -> GemmTiming:  # fmt: skip
+    """The GEMM-only time of ``gemms`` through ``runtime`` (a MatMul-only ONNX graph per shape in ONNX Runtime's
+    CPU provider, or ``torch.matmul`` on ``device``) with ``threads`` intra-op threads: the fastest of
+    ``GEMM_TIMING_ROUNDS`` rounds per shape, so a busy moment does not get cached as the machine's speed;
+    cached per hardware fingerprint and settings."""
+    import onnxruntime
+    import torch
+
+    versions = {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
     key_fields = {
         "gemms": sorted((gemm.m, gemm.k, gemm.n, gemm.batches, count) for gemm, count in gemms.items()),
-        "dtype": dtype, "threads": threads, "onnxruntime": onnxruntime.__version__, "fingerprint": fingerprint,
+        "dtype": dtype, "threads": threads, "runtime": runtime, "version": versions[runtime], "device": device,
+        "fingerprint": fingerprint,
     }  # fmt: skip
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_dir / "gemm" / f"{fingerprint}-{key}.json"
     if cached.exists():
         return GemmTiming(**json.loads(cached.read_text()))
-    options = onnxruntime.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    rng = np.random.default_rng(0)
-    total_us = 0.0
-    for gemm, count in gemms.items():
-        session = onnxruntime.InferenceSession(
-            _matmul_graph(gemm, dtype), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        shape = (gemm.batches,) if gemm.batches > 1 else ()
-        feed = {
-            "a": rng.standard_normal((*shape, gemm.m, gemm.k)).astype(dtype),
-            "b": rng.standard_normal((*shape, gemm.k, gemm.n)).astype(dtype),
-        }
-        session.run(None, feed)
-        rounds = []
-        for _ in range(GEMM_TIMING_ROUNDS):
-            started = time.perf_counter()
-            for _ in range(count):
-                session.run(None, feed)
-            rounds.append((time.perf_counter() - started) * 1e6)
-        total_us += min(rounds)  # the irreducible time: interference only ever adds to a round
+    previous_threads = torch.get_num_threads()  # the torch runner sets them for the timing only
+    try:
+        total_us = _time_each(gemms, RUNNERS[runtime](threads, dtype, device), dtype)
+    finally:
+        torch.set_num_threads(previous_threads)
     timing = GemmTiming(
         gemm_time_us=total_us, flops=sum(gemm.flops * count for gemm, count in gemms.items()), threads=threads,
         dtype=dtype, fingerprint=fingerprint,
@@ -167,3 +203,26 @@ def time_gemms_onnxruntime(
     cached.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cached, asdict(timing))
     return timing
+
+
+def _time_each(
+    gemms: Counter[Gemm], make_run: Callable[[Gemm, np.ndarray, np.ndarray], Callable[[], object]], dtype: str
+) -> float:
+    rng = np.random.default_rng(0)
+    total_us = 0.0
+    for gemm, count in gemms.items():
+        shape = (gemm.batches,) if gemm.batches > 1 else ()
+        # numpy has no bfloat16: the operands are made in float32 and each runtime casts them to ``dtype``.
+        numpy_dtype = "float32" if dtype == "bfloat16" else dtype
+        left = rng.standard_normal((*shape, gemm.m, gemm.k)).astype(numpy_dtype)
+        right = rng.standard_normal((*shape, gemm.k, gemm.n)).astype(numpy_dtype)
+        run = make_run(gemm, left, right)
+        run()
+        rounds = []
+        for _ in range(GEMM_TIMING_ROUNDS):
+            started = time.perf_counter()
+            for _ in range(count):
+                run()
+            rounds.append((time.perf_counter() - started) * 1e6)
+        total_us += min(rounds)  # the irreducible time: interference only ever adds to a round
+    return total_us

@@ -43,6 +43,7 @@ import numpy as np
 
 from harness.backends import BackendFactory
 from harness.errors import MeasurementInvalid
+from harness.perf.host import HostSampler
 from harness.perf.openloop import poisson_arrivals, precise_sleep, serve_schedule
 from harness.processes import spawn_context
 
@@ -427,11 +428,16 @@ class StabilityWatch:
 
 
 def run_workers(
-    tasks: list[WorkerTask], *, start_timeout_s: float, stability: StabilityWatch | None = None
+    tasks: list[WorkerTask],
+    *,
+    start_timeout_s: float,
+    stability: StabilityWatch | None = None,
+    host: HostSampler | None = None,
 ) -> list[WorkerReport]:
     """Run ``tasks`` in fresh processes, load them all, release them together, return their reports.
 
-    With ``stability`` the workers run until it says the throughput is stable (or is out of windows).
+    With ``stability`` the workers run until it says the throughput is stable (or is out of windows); ``host``
+    samples the host from the release until the workers are done.
     """
     context = spawn_context()
     go = context.Event()
@@ -458,9 +464,13 @@ def run_workers(
             if stability is not None and signals is not None:
                 watcher = threading.Thread(target=stability.watch, args=(signals,), name="stability", daemon=True)
                 watcher.start()
+            if host is not None:
+                host.start([worker.process.pid for worker in workers])
             go.set()
             return _collect(workers, expect="done", timeout_s=None)
         finally:
+            if host is not None:
+                host.stop()
             if signals is not None:
                 signals.stop.set()  # a run that ended otherwise (its bound, an error) ends the watch too
                 if watcher is not None:

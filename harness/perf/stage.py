@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -21,7 +23,8 @@ from harness.environment import cpu_model, gpus, hardware_fingerprint
 from harness.models.variants import get_variant
 from harness.perf import stats
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
-from harness.perf.efficiency import flops_per_image, model_gemms, onnx_gemm_flops, time_gemms_onnxruntime
+from harness.perf.efficiency import flops_per_image, model_gemms, onnx_gemm_flops, time_gemms
+from harness.perf.host import HostSampler, host_telemetry
 from harness.perf.loadgen import (
     COMPLETION_BIN_S,
     InstanceSamples,
@@ -83,6 +86,7 @@ def summarise(
     *,
     target_qps: float | None = None,
     stability: StabilityWatch | None = None,
+    host: HostSampler | None = None,
 ) -> tuple[Measurement, dict[str, np.ndarray]]:
     """Derive one ``Measurement`` from raw worker samples (the only place statistics are computed).
 
@@ -141,6 +145,7 @@ def summarise(
         peak_host_memory_bytes=sum(report.peak_rss_bytes for report in reports),
         peak_device_memory_bytes=sum(device_peaks) if device_peaks else None,
         validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
+        host=None if host is None else host_telemetry(host.samples, start=start, end=end, interval_s=host.interval_s),
     )
     raw = {"completions_per_ms": completions, "e2e_us": e2e_us, "model_us": model_us}
     return measurement, raw
@@ -233,36 +238,67 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
     )
 
 
-def _efficiency(config: RunConfig, artifact_path: str | None, measured: Measurement) -> Efficiency | None:
-    """FLOPs, GFLOP/s and GEMM-only efficiency where they are defined: the closed loop's fixed batch, ONNX
-    Runtime on its CPU provider, a float precision (``None`` elsewhere, and with ``perf.efficiency=false``)."""
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class GemmRuntime:
+    """Where a run's GEMMs are timed alone: the backend's runtime, dtype, threads and device."""
+
+    runtime: Literal["onnxruntime", "torch"]
+    dtype: str
+    threads: int | None
+    device: str
+    label: str
+
+
+def gemm_runtime(config: RunConfig, artifact_path: str | None) -> GemmRuntime | None:
+    """The runtime the efficiency's GEMMs run through, where it is defined: the closed loop's fixed batch, float
+    precisions, ONNX Runtime on its CPU provider (an artifact) or the torch backend (``None`` elsewhere)."""
     backend = config.backend
-    if not (
-        config.perf.efficiency and config.perf.scenario == "closed" and artifact_path and backend.name == "onnxruntime"
-        and tuple(backend.providers) == ("CPUExecutionProvider",) and config.precision.name in ("fp32", "fp16")
+    if not (config.perf.efficiency and config.perf.scenario == "closed"):
+        return None
+    if backend.name == "torch" and config.precision.name in TORCH_DTYPES:
+        dtype = TORCH_DTYPES[backend.dtype or config.precision.name]
+        threads = backend.threads or None
+        label = f"torch {backend.device}, {threads or 'default'} threads, {dtype}"
+        return GemmRuntime("torch", dtype, threads, backend.device, label)
+    if (
+        backend.name == "onnxruntime" and artifact_path and tuple(backend.providers) == ("CPUExecutionProvider",)
+        and config.precision.name in ("fp32", "fp16")
     ):  # fmt: skip
+        dtype = "float16" if config.precision.name == "fp16" else "float32"
+        threads = backend.intra_op_threads or None
+        label = f"onnxruntime CPUExecutionProvider, {threads or 'default'} intra-op threads, {dtype}"
+        return GemmRuntime("onnxruntime", dtype, threads, "cpu", label)
+    return None
+
+
+def _efficiency(config: RunConfig, artifact_path: str | None, measured: Measurement) -> Efficiency | None:
+    """FLOPs, GFLOP/s and GEMM-only efficiency where ``gemm_runtime`` defines them (``None`` elsewhere, and with
+    ``perf.efficiency=false``)."""
+    timed = gemm_runtime(config, artifact_path)
+    if timed is None:
         return None
     spec = get_variant(config.model.variant)
     batch, size = config.perf.batch, config.model.input_size
-    threads = backend.intra_op_threads or None
-    dtype = "float16" if config.precision.name == "fp16" else "float32"
     fingerprint = hardware_fingerprint(cpu_model(), os.cpu_count(), gpus())
-    log.info("stage=perf timing the model's GEMMs alone (batch %d, %s, %s threads)", batch, dtype, threads or "default")
-    timing = time_gemms_onnxruntime(
-        model_gemms(spec, batch, size), dtype=dtype, threads=threads, cache_dir=config.paths.path("cache"),
-        fingerprint=fingerprint,
+    log.info("stage=perf timing the model's GEMMs alone (batch %d, %s)", batch, timed.label)
+    timing = time_gemms(
+        model_gemms(spec, batch, size), runtime=timed.runtime, dtype=timed.dtype, threads=timed.threads,
+        cache_dir=config.paths.path("cache"), fingerprint=fingerprint, device=timed.device,
     )  # fmt: skip
     per_image = flops_per_image(spec, size)
     model_time_us = measured.latency_us.model.avg
     return Efficiency(
         flops_per_image=per_image,
-        flops_per_image_onnx=onnx_gemm_flops(Path(artifact_path), batch) // batch,
+        flops_per_image_onnx=onnx_gemm_flops(Path(artifact_path), batch) // batch if artifact_path else None,
         achieved_gflops=per_image * measured.throughput_qps / 1e9,
         gemm_time_us=timing.gemm_time_us,
         model_time_us=model_time_us,
         efficiency=timing.gemm_time_us / model_time_us,
         gemm_gflops=timing.flops / timing.gemm_time_us / 1e3,
-        runtime=f"onnxruntime CPUExecutionProvider, {threads or 'default'} intra-op threads, {dtype}",
+        runtime=timed.label,
     )
 
 
@@ -334,8 +370,9 @@ def _measure_once(
     inputs = make_inputs(perf.inputs, batch_shape, opened.input_dtype, seed=seed, preprocessing=config.vdsp_params)
     tasks = _tasks(perf, opened.factory, inputs, target_qps)
     watch = StabilityWatch(perf.stability_window_s, perf.stability_pct, perf.max_windows) if perf.stability else None
-    reports = run_workers(tasks, start_timeout_s=perf.start_timeout_s, stability=watch)
-    measurement, samples = summarise(perf, reports, target_qps=target_qps, stability=watch)
+    host = HostSampler()
+    reports = run_workers(tasks, start_timeout_s=perf.start_timeout_s, stability=watch, host=host)
+    measurement, samples = summarise(perf, reports, target_qps=target_qps, stability=watch, host=host)
     if watch is not None and stabilities is not None:
         stabilities[label] = Stability(
             stable=watch.stable, windows=len(watch.window_throughput_qps), window_s=watch.window_s, pct=watch.pct,

@@ -82,7 +82,7 @@ def measurement_from_report(report: VampReport, run: ToolRun, perf: PerfConfig) 
         window_throughput_qps=(),
         window_cv=None,
         cpu_utilization_pct=100.0 * run.cpu_s / (run.wall_s * (os.cpu_count() or 1)),
-        peak_host_memory_bytes=run.max_rss_bytes,
+        peak_host_memory_bytes=run.peak_rss_bytes,
         peak_device_memory_bytes=None,
         validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
     )

@@ -8,7 +8,7 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.resolve import resolve_config
-from tests.conftest import REPO_ROOT, compose
+from tests.conftest import COMPANIONS, REPO_ROOT, compose
 
 CONF = REPO_ROOT / "conf"
 
@@ -45,7 +45,7 @@ def test_every_dataset_and_vdsp_option_composes(group: str) -> None:
 def test_every_backend_resolves_to_its_config_dataclass(backend: str) -> None:
     from harness.backends import get_backend
 
-    config = resolve_config(compose([f"backend={backend}"]))
+    config = resolve_config(compose([f"backend={backend}", *COMPANIONS.get(f"backend={backend}", [])]))
     assert isinstance(config.backend, get_backend(backend).config_type)
 
 

@@ -139,3 +139,22 @@ def test_full_size_vits14_reg4_parity_on_real_photos(cache_dir: Path, precision:
     result = build(run_config(cache_dir, "model=vits14_reg4", f"precision={precision}", "build.parity_images=4"))
     assert result.parity.passed
     assert result.parity.min_cosine >= (0.99999 if precision == "fp32" else 0.999)
+
+
+def test_a_build_published_first_by_another_job_is_kept(cache_dir: Path, tmp_path: Path) -> None:
+    import dataclasses
+    import shutil
+
+    from harness.export.cache import publish
+
+    first = build(run_config(cache_dir))
+    folder = first.artifact_folder
+    ours = dataclasses.replace(first.manifest, created_at="2000-01-01T00:00:00+00:00")
+    staging = tmp_path / "staging"
+    shutil.copytree(folder, staging)
+    # The same content key finished by two jobs: the copy already in place may be in use and is kept.
+    assert publish(staging, folder, ours) == first.manifest
+    assert json.loads((folder / MANIFEST_NAME).read_text())["created_at"] == first.manifest.created_at
+    # A forced rebuild replaces it.
+    assert publish(staging, folder, ours, replace=True) == ours
+    assert json.loads((folder / MANIFEST_NAME).read_text())["created_at"] == "2000-01-01T00:00:00+00:00"

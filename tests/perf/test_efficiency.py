@@ -62,3 +62,20 @@ def test_efficiency_is_absent_where_it_is_not_defined(cache_dir: Path, tmp_path:
     assert measure(sleep_config(cache_dir, "perf.iterations=10"), tmp_path / "sleep").efficiency is None
     config = run_config(cache_dir, "stages=[build,perf]", "perf.iterations=10", "perf.efficiency=false")
     assert measure(config, tmp_path / "off", build(config).artifact_path).efficiency is None
+
+
+def test_the_torch_backend_is_measured_against_torch_matmul(cache_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    threads_before = torch.get_num_threads()
+    config = run_config(
+        cache_dir, "backend=torch", "backend.threads=1", "stages=[perf]", "perf.iterations=20", "perf.min_samples=20"
+    )
+    efficiency = measure(config, tmp_path / "torch").efficiency
+    assert efficiency is not None and efficiency.runtime == "torch cpu, 1 threads, float32"
+    assert efficiency.flops_per_image == 105_460_224 and efficiency.flops_per_image_onnx is None  # no graph to count
+    assert efficiency.efficiency == pytest.approx(efficiency.gemm_time_us / efficiency.model_time_us)
+    assert efficiency.gemm_gflops == pytest.approx(105_460_224 / efficiency.gemm_time_us / 1e3)
+    assert torch.get_num_threads() == threads_before  # the timing's thread setting does not leak into the harness
+    (cached,) = (cache_dir / "gemm").iterdir()
+    assert json.loads(cached.read_text())["threads"] == 1

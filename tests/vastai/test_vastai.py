@@ -135,7 +135,7 @@ def test_profile_command_lines(cache_dir: Path, fake_tools: FakeTools) -> None:
 
 
 def _tool_run(output: str) -> ToolRun:
-    return ToolRun(argv=("vamp",), returncode=0, output=output, wall_s=2.0, cpu_s=1.0, max_rss_bytes=1 << 20,
+    return ToolRun(argv=("vamp",), returncode=0, output=output, wall_s=2.0, cpu_s=1.0, peak_rss_bytes=1 << 20,
                    timed_out=False)  # fmt: skip
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness.cli import main
+from harness.pipeline import run
 from harness.result import load_result
-from tests.conftest import harness_in
+from tests.conftest import harness_in, run_config
 from tests.tracking.test_mlflow import check_sweep, children_of, find_sweep_dir, runs_of
 from tests.vastai.conftest import FIXTURE_LOAD, FakeTools
 
@@ -91,29 +93,30 @@ def test_vamp_parse_refuses_what_is_not_vamp_output(tmp_path: Path) -> None:
 
 
 def test_the_gate_decides_on_vamp_repeats(
-    tmp_path: Path, fake_tools: FakeTools, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_tools: FakeTools, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    load = ("debug=tiny", "backend=vastai", "precision=fp16", "stages=[build,perf]", *FIXTURE_LOAD, "perf.repeats=5")
     baseline_file = tmp_path / "baseline.json"
 
-    def vastai_run(fixture: str) -> str:
+    def vastai_run(fixture: str, name: str) -> str:
         monkeypatch.setenv("FAKE_VAMP_FIXTURE", fixture)
-        done = harness_in(tmp_path, "run", *load, "tracking=off")
-        assert done.returncode == 0, done.stderr
-        return str(Path(done.stdout.strip().splitlines()[-1]).parent)
+        config = run_config(
+            tmp_path / "cache", "backend=vastai", "precision=fp16", "stages=[build,perf]", *FIXTURE_LOAD,
+            "perf.repeats=5", "tracking=off",
+        )  # fmt: skip
+        assert run(config, run_dir=tmp_path / name).status == "ok"
+        return str(tmp_path / name)
 
-    baseline = vastai_run("vamp-2.5.2-manual.txt")
-    promoted = harness_in(tmp_path, "gate", "--promote", baseline, "--baseline", str(baseline_file), "tracking=off")
-    assert promoted.returncode == 0, promoted.stderr
+    def gate(*arguments: str) -> tuple[int, str]:
+        code = main(["gate", *arguments, "--baseline", str(baseline_file), "tracking=off"])
+        return code, capsys.readouterr().out
+
+    assert gate("--promote", vastai_run("vamp-2.5.2-manual.txt", "baseline"))[0] == 0
     assert json.loads(baseline_file.read_text())["entries"][0]["metrics"]["throughput_qps"] == [3101.12] * 5
-    same = harness_in(tmp_path, "gate", vastai_run("vamp-2.5.2-manual.txt"), "--baseline", str(baseline_file),
-                      "tracking=off")  # fmt: skip
-    assert same.returncode == 0 and "gate verdict: **pass** (exit 0)" in same.stdout, same.stdout
+    code, report = gate(vastai_run("vamp-2.5.2-manual.txt", "same"))
+    assert code == 0 and "gate verdict: **pass** (exit 0)" in report, report
     # The same card at half the throughput (vamp's own layout, twice the forward time).
     slower = tmp_path / "vamp-slower.txt"
     original = (FIXTURES / "vamp-2.5.2-manual.txt").read_text()
     slower.write_text(original.replace("3.30204", "6.60408").replace("3101.12", "1550.56"))
-    regressed = harness_in(tmp_path, "gate", vastai_run(str(slower)), "--baseline", str(baseline_file),
-                           "tracking=off")  # fmt: skip
-    assert regressed.returncode == 1, regressed.stdout
-    assert "| throughput_qps |" in regressed.stdout and "fail" in regressed.stdout
+    code, report = gate(vastai_run(str(slower), "slower"))
+    assert code == 1 and "| throughput_qps |" in report and "fail" in report, report

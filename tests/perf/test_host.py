@@ -1,0 +1,42 @@
+"""Host telemetry: only whole sample intervals inside the measured window count, and a busy model shows."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.perf.host import SAMPLE_INTERVAL_S, HostSample, host_telemetry
+from harness.resolve import resolve_config
+from tests.conftest import compose
+from tests.perf.test_loadgen import measure, sleep_config
+
+pytestmark = pytest.mark.process
+
+
+def test_the_window_keeps_samples_whose_interval_it_holds() -> None:
+    samples = [HostSample(at=float(n), cpu_pct=(10.0 * n, 0.0), rss_bytes=1000 * n) for n in range(1, 21)]
+    host = host_telemetry(samples, start=4.0, end=12.0, interval_s=1.0)
+    assert host is not None and host.samples == 8  # samples at 5 ... 12: the one at 4 covers 3-4
+    assert host.cpu_util_per_core_pct == pytest.approx((sum(10.0 * n for n in range(5, 13)) / 8, 0.0))
+    assert host.cpu_util_pct == pytest.approx(host.cpu_util_per_core_pct[0] / 2)
+    assert (host.rss_mean_bytes, host.rss_peak_bytes) == (8500, 12000)
+    assert host_telemetry(samples, start=4.0, end=4.9, interval_s=1.0) is None
+
+
+def test_a_busy_model_loads_the_host_and_an_idle_one_does_not(cache_dir: Path, tmp_path: Path) -> None:
+    idle = measure(sleep_config(cache_dir, "perf.iterations=null", "perf.min_duration_s=1"), tmp_path / "idle")
+    torch_config = resolve_config(
+        compose(["debug=tiny", "backend=torch", "stages=[perf]", f"paths.cache={cache_dir}", "perf.iterations=null",
+                 "perf.min_duration_s=1", "perf.batch=4"])
+    )  # fmt: skip
+    busy = measure(torch_config, tmp_path / "busy")
+    for result in (idle, busy):
+        host = result.host
+        assert host is not None and host.interval_s == SAMPLE_INTERVAL_S
+        assert host.samples >= 0.5 * result.forward_time_s / SAMPLE_INTERVAL_S
+        assert len(host.cpu_util_per_core_pct) == os.cpu_count()
+        assert 10 * 2**20 < host.rss_mean_bytes <= host.rss_peak_bytes <= result.peak_host_memory_bytes
+    assert busy.host is not None and idle.host is not None
+    assert busy.host.cpu_util_pct > idle.host.cpu_util_pct + 25
