@@ -24,6 +24,9 @@ from harness.resolve import resolve_config
 from tests.conftest import compose
 
 SERVICE_US = 2000.0
+# The reference server spins the end of each call: a thread woken from sleep runs its next steps slowly on this
+# VM (about 25 us after each call instead of 5), and those steps are the load generator's, not the server's.
+SPIN_US = 500.0
 REQUESTS = 5000
 BOUND_MS = 10.0
 
@@ -31,7 +34,8 @@ BOUND_MS = 10.0
 def server_config(tmp_path: Path, *overrides: str) -> RunConfig:
     return resolve_config(
         compose(
-            ["debug=tiny", "backend=sleep", f"backend.latency_us={SERVICE_US}", "stages=[perf]",
+            ["debug=tiny", "backend=sleep", f"backend.latency_us={SERVICE_US}", f"backend.spin_us={SPIN_US}",
+             "stages=[perf]",
              f"paths.cache={tmp_path / 'cache'}", f"paths.outputs={tmp_path / 'outputs'}", "perf.scenario=server",
              "perf.min_duration_s=0", "perf.iterations=null", "perf.warmup=20", *overrides]
         )
@@ -55,44 +59,78 @@ def service_time_s(tmp_path: Path) -> float:
     return run_perf(config, artifact_path=None, run_dir=tmp_path / "service").latency_us.model.avg / 1e6
 
 
-# Known gap (measured on the 2-core VM): the load generator's own cost per request (about 20 us between two
-# calls, more after an idle wake-up) lifts latency 5-6% above Lindley at utilisation 0.8, where queueing
-# amplifies it; at 0.5 it is within 4%. Kept as an expected failure until the loop is cheaper.
+# Known gap (measured on the 2-core VM): the load generator takes about 20-30 us from one call's return to the
+# next call's dispatch on this VM (perf.dispatch_delay_us; a few us on a quiet core), which lifts latency about
+# 5% above Lindley at utilisation 0.8, where queueing amplifies it; at 0.5 it is within 3%. Lindley fed the
+# measured dispatch delays reproduces the measurement (asserted below), so the accounting is exact and the gap
+# is the loop's own speed. Kept as an expected failure until the loop is cheaper.
 LOADGEN_COST_GAP = pytest.mark.xfail(
-    reason="load generator overhead: 5-6% above Lindley at rho 0.8, peak 10% low (see module docstring)", strict=False
+    reason="load generator's own ~25 us per call: about 5% above Lindley at rho 0.8 (see the comment above)",
+    strict=False,
 )
+MEASURED: dict[float, tuple[dict[str, tuple[float, float]], float]] = {}
 
 
-@pytest.mark.parametrize("utilisation", [0.5, pytest.param(0.8, marks=LOADGEN_COST_GAP)])
-def test_server_latency_matches_lindley_and_md1(benchmark, tmp_path: Path, utilisation: float) -> None:
+def measured_against_truth(tmp_path: Path, utilisation: float, benchmark=None) -> tuple[dict, float]:
+    """Mean and p90 (ms) of the measurement, Lindley on its arrivals and service times, and Lindley with the
+    measured dispatch delays added; and the M/D/1 mean. Measured once per utilisation per session."""
+    if utilisation in MEASURED:
+        return MEASURED[utilisation]
     # The rate comes from the service time measured just before; the truth uses the per-call service times of
     # the measured run itself (its mean is the D of the M/D/1 formula).
     rate = utilisation / service_time_s(tmp_path)
     config = server_config(tmp_path, f"perf.target_qps={rate}", f"perf.min_samples={REQUESTS}")
-    result = benchmark.pedantic(run_perf, args=(config,), kwargs={"artifact_path": None, "run_dir": tmp_path}, rounds=1)
+    if benchmark is not None:
+        result = benchmark.pedantic(
+            run_perf, args=(config,), kwargs={"artifact_path": None, "run_dir": tmp_path}, rounds=1
+        )
+    else:
+        result = run_perf(config, artifact_path=None, run_dir=tmp_path)
+    assert result.samples == REQUESTS
     saved = np.load(tmp_path / "perf_samples.npz")
     measured_ms, model_us = saved["repeat0_e2e_us"] / 1e3, saved["repeat0_model_us"]
+    delay_us = saved["repeat0_dispatch_delay_us"]  # batch 1: one call per request
     service_s = float(model_us.mean()) / 1e6
     arrivals = poisson_arrivals(rate, REQUESTS, config.perf.arrival_seed)
     truth_ms = lindley_latency_s(arrivals, model_us / 1e6) * 1e3
     constant_ms = lindley_latency_s(arrivals, service_s) * 1e3
+    # The accounting check: the same server had it also paid the load generator's measured lateness.
+    with_delay_ms = lindley_latency_s(arrivals, (model_us + delay_us) / 1e6) * 1e3
     rho = rate * service_s
     md1_ms = (service_s + rho * service_s / (2 * (1 - rho))) * 1e3
     table = {
-        "measured": (measured_ms.mean(), np.percentile(measured_ms, 90)),
-        "lindley": (truth_ms.mean(), np.percentile(truth_ms, 90)),
-        "lindley_constant_d": (constant_ms.mean(), np.percentile(constant_ms, 90)),
-    }
-    benchmark.extra_info.update({"rho": rho, "service_ms": service_s * 1e3, "md1_mean_ms": md1_ms, **table})
+        name: (float(values.mean()), float(np.percentile(values, 90)))
+        for name, values in (
+            ("measured", measured_ms), ("lindley", truth_ms), ("lindley_constant_d", constant_ms),
+            ("lindley_plus_dispatch_delay", with_delay_ms),
+        )
+    }  # fmt: skip
+    if benchmark is not None:
+        benchmark.extra_info.update({"rho": rho, "service_ms": service_s * 1e3, "md1_mean_ms": md1_ms, **table})
     print(
         f"\nrho {rho:.3f} (D {service_s * 1e3:.3f} ms): mean / p90 ms measured {table['measured'][0]:.3f} / "
         f"{table['measured'][1]:.3f}, Lindley {table['lindley'][0]:.3f} / {table['lindley'][1]:.3f} (constant D "
-        f"{table['lindley_constant_d'][0]:.3f} / {table['lindley_constant_d'][1]:.3f}), M/D/1 mean {md1_ms:.3f}"
+        f"{table['lindley_constant_d'][0]:.3f} / {table['lindley_constant_d'][1]:.3f}), M/D/1 mean {md1_ms:.3f}; "
+        f"dispatch delay mean {delay_us.mean():.1f} us, p99 {np.percentile(delay_us, 99):.0f} us, Lindley with it "
+        f"{table['lindley_plus_dispatch_delay'][0]:.3f} / {table['lindley_plus_dispatch_delay'][1]:.3f}"
     )
-    assert result.samples == REQUESTS
+    MEASURED[utilisation] = (table, md1_ms)
+    return table, md1_ms
+
+
+@pytest.mark.parametrize("utilisation", [0.5, 0.8])
+def test_server_latency_accounting_is_exact_and_near_md1(benchmark, tmp_path: Path, utilisation: float) -> None:
+    table, md1_ms = measured_against_truth(tmp_path, utilisation, benchmark)
+    assert table["measured"][0] == pytest.approx(table["lindley_plus_dispatch_delay"][0], rel=0.01)
+    assert table["measured"][1] == pytest.approx(table["lindley_plus_dispatch_delay"][1], rel=0.01)
+    assert table["measured"][0] == pytest.approx(md1_ms, rel=0.10)
+
+
+@pytest.mark.parametrize("utilisation", [0.5, pytest.param(0.8, marks=LOADGEN_COST_GAP)])
+def test_server_latency_matches_lindley(tmp_path: Path, utilisation: float) -> None:
+    table, _ = measured_against_truth(tmp_path, utilisation)
     assert table["measured"][0] == pytest.approx(table["lindley"][0], rel=0.05)
     assert table["measured"][1] == pytest.approx(table["lindley"][1], rel=0.05)
-    assert table["measured"][0] == pytest.approx(md1_ms, rel=0.10)
 
 
 @LOADGEN_COST_GAP

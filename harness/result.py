@@ -249,6 +249,9 @@ class Measurement:
         validity: see ``Validity``.
         host: CPU use per core and worker memory sampled during the window (``None``: a run shorter than one
             sample interval, or a vendor profiler's run).
+        dispatch_delay_us: open loop only: per call, how late the load generator dispatched it after it was due
+            (its batch ready and the server free). Every request of the call pays it inside its latency: it is
+            the load generator's own error, near zero when the host wakes its thread on time.
     """
 
     samples: int
@@ -265,6 +268,7 @@ class Measurement:
     peak_device_memory_bytes: int | None
     validity: Validity
     host: HostTelemetry | None = None
+    dispatch_delay_us: LatencyStats | None = None
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,16 @@ def format_summary(result: RunResult) -> str:
                     + " img/s",
                 )
             )
+        if perf.dispatch_delay_us:
+            delay = perf.dispatch_delay_us
+            tail = f"p99 {delay.p99:.0f} us, " if delay.p99 is not None else ""
+            rows.append(
+                (
+                    "dispatch",
+                    f"calls went {delay.avg:.0f} us after they were due on average ({tail}max {delay.max:.0f} us): "
+                    "the load generator's own lateness, inside the latencies",
+                )
+            )
         if perf.telemetry:
             rows.append(("device", _telemetry(perf.telemetry)))
         if perf.host:

@@ -29,6 +29,11 @@ class SleepConfig:
 
     ``exit_after_calls`` > 0 makes the process exit abruptly (code 70) on that call: it rehearses a runtime
     that crashes its worker, so the harness's handling of dead workers can be exercised for real.
+
+    ``spin_us`` > 0 spins the last ``spin_us`` of each call instead of sleeping it, so the call returns on time
+    and with its thread awake, as a computing runtime's would: a thread that slept wakes late and runs its
+    next steps slowly on a busy host, and those steps are the load generator's. It holds the GIL while it
+    spins: for one instance per process.
     """
 
     name: Literal["sleep"]
@@ -36,10 +41,11 @@ class SleepConfig:
     per_sample_us: float
     feature_dim: int
     exit_after_calls: int
+    spin_us: float
 
     def __post_init__(self) -> None:
-        if self.latency_us < 0 or self.per_sample_us < 0:
-            raise ConfigError("backend.latency_us / per_sample_us: expected >= 0")
+        if self.latency_us < 0 or self.per_sample_us < 0 or self.spin_us < 0:
+            raise ConfigError("backend.latency_us / per_sample_us / spin_us: expected >= 0")
 
 
 @register_backend("sleep", config=SleepConfig)
@@ -75,7 +81,10 @@ class SleepBackend:
             # As a crashing runtime does: a last word on stderr, then the process is gone without cleanup.
             os.write(2, f"sleep backend: simulated runtime crash on call {self.calls}\n".encode())
             os._exit(CRASH_EXIT_CODE)
-        time.sleep(self.seconds)
+        deadline = time.perf_counter() + self.seconds
+        time.sleep(max(0.0, self.seconds - self.config.spin_us / 1e6))
+        while time.perf_counter() < deadline:
+            pass
         return None
 
     def outputs(self) -> np.ndarray:

@@ -159,6 +159,7 @@ class InstanceSamples:
         completions: rows completed per ``COMPLETION_BIN_S`` after ``start``.
         last_completion_s: seconds from ``start`` to its last completion.
         calls: inference calls made (batches).
+        dispatch_delay_us: per call, how late the open loop dispatched it after it was due (empty: closed loop).
     """
 
     instance: int
@@ -170,6 +171,7 @@ class InstanceSamples:
     completions: np.ndarray
     last_completion_s: float
     calls: int
+    dispatch_delay_us: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ class _Instance:
         self.start = 0.0
         self.calls = 0
         self.prepared_rows = len(task.inputs)
+        self.dispatch_delay_us = np.zeros(0, dtype=np.float32)
 
     def prepare(self) -> None:
         started = time.perf_counter()
@@ -260,6 +263,7 @@ class _Instance:
         for done_s, rows in zip(served.call_done_s, served.batch_sizes, strict=True):
             self.completions.add(float(done_s), int(rows))
         self.calls = len(served.batch_sizes)
+        self.dispatch_delay_us = served.dispatch_delay_us.astype(np.float32)
 
     def run(self) -> None:
         self.start = time.perf_counter()
@@ -298,8 +302,7 @@ class _Instance:
         return InstanceSamples(
             instance=self.index, worker=self.task.worker, load_s=self.load_s, first_call_us=self.first_call_us,
             start=self.start, samples=self.samples.array(), completions=self.completions.array(),
-            last_completion_s=self.completions.last_s,
-            calls=self.calls,
+            last_completion_s=self.completions.last_s, calls=self.calls, dispatch_delay_us=self.dispatch_delay_us,
         )  # fmt: skip
 
 

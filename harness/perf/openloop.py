@@ -45,12 +45,15 @@ def poisson_arrivals(rate_qps: float, count: int, seed: int) -> np.ndarray:
 @dataclass(frozen=True)
 class ServedRequests:
     """Per request: end-to-end latency from its scheduled arrival and its batch's model time (microseconds);
-    per call: the batch sizes served, in order; and when each call completed (seconds from the start)."""
+    per call: the batch sizes served, in order, when each call completed (seconds from the start), and how
+    late the loop dispatched it (microseconds after the moment it was due: its batch ready and the server free).
+    """
 
     latency_us: np.ndarray
     model_us: np.ndarray
     batch_sizes: np.ndarray
     call_done_s: np.ndarray
+    dispatch_delay_us: np.ndarray
 
 
 def serve_schedule(
@@ -77,6 +80,8 @@ def serve_schedule(
     sizes: list[int] = []
     done_at: list[float] = []
     call_model_us: list[float] = []
+    delays: list[float] = []
+    free_at = 0.0  # when the server was last free, seconds from the start
     first = 0
     while first < count:
         elapsed = now() - start
@@ -93,11 +98,16 @@ def serve_schedule(
             sleep(wake - elapsed)
             elapsed = max(now() - start, wake)
             last = bisect.bisect_right(schedule, elapsed, first, limit)
+        # Due when the batch was ready (full, or its oldest request's queue delay ran out) and the server free;
+        # anything after that is the loop's own lateness (a late wake-up), which every request of the call pays.
+        due = max(free_at, deadline if last < limit else min(deadline, schedule[last - 1]))
         called = now()
         measured = run_batch(last - first)
         finished = now()
+        delays.append(max(0.0, called - start - due) * 1e6)
         call_model_us.append(measured if measured is not None else (finished - called) * 1e6)
-        done_at.append(finished - start)
+        free_at = finished - start
+        done_at.append(free_at)
         sizes.append(last - first)
         first = last
     batch_sizes = np.asarray(sizes, dtype=np.int64)
@@ -107,4 +117,5 @@ def serve_schedule(
         model_us=np.repeat(np.asarray(call_model_us), batch_sizes),
         batch_sizes=batch_sizes,
         call_done_s=call_done_s,
+        dispatch_delay_us=np.asarray(delays),
     )

@@ -40,6 +40,8 @@ from harness.result import Efficiency, LatencyBlock, Measurement, PerfResult, Pr
 log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "perf_samples.npz"
+# Above this share of the mean latency, the open loop's own lateness is called out in the warnings.
+DISPATCH_DELAY_SHARE = 0.01
 
 
 def make_inputs(
@@ -108,6 +110,8 @@ def summarise(
         bin_starts, completions, start_s=start, end_s=end, windows=perf.windows, batch=images_per_row
     )
     latency = LatencyBlock(e2e=stats.latency_stats(e2e_us), model=stats.latency_stats(model_us))
+    delays_us = np.concatenate([instance.dispatch_delay_us for instance in instances])
+    dispatch = stats.latency_stats(delays_us) if delays_us.size else None
     window_cv = stats.coefficient_of_variation(windows)
     reasons = []
     bound = f" (stopped at perf.max_duration_s={perf.max_duration_s})" if perf.max_duration_s is not None else ""
@@ -125,6 +129,11 @@ def summarise(
     if e2e_us.size < requested:
         reasons.append(f"{e2e_us.size} requests served < {requested} scheduled{bound}")
     warnings = stats.insufficient_percentiles(latency.e2e)
+    if dispatch is not None and dispatch.avg > DISPATCH_DELAY_SHARE * latency.e2e.avg:
+        warnings.append(
+            f"the load generator dispatched {dispatch.avg:.0f} us late on average (max {dispatch.max:.0f} us) after "
+            f"requests were due: {dispatch.avg / latency.e2e.avg:.1%} of the mean latency is its own lateness"
+        )
     if window_cv > perf.max_window_cv:
         warnings.append(
             f"throughput CV across {perf.windows} windows is {window_cv:.3f} > perf.max_window_cv={perf.max_window_cv}"
@@ -146,8 +155,11 @@ def summarise(
         peak_device_memory_bytes=sum(device_peaks) if device_peaks else None,
         validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
         host=None if host is None else host_telemetry(host.samples, start=start, end=end, interval_s=host.interval_s),
+        dispatch_delay_us=dispatch,
     )
     raw = {"completions_per_ms": completions, "e2e_us": e2e_us, "model_us": model_us}
+    if dispatch is not None:
+        raw["dispatch_delay_us"] = delays_us
     return measurement, raw
 
 

@@ -52,6 +52,7 @@ MEASUREMENTS = (
     "perf.probes.p50_ms",
     "perf.probes.p99_ms",
     "perf.telemetry.*",
+    "perf.dispatch_delay_us.*",
     "perf.host.cpu_util_pct",
     "perf.host.cpu_util_per_core_pct",
     "perf.host.rss_mean_bytes",

@@ -232,3 +232,11 @@ def vendor_json() -> dict:
             Path(__file__).resolve().parents[1] / "fixtures" / "vastai" / "official-dinov2_vitl14_reg4-vdsp_params.json"
         ).read_text()
     )
+
+
+def test_a_spinning_sleep_backend_keeps_its_service_time(cache_dir: Path, tmp_path: Path) -> None:
+    result = measure(sleep_config(cache_dir, "perf.iterations=40", "backend.spin_us=2000"), tmp_path)
+    # The whole call can be spun: never shorter than asked, and the load generator sees the same time.
+    assert result.latency_us.model.min >= SLEEP_US
+    with pytest.raises(ConfigError, match=r"backend.latency_us / per_sample_us / spin_us: expected >= 0"):
+        sleep_config(cache_dir, "backend.spin_us=-1")

@@ -78,6 +78,25 @@ def test_a_stall_shows_in_every_request_scheduled_during_it() -> None:
     assert served.batch_sizes.tolist() == [1] * 20
 
 
+def test_the_loops_own_lateness_is_measured_per_call() -> None:
+    class LateClock(FakeClock):
+        """Every sleep wakes 0.3 ms late, as a thread on a busy host does."""
+
+        def sleep(self, seconds: float) -> None:
+            super().sleep(seconds + 0.0003)
+
+    clock = LateClock()
+    arrivals = np.concatenate([np.arange(5) * 0.010, [0.0405, 0.041]])  # the last two queue behind call 4
+    _, run_batch = fake_backend(clock, 0.001)
+    served = serve_schedule(
+        arrivals, batch=1, max_queue_delay_s=0.0, run_batch=run_batch, now=clock.now, sleep=clock.sleep
+    )
+    # Call 0 is due at the start; calls 1-4 each wake 0.3 ms after their arrival; 5 and 6 were queued behind
+    # a busy server, so they were due when it came free and went without delay.
+    assert served.dispatch_delay_us == pytest.approx([0, 300, 300, 300, 300, 0, 0], abs=1e-6)
+    assert served.latency_us[1:5] / 1e3 == pytest.approx([1.3] * 4)  # the lateness is inside the latency
+
+
 def test_requests_are_batched_up_to_the_batch_within_the_queue_delay() -> None:
     clock = FakeClock()
     arrivals = np.array([0.0, 0.001, 0.002, 0.003, 0.050, 0.100])
@@ -118,7 +137,9 @@ def test_server_scenario_counts_requests_and_latency_from_the_schedule(cache_dir
     assert result.latency_us.e2e.min >= result.latency_us.model.min >= 1000.0
     assert result.throughput_qps == pytest.approx(300.0, rel=0.25)
     saved = np.load(tmp_path / "perf_samples.npz")
-    assert saved["repeat0_e2e_us"].size == 300
+    assert saved["repeat0_e2e_us"].size == 300 and saved["repeat0_dispatch_delay_us"].size == 300
+    assert result.dispatch_delay_us is not None and result.dispatch_delay_us.count == 300
+    assert result.dispatch_delay_us.avg == pytest.approx(float(saved["repeat0_dispatch_delay_us"].mean()), rel=1e-5)
 
 
 def test_offline_scenario_serves_full_batches_back_to_back(cache_dir: Path, tmp_path: Path) -> None:
