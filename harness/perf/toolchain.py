@@ -18,7 +18,7 @@ from harness.backends import ProfileLoad, open_toolchain
 from harness.config.schema import PerfConfig, RunConfig
 from harness.errors import ConfigError, DataError, ToolError
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
-from harness.perf.vamp import VAMP_FILE, VampReport, parse_vamp
+from harness.perf.vamp import VAMP_FILE, VAMP_REPEAT_FILE, VampReport, parse_vamp
 from harness.processes import ToolRun
 from harness.result import DeviceTelemetry, LatencyBlock, LatencyStats, Measurement, PerfResult, Validity
 from harness.vdsp import vdsp_params_file
@@ -41,7 +41,7 @@ def measurement_from_report(report: VampReport, run: ToolRun, perf: PerfConfig) 
     """One repeat's ``Measurement`` from what vamp printed (and what the host saw of the vamp process).
 
     Raises:
-        ToolError: the report lacks the throughput or a latency block's avg/min/max.
+        ToolError: the report lacks the throughput or a latency block's average.
     """
     if report.throughput_qps is None or report.throughput_qps <= 0:
         raise ToolError(f"vamp printed no throughput (qps); its last lines:\n{run.tail()}")
@@ -115,7 +115,7 @@ def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: 
         config.paths.path("outputs") / CLAIMS_FOLDER, run_dir=run_dir, device=toolchain.device
     ) as claim:
         for repeat in range(perf.repeats):
-            output = run_dir / f"perf_vamp_repeat{repeat}.txt"
+            output = run_dir / VAMP_REPEAT_FILE.format(repeat)
             log.info("stage=perf repeat%d vamp instances=%d batch=%d", repeat, perf.instances, perf.batch)
             run = toolchain.profile(Path(model_prefix), load, vdsp_params=vdsp, output=output)
             try:

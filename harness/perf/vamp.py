@@ -17,6 +17,8 @@ from harness.perf.stats import PERCENTILES
 from harness.result import LatencyStats, PerfResult
 
 VAMP_FILE = "perf_vamp.txt"
+# A vendor profiler's report of one repeat, verbatim (``VAMP_FILE`` is the median repeat's).
+VAMP_REPEAT_FILE = "perf_vamp_repeat{}.txt"
 
 HEADER = re.compile(r"^[-*\s]*number of instances in each device:\s*(\d+)")
 FIELD = re.compile(r"^\s*([^:]+?)\s*:\s*(.*?)\s*$")

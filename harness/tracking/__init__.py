@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from harness.config.schema import PathsConfig, TrackingConfig
 from harness.errors import TrackingError
 from harness.fileio import sha256_of, write_json_atomic
+from harness.perf.vamp import VAMP_REPEAT_FILE
 from harness.report import SWEEP_FILE
 from harness.result import RunResult, load_result
 from harness.tracking.records import metrics_of, params_of, shorten, tags_of
@@ -37,7 +38,6 @@ RUN_UID_TAG = "harness.run_uid"
 SWEEP_UID_TAG = "harness.sweep_uid"
 VAMP_SHA_TAG = "harness.vamp_sha256"
 ARTIFACT_FILES = ("result.json", "perf_vamp.txt", "perf_samples.npz")
-VAMP_REPEAT_FILES = "perf_vamp_repeat*.txt"
 T = TypeVar("T")
 # MLflow opens an experiment of this kind as a classic machine-learning experiment (the runs table), not
 # on the GenAI overview of traces and token usage; the note is the experiment's description in the UI.
@@ -330,7 +330,7 @@ def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: RunResult) 
     for name in ARTIFACT_FILES:
         if (run_dir / name).exists():
             store.call(partial(store.client.log_artifact, run_id, str(run_dir / name)))
-    for path in sorted(run_dir.glob(VAMP_REPEAT_FILES)):  # a vendor profiler's every report, verbatim
+    for path in sorted(run_dir.glob(VAMP_REPEAT_FILE.format("*"))):  # a vendor profiler's every report, verbatim
         store.call(partial(store.client.log_artifact, run_id, str(path), artifact_path="vamp"))
     if (run_dir / ".hydra").is_dir():
         store.call(lambda: store.client.log_artifacts(run_id, str(run_dir / ".hydra"), artifact_path="hydra"))
