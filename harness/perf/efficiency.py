@@ -14,12 +14,13 @@ fingerprint in ``<paths.cache>/gemm/``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -127,9 +128,11 @@ def _matmul_graph(gemm: Gemm, dtype: str) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
 
 
-def _onnxruntime_runner(
-    threads: int | None, dtype: str, device: str
-) -> Callable[[Gemm, np.ndarray, np.ndarray], Callable[[], object]]:
+Runner = Callable[[Gemm, np.ndarray, np.ndarray], Callable[[], object]]
+
+
+@contextlib.contextmanager
+def _onnxruntime_runner(threads: int | None, dtype: str, device: str) -> Iterator[Runner]:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -142,14 +145,16 @@ def _onnxruntime_runner(
         )
         return functools.partial(session.run, None, {"a": left, "b": right})
 
-    return runner
+    yield runner
 
 
-def _torch_runner(
-    threads: int | None, dtype: str, device: str
-) -> Callable[[Gemm, np.ndarray, np.ndarray], Callable[[], object]]:
+@contextlib.contextmanager
+def _torch_runner(threads: int | None, dtype: str, device: str) -> Iterator[Runner]:
     import torch
 
+    # Touched only when torch times the GEMMs: setting torch's threads wakes its OpenMP pool, whose spinning
+    # workers would take cores from an ONNX Runtime timing.
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
 
@@ -164,7 +169,10 @@ def _torch_runner(
 
         return run
 
-    return runner
+    try:
+        yield runner
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 RUNNERS = {"onnxruntime": _onnxruntime_runner, "torch": _torch_runner}
@@ -191,11 +199,8 @@ def time_gemms(
     cached = cache_dir / "gemm" / f"{fingerprint}-{key}.json"
     if cached.exists():
         return GemmTiming(**json.loads(cached.read_text()))
-    previous_threads = torch.get_num_threads()  # the torch runner sets them for the timing only
-    try:
-        total_us = _time_each(gemms, RUNNERS[runtime](threads, dtype, device), dtype)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with RUNNERS[runtime](threads, dtype, device) as make_run:
+        total_us = _time_each(gemms, make_run, dtype)
     timing = GemmTiming(
         gemm_time_us=total_us, flops=sum(gemm.flops * count for gemm, count in gemms.items()), threads=threads,
         dtype=dtype, fingerprint=fingerprint,
@@ -205,9 +210,7 @@ def time_gemms(
     return timing
 
 
-def _time_each(
-    gemms: Counter[Gemm], make_run: Callable[[Gemm, np.ndarray, np.ndarray], Callable[[], object]], dtype: str
-) -> float:
+def _time_each(gemms: Counter[Gemm], make_run: Runner, dtype: str) -> float:
     rng = np.random.default_rng(0)
     total_us = 0.0
     for gemm, count in gemms.items():

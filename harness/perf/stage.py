@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 SAMPLES_FILE = "perf_samples.npz"
 # Above this share of the mean latency, the open loop's own lateness is called out in the warnings.
 DISPATCH_DELAY_SHARE = 0.01
+# GEMMs alone cannot take longer than the model that runs them; past this (timing noise allowed) the cached
+# GEMM-only time was measured in a disturbed moment, and the warnings say so.
+EFFICIENCY_CEILING = 1.05
 
 
 def make_inputs(
@@ -219,6 +222,13 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
             f"contended: {len(contention.overlapping)} other perf run(s) measured on {device} of this host at the "
             f"same time ({', '.join(contention.overlapping)}); timings are not comparable: run one job per device",
         )
+    efficiency = _efficiency(config, artifact_path, median)
+    if efficiency is not None and efficiency.efficiency > EFFICIENCY_CEILING:
+        warnings += (
+            f"efficiency {efficiency.efficiency:.0%}: the model's GEMMs alone timed slower than the whole model, so "
+            f"that timing was disturbed (another process on the cores?); delete {config.paths.path('cache') / 'gemm'} "
+            "to time them again",
+        )
     headline["validity"] = Validity(valid=not reasons, reasons=reasons, warnings=warnings)
     for warning in warnings + reasons:
         log.warning("perf validity: %s", warning)
@@ -245,7 +255,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         latency_bound_ms=config.perf.latency_bound_ms,
         peak_qps=peak,
         probes=tuple(probes),
-        efficiency=_efficiency(config, artifact_path, median),
+        efficiency=efficiency,
         stability=stabilities.get(f"repeat{measurements.index(median)}"),
     )
 

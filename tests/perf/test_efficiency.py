@@ -79,3 +79,20 @@ def test_the_torch_backend_is_measured_against_torch_matmul(cache_dir: Path, tmp
     assert torch.get_num_threads() == threads_before  # the timing's thread setting does not leak into the harness
     (cached,) = (cache_dir / "gemm").iterdir()
     assert json.loads(cached.read_text())["threads"] == 1
+
+
+def test_an_impossible_efficiency_is_called_a_disturbed_timing(cache_dir: Path, tmp_path: Path) -> None:
+    config = run_config(
+        cache_dir, "stages=[build,perf]", "backend.intra_op_threads=1", "perf.iterations=20", "perf.min_samples=20"
+    )
+    artifact = build(config).artifact_path
+    measure(config, tmp_path / "first", artifact)
+    (cached,) = (cache_dir / "gemm").iterdir()
+    timing = json.loads(cached.read_text())
+    cached.write_text(json.dumps({**timing, "gemm_time_us": timing["gemm_time_us"] * 100}))  # a disturbed moment
+    result = measure(config, tmp_path / "again", artifact)
+    assert result.efficiency is not None and result.efficiency.efficiency > 1.05
+    assert any(
+        "the model's GEMMs alone timed slower than the whole model" in warning and str(cache_dir / "gemm") in warning
+        for warning in result.validity.warnings
+    )
