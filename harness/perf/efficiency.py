@@ -152,8 +152,8 @@ def _onnxruntime_runner(threads: int | None, dtype: str, device: str) -> Iterato
 def _torch_runner(threads: int | None, dtype: str, device: str) -> Iterator[Runner]:
     import torch
 
-    # Touched only when torch times the GEMMs: setting torch's threads wakes its OpenMP pool, whose spinning
-    # workers would take cores from an ONNX Runtime timing.
+    # Touched only when torch times the GEMMs: setting torch's threads (re)starts its OpenMP pool, whose
+    # waiting workers can spin on the cores an ONNX Runtime timing needs.
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
