@@ -7,6 +7,7 @@ checkpoint is the harness's verified fp32 ONNX build and ``backend.dtype`` does 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Iterable
@@ -69,6 +70,15 @@ class VastaiConfig:
             raise ConfigError("backend.compile_timeout_s / profile_timeout_s: expected > 0")
 
 
+@functools.cache
+def _tool_version(path: str) -> str:
+    """The ``--version`` first line of the tool at ``path``, asked once per process (build and perf both
+    record it; the tool does not change under a running harness)."""
+    run = run_tool([path, "--version"], timeout_s=VERSION_TIMEOUT_S)
+    lines = run.output.strip().splitlines()
+    return lines[0] if run.returncode == 0 and lines else f"unknown (--version exit {run.returncode})"
+
+
 def _listed(values: Iterable[int]) -> str:
     """vamp's list syntax: ``[3,224,224]``."""
     return "[" + ",".join(str(value) for value in values) + "]"
@@ -99,12 +109,7 @@ class VastaiToolchain:
 
     def versions(self) -> dict[str, str]:
         """Each tool's ``--version`` first line (``unknown (...)`` when it has none)."""
-        found = {}
-        for name in ("vamc", "vamp"):
-            run = run_tool([self._tool(name), "--version"], timeout_s=VERSION_TIMEOUT_S)  # type: ignore[arg-type]
-            lines = run.output.strip().splitlines()
-            found[name] = lines[0] if run.returncode == 0 and lines else f"unknown (--version exit {run.returncode})"
-        return found
+        return {name: _tool_version(self._tool(name)) for name in ("vamc", "vamp")}  # type: ignore[arg-type]
 
     def build_spec(
         self, onnx_path: Path, *, name: str, input_name: str, batch: int, shape: tuple[int, int, int],

@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
@@ -23,6 +25,7 @@ from typing import TypeVar
 from harness.config.convert import from_mapping
 from harness.errors import BuildError, ConfigError
 from harness.fileio import sha256_of, write_json_atomic
+from harness.result import ArtifactFile
 
 T = TypeVar("T")
 
@@ -75,6 +78,28 @@ def load_cached(folder: Path, manifest_type: type[T]) -> T | None:
         shutil.rmtree(folder)
         return None
     return manifest
+
+
+@contextmanager
+def staging_for(folder: Path) -> Iterator[Path]:
+    """An empty folder beside ``folder``, this process's own, to build an artifact in; removed afterwards
+    (``publish`` has renamed it into place by then, unless the build failed)."""
+    staging = folder.with_name(f".staging-{folder.name}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def artifact_files(staging: Path) -> tuple[ArtifactFile, ...]:
+    """Every file under ``staging``: its path relative to it, size and sha256 (what a cache hit is checked by)."""
+    return tuple(
+        ArtifactFile(name=str(path.relative_to(staging)), size_bytes=path.stat().st_size, sha256=sha256_of(path))
+        for path in sorted(staging.rglob("*"))
+        if path.is_file()
+    )
 
 
 def publish(staging: Path, folder: Path, manifest: T, *, replace: bool = False) -> T:

@@ -8,9 +8,8 @@ are compared with torch fp32 on the same photos preprocessed the same way (on ev
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -26,11 +25,10 @@ from harness.data.photos import sample_photos
 from harness.export import cache
 from harness.export.onnx_export import INPUT_NAME
 from harness.export.parity import compare_features, reference_features
-from harness.export.stage import MANIFEST_SCHEMA_VERSION
-from harness.fileio import sha256_of
+from harness.export.stage import MANIFEST_SCHEMA_VERSION, cached_or_built
 from harness.models import dinov2
 from harness.preprocess import batch_of
-from harness.result import ArtifactFile, BuildManifest, BuildResult, ParityResult, ToolchainRecord
+from harness.result import BuildManifest, BuildResult, ParityResult, ToolchainRecord
 from harness.vdsp import device_input, vdsp_params_file
 
 log = logging.getLogger(__name__)
@@ -61,63 +59,46 @@ def compile_for_device(config: RunConfig, model: dinov2.DinoVisionTransformer, b
         f"{model.spec.name}-{height}x{width}-{config.precision.name}-{config.backend.name}-b{config.perf.batch}-{key}"
     )
     folder = cache.prepare_cache_root(config.paths.path("cache") / "builds") / name
-    manifest = None if config.build.force else cache.load_cached(folder, BuildManifest)
-    cache_hit = isinstance(manifest, BuildManifest)
-    if isinstance(manifest, BuildManifest):
-        log.info("build cache hit artifact=%s", folder)
-        assert manifest.toolchain is not None
-        parity = device_parity(config, model, toolchain, folder / manifest.toolchain.model_prefix)
-    else:
-        manifest = _compile_into_cache(
-            config, model, toolchain, base, fields=fields, key=key, name=name, spec_name=spec_name, folder=folder,
-            versions=versions,
-        )  # fmt: skip
-        parity = manifest.parity
-    return BuildResult(
-        artifact_path=str((folder / manifest.model_file).resolve()),
-        cache_hit=cache_hit,
-        manifest=manifest,
-        parity=parity,
-        time_s=time.perf_counter() - started,
-    )
+
+    def recheck(manifest: BuildManifest) -> ParityResult:
+        return device_parity(config, model, toolchain, folder / manifest.model_file)
+
+    build = functools.partial(
+        _compile_into_cache, config, model, toolchain, base, fields=fields, key=key, spec_name=spec_name,
+        folder=folder, versions=versions,
+    )  # fmt: skip
+    return cached_or_built(config, folder, recheck=recheck, build=build, started=started)
 
 
 def _compile_into_cache(
     config: RunConfig, model: dinov2.DinoVisionTransformer, toolchain: Toolchain, base: BuildResult, *,
-    fields: dict[str, object], key: str, name: str, spec_name: str, folder: Path, versions: dict[str, str],
+    fields: dict[str, object], key: str, spec_name: str, folder: Path, versions: dict[str, str],
 ) -> BuildManifest:  # fmt: skip
-    staging = folder.with_name(f".staging-{name}-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        log.info("build start artifact=%s compiler=%s base=%s", name, config.backend.name, base.manifest.artifact_name)
+    log.info(
+        "build start artifact=%s compiler=%s base=%s", folder.name, config.backend.name, base.manifest.artifact_name
+    )
+    with cache.staging_for(folder) as staging:
         compiled = toolchain.compile(
             Path(base.artifact_path), name=spec_name, input_name=INPUT_NAME, batch=config.perf.batch,
             shape=config.input_shape, precision=config.precision.name, workspace=staging,
         )  # fmt: skip
         parity = device_parity(config, model, toolchain, compiled.prefix)
-        prefix = compiled.prefix.relative_to(staging)
+        prefix = str(compiled.prefix.relative_to(staging))
         manifest = BuildManifest(
             schema_version=MANIFEST_SCHEMA_VERSION,
-            artifact_name=name,
+            artifact_name=folder.name,
             format=config.backend.name,
-            model_file=str(prefix),
+            model_file=prefix,
             cache_key=key,
             key_fields=fields,
-            files=tuple(
-                ArtifactFile(
-                    name=str(path.relative_to(staging)), size_bytes=path.stat().st_size, sha256=sha256_of(path)
-                )
-                for path in sorted(staging.rglob("*"))
-                if path.is_file()
-            ),
+            files=cache.artifact_files(staging),
             external_data=False,
             export_time_s=round(compiled.run.wall_s, 3),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             parity=parity,
             toolchain=ToolchainRecord(
                 base_artifact=base.manifest.artifact_name,
-                model_prefix=str(prefix),
+                model_prefix=prefix,
                 spec_file=f"{spec_name}.yaml",
                 spec=compiled.spec,
                 versions=versions,
@@ -126,8 +107,6 @@ def _compile_into_cache(
             ),
         )
         manifest = cache.publish(staging, folder, manifest, replace=config.build.force)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("build done artifact=%s compile_time_s=%.1f", folder, compiled.run.wall_s)
     return manifest
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -27,9 +25,8 @@ from harness.environment import cpu_isa
 from harness.export import cache, onnx_export, quantize
 from harness.export.parity import check_parity
 from harness.export.quantize import CalibrationSet, calibration_set, resolve_reduce_range
-from harness.fileio import sha256_of
 from harness.models import dinov2
-from harness.result import ArtifactFile, BuildManifest, BuildResult, QuantizationRecord, WeightsInfo
+from harness.result import BuildManifest, BuildResult, ParityResult, QuantizationRecord, WeightsInfo
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +94,28 @@ def build_artifact(
     height, width = config.model.input_size
     name = f"{model.spec.name}-{height}x{width}-{config.precision.name}-{config.build.format}-{key}"
     folder = cache_root / name
+    recheck = functools.partial(_recheck_parity, config, model, folder)
+    build = functools.partial(_build_into_cache, config, model, fields=fields, key=key, folder=folder, produce=produce)
+    return cached_or_built(config, folder, recheck=recheck, build=build, started=started)
+
+
+def cached_or_built(
+    config: RunConfig,
+    folder: Path,
+    *,
+    recheck: Callable[[BuildManifest], ParityResult],
+    build: Callable[[], BuildManifest],
+    started: float,
+) -> BuildResult:
+    """The artifact in ``folder``: a valid cached copy (unless ``build.force``) whose parity ``recheck`` checks
+    again, else one ``build`` makes, checks and publishes there."""
     manifest = None if config.build.force else cache.load_cached(folder, BuildManifest)
     cache_hit = manifest is not None
     if isinstance(manifest, BuildManifest):
         log.info("build cache hit artifact=%s", folder)
-        parity = check_parity(
-            folder / manifest.model_file,
-            model,
-            precision=config.precision,
-            build=config.build,
-            input_size=config.model.input_size,
-        )
+        parity = recheck(manifest)
     else:
-        manifest = _build_into_cache(config, model, fields=fields, key=key, name=name, folder=folder, produce=produce)
+        manifest = build()
         parity = manifest.parity
     return BuildResult(
         artifact_path=str((folder / manifest.model_file).resolve()),
@@ -120,21 +126,27 @@ def build_artifact(
     )
 
 
+def _recheck_parity(
+    config: RunConfig, model: dinov2.DinoVisionTransformer, folder: Path, manifest: BuildManifest
+) -> ParityResult:
+    return check_parity(
+        folder / manifest.model_file, model, precision=config.precision, build=config.build,
+        input_size=config.model.input_size,
+    )  # fmt: skip
+
+
 def _build_into_cache(
     config: RunConfig,
     model: dinov2.DinoVisionTransformer,
     *,
     fields: dict[str, object],
     key: str,
-    name: str,
     folder: Path,
     produce: Callable[[Path], tuple[bool, QuantizationRecord | None]],
 ) -> BuildManifest:
+    name = folder.name
     log.info("build start artifact=%s exporter=%s opset=%d", name, config.build.exporter, config.build.opset)
-    staging = folder.with_name(f".staging-{name}-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with cache.staging_for(folder) as staging:
         model_path = staging / f"{name}.onnx"
         export_started = time.perf_counter()
         external, quantization = produce(model_path)
@@ -149,10 +161,7 @@ def _build_into_cache(
             model_file=model_path.name,
             cache_key=key,
             key_fields=fields,
-            files=tuple(
-                ArtifactFile(name=path.name, size_bytes=path.stat().st_size, sha256=sha256_of(path))
-                for path in sorted(staging.iterdir())
-            ),
+            files=cache.artifact_files(staging),
             external_data=external,
             export_time_s=round(export_time_s, 3),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -160,8 +169,6 @@ def _build_into_cache(
             quantization=quantization,
         )
         manifest = cache.publish(staging, folder, manifest, replace=config.build.force)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("build done artifact=%s export_time_s=%.1f external_data=%s", folder, export_time_s, external)
     return manifest
 

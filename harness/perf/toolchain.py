@@ -18,9 +18,9 @@ from harness.backends import ProfileLoad, open_toolchain
 from harness.config.schema import PerfConfig, RunConfig
 from harness.errors import ConfigError, DataError, ToolError
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
-from harness.perf.vamp import VAMP_FILE, VAMP_REPEAT_FILE, VampReport, parse_vamp
+from harness.perf.vamp import VAMP_FILE, VAMP_REPEAT_FILE, VampReport, parse_vamp, telemetry_from_report
 from harness.processes import ToolRun
-from harness.result import DeviceTelemetry, LatencyBlock, LatencyStats, Measurement, PerfResult, Validity
+from harness.result import LatencyBlock, LatencyStats, Measurement, PerfResult, Validity
 from harness.vdsp import vdsp_params_file
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,6 @@ def measurement_from_report(report: VampReport, run: ToolRun, perf: PerfConfig) 
         peak_device_memory_bytes=None,
         validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
     )
-
-
-def telemetry_from_report(report: VampReport) -> DeviceTelemetry:
-    power = report.card_power_w
-    return DeviceTelemetry(
-        ai_utilize_pct=report.ai_utilize_pct, die_memory_used_mb=report.die_memory_mb, card_power_w=power,
-        temperature_c=report.temperature_c,
-        images_per_joule=report.throughput_qps / power if power and report.throughput_qps else None, source="vamp",
-    )  # fmt: skip
 
 
 def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: Path) -> PerfResult:

@@ -10,11 +10,11 @@ are optional; lines the parser does not know (model dumps, pasted notes, hardwar
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from harness.errors import DataError
 from harness.perf.stats import PERCENTILES
-from harness.result import LatencyStats, PerfResult
+from harness.result import DeviceTelemetry, LatencyStats, PerfResult
 
 VAMP_FILE = "perf_vamp.txt"
 # A vendor profiler's report of one repeat, verbatim (``VAMP_FILE`` is the median repeat's).
@@ -64,14 +64,19 @@ def perf_fields(report: VampReport) -> dict[str, object]:
         "forward_time_s": report.forward_time_s,
         "throughput_qps": report.throughput_qps,
         "latency_us": {"e2e": report.e2e_latency_us, "model": report.model_latency_us},
-        "telemetry": {
-            "ai_utilize_pct": report.ai_utilize_pct,
-            "die_memory_used_mb": report.die_memory_mb,
-            "card_power_w": report.card_power_w,
-            "temperature_c": report.temperature_c,
-        },
+        "telemetry": asdict(telemetry_from_report(report)),
         "samples_source": "vamp",
     }
+
+
+def telemetry_from_report(report: VampReport) -> DeviceTelemetry:
+    """The device fields of the report, under a perf block's ``telemetry`` names."""
+    power = report.card_power_w
+    return DeviceTelemetry(
+        ai_utilize_pct=report.ai_utilize_pct, die_memory_used_mb=report.die_memory_mb, card_power_w=power,
+        temperature_c=report.temperature_c,
+        images_per_joule=report.throughput_qps / power if power and report.throughput_qps else None, source="vamp",
+    )  # fmt: skip
 
 
 def _number(text: str) -> float:
