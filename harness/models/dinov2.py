@@ -4,6 +4,9 @@ State-dict names and shapes equal the official hub models, so an official ``.pth
 ``strict=True``. Two deployment choices differ from the training code on purpose:
 
 * attention is ``torch.nn.functional.scaled_dot_product_attention`` (exports as plain MatMul/Softmax);
+* the last block computes the CLS token only: the features are the final-norm CLS token, and no token's
+  output depends on another token's last-block output, so the last block's query projection, attention rows
+  and MLP for the other tokens are skipped (about 1/depth of the FLOPs; exact, not an approximation);
 * the positional table for the deployment input size is computed once, in fp32, with the official
   per-family bicubic resize, and stored as a buffer (``bake_positional_table``). Exported graphs then
   carry a constant instead of a Resize node, so no runtime can change its numerics.
@@ -36,12 +39,22 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=True)
         self.proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, *, query_tokens: int | None = None) -> torch.Tensor:
+        """Attention over all ``tokens``; with ``query_tokens`` only the first ones are queries (and outputs)."""
         batch, length, width = tokens.shape
-        qkv = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, width // self.num_heads)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        head = width // self.num_heads
+        if query_tokens is None:
+            qkv = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, head)
+            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            query_weight, key_value_weight = self.qkv.weight.split((width, 2 * width))
+            query_bias, key_value_bias = self.qkv.bias.split((width, 2 * width))
+            query = F.linear(tokens[:, :query_tokens], query_weight, query_bias)
+            query = query.reshape(batch, query_tokens, self.num_heads, head).transpose(1, 2)
+            key_value = F.linear(tokens, key_value_weight, key_value_bias).reshape(batch, length, 2, self.num_heads, head)
+            key, value = key_value.permute(2, 0, 3, 1, 4).unbind(0)
         attended = F.scaled_dot_product_attention(query, key, value)
-        return self.proj(attended.transpose(1, 2).reshape(batch, length, width))
+        return self.proj(attended.transpose(1, 2).reshape(batch, -1, width))
 
 
 class LayerScale(nn.Module):
@@ -88,9 +101,11 @@ class Block(nn.Module):
         self.mlp = feed_forward(spec.embed_dim, spec.ffn_hidden)
         self.ls2 = LayerScale(spec.embed_dim, spec.layerscale_init)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = tokens + self.ls1(self.attn(self.norm1(tokens)))
-        return tokens + self.ls2(self.mlp(self.norm2(tokens)))
+    def forward(self, tokens: torch.Tensor, *, query_tokens: int | None = None) -> torch.Tensor:
+        """The block's output for every token, or for the first ``query_tokens`` only (which attend to all)."""
+        kept = tokens if query_tokens is None else tokens[:, :query_tokens]
+        kept = kept + self.ls1(self.attn(self.norm1(tokens), query_tokens=query_tokens))
+        return kept + self.ls2(self.mlp(self.norm2(kept)))
 
 
 def resize_positional_table(
@@ -191,9 +206,9 @@ class DinoVisionTransformer(nn.Module):
         if self.spec.num_registers:
             registers = self.register_tokens.expand(tokens.shape[0], -1, -1)
             tokens = torch.cat((tokens[:, :1], registers, tokens[:, 1:]), dim=1)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             tokens = block(tokens)
-        return self.norm(tokens[:, 0])
+        return self.norm(self.blocks[-1](tokens, query_tokens=1)[:, 0])
 
 
 def _truncated_normal(shape: torch.Size, *, std: float, generator: torch.Generator) -> torch.Tensor:

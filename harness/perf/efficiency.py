@@ -1,7 +1,8 @@
 """How close a measured build comes to the device: FLOPs, achieved GFLOP/s, and efficiency against its own GEMMs.
 
 A DINOv2 forward is almost all matrix products. ``model_gemms`` lists them from the architecture (patch
-embedding as a GEMM, then per block qkv, attention scores, attention x V, projection, feed-forward);
+embedding as a GEMM, then per block qkv, attention scores, attention x V, projection, feed-forward; the last
+block for the CLS token only);
 ``onnx_gemm_flops`` counts the same from an exported graph (MatMul, Gemm and Conv nodes after shape inference
 at a fixed batch) as a cross-check. **Efficiency** is the time those GEMMs take when run alone, through the
 same runtime and thread settings as the backend, divided by the measured model time per batch: the share of
@@ -57,16 +58,29 @@ def model_gemms(spec: VariantSpec, batch: int, input_size: tuple[int, int]) -> C
     head_dim = width_d // spec.num_heads
     hidden_out = 2 * spec.ffn_hidden if spec.feed_forward == "swiglu" else spec.ffn_hidden
     gemms: Counter[Gemm] = Counter({Gemm(batch * patches, 3 * spec.patch_size**2, width_d): 1})
-    block = [
+    heads = batch * spec.num_heads
+    every_token = [
         Gemm(tokens, width_d, 3 * width_d),
-        Gemm(per_image_tokens, head_dim, per_image_tokens, batch * spec.num_heads),
-        Gemm(per_image_tokens, per_image_tokens, head_dim, batch * spec.num_heads),
+        Gemm(per_image_tokens, head_dim, per_image_tokens, heads),
+        Gemm(per_image_tokens, per_image_tokens, head_dim, heads),
         Gemm(tokens, width_d, width_d),
         Gemm(tokens, width_d, hidden_out),
         Gemm(tokens, spec.ffn_hidden, width_d),
     ]
-    for gemm in block:
-        gemms[gemm] += spec.depth
+    # The last block computes the CLS token only: keys and values of every token, the rest for one per image.
+    cls_only = [
+        Gemm(tokens, width_d, 2 * width_d),
+        Gemm(batch, width_d, width_d),
+        Gemm(1, head_dim, per_image_tokens, heads),
+        Gemm(1, per_image_tokens, head_dim, heads),
+        Gemm(batch, width_d, width_d),
+        Gemm(batch, width_d, hidden_out),
+        Gemm(batch, spec.ffn_hidden, width_d),
+    ]
+    for gemm in every_token:
+        gemms[gemm] += spec.depth - 1
+    for gemm in cls_only:
+        gemms[gemm] += 1
     return gemms
 
 
