@@ -1,24 +1,40 @@
-"""Device check: the harness's torch GPU path on one CUDA device, beside timm's model of the same shape.
+"""Device check: the harness's torch GPU builds on one CUDA device, beside timm's model of the same shape.
 
-Run from the repository root on the accelerator machine (torch with CUDA and timm; no Hydra, no MLflow):
+One command on the accelerator machine (torch with CUDA and timm; no Hydra, MLflow, psutil or network):
 
-    python3 -m bench.device_check --systems harness --out harness.json   # then --systems timm: one process each
-    python3 -m bench.device_check --device cpu --variants tiny14_reg4 --batches 1 --seconds 1 --no-compile --systems harness
+    python3 -m bench.device_check --out device_check.json
 
-Per variant: the parity of fp16 and bf16 features on the device against fp32 on the CPU (min cosine over 8
-seeded inputs); then, per batch size, throughput and model latency through the harness's own load generator
-(eager, and ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs), and the anchor measured in the same
-process: timm's ViT of the same shape (random weights), eager and with the same compile mode. Latency
-percentiles follow the harness's rule (p50 needs 11 samples, p99 662), so short runs print ``-`` for p99.
-Prints one table and writes it as JSON.
+1. Parity: fp16 and bf16 features of ViT-S/14-reg4 and ViT-L/14-reg4 on the device against fp32 on the CPU
+   (min cosine over 8 seeded inputs; the target is >= 0.999).
+2. Perf, per case (ViT-L/14-reg4 at batch 64 and 1, ViT-S/14-reg4 at batch 256; fp16, 224x224, random weights):
+   - ``anchor``: timm's model of the same shape + ``torch.compile`` + a CUDA graph, timed in this process;
+   - ``timm eager``;
+   - the harness's builds through its own torch backend and load generator: ``compile+graph`` (torch.compile
+     and one CUDA graph per batch size), ``aoti+graph`` (the AOTInductor package, loaded without recompiling,
+     replayed as a CUDA graph), ``eager``.
+   Model latency is CUDA events around each call (the harness's ``model`` column), throughput is images over
+   the wall time of the measured window; p50 needs 11 samples and p99 662 (the harness's rule), else ``-``.
+   Efficiency is the harness's definition: the model's own GEMMs (its matmul shapes at the batch, fp16),
+   run alone with ``torch.matmul`` back to back, over the measured mean model time per batch.
+3. The targets, each judged on numbers measured in this same call.
+
+Compiles cost tens of seconds each; rows run in order of importance and any that would start after
+``--budget-s`` are listed as skipped, so the check ends in time. Prints one table and writes it as JSON.
+A CPU rehearsal (what the test suite runs): ``--device cpu --cases tiny14_reg4:2 --modes eager --seconds 0.2``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
+import os
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +42,12 @@ import numpy as np
 import torch
 
 from harness.backends import BackendFactory, LoadTarget
-from harness.backends.torch_backend import TorchConfig
+from harness.backends.torch_backend import TorchConfig, capture_cuda_graph, torch_dtype
 from harness.config.schema import ModelConfig
+from harness.export.aoti_package import compile_package
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
+from harness.perf.efficiency import model_gemms, time_gemms
 from harness.perf.loadgen import LoadPlan, WorkerTask, run_instances
 from harness.perf.stats import latency_stats
 
@@ -39,7 +57,20 @@ TIMM_MODELS = {
     "vitb14_reg4": "vit_base_patch14_reg4_dinov2",
     "vitl14_reg4": "vit_large_patch14_reg4_dinov2",
 }
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+INPUT_SIZE = (224, 224)
+PARITY_TARGET = 0.999
+MODES = ("anchor", "compile+graph", "aoti+graph", "eager", "timm eager")
+WARMUP_CALLS = 10
+
+
+@dataclass(frozen=True)
+class Case:
+    variant: str
+    batch: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant} b{self.batch}"
 
 
 def cosine_min(left: np.ndarray, right: np.ndarray) -> float:
@@ -48,135 +79,252 @@ def cosine_min(left: np.ndarray, right: np.ndarray) -> float:
     return float(cosines.min())
 
 
-def parity(variant: str, device: str, cache: Path, dtypes: list[str]) -> dict[str, float]:
-    """Min cosine of device features in each dtype against CPU fp32 features, on 8 seeded inputs."""
+def backbone(variant: str, cache: Path) -> torch.nn.Module:
     model, _ = load_backbone(
-        get_variant(variant), weights="random", seed=0, cache_dir=cache, input_size=(224, 224), progress=False
+        get_variant(variant), weights="random", seed=0, cache_dir=cache, input_size=INPUT_SIZE, progress=False
     )
-    inputs = torch.from_numpy(np.random.default_rng(0).standard_normal((8, 3, 224, 224), dtype=np.float32))
+    return model.eval()
+
+
+def parity(variant: str, device: str, dtypes: list[str], cache: Path) -> dict[str, float]:
+    """Min cosine of the device's features in each dtype against CPU fp32 features, on 8 seeded inputs."""
+    model = backbone(variant, cache)
+    inputs = torch.from_numpy(np.random.default_rng(0).standard_normal((8, 3, *INPUT_SIZE), dtype=np.float32))
     with torch.inference_mode():
         reference = model(inputs).numpy()
         found = {}
         for name in dtypes:
-            dtype = TORCH_DTYPES[name]
-            on_device = model.to(device=device, dtype=dtype)
-            found[name] = cosine_min(on_device(inputs.to(device=device, dtype=dtype)).float().cpu().numpy(), reference)
+            on_device = copy.deepcopy(model).to(device=device, dtype=torch_dtype(name))
+            features = on_device(inputs.to(device=device, dtype=torch_dtype(name))).float().cpu().numpy()
+            found[name] = cosine_min(features, reference)
     return found
 
 
-def harness_row(variant: str, batch: int, backend: TorchConfig, seconds: float, cache: Path) -> dict[str, Any]:
-    """One instance driven by the harness's load generator for ``seconds`` (after its cold call and warm-up)."""
-    model = ModelConfig(variant=variant, weights="random", seed=0, input_size=(224, 224))
-    target = LoadTarget(artifact_path=None, model=model, precision="fp16", cache_dir=str(cache))
+def harness_row(
+    case: Case, backend: TorchConfig, dtype: str, seconds: float, cache: Path, package: Path | None
+) -> dict:
+    """One instance of the harness's torch backend driven by its load generator for ``seconds``."""
+    model = ModelConfig(variant=case.variant, weights="random", seed=0, input_size=INPUT_SIZE)
+    target = LoadTarget(
+        artifact_path=None if package is None else str(package), model=model, precision=dtype, cache_dir=str(cache)
+    )
     task = WorkerTask(
         worker=0, instances=(0,), iterations=(1,), factory=BackendFactory(backend, target),
-        inputs=np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32),
-        plan=LoadPlan(mode="sync", queue_depth=1, warmup=10, min_duration_s=seconds, max_duration_s=None),
+        inputs=np.random.default_rng(0).standard_normal((case.batch, 3, *INPUT_SIZE), dtype=np.float32),
+        plan=LoadPlan(mode="sync", queue_depth=1, warmup=WARMUP_CALLS, min_duration_s=seconds, max_duration_s=None),
     )  # fmt: skip
     (instance,) = run_instances(task).instances
-    stats = latency_stats(instance.samples[:, 1])
-    return {
-        "img_s": instance.samples.shape[0] * batch / instance.last_completion_s,
-        "p50_ms": stats.p50 / 1000 if stats.p50 is not None else None,
-        "p99_ms": stats.p99 / 1000 if stats.p99 is not None else None,
-        "first_call_s": instance.first_call_us / 1e6,
-    }
+    return summarise(instance.samples[:, 1], instance.samples.shape[0] * case.batch / instance.last_completion_s,
+                     instance.first_call_us / 1e6)  # fmt: skip
 
 
-def timm_row(variant: str, batch: int, device: str, compiled: bool, seconds: float) -> dict[str, Any] | None:
-    """timm's model of the same shape, timed with CUDA events the same way (the anchor)."""
-    try:
-        import timm
-    except ImportError:
-        return None
-    if variant not in TIMM_MODELS:
-        return None
-    model = timm.create_model(TIMM_MODELS[variant], pretrained=False, img_size=224, num_classes=0)
-    model = model.to(device=device, dtype=torch.float16).eval()
-    runnable = torch.compile(model, mode="reduce-overhead") if compiled else model
-    inputs = torch.randn(batch, 3, 224, 224, device=device, dtype=torch.float16)
+def timm_row(case: Case, device: str, dtype: str, graphed: bool, seconds: float) -> dict | None:
+    """timm's model of the same shape (eager, or torch.compile + one CUDA graph), timed with CUDA events."""
+    import timm
+
+    model = timm.create_model(TIMM_MODELS[case.variant], pretrained=False, img_size=INPUT_SIZE[0], num_classes=0)
+    model = model.to(device=device, dtype=torch_dtype(dtype)).eval()
+    inputs = torch.randn(case.batch, 3, *INPUT_SIZE, device=device, dtype=torch_dtype(dtype))
+    stream = torch.cuda.Stream(device)
     started = time.perf_counter()
-    with torch.inference_mode():
-        runnable(inputs)
-        torch.cuda.synchronize()
+    if graphed:
+        compiled = torch.compile(model, dynamic=False)
+        graph, _ = capture_cuda_graph(lambda: compiled(inputs), stream)
+        forward: Callable[[], Any] = graph.replay
+    else:
+        forward = lambda: model(inputs)  # noqa: E731
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        forward()
+        stream.synchronize()
         first_call_s = time.perf_counter() - started
-        for _ in range(10):
-            runnable(inputs)
-        torch.cuda.synchronize()
+        for _ in range(WARMUP_CALLS):
+            forward()
+        stream.synchronize()
         times_us = []
         begin = time.perf_counter()
         while time.perf_counter() - begin < seconds:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            runnable(inputs)
+            forward()
             end.record()
             end.synchronize()
             times_us.append(start.elapsed_time(end) * 1000.0)
         elapsed = time.perf_counter() - begin
-    stats = latency_stats(np.asarray(times_us))
+    return summarise(np.asarray(times_us), len(times_us) * case.batch / elapsed, first_call_s)
+
+
+def summarise(model_us: np.ndarray, img_s: float, first_call_s: float) -> dict:
+    stats = latency_stats(model_us)
     return {
-        "img_s": len(times_us) * batch / elapsed,
-        "p50_ms": stats.p50 / 1000 if stats.p50 is not None else None,
-        "p99_ms": stats.p99 / 1000 if stats.p99 is not None else None,
+        "img_s": img_s,
+        "model_us_mean": float(np.mean(model_us)),
+        "p50_ms": None if stats.p50 is None else stats.p50 / 1000,
+        "p99_ms": None if stats.p99 is None else stats.p99 / 1000,
+        "samples": int(model_us.size),
         "first_call_s": first_call_s,
     }
 
 
-def main() -> int:
+def gemm_time_us(case: Case, device: str, dtype: str, cache: Path) -> float:
+    gemms = model_gemms(get_variant(case.variant), case.batch, INPUT_SIZE)
+    torch_name = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dtype]
+    timing = time_gemms(
+        gemms, runtime="torch", dtype=torch_name, threads=None, cache_dir=cache, fingerprint="device-check", device=device
+    )  # fmt: skip
+    return timing.gemm_time_us
+
+
+def run_case(case: Case, args: argparse.Namespace, deadline: float, rows: list[dict]) -> None:
+    on_gpu = args.device.startswith("cuda")
+    dtype = "fp16" if on_gpu else "fp32"
+    base = TorchConfig(
+        name="torch", device=args.device, dtype=dtype, compile=False, compile_mode="default", threads=0,
+        attention="auto", cuda_graphs=False, host_io=False, artifact="module", aot_inductor_configs={},
+    )  # fmt: skip
+    gemm_us = gemm_time_us(case, args.device, dtype, args.cache) if "efficiency" not in args.skip else None
+    for mode in args.modes:
+        row: dict[str, Any] = {"case": case.label, "variant": case.variant, "batch": case.batch, "mode": mode}
+        if time.perf_counter() > deadline:
+            rows.append({**row, "skipped": f"--budget-s {args.budget_s} spent"})
+            continue
+        timm_mode = mode in ("anchor", "timm eager")
+        if timm_mode and not (on_gpu and case.variant in TIMM_MODELS):
+            continue
+        started = time.perf_counter()
+        if mode == "anchor":
+            measured = timm_row(case, args.device, dtype, graphed=True, seconds=args.seconds)
+        elif mode == "timm eager":
+            measured = timm_row(case, args.device, dtype, graphed=False, seconds=args.seconds)
+        elif mode == "compile+graph":
+            backend = dataclasses.replace(base, compile=True, cuda_graphs=on_gpu)
+            measured = harness_row(case, backend, dtype, args.seconds, args.cache, None)
+        elif mode == "aoti+graph":
+            package = compile_package(
+                backbone(case.variant, args.cache).to(device=args.device, dtype=torch_dtype(dtype)),
+                batch=case.batch, input_size=INPUT_SIZE, dtype=torch_dtype(dtype), device=args.device,
+                attention="auto", inductor_configs={},
+                metadata={"batch": str(case.batch), "feature_dim": str(get_variant(case.variant).embed_dim)},
+                path=args.cache / f"{case.variant}-b{case.batch}-{dtype}.pt2",
+            )  # fmt: skip
+            backend = dataclasses.replace(base, artifact="aoti", cuda_graphs=on_gpu)
+            measured = harness_row(case, backend, dtype, args.seconds, args.cache, package)
+        else:
+            measured = harness_row(case, base, dtype, args.seconds, args.cache, None)
+        assert measured is not None
+        row.update(measured, system="timm" if timm_mode else "harness", wall_s=time.perf_counter() - started)
+        row["efficiency"] = None if gemm_us is None or timm_mode else gemm_us / measured["model_us_mean"]
+        rows.append(row)
+        print_row(row)
+        if on_gpu:
+            torch.cuda.empty_cache()
+
+
+HEADER = (
+    f"{'case':<16} {'mode':<14} {'img/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'eff':>5} {'samples':>7} "
+    f"{'1st call s':>10} {'row s':>6}"
+)
+
+
+def print_row(row: dict) -> None:
+    if "skipped" in row:
+        print(f"{row['case']:<16} {row['mode']:<14} skipped: {row['skipped']}", flush=True)
+        return
+
+    def shown(value: float | None, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
+    print(
+        f"{row['case']:<16} {row['mode']:<14} {row['img_s']:>9.1f} {shown(row['p50_ms'], '.3f'):>8} "
+        f"{shown(row['p99_ms'], '.3f'):>8} {shown(None if row['efficiency'] is None else 100 * row['efficiency'], '.0f'):>5} "
+        f"{row['samples']:>7} {row['first_call_s']:>10.1f} {row['wall_s']:>6.1f}",
+        flush=True,
+    )
+
+
+def verdicts(parities: dict[str, dict[str, float]], rows: list[dict]) -> list[dict]:
+    """Each target of the GPU issue judged on this call's numbers (``None``: a row it needs was not measured)."""
+    measured = {(row["case"], row["mode"]): row for row in rows if "skipped" not in row}
+    harness_modes = ("compile+graph", "aoti+graph", "eager")
+
+    def best(case: str, key: str, pick: Callable[..., Any]) -> tuple[float | None, str | None]:
+        found = [(measured[(case, mode)][key], mode) for mode in harness_modes if (case, mode) in measured]
+        found = [(value, mode) for value, mode in found if value is not None]
+        return pick(found) if found else (None, None)
+
+    def ratio(case: str, key: str, pick: Callable[..., Any], baseline_mode: str) -> tuple[float | None, str | None]:
+        value, mode = best(case, key, pick)
+        baseline = measured.get((case, baseline_mode), {}).get(key)
+        return (None, mode) if value is None or not baseline else (value / baseline, mode)
+
+    found = []
+    for label, case, key, pick, baseline, bound, higher in (
+        ("ViT-L/14-reg4 b64 img/s vs anchor", "vitl14_reg4 b64", "img_s", max, "anchor", 1.06, True),
+        ("ViT-L/14-reg4 b1 p50 vs anchor", "vitl14_reg4 b1", "p50_ms", min, "anchor", 0.9, False),
+        ("ViT-S/14-reg4 b256 img/s vs timm eager", "vits14_reg4 b256", "img_s", max, "timm eager", 1.08, True),
+    ):
+        value, mode = ratio(case, key, pick, baseline)
+        met = None if value is None else (value >= bound if higher else value <= bound)
+        found.append({"target": label, "ratio": value, "bound": bound, "best_mode": mode, "met": met})
+    for variant, cosines in parities.items():
+        for dtype, cosine in cosines.items():
+            found.append({
+                "target": f"{variant} {dtype} parity min cosine", "ratio": cosine, "bound": PARITY_TARGET,
+                "best_mode": None, "met": cosine >= PARITY_TARGET,
+            })  # fmt: skip
+    return found
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--variants", default="vits14_reg4,vitl14_reg4")
-    parser.add_argument("--batches", default="1,64")
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument(
-        "--systems",
-        default="harness,timm",
-        help="which to measure; run each in its own process when compiling: CUDA-graph trees keep per-thread "
-        "state, and the harness calls the model from its instance thread",
-    )
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/harness-device-cache"))
+    parser.add_argument("--cases", default="vitl14_reg4:64,vitl14_reg4:1,vits14_reg4:256", help="variant:batch,...")
+    parser.add_argument("--parity", default="vits14_reg4,vitl14_reg4", help="variants whose parity is checked")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}, in order")
+    parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per row")
+    parser.add_argument("--budget-s", type=float, default=280.0, help="no row starts after this many seconds")
+    parser.add_argument("--skip", default="", help="'efficiency' skips the GEMM-only timing")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "harness-device-check")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    args = parser.parse_args(argv)
+    args.modes = [mode for mode in args.modes.split(",") if mode]
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        parser.error(f"--modes: unknown {sorted(unknown)}; known: {', '.join(MODES)}")
+    args.cases = [Case(variant, int(batch)) for variant, batch in (item.split(":") for item in args.cases.split(","))]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    deadline = started + args.budget_s
+    on_gpu = args.device.startswith("cuda")
+    if on_gpu and not torch.cuda.is_available():
         print("no CUDA device visible: nothing to check", file=sys.stderr)
         return 2
-    on_gpu = args.device.startswith("cuda")
+    args.cache.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if on_gpu else "cpu"
-    print(f"device: {name}, torch {torch.__version__}", flush=True)
-    dtype = "fp16" if on_gpu else "fp32"
-    modes = [("eager", False)] + ([] if args.no_compile else [("compile+graphs", True)])
-    rows: list[dict[str, Any]] = []
-    header = f"{'variant':<12} {'system':<8} {'mode':<15} {'batch':>5} {'img/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'1st call s':>10}"
-    for variant in args.variants.split(","):
-        cosines = parity(variant, args.device, args.cache, ["fp16", "bf16"] if on_gpu else ["fp32"])
-        print(f"{variant}: parity min cos vs CPU fp32: {cosines}", flush=True)
-        rows.append({"variant": variant, "parity": cosines})
-        print(header, flush=True)
-        for batch in (int(value) for value in args.batches.split(",")):
-            for mode, compiled in modes:
-                backend = TorchConfig(
-                    name="torch", device=args.device, dtype=dtype, compile=compiled, compile_mode="reduce-overhead", threads=0
-                )  # fmt: skip
-                systems = args.systems.split(",")
-                measured: dict[str, dict[str, Any] | None] = {}
-                if "harness" in systems:
-                    measured["harness"] = harness_row(variant, batch, backend, args.seconds, args.cache)
-                if on_gpu and "timm" in systems:
-                    measured["timm"] = timm_row(variant, batch, args.device, compiled, args.seconds)
-                for system, row in measured.items():
-                    if row is None:
-                        continue
-                    rows.append({"variant": variant, "system": system, "mode": mode, "batch": batch, **row})
-                    p50 = f"{row['p50_ms']:.3f}" if row["p50_ms"] is not None else "-"
-                    p99 = f"{row['p99_ms']:.3f}" if row["p99_ms"] is not None else "-"
-                    print(
-                        f"{variant:<12} {system:<8} {mode:<15} {batch:>5} {row['img_s']:>9.1f} {p50:>8} {p99:>8} "
-                        f"{row['first_call_s']:>10.2f}",
-                        flush=True,
-                    )
+    print(f"device: {name}, torch {torch.__version__}, pid {os.getpid()}", flush=True)
+    parities = {}
+    for variant in (item for item in args.parity.split(",") if item):
+        parities[variant] = parity(variant, args.device, ["fp16", "bf16"] if on_gpu else ["fp32"], args.cache)
+        print(f"{variant}: parity min cos vs CPU fp32: {parities[variant]}", flush=True)
+    rows: list[dict] = []
+    print(HEADER, flush=True)
+    for case in args.cases:
+        run_case(case, args, deadline, rows)
+    targets = verdicts(parities, rows)
+    print("targets:", flush=True)
+    for target in targets:
+        value = "-" if target["ratio"] is None else f"{target['ratio']:.4f}"
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
+        print(f"  {target['target']:<44} {value:>8} (bound {target['bound']}) {verdict}", flush=True)
+    total_s = time.perf_counter() - started
+    print(f"total {total_s:.0f} s", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=2))
+        report = {"device": name, "torch": torch.__version__, "parity": parities, "rows": rows, "targets": targets,
+                  "total_s": total_s}  # fmt: skip
+        args.out.write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -22,6 +22,7 @@ from harness.backends import check_backend, is_toolchain
 from harness.config.schema import RunConfig
 from harness.environment import capture
 from harness.errors import DataError, HarnessError, MeasurementInvalid
+from harness.export.aot import build_aot_package, wants_aot_package
 from harness.export.device import compile_for_device
 from harness.export.stage import FLOAT_BASE, build_artifact
 from harness.fileio import write_text_atomic
@@ -86,6 +87,8 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
             if toolchain:
                 assert fp32_build is not None
                 build = compile_for_device(config, model, fp32_build)
+            elif wants_aot_package(config.backend):
+                build = build_aot_package(config, model, weights)
             else:
                 build = build_artifact(config, model, weights, base=fp32_build)
         artifact_path = build.artifact_path if build else None

@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.context import SpawnContext
 from pathlib import Path
-
-import psutil
+from typing import Any
 
 
 def spawn_context() -> SpawnContext:
@@ -62,8 +61,10 @@ class ToolRun:
         return "\n".join(self.output.rstrip().splitlines()[-lines:])
 
 
-def _sample_rss(tool: psutil.Process, peaks: dict[int, int]) -> None:
-    """Record the resident memory of ``tool`` and its descendants in ``peaks`` (pid -> largest seen)."""
+def _sample_rss(tool: Any, peaks: dict[int, int]) -> None:
+    """Record the resident memory of ``tool`` (a ``psutil.Process``) and its descendants in ``peaks``."""
+    import psutil
+
     with contextlib.suppress(psutil.Error):
         for process in [tool, *tool.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
@@ -84,6 +85,8 @@ def run_tool(
     assert process.stdout is not None
     reader = threading.Thread(target=lambda: chunks.extend(iter(process.stdout.read1, b"")), daemon=True)  # type: ignore[union-attr]
     reader.start()
+    import psutil  # here, not at the top: the GPU device check imports this module without psutil installed
+
     tool, peaks = psutil.Process(process.pid), dict[int, int]()
     deadline = started + timeout_s
     while reader.is_alive() and (remaining := deadline - time.perf_counter()) > 0:

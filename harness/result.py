@@ -229,6 +229,14 @@ class HostTelemetry:
     interval_s: float
 
 
+@dataclass(frozen=True)
+class TransferSplit:
+    """Per-call copy times, CUDA events on the backend's copy stream: input host -> device, features back."""
+
+    h2d: LatencyStats
+    d2h: LatencyStats
+
+
 @dataclass(frozen=True, kw_only=True)
 class Measurement:
     """One independent run of the load.
@@ -252,6 +260,9 @@ class Measurement:
         dispatch_delay_us: open loop only: per call, how late the load generator dispatched it after it was due
             (its batch ready and the server free). Every request of the call pays it inside its latency: it is
             the load generator's own error, near zero when the host wakes its thread on time.
+        telemetry: the accelerator sampled during the window (NVML on CUDA, or the vendor profiler's report).
+        transfer_us: where the backend copies each batch itself (torch on CUDA with ``backend.host_io``), the
+            per-call host-to-device and device-to-host times beside the model time of ``latency_us.model``.
     """
 
     samples: int
@@ -269,6 +280,8 @@ class Measurement:
     validity: Validity
     host: HostTelemetry | None = None
     dispatch_delay_us: LatencyStats | None = None
+    telemetry: DeviceTelemetry | None = None
+    transfer_us: TransferSplit | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +332,8 @@ class DeviceTelemetry:
         temperature_c: temperature, degrees Celsius (``temperature (°C)``).
         images_per_joule: throughput / power, where power was reported.
         source: what reported them (``vamp``, ``nvml``).
+        sm_clock_mhz: mean SM clock over the window (NVML).
+        samples: readings in the window (NVML samples at 20 Hz; ``None``: the tool's own summary).
     """
 
     ai_utilize_pct: float | None
@@ -327,6 +342,8 @@ class DeviceTelemetry:
     temperature_c: float | None
     images_per_joule: float | None
     source: str
+    sm_clock_mhz: float | None = None
+    samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -376,7 +393,6 @@ class PerfResult(Measurement):
     probes: tuple[Probe, ...] = field(default=())
     efficiency: Efficiency | None = None
     stability: Stability | None = None
-    telemetry: DeviceTelemetry | None = None
     samples_source: Literal["harness", "vamp"] = "harness"
 
 

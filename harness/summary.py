@@ -82,6 +82,15 @@ def format_summary(result: RunResult) -> str:
             )
         if perf.telemetry:
             rows.append(("device", _telemetry(perf.telemetry)))
+        if perf.transfer_us:
+            split = perf.transfer_us
+            rows.append(
+                (
+                    "copies",
+                    f"host->device {split.h2d.avg:.0f} us, device->host {split.d2h.avg:.0f} us per call on average "
+                    f"(model {perf.latency_us.model.avg:.0f} us): CUDA events on the copy stream",
+                )
+            )
         if perf.host:
             host = perf.host
             rows.append(
@@ -176,7 +185,8 @@ def _telemetry(telemetry: DeviceTelemetry) -> str:
     fields = (
         ("ai utilize", telemetry.ai_utilize_pct, "{:.1f}%"), ("die memory", telemetry.die_memory_used_mb, "{:.0f} MB"),
         ("power", telemetry.card_power_w, "{:.1f} W"), ("temperature", telemetry.temperature_c, "{:.1f} °C"),
-        ("", telemetry.images_per_joule, "{:.1f} img/J"),
+        ("", telemetry.images_per_joule, "{:.1f} img/J"), ("SM clock", telemetry.sm_clock_mhz, "{:.0f} MHz"),
     )  # fmt: skip
     shown = [f"{label} {form.format(value)}".strip() for label, value, form in fields if value is not None]
-    return f"{', '.join(shown)} ({telemetry.source})"
+    samples = f", {telemetry.samples} samples" if telemetry.samples is not None else ""
+    return f"{', '.join(shown)} ({telemetry.source}{samples})"

@@ -203,9 +203,11 @@ def _extract_all(
             artifact_path=artifact_path, model=config.model, precision=precision,
             cache_dir=str(config.paths.path("cache")),
         )  # fmt: skip
-        opened = open_backend(backend, target, shape=(3, *config.vdsp_params.output_size), batch=config.accuracy.batch)
+        opened = open_backend(backend, target, shape=(3, *config.vdsp_params.output_size), batch=1)
+        # An artifact compiled for one batch (an AOTInductor package) describes at most that many images a call.
+        batch = min(config.accuracy.batch, opened.max_batch or config.accuracy.batch)
         extract_one = functools.partial(
-            extract, factory=opened.factory, input_dtype=opened.input_dtype, batch=config.accuracy.batch, **common
+            extract, factory=opened.factory, input_dtype=opened.input_dtype, batch=batch, **common
         )
     query, skipped_queries = extract_one(query_jobs, output=folder / "features_query.npy")
     database, skipped_images = extract_one(database_jobs, output=folder / "features_database.npy")

@@ -69,7 +69,9 @@ class Backend(Protocol):
     runs; what it found goes into the result), ``resolve`` adds the checks against the artifact,
     ``load`` builds the runnable model, ``prepare`` places one input batch where the runtime reads it (once,
     before timing), ``infer`` runs that batch to completion (synchronised) and returns the model time in
-    microseconds when the runtime measures it itself (CUDA events), else ``None``; ``close`` frees it.
+    microseconds when the runtime measures it itself (CUDA events), else ``None``; ``last_transfer_us`` gives
+    the (host-to-device, device-to-host) copy times of that call where the backend copies and times them itself,
+    else ``None``; ``close`` frees it.
     """
 
     precisions: ClassVar[tuple[str, ...]]
@@ -82,6 +84,7 @@ class Backend(Protocol):
     def load(self, target: LoadTarget) -> None: ...
     def prepare(self, batch: np.ndarray) -> None: ...
     def infer(self) -> float | None: ...
+    def last_transfer_us(self) -> tuple[float, float] | None: ...
     def outputs(self) -> np.ndarray: ...
     def close(self) -> None: ...
 
@@ -208,11 +211,13 @@ class BackendFactory:
 
 @dataclass(frozen=True)
 class OpenedBackend:
-    """A backend checked against its target: what it resolved to, the input dtype it takes, and its factory."""
+    """A backend checked against its target: what it resolved to, the input dtype it takes, the most images a
+    call takes (``None``: any), and its factory."""
 
     factory: BackendFactory
     resolved: dict[str, object]
     input_dtype: str
+    max_batch: int | None = None
 
 
 def check_precision(entry: BackendEntry, config: Any, precision: str) -> None:
@@ -238,7 +243,7 @@ def reference_backend() -> Any:
     backend cannot (the fp32 reference of a toolchain run)."""
     return get_backend("onnxruntime").config_type(
         name="onnxruntime", providers=("CPUExecutionProvider",), provider_options=(), intra_op_threads=0,
-        inter_op_threads=0, graph_optimization="all", io_binding=False,
+        inter_op_threads=0, graph_optimization="all", io_binding=False, trt_fp16=False, trt_engine_cache=None,
     )  # fmt: skip
 
 
@@ -285,4 +290,6 @@ def open_backend(config: Any, target: LoadTarget, *, shape: tuple[int, int, int]
     max_batch = signature.shape[0]
     if max_batch is not None and batch > max_batch:
         raise ConfigError(f"perf.batch={batch}: the artifact accepts batch {max_batch} at most")
-    return OpenedBackend(factory=BackendFactory(config, target), resolved=resolved, input_dtype=signature.dtype)
+    return OpenedBackend(
+        factory=BackendFactory(config, target), resolved=resolved, input_dtype=signature.dtype, max_batch=max_batch
+    )

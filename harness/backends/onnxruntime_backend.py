@@ -1,4 +1,11 @@
-"""ONNX Runtime backend: execution providers and session options from config, IO binding on devices."""
+"""ONNX Runtime backend: execution providers and session options from config, IO binding on devices.
+
+The CUDA and TensorRT providers come with ``onnxruntime-gpu`` (the ``ort-gpu`` extra), which replaces the CPU
+``onnxruntime`` package. TensorRT's fp16 switch and engine cache folder come from config and are merged into its
+provider options (explicit ``provider_options`` win). ONNX Runtime silently falls back to the next provider
+when a device provider fails to load (missing CUDA or cuDNN libraries); the session's providers are checked
+after loading, so such a run fails instead of timing the CPU.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +18,13 @@ import numpy as np
 
 from harness.backends import InputSignature, LoadTarget, register_backend
 from harness.errors import BackendUnavailable, ConfigError
+from harness.nvml import device_info
 
 GRAPH_OPTIMIZATION = Literal["disable", "basic", "extended", "all"]
 # Providers that keep tensors in device memory, where binding inputs once saves a copy per call.
 DEVICE_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+GPU_PACKAGE_HINT = "install onnxruntime-gpu in place of onnxruntime: pip install 'dinov2-deploy-harness[ort-gpu]'"
+TENSORRT = "TensorrtExecutionProvider"
 KNOWN_PROVIDERS = (
     "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "OpenVINOExecutionProvider",
     "DnnlExecutionProvider", "ROCMExecutionProvider", "CoreMLExecutionProvider", "QNNExecutionProvider",
@@ -32,6 +42,9 @@ class OrtConfig:
         inter_op_threads: threads across operators (parallel execution mode); 0 lets ONNX Runtime choose.
         graph_optimization: ONNX Runtime graph optimisation level.
         io_binding: bind the input once and keep outputs on the device (used with device providers only).
+        trt_fp16: let TensorRT build fp16 engines (``trt_fp16_enable``).
+        trt_engine_cache: folder TensorRT keeps its built engines in (``trt_engine_cache_path``); ``null`` is
+            ``<paths.cache>/tensorrt``.
     """
 
     name: Literal["onnxruntime"]
@@ -41,6 +54,8 @@ class OrtConfig:
     inter_op_threads: int
     graph_optimization: GRAPH_OPTIMIZATION
     io_binding: bool
+    trt_fp16: bool
+    trt_engine_cache: str | None
 
     def __post_init__(self) -> None:
         if not self.providers:
@@ -51,6 +66,27 @@ class OrtConfig:
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ConfigError("backend.intra_op_threads / inter_op_threads: expected >= 0 (0 = runtime default)")
+
+
+def session_provider_options(config: OrtConfig, cache_dir: str) -> list[dict[str, str]]:
+    """One options mapping per provider: TensorRT's fp16 switch and engine cache from config, then the
+    explicit ``provider_options`` (which win)."""
+    explicit = list(config.provider_options) or [{} for _ in config.providers]
+    merged = []
+    for provider, options in zip(config.providers, explicit, strict=True):
+        derived: dict[str, str] = {}
+        if provider == TENSORRT:
+            derived = {
+                "trt_fp16_enable": str(config.trt_fp16),
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": config.trt_engine_cache or str(Path(cache_dir) / "tensorrt"),
+            }
+        merged.append({**derived, **{key: str(value) for key, value in options.items()}})
+    return merged
+
+
+def _device_id(config: OrtConfig) -> int:
+    return int(dict(config.provider_options[0]).get("device_id", 0)) if config.provider_options else 0
 
 
 def _numpy_dtype(onnx_type: int) -> str:
@@ -80,15 +116,21 @@ class OrtBackend:
                 known = KNOWN_PROVIDERS if provider not in KNOWN_PROVIDERS else available
                 close = difflib.get_close_matches(provider, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close and close[0] != provider else ""
+                if provider in DEVICE_PROVIDERS:
+                    hint = f"; {GPU_PACKAGE_HINT}"
                 raise BackendUnavailable(
                     f"backend.providers: {provider!r} is not available in onnxruntime {onnxruntime.__version__} "
                     f"(installed: {available}){hint}"
                 )
-        return {
+        found: dict[str, object] = {
             "onnxruntime": onnxruntime.__version__,
             "providers": list(self.config.providers),
             "available": available,
         }
+        if self.config.providers[0] in DEVICE_PROVIDERS:
+            found["device"] = f"cuda:{_device_id(self.config)}"
+            found.update(device_info(_device_id(self.config)))
+        return found
 
     def resolve(self, target: LoadTarget) -> dict[str, object]:
         found = self.check_environment()
@@ -118,20 +160,23 @@ class OrtBackend:
         }[self.config.graph_optimization]
         if self.config.inter_op_threads:
             options.execution_mode = onnxruntime.ExecutionMode.ORT_PARALLEL
-        provider_options = list(self.config.provider_options) or None
         self.session = onnxruntime.InferenceSession(
             str(self._artifact(target)), sess_options=options, providers=list(self.config.providers),
-            provider_options=provider_options,
+            provider_options=session_provider_options(self.config, target.cache_dir),
         )  # fmt: skip
+        active = self.session.get_providers()
+        if active[0] != self.config.providers[0]:
+            raise BackendUnavailable(
+                f"backend.providers: ONNX Runtime loaded {active} instead of {self.config.providers[0]!r} (it falls "
+                "back when a provider's libraries, e.g. CUDA or cuDNN, fail to load; its log above says which)"
+            )
 
     def prepare(self, batch: np.ndarray) -> None:
         input_name = self.session.get_inputs()[0].name
         if self.config.io_binding and self.config.providers[0] in DEVICE_PROVIDERS:
             import onnxruntime
 
-            device_id = (
-                int(dict(self.config.provider_options[0]).get("device_id", 0)) if self.config.provider_options else 0
-            )
+            device_id = _device_id(self.config)
             value = onnxruntime.OrtValue.ortvalue_from_numpy(batch, "cuda", device_id)
             self.binding = self.session.io_binding()
             self.binding.bind_ortvalue_input(input_name, value)
@@ -147,6 +192,9 @@ class OrtBackend:
             self.last_outputs = self.binding.get_outputs()
         else:
             self.last_outputs = self.session.run(None, self.feed)
+        return None
+
+    def last_transfer_us(self) -> None:
         return None
 
     def outputs(self) -> np.ndarray:

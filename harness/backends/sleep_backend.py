@@ -87,6 +87,9 @@ class SleepBackend:
             pass
         return None
 
+    def last_transfer_us(self) -> None:
+        return None
+
     def outputs(self) -> np.ndarray:
         return self.result
 

@@ -1,11 +1,24 @@
-"""PyTorch backend: eager or ``torch.compile``, on CPU or CUDA, in fp32 / fp16 / bf16.
+"""PyTorch backend: the harness's DINOv2 module (eager or ``torch.compile``) or its AOTInductor package, on CPU
+or CUDA, in fp32 / fp16 / bf16.
 
-It runs the harness's own DINOv2 module built from the model config (the same weights the ONNX artifact
-was exported from). On CUDA the model time of each call is measured with CUDA events.
+On CUDA each instance owns a compute stream and a copy stream, so instances in one process overlap one's
+copies with another's compute. The model time of each call is measured with CUDA events on the compute
+stream; with ``host_io`` each call also copies its input from pinned host memory and its features back, on
+the copy stream, timed with events too (``last_transfer_us``), so the end-to-end time is what a server sees.
+``cuda_graphs`` captures one CUDA graph per batch size (after a warm-up on a side stream) into the input
+buffer of that size, and replays it: the cure for launch-bound batch-1 latency.
+
+An AOTInductor package is compiled for one batch size (its metadata says which); smaller batches are padded
+to it and the padding rows' outputs dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -14,9 +27,18 @@ import numpy as np
 
 from harness.backends import InputSignature, LoadTarget, register_backend
 from harness.errors import BackendUnavailable, ConfigError
+from harness.nvml import device_info
 
 TorchDtype = Literal["fp32", "fp16", "bf16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+AttentionKernel = Literal["auto", "flash", "efficient", "cudnn", "math"]
+Artifact = Literal["module", "aoti"]
+# torch.compile modes that capture CUDA graphs themselves (a second capture around them is refused).
+GRAPHING_MODES = ("reduce-overhead", "max-autotune")
+# Calls on a side stream before a capture: lazy initialisation (cuBLAS handles, autotuning) must not be captured.
+CAPTURE_WARMUP_CALLS = 3
+AOTI_PACKAGE_SUFFIX = ".pt2"
+CUDA_ONLY_KERNELS = ("efficient", "cudnn")
 
 
 @dataclass(frozen=True)
@@ -27,8 +49,15 @@ class TorchConfig:
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: compute dtype; ``null`` follows ``precision`` (bf16 is only reachable here).
         compile: wrap the model in ``torch.compile``.
-        compile_mode: the ``torch.compile`` mode (``reduce-overhead`` uses CUDA graphs).
+        compile_mode: the ``torch.compile`` mode (``reduce-overhead`` and ``max-autotune`` capture CUDA graphs).
         threads: CPU intra-op threads; 0 keeps torch's default.
+        attention: the scaled-dot-product-attention kernel (``auto`` lets torch choose per call).
+        cuda_graphs: capture one CUDA graph per batch size and replay it (CUDA only).
+        host_io: each call copies its input from pinned host memory and its features back (CUDA; the copies are
+            timed apart from the model time); ``false`` keeps the input on the device, as the timm anchor does.
+        artifact: ``module`` (the DINOv2 module built from the model config) or ``aoti`` (the AOTInductor package
+            the build stage compiles, loaded without recompiling).
+        aot_inductor_configs: Inductor settings for the AOTInductor build (e.g. ``max_autotune: true``).
     """
 
     name: Literal["torch"]
@@ -37,10 +66,83 @@ class TorchConfig:
     compile: bool
     compile_mode: CompileMode
     threads: int
+    attention: AttentionKernel
+    cuda_graphs: bool
+    host_io: bool
+    artifact: Artifact
+    aot_inductor_configs: dict[str, Any]
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"backend.device={self.device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+        on_cuda = self.device.startswith("cuda")
+        if self.cuda_graphs and not on_cuda:
+            raise ConfigError("backend.cuda_graphs=true needs backend.device=cuda (CUDA graphs are a CUDA feature)")
+        if self.cuda_graphs and self.compile and self.compile_mode in GRAPHING_MODES:
+            raise ConfigError(
+                f"backend.cuda_graphs=true with backend.compile_mode={self.compile_mode}: that mode captures CUDA "
+                "graphs itself; use compile_mode=default or max-autotune-no-cudagraphs with cuda_graphs"
+            )
+        if not on_cuda and self.attention in CUDA_ONLY_KERNELS:
+            raise ConfigError(f"backend.attention={self.attention} is a CUDA kernel; on the CPU: auto, flash or math")
+        if self.artifact == "aoti" and self.compile:
+            raise ConfigError(
+                "backend.artifact=aoti is compiled ahead of time by the build stage: set backend.compile=false"
+            )
+
+
+def attention_kernel(choice: str) -> contextlib.AbstractContextManager[Any]:
+    """The context that restricts scaled-dot-product attention to ``choice`` (no restriction for ``auto``)."""
+    if choice == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernels = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    return sdpa_kernel([kernels[choice]])
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def capture_cuda_graph(forward: Callable[[], Any], stream: Any) -> tuple[Any, Any]:
+    """(graph, its output tensor): ``forward`` (reading fixed device buffers) captured on ``stream`` after
+    ``CAPTURE_WARMUP_CALLS`` calls on a side stream; each ``graph.replay()`` rewrites that output in place."""
+    import torch
+
+    side = torch.cuda.Stream(stream.device)
+    side.wait_stream(stream)
+    with torch.inference_mode():
+        with torch.cuda.stream(side):
+            for _ in range(CAPTURE_WARMUP_CALLS):
+                forward()
+        stream.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            output = forward()
+    stream.synchronize()
+    return graph, output
+
+
+@dataclass
+class _Slot:
+    """The buffers of one batch size: ``rows`` placed by the caller within ``capacity`` (the AOT package's batch
+    or ``rows``), the host input (pinned on CUDA), the device input, the host output, and its CUDA graph."""
+
+    rows: int
+    capacity: int
+    host_input: Any
+    device_input: Any
+    host_output: Any = None
+    graph: Any = None
+    graph_output: Any = None
 
 
 @register_backend("torch", config=TorchConfig)
@@ -50,74 +152,214 @@ class TorchBackend:
 
     def __init__(self, config: TorchConfig) -> None:
         self.config = config
-        self.model: Any = None
-        self.batch: Any = None
+        self.on_cuda = config.device.startswith("cuda")
+        self.runnable: Any = None
+        self.dtype: Any = None
+        self.fixed_batch: int | None = None
+        self.feature_dim = 0
+        self.slots: dict[int, _Slot] = {}
+        self.slot: _Slot | None = None
         self.result: Any = None
-        self.events: tuple[Any, Any] | None = None
+        self.streams: tuple[Any, Any] | None = None  # (compute, copy)
+        self.events: tuple[Any, Any, Any, Any] | None = None
+        self.transfer: tuple[float, float] | None = None
+        self.graphs_captured = 0
 
-    def _dtype(self, target: LoadTarget) -> Any:
-        import torch
-
-        name = self.config.dtype or target.precision
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    def _dtype_name(self, target: LoadTarget) -> str:
+        return self.config.dtype or target.precision
 
     def resolve(self, target: LoadTarget) -> dict[str, object]:
-        return self.check_environment()
+        found = self.check_environment()
+        if self.config.artifact == "aoti":
+            self._package(target)
+        return found
 
     def check_environment(self) -> dict[str, object]:
         import torch
 
-        if self.config.device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailable(
-                f"backend.device={self.config.device!r}: torch {torch.__version__} sees no CUDA device"
-            )
         found: dict[str, object] = {"torch": torch.__version__, "device": self.config.device}
-        if self.config.device.startswith("cuda"):
-            found["device_name"] = torch.cuda.get_device_name(torch.device(self.config.device))
+        if not self.on_cuda:
+            return found
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(
+                f"backend.device={self.config.device!r}: torch {torch.__version__} sees no CUDA device "
+                "(a CPU-only torch build, no driver, or CUDA_VISIBLE_DEVICES hides it)"
+            )
+        device = torch.device(self.config.device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise BackendUnavailable(
+                f"backend.device={self.config.device!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+        major, minor = torch.cuda.get_device_capability(index)
+        found.update(
+            device=f"cuda:{index}", device_name=torch.cuda.get_device_name(index), cuda=torch.version.cuda,
+            compute_capability=f"{major}.{minor}",
+        )  # fmt: skip
+        found.update(device_info(index))
         return found
 
     def input_signature(self, target: LoadTarget) -> InputSignature:
-        # Inputs arrive as float32 host arrays and are cast to the compute dtype on the device in prepare().
-        return InputSignature(shape=(None, 3, *target.model.input_size), dtype="float32")
+        # Inputs arrive as float32 host arrays; prepare() casts them to the compute dtype once.
+        batch = int(self._metadata(target)["batch"]) if self.config.artifact == "aoti" else None
+        return InputSignature(shape=(batch, 3, *target.model.input_size), dtype="float32")
 
     def load(self, target: LoadTarget) -> None:
         import torch
 
-        from harness.models.variants import get_variant
-        from harness.models.weights import load_backbone
-
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        model, _ = load_backbone(
-            get_variant(target.model.variant), weights=target.model.weights, seed=target.model.seed,
-            cache_dir=Path(target.cache_dir), input_size=target.model.input_size, progress=False,
-        )  # fmt: skip
-        model = model.to(device=self.config.device, dtype=self._dtype(target)).eval()
-        self.model = torch.compile(model, mode=self.config.compile_mode) if self.config.compile else model
-        if self.config.device.startswith("cuda"):
-            self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        self.dtype = torch_dtype(self._dtype_name(target))
+        if self.config.artifact == "aoti":
+            with torch.cuda.device(self.config.device) if self.on_cuda else contextlib.nullcontext():
+                self.runnable = torch._inductor.aoti_load_package(str(self._package(target)))
+            metadata = self.runnable.get_metadata()
+            self.fixed_batch, self.feature_dim = int(metadata["batch"]), int(metadata["feature_dim"])
+        else:
+            from harness.models.variants import get_variant
+            from harness.models.weights import load_backbone
+
+            model, _ = load_backbone(
+                get_variant(target.model.variant), weights=target.model.weights, seed=target.model.seed,
+                cache_dir=Path(target.cache_dir), input_size=target.model.input_size, progress=False,
+            )  # fmt: skip
+            model = model.to(device=self.config.device, dtype=self.dtype).eval()
+            self.feature_dim = model.spec.embed_dim
+            # dynamic=False: an instance runs one batch size, and a second size must not turn the batch axis
+            # symbolic for every later compile (slower kernels).
+            self.runnable = (
+                torch.compile(model, mode=self.config.compile_mode, dynamic=False) if self.config.compile else model
+            )
+        if self.on_cuda:
+            device = torch.device(self.config.device)
+            self.streams = (torch.cuda.Stream(device), torch.cuda.Stream(device))
+            self.events = tuple(torch.cuda.Event(enable_timing=True) for _ in range(4))  # type: ignore[assignment]
 
     def prepare(self, batch: np.ndarray) -> None:
         import torch
 
-        self.batch = torch.from_numpy(batch).to(device=self.config.device, dtype=next(self.model.parameters()).dtype)
+        rows = batch.shape[0]
+        capacity = self.fixed_batch or rows
+        if rows > capacity:
+            raise ConfigError(f"a batch of {rows} images: the AOTInductor package was compiled for batch {capacity}")
+        slot = self.slots.get(rows)
+        if slot is None:
+            slot = self.slots[rows] = self._new_slot(rows, capacity, batch.shape[1:])
+        slot.host_input[:rows].copy_(torch.from_numpy(np.ascontiguousarray(batch)).to(self.dtype))
+        if not (self.on_cuda and self.config.host_io):
+            slot.device_input.copy_(slot.host_input)
+            if self.on_cuda:
+                # A copy from pageable memory may return before its DMA is done, and the compute stream does not
+                # wait for the stream it ran on.
+                torch.cuda.synchronize(slot.device_input.device)
+        self.slot = slot
+        if self.config.cuda_graphs and slot.graph is None:
+            self._capture(slot)
+
+    def _new_slot(self, rows: int, capacity: int, shape: tuple[int, ...]) -> _Slot:
+        import torch
+
+        pinned = self.on_cuda and self.config.host_io
+        host_input = torch.zeros((capacity, *shape), dtype=self.dtype, pin_memory=pinned)
+        slot = _Slot(
+            rows=rows, capacity=capacity, host_input=host_input,
+            device_input=host_input if not self.on_cuda else torch.zeros_like(host_input, device=self.config.device),
+        )  # fmt: skip
+        if pinned:
+            slot.host_output = torch.zeros((capacity, self.feature_dim), dtype=self.dtype, pin_memory=True)
+        return slot
+
+    def _capture(self, slot: _Slot) -> None:
+        assert self.streams is not None
+        with attention_kernel(self.config.attention):
+            slot.graph, slot.graph_output = capture_cuda_graph(
+                functools.partial(self.runnable, slot.device_input), self.streams[0]
+            )
+        self.graphs_captured += 1
+
+    def _forward(self, slot: _Slot) -> Any:
+        if slot.graph is not None:
+            slot.graph.replay()
+            return slot.graph_output
+        with attention_kernel(self.config.attention):
+            return self.runnable(slot.device_input)
 
     def infer(self) -> float | None:
         import torch
 
+        slot = self.slot
+        assert slot is not None, "prepare() places a batch before infer()"
         with torch.inference_mode():
-            if self.events is None:
-                self.result = self.model(self.batch)
+            if self.streams is None or self.events is None:
+                self.result = self._forward(slot)
                 return None
-            start, end = self.events
-            start.record()
-            self.result = self.model(self.batch)
-            end.record()
-            end.synchronize()
-            return float(start.elapsed_time(end)) * 1000.0
+            compute, copy = self.streams
+            copy_start, model_start, model_end, copy_end = self.events
+            host_io = self.config.host_io
+            if host_io:
+                with torch.cuda.stream(copy):
+                    copy_start.record()
+                    slot.device_input.copy_(slot.host_input, non_blocking=True)
+                    model_start.record()
+                compute.wait_event(model_start)
+            with torch.cuda.stream(compute):
+                if not host_io:
+                    model_start.record()
+                self.result = self._forward(slot)
+                model_end.record()
+            if host_io:
+                copy.wait_event(model_end)
+                with torch.cuda.stream(copy):
+                    slot.host_output.copy_(self.result, non_blocking=True)
+                    copy_end.record()
+                copy_end.synchronize()
+                self.transfer = (
+                    copy_start.elapsed_time(model_start) * 1000.0,
+                    model_end.elapsed_time(copy_end) * 1000.0,
+                )
+            else:
+                model_end.synchronize()
+            return float(model_start.elapsed_time(model_end)) * 1000.0
+
+    def last_transfer_us(self) -> tuple[float, float] | None:
+        return self.transfer
 
     def outputs(self) -> np.ndarray:
-        return self.result.float().cpu().numpy()
+        slot = self.slot
+        assert slot is not None
+        if slot.host_output is not None:
+            return slot.host_output[: slot.rows].float().numpy()
+        return self.result[: slot.rows].float().cpu().numpy()
 
     def close(self) -> None:
-        self.model = self.batch = self.result = None
+        self.runnable = self.result = self.slot = self.streams = self.events = None
+        self.slots = {}
+
+    def _package(self, target: LoadTarget) -> Path:
+        if target.artifact_path is None or not target.artifact_path.endswith(AOTI_PACKAGE_SUFFIX):
+            raise ConfigError(
+                f"backend.artifact=aoti needs the build stage's AOTInductor package (*{AOTI_PACKAGE_SUFFIX}), got "
+                f"{target.artifact_path}: include 'build' in stages"
+            )
+        path = Path(target.artifact_path)
+        if not path.is_file():
+            raise ConfigError(f"artifact {path} does not exist: run the build stage first")
+        return path
+
+    def _metadata(self, target: LoadTarget) -> dict[str, str]:
+        """The package's metadata (its batch, feature width, device), read from the archive without loading it."""
+        path = self._package(target)
+        metadata = package_metadata(path)
+        built_for = metadata.get("AOTI_DEVICE_KEY", "?")
+        if built_for != self.config.device.partition(":")[0]:
+            raise ConfigError(f"{path.name} was compiled for {built_for}, not backend.device={self.config.device}")
+        return metadata
+
+
+def package_metadata(path: Path) -> dict[str, str]:
+    """The metadata an AOTInductor package carries (``aot_inductor.metadata`` plus the compiler's own keys)."""
+    with zipfile.ZipFile(path) as archive:
+        names = [name for name in archive.namelist() if name.endswith("wrapper_metadata.json")]
+        if not names:
+            raise ConfigError(f"{path}: not an AOTInductor package (no wrapper metadata inside)")
+        return dict(json.loads(archive.read(names[0])))

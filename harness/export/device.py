@@ -13,7 +13,6 @@ import logging
 import tempfile
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from harness.data.photos import sample_photos
 from harness.export import cache
 from harness.export.onnx_export import INPUT_NAME
 from harness.export.parity import compare_features, reference_features
-from harness.export.stage import MANIFEST_SCHEMA_VERSION, cached_or_built
+from harness.export.stage import cached_or_built, new_manifest
 from harness.models import dinov2
 from harness.preprocess import batch_of
 from harness.result import BuildManifest, BuildResult, ParityResult, ToolchainRecord
@@ -84,17 +83,14 @@ def _compile_into_cache(
         )  # fmt: skip
         parity = device_parity(config, model, toolchain, compiled.prefix)
         prefix = str(compiled.prefix.relative_to(staging))
-        manifest = BuildManifest(
-            schema_version=MANIFEST_SCHEMA_VERSION,
-            artifact_name=folder.name,
+        manifest = new_manifest(
+            staging,
+            folder,
             format=config.backend.name,
             model_file=prefix,
-            cache_key=key,
-            key_fields=fields,
-            files=cache.artifact_files(staging),
-            external_data=False,
-            export_time_s=round(compiled.run.wall_s, 3),
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            key=key,
+            fields=fields,
+            export_time_s=compiled.run.wall_s,
             parity=parity,
             toolchain=ToolchainRecord(
                 base_artifact=base.manifest.artifact_name,

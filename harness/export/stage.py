@@ -26,7 +26,14 @@ from harness.export import cache, onnx_export, quantize
 from harness.export.parity import check_parity
 from harness.export.quantize import CalibrationSet, calibration_set, resolve_reduce_range
 from harness.models import dinov2
-from harness.result import BuildManifest, BuildResult, ParityResult, QuantizationRecord, WeightsInfo
+from harness.result import (
+    BuildManifest,
+    BuildResult,
+    ParityResult,
+    QuantizationRecord,
+    ToolchainRecord,
+    WeightsInfo,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -154,23 +161,36 @@ def _build_into_cache(
         parity = check_parity(
             model_path, model, precision=config.precision, build=config.build, input_size=config.model.input_size
         )
-        manifest = BuildManifest(
-            schema_version=MANIFEST_SCHEMA_VERSION,
-            artifact_name=name,
-            format=config.build.format,
-            model_file=model_path.name,
-            cache_key=key,
-            key_fields=fields,
-            files=cache.artifact_files(staging),
-            external_data=external,
-            export_time_s=round(export_time_s, 3),
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            parity=parity,
-            quantization=quantization,
-        )
+        manifest = new_manifest(
+            staging, folder, format=config.build.format, model_file=model_path.name, key=key, fields=fields,
+            export_time_s=export_time_s, parity=parity, external_data=external, quantization=quantization,
+        )  # fmt: skip
         manifest = cache.publish(staging, folder, manifest, replace=config.build.force)
     log.info("build done artifact=%s export_time_s=%.1f external_data=%s", folder, export_time_s, external)
     return manifest
+
+
+def new_manifest(
+    staging: Path, folder: Path, *, format: str, model_file: str, key: str, fields: dict[str, object],
+    export_time_s: float, parity: ParityResult, external_data: bool = False,
+    quantization: QuantizationRecord | None = None, toolchain: ToolchainRecord | None = None,
+) -> BuildManifest:  # fmt: skip
+    """The ``build.json`` of an artifact built in ``staging`` for the cache ``folder`` (every file listed)."""
+    return BuildManifest(
+        schema_version=MANIFEST_SCHEMA_VERSION,
+        artifact_name=folder.name,
+        format=format,
+        model_file=model_file,
+        cache_key=key,
+        key_fields=fields,
+        files=cache.artifact_files(staging),
+        external_data=external_data,
+        export_time_s=round(export_time_s, 3),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        parity=parity,
+        quantization=quantization,
+        toolchain=toolchain,
+    )
 
 
 def _export(

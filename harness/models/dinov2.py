@@ -51,7 +51,9 @@ class Attention(nn.Module):
             query_bias, key_value_bias = self.qkv.bias.split((width, 2 * width))
             query = F.linear(tokens[:, :query_tokens], query_weight, query_bias)
             query = query.reshape(batch, query_tokens, self.num_heads, head).transpose(1, 2)
-            key_value = F.linear(tokens, key_value_weight, key_value_bias).reshape(batch, length, 2, self.num_heads, head)
+            key_value = F.linear(tokens, key_value_weight, key_value_bias).reshape(
+                batch, length, 2, self.num_heads, head
+            )
             key, value = key_value.permute(2, 0, 3, 1, 4).unbind(0)
         attended = F.scaled_dot_product_attention(query, key, value)
         return self.proj(attended.transpose(1, 2).reshape(batch, -1, width))

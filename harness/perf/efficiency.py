@@ -16,7 +16,6 @@ fingerprint in ``<paths.cache>/gemm/``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import time
@@ -142,7 +141,8 @@ def _matmul_graph(gemm: Gemm, dtype: str) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
 
 
-Runner = Callable[[Gemm, np.ndarray, np.ndarray], Callable[[], object]]
+# A runner makes, for one GEMM's operands, a function that runs it N times back to back and returns when done.
+Runner = Callable[[Gemm, np.ndarray, np.ndarray], Callable[[int], object]]
 
 
 @contextlib.contextmanager
@@ -153,11 +153,18 @@ def _onnxruntime_runner(threads: int | None, dtype: str, device: str) -> Iterato
     if threads is not None:
         options.intra_op_num_threads = threads
 
-    def runner(gemm: Gemm, left: np.ndarray, right: np.ndarray) -> Callable[[], object]:
+    def runner(gemm: Gemm, left: np.ndarray, right: np.ndarray) -> Callable[[int], object]:
         session = onnxruntime.InferenceSession(
             _matmul_graph(gemm, dtype), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        return functools.partial(session.run, None, {"a": left, "b": right})
+        feed = {"a": left, "b": right}
+
+        def run(times: int) -> object:
+            for _ in range(times):
+                session.run(None, feed)
+            return None
+
+        return run
 
     yield runner
 
@@ -172,13 +179,16 @@ def _torch_runner(threads: int | None, dtype: str, device: str) -> Iterator[Runn
     if threads is not None:
         torch.set_num_threads(threads)
 
-    def runner(gemm: Gemm, left: np.ndarray, right: np.ndarray) -> Callable[[], object]:
+    def runner(gemm: Gemm, left: np.ndarray, right: np.ndarray) -> Callable[[int], object]:
         a, b = (torch.from_numpy(side).to(device=device, dtype=getattr(torch, dtype)) for side in (left, right))
         synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
-        def run() -> object:
-            product = torch.matmul(a, b)
-            synchronize()  # a CUDA matmul returns when queued; the time is when it is done
+        def run(times: int) -> object:
+            for _ in range(times):
+                product = torch.matmul(a, b)
+            # Queued back to back as the model queues its kernels; a CUDA matmul returns when queued, so the
+            # time is taken when the last is done.
+            synchronize()
             return product
 
         return run
@@ -234,12 +244,11 @@ def _time_each(gemms: Counter[Gemm], make_run: Runner, dtype: str) -> float:
         left = rng.standard_normal((*shape, gemm.m, gemm.k)).astype(numpy_dtype)
         right = rng.standard_normal((*shape, gemm.k, gemm.n)).astype(numpy_dtype)
         run = make_run(gemm, left, right)
-        run()
+        run(1)
         rounds = []
         for _ in range(GEMM_TIMING_ROUNDS):
             started = time.perf_counter()
-            for _ in range(count):
-                run()
+            run(count)
             rounds.append((time.perf_counter() - started) * 1e6)
         total_us += min(rounds)  # the irreducible time: interference only ever adds to a round
     return total_us

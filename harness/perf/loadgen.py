@@ -35,20 +35,27 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from harness.backends import BackendFactory
 from harness.errors import MeasurementInvalid
-from harness.perf.host import HostSampler
 from harness.perf.openloop import poisson_arrivals, precise_sleep, serve_schedule
 from harness.processes import spawn_context
 
 CHUNK_SAMPLES = 65536
 COMPLETION_BIN_S = 0.001
+
+
+class Sampler(Protocol):
+    """Telemetry taken in the harness's process while the workers run (``pids``: the worker processes)."""
+
+    def start(self, pids: Sequence[int]) -> None: ...
+    def stop(self) -> None: ...
 
 
 class SampleBuffer:
@@ -160,6 +167,8 @@ class InstanceSamples:
         last_completion_s: seconds from ``start`` to its last completion.
         calls: inference calls made (batches).
         dispatch_delay_us: per call, how late the open loop dispatched it after it was due (empty: closed loop).
+        transfer_us: [calls, 2] float32 host-to-device and device-to-host copy time per call, microseconds, where
+            the backend times its copies itself (else empty).
     """
 
     instance: int
@@ -172,6 +181,7 @@ class InstanceSamples:
     last_completion_s: float
     calls: int
     dispatch_delay_us: np.ndarray
+    transfer_us: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,7 @@ class _Instance:
         self.iterations = iterations
         self.backend: Any = None
         self.samples = SampleBuffer(2, iterations)
+        self.transfers = SampleBuffer(2, iterations)
         self.completions = CompletionHistogram()
         self.load_s = 0.0
         self.first_call_us = 0.0
@@ -235,6 +246,7 @@ class _Instance:
         model_done = time.perf_counter()
         self.backend.outputs()
         done = time.perf_counter()
+        self._record_transfer()
         model_us = device_us if device_us is not None else (model_done - called) * 1e6
         self.samples.append((done - submitted) * 1e6, model_us)
         self.completions.add(done - self.start)
@@ -249,7 +261,13 @@ class _Instance:
             self.prepared_rows = rows
         device_us = self.backend.infer()
         self.backend.outputs()
+        self._record_transfer()
         return device_us
+
+    def _record_transfer(self) -> None:
+        transfer = self.backend.last_transfer_us()
+        if transfer is not None:
+            self.transfers.append(*transfer)
 
     def _run_open_loop(self) -> None:
         plan = self.task.plan
@@ -303,6 +321,7 @@ class _Instance:
             instance=self.index, worker=self.task.worker, load_s=self.load_s, first_call_us=self.first_call_us,
             start=self.start, samples=self.samples.array(), completions=self.completions.array(),
             last_completion_s=self.completions.last_s, calls=self.calls, dispatch_delay_us=self.dispatch_delay_us,
+            transfer_us=self.transfers.array(),
         )  # fmt: skip
 
 
@@ -435,12 +454,12 @@ def run_workers(
     *,
     start_timeout_s: float,
     stability: StabilityWatch | None = None,
-    host: HostSampler | None = None,
+    samplers: Sequence[Sampler] = (),
 ) -> list[WorkerReport]:
     """Run ``tasks`` in fresh processes, load them all, release them together, return their reports.
 
-    With ``stability`` the workers run until it says the throughput is stable (or is out of windows); ``host``
-    samples the host from the release until the workers are done.
+    With ``stability`` the workers run until it says the throughput is stable (or is out of windows); the
+    ``samplers`` (host, device telemetry) sample from the release until the workers are done.
     """
     context = spawn_context()
     go = context.Event()
@@ -467,13 +486,13 @@ def run_workers(
             if stability is not None and signals is not None:
                 watcher = threading.Thread(target=stability.watch, args=(signals,), name="stability", daemon=True)
                 watcher.start()
-            if host is not None:
-                host.start([worker.process.pid for worker in workers])
+            for sampler in samplers:
+                sampler.start([worker.process.pid for worker in workers])
             go.set()
             return _collect(workers, expect="done", timeout_s=None)
         finally:
-            if host is not None:
-                host.stop()
+            for sampler in samplers:
+                sampler.stop()
             if signals is not None:
                 signals.stop.set()  # a run that ended otherwise (its bound, an error) ends the watch too
                 if watcher is not None:

@@ -21,6 +21,7 @@ from harness.config.schema import PerfConfig, RunConfig, VdspParams
 from harness.data.photos import sample_photos
 from harness.environment import cpu_model, gpus, hardware_fingerprint
 from harness.models.variants import get_variant
+from harness.nvml import NvmlSampler, device_telemetry
 from harness.perf import stats
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
 from harness.perf.efficiency import flops_per_image, model_gemms, onnx_gemm_flops, time_gemms
@@ -29,13 +30,23 @@ from harness.perf.loadgen import (
     COMPLETION_BIN_S,
     InstanceSamples,
     LoadPlan,
+    Sampler,
     StabilityWatch,
     WorkerReport,
     WorkerTask,
     run_workers,
 )
 from harness.preprocess import batch_of
-from harness.result import Efficiency, LatencyBlock, Measurement, PerfResult, Probe, Stability, Validity
+from harness.result import (
+    Efficiency,
+    LatencyBlock,
+    Measurement,
+    PerfResult,
+    Probe,
+    Stability,
+    TransferSplit,
+    Validity,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +103,7 @@ def summarise(
     target_qps: float | None = None,
     stability: StabilityWatch | None = None,
     host: HostSampler | None = None,
+    device: NvmlSampler | None = None,
 ) -> tuple[Measurement, dict[str, np.ndarray]]:
     """Derive one ``Measurement`` from raw worker samples (the only place statistics are computed).
 
@@ -114,6 +126,7 @@ def summarise(
     )
     latency = LatencyBlock(e2e=stats.latency_stats(e2e_us), model=stats.latency_stats(model_us))
     delays_us = np.concatenate([instance.dispatch_delay_us for instance in instances])
+    transfer_us = np.concatenate([instance.transfer_us.reshape(-1, 2) for instance in instances])
     dispatch = stats.latency_stats(delays_us) if delays_us.size else None
     window_cv = stats.coefficient_of_variation(windows)
     reasons = []
@@ -159,10 +172,20 @@ def summarise(
         validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
         host=None if host is None else host_telemetry(host.samples, start=start, end=end, interval_s=host.interval_s),
         dispatch_delay_us=dispatch,
+        telemetry=None
+        if device is None
+        else device_telemetry(device.samples, start=start, end=end, throughput_qps=images / forward_time_s),
+        transfer_us=TransferSplit(
+            h2d=stats.latency_stats(transfer_us[:, 0]), d2h=stats.latency_stats(transfer_us[:, 1])
+        )
+        if transfer_us.size
+        else None,
     )
     raw = {"completions_per_ms": completions, "e2e_us": e2e_us, "model_us": model_us}
     if dispatch is not None:
         raw["dispatch_delay_us"] = delays_us
+    if transfer_us.size:
+        raw["h2d_us"], raw["d2h_us"] = transfer_us[:, 0], transfer_us[:, 1]
     return measurement, raw
 
 
@@ -314,7 +337,9 @@ def _efficiency(config: RunConfig, artifact_path: str | None, measured: Measurem
     model_time_us = measured.latency_us.model.avg
     return Efficiency(
         flops_per_image=per_image,
-        flops_per_image_onnx=onnx_gemm_flops(Path(artifact_path), batch) // batch if artifact_path else None,
+        flops_per_image_onnx=onnx_gemm_flops(Path(artifact_path), batch) // batch
+        if artifact_path and artifact_path.endswith(".onnx")
+        else None,
         achieved_gflops=per_image * measured.throughput_qps / 1e9,
         gemm_time_us=timing.gemm_time_us,
         model_time_us=model_time_us,
@@ -393,8 +418,10 @@ def _measure_once(
     tasks = _tasks(perf, opened.factory, inputs, target_qps)
     watch = StabilityWatch(perf.stability_window_s, perf.stability_pct, perf.max_windows) if perf.stability else None
     host = HostSampler()
-    reports = run_workers(tasks, start_timeout_s=perf.start_timeout_s, stability=watch, host=host)
-    measurement, samples = summarise(perf, reports, target_qps=target_qps, stability=watch, host=host)
+    device = NvmlSampler.open(str(opened.resolved.get("device", "cpu")))
+    samplers: list[Sampler] = [host] if device is None else [host, device]
+    reports = run_workers(tasks, start_timeout_s=perf.start_timeout_s, stability=watch, samplers=samplers)
+    measurement, samples = summarise(perf, reports, target_qps=target_qps, stability=watch, host=host, device=device)
     if watch is not None and stabilities is not None:
         stabilities[label] = Stability(
             stable=watch.stable, windows=len(watch.window_throughput_qps), window_s=watch.window_s, pct=watch.pct,

@@ -85,6 +85,7 @@ def measurement_from_report(report: VampReport, run: ToolRun, perf: PerfConfig) 
         peak_host_memory_bytes=run.peak_rss_bytes,
         peak_device_memory_bytes=None,
         validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
+        telemetry=telemetry_from_report(report),
     )
 
 
@@ -149,6 +150,5 @@ def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: 
         throughput_qps_repeats=tuple(measurement.throughput_qps for measurement in measurements),
         repeats=tuple(measurements) if len(measurements) > 1 else (),
         samples_file=None,
-        telemetry=telemetry_from_report(report),
         samples_source="vamp",
     )

@@ -53,6 +53,8 @@ MEASUREMENTS = (
     "perf.probes.p99_ms",
     "perf.telemetry.*",
     "perf.dispatch_delay_us.*",
+    "perf.transfer_us.h2d.*",
+    "perf.transfer_us.d2h.*",
     "perf.host.cpu_util_pct",
     "perf.host.cpu_util_per_core_pct",
     "perf.host.rss_mean_bytes",
@@ -189,6 +191,11 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
         "hardware.cpu_isa": " ".join(environment.get("cpu_isa") or []) or None,
         "hardware.fingerprint": environment.get("hardware_fingerprint", "unknown"),
         "hardware.gpu": str(resolved.get("device_name", "none")),
+        "hardware.gpu_driver": _text(resolved.get("driver")),
+        "hardware.cuda": _text(resolved.get("cuda") or resolved.get("cuda_driver")),
+        "hardware.gpu_max_clocks_mhz": None
+        if resolved.get("sm_clock_max_mhz") is None
+        else f"sm {resolved['sm_clock_max_mhz']}, memory {resolved.get('memory_clock_max_mhz')}",
         "harness.perf_valid": _flag(perf, "validity", "valid"),
         "harness.contended": _flag(perf, "contended_with"),
         "harness.parity_passed": _flag(result.get("build"), "parity", "passed"),
@@ -200,6 +207,10 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
     if result.get("error"):
         tags["harness.error"] = shorten(json.dumps(result["error"]), 5000)
     return {key: shorten(str(value), 5000) for key, value in tags.items()}
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _flag(section: object, *path: str) -> str | None:

@@ -158,7 +158,9 @@ def test_missing_artifact_and_missing_provider(cache_dir: Path, tmp_path: Path) 
         measure(config, tmp_path, artifact="/nowhere.onnx")
     cuda = resolve_config(compose(["debug=tiny", "backend.providers=[CUDAExecutionProvider]"]))
     with pytest.raises(
-        BackendUnavailable, match=r"'CUDAExecutionProvider' is not available in onnxruntime .*installed: \["
+        BackendUnavailable,
+        match=r"'CUDAExecutionProvider' is not available in onnxruntime .*installed: \[.*install onnxruntime-gpu in "
+        r"place of onnxruntime: pip install 'dinov2-deploy-harness\[ort-gpu\]'",
     ):
         measure(cuda, tmp_path, artifact=str(static_batch_model(tmp_path, 4)))
 

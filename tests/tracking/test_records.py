@@ -65,3 +65,25 @@ def test_the_config_hash_ignores_where_a_run_is_kept_but_not_what_it_measured() 
     assert config_hash(base) == config_hash(moved)
     assert config_hash(base) != config_hash({**base, "perf": {"batch": 16}})
     assert base["paths"] == {"outputs": "/a"}  # the caller's mapping is left as it was
+
+
+def test_a_cuda_run_is_tagged_with_its_device_driver_cuda_and_clocks_and_logs_its_telemetry() -> None:
+    resolved = {
+        "device": "cuda:0", "device_name": "NVIDIA H100 80GB HBM3", "driver": "570.86.15", "cuda": "12.8",
+        "sm_clock_max_mhz": 1980, "memory_clock_max_mhz": 2619,
+    }  # fmt: skip
+    perf = {
+        "backend_resolved": resolved, "throughput_qps": 2800.0,
+        "telemetry": {"ai_utilize_pct": 97.0, "card_power_w": 650.0, "images_per_joule": 4.3, "source": "nvml"},
+        "transfer_us": {"h2d": {"avg": 1200.0}, "d2h": {"avg": 15.0}},
+    }  # fmt: skip
+    result = {"run_uid": "u", "status": "ok", "run_dir": "/r", "stages": ["perf"], "config": {}, "perf": perf}
+    tags = tags_of(result)
+    assert tags["hardware.gpu"] == "NVIDIA H100 80GB HBM3" and tags["hardware.gpu_driver"] == "570.86.15"
+    assert tags["hardware.cuda"] == "12.8" and tags["hardware.gpu_max_clocks_mhz"] == "sm 1980, memory 2619"
+    metrics = metrics_of(result)
+    assert metrics["ai_utilize_pct"] == [97.0] and metrics["images_per_joule"] == [4.3]
+    assert metrics["perf.transfer_us.h2d.avg"] == [1200.0] and metrics["perf.transfer_us.d2h.avg"] == [15.0]
+    # A CPU run has none of these tags, rather than empty ones.
+    cpu = tags_of({**result, "perf": {"backend_resolved": {"device": "cpu"}}})
+    assert cpu["hardware.gpu"] == "none" and "hardware.gpu_driver" not in cpu and "hardware.cuda" not in cpu

@@ -1,0 +1,46 @@
+"""ONNX Runtime's GPU providers as far as a CPU machine can check them: the options each provider is given."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from harness.backends.onnxruntime_backend import OrtConfig, session_provider_options
+from tests.conftest import run_config
+
+
+def ort_config(cache: Path, *overrides: str) -> OrtConfig:
+    config = run_config(cache, *overrides).backend
+    assert isinstance(config, OrtConfig)
+    return config
+
+
+def test_tensorrt_gets_fp16_and_an_engine_cache_under_the_harness_cache(cache_dir: Path) -> None:
+    config = ort_config(
+        cache_dir, "backend.providers=[TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider]",
+        "backend.trt_fp16=true",
+    )  # fmt: skip
+    tensorrt, cuda, cpu = session_provider_options(config, str(cache_dir))
+    assert tensorrt == {
+        "trt_fp16_enable": "True", "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache_dir / "tensorrt"),
+    }  # fmt: skip
+    assert cuda == {} and cpu == {}
+
+
+def test_explicit_provider_options_win_and_a_configured_engine_folder_is_used(cache_dir: Path) -> None:
+    config = dataclasses.replace(
+        ort_config(cache_dir, "backend.providers=[TensorrtExecutionProvider,CUDAExecutionProvider]"),
+        provider_options=({"trt_fp16_enable": "False", "device_id": 1}, {"device_id": "1"}),
+        trt_fp16=True, trt_engine_cache="/engines",
+    )  # fmt: skip
+    tensorrt, cuda = session_provider_options(config, str(cache_dir))
+    assert tensorrt == {
+        "trt_fp16_enable": "False", "trt_engine_cache_enable": "True", "trt_engine_cache_path": "/engines",
+        "device_id": "1",
+    }  # fmt: skip
+    assert cuda == {"device_id": "1"}
+
+
+def test_the_cpu_provider_is_given_no_options(cache_dir: Path) -> None:
+    assert session_provider_options(ort_config(cache_dir), str(cache_dir)) == [{}]

@@ -1,0 +1,127 @@
+"""The torch backend on the CPU: its config rules, attention kernels, per-batch-size buffers; CUDA paths on a GPU."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.backends import LoadTarget
+from harness.backends.torch_backend import TorchBackend, TorchConfig
+from harness.config.schema import ModelConfig
+from harness.errors import BackendUnavailable, ConfigError
+from harness.models.variants import get_variant
+from harness.models.weights import load_backbone
+
+CPU = TorchConfig(
+    name="torch", device="cpu", dtype=None, compile=False, compile_mode="default", threads=0, attention="auto",
+    cuda_graphs=False, host_io=False, artifact="module", aot_inductor_configs={},
+)  # fmt: skip
+CUDA = dataclasses.replace(CPU, device="cuda", dtype="fp16")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def target(cache: Path, precision: str = "fp32") -> LoadTarget:
+    model = ModelConfig(variant="tiny14_reg4", weights="random", seed=0, input_size=(224, 224))
+    return LoadTarget(artifact_path=None, model=model, precision=precision, cache_dir=str(cache))  # type: ignore[arg-type]
+
+
+def reference(cache: Path, images: np.ndarray) -> np.ndarray:
+    model, _ = load_backbone(
+        get_variant("tiny14_reg4"), weights="random", seed=0, cache_dir=cache, input_size=(224, 224), progress=False
+    )
+    with torch.no_grad():
+        return model(torch.from_numpy(images)).numpy()
+
+
+def images(count: int) -> np.ndarray:
+    return np.random.default_rng(count).standard_normal((count, 3, 224, 224), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cuda_graphs": True}, "cuda_graphs=true needs backend.device=cuda"),
+        ({"device": "cuda", "cuda_graphs": True, "compile": True, "compile_mode": "reduce-overhead"}, "captures CUDA"),
+        ({"attention": "efficient"}, "attention=efficient is a CUDA kernel"),
+        ({"artifact": "aoti", "compile": True}, "compiled ahead of time by the build stage"),
+        ({"device": "gpu0"}, "expected 'cpu', 'cuda' or 'cuda:N'"),
+    ],
+)
+def test_configs_that_cannot_run_are_refused_naming_the_key(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(CPU, **changes)
+
+
+def test_a_cuda_device_without_cuda_is_unavailable_not_a_crash() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BackendUnavailable, match="sees no CUDA device"):
+        TorchBackend(CUDA).check_environment()
+
+
+@pytest.mark.parametrize("attention", ["auto", "math", "flash"])
+def test_each_cpu_attention_kernel_gives_the_reference_features(tmp_path: Path, attention: str) -> None:
+    backend = TorchBackend(dataclasses.replace(CPU, attention=attention))
+    backend.load(target(tmp_path))
+    batch = images(3)
+    backend.prepare(batch)
+    assert backend.infer() is None  # the CPU has no device timer: the load generator times the call
+    np.testing.assert_allclose(backend.outputs(), reference(tmp_path, batch), rtol=1e-4, atol=1e-5)
+    assert backend.last_transfer_us() is None
+
+
+def test_each_batch_size_keeps_its_own_buffers_and_comes_back_to_them(tmp_path: Path) -> None:
+    backend = TorchBackend(CPU)
+    backend.load(target(tmp_path))
+    three, one = images(3), images(1)
+    backend.prepare(three)
+    first_slot = backend.slot
+    backend.infer()
+    np.testing.assert_allclose(backend.outputs(), reference(tmp_path, three), rtol=1e-4, atol=1e-5)
+    backend.prepare(one)
+    backend.infer()
+    assert backend.outputs().shape == (1, 64) and sorted(backend.slots) == [1, 3]
+    np.testing.assert_allclose(backend.outputs(), reference(tmp_path, one), rtol=1e-4, atol=1e-5)
+    other = images(3)[::-1].copy()
+    backend.prepare(other)
+    assert backend.slot is first_slot  # the buffers of batch 3 are reused, with the new images in them
+    backend.infer()
+    np.testing.assert_allclose(backend.outputs(), reference(tmp_path, other), rtol=1e-4, atol=1e-5)
+    assert backend.graphs_captured == 0  # CUDA graphs are a CUDA feature
+    backend.close()
+
+
+def test_bf16_runs_on_the_cpu_close_to_fp32(tmp_path: Path) -> None:
+    backend = TorchBackend(dataclasses.replace(CPU, dtype="bf16"))
+    backend.load(target(tmp_path))
+    batch = images(2)
+    backend.prepare(batch)
+    backend.infer()
+    features, expected = backend.outputs(), reference(tmp_path, batch)
+    cosine = np.sum(features * expected, axis=1) / np.linalg.norm(features, axis=1) / np.linalg.norm(expected, axis=1)
+    assert features.dtype == np.float32 and cosine.min() > 0.99
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("host_io", [False, True])
+def test_cuda_graphs_replay_the_eager_features_and_time_the_copies(tmp_path: Path, host_io: bool) -> None:
+    graphed = TorchBackend(dataclasses.replace(CUDA, cuda_graphs=True, host_io=host_io))
+    eager = TorchBackend(CUDA)
+    for backend in (graphed, eager):
+        backend.load(target(tmp_path, "fp16"))
+    for batch in (images(4), images(1), images(4)[::-1].copy()):
+        results = []
+        for backend in (graphed, eager):
+            backend.prepare(batch)
+            model_us = backend.infer()
+            assert model_us is not None and model_us > 0
+            results.append(backend.outputs())
+        np.testing.assert_allclose(results[0], results[1], rtol=1e-2, atol=1e-2)
+        transfer = graphed.last_transfer_us()
+        assert (transfer is not None and min(transfer) > 0) if host_io else transfer is None
+    assert graphed.graphs_captured == 2  # batch 4 and batch 1, each captured once
