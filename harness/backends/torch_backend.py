@@ -246,12 +246,11 @@ class TorchBackend:
         if slot is None:
             slot = self.slots[rows] = self._new_slot(rows, capacity, batch.shape[1:])
         slot.host_input[:rows].copy_(torch.from_numpy(np.ascontiguousarray(batch)).to(self.dtype))
-        if not (self.on_cuda and self.config.host_io):
+        if self.on_cuda and not self.config.host_io:
             slot.device_input.copy_(slot.host_input)
-            if self.on_cuda:
-                # A copy from pageable memory may return before its DMA is done, and the compute stream does not
-                # wait for the stream it ran on.
-                torch.cuda.synchronize(slot.device_input.device)
+            # A copy from pageable memory may return before its DMA is done, and the compute stream does not wait
+            # for the stream it ran on.
+            torch.cuda.synchronize(slot.device_input.device)
         self.slot = slot
         if self.config.cuda_graphs and slot.graph is None:
             self._capture(slot)
@@ -327,9 +326,10 @@ class TorchBackend:
     def outputs(self) -> np.ndarray:
         slot = self.slot
         assert slot is not None
+        # A copy: the pinned output buffer and a graph's output tensor are rewritten by the next call.
         if slot.host_output is not None:
-            return slot.host_output[: slot.rows].float().numpy()
-        return self.result[: slot.rows].float().cpu().numpy()
+            return np.array(slot.host_output[: slot.rows].float().numpy())
+        return np.array(self.result[: slot.rows].float().cpu().numpy())
 
     def close(self) -> None:
         self.runnable = self.result = self.slot = self.streams = self.events = None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from harness.backends import LoadTarget
+from harness.backends import LoadTarget, torch_backend
 from harness.backends.torch_backend import TorchBackend, TorchConfig
 from harness.config.schema import ModelConfig
 from harness.errors import BackendUnavailable, ConfigError
@@ -93,6 +94,46 @@ def test_each_batch_size_keeps_its_own_buffers_and_comes_back_to_them(tmp_path: 
     np.testing.assert_allclose(backend.outputs(), reference(tmp_path, other), rtol=1e-4, atol=1e-5)
     assert backend.graphs_captured == 0  # CUDA graphs are a CUDA feature
     backend.close()
+
+
+class ReplayedEagerly:
+    """Test double of a captured CUDA graph: a replay runs the captured call again into the captured output
+    buffer (what a replay does on the device), so the backend's buffer bookkeeping can be checked on a CPU."""
+
+    def __init__(self, forward: Callable[[], torch.Tensor], output: torch.Tensor) -> None:
+        self.forward, self.output = forward, output
+
+    def replay(self) -> None:
+        with torch.inference_mode():
+            self.output.copy_(self.forward())
+
+
+def test_cuda_graph_bookkeeping_captures_once_per_batch_size_into_the_buffer_later_batches_fill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captured: list[int] = []
+
+    def capture(forward: Callable[[], torch.Tensor], stream: object) -> tuple[ReplayedEagerly, torch.Tensor]:
+        with torch.inference_mode():
+            output = forward()
+        captured.append(output.shape[0])
+        return ReplayedEagerly(forward, output), output
+
+    monkeypatch.setattr(torch_backend, "capture_cuda_graph", capture)
+    config = dataclasses.replace(CPU)
+    object.__setattr__(config, "cuda_graphs", True)  # the CPU refuses CUDA graphs: the double stands in for them
+    backend = TorchBackend(config)
+    backend.load(target(tmp_path))
+    backend.streams = ("compute stream", "copy stream")
+    three, one, other = images(3), images(1), images(3)[::-1].copy()
+    for batch in (three, one, other, one):
+        backend.prepare(batch)
+        backend.infer()
+        np.testing.assert_allclose(backend.outputs(), reference(tmp_path, batch), rtol=1e-4, atol=1e-5)
+    assert captured == [3, 1] and backend.graphs_captured == 2  # once per batch size, then replayed
+    first = backend.outputs()
+    backend.infer()
+    assert first is not backend.outputs() and not np.shares_memory(first, backend.outputs())
 
 
 def test_bf16_runs_on_the_cpu_close_to_fp32(tmp_path: Path) -> None:
