@@ -96,10 +96,11 @@ class DeviceSample:
 
 
 class NvmlSampler:
-    """Samples CUDA device ``cuda_index`` from ``start`` until ``stop`` (the sampler protocol of the host one)."""
+    """Samples one device (``nvml``: the initialised module, ``handle``: the device's) from ``start`` until
+    ``stop`` (the sampler protocol of the host one)."""
 
-    def __init__(self, cuda_index: int, interval_s: float = SAMPLE_INTERVAL_S) -> None:
-        self.cuda_index = cuda_index
+    def __init__(self, nvml: Any, handle: Any, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+        self.nvml, self.handle = nvml, handle
         self.interval_s = interval_s
         self.samples: list[DeviceSample] = []
         self._stop = threading.Event()
@@ -110,15 +111,14 @@ class NvmlSampler:
         """A sampler for a backend's ``device`` (``cuda``, ``cuda:N``), or ``None`` (not CUDA, or no NVML)."""
         if not device.startswith("cuda"):
             return None
-        index = int(device.partition(":")[2] or 0)
-        return cls(index) if nvml_handle(index) is not None else None
+        found = nvml_handle(int(device.partition(":")[2] or 0))
+        return None if found is None else cls(*found)
 
     def start(self, pids: Sequence[int]) -> None:
         """Start sampling (``pids`` are the workers': NVML reads the whole device, whoever uses it)."""
-        found = nvml_handle(self.cuda_index)
-        if found is None:
-            return
-        self._thread = threading.Thread(target=self._sample, args=found, name="nvml-telemetry", daemon=True)
+        self._thread = threading.Thread(
+            target=self._sample, args=(self.nvml, self.handle), name="nvml-telemetry", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

@@ -128,8 +128,9 @@ class OrtBackend:
             "available": available,
         }
         if self.config.providers[0] in DEVICE_PROVIDERS:
-            found["device"] = f"cuda:{_device_id(self.config)}"
-            found.update(device_info(_device_id(self.config)))
+            device_id = _device_id(self.config)
+            found["device"] = f"cuda:{device_id}"
+            found.update(device_info(device_id))
         return found
 
     def resolve(self, target: LoadTarget) -> dict[str, object]:

@@ -106,6 +106,11 @@ def attention_kernel(choice: str) -> contextlib.AbstractContextManager[Any]:
     return sdpa_kernel([kernels[choice]])
 
 
+def compute_dtype(config: TorchConfig, precision: str) -> str:
+    """The dtype the backend computes in: ``backend.dtype``, else the run's precision."""
+    return config.dtype or precision
+
+
 def torch_dtype(name: str) -> Any:
     import torch
 
@@ -133,11 +138,10 @@ def capture_cuda_graph(forward: Callable[[], Any], stream: Any) -> tuple[Any, An
 
 @dataclass
 class _Slot:
-    """The buffers of one batch size: ``rows`` placed by the caller within ``capacity`` (the AOT package's batch
-    or ``rows``), the host input (pinned on CUDA), the device input, the host output, and its CUDA graph."""
+    """The buffers of one batch size: ``rows`` placed by the caller in buffers of the AOT package's batch (else
+    ``rows``), the host input (pinned on CUDA), the device input, the host output, and its CUDA graph."""
 
     rows: int
-    capacity: int
     host_input: Any
     device_input: Any
     host_output: Any = None
@@ -164,9 +168,6 @@ class TorchBackend:
         self.events: tuple[Any, Any, Any, Any] | None = None
         self.transfer: tuple[float, float] | None = None
         self.graphs_captured = 0
-
-    def _dtype_name(self, target: LoadTarget) -> str:
-        return self.config.dtype or target.precision
 
     def resolve(self, target: LoadTarget) -> dict[str, object]:
         found = self.check_environment()
@@ -209,7 +210,7 @@ class TorchBackend:
 
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        self.dtype = torch_dtype(self._dtype_name(target))
+        self.dtype = torch_dtype(compute_dtype(self.config, target.precision))
         if self.config.artifact == "aoti":
             with torch.cuda.device(self.config.device) if self.on_cuda else contextlib.nullcontext():
                 self.runnable = torch._inductor.aoti_load_package(str(self._package(target)))
@@ -261,7 +262,7 @@ class TorchBackend:
         pinned = self.on_cuda and self.config.host_io
         host_input = torch.zeros((capacity, *shape), dtype=self.dtype, pin_memory=pinned)
         slot = _Slot(
-            rows=rows, capacity=capacity, host_input=host_input,
+            rows=rows, host_input=host_input,
             device_input=host_input if not self.on_cuda else torch.zeros_like(host_input, device=self.config.device),
         )  # fmt: skip
         if pinned:

@@ -22,7 +22,7 @@ import torch
 
 from harness import __version__
 from harness.backends import BackendFactory, LoadTarget, check_backend
-from harness.backends.torch_backend import AOTI_PACKAGE_SUFFIX, TorchConfig, torch_dtype
+from harness.backends.torch_backend import AOTI_PACKAGE_SUFFIX, TorchConfig, compute_dtype, torch_dtype
 from harness.config.schema import RunConfig
 from harness.data.photos import sample_photos
 from harness.environment import cpu_isa
@@ -57,7 +57,7 @@ def build_aot_package(config: RunConfig, model: dinov2.DinoVisionTransformer, we
     backend = config.backend
     assert isinstance(backend, TorchConfig)
     check_backend(backend, config.precision.name)  # a missing CUDA device is one clear line, not a compiler error
-    dtype = backend.dtype or config.precision.name
+    dtype = compute_dtype(backend, config.precision.name)
     fields = {
         "architecture": asdict(model.spec),
         "weights": weights.digest,

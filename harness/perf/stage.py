@@ -126,7 +126,7 @@ def summarise(
     )
     latency = LatencyBlock(e2e=stats.latency_stats(e2e_us), model=stats.latency_stats(model_us))
     delays_us = np.concatenate([instance.dispatch_delay_us for instance in instances])
-    transfer_us = np.concatenate([instance.transfer_us.reshape(-1, 2) for instance in instances])
+    transfer_us = np.concatenate([instance.transfer_us for instance in instances])
     dispatch = stats.latency_stats(delays_us) if delays_us.size else None
     window_cv = stats.coefficient_of_variation(windows)
     reasons = []
