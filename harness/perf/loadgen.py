@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -44,7 +43,7 @@ import numpy as np
 
 from harness.backends import BackendFactory
 from harness.errors import MeasurementInvalid
-from harness.perf.openloop import poisson_arrivals, precise_sleep, serve_schedule
+from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_timer_slack, waiter
 from harness.processes import spawn_context
 
 CHUNK_SAMPLES = 65536
@@ -271,10 +270,11 @@ class _Instance:
 
     def _run_open_loop(self) -> None:
         plan = self.task.plan
+        tighten_timer_slack()
         served = serve_schedule(
             plan.arrivals(self.index, self.iterations), batch=len(self.task.inputs),
             max_queue_delay_s=plan.max_queue_delay_s, run_batch=self._run_batch, now=time.perf_counter,
-            sleep=functools.partial(precise_sleep, share_gil=len(self.task.instances) > 1), start=self.start,
+            wait_until=waiter(share_gil=len(self.task.instances) > 1), start=self.start,
         )  # fmt: skip
         for latency_us, model_us in zip(served.latency_us, served.model_us, strict=True):
             self.samples.append(latency_us, model_us)

@@ -13,6 +13,7 @@ cannot hide the queue that built up behind the stall (no coordinated omission).
 from __future__ import annotations
 
 import bisect
+import ctypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,17 +23,36 @@ import numpy as np
 # The last stretch of a wait before a scheduled arrival is spun, not slept: a sleeping thread wakes up late
 # (tens to hundreds of microseconds on a busy VM), and that lateness would be counted as the system's latency.
 SPIN_S = 0.0005
+# Linux lets a sleeping thread's wake-up slip by its timer slack (50 us by default) so the kernel can batch
+# wake-ups; the open loop's thread asks for the least (1 ns), so that its waits end when they are due.
+PR_SET_TIMERSLACK = 29
 
 
-def precise_sleep(seconds: float, *, share_gil: bool = False) -> None:
-    """Sleep ``seconds``, spinning the last ``SPIN_S`` of it. With ``share_gil`` (other instances' threads in
-    the process) every turn of the spin yields the GIL, at the price of a later wake-up."""
-    deadline = time.perf_counter() + seconds
-    if seconds > SPIN_S:
-        time.sleep(seconds - SPIN_S)
-    while time.perf_counter() < deadline:
-        if share_gil:
-            time.sleep(0)
+def tighten_timer_slack() -> None:
+    """Ask Linux to wake this thread's sleeps on time (per-thread; a no-op where ``prctl`` is missing)."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+
+
+def waiter(*, share_gil: bool) -> Callable[[float], float]:
+    """``wait_until(deadline)`` on the ``time.perf_counter`` clock: sleep, spin the last ``SPIN_S``, and return
+    the clock read that found the deadline passed. With ``share_gil`` (other instances' threads in the
+    process) every turn of the spin yields the GIL, at the price of a later wake-up."""
+    clock = time.perf_counter
+    sleep = time.sleep
+
+    def wait_until(deadline: float) -> float:
+        remaining = deadline - clock() - SPIN_S
+        if remaining > 0:
+            sleep(remaining)
+        while (now := clock()) < deadline:
+            if share_gil:
+                sleep(0)
+        return now
+
+    return wait_until
 
 
 def poisson_arrivals(rate_qps: float, count: int, seed: int) -> np.ndarray:
@@ -63,59 +83,76 @@ def serve_schedule(
     max_queue_delay_s: float,
     run_batch: Callable[[int], float | None],
     now: Callable[[], float],
-    sleep: Callable[[float], None],
+    wait_until: Callable[[float], float],
     start: float | None = None,
 ) -> ServedRequests:
     """Serve ``arrivals`` (seconds after ``now()`` at the call) with one server that batches.
 
     ``run_batch(k)`` runs one call on ``k`` requests and returns its model time in microseconds when the
-    runtime measures it, else ``None`` (the call's own wall time is used). ``start`` (default: ``now()``) is
-    the moment the schedule's offsets count from.
+    runtime measures it, else ``None`` (the call's own wall time is used). ``wait_until(t)`` returns at the
+    moment ``t`` of ``now``'s clock or later, with the clock read then. ``start`` (default: ``now()``) is the
+    moment the schedule's offsets count from.
     """
     start = now() if start is None else start
-    # Plain floats and lists inside the loop: its own cost between two calls is part of every queued
-    # request's latency, so the arrays are built once the schedule has been served.
-    schedule: list[float] = arrivals.tolist()
+    # The loop's own time between one call's return and the next call is part of every queued request's
+    # latency, and on a busy host each Python step there runs slowly (its cache lines were evicted while the
+    # call ran): the loop keeps to plain floats on the clock's own scale and one append per call, and every
+    # derived number is computed once the schedule has been served.
+    schedule: list[float] = (arrivals + start).tolist()
     count = len(schedule)
-    sizes: list[int] = []
-    done_at: list[float] = []
-    call_model_us: list[float] = []
-    delays: list[float] = []
-    free_at = 0.0  # when the server was last free, seconds from the start
+    calls: list[tuple[int, float, float, float | None]] = []
+    record = calls.append
+    bisect_right = bisect.bisect_right
     first = 0
     while first < count:
-        elapsed = now() - start
         arrival = schedule[first]
-        if arrival > elapsed:
-            sleep(arrival - elapsed)
-            # A clock read after a sleep is never taken as earlier than the moment slept to (float rounding).
-            elapsed = max(now() - start, arrival)
-        deadline = arrival + max_queue_delay_s
-        limit = min(first + batch, count)
-        last = bisect.bisect_right(schedule, elapsed, first, limit)
-        while last < limit and elapsed < deadline:
-            wake = min(schedule[last], deadline)
-            sleep(wake - elapsed)
-            elapsed = max(now() - start, wake)
-            last = bisect.bisect_right(schedule, elapsed, first, limit)
-        # Due when the batch was ready (full, or its oldest request's queue delay ran out) and the server free;
-        # anything after that is the loop's own lateness (a late wake-up), which every request of the call pays.
-        due = max(free_at, deadline if last < limit else min(deadline, schedule[last - 1]))
+        clock = now()
+        if arrival > clock:
+            clock = wait_until(arrival)
+        limit = first + batch
+        if limit > count:
+            limit = count
+        last = bisect_right(schedule, clock, first, limit)
+        if last < limit:
+            deadline = arrival + max_queue_delay_s
+            while last < limit and clock < deadline:
+                clock = wait_until(schedule[last] if schedule[last] < deadline else deadline)
+                last = bisect_right(schedule, clock, first, limit)
         called = now()
         measured = run_batch(last - first)
-        finished = now()
-        delays.append(max(0.0, called - start - due) * 1e6)
-        call_model_us.append(measured if measured is not None else (finished - called) * 1e6)
-        free_at = finished - start
-        done_at.append(free_at)
-        sizes.append(last - first)
+        record((last, called, now(), measured))
         first = last
-    batch_sizes = np.asarray(sizes, dtype=np.int64)
-    call_done_s = np.asarray(done_at)
+    return _served(np.asarray(schedule), calls, batch=batch, max_queue_delay_s=max_queue_delay_s, start=start)
+
+
+def _served(
+    schedule: np.ndarray,
+    calls: list[tuple[int, float, float, float | None]],
+    *,
+    batch: int,
+    max_queue_delay_s: float,
+    start: float,
+) -> ServedRequests:
+    """The per-request and per-call numbers of a served schedule (absolute times on the clock's scale)."""
+    ends = np.asarray([last for last, _, _, _ in calls], dtype=np.int64)
+    called = np.asarray([called for _, called, _, _ in calls])
+    finished = np.asarray([finished for _, _, finished, _ in calls])
+    model_us = np.asarray(
+        [measured if measured is not None else (done - began) * 1e6 for _, began, done, measured in calls]
+    )
+    firsts = np.concatenate([[0], ends])[:-1]
+    batch_sizes = ends - firsts
+    # Due when the batch was ready (full, or its oldest request's queue delay ran out) and the server free;
+    # anything after that is the loop's own lateness (a late wake-up), which every request of the call pays.
+    deadline = schedule[firsts] + max_queue_delay_s
+    full = batch_sizes == np.minimum(batch, len(schedule) - firsts)
+    ready = np.where(full, np.minimum(deadline, schedule[ends - 1]), deadline)
+    server_free = np.concatenate([[start], finished])[:-1]
+    due = np.maximum(server_free, ready)
     return ServedRequests(
-        latency_us=(np.repeat(call_done_s, batch_sizes) - arrivals) * 1e6,
-        model_us=np.repeat(np.asarray(call_model_us), batch_sizes),
+        latency_us=(np.repeat(finished, batch_sizes) - schedule) * 1e6,
+        model_us=np.repeat(model_us, batch_sizes),
         batch_sizes=batch_sizes,
-        call_done_s=call_done_s,
-        dispatch_delay_us=np.asarray(delays),
+        call_done_s=finished - start,
+        dispatch_delay_us=np.maximum(0.0, called - due) * 1e6,
     )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +15,13 @@ from scipy import stats
 
 from harness.config.schema import P99_MIN_SAMPLES
 from harness.errors import ConfigError
-from harness.perf.openloop import poisson_arrivals, serve_schedule
+from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_timer_slack, waiter
 from harness.perf.stats import MIN_SAMPLES
 from harness.result import load_result
 from harness.tracking.records import metrics_of
 from tests.perf.test_loadgen import measure, sleep_config
+
+PR_GET_TIMERSLACK = 30  # prctl option, linux/prctl.h
 
 
 class FakeClock:
@@ -28,10 +34,11 @@ class FakeClock:
     def now(self) -> float:
         return self.t
 
-    def sleep(self, seconds: float) -> None:
-        assert seconds > 0
-        self.sleeps.append(seconds)
-        self.t += seconds
+    def wait_until(self, deadline: float) -> float:
+        assert deadline > self.t
+        self.sleeps.append(deadline - self.t)
+        self.t = deadline
+        return self.t
 
 
 def fake_backend(
@@ -63,7 +70,7 @@ def test_a_stall_shows_in_every_request_scheduled_during_it() -> None:
     arrivals = np.arange(20) * 0.010  # one request every 10 ms; service 1 ms; call 5 stalls for 100 ms
     _, run_batch = fake_backend(clock, 0.001, stall=(5, 0.100))
     served = serve_schedule(
-        arrivals, batch=1, max_queue_delay_s=0.0, run_batch=run_batch, now=clock.now, sleep=clock.sleep
+        arrivals, batch=1, max_queue_delay_s=0.0, run_batch=run_batch, now=clock.now, wait_until=clock.wait_until
     )
     latency_ms = served.latency_us / 1e3
     assert latency_ms[:5] == pytest.approx([1.0] * 5)
@@ -80,16 +87,16 @@ def test_a_stall_shows_in_every_request_scheduled_during_it() -> None:
 
 def test_the_loops_own_lateness_is_measured_per_call() -> None:
     class LateClock(FakeClock):
-        """Every sleep wakes 0.3 ms late, as a thread on a busy host does."""
+        """Every wait ends 0.3 ms late, as a thread on a busy host wakes."""
 
-        def sleep(self, seconds: float) -> None:
-            super().sleep(seconds + 0.0003)
+        def wait_until(self, deadline: float) -> float:
+            return super().wait_until(deadline + 0.0003)
 
     clock = LateClock()
     arrivals = np.concatenate([np.arange(5) * 0.010, [0.0405, 0.041]])  # the last two queue behind call 4
     _, run_batch = fake_backend(clock, 0.001)
     served = serve_schedule(
-        arrivals, batch=1, max_queue_delay_s=0.0, run_batch=run_batch, now=clock.now, sleep=clock.sleep
+        arrivals, batch=1, max_queue_delay_s=0.0, run_batch=run_batch, now=clock.now, wait_until=clock.wait_until
     )
     # Call 0 is due at the start; calls 1-4 each wake 0.3 ms after their arrival; 5 and 6 were queued behind
     # a busy server, so they were due when it came free and went without delay.
@@ -97,12 +104,38 @@ def test_the_loops_own_lateness_is_measured_per_call() -> None:
     assert served.latency_us[1:5] / 1e3 == pytest.approx([1.3] * 4)  # the lateness is inside the latency
 
 
+@pytest.mark.parametrize("share_gil", [False, True])
+def test_wait_until_returns_the_clock_read_at_or_after_the_deadline(share_gil: bool) -> None:
+    wait_until = waiter(share_gil=share_gil)
+    for seconds in (0.0, 0.0001, 0.002):  # spun only, and slept then spun
+        deadline = time.perf_counter() + seconds
+        woke = wait_until(deadline)
+        assert deadline <= woke <= time.perf_counter()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timer slack is a Linux thread attribute")
+def test_the_load_thread_asks_for_the_least_timer_slack() -> None:
+    prctl = ctypes.CDLL(None).prctl
+    found: list[int] = []
+
+    def load_thread() -> None:
+        found.append(prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0))
+        tighten_timer_slack()
+        found.append(prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0))
+
+    thread = threading.Thread(target=load_thread)
+    thread.start()
+    thread.join()
+    assert found[0] > 1 and found[1] == 1  # the kernel's default (50 us) before, 1 ns after
+    assert prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) == found[0]  # per thread: this one keeps its own
+
+
 def test_requests_are_batched_up_to_the_batch_within_the_queue_delay() -> None:
     clock = FakeClock()
     arrivals = np.array([0.0, 0.001, 0.002, 0.003, 0.050, 0.100])
     calls, run_batch = fake_backend(clock, 0.002)
     served = serve_schedule(
-        arrivals, batch=3, max_queue_delay_s=0.005, run_batch=run_batch, now=clock.now, sleep=clock.sleep
+        arrivals, batch=3, max_queue_delay_s=0.005, run_batch=run_batch, now=clock.now, wait_until=clock.wait_until
     )
     # 0, 1, 2 fill a batch at 2 ms; 3 waits its 5 ms for company, then goes alone, as do 50 and 100 ms.
     assert calls == [3, 1, 1, 1]
@@ -111,7 +144,12 @@ def test_requests_are_batched_up_to_the_batch_within_the_queue_delay() -> None:
     offline = FakeClock()
     offline_calls, offline_batch = fake_backend(offline, 0.002)
     serve_schedule(
-        np.zeros(7), batch=3, max_queue_delay_s=0.0, run_batch=offline_batch, now=offline.now, sleep=offline.sleep
+        np.zeros(7),
+        batch=3,
+        max_queue_delay_s=0.0,
+        run_batch=offline_batch,
+        now=offline.now,
+        wait_until=offline.wait_until,
     )
     assert offline_calls == [3, 3, 1] and offline.sleeps == []
 
