@@ -30,8 +30,8 @@ from tests.conftest import compose
 # (a 2 ms service time put the p90 4-5% above Lindley, the peak search 5-8% low). The lateness itself is
 # measured per call (perf.dispatch_delay_us) and checked exactly below.
 SERVICE_US = 5000.0
-# The reference server spins the end of each call: a thread woken from sleep runs its next steps slowly on this
-# VM (about 25 us after each call instead of 5), and those steps are the load generator's, not the server's.
+# The reference server spins the end of each call, so it returns on time with its thread awake: a thread woken
+# from sleep runs its next steps slowly on this VM, and those steps are the load generator's, not the server's.
 SPIN_US = 500.0
 REQUESTS = 5000
 BOUND_MS = 25.0  # 5 D, as a serving bound is a few service times

@@ -32,7 +32,7 @@ def tighten_timer_slack() -> None:
     """Ask Linux to wake this thread's sleeps on time (per-thread; a no-op where ``prctl`` is missing)."""
     try:
         ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no libc to open (TypeError on Windows), or no prctl in it
         return
 
 
