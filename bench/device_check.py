@@ -49,7 +49,7 @@ from harness.config.schema import ModelConfig
 from harness.export.aoti_package import compile_package
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
-from harness.perf.efficiency import model_gemms, time_gemms
+from harness.perf.efficiency import GEMM_DTYPES, model_gemms, time_gemms
 from harness.perf.loadgen import LoadPlan, WorkerTask, run_instances
 from harness.perf.stats import latency_stats
 
@@ -170,9 +170,8 @@ def summarise(model_us: np.ndarray, img_s: float, first_call_s: float) -> dict:
 
 def gemm_time_us(case: Case, device: str, dtype: str, cache: Path) -> float:
     gemms = model_gemms(get_variant(case.variant), case.batch, INPUT_SIZE)
-    torch_name = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dtype]
     timing = time_gemms(
-        gemms, runtime="torch", dtype=torch_name, threads=None, cache_dir=cache, fingerprint="device-check", device=device
+        gemms, runtime="torch", dtype=GEMM_DTYPES[dtype], threads=None, cache_dir=cache, fingerprint="device-check", device=device
     )  # fmt: skip
     return timing.gemm_time_us
 

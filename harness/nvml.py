@@ -116,9 +116,7 @@ class NvmlSampler:
 
     def start(self, pids: Sequence[int]) -> None:
         """Start sampling (``pids`` are the workers': NVML reads the whole device, whoever uses it)."""
-        self._thread = threading.Thread(
-            target=self._sample, args=(self.nvml, self.handle), name="nvml-telemetry", daemon=True
-        )
+        self._thread = threading.Thread(target=self._sample, name="nvml-telemetry", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -126,7 +124,8 @@ class NvmlSampler:
         if self._thread is not None:
             self._thread.join()
 
-    def _sample(self, nvml: Any, handle: Any) -> None:
+    def _sample(self) -> None:
+        nvml, handle = self.nvml, self.handle
         while not self._stop.wait(self.interval_s):
             power_w = None
             with contextlib.suppress(nvml.NVMLError):  # boards without a power sensor

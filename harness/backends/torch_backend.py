@@ -167,7 +167,6 @@ class TorchBackend:
         self.streams: tuple[Any, Any] | None = None  # (compute, copy)
         self.events: tuple[Any, Any, Any, Any] | None = None
         self.transfer: tuple[float, float] | None = None
-        self.graphs_captured = 0
 
     def resolve(self, target: LoadTarget) -> dict[str, object]:
         found = self.check_environment()
@@ -269,13 +268,16 @@ class TorchBackend:
             slot.host_output = torch.zeros((capacity, self.feature_dim), dtype=self.dtype, pin_memory=True)
         return slot
 
+    @property
+    def graphs_captured(self) -> int:
+        return sum(slot.graph is not None for slot in self.slots.values())
+
     def _capture(self, slot: _Slot) -> None:
         assert self.streams is not None
         with attention_kernel(self.config.attention):
             slot.graph, slot.graph_output = capture_cuda_graph(
                 functools.partial(self.runnable, slot.device_input), self.streams[0]
             )
-        self.graphs_captured += 1
 
     def _forward(self, slot: _Slot) -> Any:
         if slot.graph is not None:

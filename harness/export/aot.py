@@ -42,11 +42,11 @@ def wants_aot_package(backend: object) -> bool:
     return isinstance(backend, TorchConfig) and backend.artifact == "aoti"
 
 
-def _device_identity(device: str) -> dict[str, object]:
-    """What the generated code is specific to: the GPU's name and compute capability, or the CPU's ISA."""
-    if device.startswith("cuda"):
-        index = torch.device(device).index or 0
-        return {"gpu": torch.cuda.get_device_name(index), "capability": list(torch.cuda.get_device_capability(index))}
+def _device_identity(found: dict[str, object]) -> dict[str, object]:
+    """What the generated code is specific to (from the backend's environment check): the GPU's name and compute
+    capability, or the CPU's ISA."""
+    if "compute_capability" in found:
+        return {"gpu": found["device_name"], "capability": found["compute_capability"]}
     return {"cpu_isa": cpu_isa()}
 
 
@@ -56,7 +56,7 @@ def build_aot_package(config: RunConfig, model: dinov2.DinoVisionTransformer, we
     started = time.perf_counter()
     backend = config.backend
     assert isinstance(backend, TorchConfig)
-    check_backend(backend, config.precision.name)  # a missing CUDA device is one clear line, not a compiler error
+    found = check_backend(backend, config.precision.name)  # a missing CUDA device: one clear line, no compiler error
     dtype = compute_dtype(backend, config.precision.name)
     fields = {
         "architecture": asdict(model.spec),
@@ -64,7 +64,7 @@ def build_aot_package(config: RunConfig, model: dinov2.DinoVisionTransformer, we
         "dtype": dtype,
         "batch": config.perf.batch,
         "input_size": list(config.model.input_size),
-        "device": _device_identity(backend.device),
+        "device": _device_identity(found),
         "attention": backend.attention,
         "aot_inductor_configs": backend.aot_inductor_configs,
         "versions": {"torch": torch.__version__, "harness": __version__},

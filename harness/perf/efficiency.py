@@ -31,6 +31,8 @@ from harness.fileio import write_json_atomic
 from harness.models.variants import VariantSpec
 
 GEMM_TIMING_ROUNDS = 5
+# The dtype a precision's GEMMs are timed in (numpy's and torch's name for it).
+GEMM_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 @dataclass(frozen=True)

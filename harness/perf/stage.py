@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from harness.backends import BackendFactory, LoadTarget, OpenedBackend, open_backend
+from harness.backends.torch_backend import compute_dtype
 from harness.config.schema import PerfConfig, RunConfig, VdspParams
 from harness.data.photos import sample_photos
 from harness.environment import cpu_model, gpus, hardware_fingerprint
@@ -24,7 +25,7 @@ from harness.models.variants import get_variant
 from harness.nvml import NvmlSampler, device_telemetry
 from harness.perf import stats
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
-from harness.perf.efficiency import flops_per_image, model_gemms, onnx_gemm_flops, time_gemms
+from harness.perf.efficiency import GEMM_DTYPES, flops_per_image, model_gemms, onnx_gemm_flops, time_gemms
 from harness.perf.host import HostSampler, host_telemetry
 from harness.perf.loadgen import (
     COMPLETION_BIN_S,
@@ -283,9 +284,6 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
     )
 
 
-TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
 @dataclass(frozen=True)
 class GemmRuntime:
     """Where a run's GEMMs are timed alone: the backend's runtime, dtype, threads and device."""
@@ -303,8 +301,8 @@ def gemm_runtime(config: RunConfig, artifact_path: str | None) -> GemmRuntime | 
     backend = config.backend
     if not (config.perf.efficiency and config.perf.scenario == "closed"):
         return None
-    if backend.name == "torch" and config.precision.name in TORCH_DTYPES:
-        dtype = TORCH_DTYPES[backend.dtype or config.precision.name]
+    if backend.name == "torch" and config.precision.name in GEMM_DTYPES:
+        dtype = GEMM_DTYPES[compute_dtype(backend, config.precision.name)]
         threads = backend.threads or None
         label = f"torch {backend.device}, {threads or 'default'} threads, {dtype}"
         return GemmRuntime("torch", dtype, threads, backend.device, label)
@@ -312,7 +310,7 @@ def gemm_runtime(config: RunConfig, artifact_path: str | None) -> GemmRuntime | 
         backend.name == "onnxruntime" and artifact_path and tuple(backend.providers) == ("CPUExecutionProvider",)
         and config.precision.name in ("fp32", "fp16")
     ):  # fmt: skip
-        dtype = "float16" if config.precision.name == "fp16" else "float32"
+        dtype = GEMM_DTYPES[config.precision.name]
         threads = backend.intra_op_threads or None
         label = f"onnxruntime CPUExecutionProvider, {threads or 'default'} intra-op threads, {dtype}"
         return GemmRuntime("onnxruntime", dtype, threads, "cpu", label)
