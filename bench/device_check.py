@@ -20,8 +20,10 @@ One command on the accelerator machine (torch with CUDA and timm; no Hydra, MLfl
 
 Compiles cost tens of seconds each, so every case's uncompiled rows (seconds each) run first, then the
 compiled ones case by case; any row that would start after ``--budget-s`` is listed as skipped, so the check
-ends in time with every case measured at least uncompiled. The table is printed as rows finish, then again
-in case order. Prints one table and writes it as JSON.
+ends in time with every case measured at least uncompiled. A row (or a parity) that raises is recorded with
+its error, its traceback goes to stderr, and the check goes on to the next; the exit status is then 1. The
+table is printed as rows finish, then again in case order. The JSON is rewritten after every row, so a check
+killed from outside keeps what it measured.
 A CPU rehearsal (what the test suite runs): ``--device cpu --cases tiny14_reg4:2 --modes eager --seconds 0.2``.
 """
 
@@ -35,6 +37,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +83,12 @@ def cosine_min(left: np.ndarray, right: np.ndarray) -> float:
     left64, right64 = left.astype(np.float64), right.astype(np.float64)
     cosines = np.sum(left64 * right64, axis=1) / (np.linalg.norm(left64, axis=1) * np.linalg.norm(right64, axis=1))
     return float(cosines.min())
+
+
+def failure(error: BaseException) -> str:
+    """The error as the report keeps it; the whole traceback goes to stderr."""
+    traceback.print_exception(error, file=sys.stderr)
+    return f"{type(error).__name__}: {error}"
 
 
 def backbone(variant: str, cache: Path) -> torch.nn.Module:
@@ -176,48 +185,60 @@ def gemm_time_us(case: Case, device: str, dtype: str, cache: Path) -> float:
     return timing.gemm_time_us
 
 
-def run_case(case: Case, modes: list[str], args: argparse.Namespace, deadline: float, rows: list[dict]) -> None:
+def measure(case: Case, mode: str, base: TorchConfig, args: argparse.Namespace) -> dict:
+    dtype = base.dtype
+    assert dtype is not None
+    on_gpu = args.device.startswith("cuda")
+    if mode == "anchor":
+        return timm_row(case, args.device, dtype, graphed=True, seconds=args.seconds)
+    if mode == "timm eager":
+        return timm_row(case, args.device, dtype, graphed=False, seconds=args.seconds)
+    if mode == "compile+graph":
+        backend = dataclasses.replace(base, compile=True, cuda_graphs=on_gpu)
+        return harness_row(case, backend, dtype, args.seconds, args.cache, None)
+    if mode == "aoti+graph":
+        package = compile_package(
+            backbone(case.variant, args.cache).to(device=args.device, dtype=torch_dtype(dtype)),
+            batch=case.batch, input_size=INPUT_SIZE, dtype=torch_dtype(dtype), device=args.device,
+            attention="auto", inductor_configs={},
+            metadata={"batch": str(case.batch), "feature_dim": str(get_variant(case.variant).embed_dim)},
+            path=args.cache / f"{case.variant}-b{case.batch}-{dtype}.pt2",
+        )  # fmt: skip
+        backend = dataclasses.replace(base, artifact="aoti", cuda_graphs=on_gpu)
+        return harness_row(case, backend, dtype, args.seconds, args.cache, package)
+    return harness_row(case, base, dtype, args.seconds, args.cache, None)
+
+
+def run_case(case: Case, modes: list[str], args: argparse.Namespace, deadline: float, report: Report) -> None:
     """Measure ``modes`` of ``case`` (the GEMM-only time is cached on disk, so a second call reuses it)."""
     on_gpu = args.device.startswith("cuda")
-    dtype = "fp16" if on_gpu else "fp32"
     base = TorchConfig(
-        name="torch", device=args.device, dtype=dtype, compile=False, compile_mode="default", threads=0,
-        attention="auto", cuda_graphs=False, host_io=False, artifact="module", aot_inductor_configs={},
+        name="torch", device=args.device, dtype="fp16" if on_gpu else "fp32", compile=False, compile_mode="default",
+        threads=0, attention="auto", cuda_graphs=False, host_io=False, artifact="module", aot_inductor_configs={},
     )  # fmt: skip
-    gemm_us = gemm_time_us(case, args.device, dtype, args.cache) if "efficiency" not in args.skip else None
+    gemm_us: float | None = None
+    if "efficiency" not in args.skip:
+        try:
+            gemm_us = gemm_time_us(case, args.device, str(base.dtype), args.cache)
+        except Exception as error:  # the rows are still worth measuring without their efficiency
+            report.errors[f"{case.label} efficiency"] = failure(error)
     for mode in modes:
         row: dict[str, Any] = {"case": case.label, "variant": case.variant, "batch": case.batch, "mode": mode}
-        if time.perf_counter() > deadline:
-            rows.append({**row, "skipped": f"--budget-s {args.budget_s} spent"})
-            continue
         timm_mode = mode in ("anchor", "timm eager")
         if timm_mode and not (on_gpu and case.variant in TIMM_MODELS):
             continue
+        if time.perf_counter() > deadline:
+            report.add({**row, "skipped": f"--budget-s {args.budget_s} spent"})
+            continue
         started = time.perf_counter()
-        if mode == "anchor":
-            measured = timm_row(case, args.device, dtype, graphed=True, seconds=args.seconds)
-        elif mode == "timm eager":
-            measured = timm_row(case, args.device, dtype, graphed=False, seconds=args.seconds)
-        elif mode == "compile+graph":
-            backend = dataclasses.replace(base, compile=True, cuda_graphs=on_gpu)
-            measured = harness_row(case, backend, dtype, args.seconds, args.cache, None)
-        elif mode == "aoti+graph":
-            package = compile_package(
-                backbone(case.variant, args.cache).to(device=args.device, dtype=torch_dtype(dtype)),
-                batch=case.batch, input_size=INPUT_SIZE, dtype=torch_dtype(dtype), device=args.device,
-                attention="auto", inductor_configs={},
-                metadata={"batch": str(case.batch), "feature_dim": str(get_variant(case.variant).embed_dim)},
-                path=args.cache / f"{case.variant}-b{case.batch}-{dtype}.pt2",
-            )  # fmt: skip
-            backend = dataclasses.replace(base, artifact="aoti", cuda_graphs=on_gpu)
-            measured = harness_row(case, backend, dtype, args.seconds, args.cache, package)
+        try:
+            measured = measure(case, mode, base, args)
+        except Exception as error:  # one failed build must not cost the rows after it
+            report.add({**row, "error": failure(error), "wall_s": time.perf_counter() - started})
         else:
-            measured = harness_row(case, base, dtype, args.seconds, args.cache, None)
-        assert measured is not None
-        row.update(measured, system="timm" if timm_mode else "harness", wall_s=time.perf_counter() - started)
-        row["efficiency"] = None if gemm_us is None or timm_mode else gemm_us / measured["model_us_mean"]
-        rows.append(row)
-        print_row(row)
+            row.update(measured, system="timm" if timm_mode else "harness", wall_s=time.perf_counter() - started)
+            row["efficiency"] = None if gemm_us is None or timm_mode else gemm_us / measured["model_us_mean"]
+            report.add(row)
         if on_gpu:
             torch.cuda.empty_cache()
 
@@ -229,9 +250,10 @@ HEADER = (
 
 
 def print_row(row: dict) -> None:
-    if "skipped" in row:
-        print(f"{row['case']:<16} {row['mode']:<14} skipped: {row['skipped']}", flush=True)
-        return
+    for outcome in ("skipped", "error"):
+        if outcome in row:
+            print(f"{row['case']:<16} {row['mode']:<14} {outcome}: {row[outcome]}", flush=True)
+            return
 
     def shown(value: float | None, form: str) -> str:
         return "-" if value is None else format(value, form)
@@ -244,9 +266,9 @@ def print_row(row: dict) -> None:
     )
 
 
-def verdicts(parities: dict[str, dict[str, float]], rows: list[dict]) -> list[dict]:
+def verdicts(parities: dict[str, dict[str, float | None]], rows: list[dict]) -> list[dict]:
     """Each target of the GPU issue judged on this call's numbers (``None``: a row it needs was not measured)."""
-    measured = {(row["case"], row["mode"]): row for row in rows if "skipped" not in row}
+    measured = {(row["case"], row["mode"]): row for row in rows if "img_s" in row}
     harness_modes = ("compile+graph", "aoti+graph", "eager")
 
     def best(case: str, key: str, pick: Callable[..., Any]) -> tuple[float | None, str | None]:
@@ -272,7 +294,7 @@ def verdicts(parities: dict[str, dict[str, float]], rows: list[dict]) -> list[di
         for dtype, cosine in cosines.items():
             found.append({
                 "target": f"{variant} {dtype} parity min cosine", "ratio": cosine, "bound": PARITY_TARGET,
-                "best_mode": None, "met": cosine >= PARITY_TARGET,
+                "best_mode": None, "met": None if cosine is None else cosine >= PARITY_TARGET,
             })  # fmt: skip
     return found
 
@@ -293,8 +315,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.modes) - set(MODES)
     if unknown:
         parser.error(f"--modes: unknown {sorted(unknown)}; known: {', '.join(MODES)}")
-    args.cases = [Case(variant, int(batch)) for variant, batch in (item.split(":") for item in args.cases.split(","))]
+    try:
+        args.cases = [
+            Case(variant, int(batch)) for variant, batch in (item.split(":") for item in args.cases.split(","))
+        ]
+    except ValueError:
+        parser.error(f"--cases: {args.cases!r} is not variant:batch,...")
+    args.parity = [variant for variant in args.parity.split(",") if variant]
+    for variant in {case.variant for case in args.cases} | set(args.parity):
+        try:
+            get_variant(variant)
+        except Exception as error:  # a typo is refused before minutes are spent on the cases before it
+            parser.error(str(error))
     return args
+
+
+@dataclass
+class Report:
+    """What the check has found so far; ``add`` prints a row and rewrites ``out``, so a killed check keeps it."""
+
+    device: str
+    out: Path | None
+    started: float
+    parity: dict[str, dict[str, float | None]] = dataclasses.field(default_factory=dict)
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
+    rows: list[dict] = dataclasses.field(default_factory=list)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        print_row(row)
+        self.write()
+
+    def write(self) -> None:
+        if self.out is None:
+            return
+        report = {
+            "device": self.device, "torch": torch.__version__, "parity": self.parity, "errors": self.errors,
+            "rows": self.rows, "targets": verdicts(self.parity, self.rows),
+            "total_s": time.perf_counter() - self.started,
+        }  # fmt: skip
+        partial = self.out.with_name(self.out.name + ".partial")
+        partial.write_text(json.dumps(report, indent=2))
+        partial.replace(self.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,37 +368,41 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device visible: nothing to check", file=sys.stderr)
         return 2
     args.cache.mkdir(parents=True, exist_ok=True)
-    name = torch.cuda.get_device_name() if on_gpu else "cpu"
-    print(f"device: {name}, torch {torch.__version__}, pid {os.getpid()}", flush=True)
-    parities = {}
-    for variant in (item for item in args.parity.split(",") if item):
-        parities[variant] = parity(variant, args.device, ["fp16", "bf16"] if on_gpu else ["fp32"], args.cache)
-        print(f"{variant}: parity min cos vs CPU fp32: {parities[variant]}", flush=True)
-    rows: list[dict] = []
+    report = Report(torch.cuda.get_device_name() if on_gpu else "cpu", args.out, started)
+    print(f"device: {report.device}, torch {torch.__version__}, pid {os.getpid()}", flush=True)
+    dtypes = ["fp16", "bf16"] if on_gpu else ["fp32"]
+    for variant in args.parity:
+        try:
+            report.parity[variant] = dict(parity(variant, args.device, dtypes, args.cache))
+        except Exception as error:  # the perf rows do not depend on it
+            report.parity[variant] = dict.fromkeys(dtypes)
+            report.errors[f"{variant} parity"] = failure(error)
+        print(f"{variant}: parity min cos vs CPU fp32: {report.parity[variant]}", flush=True)
+        report.write()
     print(HEADER, flush=True)
     for modes in (
         [mode for mode in args.modes if mode in UNCOMPILED_MODES],
         [mode for mode in args.modes if mode not in UNCOMPILED_MODES],
     ):
         for case in args.cases:
-            run_case(case, modes, args, deadline, rows)
-    rows.sort(key=lambda row: (args.cases.index(Case(row["variant"], row["batch"])), args.modes.index(row["mode"])))
+            run_case(case, modes, args, deadline, report)
+    report.rows.sort(
+        key=lambda row: (args.cases.index(Case(row["variant"], row["batch"])), args.modes.index(row["mode"]))
+    )
     print(f"\n{HEADER}", flush=True)
-    for row in rows:
+    for row in report.rows:
         print_row(row)
-    targets = verdicts(parities, rows)
     print("targets:", flush=True)
-    for target in targets:
+    for target in verdicts(report.parity, report.rows):
         value = "-" if target["ratio"] is None else f"{target['ratio']:.4f}"
         verdict = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
         print(f"  {target['target']:<44} {value:>8} (bound {target['bound']}) {verdict}", flush=True)
-    total_s = time.perf_counter() - started
-    print(f"total {total_s:.0f} s", flush=True)
-    if args.out:
-        report = {"device": name, "torch": torch.__version__, "parity": parities, "rows": rows, "targets": targets,
-                  "total_s": total_s}  # fmt: skip
-        args.out.write_text(json.dumps(report, indent=2))
-    return 0
+    report.write()
+    print(f"total {time.perf_counter() - started:.0f} s", flush=True)
+    failed = [*report.errors, *(f"{row['case']} {row['mode']}" for row in report.rows if "error" in row)]
+    if failed:
+        print(f"failed ({len(failed)}): {', '.join(failed)}; tracebacks above, on stderr", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """One run: resolved config -> stages -> ``result.json``.
 
-The config flows ``conf/`` -> ``harness.resolve`` (a typed ``RunConfig``) -> inputs checked -> model +
-weights -> build -> perf -> accuracy -> ``RunResult``. Whatever happens once the run has started,
+The config flows ``conf/`` -> ``harness.resolve`` (a typed ``RunConfig``) -> inputs checked -> weights
+(their provenance) -> build (the model and its artifact) -> perf -> accuracy -> ``RunResult``. Whatever happens once the run has started,
 ``result.json`` is written: a failed stage yields ``status: failed`` with the error, and the stages that
 finished before it keep their results; an interrupt (Ctrl-C) yields ``status: interrupted`` and is re-raised.
 """
@@ -12,7 +12,6 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,9 @@ from harness.backends import check_backend, is_toolchain
 from harness.config.schema import RunConfig
 from harness.environment import capture
 from harness.errors import DataError, HarnessError, MeasurementInvalid
-from harness.export.aot import build_aot_package, wants_aot_package
-from harness.export.device import compile_for_device
-from harness.export.stage import FLOAT_BASE, build_artifact
 from harness.fileio import write_text_atomic
+from harness.models.provenance import resolve_weights
 from harness.models.variants import get_variant
-from harness.models.weights import load_backbone
 from harness.perf.stage import run_perf, strict_problems
 from harness.perf.toolchain import run_toolchain_perf
 from harness.perf.vamp import VAMP_FILE, vamp_report
@@ -68,29 +64,18 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
         log.info(
             "stage=model variant=%s weights=%s input_size=%s", spec.name, config.model.weights, config.model.input_size
         )
-        model, weights = load_backbone(
-            spec,
-            weights=config.model.weights,
-            seed=config.model.seed,
-            cache_dir=config.paths.path("cache"),
-            input_size=config.model.input_size,
+        checkpoint, weights = resolve_weights(
+            spec, weights=config.model.weights, seed=config.model.seed, cache_dir=config.paths.path("cache"),
             progress=config.progress,
-        )
+        )  # fmt: skip
         fp32_build: BuildResult | None = None
         compare_fp32 = "accuracy" in config.stages and config.accuracy.compare_fp32 and config.precision.name != "fp32"
         toolchain = is_toolchain(config.backend)
         if "build" in config.stages:
-            log.info("stage=build precision=%s format=%s", config.precision.name, config.build.format)
-            if config.precision.quantization is not None or compare_fp32 or toolchain:
-                # One verified fp32 build: what an int8 build quantizes, a toolchain compiles, accuracy compares to.
-                fp32_build = build_artifact(replace(config, precision=FLOAT_BASE), model, weights)
-            if toolchain:
-                assert fp32_build is not None
-                build = compile_for_device(config, model, fp32_build)
-            elif wants_aot_package(config.backend):
-                build = build_aot_package(config, model, weights)
-            else:
-                build = build_artifact(config, model, weights, base=fp32_build)
+            # Imported here: the build is the only stage that needs torch in this process (seconds to import).
+            from harness.export.build import run_build
+
+            build, fp32_build = run_build(config, checkpoint=checkpoint, weights=weights, with_fp32=compare_fp32)
         artifact_path = build.artifact_path if build else None
         if "perf" in config.stages and toolchain:
             perf = run_toolchain_perf(config, model_prefix=artifact_path, run_dir=run_dir)

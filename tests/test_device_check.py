@@ -52,3 +52,40 @@ def test_a_spent_budget_lists_the_remaining_rows_as_skipped(tmp_path: Path) -> N
     assert code == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert row["mode"] == "eager" and row["skipped"] == "--budget-s 0.0 spent"
+
+
+def test_a_failing_build_is_recorded_and_the_rows_measured_before_it_are_already_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import bench.device_check as check
+
+    out = tmp_path / "check.json"
+    on_disk_when_it_failed = []
+
+    def compile_fails(*args: object, **kwargs: object) -> Path:
+        on_disk_when_it_failed.append(json.loads(out.read_text()))
+        raise RuntimeError("inductor: no kernel for this shape")
+
+    monkeypatch.setattr(check, "compile_package", compile_fails)
+    code = check.main([
+        "--device", "cpu", "--cases", "tiny14_reg4:1", "--parity", "", "--modes", "aoti+graph,eager",
+        "--seconds", "0.1", "--skip", "efficiency", "--cache", str(tmp_path / "cache"), "--out", str(out),
+    ])  # fmt: skip
+    assert code == 1
+    (before,) = on_disk_when_it_failed
+    assert [(row["mode"], row["samples"] > 0) for row in before["rows"]] == [("eager", True)]
+    rows = {row["mode"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["aoti+graph"]["error"] == "RuntimeError: inductor: no kernel for this shape"
+    assert rows["eager"]["img_s"] > 0
+    captured = capsys.readouterr()
+    assert "Traceback" in captured.err and "failed (1): tiny14_reg4 b1 aoti+graph" in captured.out
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_an_unknown_variant_is_refused_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import bench.device_check as check
+
+    with pytest.raises(SystemExit) as refused:
+        check.main(["--device", "cpu", "--cases", "tiny14_reg4:1,vitl14_rg4:64", "--cache", str(tmp_path)])
+    assert refused.value.code == 2 and "vitl14_rg4" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +58,23 @@ def test_strict_perf_fails_a_measurement_that_falls_short_and_keeps_it(tmp_path:
         run_dir=tmp_path / "enough",
     )  # fmt: skip
     assert enough.status == "ok", enough.error
+
+
+@pytest.mark.process
+def test_a_run_without_the_build_stage_records_its_weights_without_importing_torch(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "weights.pth"
+    checkpoint.write_bytes(b"\x80 not read: no stage here builds the model")
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from harness.pipeline import run\n"
+        "from tests.conftest import compose\n"
+        f"result = run(compose(['debug=tiny', 'backend=sleep', 'stages=[perf]', 'perf.iterations=5', 'tracking=off',"
+        f" 'model.weights={checkpoint}', 'paths.cache={tmp_path / 'cache'}']), run_dir=Path({str(tmp_path / 'run')!r}))\n"
+        "print('TORCH', 'torch' in sys.modules, result.status)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "TORCH False ok"
+    weights = json.loads((tmp_path / "run" / "result.json").read_text())["weights"]
+    assert weights["kind"] == "path" and weights["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()

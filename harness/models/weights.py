@@ -1,4 +1,5 @@
-"""Where a backbone's weights come from: an official checkpoint, a local file, or a seeded random init.
+"""A backbone with its weights: an official checkpoint, a local file, or a seeded random init (see
+``harness.models.provenance`` for where each comes from).
 
 ``model.weights`` is ``official`` (downloaded into ``<paths.cache>/weights`` and verified), ``random``
 (seeded, tagged as such everywhere) or a path to a ``.pth`` state dict. Checkpoints are read with
@@ -14,66 +15,44 @@ from pathlib import Path
 
 import torch
 
-from harness import download
-from harness.errors import ConfigError, DownloadError, WeightsError
-from harness.fileio import sha256_of
+from harness.errors import ConfigError, WeightsError
 from harness.models.dinov2 import DinoVisionTransformer
+from harness.models.provenance import resolve_weights
 from harness.models.variants import VariantSpec
-from harness.result import WeightsInfo, WeightsKind
+from harness.result import WeightsInfo
 
 log = logging.getLogger(__name__)
 
 MAX_LISTED_MISMATCHES = 3
 
 
-def weights_kind(weights: str) -> WeightsKind:
-    if weights in ("official", "random"):
-        return weights  # type: ignore[return-value]
-    return "path"
-
-
 def load_backbone(
     spec: VariantSpec, *, weights: str, seed: int, cache_dir: Path, input_size: tuple[int, int], progress: bool = True
 ) -> tuple[DinoVisionTransformer, WeightsInfo]:
     """Build the fp32 reference model for ``spec`` with its positional table baked for ``input_size`` (H, W)."""
-    if weights_kind(weights) == "random":
+    checkpoint, info = resolve_weights(spec, weights=weights, seed=seed, cache_dir=cache_dir, progress=progress)
+    return backbone_from(spec, checkpoint=checkpoint, seed=seed, input_size=input_size), info
+
+
+def backbone_from(
+    spec: VariantSpec, *, checkpoint: Path | None, seed: int, input_size: tuple[int, int]
+) -> DinoVisionTransformer:
+    """The fp32 model from a resolved ``checkpoint`` (``None``: random weights drawn with ``seed``)."""
+    if checkpoint is None:
         model = DinoVisionTransformer(spec)
         model.init_random(seed)
-        info = WeightsInfo(kind="random", source=f"random(seed={seed})", sha256=None, digest=f"random-seed{seed}")
     else:
-        # Fetch and read first: a missing or bad checkpoint fails before a large model is allocated.
-        path, info = _checkpoint_file(spec, weights, cache_dir=cache_dir, progress=progress)
-        state = read_checkpoint(path)
+        # Read first: a bad checkpoint fails before a large model is allocated.
+        state = read_checkpoint(checkpoint)
         model = DinoVisionTransformer(spec)
-        load_state_dict_checked(model, state, source=str(path))
+        load_state_dict_checked(model, state, source=str(checkpoint))
     model.eval()
     try:
         model.bake_positional_table(*input_size)
     except ValueError as error:
         raise ConfigError(f"model.input_size={list(input_size)}: {error}") from None
-    log.info("model ready variant=%s weights=%s source=%s", spec.name, info.kind, info.source)
-    return model, info
-
-
-def _checkpoint_file(spec: VariantSpec, weights: str, *, cache_dir: Path, progress: bool) -> tuple[Path, WeightsInfo]:
-    if weights == "official":
-        if spec.checkpoint_url is None or spec.checkpoint_file is None:
-            raise ConfigError(
-                f"model.weights=official: variant {spec.name!r} has no official checkpoint; use random or a path"
-            )
-        path = cache_dir / "weights" / spec.checkpoint_file
-        try:
-            record = download.fetch(spec.checkpoint_url, path, sha256=spec.checkpoint_sha256, progress=progress)
-        except DownloadError as error:
-            raise WeightsError(f"{error} (or set model.weights=/path/to/{spec.checkpoint_file})") from None
-        return path, WeightsInfo(
-            kind="official", source=spec.checkpoint_url, sha256=record.sha256, digest=record.sha256
-        )
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"model.weights={weights!r}: no such file (expected 'official', 'random' or a .pth path)")
-    digest = sha256_of(path)
-    return path, WeightsInfo(kind="path", source=str(path.resolve()), sha256=digest, digest=digest)
+    log.info("model ready variant=%s checkpoint=%s", spec.name, checkpoint or f"random(seed={seed})")
+    return model
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,46 @@
+"""Which weights a run uses, without building the model: the official checkpoint (downloaded into
+``<paths.cache>/weights`` and verified), a local file, or a seeded random init, each with its provenance.
+
+Free of torch on purpose: a run without the build stage records its weights' provenance without paying for
+torch's import or the model's construction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness import download
+from harness.errors import ConfigError, DownloadError, WeightsError
+from harness.fileio import sha256_of
+from harness.models.variants import VariantSpec
+from harness.result import WeightsInfo
+
+
+def resolve_weights(
+    spec: VariantSpec, *, weights: str, seed: int, cache_dir: Path, progress: bool
+) -> tuple[Path | None, WeightsInfo]:
+    """The checkpoint file (``None`` for random weights), fetched and verified if official, and its provenance."""
+    if weights == "random":
+        return None, WeightsInfo(kind="random", source=f"random(seed={seed})", sha256=None, digest=f"random-seed{seed}")
+    return _checkpoint_file(spec, weights, cache_dir=cache_dir, progress=progress)
+
+
+def _checkpoint_file(spec: VariantSpec, weights: str, *, cache_dir: Path, progress: bool) -> tuple[Path, WeightsInfo]:
+    if weights == "official":
+        if spec.checkpoint_url is None or spec.checkpoint_file is None:
+            raise ConfigError(
+                f"model.weights=official: variant {spec.name!r} has no official checkpoint; use random or a path"
+            )
+        path = cache_dir / "weights" / spec.checkpoint_file
+        try:
+            record = download.fetch(spec.checkpoint_url, path, sha256=spec.checkpoint_sha256, progress=progress)
+        except DownloadError as error:
+            raise WeightsError(f"{error} (or set model.weights=/path/to/{spec.checkpoint_file})") from None
+        return path, WeightsInfo(
+            kind="official", source=spec.checkpoint_url, sha256=record.sha256, digest=record.sha256
+        )
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"model.weights={weights!r}: no such file (expected 'official', 'random' or a .pth path)")
+    digest = sha256_of(path)
+    return path, WeightsInfo(kind="path", source=str(path.resolve()), sha256=digest, digest=digest)
