@@ -37,7 +37,9 @@ class OrtConfig:
 
     Attributes:
         providers: execution providers in priority order.
-        provider_options: one mapping of options per provider (e.g. ``device_id``), or empty.
+        provider_options: one mapping of options per provider (e.g. ``device_id``), or empty. Values may be
+            numbers or booleans as a command line writes them (``{device_id:0}``); ONNX Runtime gets them as
+            strings.
         intra_op_threads: threads inside one operator; 0 lets ONNX Runtime choose.
         inter_op_threads: threads across operators (parallel execution mode); 0 lets ONNX Runtime choose.
         graph_optimization: ONNX Runtime graph optimisation level.
@@ -49,7 +51,7 @@ class OrtConfig:
 
     name: Literal["onnxruntime"]
     providers: tuple[str, ...]
-    provider_options: tuple[dict[str, str], ...]
+    provider_options: tuple[dict[str, str | bool | int | float], ...]
     intra_op_threads: int
     inter_op_threads: int
     graph_optimization: GRAPH_OPTIMIZATION

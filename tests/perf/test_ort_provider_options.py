@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
+import pytest
+
 from harness.backends.onnxruntime_backend import OrtConfig, session_provider_options
+from harness.errors import ConfigError
 from tests.conftest import run_config
 
 
@@ -29,11 +31,13 @@ def test_tensorrt_gets_fp16_and_an_engine_cache_under_the_harness_cache(cache_di
 
 
 def test_explicit_provider_options_win_and_a_configured_engine_folder_is_used(cache_dir: Path) -> None:
-    config = dataclasses.replace(
-        ort_config(cache_dir, "backend.providers=[TensorrtExecutionProvider,CUDAExecutionProvider]"),
-        provider_options=({"trt_fp16_enable": "False", "device_id": 1}, {"device_id": "1"}),
-        trt_fp16=True, trt_engine_cache="/engines",
+    # As a shell passes them: numbers and booleans unquoted (ONNX Runtime gets every value as a string).
+    config = ort_config(
+        cache_dir, "backend.providers=[TensorrtExecutionProvider,CUDAExecutionProvider]",
+        "backend.provider_options=[{trt_fp16_enable:false,device_id:1},{device_id:'1'}]",
+        "backend.trt_fp16=true", "backend.trt_engine_cache=/engines",
     )  # fmt: skip
+    assert config.provider_options == ({"trt_fp16_enable": False, "device_id": 1}, {"device_id": "1"})
     tensorrt, cuda = session_provider_options(config, str(cache_dir))
     assert tensorrt == {
         "trt_fp16_enable": "False", "trt_engine_cache_enable": "True", "trt_engine_cache_path": "/engines",
@@ -44,3 +48,8 @@ def test_explicit_provider_options_win_and_a_configured_engine_folder_is_used(ca
 
 def test_the_cpu_provider_is_given_no_options(cache_dir: Path) -> None:
     assert session_provider_options(ort_config(cache_dir), str(cache_dir)) == [{}]
+
+
+def test_a_provider_option_that_is_not_a_scalar_is_refused_naming_it(cache_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"backend.provider_options\[0\].device_id=\[0, 1\]: expected"):
+        ort_config(cache_dir, "backend.provider_options=[{device_id:[0,1]}]")

@@ -1,0 +1,59 @@
+"""The README's `harness run` / `harness build` commands are configs that resolve: every key, group option and
+value they set exists and validates, for every job of their sweeps (a renamed key fails here, not for a
+reader)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from harness.config.store import compose, compose_sweep_settings, sweep_plan
+from harness.resolve import resolve_config
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+COMMAND = re.compile(r"^harness (run|build) (.*)$")
+
+
+def readme_commands() -> list[tuple[int, str, list[str]]]:
+    """(line number, entry config, overrides) of each `harness run` / `harness build` line in the README's code blocks,
+    continuation lines joined and comments dropped."""
+    found, in_block, pending, start = [], False, "", 0
+    for number, line in enumerate(README.read_text().splitlines(), start=1):
+        if line.startswith("```"):
+            in_block = not in_block
+            continue
+        if not in_block:
+            continue
+        if not pending:
+            start = number
+        text = pending + line.split(" #", 1)[0].strip()
+        if text.endswith("\\"):
+            pending = text[:-1].rstrip() + " "
+            continue
+        pending = ""
+        matched = COMMAND.match(text)
+        if matched:
+            found.append((start, matched.group(1), [word for word in shlex.split(matched.group(2)) if word != "-m"]))
+    return found
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_has_the_commands_this_test_checks() -> None:
+    # The quick-reference block alone has nine; a parser that finds few has stopped reading the README.
+    assert len(COMMANDS) >= 20, COMMANDS
+
+
+@pytest.mark.parametrize(("line", "entry", "overrides"), COMMANDS, ids=[f"README:{item[0]}" for item in COMMANDS])
+def test_each_readme_command_resolves_for_every_job_of_its_sweep(line: int, entry: str, overrides: list[str]) -> None:
+    plan = sweep_plan(overrides, entry)
+    assert plan is not None, f"README:{line}: not a basic sweep"
+    for job in plan.jobs:
+        run_overrides = [item for item in job if not item.lstrip("+~").startswith("hydra")]
+        if len(run_overrides) < len(job):
+            compose_sweep_settings(list(job), entry)  # the hydra.* overrides (launchers) compose with the run's
+        resolve_config(compose(run_overrides, entry))
