@@ -89,3 +89,30 @@ def test_an_unknown_variant_is_refused_before_anything_runs(tmp_path: Path, caps
         check.main(["--device", "cpu", "--cases", "tiny14_reg4:1,vitl14_rg4:64", "--cache", str(tmp_path)])
     assert refused.value.code == 2 and "vitl14_rg4" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_every_mode_runs_in_exactly_one_phase() -> None:
+    import bench.device_check as check
+
+    in_phases = [mode for phase in check.PHASES for mode in phase]
+    assert sorted(in_phases) == sorted(check.MODES)
+
+
+def test_a_row_its_mode_says_would_overrun_the_budget_is_skipped_before_it_starts(tmp_path: Path) -> None:
+    import time
+
+    import bench.device_check as check
+
+    args = check.parse_args(["--device", "cpu", "--modes", "eager", "--skip", "efficiency", "--cache", str(tmp_path)])
+    report = check.Report("cpu", None, time.perf_counter())
+    report.rows.append(
+        {"case": "tiny14_reg4 b2", "variant": "tiny14_reg4", "batch": 2, "mode": "eager", "wall_s": 90.0}
+    )
+    report.rows.append({"case": "vits14 b2", "variant": "vits14", "batch": 2, "mode": "eager", "wall_s": 900.0})
+    check.run_case(check.Case("tiny14_reg4", 1), ["eager"], args, time.perf_counter() + 60, report)
+    assert (
+        report.rows[-1]["skipped"]
+        == "--budget-s 280.0 would be passed: its longest 'eager' row of tiny14_reg4 took 90 s"
+    )
+    check.run_case(check.Case("tiny14_reg4", 1), ["eager"], args, time.perf_counter() + 120, report)
+    assert report.rows[-1]["samples"] > 0  # 90 s expected, 120 s left: measured
