@@ -16,6 +16,10 @@ One command on the accelerator machine (torch with CUDA and timm; no Hydra, MLfl
    the wall time of the measured window; p50 needs 11 samples and p99 662 (the harness's rule), else ``-``.
    Efficiency is the harness's definition: the model's own GEMMs (its matmul shapes at the batch, fp16),
    run alone with ``torch.matmul`` back to back, over the measured mean model time per batch.
+   With NVML (``nvidia-ml-py``) each row also carries the device's readings over its measured window, taken
+   by the harness's own sampler: mean utilisation, power and SM clock, and images per joule (absent, not
+   zero, without NVML). The first line is the torch backend's own environment check (device, CUDA, compute
+   capability, and NVML's driver and clocks), as a run's tags record it.
 3. The targets, each judged on numbers measured in this same call.
 
 Compiles cost tens of seconds each, so the rows run in phases, case by case within each (``PHASES``): every
@@ -32,6 +36,7 @@ A CPU rehearsal (what the test suite runs): ``--device cpu --cases tiny14_reg4:2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -40,7 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +54,12 @@ import numpy as np
 import torch
 
 from harness.backends import BackendFactory, LoadTarget
-from harness.backends.torch_backend import TorchConfig, capture_cuda_graph, torch_dtype
+from harness.backends.torch_backend import TorchBackend, TorchConfig, capture_cuda_graph, torch_dtype
 from harness.config.schema import ModelConfig
 from harness.export.aoti_package import compile_package
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
+from harness.nvml import NvmlSampler, device_telemetry
 from harness.perf.efficiency import GEMM_DTYPES, model_gemms, time_gemms
 from harness.perf.loadgen import LoadPlan, WorkerTask, run_instances
 from harness.perf.stats import latency_stats
@@ -117,6 +123,28 @@ def parity(variant: str, device: str, dtypes: list[str], cache: Path) -> dict[st
     return found
 
 
+@contextlib.contextmanager
+def nvml_sampled(device: str) -> Iterator[NvmlSampler | None]:
+    """NVML sampling of ``device`` while the block runs (``None``: not CUDA, or no NVML)."""
+    sampler = NvmlSampler.open(device)
+    if sampler is None:
+        yield None
+        return
+    sampler.start(pids=[os.getpid()])
+    try:
+        yield sampler
+    finally:
+        sampler.stop()
+
+
+def with_telemetry(row: dict, sampler: NvmlSampler | None, start: float, end: float) -> dict:
+    """``row`` with the device's telemetry over its measured window [start, end] (absent without NVML)."""
+    telemetry = None if sampler is None else device_telemetry(
+        sampler.samples, start=start, end=end, throughput_qps=row["img_s"]
+    )  # fmt: skip
+    return row if telemetry is None else {**row, "telemetry": dataclasses.asdict(telemetry)}
+
+
 def harness_row(
     case: Case, backend: TorchConfig, dtype: str, seconds: float, cache: Path, package: Path | None
 ) -> dict:
@@ -130,12 +158,14 @@ def harness_row(
         inputs=np.random.default_rng(0).standard_normal((case.batch, 3, *INPUT_SIZE), dtype=np.float32),
         plan=LoadPlan(mode="sync", queue_depth=1, warmup=WARMUP_CALLS, min_duration_s=seconds, max_duration_s=None),
     )  # fmt: skip
-    (instance,) = run_instances(task).instances
-    return summarise(instance.samples[:, 1], instance.samples.shape[0] * case.batch / instance.last_completion_s,
-                     instance.first_call_us / 1e6)  # fmt: skip
+    with nvml_sampled(backend.device) as sampler:
+        (instance,) = run_instances(task).instances
+    row = summarise(instance.samples[:, 1], instance.samples.shape[0] * case.batch / instance.last_completion_s,
+                    instance.first_call_us / 1e6)  # fmt: skip
+    return with_telemetry(row, sampler, instance.start, instance.start + instance.last_completion_s)
 
 
-def timm_row(case: Case, device: str, dtype: str, graphed: bool, seconds: float) -> dict | None:
+def timm_row(case: Case, device: str, dtype: str, graphed: bool, seconds: float) -> dict:
     """timm's model of the same shape (eager, or torch.compile + one CUDA graph), timed with CUDA events."""
     import timm
 
@@ -150,7 +180,7 @@ def timm_row(case: Case, device: str, dtype: str, graphed: bool, seconds: float)
         forward: Callable[[], Any] = graph.replay
     else:
         forward = lambda: model(inputs)  # noqa: E731
-    with torch.inference_mode(), torch.cuda.stream(stream):
+    with torch.inference_mode(), torch.cuda.stream(stream), nvml_sampled(device) as sampler:
         forward()
         stream.synchronize()
         first_call_s = time.perf_counter() - started
@@ -166,8 +196,9 @@ def timm_row(case: Case, device: str, dtype: str, graphed: bool, seconds: float)
             end.record()
             end.synchronize()
             times_us.append(start.elapsed_time(end) * 1000.0)
-        elapsed = time.perf_counter() - begin
-    return summarise(np.asarray(times_us), len(times_us) * case.batch / elapsed, first_call_s)
+        finished = time.perf_counter()
+    row = summarise(np.asarray(times_us), len(times_us) * case.batch / (finished - begin), first_call_s)
+    return with_telemetry(row, sampler, begin, finished)
 
 
 def summarise(model_us: np.ndarray, img_s: float, first_call_s: float) -> dict:
@@ -188,6 +219,15 @@ def gemm_time_us(case: Case, device: str, dtype: str, cache: Path) -> float:
         gemms, runtime="torch", dtype=GEMM_DTYPES[dtype], threads=None, cache_dir=cache, fingerprint="device-check", device=device
     )  # fmt: skip
     return timing.gemm_time_us
+
+
+def base_config(device: str) -> TorchConfig:
+    """The harness's torch backend as the check drives it: eager, fp16 on a GPU (fp32 on a CPU rehearsal)."""
+    return TorchConfig(
+        name="torch", device=device, dtype="fp16" if device.startswith("cuda") else "fp32", compile=False,
+        compile_mode="default", threads=0, attention="auto", cuda_graphs=False, host_io=False, artifact="module",
+        aot_inductor_configs={},
+    )  # fmt: skip
 
 
 def measure(case: Case, mode: str, base: TorchConfig, args: argparse.Namespace) -> dict:
@@ -217,10 +257,7 @@ def measure(case: Case, mode: str, base: TorchConfig, args: argparse.Namespace) 
 def run_case(case: Case, modes: list[str], args: argparse.Namespace, deadline: float, report: Report) -> None:
     """Measure ``modes`` of ``case`` (the GEMM-only time is cached on disk, so a second call reuses it)."""
     on_gpu = args.device.startswith("cuda")
-    base = TorchConfig(
-        name="torch", device=args.device, dtype="fp16" if on_gpu else "fp32", compile=False, compile_mode="default",
-        threads=0, attention="auto", cuda_graphs=False, host_io=False, artifact="module", aot_inductor_configs={},
-    )  # fmt: skip
+    base = base_config(args.device)
     gemm_us: float | None = None
     if "efficiency" not in args.skip:
         try:
@@ -253,7 +290,7 @@ def run_case(case: Case, modes: list[str], args: argparse.Namespace, deadline: f
 
 HEADER = (
     f"{'case':<16} {'mode':<14} {'img/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'eff':>5} {'samples':>7} "
-    f"{'1st call s':>10} {'row s':>6}"
+    f"{'1st call s':>10} {'row s':>6} {'util %':>6} {'W':>5} {'img/J':>6} {'SM MHz':>6}"
 )
 
 
@@ -266,10 +303,13 @@ def print_row(row: dict) -> None:
     def shown(value: float | None, form: str) -> str:
         return "-" if value is None else format(value, form)
 
+    device = row.get("telemetry", {})
     print(
         f"{row['case']:<16} {row['mode']:<14} {row['img_s']:>9.1f} {shown(row['p50_ms'], '.3f'):>8} "
         f"{shown(row['p99_ms'], '.3f'):>8} {shown(None if row['efficiency'] is None else 100 * row['efficiency'], '.0f'):>5} "
-        f"{row['samples']:>7} {row['first_call_s']:>10.1f} {row['wall_s']:>6.1f}",
+        f"{row['samples']:>7} {row['first_call_s']:>10.1f} {row['wall_s']:>6.1f} "
+        f"{shown(device.get('ai_utilize_pct'), '.0f'):>6} {shown(device.get('card_power_w'), '.0f'):>5} "
+        f"{shown(device.get('images_per_joule'), '.2f'):>6} {shown(device.get('sm_clock_mhz'), '.0f'):>6}",
         flush=True,
     )
 
@@ -347,6 +387,7 @@ class Report:
     """What the check has found so far; ``add`` prints a row and rewrites ``out``, so a killed check keeps it."""
 
     device: str
+    environment: dict[str, object]
     out: Path | None
     started: float
     parity: dict[str, dict[str, float | None]] = dataclasses.field(default_factory=dict)
@@ -374,7 +415,8 @@ class Report:
         if self.out is None:
             return
         report = {
-            "device": self.device, "torch": torch.__version__, "parity": self.parity, "errors": self.errors,
+            "device": self.device, "torch": torch.__version__, "environment": self.environment,
+            "parity": self.parity, "errors": self.errors,
             "rows": self.rows, "targets": verdicts(self.parity, self.rows),
             "total_s": time.perf_counter() - self.started,
         }  # fmt: skip
@@ -392,8 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device visible: nothing to check", file=sys.stderr)
         return 2
     args.cache.mkdir(parents=True, exist_ok=True)
-    report = Report(torch.cuda.get_device_name() if on_gpu else "cpu", args.out, started)
-    print(f"device: {report.device}, torch {torch.__version__}, pid {os.getpid()}", flush=True)
+    # The backend's own environment check: device name, CUDA, compute capability, and NVML's driver and clocks.
+    environment = TorchBackend(base_config(args.device)).check_environment()
+    report = Report(str(environment.get("device_name", "cpu")), environment, args.out, started)
+    print(f"device: {', '.join(f'{key} {value}' for key, value in environment.items())}, pid {os.getpid()}", flush=True)
     dtypes = ["fp16", "bf16"] if on_gpu else ["fp32"]
     for variant in args.parity:
         try:

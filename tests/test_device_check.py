@@ -37,6 +37,8 @@ def test_the_device_check_runs_on_the_cpu_with_only_what_the_device_machine_has(
     for row in rows.values():
         assert row["img_s"] > 0 and row["samples"] > 0 and 0 < row["efficiency"] < 1.5
         assert (row["p50_ms"] is None) == (row["samples"] < 11) and row["p99_ms"] is None  # 662 samples for p99
+        assert "telemetry" not in row  # no NVML device: absent, never zero
+    assert report["environment"]["device"] == "cpu" and "device_name" not in report["environment"]
     # The GPU targets are listed as not measured on a CPU, never as met.
     assert [target["met"] for target in report["targets"][:3]] == [None, None, None]
 
@@ -104,7 +106,7 @@ def test_a_row_its_mode_says_would_overrun_the_budget_is_skipped_before_it_start
     import bench.device_check as check
 
     args = check.parse_args(["--device", "cpu", "--modes", "eager", "--skip", "efficiency", "--cache", str(tmp_path)])
-    report = check.Report("cpu", None, time.perf_counter())
+    report = check.Report("cpu", {}, None, time.perf_counter())
     report.rows.append(
         {"case": "tiny14_reg4 b2", "variant": "tiny14_reg4", "batch": 2, "mode": "eager", "wall_s": 90.0}
     )
@@ -116,3 +118,20 @@ def test_a_row_its_mode_says_would_overrun_the_budget_is_skipped_before_it_start
     )
     check.run_case(check.Case("tiny14_reg4", 1), ["eager"], args, time.perf_counter() + 120, report)
     assert report.rows[-1]["samples"] > 0  # 90 s expected, 120 s left: measured
+
+
+def test_a_row_carries_the_device_readings_of_its_measured_window_only() -> None:
+    import bench.device_check as check
+    from harness.nvml import DeviceSample, NvmlSampler
+
+    sampler = NvmlSampler(nvml=None, handle=None)
+    sampler.samples = [
+        DeviceSample(at=at, utilization_pct=util, memory_used_mb=900.0, power_w=power, temperature_c=55.0,
+                     sm_clock_mhz=1980.0)
+        for at, util, power in ((0.5, 100.0, 700.0), (1.0, 90.0, 300.0), (2.0, 100.0, 500.0), (3.5, 0.0, 60.0))
+    ]  # fmt: skip
+    row = check.with_telemetry({"img_s": 2000.0}, sampler, start=1.0, end=3.0)  # the compile and the idle tail out
+    telemetry = row["telemetry"]
+    assert telemetry["samples"] == 2 and telemetry["card_power_w"] == 400.0 and telemetry["ai_utilize_pct"] == 95.0
+    assert telemetry["images_per_joule"] == 5.0 and telemetry["source"] == "nvml"
+    assert check.with_telemetry({"img_s": 1.0}, None, start=1.0, end=3.0) == {"img_s": 1.0}
