@@ -1,9 +1,10 @@
 """One run: resolved config -> stages -> ``result.json``.
 
 The config flows ``conf/`` -> ``harness.resolve`` (a typed ``RunConfig``) -> inputs checked -> weights
-(their provenance) -> build (the model and its artifact) -> perf -> accuracy -> ``RunResult``. Whatever happens once the run has started,
-``result.json`` is written: a failed stage yields ``status: failed`` with the error, and the stages that
-finished before it keep their results; an interrupt (Ctrl-C) yields ``status: interrupted`` and is re-raised.
+(their provenance) -> build (the model and its artifact) -> perf -> accuracy -> ``RunResult``. Whatever
+happens once the run has started, ``result.json`` is written: a failed stage yields ``status: failed`` with
+the error, and the stages that finished before it keep their results; an interrupt (Ctrl-C) yields
+``status: interrupted`` and is re-raised.
 """
 
 from __future__ import annotations
