@@ -72,11 +72,13 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
         fp32_build: BuildResult | None = None
         compare_fp32 = "accuracy" in config.stages and config.accuracy.compare_fp32 and config.precision.name != "fp32"
         toolchain = is_toolchain(config.backend)
-        if "build" in config.stages:
+        if "build" in config.stages and config.backend.loads_artifact:
             # Imported here: the build is the only stage that needs torch in this process (seconds to import).
             from harness.export.build import run_build
 
             build, fp32_build = run_build(config, checkpoint=checkpoint, weights=weights, with_fp32=compare_fp32)
+        elif "build" in config.stages:
+            log.info("stage=build nothing to build: backend=%s runs no built artifact", config.backend.name)
         artifact_path = build.artifact_path if build else None
         if "perf" in config.stages and toolchain:
             perf = run_toolchain_perf(config, model_prefix=artifact_path, run_dir=run_dir)

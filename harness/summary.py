@@ -15,6 +15,8 @@ def format_summary(result: RunResult) -> str:
     ]
     if result.weights and result.weights.kind == "random":
         rows.append(("note", "RANDOM weights: numbers show speed and numerics, not retrieval quality"))
+    if "build" in result.stages and result.build is None and result.status == "ok":
+        rows.append(("artifact", f"none built: backend={result.config.backend['name']} runs no built artifact"))
     if result.build:
         parity = result.build.parity
         rows += [

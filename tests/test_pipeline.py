@@ -12,6 +12,7 @@ import pytest
 
 from harness.pipeline import run
 from harness.result import load_result
+from harness.summary import format_summary
 from tests.conftest import compose
 
 
@@ -61,7 +62,8 @@ def test_strict_perf_fails_a_measurement_that_falls_short_and_keeps_it(tmp_path:
 
 
 @pytest.mark.process
-def test_a_run_without_the_build_stage_records_its_weights_without_importing_torch(tmp_path: Path) -> None:
+def test_a_run_with_nothing_to_build_records_its_weights_without_importing_torch(tmp_path: Path) -> None:
+    # The sleep backend runs no model: its build stage makes nothing, and the model is never built.
     checkpoint = tmp_path / "weights.pth"
     checkpoint.write_bytes(b"\x80 not read: no stage here builds the model")
     script = (
@@ -69,12 +71,22 @@ def test_a_run_without_the_build_stage_records_its_weights_without_importing_tor
         "from pathlib import Path\n"
         "from harness.pipeline import run\n"
         "from tests.conftest import compose\n"
-        f"result = run(compose(['debug=tiny', 'backend=sleep', 'stages=[perf]', 'perf.iterations=5', 'tracking=off',"
+        f"result = run(compose(['debug=tiny', 'backend=sleep', 'stages=[build,perf]', 'perf.iterations=5', 'tracking=off',"
         f" 'model.weights={checkpoint}', 'paths.cache={tmp_path / 'cache'}']), run_dir=Path({str(tmp_path / 'run')!r}))\n"
         "print('TORCH', 'torch' in sys.modules, result.status)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "TORCH False ok"
-    weights = json.loads((tmp_path / "run" / "result.json").read_text())["weights"]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["build"] is None and result["perf"]["throughput_qps"] > 0
+    weights = result["weights"]
     assert weights["kind"] == "path" and weights["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+
+def test_a_torch_module_run_builds_nothing_it_would_not_run_and_says_so(tmp_path: Path) -> None:
+    result = run(tiny(tmp_path, "backend=torch", "stages=[build,perf]", "perf.iterations=3"), run_dir=tmp_path / "run")
+    assert result.status == "ok", result.error
+    assert result.build is None and result.perf is not None and result.perf.backend == "torch"
+    assert not (tmp_path / "cache" / "builds").exists()  # no ONNX export behind its back
+    assert "none built: backend=torch runs no built artifact" in format_summary(result)

@@ -6,6 +6,9 @@ its compiler builds a device model from the verified fp32 ONNX build, and its pr
 runs that model in the tool's own processes; the stages read back what the tools print and write.
 
 A plugin is one config dataclass plus one class, bound by ``@register_backend(name, config=...)``. The
+config's ``loads_artifact`` says whether the backend runs the build stage's artifact; where it does not (the
+torch module, built from the model config at load; the sleep backend, which runs no model) the build stage
+has nothing to make. The
 plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked up; they import
 their runtimes (onnxruntime, torch, vendor tools) inside their methods, so looking a backend up is cheap.
 

@@ -49,6 +49,9 @@ class OrtConfig:
             ``<paths.cache>/tensorrt``.
     """
 
+    # It runs the build stage's ONNX artifact.
+    loads_artifact: ClassVar[bool] = True
+
     name: Literal["onnxruntime"]
     providers: tuple[str, ...]
     provider_options: tuple[dict[str, str | bool | int | float], ...]

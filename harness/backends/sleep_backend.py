@@ -36,6 +36,9 @@ class SleepConfig:
     spins: for one instance per process.
     """
 
+    # It runs no model, so the build stage has nothing to make for it.
+    loads_artifact: ClassVar[bool] = False
+
     name: Literal["sleep"]
     latency_us: float
     per_sample_us: float

@@ -72,6 +72,11 @@ class TorchConfig:
     artifact: Artifact
     aot_inductor_configs: dict[str, Any]
 
+    @property
+    def loads_artifact(self) -> bool:
+        """Only the AOTInductor package is built ahead; the module is built from the model config at load."""
+        return self.artifact == "aoti"
+
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"backend.device={self.device!r}: expected 'cpu', 'cuda' or 'cuda:N'")

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import yaml
@@ -45,6 +45,9 @@ class VastaiConfig:
         input_key: the array name of each image npz vamp reads from a datalist.
         compile_timeout_s, profile_timeout_s: a tool still running after this is killed and the run fails.
     """
+
+    # Its tools compile and run the build stage's fp32 ONNX artifact.
+    loads_artifact: ClassVar[bool] = True
 
     name: Literal["vastai"]
     vamc: str | None
