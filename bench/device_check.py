@@ -109,13 +109,13 @@ def backbone(variant: str, cache: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def parity(variant: str, device: str, dtypes: list[str], cache: Path) -> dict[str, float]:
+def parity(variant: str, device: str, dtypes: list[str], cache: Path) -> dict[str, float | None]:
     """Min cosine of the device's features in each dtype against CPU fp32 features, on 8 seeded inputs."""
     model = backbone(variant, cache)
     inputs = torch.from_numpy(np.random.default_rng(0).standard_normal((8, 3, *INPUT_SIZE), dtype=np.float32))
     with torch.inference_mode():
         reference = model(inputs).numpy()
-        found = {}
+        found: dict[str, float | None] = {}
         for name in dtypes:
             on_device = copy.deepcopy(model).to(device=device, dtype=torch_dtype(name))
             features = on_device(inputs.to(device=device, dtype=torch_dtype(name))).float().cpu().numpy()
@@ -386,13 +386,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Report:
     """What the check has found so far; ``add`` prints a row and rewrites ``out``, so a killed check keeps it."""
 
-    device: str
     environment: dict[str, object]
     out: Path | None
     started: float
     parity: dict[str, dict[str, float | None]] = dataclasses.field(default_factory=dict)
     errors: dict[str, str] = dataclasses.field(default_factory=dict)
     rows: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def device(self) -> str:
+        return str(self.environment.get("device_name", "cpu"))
 
     def longest_s(self, variant: str, mode: str) -> float:
         """The longest wall time of a ``mode`` row of ``variant`` so far (0 before the first): what the next one
@@ -436,12 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     # The backend's own environment check: device name, CUDA, compute capability, and NVML's driver and clocks.
     environment = TorchBackend(base_config(args.device)).check_environment()
-    report = Report(str(environment.get("device_name", "cpu")), environment, args.out, started)
+    report = Report(environment, args.out, started)
     print(f"device: {', '.join(f'{key} {value}' for key, value in environment.items())}, pid {os.getpid()}", flush=True)
     dtypes = ["fp16", "bf16"] if on_gpu else ["fp32"]
     for variant in args.parity:
         try:
-            report.parity[variant] = dict(parity(variant, args.device, dtypes, args.cache))
+            report.parity[variant] = parity(variant, args.device, dtypes, args.cache)
         except Exception as error:  # the perf rows do not depend on it
             report.parity[variant] = dict.fromkeys(dtypes)
             report.errors[f"{variant} parity"] = failure(error)

@@ -106,7 +106,7 @@ def test_a_row_its_mode_says_would_overrun_the_budget_is_skipped_before_it_start
     import bench.device_check as check
 
     args = check.parse_args(["--device", "cpu", "--modes", "eager", "--skip", "efficiency", "--cache", str(tmp_path)])
-    report = check.Report("cpu", {}, None, time.perf_counter())
+    report = check.Report({}, None, time.perf_counter())
     report.rows.append(
         {"case": "tiny14_reg4 b2", "variant": "tiny14_reg4", "batch": 2, "mode": "eager", "wall_s": 90.0}
     )

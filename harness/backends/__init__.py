@@ -8,9 +8,9 @@ runs that model in the tool's own processes; the stages read back what the tools
 A plugin is one config dataclass plus one class, bound by ``@register_backend(name, config=...)``. The
 config's ``loads_artifact`` says whether the backend runs the build stage's artifact; where it does not (the
 torch module, built from the model config at load; the sleep backend, which runs no model) the build stage
-has nothing to make. The
-plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked up; they import
-their runtimes (onnxruntime, torch, vendor tools) inside their methods, so looking a backend up is cheap.
+has nothing to make. The plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is
+looked up; they import their runtimes (onnxruntime, torch, vendor tools) inside their methods, so looking a
+backend up is cheap.
 
 ``open_backend`` is the only place a backend is built for a target: it resolves it (what is installed),
 checks the input it accepts against the shape and batch asked for, and hands back a picklable factory
