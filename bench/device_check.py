@@ -11,11 +11,15 @@ One command on the accelerator machine (torch with CUDA and timm; no Hydra, MLfl
    - ``timm eager``;
    - the harness's builds through its own torch backend and load generator: ``compile+graph`` (torch.compile
      and one CUDA graph per batch size), ``aoti+graph`` (the AOTInductor package, loaded without recompiling,
-     replayed as a CUDA graph), ``eager``.
+     replayed as a CUDA graph), ``eager``; and, only when ``--modes`` names it, ``autotune+graph``
+     (``compile_mode=max-autotune-no-cudagraphs``: Inductor autotunes the GEMMs, minutes per batch size).
    Model latency is CUDA events around each call (the harness's ``model`` column), throughput is images over
    the wall time of the measured window; p50 needs 11 samples and p99 662 (the harness's rule), else ``-``.
    Efficiency is the harness's definition: the model's own GEMMs (its matmul shapes at the batch, fp16),
    run alone with ``torch.matmul`` back to back, over the measured mean model time per batch.
+   ``host_io sync`` and ``host_io async`` are the eager build fed from pinned host memory, its features
+   copied back (as a server is fed): one call at a time, then two queued on the instance, so one call's copies
+   overlap the other's compute; throughput counts the copies, the row keeps their median times.
    With NVML (``nvidia-ml-py``) each row also carries the device's readings over its measured window, taken
    by the harness's own sampler: mean utilisation, power and SM clock, and images per joule (absent, not
    zero, without NVML). The first line is the torch backend's own environment check (device, CUDA, compute
@@ -24,7 +28,7 @@ One command on the accelerator machine (torch with CUDA and timm; no Hydra, MLfl
 
 Compiles cost tens of seconds each, so the rows run in phases, case by case within each (``PHASES``): every
 case's uncompiled rows (seconds each), then every case's anchor and ``compile+graph``, then the AOTInductor
-packages. A row is listed as skipped, not run, once ``--budget-s`` is spent or when the same mode of the same
+packages, then the host I/O rows (no target needs them). A row is listed as skipped, not run, once ``--budget-s`` is spent or when the same mode of the same
 variant already took longer than what is left, so the check ends close to its budget with every case measured
 at least uncompiled and the dearest compiles the first to go. A row (or a parity) that raises is recorded with
 its error, its traceback goes to stderr, and the check goes on to the next; the exit status is then 1. The
@@ -54,8 +58,14 @@ import numpy as np
 import torch
 
 from harness.backends import BackendFactory, LoadTarget
-from harness.backends.torch_backend import TorchBackend, TorchConfig, capture_cuda_graph, torch_dtype
-from harness.config.schema import ModelConfig
+from harness.backends.torch_backend import (
+    CompileMode,
+    TorchBackend,
+    TorchConfig,
+    capture_cuda_graph,
+    torch_dtype,
+)
+from harness.config.schema import ModelConfig, Precision
 from harness.export.aoti_package import compile_package
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
@@ -72,11 +82,28 @@ TIMM_MODELS = {
 }
 INPUT_SIZE = (224, 224)
 PARITY_TARGET = 0.999
-MODES = ("anchor", "compile+graph", "aoti+graph", "eager", "timm eager")
+MODES = (
+    "anchor",
+    "compile+graph",
+    "autotune+graph",
+    "aoti+graph",
+    "eager",
+    "timm eager",
+    "host_io sync",
+    "host_io async",
+)
+# ``autotune+graph`` (Inductor's GEMM autotuning: minutes per batch size) only when asked for with ``--modes``.
+DEFAULT_MODES = tuple(mode for mode in MODES if mode != "autotune+graph")
 # The order rows run in, case by case within each phase: the uncompiled rows (seconds each); then the anchor
-# and the harness's torch.compile build, which every target needs; then the AOTInductor packages, the dearest
-# compiles (export, Inductor, then a C++ build), which the budget may cut without leaving a target unmeasured.
-PHASES = (("eager", "timm eager"), ("anchor", "compile+graph"), ("aoti+graph",))
+# and the harness's torch.compile build, which every target needs; then the dearest compiles, the AOTInductor
+# packages (export, Inductor, then a C++ build) and the autotuned compile when asked for, which the budget may
+# cut without leaving a target unmeasured; last the host I/O rows, which no target needs.
+PHASES = (
+    ("eager", "timm eager"),
+    ("anchor", "compile+graph"),
+    ("aoti+graph", "autotune+graph"),
+    ("host_io sync", "host_io async"),
+)
 WARMUP_CALLS = 10
 
 
@@ -146,22 +173,30 @@ def with_telemetry(row: dict, sampler: NvmlSampler | None, start: float, end: fl
 
 
 def harness_row(
-    case: Case, backend: TorchConfig, dtype: str, seconds: float, cache: Path, package: Path | None
+    case: Case, backend: TorchConfig, dtype: str, seconds: float, cache: Path, package: Path | None, in_flight: int
 ) -> dict:
-    """One instance of the harness's torch backend driven by its load generator for ``seconds``."""
+    """One instance of the harness's torch backend driven by its load generator for ``seconds``, with ``in_flight``
+    requests outstanding (1: sync)."""
     model = ModelConfig(variant=case.variant, weights="random", seed=0, input_size=INPUT_SIZE)
+    # ``backend.dtype`` sets the compute dtype; the run's precision only names its class (bf16 is a half precision).
+    precision: Precision = "fp32" if dtype == "fp32" else "fp16"
     target = LoadTarget(
-        artifact_path=None if package is None else str(package), model=model, precision=dtype, cache_dir=str(cache)
+        artifact_path=None if package is None else str(package), model=model, precision=precision, cache_dir=str(cache)
     )
     task = WorkerTask(
         worker=0, instances=(0,), iterations=(1,), factory=BackendFactory(backend, target),
         inputs=np.random.default_rng(0).standard_normal((case.batch, 3, *INPUT_SIZE), dtype=np.float32),
-        plan=LoadPlan(mode="sync", queue_depth=1, warmup=WARMUP_CALLS, min_duration_s=seconds, max_duration_s=None),
+        plan=LoadPlan(
+            mode="sync" if in_flight == 1 else "async", queue_depth=in_flight, warmup=WARMUP_CALLS,
+            min_duration_s=seconds, max_duration_s=None,
+        ),
     )  # fmt: skip
     with nvml_sampled(backend.device) as sampler:
         (instance,) = run_instances(task).instances
     row = summarise(instance.samples[:, 1], instance.samples.shape[0] * case.batch / instance.last_completion_s,
                     instance.first_call_us / 1e6)  # fmt: skip
+    if instance.transfer_us.size:
+        row["h2d_ms_p50"], row["d2h_ms_p50"] = (float(np.median(column)) / 1e3 for column in instance.transfer_us.T)
     return with_telemetry(row, sampler, instance.start, instance.start + instance.last_completion_s)
 
 
@@ -238,9 +273,14 @@ def measure(case: Case, mode: str, base: TorchConfig, args: argparse.Namespace) 
         return timm_row(case, args.device, dtype, graphed=True, seconds=args.seconds)
     if mode == "timm eager":
         return timm_row(case, args.device, dtype, graphed=False, seconds=args.seconds)
-    if mode == "compile+graph":
-        backend = dataclasses.replace(base, compile=True, cuda_graphs=on_gpu)
-        return harness_row(case, backend, dtype, args.seconds, args.cache, None)
+    if mode in ("compile+graph", "autotune+graph"):
+        compile_mode: CompileMode = "default" if mode == "compile+graph" else "max-autotune-no-cudagraphs"
+        backend = dataclasses.replace(base, compile=True, compile_mode=compile_mode, cuda_graphs=on_gpu)
+        return harness_row(case, backend, dtype, args.seconds, args.cache, None, in_flight=1)
+    if mode.startswith("host_io"):
+        backend = dataclasses.replace(base, host_io=on_gpu)
+        in_flight = 1 if mode == "host_io sync" else 2
+        return harness_row(case, backend, dtype, args.seconds, args.cache, None, in_flight=in_flight)
     if mode == "aoti+graph":
         package = compile_package(
             backbone(case.variant, args.cache).to(device=args.device, dtype=torch_dtype(dtype)),
@@ -250,8 +290,8 @@ def measure(case: Case, mode: str, base: TorchConfig, args: argparse.Namespace) 
             path=args.cache / f"{case.variant}-b{case.batch}-{dtype}.pt2",
         )  # fmt: skip
         backend = dataclasses.replace(base, artifact="aoti", cuda_graphs=on_gpu)
-        return harness_row(case, backend, dtype, args.seconds, args.cache, package)
-    return harness_row(case, base, dtype, args.seconds, args.cache, None)
+        return harness_row(case, backend, dtype, args.seconds, args.cache, package, in_flight=1)
+    return harness_row(case, base, dtype, args.seconds, args.cache, None, in_flight=1)
 
 
 def run_case(case: Case, modes: list[str], args: argparse.Namespace, deadline: float, report: Report) -> None:
@@ -290,7 +330,7 @@ def run_case(case: Case, modes: list[str], args: argparse.Namespace, deadline: f
 
 HEADER = (
     f"{'case':<16} {'mode':<14} {'img/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'eff':>5} {'samples':>7} "
-    f"{'1st call s':>10} {'row s':>6} {'util %':>6} {'W':>5} {'img/J':>6} {'SM MHz':>6}"
+    f"{'1st call s':>10} {'row s':>6} {'util %':>6} {'W':>5} {'img/J':>6} {'SM MHz':>6} {'h2d/d2h ms':>11}"
 )
 
 
@@ -304,12 +344,14 @@ def print_row(row: dict) -> None:
         return "-" if value is None else format(value, form)
 
     device = row.get("telemetry", {})
+    copies = f"{row['h2d_ms_p50']:.2f}/{row['d2h_ms_p50']:.2f}" if "h2d_ms_p50" in row else "-"
     print(
         f"{row['case']:<16} {row['mode']:<14} {row['img_s']:>9.1f} {shown(row['p50_ms'], '.3f'):>8} "
         f"{shown(row['p99_ms'], '.3f'):>8} {shown(None if row['efficiency'] is None else 100 * row['efficiency'], '.0f'):>5} "
         f"{row['samples']:>7} {row['first_call_s']:>10.1f} {row['wall_s']:>6.1f} "
         f"{shown(device.get('ai_utilize_pct'), '.0f'):>6} {shown(device.get('card_power_w'), '.0f'):>5} "
-        f"{shown(device.get('images_per_joule'), '.2f'):>6} {shown(device.get('sm_clock_mhz'), '.0f'):>6}",
+        f"{shown(device.get('images_per_joule'), '.2f'):>6} {shown(device.get('sm_clock_mhz'), '.0f'):>6} "
+        f"{copies:>11}",
         flush=True,
     )
 
@@ -317,7 +359,7 @@ def print_row(row: dict) -> None:
 def verdicts(parities: dict[str, dict[str, float | None]], rows: list[dict]) -> list[dict]:
     """Each target of the GPU issue judged on this call's numbers (``None``: a row it needs was not measured)."""
     measured = {(row["case"], row["mode"]): row for row in rows if "img_s" in row}
-    harness_modes = ("compile+graph", "aoti+graph", "eager")
+    harness_modes = ("compile+graph", "autotune+graph", "aoti+graph", "eager")
 
     def best(case: str, key: str, pick: Callable[..., Any]) -> tuple[float | None, str | None]:
         found = [(measured[(case, mode)][key], mode) for mode in harness_modes if (case, mode) in measured]
@@ -352,7 +394,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--cases", default="vitl14_reg4:64,vitl14_reg4:1,vits14_reg4:256", help="variant:batch,...")
     parser.add_argument("--parity", default="vits14_reg4,vitl14_reg4", help="variants whose parity is checked")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}, in order")
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"subset of {','.join(MODES)}, in order")
     parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per row")
     parser.add_argument(
         "--budget-s", type=float, default=280.0,

@@ -21,7 +21,7 @@ def test_the_device_check_runs_on_the_cpu_with_only_what_the_device_machine_has(
         "import sys, json\n"
         "import bench.device_check as check\n"
         f"code = check.main(['--device', 'cpu', '--cases', 'tiny14_reg4:2,tiny14_reg4:1', '--parity', 'tiny14_reg4',"
-        f" '--modes', 'eager', '--seconds', '0.2', '--cache', {str(tmp_path / 'cache')!r}, '--out', {str(out)!r}])\n"
+        f" '--modes', 'eager,host_io async', '--seconds', '0.2', '--cache', {str(tmp_path / 'cache')!r}, '--out', {str(out)!r}])\n"
         "print('IMPORTED', json.dumps(sorted({name.split('.')[0] for name in sys.modules})))\n"
         "sys.exit(code)\n"
     )
@@ -33,7 +33,10 @@ def test_the_device_check_runs_on_the_cpu_with_only_what_the_device_machine_has(
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["parity"] == {"tiny14_reg4": {"fp32": pytest.approx(1.0)}}
     rows = {(row["case"], row["mode"]): row for row in report["rows"]}
-    assert set(rows) == {("tiny14_reg4 b2", "eager"), ("tiny14_reg4 b1", "eager")}
+    assert set(rows) == {
+        (case, mode) for case in ("tiny14_reg4 b2", "tiny14_reg4 b1") for mode in ("eager", "host_io async")
+    }
+    assert "h2d_ms_p50" not in rows[("tiny14_reg4 b2", "host_io async")]  # the CPU copies nothing to a device
     for row in rows.values():
         assert row["img_s"] > 0 and row["samples"] > 0 and 0 < row["efficiency"] < 1.5
         assert (row["p50_ms"] is None) == (row["samples"] < 11) and row["p99_ms"] is None  # 662 samples for p99
@@ -98,6 +101,9 @@ def test_every_mode_runs_in_exactly_one_phase() -> None:
 
     in_phases = [mode for phase in check.PHASES for mode in phase]
     assert sorted(in_phases) == sorted(check.MODES)
+    # The autotuned compile costs minutes per batch size: run only when named.
+    assert check.parse_args([]).modes == [mode for mode in check.MODES if mode != "autotune+graph"]
+    assert check.parse_args(["--modes", "anchor,autotune+graph"]).modes == ["anchor", "autotune+graph"]
 
 
 def test_a_row_its_mode_says_would_overrun_the_budget_is_skipped_before_it_starts(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -90,6 +90,27 @@ class Backend(Protocol):
     def last_transfer_us(self) -> tuple[float, float] | None: ...
     def outputs(self) -> np.ndarray: ...
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Pipelined(Protocol):
+    """A backend that keeps several calls of one instance in flight, as a device queue does (async mode).
+
+    ``submit`` queues a call on the batch ``prepare`` placed and returns without waiting for it; ``collect``
+    waits for the oldest call queued and returns its model time in microseconds, which the device measures
+    (the host clock cannot tell one queued call's compute from the others'); after it, ``outputs`` and
+    ``last_transfer_us`` describe that call. At most ``max_in_flight()`` calls may be queued: 1 means the
+    backend gains nothing from it (no device queue here, e.g. the CPU), and ``infer`` is used instead.
+    """
+
+    def max_in_flight(self) -> int: ...
+    def submit(self) -> None: ...
+    def collect(self) -> float: ...
+
+
+def in_flight_limit(backend: object) -> int:
+    """How many calls ``backend`` can keep in flight on one instance (1 for a backend that is not ``Pipelined``)."""
+    return backend.max_in_flight() if isinstance(backend, Pipelined) else 1
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,16 @@ It is the load generator's reference system under test (like MLPerf's dummy SUT)
 time, throughput and latency of any instance/process layout are known in advance, so tests can check the
 harness's own aggregation and overhead exactly. It never pretends to be a model: results say
 ``backend.name: sleep``.
+
+With ``copy_us`` and ``in_flight`` it is a device with a queue: a copy engine moves each call's input
+(``copy_us``), then a compute engine runs it (the call's time), each engine one call at a time, and up to
+``in_flight`` calls are queued at once. A lone call takes copy + compute; queued calls overlap one's copy
+with another's compute, so the throughput of a full queue is known too: one call per max(copy, compute).
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from dataclasses import dataclass
@@ -45,10 +51,14 @@ class SleepConfig:
     feature_dim: int
     exit_after_calls: int
     spin_us: float
+    copy_us: float
+    in_flight: int
 
     def __post_init__(self) -> None:
-        if self.latency_us < 0 or self.per_sample_us < 0 or self.spin_us < 0:
-            raise ConfigError("backend.latency_us / per_sample_us / spin_us: expected >= 0")
+        if min(self.latency_us, self.per_sample_us, self.spin_us, self.copy_us) < 0:
+            raise ConfigError("backend.latency_us / per_sample_us / spin_us / copy_us: expected >= 0")
+        if self.in_flight < 1:
+            raise ConfigError(f"backend.in_flight={self.in_flight}: expected >= 1 (calls queued at once)")
 
 
 @register_backend("sleep", config=SleepConfig)
@@ -58,9 +68,12 @@ class SleepBackend:
 
     def __init__(self, config: SleepConfig) -> None:
         self.config = config
-        self.seconds = 0.0
+        self.compute_s = 0.0
         self.calls = 0
         self.result = np.zeros((0, config.feature_dim), dtype=np.float32)
+        # When each engine is next free, and when each queued call completes (perf_counter seconds).
+        self.copy_free_at = self.compute_free_at = 0.0
+        self.queued: collections.deque[float] = collections.deque()
 
     def check_environment(self) -> dict[str, object]:
         return {"latency_us": self.config.latency_us, "per_sample_us": self.config.per_sample_us}
@@ -75,23 +88,39 @@ class SleepBackend:
         return None
 
     def prepare(self, batch: np.ndarray) -> None:
-        self.seconds = (self.config.latency_us + self.config.per_sample_us * batch.shape[0]) / 1e6
+        self.compute_s = (self.config.latency_us + self.config.per_sample_us * batch.shape[0]) / 1e6
         self.result = np.zeros((batch.shape[0], self.config.feature_dim), dtype=np.float32)
 
-    def infer(self) -> float | None:
+    def max_in_flight(self) -> int:
+        return self.config.in_flight
+
+    def submit(self) -> None:
+        if len(self.queued) >= self.config.in_flight:
+            raise RuntimeError(f"sleep backend: {len(self.queued)} calls queued, in_flight={self.config.in_flight}")
         self.calls += 1
         if self.calls == self.config.exit_after_calls:
             # As a crashing runtime does: a last word on stderr, then the process is gone without cleanup.
             os.write(2, f"sleep backend: simulated runtime crash on call {self.calls}\n".encode())
             os._exit(CRASH_EXIT_CODE)
-        deadline = time.perf_counter() + self.seconds
-        time.sleep(max(0.0, self.seconds - self.config.spin_us / 1e6))
+        self.copy_free_at = max(time.perf_counter(), self.copy_free_at) + self.config.copy_us / 1e6
+        self.compute_free_at = max(self.copy_free_at, self.compute_free_at) + self.compute_s
+        self.queued.append(self.compute_free_at)
+
+    def collect(self) -> float:
+        deadline = self.queued.popleft()
+        time.sleep(max(0.0, deadline - time.perf_counter() - self.config.spin_us / 1e6))
         while time.perf_counter() < deadline:
             pass
+        return self.compute_s * 1e6
+
+    def infer(self) -> float | None:
+        self.submit()
+        self.collect()
+        # A lone call is timed by the host clock, as any runtime without device timers is.
         return None
 
-    def last_transfer_us(self) -> None:
-        return None
+    def last_transfer_us(self) -> tuple[float, float] | None:
+        return (self.config.copy_us, 0.0) if self.config.copy_us else None
 
     def outputs(self) -> np.ndarray:
         return self.result

@@ -1,12 +1,14 @@
 """PyTorch backend: the harness's DINOv2 module (eager or ``torch.compile``) or its AOTInductor package, on CPU
 or CUDA, in fp32 / fp16 / bf16.
 
-On CUDA each instance owns a compute stream and a copy stream, so instances in one process overlap one's
-copies with another's compute. The model time of each call is measured with CUDA events on the compute
-stream; with ``host_io`` each call also copies its input from pinned host memory and its features back, on
-the copy stream, timed with events too (``last_transfer_us``), so the end-to-end time is what a server sees.
-``cuda_graphs`` captures one CUDA graph per batch size (after a warm-up on a side stream) into the input
-buffer of that size, and replays it: the cure for launch-bound batch-1 latency.
+On CUDA each instance owns three streams: host-to-device copies, compute, device-to-host copies. The model
+time of each call is measured with CUDA events on the compute stream; with ``host_io`` each call also copies
+its input from pinned host memory and its features back, on the copy streams, timed with events too
+(``last_transfer_us``), so the end-to-end time is what a server sees. An instance keeps up to
+``PIPELINE_DEPTH`` calls queued (``Pipelined``: async mode), each in its own lane of buffers and events, so
+one call's copies and launches overlap the other's compute; instances in one process overlap the same way.
+``cuda_graphs`` captures one CUDA graph per batch size and lane (after a warm-up on a side stream) into that
+lane's input buffer, and replays it: the cure for launch-bound batch-1 latency.
 
 An AOTInductor package is compiled for one batch size (its metadata says which); smaller batches are padded
 to it and the padding rows' outputs dropped.
@@ -14,6 +16,7 @@ to it and the padding rows' outputs dropped.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
@@ -39,6 +42,9 @@ GRAPHING_MODES = ("reduce-overhead", "max-autotune")
 CAPTURE_WARMUP_CALLS = 3
 AOTI_PACKAGE_SUFFIX = ".pt2"
 CUDA_ONLY_KERNELS = ("efficient", "cudnn")
+# Calls an instance keeps queued on a CUDA device: with two, one call's copies and launches overlap the other's
+# compute; one compute stream runs one call at a time, so a deeper queue adds buffers, not overlap.
+PIPELINE_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -142,16 +148,27 @@ def capture_cuda_graph(forward: Callable[[], Any], stream: Any) -> tuple[Any, An
 
 
 @dataclass
-class _Slot:
-    """The buffers of one batch size: ``rows`` placed by the caller in buffers of the AOT package's batch (else
-    ``rows``), the host input (pinned on CUDA), the device input, the host output, and its CUDA graph."""
+class _Lane:
+    """The buffers of one queued call: the device input, the pinned host output (``host_io``), the CUDA graph
+    and its output, the events timing the call (CUDA: host-to-device start and end, model start and end,
+    device-to-host start and end), and the call's result."""
 
-    rows: int
-    host_input: Any
     device_input: Any
     host_output: Any = None
     graph: Any = None
     graph_output: Any = None
+    events: tuple[Any, ...] | None = None
+    result: Any = None
+
+
+@dataclass
+class _Slot:
+    """The buffers of one batch size: ``rows`` placed by the caller in buffers of the AOT package's batch (else
+    ``rows``), the host input (pinned with ``host_io``) every call copies from, and one lane per queued call."""
+
+    rows: int
+    host_input: Any
+    lanes: list[_Lane]
 
 
 @register_backend("torch", config=TorchConfig)
@@ -168,9 +185,10 @@ class TorchBackend:
         self.feature_dim = 0
         self.slots: dict[int, _Slot] = {}
         self.slot: _Slot | None = None
-        self.result: Any = None
-        self.streams: tuple[Any, Any] | None = None  # (compute, copy)
-        self.events: tuple[Any, Any, Any, Any] | None = None
+        self.streams: tuple[Any, Any, Any] | None = None  # (host-to-device, compute, device-to-host)
+        self.submitted = 0
+        self.queued: collections.deque[tuple[_Slot, _Lane]] = collections.deque()
+        self.collected: tuple[_Slot, _Lane] | None = None
         self.transfer: tuple[float, float] | None = None
 
     def resolve(self, target: LoadTarget) -> dict[str, object]:
@@ -237,12 +255,16 @@ class TorchBackend:
             )
         if self.on_cuda:
             device = torch.device(self.config.device)
-            self.streams = (torch.cuda.Stream(device), torch.cuda.Stream(device))
-            self.events = tuple(torch.cuda.Event(enable_timing=True) for _ in range(4))  # type: ignore[assignment]
+            self.streams = (torch.cuda.Stream(device), torch.cuda.Stream(device), torch.cuda.Stream(device))
+
+    def max_in_flight(self) -> int:
+        return PIPELINE_DEPTH if self.on_cuda else 1
 
     def prepare(self, batch: np.ndarray) -> None:
         import torch
 
+        if self.queued:
+            raise RuntimeError(f"prepare() with {len(self.queued)} calls queued: collect them first")
         rows = batch.shape[0]
         capacity = self.fixed_batch or rows
         if rows > capacity:
@@ -252,12 +274,13 @@ class TorchBackend:
             slot = self.slots[rows] = self._new_slot(rows, capacity, batch.shape[1:])
         slot.host_input[:rows].copy_(torch.from_numpy(np.ascontiguousarray(batch)).to(self.dtype))
         if self.on_cuda and not self.config.host_io:
-            slot.device_input.copy_(slot.host_input)
+            for lane in slot.lanes:
+                lane.device_input.copy_(slot.host_input)
             # A copy from pageable memory may return before its DMA is done, and the compute stream does not wait
             # for the stream it ran on.
-            torch.cuda.synchronize(slot.device_input.device)
+            torch.cuda.synchronize(slot.lanes[0].device_input.device)
         self.slot = slot
-        if self.config.cuda_graphs and slot.graph is None:
+        if self.config.cuda_graphs and slot.lanes[0].graph is None:
             self._capture(slot)
 
     def _new_slot(self, rows: int, capacity: int, shape: tuple[int, ...]) -> _Slot:
@@ -265,83 +288,115 @@ class TorchBackend:
 
         pinned = self.on_cuda and self.config.host_io
         host_input = torch.zeros((capacity, *shape), dtype=self.dtype, pin_memory=pinned)
-        slot = _Slot(
-            rows=rows, host_input=host_input,
-            device_input=host_input if not self.on_cuda else torch.zeros_like(host_input, device=self.config.device),
-        )  # fmt: skip
-        if pinned:
-            slot.host_output = torch.zeros((capacity, self.feature_dim), dtype=self.dtype, pin_memory=True)
-        return slot
+        if not self.on_cuda:
+            return _Slot(rows=rows, host_input=host_input, lanes=[_Lane(device_input=host_input)])
+        lanes = [
+            _Lane(
+                device_input=torch.zeros_like(host_input, device=self.config.device),
+                host_output=torch.zeros((capacity, self.feature_dim), dtype=self.dtype, pin_memory=True)
+                if pinned
+                else None,
+                events=tuple(torch.cuda.Event(enable_timing=True) for _ in range(6)),
+            )
+            for _ in range(self.max_in_flight())
+        ]
+        # The buffers are zeroed on the default stream, which the instance's own streams do not wait for.
+        torch.cuda.synchronize(self.config.device)
+        return _Slot(rows=rows, host_input=host_input, lanes=lanes)
 
     @property
     def graphs_captured(self) -> int:
-        return sum(slot.graph is not None for slot in self.slots.values())
+        """Batch sizes with their CUDA graphs captured (one per lane)."""
+        return sum(slot.lanes[0].graph is not None for slot in self.slots.values())
 
     def _capture(self, slot: _Slot) -> None:
         assert self.streams is not None
         with attention_kernel(self.config.attention):
-            slot.graph, slot.graph_output = capture_cuda_graph(
-                functools.partial(self.runnable, slot.device_input), self.streams[0]
-            )
+            for lane in slot.lanes:
+                lane.graph, lane.graph_output = capture_cuda_graph(
+                    functools.partial(self.runnable, lane.device_input), self.streams[1]
+                )
 
-    def _forward(self, slot: _Slot) -> Any:
-        if slot.graph is not None:
-            slot.graph.replay()
-            return slot.graph_output
+    def _forward(self, lane: _Lane) -> Any:
+        if lane.graph is not None:
+            lane.graph.replay()
+            return lane.graph_output
         with attention_kernel(self.config.attention):
-            return self.runnable(slot.device_input)
+            return self.runnable(lane.device_input)
 
-    def infer(self) -> float | None:
+    def submit(self) -> None:
         import torch
 
         slot = self.slot
-        assert slot is not None, "prepare() places a batch before infer()"
+        assert slot is not None, "prepare() places a batch before a call"
+        if len(self.queued) >= self.max_in_flight():
+            raise RuntimeError(f"{len(self.queued)} calls queued: collect one before submitting another")
+        lane = slot.lanes[self.submitted % len(slot.lanes)]
+        self.submitted += 1
+        self.queued.append((slot, lane))
         with torch.inference_mode():
-            if self.streams is None or self.events is None:
-                self.result = self._forward(slot)
-                return None
-            compute, copy = self.streams
-            copy_start, model_start, model_end, copy_end = self.events
+            if lane.events is None or self.streams is None:  # the CPU: the call runs here and now
+                lane.result = self._forward(lane)
+                return
+            to_device, compute, to_host = self.streams
+            h2d_start, h2d_end, model_start, model_end, d2h_start, d2h_end = lane.events
             host_io = self.config.host_io
             if host_io:
-                with torch.cuda.stream(copy):
-                    copy_start.record()
-                    slot.device_input.copy_(slot.host_input, non_blocking=True)
-                    model_start.record()
-                compute.wait_event(model_start)
+                with torch.cuda.stream(to_device):
+                    h2d_start.record()
+                    lane.device_input.copy_(slot.host_input, non_blocking=True)
+                    h2d_end.record()
+                compute.wait_event(h2d_end)
             with torch.cuda.stream(compute):
-                if not host_io:
-                    model_start.record()
-                self.result = self._forward(slot)
+                model_start.record()
+                lane.result = self._forward(lane)
                 model_end.record()
             if host_io:
-                copy.wait_event(model_end)
-                with torch.cuda.stream(copy):
-                    slot.host_output.copy_(self.result, non_blocking=True)
-                    copy_end.record()
-                copy_end.synchronize()
-                self.transfer = (
-                    copy_start.elapsed_time(model_start) * 1000.0,
-                    model_end.elapsed_time(copy_end) * 1000.0,
-                )
-            else:
-                model_end.synchronize()
-            return float(model_start.elapsed_time(model_end)) * 1000.0
+                to_host.wait_event(model_end)
+                with torch.cuda.stream(to_host):
+                    d2h_start.record()
+                    lane.host_output.copy_(lane.result, non_blocking=True)
+                    d2h_end.record()
+
+    def _complete(self) -> float | None:
+        """Wait for the oldest queued call; its model time from CUDA events (``None`` on the CPU)."""
+        self.collected = self.queued.popleft()
+        lane = self.collected[1]
+        if lane.events is None:
+            return None
+        h2d_start, h2d_end, model_start, model_end, d2h_start, d2h_end = lane.events
+        if self.config.host_io:
+            d2h_end.synchronize()
+            self.transfer = (h2d_start.elapsed_time(h2d_end) * 1000.0, d2h_start.elapsed_time(d2h_end) * 1000.0)
+        else:
+            model_end.synchronize()
+        return float(model_start.elapsed_time(model_end)) * 1000.0
+
+    def collect(self) -> float:
+        model_us = self._complete()
+        if model_us is None:
+            raise RuntimeError("collect() is for queued CUDA calls; on the CPU each call runs in infer()")
+        return model_us
+
+    def infer(self) -> float | None:
+        self.submit()
+        return self._complete()
 
     def last_transfer_us(self) -> tuple[float, float] | None:
         return self.transfer
 
     def outputs(self) -> np.ndarray:
-        slot = self.slot
-        assert slot is not None
-        # A copy: the pinned output buffer and a graph's output tensor are rewritten by the next call.
-        if slot.host_output is not None:
-            return np.array(slot.host_output[: slot.rows].float().numpy())
-        return np.array(self.result[: slot.rows].float().cpu().numpy())
+        assert self.collected is not None, "outputs() describe a completed call"
+        slot, lane = self.collected
+        # A copy: the pinned output buffer and a graph's output tensor are rewritten by the lane's next call.
+        if lane.host_output is not None:
+            return np.array(lane.host_output[: slot.rows].float().numpy())
+        return np.array(lane.result[: slot.rows].float().cpu().numpy())
 
     def close(self) -> None:
-        self.runnable = self.result = self.slot = self.streams = self.events = None
+        self.runnable = self.slot = self.streams = self.collected = None
         self.slots = {}
+        self.queued.clear()
 
     def _package(self, target: LoadTarget) -> Path:
         if target.artifact_path is None or not target.artifact_path.endswith(AOTI_PACKAGE_SUFFIX):

@@ -22,26 +22,26 @@ with the run's duration, not its iterations; nothing else grows.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import faulthandler
 import multiprocessing
 import multiprocessing.connection
 import os
-import queue
 import resource
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from harness.backends import BackendFactory
+from harness.backends import BackendFactory, in_flight_limit
 from harness.errors import MeasurementInvalid
 from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_timer_slack, waiter
 from harness.processes import spawn_context
@@ -104,7 +104,8 @@ class LoadPlan:
 
     Attributes:
         mode: ``sync`` (one request at a time) or ``async`` (``queue_depth`` requests in flight).
-        queue_depth: requests in flight per instance in async mode.
+        queue_depth: requests in flight per instance in async mode (waiting or in service); a ``Pipelined``
+            backend has up to ``min(queue_depth, max_in_flight())`` of them queued on its device at once.
         warmup: untimed calls after the cold first call.
         min_duration_s: each instance measures at least this long (and its iterations)...
         max_duration_s: ...but stops here whatever is unmet (``None``: no bound).
@@ -195,7 +196,7 @@ class WorkerReport:
 
 
 class _Instance:
-    """One model instance driven by one thread (plus a submitter thread in async mode)."""
+    """One model instance driven by one thread."""
 
     def __init__(self, task: WorkerTask, index: int, iterations: int, signals: StopSignals | None = None) -> None:
         self.task = task
@@ -239,9 +240,11 @@ class _Instance:
             return not self.signals.stop.is_set()
         return done < self.iterations or self.completions.last_s < plan.min_duration_s
 
-    def _serve(self, submitted: float) -> None:
+    def _serve(self, submitted: float, finish: Callable[[], float | None] | None = None) -> None:
+        """Complete one request stamped ``submitted``: ``finish`` (the backend's ``infer``, or ``collect`` for a
+        call it already has queued), then its outputs, and record it."""
         called = time.perf_counter()
-        device_us = self.backend.infer()
+        device_us = (finish or self.backend.infer)()
         model_done = time.perf_counter()
         self.backend.outputs()
         done = time.perf_counter()
@@ -288,31 +291,35 @@ class _Instance:
         if self.task.plan.scenario != "closed":
             self._run_open_loop()
             return
-        if self.task.plan.mode == "sync":
-            done = 0
-            while self._keep_going(done):
-                self._serve(time.perf_counter())
-                done += 1
-            return
-        # queue_depth bounds the requests in flight (waiting + in service); a request is stamped only once it
-        # holds a slot, so its end-to-end time is queueing behind earlier requests plus its own service.
-        slots = threading.Semaphore(self.task.plan.queue_depth)
-        requests: queue.SimpleQueue[float | None] = queue.SimpleQueue()
+        self._run_closed(1 if self.task.plan.mode == "sync" else self.task.plan.queue_depth)
 
-        def submit() -> None:
-            submitted = 0
-            while self._keep_going(submitted):
-                slots.acquire()
-                requests.put(time.perf_counter())
-                submitted += 1
-            requests.put(None)
+    def _run_closed(self, in_flight: int) -> None:
+        """Closed loop with ``in_flight`` requests outstanding; the client's and the server's loop in one thread.
 
-        submitter = threading.Thread(target=submit, name=f"submit-{self.index}", daemon=True)
-        submitter.start()
-        while (submitted_at := requests.get()) is not None:
-            self._serve(submitted_at)
-            slots.release()
-        submitter.join()
+        A request is issued (stamped) when an earlier one completes and frees its place, so its end-to-end time
+        is its wait behind earlier requests plus its own service. A ``Pipelined`` backend has up to
+        ``max_in_flight()`` of them queued on its device: each waiting request is submitted as soon as there
+        is room, so its copy and launch overlap the call before it; the oldest is then collected.
+        """
+        depth = min(in_flight, in_flight_limit(self.backend))
+        waiting: collections.deque[float] = collections.deque()
+        queued: collections.deque[float] = collections.deque()
+        issued = 0
+        while True:
+            while len(waiting) + len(queued) < in_flight and self._keep_going(issued):
+                waiting.append(time.perf_counter())
+                issued += 1
+            if depth == 1:
+                if not waiting:
+                    return
+                self._serve(waiting.popleft())
+                continue
+            while waiting and len(queued) < depth:
+                self.backend.submit()
+                queued.append(waiting.popleft())
+            if not queued:
+                return
+            self._serve(queued.popleft(), finish=self.backend.collect)
 
     def report(self) -> InstanceSamples:
         if self.backend is not None:

@@ -68,6 +68,27 @@ def test_async_end_to_end_latency_includes_queueing(cache_dir: Path, tmp_path: P
     assert queued.throughput_qps == pytest.approx(sync.throughput_qps, rel=0.15)
 
 
+def test_a_device_queue_overlaps_one_calls_copy_with_anothers_compute_in_async_mode(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    device = (f"backend.copy_us={SLEEP_US}", "perf.iterations=60")
+    sync = measure(sleep_config(cache_dir, *device, "backend.in_flight=2"), tmp_path / "sync")
+    async_ = ("perf.mode=async", "perf.queue_depth=2")
+    queued = measure(sleep_config(cache_dir, *device, "backend.in_flight=2", *async_), tmp_path / "queued")
+    unqueued = measure(sleep_config(cache_dir, *device, "backend.in_flight=1", *async_), tmp_path / "unqueued")
+    # A lone call copies, then computes; with two queued, the device finishes one call per compute time.
+    assert sync.throughput_qps == pytest.approx(1e6 / (2 * SLEEP_US), rel=0.15)
+    assert queued.throughput_qps == pytest.approx(2 * sync.throughput_qps, rel=0.15)
+    assert unqueued.throughput_qps == pytest.approx(sync.throughput_qps, rel=0.15)
+    # Queued calls are timed by the device: compute alone, the copy reported apart, the wait in end to end.
+    assert queued.latency_us.model.p50 == SLEEP_US
+    assert queued.transfer_us is not None and queued.transfer_us.h2d.p50 == SLEEP_US
+    assert queued.latency_us.e2e.avg == pytest.approx(2e6 / queued.throughput_qps, rel=0.1)  # Little's law
+    assert sync.latency_us.model.p50 == pytest.approx(2 * SLEEP_US, rel=0.15)  # the host clock: copy + compute
+    with pytest.raises(ConfigError, match=r"backend.in_flight=0: expected >= 1"):
+        sleep_config(cache_dir, "backend.in_flight=0")
+
+
 def test_duration_bound_run(cache_dir: Path, tmp_path: Path) -> None:
     result = measure(sleep_config(cache_dir, "perf.iterations=null", "perf.min_duration_s=0.5"), tmp_path)
     assert 0.5 <= result.forward_time_s < 0.8
@@ -240,5 +261,5 @@ def test_a_spinning_sleep_backend_keeps_its_service_time(cache_dir: Path, tmp_pa
     result = measure(sleep_config(cache_dir, "perf.iterations=40", "backend.spin_us=2000"), tmp_path)
     # The whole call can be spun: never shorter than asked, and the load generator sees the same time.
     assert result.latency_us.model.min >= SLEEP_US
-    with pytest.raises(ConfigError, match=r"backend.latency_us / per_sample_us / spin_us: expected >= 0"):
+    with pytest.raises(ConfigError, match=r"backend.latency_us / per_sample_us / spin_us / copy_us: expected >= 0"):
         sleep_config(cache_dir, "backend.spin_us=-1")

@@ -124,7 +124,7 @@ def test_cuda_graph_bookkeeping_captures_once_per_batch_size_into_the_buffer_lat
     object.__setattr__(config, "cuda_graphs", True)  # the CPU refuses CUDA graphs: the double stands in for them
     backend = TorchBackend(config)
     backend.load(target(tmp_path))
-    backend.streams = ("compute stream", "copy stream")
+    backend.streams = ("host-to-device stream", "compute stream", "device-to-host stream")
     three, one, other = images(3), images(1), images(3)[::-1].copy()
     for batch in (three, one, other, one):
         backend.prepare(batch)
@@ -134,6 +134,22 @@ def test_cuda_graph_bookkeeping_captures_once_per_batch_size_into_the_buffer_lat
     first = backend.outputs()
     backend.infer()
     assert first is not backend.outputs() and not np.shares_memory(first, backend.outputs())
+
+
+def test_on_the_cpu_a_call_runs_when_submitted_and_nothing_is_queued_beyond_it(tmp_path: Path) -> None:
+    backend = TorchBackend(CPU)
+    backend.load(target(tmp_path))
+    assert backend.max_in_flight() == 1  # no device queue: async mode calls infer() one request at a time
+    batch = images(2)
+    backend.prepare(batch)
+    backend.submit()
+    with pytest.raises(RuntimeError, match="1 calls queued: collect one before submitting another"):
+        backend.submit()
+    with pytest.raises(RuntimeError, match=r"prepare\(\) with 1 calls queued"):
+        backend.prepare(batch)
+    with pytest.raises(RuntimeError, match="on the CPU each call runs in infer"):
+        backend.collect()
+    np.testing.assert_allclose(backend.outputs(), reference(tmp_path, batch), rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_runs_on_the_cpu_close_to_fp32(tmp_path: Path) -> None:
@@ -166,3 +182,27 @@ def test_cuda_graphs_replay_the_eager_features_and_time_the_copies(tmp_path: Pat
         transfer = graphed.last_transfer_us()
         assert (transfer is not None and min(transfer) > 0) if host_io else transfer is None
     assert graphed.graphs_captured == 2  # batch 4 and batch 1, each captured once
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_two_queued_calls_each_give_the_features_of_a_lone_call(tmp_path: Path, cuda_graphs: bool) -> None:
+    backend = TorchBackend(dataclasses.replace(CUDA, cuda_graphs=cuda_graphs, host_io=True))
+    backend.load(target(tmp_path, "fp16"))
+    assert backend.max_in_flight() == 2
+    backend.prepare(images(4))
+    assert backend.infer() is not None
+    alone = backend.outputs()
+    backend.submit()
+    backend.submit()
+    with pytest.raises(RuntimeError, match="collect one before submitting another"):
+        backend.submit()
+    for _ in range(4):
+        assert backend.collect() > 0
+        np.testing.assert_array_equal(backend.outputs(), alone)  # the copy back was waited for, not raced
+        transfer = backend.last_transfer_us()
+        assert transfer is not None and min(transfer) > 0
+        backend.submit()  # into the lane just collected, while the other call runs
+    backend.collect()
+    np.testing.assert_array_equal(backend.outputs(), alone)
