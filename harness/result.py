@@ -263,6 +263,8 @@ class Measurement:
         telemetry: the accelerator sampled during the window (NVML on CUDA, or the vendor profiler's report).
         transfer_us: where the backend copies each batch itself (torch on CUDA with ``backend.host_io``), the
             per-call host-to-device and device-to-host times beside the model time of ``latency_us.model``.
+        device_queue: the most calls one instance had queued on its device at once (a backend with a device
+            queue in async mode, torch on CUDA: 2); 1: each call served before the next was submitted.
     """
 
     samples: int
@@ -282,6 +284,7 @@ class Measurement:
     dispatch_delay_us: LatencyStats | None = None
     telemetry: DeviceTelemetry | None = None
     transfer_us: TransferSplit | None = None
+    device_queue: int = 1
 
 
 @dataclass(frozen=True)
@@ -368,6 +371,8 @@ class PerfResult(Measurement):
     and these are not comparable). ``samples_source`` says where the statistics come from: ``harness`` (derived
     from per-batch samples, kept in ``samples_file``) or ``vamp`` (the summary the vendor profiler printed, kept
     verbatim in ``perf_vamp.txt``: its percentiles are the ones it printed, and its repeats are the evidence).
+    ``queue_depth`` is the requests each instance kept in flight (``perf.queue_depth`` in the closed loop's async
+    mode, else 1).
     """
 
     backend: str
@@ -394,6 +399,7 @@ class PerfResult(Measurement):
     efficiency: Efficiency | None = None
     stability: Stability | None = None
     samples_source: Literal["harness", "vamp"] = "harness"
+    queue_depth: int = 1
 
 
 @dataclass(frozen=True)

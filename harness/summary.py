@@ -90,7 +90,7 @@ def format_summary(result: RunResult) -> str:
                 (
                     "copies",
                     f"host->device {split.h2d.avg:.0f} us, device->host {split.d2h.avg:.0f} us per call on average "
-                    f"(model {perf.latency_us.model.avg:.0f} us): CUDA events on the copy stream",
+                    f"(model {perf.latency_us.model.avg:.0f} us): CUDA events on the copy streams",
                 )
             )
         if perf.host:
@@ -173,7 +173,10 @@ def _load(perf: PerfResult) -> str:
         return f"server {offered} (latency from scheduled arrival)"
     if perf.scenario == "offline":
         return "offline (all requests queued at the start)"
-    return perf.mode
+    if perf.mode == "sync":
+        return "sync"
+    on_device = f"{perf.device_queue} at once on the device" if perf.device_queue > 1 else "served one at a time"
+    return f"async {perf.queue_depth} in flight ({on_device})"
 
 
 def _ms(microseconds: float | None, source: str = "harness") -> str:

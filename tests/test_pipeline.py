@@ -90,3 +90,17 @@ def test_a_torch_module_run_builds_nothing_it_would_not_run_and_says_so(tmp_path
     assert result.build is None and result.perf is not None and result.perf.backend == "torch"
     assert not (tmp_path / "cache" / "builds").exists()  # no ONNX export behind its back
     assert "none built: backend=torch runs no built artifact" in format_summary(result)
+
+
+def test_the_summary_says_how_an_async_load_was_served(tmp_path: Path) -> None:
+    lines = []
+    for in_flight in (2, 1):
+        result = run(
+            tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.iterations=6", "perf.mode=async",
+                 "perf.queue_depth=3", f"backend.in_flight={in_flight}"),
+            run_dir=tmp_path / f"run{in_flight}",
+        )  # fmt: skip
+        assert result.status == "ok", result.error
+        lines.append(next(line for line in format_summary(result).splitlines() if line.strip().startswith("perf ")))
+    assert "async 3 in flight (2 at once on the device)" in lines[0]
+    assert "async 3 in flight (served one at a time)" in lines[1]

@@ -169,6 +169,7 @@ class InstanceSamples:
         dispatch_delay_us: per call, how late the open loop dispatched it after it was due (empty: closed loop).
         transfer_us: [calls, 2] float32 host-to-device and device-to-host copy time per call, microseconds, where
             the backend times its copies itself (else empty).
+        device_queue: the most calls it had queued on the backend's device at once (1: one at a time).
     """
 
     instance: int
@@ -182,6 +183,7 @@ class InstanceSamples:
     calls: int
     dispatch_delay_us: np.ndarray
     transfer_us: np.ndarray
+    device_queue: int
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ class _Instance:
         self.calls = 0
         self.prepared_rows = len(task.inputs)
         self.dispatch_delay_us = np.zeros(0, dtype=np.float32)
+        self.device_queue = 1
 
     def prepare(self) -> None:
         started = time.perf_counter()
@@ -301,7 +304,7 @@ class _Instance:
         ``max_in_flight()`` of them queued on its device: each waiting request is submitted as soon as there
         is room, so its copy and launch overlap the call before it; the oldest is then collected.
         """
-        depth = min(in_flight, in_flight_limit(self.backend))
+        depth = self.device_queue = min(in_flight, in_flight_limit(self.backend))
         waiting: collections.deque[float] = collections.deque()
         queued: collections.deque[float] = collections.deque()
         issued = 0
@@ -328,7 +331,7 @@ class _Instance:
             instance=self.index, worker=self.task.worker, load_s=self.load_s, first_call_us=self.first_call_us,
             start=self.start, samples=self.samples.array(), completions=self.completions.array(),
             last_completion_s=self.completions.last_s, calls=self.calls, dispatch_delay_us=self.dispatch_delay_us,
-            transfer_us=self.transfers.array(),
+            transfer_us=self.transfers.array(), device_queue=self.device_queue,
         )  # fmt: skip
 
 

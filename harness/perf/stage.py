@@ -181,6 +181,7 @@ def summarise(
         )
         if transfer_us.size
         else None,
+        device_queue=max(instance.device_queue for instance in instances),
     )
     raw = {"completions_per_ms": completions, "e2e_us": e2e_us, "model_us": model_us}
     if dispatch is not None:
@@ -281,6 +282,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         probes=tuple(probes),
         efficiency=efficiency,
         stability=stabilities.get(f"repeat{measurements.index(median)}"),
+        queue_depth=config.perf.queue_depth if config.perf.scenario == "closed" and config.perf.mode == "async" else 1,
     )
 
 

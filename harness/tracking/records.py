@@ -55,6 +55,7 @@ MEASUREMENTS = (
     "perf.dispatch_delay_us.*",
     "perf.transfer_us.h2d.*",
     "perf.transfer_us.d2h.*",
+    "perf.device_queue",
     "perf.host.cpu_util_pct",
     "perf.host.cpu_util_per_core_pct",
     "perf.host.rss_mean_bytes",

@@ -85,6 +85,10 @@ def test_a_device_queue_overlaps_one_calls_copy_with_anothers_compute_in_async_m
     assert queued.transfer_us is not None and queued.transfer_us.h2d.p50 == SLEEP_US
     assert queued.latency_us.e2e.avg == pytest.approx(2e6 / queued.throughput_qps, rel=0.1)  # Little's law
     assert sync.latency_us.model.p50 == pytest.approx(2 * SLEEP_US, rel=0.15)  # the host clock: copy + compute
+    # The result says how the load was served.
+    assert (sync.queue_depth, sync.device_queue) == (1, 1)
+    assert (queued.queue_depth, queued.device_queue) == (2, 2)
+    assert (unqueued.queue_depth, unqueued.device_queue) == (2, 1)
     with pytest.raises(ConfigError, match=r"backend.in_flight=0: expected >= 1"):
         sleep_config(cache_dir, "backend.in_flight=0")
 

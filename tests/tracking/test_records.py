@@ -75,7 +75,7 @@ def test_a_cuda_run_is_tagged_with_its_device_driver_cuda_and_clocks_and_logs_it
     perf = {
         "backend_resolved": resolved, "throughput_qps": 2800.0,
         "telemetry": {"ai_utilize_pct": 97.0, "card_power_w": 650.0, "images_per_joule": 4.3, "source": "nvml"},
-        "transfer_us": {"h2d": {"avg": 1200.0}, "d2h": {"avg": 15.0}},
+        "transfer_us": {"h2d": {"avg": 1200.0}, "d2h": {"avg": 15.0}}, "device_queue": 2, "queue_depth": 4,
     }  # fmt: skip
     result = {"run_uid": "u", "status": "ok", "run_dir": "/r", "stages": ["perf"], "config": {}, "perf": perf}
     tags = tags_of(result)
@@ -84,6 +84,7 @@ def test_a_cuda_run_is_tagged_with_its_device_driver_cuda_and_clocks_and_logs_it
     metrics = metrics_of(result)
     assert metrics["ai_utilize_pct"] == [97.0] and metrics["images_per_joule"] == [4.3]
     assert metrics["perf.transfer_us.h2d.avg"] == [1200.0] and metrics["perf.transfer_us.d2h.avg"] == [15.0]
+    assert metrics["perf.device_queue"] == [2] and "perf.queue_depth" not in metrics  # an outcome, and a setting
     # A CPU run has none of these tags, rather than empty ones.
     cpu = tags_of({**result, "perf": {"backend_resolved": {"device": "cpu"}}})
     assert cpu["hardware.gpu"] == "none" and "hardware.gpu_driver" not in cpu and "hardware.cuda" not in cpu
