@@ -28,9 +28,10 @@ One command on the accelerator machine (torch with CUDA and timm; no Hydra, MLfl
 
 Compiles cost tens of seconds each, so the rows run in phases, case by case within each (``PHASES``): every
 case's uncompiled rows (seconds each), then every case's anchor and ``compile+graph``, then the AOTInductor
-packages, then the host I/O rows (no target needs them). A row is listed as skipped, not run, once ``--budget-s`` is spent or when the same mode of the same
-variant already took longer than what is left, so the check ends close to its budget with every case measured
-at least uncompiled and the dearest compiles the first to go. A row (or a parity) that raises is recorded with
+packages, then the host I/O rows (no target needs them). A row is listed as skipped, not run, once
+``--budget-s`` is spent or when the same mode of the same variant already took longer than what is left, so
+the check ends close to its budget with every case measured at least uncompiled and the dearest compiles the
+first to go. A row (or a parity) that raises is recorded with
 its error, its traceback goes to stderr, and the check goes on to the next; the exit status is then 1. The
 table is printed as rows finish, then again in case order. The JSON is rewritten after every row, so a check
 killed from outside keeps what it measured.
@@ -273,15 +274,15 @@ def measure(case: Case, mode: str, base: TorchConfig, args: argparse.Namespace) 
         return timm_row(case, args.device, dtype, graphed=True, seconds=args.seconds)
     if mode == "timm eager":
         return timm_row(case, args.device, dtype, graphed=False, seconds=args.seconds)
+    backend, in_flight = base, 1
+    package: Path | None = None
     if mode in ("compile+graph", "autotune+graph"):
         compile_mode: CompileMode = "default" if mode == "compile+graph" else "max-autotune-no-cudagraphs"
         backend = dataclasses.replace(base, compile=True, compile_mode=compile_mode, cuda_graphs=on_gpu)
-        return harness_row(case, backend, dtype, args.seconds, args.cache, None, in_flight=1)
-    if mode.startswith("host_io"):
+    elif mode.startswith("host_io"):
         backend = dataclasses.replace(base, host_io=on_gpu)
         in_flight = 1 if mode == "host_io sync" else 2
-        return harness_row(case, backend, dtype, args.seconds, args.cache, None, in_flight=in_flight)
-    if mode == "aoti+graph":
+    elif mode == "aoti+graph":
         package = compile_package(
             backbone(case.variant, args.cache).to(device=args.device, dtype=torch_dtype(dtype)),
             batch=case.batch, input_size=INPUT_SIZE, dtype=torch_dtype(dtype), device=args.device,
@@ -290,8 +291,7 @@ def measure(case: Case, mode: str, base: TorchConfig, args: argparse.Namespace) 
             path=args.cache / f"{case.variant}-b{case.batch}-{dtype}.pt2",
         )  # fmt: skip
         backend = dataclasses.replace(base, artifact="aoti", cuda_graphs=on_gpu)
-        return harness_row(case, backend, dtype, args.seconds, args.cache, package, in_flight=1)
-    return harness_row(case, base, dtype, args.seconds, args.cache, None, in_flight=1)
+    return harness_row(case, backend, dtype, args.seconds, args.cache, package, in_flight)
 
 
 def run_case(case: Case, modes: list[str], args: argparse.Namespace, deadline: float, report: Report) -> None:

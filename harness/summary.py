@@ -173,8 +173,8 @@ def _load(perf: PerfResult) -> str:
         return f"server {offered} (latency from scheduled arrival)"
     if perf.scenario == "offline":
         return "offline (all requests queued at the start)"
-    if perf.mode == "sync":
-        return "sync"
+    if perf.mode == "sync" or perf.samples_source == "vamp":  # how vamp serves its queue is its own business
+        return perf.mode
     on_device = f"{perf.device_queue} at once on the device" if perf.device_queue > 1 else "served one at a time"
     return f"async {perf.queue_depth} in flight ({on_device})"
 

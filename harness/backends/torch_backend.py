@@ -278,7 +278,7 @@ class TorchBackend:
                 lane.device_input.copy_(slot.host_input)
             # A copy from pageable memory may return before its DMA is done, and the compute stream does not wait
             # for the stream it ran on.
-            torch.cuda.synchronize(slot.lanes[0].device_input.device)
+            torch.cuda.synchronize(self.config.device)
         self.slot = slot
         if self.config.cuda_graphs and slot.lanes[0].graph is None:
             self._capture(slot)

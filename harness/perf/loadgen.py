@@ -243,11 +243,11 @@ class _Instance:
             return not self.signals.stop.is_set()
         return done < self.iterations or self.completions.last_s < plan.min_duration_s
 
-    def _serve(self, submitted: float, finish: Callable[[], float | None] | None = None) -> None:
+    def _serve(self, submitted: float, finish: Callable[[], float | None]) -> None:
         """Complete one request stamped ``submitted``: ``finish`` (the backend's ``infer``, or ``collect`` for a
         call it already has queued), then its outputs, and record it."""
         called = time.perf_counter()
-        device_us = (finish or self.backend.infer)()
+        device_us = finish()
         model_done = time.perf_counter()
         self.backend.outputs()
         done = time.perf_counter()
@@ -305,6 +305,10 @@ class _Instance:
         is room, so its copy and launch overlap the call before it; the oldest is then collected.
         """
         depth = self.device_queue = min(in_flight, in_flight_limit(self.backend))
+        # One at a time, ``infer`` runs the whole call when it is served.
+        submit, finish = (
+            (self.backend.submit, self.backend.collect) if depth > 1 else (lambda: None, self.backend.infer)
+        )
         waiting: collections.deque[float] = collections.deque()
         queued: collections.deque[float] = collections.deque()
         issued = 0
@@ -312,17 +316,12 @@ class _Instance:
             while len(waiting) + len(queued) < in_flight and self._keep_going(issued):
                 waiting.append(time.perf_counter())
                 issued += 1
-            if depth == 1:
-                if not waiting:
-                    return
-                self._serve(waiting.popleft())
-                continue
             while waiting and len(queued) < depth:
-                self.backend.submit()
+                submit()
                 queued.append(waiting.popleft())
             if not queued:
                 return
-            self._serve(queued.popleft(), finish=self.backend.collect)
+            self._serve(queued.popleft(), finish)
 
     def report(self) -> InstanceSamples:
         if self.backend is not None:
