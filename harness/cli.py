@@ -181,7 +181,7 @@ def _stop_interrupted() -> int:
     from harness.report import markdown_table, sweep_rows, write_summary
     from harness.tracking import Store, end_sweep, finish_sweep
 
-    where = f"{_session.run_dir / 'result.json'} (status interrupted)" if _session.run_dir else "no run had started"
+    where = _interrupted_where(_session.run_dir)
     sweep_dir = _session.sweep_dir
     if sweep_dir is None or not sweep_dir.is_dir():
         print(f"interrupted: {where}", file=sys.stderr)
@@ -200,6 +200,24 @@ def _stop_interrupted() -> int:
     done = sum(row["status"] == "ok" for row in rows)
     print(f"interrupted: {where}; sweep {sweep_dir}: {done} job(s) finished before it", file=sys.stderr)
     return 130
+
+
+def _interrupted_where(run_dir: Path | None) -> str:
+    """Where Ctrl-C found the last run started here, as its result.json says (it may have come after the run
+    ended: while it was being tracked, or between two jobs)."""
+    from harness.errors import HarnessError
+    from harness.result import load_result
+
+    if run_dir is None:
+        return "no run had started"
+    result_file = run_dir / "result.json"
+    if not result_file.is_file():
+        return f"{run_dir} had not begun (no result.json)"
+    try:
+        status = load_result(run_dir).status
+    except HarnessError as error:
+        return str(error)
+    return f"{result_file} (status {status})" if status == "interrupted" else f"after {result_file} (status {status})"
 
 
 def _check_jobs(config_name: str, arguments: list[str]) -> None:

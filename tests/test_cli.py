@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -141,3 +142,27 @@ def test_a_sweep_lists_every_invalid_job_and_runs_nothing(tmp_path: Path) -> Non
         "  sweep job 2 (perf.batch=0): perf.batch=0: expected a positive int",
     ]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_an_interrupt_names_the_run_it_stopped_only_when_that_run_says_so(tmp_path: Path) -> None:
+    """Ctrl-C may land after the last run ended (while it is tracked, between two jobs): its ok result is not
+    called interrupted."""
+    from harness.cli import _interrupted_where
+    from harness.pipeline import run
+    from harness.result import write_result
+    from tests.conftest import compose
+
+    ok = run(
+        compose(["debug=tiny", "backend=sleep", "stages=[perf]", "perf.iterations=3", f"paths.cache={tmp_path}"]),
+        run_dir=tmp_path / "ok",
+    )
+    write_result(dataclasses.replace(ok, status="interrupted"), tmp_path / "stopped")
+    (tmp_path / "started").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "result.json").write_text("{")
+
+    assert _interrupted_where(None) == "no run had started"
+    assert _interrupted_where(tmp_path / "ok") == f"after {tmp_path / 'ok' / 'result.json'} (status ok)"
+    assert _interrupted_where(tmp_path / "stopped") == f"{tmp_path / 'stopped' / 'result.json'} (status interrupted)"
+    assert _interrupted_where(tmp_path / "started") == f"{tmp_path / 'started'} had not begun (no result.json)"
+    assert _interrupted_where(tmp_path / "broken").startswith(f"{tmp_path / 'broken' / 'result.json'}: cannot read")

@@ -13,6 +13,9 @@ import fcntl
 import json
 import logging
 import os
+import signal
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -53,6 +56,50 @@ EXPERIMENT_TAGS = {
 }
 # result.json status -> MLflow run status.
 RUN_STATUS = {"ok": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_holding = False  # an outermost ``held_interrupts`` block is open in the main thread
+
+
+@contextmanager
+def held_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM while the block writes to the store; deliver them when it ends.
+
+    A write to a SQLite store that Ctrl-C cuts short while it commits leaves its transaction open: this process
+    keeps the file locked, and its next write (the interrupted run's own record, the sweep's parent) waits on
+    that lock, 20 s per attempt, retry after retry. A second signal during the block is delivered at once, for
+    a store that does not answer. Blocks nest (the outermost delivers); only the main thread receives signals.
+    """
+    global _holding
+    if _holding or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {number: signal.getsignal(number) for number in HELD_SIGNALS}
+    holding = [number for number, handler in previous.items() if handler not in (signal.SIG_IGN, None)]
+
+    def restore() -> None:
+        for number in holding:
+            signal.signal(number, previous[number])
+
+    def hold(number: int, _frame: object) -> None:
+        if held:
+            held.clear()  # delivered here, not again when the block ends
+            restore()
+            signal.raise_signal(number)
+            return
+        held.append(number)
+        print("interrupt: finishing the write to the tracking store first (again to stop now)", file=sys.stderr)
+
+    for number in holding:
+        signal.signal(number, hold)
+    _holding = True
+    try:
+        yield
+    finally:
+        _holding = False
+        restore()
+        if held:
+            signal.raise_signal(held[0])
 
 
 def _epoch_ms(timestamp: str) -> int:
@@ -102,10 +149,12 @@ class Store:
         self.experiment_id = self.call(lambda: self._experiment(tracking.experiment, artifact_location))
 
     def call(self, operation: Callable[[], T]) -> T:
-        """Run one client operation; retry while SQLite is locked; any failure becomes a ``TrackingError``."""
+        """Run one client operation, whole (``held_interrupts``); retry while SQLite is locked; any failure
+        becomes a ``TrackingError``."""
         for attempt in range(self.tracking.sqlite_retries + 1):
             try:
-                return operation()
+                with held_interrupts():
+                    return operation()
             except Exception as error:  # MLflow raises many types (MlflowException, requests, SQLAlchemy)
                 if "database is locked" in str(error) and attempt < self.tracking.sqlite_retries:
                     time.sleep(min(2.0, 0.05 * 2**attempt))
@@ -190,6 +239,7 @@ def ensure_parent(store: Store, sweep_dir: Path) -> str:
         return str(found.info.run_id)
 
 
+@held_interrupts()
 def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -> tuple[TrackingRecord, bool]:
     """Log one run folder unless it already is; returns its record and whether this call logged it."""
     existing = run_dir / TRACKING_FILE
@@ -239,6 +289,7 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
     return record, True
 
 
+@held_interrupts()
 def log_vamp_file(store: Store, path: Path, perf: dict[str, object]) -> tuple[str, bool]:
     """Log one saved vamp output as a run (``perf``: its fields under a harness perf block's names, so its
     metrics are named as a harness run's), unless a run of the same bytes is already there; returns the run id
@@ -281,6 +332,7 @@ def record_job_ending(sweep_dir: Path, number: int, ending: str) -> None:
         write_json_atomic(path, record)
 
 
+@held_interrupts()
 def finish_sweep(store: Store, sweep_dir: Path, summary_files: list[Path], *, report_dir: Path | None = None) -> str:
     """Attach the summary table to the parent run and close it, at the time the sweep really ended.
 

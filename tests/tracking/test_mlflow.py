@@ -202,6 +202,49 @@ def test_server_killed_mid_sweep_then_sync_logs_each_run_once(tmp_path: Path) ->
         server.stop()
 
 
+# Ctrl-C arrives while SQLAlchemy commits a write to the store (a real SIGINT, sent from its commit event).
+INTERRUPTED_COMMIT = """
+import json, os, signal, sys
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from harness.tracking import Store
+from tests.conftest import run_config
+
+config = run_config(sys.argv[1] + "/cache", f"paths.outputs={sys.argv[1]}", "tracking.sqlite_retries=0")
+store = Store(config.tracking, config.paths)
+run_id = store.call(lambda: store.client.create_run(store.experiment_id)).info.run_id
+sent = []
+
+@event.listens_for(Engine, "commit")
+def ctrl_c(connection):
+    if not sent:
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGINT)
+
+try:
+    store.call(lambda: store.client.set_tag(run_id, "written", "whole"))
+    interrupted = False
+except KeyboardInterrupt:
+    interrupted = True
+store.call(lambda: store.client.set_terminated(run_id, status="KILLED"))
+run = store.client.get_run(run_id)
+print(json.dumps({"interrupted": interrupted, "tags": run.data.tags, "status": run.info.status}))
+"""
+
+
+def test_ctrl_c_during_a_store_write_is_delivered_after_it_and_the_next_write_does_not_wait(tmp_path: Path) -> None:
+    """Cut short while it commits, a SQLite write would keep the file locked by this process, and its next write
+    (closing the interrupted run) would wait on that lock: 20 s, then fail."""
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_COMMIT, str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["interrupted"] and outcome["tags"]["written"] == "whole" and outcome["status"] == "KILLED"
+    assert done.stderr.count("interrupt: finishing the write to the tracking store first") == 1
+
+
 def test_ctrl_c_mid_sweep_stops_cleanly_and_leaves_every_job_accounted_for(tmp_path: Path) -> None:
     environment = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
     environment.pop("MLFLOW_TRACKING_URI", None)
@@ -213,17 +256,21 @@ def test_ctrl_c_mid_sweep_stops_cleanly_and_leaves_every_job_accounted_for(tmp_p
         cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job is
     )  # fmt: skip
-    outputs = tmp_path / "outputs" / "run" / "multirun"
+    windows = tmp_path / "outputs" / ".perf-windows"  # each perf stage's claim on the device while it measures
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(outputs.rglob("0/result.json")):
-        time.sleep(0.2)
-    time.sleep(2.5)  # job 1 is measuring now
+    while time.monotonic() < deadline and not any(
+        claim["run_dir"].endswith("/1") and claim["end"] is None
+        for claim in (json.loads(path.read_text()) for path in windows.glob("*.json"))
+    ):
+        time.sleep(0.1)
+    time.sleep(1.0)  # job 1 is measuring now (a 4 s window)
     os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group, workers included
     stdout, stderr = sweep.communicate(timeout=60)
     assert "| 1 | interrupted |" in stdout  # the summary is printed, as at the end of any sweep
     assert sweep.returncode == 130
     assert "Traceback" not in stderr and stderr.count("interrupted:") == 1
     sweep_dir = find_sweep_dir(tmp_path)
+    assert f"interrupted: {sweep_dir.resolve() / '1' / 'result.json'} (status interrupted); sweep" in stderr
     assert load_result(sweep_dir / "0").status == "ok" and load_result(sweep_dir / "1").status == "interrupted"
     assert not (sweep_dir / "2").exists()
     summary = (sweep_dir / "summary.md").read_text()
