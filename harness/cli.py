@@ -737,7 +737,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {unknown_name_message('command', name, COMMANDS)}", file=sys.stderr)
         return 2
-    return COMMANDS[name].main(rest)
+    try:
+        return COMMANDS[name].main(rest)
+    except KeyboardInterrupt:  # run and build close their runs and sweeps themselves and return 130
+        print(f"interrupted: harness {name} stopped before it finished", file=sys.stderr)
+        return 130
 
 
 def entry_point() -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import queue
+import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -166,3 +170,30 @@ def test_an_interrupt_names_the_run_it_stopped_only_when_that_run_says_so(tmp_pa
     assert _interrupted_where(tmp_path / "stopped") == f"{tmp_path / 'stopped' / 'result.json'} (status interrupted)"
     assert _interrupted_where(tmp_path / "started") == f"{tmp_path / 'started'} had not begun (no result.json)"
     assert _interrupted_where(tmp_path / "broken").startswith(f"{tmp_path / 'broken' / 'result.json'}: cannot read")
+
+
+def test_ctrl_c_while_the_store_does_not_answer_is_held_once_then_stops_the_command(tmp_path: Path) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts the connection, never answers the request
+    silent.settimeout(120)
+    command = [
+        sys.executable, "-m", "harness", "report", "mlflow", "--out", str(tmp_path / "report"),
+        f"tracking.uri=http://127.0.0.1:{silent.getsockname()[1]}", "tracking.http_timeout_s=300",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr or ()], daemon=True).start()
+    try:
+        connection, _ = silent.accept()  # the report is asking the store for its experiment now
+        process.send_signal(signal.SIGINT)
+        while "interrupt: finishing the write to the tracking store first (again to stop now)" not in lines.get(
+            timeout=60
+        ):
+            pass
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        connection.close()
+    finally:
+        process.kill()
+        silent.close()
+    stderr = "".join(lines.queue)
+    assert "interrupted: harness report stopped before it finished" in stderr and "Traceback" not in stderr
