@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -88,7 +87,8 @@ def held_interrupts() -> Iterator[None]:
             signal.raise_signal(number)
             return
         held.append(number)
-        print("interrupt: finishing the write to the tracking store first (again to stop now)", file=sys.stderr)
+        # Not print(): the handler may run while this thread is inside a write to sys.stderr (a reentrant call).
+        os.write(2, b"interrupt: finishing the write to the tracking store first (again to stop now)\n")
 
     for number in holding:
         signal.signal(number, hold)
