@@ -206,11 +206,11 @@ def _interrupted_where(run_dir: Path | None) -> str:
     """Where Ctrl-C found the last run started here, as its result.json says (it may have come after the run
     ended: while it was being tracked, or between two jobs)."""
     from harness.errors import HarnessError
-    from harness.result import load_result
+    from harness.result import RESULT_FILE, load_result
 
     if run_dir is None:
         return "no run had started"
-    result_file = run_dir / "result.json"
+    result_file = run_dir / RESULT_FILE
     if not result_file.is_file():
         return f"{run_dir} had not begun (no result.json)"
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness.perf.contention import CLAIMS_FOLDER
 from harness.result import load_result
 from tests.conftest import MlflowServer, free_port, harness_in
 
@@ -256,7 +257,7 @@ def test_ctrl_c_mid_sweep_stops_cleanly_and_leaves_every_job_accounted_for(tmp_p
         cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job is
     )  # fmt: skip
-    windows = tmp_path / "outputs" / ".perf-windows"  # each perf stage's claim on the device while it measures
+    windows = tmp_path / "outputs" / CLAIMS_FOLDER  # each perf stage's claim on the device while it measures
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(
         claim["run_dir"].endswith("/1") and claim["end"] is None
