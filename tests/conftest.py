@@ -25,6 +25,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # precision (fp32) is refused for it on purpose.
 COMPANIONS = {"backend=vastai": ["precision=fp16"]}
 
+# The Ctrl-C tests interrupt harness processes, which must start with Python's own SIGINT handler as they do from
+# a terminal. A shell starts its background jobs with SIGINT ignored, and a child inherits that: pytest started so
+# gives its children the default back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @dataclass
 class FileServer:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import harness_in
+from harness.perf.contention import CLAIMS_FOLDER
+from tests.conftest import harness_environment, harness_in
 
 pytestmark = pytest.mark.process
 SLEEP_RUN = [
@@ -73,9 +74,9 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     )
 
 
-def _burn(stop_at: float) -> None:
-    while time.time() < stop_at:
-        pass
+def measuring(claims: Path) -> bool:
+    """Whether a perf stage is measuring now: its claim on the device is open."""
+    return any(json.loads(path.read_text())["end"] is None for path in claims.glob("*.json"))
 
 
 def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_verdict(tmp_path: Path) -> None:
@@ -90,18 +91,24 @@ def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_ver
     baseline = run_folder(harness(tmp_path, *onnx_run))
     promoted = harness(tmp_path, "gate", "--promote", baseline, "--baseline", "mlflow")
     assert promoted.returncode == 0, promoted.stderr
-
-    context = multiprocessing.get_context("spawn")
-    # One busy loop per core: the run gets about half the CPU, a regression far beyond any threshold.
-    hogs = [context.Process(target=_burn, args=(time.time() + 120,)) for _ in range(os.cpu_count() or 1)]
-    for hog in hogs:
-        hog.start()
+    candidate = subprocess.Popen(
+        [sys.executable, "-m", "harness", *onnx_run], cwd=tmp_path, env=harness_environment(tmp_path),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    hogs: list[subprocess.Popen[bytes]] = []
     try:
-        slowed = run_folder(harness(tmp_path, *onnx_run))
+        claims = tmp_path / "outputs" / CLAIMS_FOLDER
+        while candidate.poll() is None and not measuring(claims):
+            time.sleep(0.02)
+        # One busy loop per core from the start of its perf stage: the run gets about half the CPU, a regression
+        # far beyond any threshold.
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+        stdout, stderr = candidate.communicate(timeout=300)
     finally:
-        for hog in hogs:
-            hog.terminate()
-            hog.join()
+        for process in [candidate, *hogs]:
+            process.kill()
+            process.wait()
+    slowed = run_folder(subprocess.CompletedProcess(candidate.args, candidate.returncode, stdout, stderr))
     gated = harness(tmp_path, "gate", slowed, "--baseline", "mlflow")
     assert gated.returncode == 1, gated.stdout + gated.stderr
     assert "gate verdict: **fail** (exit 1)" in gated.stdout and "| throughput_qps |" in gated.stdout
