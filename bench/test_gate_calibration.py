@@ -11,7 +11,8 @@
    with a 25% longer service time: 20% less throughput; the tiny model at 252x252 instead of 224x224, whose
    slowdown is measured and printed), 20 trials each, 5 repeats a side, windows sliding by one repeat so that
    no repeat is used twice within a trial:
-   no A/A trial fails, and at least 19 of 20 slowdowns fail.
+   no A/A trial fails, and at least 19 of 20 slowdowns fail. The two configs' repeats are taken in turn, so
+   that this VM's drift (+-15% over seconds) does not fall on one side only.
 
 The measured rates and the wall time per decision are printed as a table. ``make bench`` runs it.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.config.schema import GateConfig, GateRule
+from harness.config.schema import GateConfig, GateRule, RunConfig
 from harness.gate.decide import decide
 from harness.perf.stage import run_perf
 from harness.resolve import resolve_config
@@ -42,8 +43,8 @@ SYSTEMS = {
 }
 
 
-def measured_repeats(cache: Path, run_dir: Path, overrides: list[str], repeats: int) -> np.ndarray:
-    """Throughput of ``repeats`` independent repeats of one config (each repeat in fresh worker processes)."""
+def config_and_artifact(cache: Path, run_dir: Path, overrides: list[str]) -> tuple[RunConfig, str | None]:
+    """One repeat of ``overrides`` per ``run_perf`` call (fresh worker processes each), its artifact built once."""
     from harness.export.stage import build_artifact
     from harness.models.variants import get_variant
     from harness.models.weights import load_backbone
@@ -51,17 +52,35 @@ def measured_repeats(cache: Path, run_dir: Path, overrides: list[str], repeats: 
     config = resolve_config(
         compose(
             ["debug=tiny", f"paths.cache={cache}", f"paths.outputs={run_dir}", "perf.iterations=null",
-             "perf.min_duration_s=0.5", f"perf.repeats={repeats}", *overrides]
+             "perf.min_duration_s=0.5", "perf.repeats=1", *overrides]
         )
     )  # fmt: skip
-    artifact = None
-    if "build" in config.stages:
-        model, weights = load_backbone(
-            get_variant(config.model.variant), weights="random", seed=0, cache_dir=Path(cache),
-            input_size=config.model.input_size, progress=False,
-        )  # fmt: skip
-        artifact = build_artifact(config, model, weights).artifact_path
-    return np.asarray(run_perf(config, artifact_path=artifact, run_dir=run_dir).throughput_qps_repeats)
+    if "build" not in config.stages:
+        return config, None
+    model, weights = load_backbone(
+        get_variant(config.model.variant), weights="random", seed=0, cache_dir=Path(cache),
+        input_size=config.model.input_size, progress=False,
+    )  # fmt: skip
+    return config, build_artifact(config, model, weights).artifact_path
+
+
+def interleaved_repeats(
+    cache: Path, folder: Path, same: list[str], slowed: list[str], counts: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Throughput repeats of a config and of its slowed variant, taken in turn so that the machine's drift
+    falls on both sides alike."""
+    names = ("same", "slowed")
+    sides = [
+        config_and_artifact(cache, folder / name, overrides)
+        for name, overrides in zip(names, (same, slowed), strict=True)
+    ]
+    found: tuple[list[float], list[float]] = ([], [])
+    for index in range(max(counts)):
+        for side, (config, artifact) in enumerate(sides):
+            if index < counts[side]:
+                perf = run_perf(config, artifact_path=artifact, run_dir=folder / names[side])
+                found[side].append(perf.throughput_qps)
+    return np.asarray(found[0]), np.asarray(found[1])
 
 
 def rates(baseline: np.ndarray, candidate: np.ndarray, rule: GateRule) -> dict[str, float]:
@@ -79,10 +98,7 @@ def measurements(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[np
     found = {}
     for name, (same, slowed) in SYSTEMS.items():
         folder = tmp_path_factory.mktemp(name.replace(" ", "-"))
-        found[name] = (
-            measured_repeats(cache, folder / "same", same, REAL_TRIALS + 2 * A_SIDE),
-            measured_repeats(cache, folder / "slowed", slowed, REAL_TRIALS + A_SIDE),
-        )
+        found[name] = interleaved_repeats(cache, folder, same, slowed, (REAL_TRIALS + 2 * A_SIDE, REAL_TRIALS + A_SIDE))
     return found
 
 
