@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.conftest import harness_environment
+
 SWEEP = [
     "run", "-m", "debug=tiny", "backend=sleep", "stages=[perf]", "perf.iterations=null", "perf.min_duration_s=4",
     "backend.latency_us=1000,2000,3000",
@@ -28,10 +30,8 @@ HANG_S = 45.0
 
 def trial(delay_s: float) -> dict[str, object]:
     folder = Path(tempfile.mkdtemp(prefix="ctrl-c-trial-"))
-    environment = {**os.environ, "HARNESS_CACHE": str(folder / "cache")}
-    environment.pop("MLFLOW_TRACKING_URI", None)
     sweep = subprocess.Popen(
-        [sys.executable, "-m", "harness", *SWEEP], cwd=folder, env=environment, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "harness", *SWEEP], cwd=folder, env=harness_environment(folder), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     outputs = folder / "outputs" / "run" / "multirun"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from harness.config.schema import RunConfig
 from harness.config.store import compose
+from harness.perf.contention import CLAIMS_FOLDER
 from harness.resolve import resolve_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -126,6 +128,12 @@ def harness_in(
         text=True,
         timeout=timeout,
     )
+
+
+def measuring_runs(outputs: Path) -> list[str]:
+    """The run folders whose perf stage is measuring now under ``outputs``: their claim on the device is open."""
+    claims = (json.loads(path.read_text()) for path in (outputs / CLAIMS_FOLDER).glob("*.json"))
+    return [claim["run_dir"] for claim in claims if claim["end"] is None]
 
 
 def free_port() -> int:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.perf.contention import CLAIMS_FOLDER
-from tests.conftest import harness_environment, harness_in
+from tests.conftest import harness_environment, harness_in, measuring_runs
 
 pytestmark = pytest.mark.process
 SLEEP_RUN = [
@@ -74,11 +73,6 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     )
 
 
-def measuring(claims: Path) -> bool:
-    """Whether a perf stage is measuring now: its claim on the device is open."""
-    return any(json.loads(path.read_text())["end"] is None for path in claims.glob("*.json"))
-
-
 def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_verdict(tmp_path: Path) -> None:
     onnx_run = [
         "run",
@@ -97,8 +91,7 @@ def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_ver
     )  # fmt: skip
     hogs: list[subprocess.Popen[bytes]] = []
     try:
-        claims = tmp_path / "outputs" / CLAIMS_FOLDER
-        while candidate.poll() is None and not measuring(claims):
+        while candidate.poll() is None and not measuring_runs(tmp_path / "outputs"):
             time.sleep(0.02)
         # One busy loop per core from the start of its perf stage: the run gets about half the CPU, a regression
         # far beyond any threshold.

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.perf.contention import CLAIMS_FOLDER
 from harness.result import load_result
-from tests.conftest import MlflowServer, free_port, harness_in
+from tests.conftest import MlflowServer, free_port, harness_environment, harness_in, measuring_runs
 
 pytestmark = pytest.mark.process
 
@@ -247,22 +246,16 @@ def test_ctrl_c_during_a_store_write_is_delivered_after_it_and_the_next_write_do
 
 
 def test_ctrl_c_mid_sweep_stops_cleanly_and_leaves_every_job_accounted_for(tmp_path: Path) -> None:
-    environment = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
-    environment.pop("MLFLOW_TRACKING_URI", None)
     sweep = subprocess.Popen(
         [
             sys.executable, "-m", "harness", "run", "-m", "debug=tiny", "backend=sleep", "stages=[perf]",
             "perf.iterations=null", "perf.min_duration_s=4", "backend.latency_us=1000,2000,3000",
         ],
-        cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=harness_environment(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job is
     )  # fmt: skip
-    windows = tmp_path / "outputs" / CLAIMS_FOLDER  # each perf stage's claim on the device while it measures
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(
-        claim["run_dir"].endswith("/1") and claim["end"] is None
-        for claim in (json.loads(path.read_text()) for path in windows.glob("*.json"))
-    ):
+    while time.monotonic() < deadline and not any(run.endswith("/1") for run in measuring_runs(tmp_path / "outputs")):
         time.sleep(0.1)
     time.sleep(1.0)  # job 1 is measuring now (a 4 s window)
     os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group, workers included

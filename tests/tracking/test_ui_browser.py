@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, free_port, harness_environment
 
 pytestmark = [pytest.mark.process, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -38,8 +38,7 @@ def chromium(*arguments: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium")
 def test_the_ui_opens_on_the_runs_table_of_a_classic_ml_experiment(tmp_path: Path) -> None:
-    environment = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
-    environment.pop("MLFLOW_TRACKING_URI", None)
+    environment = harness_environment(tmp_path)
     sweep = subprocess.run(
         [
             sys.executable, "-m", "harness", "run", "-m", "debug=tiny", "backend=sleep", "stages=[perf]",
