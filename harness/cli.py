@@ -455,6 +455,7 @@ def _gate(arguments: list[str]) -> int:
     from harness.gate import markdown, rerun_perf, run_gate
     from harness.gate.sources import (
         candidate_evidence,
+        candidate_kind,
         entries_for,
         mlflow_baselines,
         promote_in_mlflow,
@@ -504,6 +505,8 @@ def _gate(arguments: list[str]) -> int:
         settings = from_mapping(GateConfig, composed["gate"], key="gate")
         tracking, paths = tracking_configs(composed)
         use_mlflow = options.baseline == "mlflow"
+        for candidate in candidates:
+            candidate_kind(candidate)
         store = _optional_store(tracking, paths, required=use_mlflow)
         if options.promote:
             if use_mlflow:

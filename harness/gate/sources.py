@@ -15,7 +15,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from harness.errors import DataError
 from harness.fileio import write_json_atomic
@@ -35,21 +35,32 @@ def is_run_id(text: str) -> bool:
     return len(text) == 32 and all(char in "0123456789abcdef" for char in text) and not Path(text).exists()
 
 
+def candidate_kind(candidate: str) -> Literal["sweep", "run", "mlflow"]:
+    """What a candidate names, judged without the tracking store, so that a mistyped path opens (or creates) none."""
+    path = Path(candidate)
+    if (path / SWEEP_FILE).exists():
+        return "sweep"
+    if (path / RESULT_FILE).exists() or path.suffix == ".json":
+        return "run"
+    if is_run_id(candidate):
+        return "mlflow"
+    raise DataError(f"{candidate}: neither a run folder, a sweep folder nor an MLflow run id")
+
+
 def candidate_evidence(candidate: str, store: Store | None) -> list[Evidence]:
     """The evidence of a run folder, each job of a sweep folder, or an MLflow run id."""
     path = Path(candidate)
-    if (path / SWEEP_FILE).exists():
+    kind = candidate_kind(candidate)
+    if kind == "sweep":
         jobs = job_dirs(path)
         if not jobs:
             raise DataError(f"{path}: a sweep folder without any job result")
         return [evidence_of(load_result(job), label=str(job)) for job in jobs]
-    if (path / RESULT_FILE).exists() or path.suffix == ".json":
+    if kind == "run":
         return [evidence_of(load_result(path), label=str(path))]
-    if is_run_id(candidate):
-        if store is None:
-            raise DataError(f"{candidate}: an MLflow run id, but tracking is off")
-        return [evidence_of(_mlflow_result(store, candidate), label=f"mlflow run {candidate}")]
-    raise DataError(f"{candidate}: neither a run folder, a sweep folder nor an MLflow run id")
+    if store is None:
+        raise DataError(f"{candidate}: an MLflow run id, but tracking is off")
+    return [evidence_of(_mlflow_result(store, candidate), label=f"mlflow run {candidate}")]
 
 
 def _mlflow_result(store: Store, run_id: str) -> RunResult:

@@ -71,6 +71,11 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     assert missing.returncode == 4 and missing.stderr.startswith(
         f"error: {tmp_path / 'nowhere.json'}: cannot read the baseline"
     )
+    mistyped = harness(tmp_path, "gate", str(tmp_path / "no-such-run"), "--baseline", str(baseline_file))
+    assert mistyped.returncode == 4 and mistyped.stderr.startswith(
+        f"error: {tmp_path / 'no-such-run'}: neither a run folder, a sweep folder nor an MLflow run id"
+    )
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()  # tracking is on, yet a typo creates no store
 
 
 def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_verdict(tmp_path: Path) -> None:
