@@ -268,7 +268,7 @@ def _sync(arguments: list[str]) -> int:
 
     from harness.config.store import compose
     from harness.errors import HarnessError
-    from harness.report import SWEEP_FILE, job_dirs, missing_jobs, sweep_rows, write_summary
+    from harness.report import SWEEP_FILE, folder_kind, job_dirs, missing_jobs, sweep_rows, write_summary
     from harness.tracking import Store, finish_sweep, log_run_dir
     from harness.tracking.sweep import tracking_configs
 
@@ -283,9 +283,10 @@ def _sync(arguments: list[str]) -> int:
     if not folders:
         parser.error("no run or sweep folder given")
     try:
+        kinds = {folder: folder_kind(folder) for folder in map(Path, folders)}  # a typo logs nothing, creates no store
         store = Store(*tracking_configs(compose(overrides)))
-        for folder in map(Path, folders):
-            if (folder / SWEEP_FILE).exists():
+        for folder, kind in kinds.items():
+            if kind == "sweep":
                 for job in job_dirs(folder):
                     _report_sync(job, *log_run_dir(store, job, sweep_dir=folder))
                 for number, reason in missing_jobs(folder).items():
@@ -293,15 +294,9 @@ def _sync(arguments: list[str]) -> int:
                 files = write_summary(sweep_rows(folder), folder)
                 parent = finish_sweep(store, folder, files, report_dir=folder / "report")
                 print(f"sweep {folder}: parent run {parent}")
-            elif (folder / "result.json").exists():
+            else:
                 sweep = folder.parent if (folder.parent / SWEEP_FILE).exists() else None
                 _report_sync(folder, *log_run_dir(store, folder, sweep_dir=sweep))
-            else:
-                print(
-                    f"error: {folder}: neither a run folder (result.json) nor a sweep folder ({SWEEP_FILE})",
-                    file=sys.stderr,
-                )
-                return 1
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -558,7 +553,7 @@ def _report(arguments: list[str]) -> int:
     import argparse
 
     from harness.config.store import compose
-    from harness.errors import HarnessError
+    from harness.errors import DataError, HarnessError
     from harness.report import SWEEP_FILE, read_sweep_record
     from harness.report.render import folder_runs, write_report
     from harness.tracking import download_runs
@@ -584,13 +579,18 @@ def _report(arguments: list[str]) -> int:
         parser.error("nothing to report on")
     try:
         tracking, paths = tracking_configs(compose(overrides))
+        runs = folder_runs([Path(source) for source in sources if source != "mlflow"])  # a typo opens no store
         store = _optional_store(tracking, paths, required="mlflow" in sources)
         name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
         folder = options.out or Path("reports") / name
-        runs = folder_runs([Path(source) for source in sources if source != "mlflow"])
         if "mlflow" in sources:
             assert store is not None
             runs += download_runs(store, folder / "runs")
+        if not runs:
+            places = [
+                f"MLflow experiment {tracking.experiment!r}" if source == "mlflow" else source for source in sources
+            ]
+            raise DataError(f"nothing to report: no run in {', '.join(places)}")
         report = write_report(runs, folder, title=f"report {name}")
         for source in sources:
             if store is None or not (Path(source) / SWEEP_FILE).exists():

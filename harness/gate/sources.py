@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 from harness.errors import DataError
 from harness.fileio import write_json_atomic
 from harness.gate.evidence import Evidence, evidence_of
-from harness.report import SWEEP_FILE, job_dirs
+from harness.report import SWEEP_FILE, folder_kind, job_dirs
 from harness.result import RESULT_FILE, RunResult, load_result
 from harness.tracking import TRACKING_FILE, Store
 
@@ -38,13 +38,16 @@ def is_run_id(text: str) -> bool:
 def candidate_kind(candidate: str) -> Literal["sweep", "run", "mlflow"]:
     """What a candidate names, judged without the tracking store, so that a mistyped path opens (or creates) none."""
     path = Path(candidate)
-    if (path / SWEEP_FILE).exists():
-        return "sweep"
-    if (path / RESULT_FILE).exists() or path.suffix == ".json":
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise DataError(f"{candidate}: no such result file")
         return "run"
     if is_run_id(candidate):
         return "mlflow"
-    raise DataError(f"{candidate}: neither a run folder, a sweep folder nor an MLflow run id")
+    try:
+        return folder_kind(path)
+    except DataError:
+        raise DataError(f"{candidate}: neither a run folder, a sweep folder nor an MLflow run id") from None
 
 
 def candidate_evidence(candidate: str, store: Store | None) -> list[Evidence]:

@@ -7,6 +7,7 @@ import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from harness.errors import DataError
 from harness.fileio import write_text_atomic
@@ -52,6 +53,15 @@ def _cell(value: object) -> str:
 def row_of(label: str, result: RunResult) -> dict[str, str]:
     """One table row: the run's label (job number or folder), then every column's cell."""
     return {"job": label, **{name: _cell(extract(result)) for name, extract in COLUMNS}}
+
+
+def folder_kind(folder: Path) -> Literal["sweep", "run"]:
+    """Whether ``folder`` holds a sweep (``sweep.json``) or one run (``result.json``); else a ``DataError``."""
+    if (folder / SWEEP_FILE).exists():
+        return "sweep"
+    if (folder / RESULT_FILE).exists():
+        return "run"
+    raise DataError(f"{folder}: neither a run folder ({RESULT_FILE}) nor a sweep folder ({SWEEP_FILE})")
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:

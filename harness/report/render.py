@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.errors import DataError
 from harness.fileio import write_text_atomic
-from harness.report import COLUMN_NAMES, SWEEP_FILE, job_dirs, markdown_table, row_of
+from harness.report import COLUMN_NAMES, folder_kind, job_dirs, markdown_table, row_of
 from harness.report.plots import PLOTS, LabelledRun, Plot
-from harness.result import RESULT_FILE, load_result
+from harness.result import load_result
 
 
 @dataclass(frozen=True)
@@ -32,12 +31,10 @@ def folder_runs(folders: list[Path]) -> list[LabelledRun]:
     """Runs from run folders and sweep folders, in the order given."""
     runs: list[LabelledRun] = []
     for folder in folders:
-        if (folder / SWEEP_FILE).exists():
+        if folder_kind(folder) == "sweep":
             runs += [LabelledRun(f"{folder.name}/{run.label}", run.result, run.run_dir) for run in sweep_runs(folder)]
-        elif (folder / RESULT_FILE).exists():
-            runs.append(LabelledRun(folder.name, load_result(folder), folder))
         else:
-            raise DataError(f"{folder}: neither a run folder ({RESULT_FILE}) nor a sweep folder ({SWEEP_FILE})")
+            runs.append(LabelledRun(folder.name, load_result(folder), folder))
     return runs
 
 

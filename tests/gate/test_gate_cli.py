@@ -75,6 +75,11 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     assert mistyped.returncode == 4 and mistyped.stderr.startswith(
         f"error: {tmp_path / 'no-such-run'}: neither a run folder, a sweep folder nor an MLflow run id"
     )
+    missing_result = harness(tmp_path, "gate", str(tmp_path / "result.json"), "--baseline", str(baseline_file))
+    assert (
+        missing_result.returncode == 4
+        and missing_result.stderr == f"error: {tmp_path / 'result.json'}: no such result file\n"
+    )
     assert not (tmp_path / "outputs" / "mlflow.db").exists()  # tracking is on, yet a typo creates no store
 
 

@@ -297,9 +297,21 @@ def test_ui_and_sync_arguments(tmp_path: Path, arguments: list[str], code: int, 
     assert "Traceback" not in done.stderr
 
 
-def test_sync_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
-    done = harness(tmp_path, "sync", str(tmp_path))
-    assert done.returncode == 1 and "neither a run folder" in done.stderr
+@pytest.mark.parametrize("command", ["sync", "report"])
+def test_a_folder_that_is_not_a_run_is_refused_before_the_store_is_opened(tmp_path: Path, command: str) -> None:
+    done = harness(tmp_path, command, str(tmp_path / "no-such-run"))
+    assert done.returncode == 1 and done.stderr == (
+        f"error: {tmp_path / 'no-such-run'}: neither a run folder (result.json) nor a sweep folder (sweep.json)\n"
+    )
+    assert not (tmp_path / "outputs").exists()  # tracking is on, yet a typo creates no store
+
+
+def test_a_report_of_an_experiment_without_runs_is_an_error_not_an_empty_page(tmp_path: Path) -> None:
+    done = harness(tmp_path, "report", "mlflow", "--out", str(tmp_path / "report"))
+    assert (
+        done.returncode == 1 and "error: nothing to report: no run in MLflow experiment 'dinov2-deploy'" in done.stderr
+    )
+    assert not (tmp_path / "report").exists()
 
 
 def test_ui_serves_the_store_and_stops_its_process_group_on_ctrl_c(tmp_path: Path) -> None:
