@@ -641,6 +641,10 @@ def _eval_features(arguments: list[str]) -> int:
     parser.add_argument("--normalization", choices=("per_image", "per_dimension"), default="per_image")
     parser.add_argument("--out", type=Path, help="write the metrics JSON here")
     options = parser.parse_args(arguments)
+    pair = (options.query, options.database)
+    forms = [options.features is not None, options.folder is not None, pair != (None, None)]
+    if forms.count(True) != 1 or (forms[2] and None in pair):
+        parser.error("give one of --features F.npz, --query Q.npy with --database D.npy, or --folder DIR")
     try:
         report = evaluate_files(
             options.gnd, features=options.features, query=options.query, database=options.database,

@@ -92,6 +92,15 @@ def test_eval_features_command(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert [line.split()[0] for line in done.stdout.strip().splitlines()] == ["easy", "medium", "hard"]
+    gnd = str(gnd_path(tmp_path / "data", TINY_SET))
+    for forms in (["--query", "q.npy"], ["--features", "f.npz", "--folder", str(tmp_path)], []):
+        refused = subprocess.run(
+            [sys.executable, "-m", "harness", "eval-features", "--gnd", gnd, *forms], cwd=REPO_ROOT, capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+        assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == (
+            "harness eval-features: error: give one of --features F.npz, --query Q.npy with --database D.npy, or --folder DIR"
+        ), forms
 
 
 def test_a_corrupt_image_fails_naming_it_or_is_skipped_and_listed(tmp_path: Path) -> None:
