@@ -66,11 +66,12 @@ def _save(figure, path: Path) -> None:  # type: ignore[no-untyped-def]
 
 
 def _grouped_bars(  # type: ignore[no-untyped-def]
-    axes, labels: list[str], series: tuple[str, ...], value_of: Callable[[int, str], float | None], *,
-    na_height: float, rotation: int,
-) -> list[str]:  # fmt: skip
-    """Bars grouped per label, one colour per series; a missing value is an "n/a" mark, never a zero bar.
-    Returns the missing values as ``"<label> <series>"``."""
+    axes, labels: list[str], series: tuple[str, ...], value_of: Callable[[int, str], float | None], *, rotation: int
+) -> list[str]:
+    """Bars grouped per label, one colour per series, each series in the legend; a missing value is an "n/a" mark
+    in its bar's place, never a zero bar. Returns the missing values as ``"<label> <series>"``."""
+    from matplotlib.patches import Patch
+
     width = 0.8 / len(series)
     missing = []
     for offset, name in enumerate(series):
@@ -79,10 +80,17 @@ def _grouped_bars(  # type: ignore[no-untyped-def]
             x = index + (offset - (len(series) - 1) / 2) * width
             if value is None:
                 missing.append(f"{label} {name}")
-                axes.text(x, na_height, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="grey")
+                # Near the bottom of the axes whatever the values' sign, so a mark never runs into the title.
+                axes.text(
+                    x, 0.01, "n/a", transform=axes.get_xaxis_transform(), ha="center", va="bottom", rotation=90,
+                    fontsize=7, color="grey",
+                )  # fmt: skip
                 continue
-            axes.bar(x, value, width, color=f"C{offset}", label=name if index == 0 else None)
+            axes.bar(x, value, width, color=f"C{offset}")
+    # Every series, drawn or not, so that each n/a mark can be read off by its place in the group.
+    axes.legend(handles=[Patch(color=f"C{offset}", label=name) for offset, name in enumerate(series)], fontsize=8)
     axes.set_xticks(range(len(labels)), labels, rotation=rotation, ha="right", fontsize=8)
+    axes.set_xlim(-0.5, len(labels) - 0.5)
     return missing
 
 
@@ -126,17 +134,12 @@ def latency_percentiles(runs: list[LabelledRun], path: Path) -> Plot | None:
     if not measured:
         return None
     figure, axes = _figure()
-    tallest = max(
-        (value for run in measured for name in PERCENTILE_NAMES if (value := _percentile_ms(run, name)) is not None),
-        default=1.0,
-    )
     missing = _grouped_bars(
         axes, [run.label for run in measured], PERCENTILE_NAMES,
-        lambda index, name: _percentile_ms(measured[index], name), na_height=tallest * 0.02, rotation=30,
+        lambda index, name: _percentile_ms(measured[index], name), rotation=30,
     )  # fmt: skip
     axes.set_ylabel("end-to-end latency (ms)")
     axes.set_title("Latency percentiles (n/a: too few samples for that percentile)")
-    _legend(axes)
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
     caption = "End-to-end latency percentiles per run (MLPerf early-stopping rule: p99 needs 662 samples)."
@@ -238,12 +241,11 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
     names = ("map_easy", "map_medium", "map_hard", "parity_min_cos_x1e4", "top10_neighbours_lost_pct")
     figure, axes = _figure()
     missing = _grouped_bars(
-        axes, [label for label, _ in rows], names, lambda index, name: rows[index][1][name], na_height=0.0, rotation=20
+        axes, [label for label, _ in rows], names, lambda index, name: rows[index][1][name], rotation=20
     )
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_ylabel("minus fp32 (mAP points; parity cosine x 1e4; % top-10)")
     axes.set_title("What a lower precision costs against fp32")
-    _legend(axes)
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
     caption = (

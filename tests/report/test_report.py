@@ -58,6 +58,31 @@ def test_every_plot_and_index_is_written_and_the_table_equals_the_runs(runs: lis
     assert page.count("src='data:image/png;base64,") == len(PLOT_FILES) and not re.search(r"src='(?!data:)", page)
 
 
+def test_n_a_marks_stay_inside_the_axes_and_every_series_is_in_the_legend() -> None:
+    # A precision-deltas plot of runs without an accuracy stage: only negative parity deltas, the mAP series
+    # missing everywhere. The marks once sat above y=0, which was the top of the axes, and ran into the title.
+    import matplotlib.pyplot as plt
+
+    from harness.report.plots import _figure, _grouped_bars
+
+    figure, axes = _figure()
+    values = {"map_medium": [None, None, None], "parity_x1e4": [-1.6, -0.1, None]}
+    missing = _grouped_bars(
+        axes, ["fp16", "int8", "int8 b4"], tuple(values), lambda index, name: values[name][index], rotation=20
+    )
+    assert missing == ["fp16 map_medium", "int8 map_medium", "int8 b4 map_medium", "int8 b4 parity_x1e4"]
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["map_medium", "parity_x1e4"]
+    figure.canvas.draw()
+    inside = axes.get_window_extent()
+    marks = [text.get_window_extent() for text in axes.texts if text.get_text() == "n/a"]
+    assert len(marks) == 4
+    assert all(
+        inside.x0 <= mark.x0 and mark.x1 <= inside.x1 and inside.y0 <= mark.y0 and mark.y1 <= inside.y1
+        for mark in marks
+    )
+    plt.close(figure)
+
+
 def test_withheld_percentiles_are_drawn_as_missing_never_as_zero(runs: list[LabelledRun], tmp_path: Path) -> None:
     report = write_report(runs, tmp_path / "report", title="tiny sweep")
     (percentiles,) = [plot for plot in report.plots if plot.path.name == "latency_percentiles.png"]
