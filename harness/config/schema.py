@@ -260,7 +260,10 @@ class PerfConfig:
         if self.warmup < 0:
             raise ConfigError(f"perf.warmup={self.warmup}: expected >= 0")
         if self.scenario == "server" and (self.target_qps is None or self.target_qps <= 0):
-            raise ConfigError(f"perf.target_qps={self.target_qps}: perf.scenario=server needs an arrival rate > 0")
+            needs = "perf.search=peak needs a rate > 0 to start from" if self.search == "peak" else (
+                "perf.scenario=server needs an arrival rate > 0"
+            )  # fmt: skip
+            raise ConfigError(f"perf.target_qps={self.target_qps}: {needs}")
         if self.max_queue_delay_ms < 0:
             raise ConfigError(f"perf.max_queue_delay_ms={self.max_queue_delay_ms}: expected >= 0")
         if self.stability:

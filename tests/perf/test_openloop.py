@@ -157,6 +157,8 @@ def test_requests_are_batched_up_to_the_batch_within_the_queue_delay() -> None:
 def test_open_loop_settings_are_checked_when_the_config_resolves(cache_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"perf.target_qps=None: perf.scenario=server needs an arrival rate > 0"):
         sleep_config(cache_dir, "perf.scenario=server")
+    with pytest.raises(ConfigError, match=r"perf.target_qps=None: perf.search=peak needs a rate > 0 to start from"):
+        sleep_config(cache_dir, "perf.scenario=server", "perf.search=peak", "perf.latency_bound_ms=5")
     with pytest.raises(ConfigError, match=r"perf.search=peak: searches the server scenario's rate"):
         sleep_config(cache_dir, "perf.search=peak", "perf.latency_bound_ms=5")
     with pytest.raises(ConfigError, match=r"perf.latency_bound_ms=None: perf.search=peak needs a p99 bound"):
