@@ -39,10 +39,10 @@ def resolve_config(composed: dict[str, Any]) -> RunConfig:
     check_precision(entry, backend_config, config.precision.name)
     if entry.toolchain:
         _check_toolchain_load(config.perf, entry.name)
-        if {"perf", "accuracy"} & set(config.stages) and "build" not in config.stages:
-            raise ConfigError(
-                f"stages={list(config.stages)}: backend={entry.name} runs the model its compiler builds: add build"
-            )
+    if backend_config.loads_artifact and {"perf", "accuracy"} & set(config.stages) and "build" not in config.stages:
+        raise ConfigError(
+            f"stages={list(config.stages)}: backend={entry.name} runs the artifact the build stage makes: add build"
+        )
     _check_model(config)
     if "accuracy" in config.stages and config.dataset.name == "synthetic":
         try:

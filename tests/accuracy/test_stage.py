@@ -182,4 +182,4 @@ def test_the_scored_set_is_the_one_the_config_asks_for_even_with_another_on_disk
 
 def test_a_synthetic_size_the_photos_cannot_make_is_refused_when_resolving(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"dataset.synthetic_queries=40: expected 1 to \d+"):
-        resolve_config(compose(["debug=tiny", "stages=[accuracy]", "dataset.synthetic_queries=40"]))
+        resolve_config(compose(["debug=tiny", "stages=[build,accuracy]", "dataset.synthetic_queries=40"]))

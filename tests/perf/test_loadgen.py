@@ -176,7 +176,14 @@ def test_processes_above_instances_is_refused() -> None:
 
 
 def test_missing_artifact_and_missing_provider(cache_dir: Path, tmp_path: Path) -> None:
-    config = resolve_config(compose(["debug=tiny", "stages=[perf]", f"paths.cache={cache_dir}"]))
+    # Stages that run a built artifact without the build stage are refused when the config resolves.
+    for backend in ("backend=onnxruntime", "backend=torch backend.artifact=aoti"):
+        with pytest.raises(
+            ConfigError, match=r"stages=\['perf'\]: backend=\w+ runs the artifact the build stage makes"
+        ):
+            resolve_config(compose(["debug=tiny", "stages=[perf]", *backend.split()]))
+    assert resolve_config(compose(["debug=tiny", "stages=[perf]", "backend=torch"])).stages == ("perf",)  # no artifact
+    config = resolve_config(compose(["debug=tiny", "stages=[build,perf]", f"paths.cache={cache_dir}"]))
     with pytest.raises(ConfigError, match=r"backend=onnxruntime needs a built artifact: include 'build' in stages"):
         measure(config, tmp_path)
     with pytest.raises(ConfigError, match=r"artifact /nowhere.onnx does not exist"):

@@ -229,7 +229,7 @@ def test_what_the_toolchain_cannot_do_is_refused_before_anything_runs(cache_dir:
         run_config(cache_dir, "backend=vastai", "precision=int8")
     with pytest.raises(ConfigError, match=r"perf.scenario=server: backend=vastai measures with its vendor profiler"):
         run_config(cache_dir, *VASTAI, "perf.scenario=server", "perf.target_qps=10")
-    with pytest.raises(ConfigError, match=r"stages=\['perf'\]: backend=vastai runs the model its compiler builds"):
+    with pytest.raises(ConfigError, match=r"stages=\['perf'\]: backend=vastai runs the artifact the build stage makes"):
         run_config(cache_dir, *VASTAI, "stages=[perf]")
     # A switch, not a hard-coded limit: a toolchain build that has int8 says so in backend.precisions.
     assert run_config(
