@@ -212,12 +212,12 @@ RUNNERS = {"onnxruntime": _onnxruntime_runner, "torch": _torch_runner}
 
 def time_gemms(
     gemms: Counter[Gemm], *, runtime: Literal["onnxruntime", "torch"], dtype: str, threads: int | None,
-    cache_dir: Path, fingerprint: str, device: str = "cpu",
+    cache_dir: Path, fingerprint: str, device: str = "cpu", reuse: bool = True,
 ) -> GemmTiming:  # fmt: skip
     """The GEMM-only time of ``gemms`` through ``runtime`` (a MatMul-only ONNX graph per shape in ONNX Runtime's
     CPU provider, or ``torch.matmul`` on ``device``) with ``threads`` intra-op threads: the fastest of
     ``GEMM_TIMING_ROUNDS`` rounds per shape, so a busy moment does not get cached as the machine's speed;
-    cached per hardware fingerprint and settings."""
+    cached per hardware fingerprint and settings (``reuse=False`` times them again and replaces the cached one)."""
     import onnxruntime
     import torch
 
@@ -229,7 +229,7 @@ def time_gemms(
     }  # fmt: skip
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_dir / "gemm" / f"{fingerprint}-{key}.json"
-    if cached.exists():
+    if reuse and cached.exists():
         return GemmTiming(**json.loads(cached.read_text()))
     with RUNNERS[runtime](threads, dtype, device) as make_run:
         total_us = _time_each(gemms, make_run, dtype)
