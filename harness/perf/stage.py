@@ -58,6 +58,10 @@ DISPATCH_DELAY_SHARE = 0.01
 # GEMMs alone cannot take longer than the model that runs them; past this (timing noise allowed) the GEMM-only
 # time is taken again, and if it is still past it, the warnings call that timing disturbed.
 EFFICIENCY_CEILING = 1.05
+# Completions are timed to a COMPLETION_BIN_S bin, so a time window's count is off by up to half a bin's worth
+# at each edge, a share bin / window of it: shorter windows than this are not known to within 5%, and the
+# throughput CV over them is not judged (null).
+MIN_WINDOW_S = 20 * COMPLETION_BIN_S
 
 
 def make_inputs(
@@ -124,13 +128,19 @@ def summarise(
     completions = _completions_since(start, instances)
     bin_starts = start + np.arange(completions.size) * COMPLETION_BIN_S
     windows = stats.window_throughputs(
-        bin_starts, completions, start_s=start, end_s=end, windows=perf.windows, batch=images_per_row
+        bin_starts,
+        completions,
+        bin_s=COMPLETION_BIN_S,
+        start_s=start,
+        end_s=end,
+        windows=perf.windows,
+        batch=images_per_row,
     )
     latency = LatencyBlock(e2e=stats.latency_stats(e2e_us), model=stats.latency_stats(model_us))
     delays_us = np.concatenate([instance.dispatch_delay_us for instance in instances])
     transfer_us = np.concatenate([instance.transfer_us for instance in instances])
     dispatch = stats.latency_stats(delays_us) if delays_us.size else None
-    window_cv = stats.coefficient_of_variation(windows)
+    window_cv = stats.coefficient_of_variation(windows) if end - start >= perf.windows * MIN_WINDOW_S else None
     reasons = []
     bound = f" (stopped at perf.max_duration_s={perf.max_duration_s})" if perf.max_duration_s is not None else ""
     if stability is not None:
@@ -152,7 +162,7 @@ def summarise(
             f"the load generator dispatched {dispatch.avg:.0f} us late on average (max {dispatch.max:.0f} us) after "
             f"requests were due: {dispatch.avg / latency.e2e.avg:.1%} of the mean latency is its own lateness"
         )
-    if window_cv > perf.max_window_cv:
+    if window_cv is not None and window_cv > perf.max_window_cv:
         warnings.append(
             f"throughput CV across {perf.windows} windows is {window_cv:.3f} > perf.max_window_cv={perf.max_window_cv}"
         )

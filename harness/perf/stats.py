@@ -61,12 +61,22 @@ def insufficient_percentiles(stats: LatencyStats) -> list[str]:
 
 
 def window_throughputs(
-    bin_starts_s: np.ndarray, counts: np.ndarray, *, start_s: float, end_s: float, windows: int, batch: int
-) -> np.ndarray:
-    """Images per second in ``windows`` equal time slices of [start, end], from batch counts per fine time bin."""
+    bin_starts_s: np.ndarray, counts: np.ndarray, *, bin_s: float, start_s: float, end_s: float, windows: int,
+    batch: int,
+) -> np.ndarray:  # fmt: skip
+    """Images per second in ``windows`` equal time slices of [start, end], from batch counts per time bin.
+
+    The batches completed are counted as a flow: from 0 at ``start``, the running count rises linearly from one
+    completion to the next (each placed mid-bin), and a slice gets the rise across it. A steady rate then gives
+    every slice the same share, however few batches it holds. Counting whole batches per slice, a batch that ends
+    near a slice's edge falls wholly on one side or the other: 16 batches 100 ms apart, each 2% early or late at
+    random, read a CV of 0.25 over 8 slices that way, and 0.014 this way.
+    """
     edges = np.linspace(start_s, end_s, windows + 1)
-    per_window, _ = np.histogram(bin_starts_s, bins=edges, weights=counts)
-    return per_window * batch / np.diff(edges)
+    completed = counts > 0
+    times = np.concatenate(([start_s], bin_starts_s[completed] + bin_s / 2))
+    running = np.concatenate(([0.0], np.cumsum(counts[completed], dtype=np.float64)))
+    return np.diff(np.interp(edges, times, running)) * batch / np.diff(edges)
 
 
 def coefficient_of_variation(values: np.ndarray) -> float:

@@ -37,6 +37,25 @@ def measure(config: RunConfig, run_dir: Path, artifact: str | None = None) -> Pe
     return run_perf(config, artifact_path=artifact, run_dir=run_dir)
 
 
+def test_a_steady_run_of_few_batches_reads_steady_and_too_short_windows_are_not_judged(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    # 16 calls of 20 ms in 8 windows: 2 per window.
+    steady = measure(
+        sleep_config(cache_dir, "backend.latency_us=20000", "perf.iterations=16", "perf.min_samples=16"),
+        tmp_path / "steady",
+    )
+    assert steady.window_cv is not None and steady.window_cv < 0.1
+    assert not any("throughput CV" in warning for warning in steady.validity.warnings)
+    assert sum(steady.window_throughput_qps) * steady.forward_time_s / 8 == pytest.approx(16, rel=0.05)
+    # 16 calls of 1 ms: windows of 2 ms are two of the 1 ms bins completions are timed in.
+    short = measure(
+        sleep_config(cache_dir, "backend.latency_us=1000", "perf.iterations=16", "perf.min_samples=16"),
+        tmp_path / "short",
+    )
+    assert short.forward_time_s < 8 * 0.020 and short.window_cv is None
+
+
 def test_instances_multiply_throughput_across_threads_and_processes(cache_dir: Path, tmp_path: Path) -> None:
     single = measure(sleep_config(cache_dir, "perf.iterations=60"), tmp_path / "one")
     threads = measure(sleep_config(cache_dir, "perf.iterations=240", "perf.instances=4"), tmp_path / "threads")
