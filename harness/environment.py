@@ -30,6 +30,18 @@ CPU_ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "a
                  "asimddp", "i8mm", "sve")  # fmt: skip
 
 
+def usable_cores() -> int:
+    """The logical cores this process may run on (its CPU affinity, which ``taskset`` and containers narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def physical_cores() -> int:
+    """Physical cores, which ONNX Runtime starts one intra-op thread per by default; logical ones if unknown."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or usable_cores()
+
+
 def cpu_isa() -> list[str]:
     """The CPU's instruction sets among ``CPU_ISA_FLAGS`` (``/proc/cpuinfo`` flags; empty where unknown)."""
     cpuinfo = Path("/proc/cpuinfo")

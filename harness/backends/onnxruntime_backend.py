@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from harness.backends import InputSignature, LoadTarget, register_backend
+from harness.environment import physical_cores
 from harness.errors import BackendUnavailable, ConfigError
 from harness.nvml import device_info
 
@@ -136,6 +137,9 @@ class OrtBackend:
             device_id = _device_id(self.config)
             found["device"] = f"cuda:{device_id}"
             found.update(device_info(device_id))
+        else:
+            found["cpu_threads"] = self.config.intra_op_threads or physical_cores()
+            found["cpu_threads_setting"] = "backend.intra_op_threads"
         return found
 
     def resolve(self, target: LoadTarget) -> dict[str, object]:

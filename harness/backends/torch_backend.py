@@ -202,6 +202,8 @@ class TorchBackend:
 
         found: dict[str, object] = {"torch": torch.__version__, "device": self.config.device}
         if not self.on_cuda:
+            found["cpu_threads"] = self.config.threads or torch.get_num_threads()
+            found["cpu_threads_setting"] = "backend.threads"
             return found
         if not torch.cuda.is_available():
             raise BackendUnavailable(

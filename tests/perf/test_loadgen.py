@@ -10,13 +10,14 @@ import pytest
 from onnx import TensorProto, helper
 
 from harness.config.schema import RunConfig
+from harness.environment import physical_cores, usable_cores
 from harness.errors import BackendUnavailable, ConfigError, MeasurementInvalid
 from harness.perf.loadgen import CompletionHistogram, SampleBuffer
 from harness.perf.stage import SAMPLES_FILE, run_perf
 from harness.perf.stats import latency_stats
 from harness.resolve import resolve_config
 from harness.result import PerfResult, load_result
-from tests.conftest import compose
+from tests.conftest import compose, run_config
 
 pytestmark = pytest.mark.process
 SLEEP_US = 6000.0
@@ -54,6 +55,29 @@ def test_a_steady_run_of_few_batches_reads_steady_and_too_short_windows_are_not_
         tmp_path / "short",
     )
     assert short.forward_time_s < 8 * 0.020 and short.window_cv is None
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="needs 2 cores: two instances of one thread each")
+def test_instances_whose_threads_outnumber_the_cores_are_called_oversubscribed(cache_dir: Path, tmp_path: Path) -> None:
+    from tests.export.test_onnx_build import build
+
+    cores = usable_cores()
+    load = ["stages=[build,perf]", "perf.instances=2", "perf.iterations=20", "perf.efficiency=false"]
+    crowded = run_config(cache_dir, *load, f"backend.intra_op_threads={cores}")
+    artifact = build(crowded).artifact_path
+    result = measure(crowded, tmp_path / "crowded", artifact)
+    assert result.backend_resolved["cpu_threads"] == cores
+    assert (
+        f"oversubscribed: 2 instances x {cores} CPU threads = {2 * cores} threads on {cores} cores; "
+        f"set backend.intra_op_threads={cores // 2} to give each instance its own"
+    ) in result.validity.warnings
+    own = measure(run_config(cache_dir, *load, "backend.intra_op_threads=1"), tmp_path / "own", artifact)
+    assert not any(warning.startswith("oversubscribed") for warning in own.validity.warnings)
+    default = measure(run_config(cache_dir, *load), tmp_path / "default", artifact)
+    assert default.backend_resolved["cpu_threads"] == physical_cores()  # ONNX Runtime's default: one per core
+    # A backend that runs nothing on the CPU's cores (the sleep backend) is never oversubscribed.
+    sleeping = measure(sleep_config(cache_dir, "perf.instances=8", "perf.iterations=16"), tmp_path / "sleep")
+    assert not any(warning.startswith("oversubscribed") for warning in sleeping.validity.warnings)
 
 
 def test_instances_multiply_throughput_across_threads_and_processes(cache_dir: Path, tmp_path: Path) -> None:
