@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tqdm import tqdm
+
+T = TypeVar("T")
 
 CHUNK_BYTES = 1 << 20
 
@@ -37,6 +41,12 @@ def sha256_of(path: Path, *, progress: bool = False) -> str:
     return digest.hexdigest()
 
 
+def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool, **options: Any) -> tqdm:
+    """A tqdm bar, drawn only when ``enabled`` and stderr is a terminal: redrawn into a log file (CI, SLURM),
+    every update is another line fragment."""
+    return tqdm(iterable, disable=None if enabled else True, leave=False, **options)
+
+
 def byte_progress(total: int | None, desc: str, enabled: bool, initial: int = 0) -> tqdm:
-    """A progress bar counting bytes (hidden when ``enabled`` is false)."""
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)
+    """A progress bar counting bytes (see ``progress_bar``)."""
+    return progress_bar(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, enabled=enabled)

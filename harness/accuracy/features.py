@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from harness.backends import BackendFactory, Toolchain
 from harness.config.schema import VdspParams
 from harness.errors import DataError
+from harness.fileio import progress_bar
 from harness.processes import spawn_context
 from harness.vdsp import device_input, preprocess
 
@@ -61,7 +61,7 @@ def _readable(
     jobs: Sequence[ImageJob], workers: int, on_bad_image: str, skipped: list[str], *, desc: str, progress: bool
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(index, decoded input) of each readable image, in order; unreadable ones fail or go to ``skipped``."""
-    decoded = tqdm(_decoded(jobs, workers), total=len(jobs), desc=f"features {desc}", disable=not progress, leave=False)
+    decoded = progress_bar(_decoded(jobs, workers), total=len(jobs), desc=f"features {desc}", enabled=progress)
     for index, (path, tensor, error) in enumerate(decoded):
         if tensor is None:
             if on_bad_image == "fail":

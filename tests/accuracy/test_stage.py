@@ -183,3 +183,45 @@ def test_the_scored_set_is_the_one_the_config_asks_for_even_with_another_on_disk
 def test_a_synthetic_size_the_photos_cannot_make_is_refused_when_resolving(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"dataset.synthetic_queries=40: expected 1 to \d+"):
         resolve_config(compose(["debug=tiny", "stages=[build,accuracy]", "dataset.synthetic_queries=40"]))
+
+
+@pytest.mark.process
+def test_progress_bars_are_drawn_on_a_terminal_and_kept_out_of_log_files(tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    from tests.conftest import harness_environment
+
+    command = [sys.executable, "-m", "harness", "run", "debug=tiny", "stages=[build,accuracy]", "tracking=off"]
+    logged = subprocess.run(
+        command, cwd=tmp_path, env=harness_environment(tmp_path), capture_output=True, text=True, timeout=300
+    )
+    assert logged.returncode == 0, logged.stderr
+    assert "features features_database" not in logged.stderr  # stderr is a pipe, as into a CI or SLURM log
+    leader, terminal = pty.openpty()
+    # A size, as a terminal window has: tqdm fits its bar to the width, and a bare pty's is 0.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    try:
+        on_terminal = subprocess.Popen(
+            command, cwd=tmp_path, env=harness_environment(tmp_path), stdout=subprocess.DEVNULL, stderr=terminal
+        )
+        os.close(terminal)  # read as it is written: the child's end closes when it exits
+        drawn = b""
+        while chunk := _read_or_empty(leader):
+            drawn += chunk
+    finally:
+        os.close(leader)
+    assert on_terminal.wait(timeout=300) == 0, drawn.decode(errors="replace")[-2000:]
+    assert b"features features_database" in drawn
+
+
+def _read_or_empty(descriptor: int) -> bytes:
+    import os
+
+    try:
+        return os.read(descriptor, 1 << 16)
+    except OSError:  # the terminal's other end closed: everything written has been read
+        return b""
