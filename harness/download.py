@@ -123,6 +123,8 @@ def _stream_to_part(url: str, part: Path, *, timeout_s: float, progress: bool) -
         total = offset + int(remaining) if remaining is not None else None
         received = offset
         mode = "ab" if offset else "wb"
+        # Where no bar is drawn (a log file), this line says what the wait is for.
+        log.info("downloading url=%s path=%s from_byte=%d size_bytes=%s", url, part, offset, total)
         with open(part, mode) as handle, byte_progress(total, f"download {part.stem}", progress, initial=offset) as bar:
             try:
                 for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
