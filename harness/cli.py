@@ -452,10 +452,12 @@ def _gate(arguments: list[str]) -> int:
         candidate_evidence,
         candidate_kind,
         entries_for,
+        is_run_id,
         mlflow_baselines,
         promote_in_mlflow,
         read_baseline_file,
         tag_verdicts,
+        tracked_run_ids,
         write_baseline_file,
     )  # fmt: skip
     from harness.tracking.sweep import tracking_configs
@@ -520,7 +522,8 @@ def _gate(arguments: list[str]) -> int:
         evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
         if use_mlflow:
             assert store is not None
-            lookup = functools.partial(mlflow_baselines, store)
+            own = frozenset(tracked_run_ids(evidence)) | {candidate for candidate in candidates if is_run_id(candidate)}
+            lookup = functools.partial(mlflow_baselines, store, candidates=own)
         else:
             lookup = functools.partial(entries_for, read_baseline_file(Path(options.baseline)))
         result = run_gate(

@@ -123,8 +123,9 @@ def write_baseline_file(path: Path, evidence: list[Evidence]) -> None:
         raise DataError(f"{path}: cannot write the baseline ({error.strerror or error})") from None
 
 
-def mlflow_baselines(store: Store, config_hash: str) -> list[Evidence]:
-    """Runs tagged as baseline for this config hash, newest first per machine, read from their ``result.json``."""
+def mlflow_baselines(store: Store, config_hash: str, *, candidates: frozenset[str] = frozenset()) -> list[Evidence]:
+    """Runs tagged as baseline for this config hash, the newest per machine, read from their ``result.json``;
+    never one of the ``candidates`` (MLflow run ids): a run promoted and then gated would pass against itself."""
     query = f"tags.`{BASELINE_TAG}` = 'true' and tags.`harness.config_hash` = '{config_hash}'"
     runs = store.call(
         partial(
@@ -136,6 +137,8 @@ def mlflow_baselines(store: Store, config_hash: str) -> list[Evidence]:
     )
     newest: dict[str, str] = {}
     for run in runs:
+        if run.info.run_id in candidates:
+            continue
         newest.setdefault(run.data.tags.get("hardware.fingerprint", "unknown"), run.info.run_id)
     return [evidence_of(_mlflow_result(store, run_id), label=f"mlflow run {run_id}") for run_id in newest.values()]
 

@@ -116,6 +116,8 @@ def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_ver
     assert gated.returncode == 1, gated.stdout + gated.stderr
     assert "gate verdict: **fail** (exit 1)" in gated.stdout and "| throughput_qps |" in gated.stdout
     assert "error: gate fail" in gated.stderr
+    itself = harness(tmp_path, "gate", baseline, "--baseline", "mlflow")  # the baseline run is no baseline of its own
+    assert itself.returncode == 4 and "unusable: no baseline for config hash" in itself.stdout, itself.stdout
     run_id = json.loads((Path(slowed) / "tracking.json").read_text())["run_id"]
     tags = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}").get_run(run_id).data.tags
     assert tags["harness.gate.verdict"] == "fail" and tags["harness.gate.throughput_qps"] == "fail"
