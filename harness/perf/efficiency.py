@@ -7,8 +7,9 @@ block for the CLS token only);
 at a fixed batch) as a cross-check. **Efficiency** is the time those GEMMs take when run alone, through the
 same runtime and thread settings as the backend, divided by the measured model time per batch: the share of
 the run that is irreducible matrix work (100% means nothing else costs anything). The GEMM-only time is a
-MatMul-only ONNX graph per distinct shape in ONNX Runtime (or ``torch.matmul`` for the torch backend, its
-right operand stored as ``nn.Linear`` stores its weight), run as many times as the model runs that shape; it
+MatMul-only ONNX graph per distinct shape in ONNX Runtime, a weight as a constant of the graph as in the model
+(or ``torch.matmul`` for the torch backend, its right operand stored as ``nn.Linear`` stores its weight), run
+as many times as the model runs that shape; it
 includes the runtime's per-call overhead (tens of microseconds per GEMM), so it errs towards a higher
 efficiency at batch 1. It is cached per hardware fingerprint in ``<paths.cache>/gemm/``.
 """
@@ -32,19 +33,24 @@ from harness.models.variants import VariantSpec
 
 GEMM_TIMING_ROUNDS = 5
 # Part of a cached timing's key: a timing taken another way is taken again, not reused.
-TIMING_METHOD = f"fastest of {GEMM_TIMING_ROUNDS} rounds; torch: right operand stored [n, k]"
+TIMING_METHOD = (
+    f"fastest of {GEMM_TIMING_ROUNDS} rounds; onnxruntime: weights as constants; torch: right operand stored [n, k]"
+)
 # The dtype a precision's GEMMs are timed in (numpy's and torch's name for it).
 GEMM_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 @dataclass(frozen=True)
 class Gemm:
-    """``count`` products of an [m, k] by a [k, n] matrix, each ``batches`` times (attention's heads)."""
+    """``count`` products of an [m, k] by a [k, n] matrix, each ``batches`` times (attention's heads).
+    ``weights``: the [k, n] matrix is one of the model's weights, a constant of the graph (ONNX Runtime
+    prepacks those), rather than an activation computed in the forward (attention's keys and values)."""
 
     m: int
     k: int
     n: int
     batches: int = 1
+    weights: bool = True
 
     @property
     def flops(self) -> int:
@@ -64,8 +70,8 @@ def model_gemms(spec: VariantSpec, batch: int, input_size: tuple[int, int]) -> C
     heads = batch * spec.num_heads
     every_token = [
         Gemm(tokens, width_d, 3 * width_d),
-        Gemm(per_image_tokens, head_dim, per_image_tokens, heads),
-        Gemm(per_image_tokens, per_image_tokens, head_dim, heads),
+        Gemm(per_image_tokens, head_dim, per_image_tokens, heads, weights=False),
+        Gemm(per_image_tokens, per_image_tokens, head_dim, heads, weights=False),
         Gemm(tokens, width_d, width_d),
         Gemm(tokens, width_d, hidden_out),
         Gemm(tokens, spec.ffn_hidden, width_d),
@@ -74,8 +80,8 @@ def model_gemms(spec: VariantSpec, batch: int, input_size: tuple[int, int]) -> C
     cls_only = [
         Gemm(tokens, width_d, 2 * width_d),
         Gemm(batch, width_d, width_d),
-        Gemm(1, head_dim, per_image_tokens, heads),
-        Gemm(1, per_image_tokens, head_dim, heads),
+        Gemm(1, head_dim, per_image_tokens, heads, weights=False),
+        Gemm(1, per_image_tokens, head_dim, heads, weights=False),
         Gemm(batch, width_d, width_d),
         Gemm(batch, width_d, hidden_out),
         Gemm(batch, spec.ffn_hidden, width_d),
@@ -130,17 +136,22 @@ class GemmTiming:
     fingerprint: str
 
 
-def _matmul_graph(gemm: Gemm, dtype: str) -> bytes:
-    from onnx import TensorProto, helper
+def _matmul_graph(gemm: Gemm, dtype: str, right: np.ndarray) -> bytes:
+    """One MatMul of input ``a`` by ``b``: a constant holding ``right`` for a weight GEMM, as in the model's graph
+    (ONNX Runtime prepacks a constant operand: 1-18% faster per shape here), else a second input."""
+    from onnx import TensorProto, helper, numpy_helper
 
     element = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
     left_shape = [gemm.batches, gemm.m, gemm.k] if gemm.batches > 1 else [gemm.m, gemm.k]
     right_shape = [gemm.batches, gemm.k, gemm.n] if gemm.batches > 1 else [gemm.k, gemm.n]
     output_shape = [gemm.batches, gemm.m, gemm.n] if gemm.batches > 1 else [gemm.m, gemm.n]
+    inputs = [helper.make_tensor_value_info("a", element, left_shape)]
+    constants = [numpy_helper.from_array(right, "b")] if gemm.weights else []
+    if not gemm.weights:
+        inputs.append(helper.make_tensor_value_info("b", element, right_shape))
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
-        [helper.make_tensor_value_info("a", element, left_shape), helper.make_tensor_value_info("b", element, right_shape)],
-        [helper.make_tensor_value_info("c", element, output_shape)],
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", inputs,
+        [helper.make_tensor_value_info("c", element, output_shape)], initializer=constants,
     )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
 
@@ -159,9 +170,9 @@ def _onnxruntime_runner(threads: int | None, dtype: str, device: str) -> Iterato
 
     def runner(gemm: Gemm, left: np.ndarray, right: np.ndarray) -> Callable[[int], object]:
         session = onnxruntime.InferenceSession(
-            _matmul_graph(gemm, dtype), sess_options=options, providers=["CPUExecutionProvider"]
+            _matmul_graph(gemm, dtype, right), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        feed = {"a": left, "b": right}
+        feed = {"a": left} if gemm.weights else {"a": left, "b": right}
 
         def run(times: int) -> object:
             for _ in range(times):
@@ -223,7 +234,7 @@ def time_gemms(
 
     versions = {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
     key_fields = {
-        "gemms": sorted((gemm.m, gemm.k, gemm.n, gemm.batches, count) for gemm, count in gemms.items()),
+        "gemms": sorted((gemm.m, gemm.k, gemm.n, gemm.batches, gemm.weights, count) for gemm, count in gemms.items()),
         "dtype": dtype, "threads": threads, "runtime": runtime, "version": versions[runtime], "device": device,
         "fingerprint": fingerprint, "method": TIMING_METHOD,
     }  # fmt: skip
