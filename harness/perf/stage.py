@@ -307,9 +307,14 @@ def _oversubscription(instances: int, resolved: dict[str, object]) -> str | None
     cores = usable_cores()
     if instances < 2 or not isinstance(threads, int) or instances * threads <= cores:
         return None
+    remedy = (
+        f"set {resolved.get('cpu_threads_setting')}={cores // instances} to give each instance its own"
+        if instances <= cores
+        else f"more instances than cores: perf.instances={cores} at most gives each instance a core of its own"
+    )
     return (
         f"oversubscribed: {instances} instances x {threads} CPU threads = {instances * threads} threads on {cores} "
-        f"cores; set {resolved.get('cpu_threads_setting')}={max(1, cores // instances)} to give each instance its own"
+        f"cores; {remedy}"
     )
 
 

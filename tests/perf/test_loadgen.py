@@ -73,6 +73,12 @@ def test_instances_whose_threads_outnumber_the_cores_are_called_oversubscribed(c
     ) in result.validity.warnings
     own = measure(run_config(cache_dir, *load, "backend.intra_op_threads=1"), tmp_path / "own", artifact)
     assert not any(warning.startswith("oversubscribed") for warning in own.validity.warnings)
+    many = [*load[:1], f"perf.instances={cores + 1}", *load[2:], "backend.intra_op_threads=1"]
+    crowd = measure(run_config(cache_dir, *many), tmp_path / "many", artifact)
+    assert (
+        f"oversubscribed: {cores + 1} instances x 1 CPU threads = {cores + 1} threads on {cores} cores; more instances "
+        f"than cores: perf.instances={cores} at most gives each instance a core of its own"
+    ) in crowd.validity.warnings
     default = measure(run_config(cache_dir, *load), tmp_path / "default", artifact)
     assert default.backend_resolved["cpu_threads"] == physical_cores()  # ONNX Runtime's default: one per core
     # A backend that runs nothing on the CPU's cores (the sleep backend) is never oversubscribed.
