@@ -452,7 +452,6 @@ def _gate(arguments: list[str]) -> int:
         candidate_evidence,
         candidate_kind,
         entries_for,
-        is_run_id,
         mlflow_baselines,
         promote_in_mlflow,
         read_baseline_file,
@@ -522,8 +521,8 @@ def _gate(arguments: list[str]) -> int:
         evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
         if use_mlflow:
             assert store is not None
-            own = frozenset(tracked_run_ids(evidence)) | {candidate for candidate in candidates if is_run_id(candidate)}
-            lookup = functools.partial(mlflow_baselines, store, candidates=own)
+            own = {item for item in candidates if candidate_kind(item) == "mlflow"} | set(tracked_run_ids(evidence))
+            lookup = functools.partial(mlflow_baselines, store, candidates=frozenset(own))
         else:
             lookup = functools.partial(entries_for, read_baseline_file(Path(options.baseline)))
         result = run_gate(

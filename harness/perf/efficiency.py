@@ -9,9 +9,9 @@ same runtime and thread settings as the backend, divided by the measured model t
 the run that is irreducible matrix work (100% means nothing else costs anything). The GEMM-only time is a
 MatMul-only ONNX graph per distinct shape in ONNX Runtime, a weight as a constant of the graph as in the model
 (or ``torch.matmul`` for the torch backend, its right operand stored as ``nn.Linear`` stores its weight), run
-as many times as the model runs that shape; it
-includes the runtime's per-call overhead (tens of microseconds per GEMM), so it errs towards a higher
-efficiency at batch 1. It is cached per hardware fingerprint in ``<paths.cache>/gemm/``.
+as many times as the model runs that shape; it includes the runtime's per-call overhead (tens of microseconds
+per GEMM), so it errs towards a higher efficiency at batch 1. It is cached per hardware fingerprint in
+``<paths.cache>/gemm/``.
 """
 
 from __future__ import annotations
@@ -146,8 +146,10 @@ def _matmul_graph(gemm: Gemm, dtype: str, right: np.ndarray) -> bytes:
     right_shape = [gemm.batches, gemm.k, gemm.n] if gemm.batches > 1 else [gemm.k, gemm.n]
     output_shape = [gemm.batches, gemm.m, gemm.n] if gemm.batches > 1 else [gemm.m, gemm.n]
     inputs = [helper.make_tensor_value_info("a", element, left_shape)]
-    constants = [numpy_helper.from_array(right, "b")] if gemm.weights else []
-    if not gemm.weights:
+    constants = []
+    if gemm.weights:
+        constants.append(numpy_helper.from_array(right, "b"))
+    else:
         inputs.append(helper.make_tensor_value_info("b", element, right_shape))
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", inputs,

@@ -126,15 +126,8 @@ def summarise(
     images_per_row = perf.batch if perf.scenario == "closed" else 1
     images = int(e2e_us.size) * images_per_row
     completions = _completions_since(start, instances)
-    bin_starts = start + np.arange(completions.size) * COMPLETION_BIN_S
     windows = stats.window_throughputs(
-        bin_starts,
-        completions,
-        bin_s=COMPLETION_BIN_S,
-        start_s=start,
-        end_s=end,
-        windows=perf.windows,
-        batch=images_per_row,
+        completions, bin_s=COMPLETION_BIN_S, start_s=start, end_s=end, windows=perf.windows, batch=images_per_row
     )
     latency = LatencyBlock(e2e=stats.latency_stats(e2e_us), model=stats.latency_stats(model_us))
     delays_us = np.concatenate([instance.dispatch_delay_us for instance in instances])

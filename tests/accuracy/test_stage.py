@@ -193,12 +193,10 @@ def test_progress_bars_are_drawn_on_a_terminal_and_kept_out_of_log_files(tmp_pat
     import struct
     import termios
 
-    from tests.conftest import harness_environment
+    from tests.conftest import harness_environment, harness_in
 
-    command = [sys.executable, "-m", "harness", "run", "debug=tiny", "stages=[build,accuracy]", "tracking=off"]
-    logged = subprocess.run(
-        command, cwd=tmp_path, env=harness_environment(tmp_path), capture_output=True, text=True, timeout=300
-    )
+    arguments = ["run", "debug=tiny", "stages=[build,accuracy]", "tracking=off"]
+    logged = harness_in(tmp_path, *arguments)
     assert logged.returncode == 0, logged.stderr
     assert "features features_database" not in logged.stderr  # stderr is a pipe, as into a CI or SLURM log
     leader, terminal = pty.openpty()
@@ -206,7 +204,11 @@ def test_progress_bars_are_drawn_on_a_terminal_and_kept_out_of_log_files(tmp_pat
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     try:
         on_terminal = subprocess.Popen(
-            command, cwd=tmp_path, env=harness_environment(tmp_path), stdout=subprocess.DEVNULL, stderr=terminal
+            [sys.executable, "-m", "harness", *arguments],
+            cwd=tmp_path,
+            env=harness_environment(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
         )
         os.close(terminal)  # read as it is written: the child's end closes when it exits
         drawn = b""
