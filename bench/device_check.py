@@ -174,13 +174,17 @@ def with_telemetry(row: dict, sampler: NvmlSampler | None, start: float, end: fl
 
 
 def harness_row(
-    case: Case, backend: TorchConfig, dtype: str, seconds: float, cache: Path, package: Path | None, in_flight: int
+    case: Case,
+    backend: TorchConfig,
+    precision: Precision,
+    seconds: float,
+    cache: Path,
+    package: Path | None,
+    in_flight: int,
 ) -> dict:
     """One instance of the harness's torch backend driven by its load generator for ``seconds``, with ``in_flight``
     requests outstanding (1: sync)."""
     model = ModelConfig(variant=case.variant, weights="random", seed=0, input_size=INPUT_SIZE)
-    # ``backend.dtype`` sets the compute dtype; the run's precision only names its class (bf16 is a half precision).
-    precision: Precision = "fp32" if dtype == "fp32" else "fp16"
     target = LoadTarget(
         artifact_path=None if package is None else str(package), model=model, precision=precision, cache_dir=str(cache)
     )
@@ -258,17 +262,20 @@ def gemm_time_us(case: Case, device: str, dtype: str, cache: Path) -> float:
 
 
 def base_config(device: str) -> TorchConfig:
-    """The harness's torch backend as the check drives it: eager, fp16 on a GPU (fp32 on a CPU rehearsal)."""
+    """The harness's torch backend as the check drives it: eager."""
     return TorchConfig(
-        name="torch", device=device, dtype="fp16" if device.startswith("cuda") else "fp32", compile=False,
-        compile_mode="default", threads=0, attention="auto", cuda_graphs=False, host_io=False, artifact="module",
-        aot_inductor_configs={},
+        name="torch", device=device, compile=False, compile_mode="default", threads=0, attention="auto",
+        cuda_graphs=False, host_io=False, artifact="module", aot_inductor_configs={},
     )  # fmt: skip
 
 
+def check_precision(device: str) -> Precision:
+    """The precision the rows are measured in: fp16 on a GPU, as the anchors were; fp32 on a CPU rehearsal."""
+    return "fp16" if device.startswith("cuda") else "fp32"
+
+
 def measure(case: Case, mode: str, base: TorchConfig, args: argparse.Namespace) -> dict:
-    dtype = base.dtype
-    assert dtype is not None
+    dtype = check_precision(args.device)
     on_gpu = args.device.startswith("cuda")
     if mode == "anchor":
         return timm_row(case, args.device, dtype, graphed=True, seconds=args.seconds)
@@ -301,7 +308,7 @@ def run_case(case: Case, modes: list[str], args: argparse.Namespace, deadline: f
     gemm_us: float | None = None
     if "efficiency" not in args.skip:
         try:
-            gemm_us = gemm_time_us(case, args.device, str(base.dtype), args.cache)
+            gemm_us = gemm_time_us(case, args.device, check_precision(args.device), args.cache)
         except Exception as error:  # the rows are still worth measuring without their efficiency
             report.errors[f"{case.label} efficiency"] = failure(error)
     for mode in modes:

@@ -50,7 +50,7 @@ def format_summary(result: RunResult) -> str:
             (
                 "perf",
                 f"{perf.backend} b{perf.batch} i{perf.instances} p{perf.processes} {_load(perf)}: "
-                f"{perf.throughput_qps:.2f} img/s over {perf.forward_time_s:.2f} s",
+                f"{perf.throughput_qps:.2f} img/s over {perf.forward_time_s:.4g} s",
             ),
             (
                 "latency",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from harness.errors import ConfigError
 from harness.pipeline import run
 from harness.result import load_result
 from harness.summary import format_summary
@@ -49,6 +51,10 @@ def test_inputs_that_can_be_checked_fail_the_run_before_the_first_stage(
 def test_strict_perf_fails_a_measurement_that_falls_short_and_keeps_it(tmp_path: Path) -> None:
     loose = run(tiny(tmp_path, "backend=sleep", "stages=[perf]"), run_dir=tmp_path / "loose")
     assert loose.status == "ok" and loose.perf is not None and loose.perf.validity.warnings  # 16 batches: no p90
+    stated = re.search(r"img/s over (\S+) s", format_summary(loose))
+    assert stated and float(stated[1]) == pytest.approx(
+        loose.perf.forward_time_s, rel=1e-3
+    )  # 4 significant digits: a short run is not "0.02 s"
     strict = run(tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.strict=true"), run_dir=tmp_path / "strict")
     assert strict.status == "failed" and strict.error is not None and strict.error.type == "MeasurementInvalid"
     assert strict.error.message.startswith("perf.strict=true and the measurement falls short: p90, p95, p99 withheld")
@@ -90,6 +96,22 @@ def test_a_torch_module_run_builds_nothing_it_would_not_run_and_says_so(tmp_path
     assert result.build is None and result.perf is not None and result.perf.backend == "torch"
     assert not (tmp_path / "cache" / "builds").exists()  # no ONNX export behind its back
     assert "none built: backend=torch runs no built artifact" in format_summary(result)
+
+
+def test_bf16_is_a_precision_the_torch_backend_runs_and_every_label_names(tmp_path: Path) -> None:
+    result = run(
+        tiny(tmp_path, "backend=torch", "precision=bf16", "stages=[perf,accuracy]", "perf.iterations=3"),
+        run_dir=tmp_path / "run",
+    )
+    assert result.status == "ok", result.error
+    assert result.perf is not None and result.perf.efficiency is not None
+    assert result.perf.efficiency.runtime.endswith("bfloat16")  # the GEMMs were timed in the dtype the model ran
+    assert result.accuracy is not None and result.accuracy.fp32 is not None  # compared with fp32, as fp16 is
+    assert result.accuracy.fp32.descriptor_min_cosine < 1  # bf16 features differ from fp32's
+    assert "precision   bf16" in format_summary(result)
+    with pytest.raises(ConfigError, match=r"precision=bf16: backend 'onnxruntime' runs \['fp32', 'fp16', 'int8'"):
+        run(tiny(tmp_path, "precision=bf16"), run_dir=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_the_summary_says_how_an_async_load_was_served(tmp_path: Path) -> None:

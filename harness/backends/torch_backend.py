@@ -32,7 +32,6 @@ from harness.backends import InputSignature, LoadTarget, register_backend
 from harness.errors import BackendUnavailable, ConfigError
 from harness.nvml import device_info
 
-TorchDtype = Literal["fp32", "fp16", "bf16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 AttentionKernel = Literal["auto", "flash", "efficient", "cudnn", "math"]
 Artifact = Literal["module", "aoti"]
@@ -53,7 +52,6 @@ class TorchConfig:
 
     Attributes:
         device: ``cpu``, ``cuda`` or ``cuda:N``.
-        dtype: compute dtype; ``null`` follows ``precision`` (bf16 is only reachable here).
         compile: wrap the model in ``torch.compile``.
         compile_mode: the ``torch.compile`` mode (``reduce-overhead`` and ``max-autotune`` capture CUDA graphs).
         threads: CPU intra-op threads; 0 keeps torch's default.
@@ -68,7 +66,6 @@ class TorchConfig:
 
     name: Literal["torch"]
     device: str
-    dtype: TorchDtype | None
     compile: bool
     compile_mode: CompileMode
     threads: int
@@ -115,11 +112,6 @@ def attention_kernel(choice: str) -> contextlib.AbstractContextManager[Any]:
         "math": SDPBackend.MATH,
     }
     return sdpa_kernel([kernels[choice]])
-
-
-def compute_dtype(config: TorchConfig, precision: str) -> str:
-    """The dtype the backend computes in: ``backend.dtype``, else the run's precision."""
-    return config.dtype or precision
 
 
 def torch_dtype(name: str) -> Any:
@@ -234,7 +226,7 @@ class TorchBackend:
 
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        self.dtype = torch_dtype(compute_dtype(self.config, target.precision))
+        self.dtype = torch_dtype(target.precision)
         if self.config.artifact == "aoti":
             with torch.cuda.device(self.config.device) if self.on_cuda else contextlib.nullcontext():
                 self.runnable = torch._inductor.aoti_load_package(str(self._package(target)))

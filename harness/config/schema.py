@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 from harness.errors import ConfigError
 
-Precision = Literal["fp32", "fp16", "int8", "int8_dynamic"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "int8_dynamic"]
 # Precisions that are ONNX Runtime quantizations of the fp32 ONNX build (float input and output).
 QUANTIZED: tuple[str, ...] = ("int8", "int8_dynamic")
 Stage = Literal["build", "perf", "accuracy"]
@@ -259,6 +259,11 @@ class PerfConfig:
             raise ConfigError(f"perf.iterations={self.iterations}: expected >= perf.instances={self.instances}")
         if self.warmup < 0:
             raise ConfigError(f"perf.warmup={self.warmup}: expected >= 0")
+        if self.windows < 2 or self.max_window_cv < 0:
+            raise ConfigError(
+                f"perf.windows={self.windows}, perf.max_window_cv={self.max_window_cv}: expected >= 2 windows (one "
+                "window has no variation to measure) and a CV >= 0"
+            )
         if self.scenario == "server" and (self.target_qps is None or self.target_qps <= 0):
             needs = "perf.search=peak needs a rate > 0 to start from" if self.search == "peak" else (
                 "perf.scenario=server needs an arrival rate > 0"
@@ -492,8 +497,8 @@ class RunConfig:
     preprocessing: VdspParams | None = field(default=None, metadata=RESOLVED)
 
     def __post_init__(self) -> None:
-        if not self.stages:
-            raise ConfigError(f"stages=[]: expected a non-empty subset of {list(STAGES)}")
+        if not self.stages or len(set(self.stages)) < len(self.stages):
+            raise ConfigError(f"stages={list(self.stages)}: expected a non-empty subset of {list(STAGES)}, each once")
 
     @property
     def vdsp_params(self) -> VdspParams:

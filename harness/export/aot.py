@@ -22,7 +22,7 @@ import torch
 
 from harness import __version__
 from harness.backends import BackendFactory, LoadTarget, check_backend
-from harness.backends.torch_backend import AOTI_PACKAGE_SUFFIX, TorchConfig, compute_dtype, torch_dtype
+from harness.backends.torch_backend import AOTI_PACKAGE_SUFFIX, TorchConfig, torch_dtype
 from harness.config.schema import RunConfig
 from harness.data.photos import sample_photos
 from harness.environment import cpu_isa
@@ -57,7 +57,7 @@ def build_aot_package(config: RunConfig, model: dinov2.DinoVisionTransformer, we
     backend = config.backend
     assert isinstance(backend, TorchConfig)
     found = check_backend(backend, config.precision.name)  # a missing CUDA device: one clear line, no compiler error
-    dtype = compute_dtype(backend, config.precision.name)
+    dtype = config.precision.name
     fields = {
         "architecture": asdict(model.spec),
         "weights": weights.digest,

@@ -18,7 +18,6 @@ from typing import Literal
 import numpy as np
 
 from harness.backends import BackendFactory, LoadTarget, OpenedBackend, open_backend
-from harness.backends.torch_backend import compute_dtype
 from harness.config.schema import PerfConfig, RunConfig, VdspParams
 from harness.data.photos import sample_photos
 from harness.environment import cpu_model, gpus, hardware_fingerprint, usable_cores
@@ -329,7 +328,7 @@ def gemm_runtime(config: RunConfig, artifact_path: str | None) -> GemmRuntime | 
     if not (config.perf.efficiency and config.perf.scenario == "closed"):
         return None
     if backend.name == "torch" and config.precision.name in GEMM_DTYPES:
-        dtype = GEMM_DTYPES[compute_dtype(backend, config.precision.name)]
+        dtype = GEMM_DTYPES[config.precision.name]
         threads = backend.threads or None
         label = f"torch {backend.device}, {threads or 'default'} threads, {dtype}"
         return GemmRuntime("torch", dtype, threads, backend.device, label)

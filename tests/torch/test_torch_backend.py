@@ -18,10 +18,10 @@ from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
 
 CPU = TorchConfig(
-    name="torch", device="cpu", dtype=None, compile=False, compile_mode="default", threads=0, attention="auto",
+    name="torch", device="cpu", compile=False, compile_mode="default", threads=0, attention="auto",
     cuda_graphs=False, host_io=False, artifact="module", aot_inductor_configs={},
 )  # fmt: skip
-CUDA = dataclasses.replace(CPU, device="cuda", dtype="fp16")
+CUDA = dataclasses.replace(CPU, device="cuda")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -153,8 +153,8 @@ def test_on_the_cpu_a_call_runs_when_submitted_and_nothing_is_queued_beyond_it(t
 
 
 def test_bf16_runs_on_the_cpu_close_to_fp32(tmp_path: Path) -> None:
-    backend = TorchBackend(dataclasses.replace(CPU, dtype="bf16"))
-    backend.load(target(tmp_path))
+    backend = TorchBackend(CPU)
+    backend.load(target(tmp_path, "bf16"))
     batch = images(2)
     backend.prepare(batch)
     backend.infer()
