@@ -44,10 +44,9 @@ def candidate_kind(candidate: str) -> Literal["sweep", "run", "mlflow"]:
         return "run"
     if is_run_id(candidate):
         return "mlflow"
-    try:
-        return folder_kind(path)
-    except DataError:
-        raise DataError(f"{candidate}: neither a run folder, a sweep folder nor an MLflow run id") from None
+    if not path.exists():
+        raise DataError(f"{candidate}: no such folder, nor an MLflow run id (32 hex digits)")
+    return folder_kind(path)
 
 
 def candidate_evidence(candidate: str, store: Store | None) -> list[Evidence]:

@@ -73,7 +73,7 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     )
     mistyped = harness(tmp_path, "gate", str(tmp_path / "no-such-run"), "--baseline", str(baseline_file))
     assert mistyped.returncode == 4 and mistyped.stderr.startswith(
-        f"error: {tmp_path / 'no-such-run'}: neither a run folder, a sweep folder nor an MLflow run id"
+        f"error: {tmp_path / 'no-such-run'}: no such folder, nor an MLflow run id (32 hex digits)"
     )
     missing_result = harness(tmp_path, "gate", str(tmp_path / "result.json"), "--baseline", str(baseline_file))
     assert (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,16 @@ def test_the_report_command_writes_under_reports_by_default(runs: list[LabelledR
     )  # fmt: skip
     assert refused.returncode == 1 and refused.stderr.strip() == (
         f"error: {tmp_path}: neither a run folder (result.json) nor a sweep folder (sweep.json)"
+    )
+    day = tmp_path / "outputs" / "run" / "2026-11-28"
+    for name in ("10-00-00", "11-00-00"):
+        shutil.copytree(runs[0].run_dir, day / name)
+    above = subprocess.run(
+        [sys.executable, "-m", "harness", "report", str(tmp_path / "outputs"), "tracking=off"], cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert above.returncode == 1 and above.stderr.strip().endswith(
+        f"(sweep.json); run folders below it: 2, e.g. {day / '10-00-00'} (pass them, or their sweep folders)"
     )
 
 
