@@ -62,7 +62,9 @@ def folder_kind(folder: Path) -> Literal["sweep", "run"]:
     if (folder / RESULT_FILE).exists():
         return "run"
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder")
+        raise DataError(
+            f"{folder}: " + ("a file: pass the run folder that holds it" if folder.exists() else "no such folder")
+        )
     below = sorted(path.parent for path in folder.rglob(RESULT_FILE))
     hint = f"; run folders below it: {len(below)}, e.g. {below[0]} (pass them, or their sweep folders)" if below else ""
     raise DataError(f"{folder}: neither a run folder ({RESULT_FILE}) nor a sweep folder ({SWEEP_FILE}){hint}")

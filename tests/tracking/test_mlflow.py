@@ -300,7 +300,10 @@ def test_ui_and_sync_arguments(tmp_path: Path, arguments: list[str], code: int, 
 @pytest.mark.parametrize("command", ["sync", "report"])
 def test_a_folder_that_is_not_a_run_is_refused_before_the_store_is_opened(tmp_path: Path, command: str) -> None:
     done = harness(tmp_path, command, str(tmp_path / "no-such-run"))
-    assert done.returncode == 1 and done.stderr == (f"error: {tmp_path / 'no-such-run'}: no such folder\n")
+    assert done.returncode == 1 and done.stderr == f"error: {tmp_path / 'no-such-run'}: no such folder\n"
+    (tmp_path / "result.json").write_text("{}")
+    done = harness(tmp_path, command, str(tmp_path / "result.json"))
+    assert done.stderr == f"error: {tmp_path / 'result.json'}: a file: pass the run folder that holds it\n"
     assert not (tmp_path / "outputs").exists()  # tracking is on, yet a typo creates no store
 
 
