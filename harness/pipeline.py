@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.accuracy.stage import check_dataset_present, run_accuracy
-from harness.backends import check_backend, is_toolchain
+from harness.backends import check_backend, fp32_reference_backend, is_toolchain
 from harness.config.schema import RunConfig
 from harness.environment import capture
 from harness.errors import DataError, HarnessError, MeasurementInvalid
@@ -76,7 +76,8 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
             # Imported here: the build is the only stage that needs torch in this process (seconds to import).
             from harness.export.build import run_build
 
-            build, fp32_build = run_build(config, checkpoint=checkpoint, weights=weights, with_fp32=compare_fp32)
+            with_fp32 = compare_fp32 and fp32_reference_backend(config.backend).loads_artifact
+            build, fp32_build = run_build(config, checkpoint=checkpoint, weights=weights, with_fp32=with_fp32)
         elif "build" in config.stages:
             log.info("stage=build nothing to build: backend=%s runs no built artifact", config.backend.name)
         artifact_path = build.artifact_path if build else None

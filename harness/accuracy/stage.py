@@ -23,7 +23,7 @@ import numpy as np
 from harness.accuracy.features import ImageJob, extract, extract_on_toolchain
 from harness.accuracy.published import published_results
 from harness.accuracy.revisited import SETUPS, Setup, SetupResult, evaluate, normalize, similarity
-from harness.backends import LoadTarget, is_toolchain, open_backend, open_toolchain, reference_backend
+from harness.backends import LoadTarget, fp32_reference_backend, is_toolchain, open_backend, open_toolchain
 from harness.config.schema import Precision, RunConfig
 from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth
@@ -141,7 +141,7 @@ def run_accuracy(
     metrics = setup_metrics(evaluate(query, database, gnd, normalization=config.accuracy.normalization))
     fp32 = None
     if config.accuracy.compare_fp32 and config.precision.name != "fp32":
-        log.info("stage=accuracy extracting again with the fp32 build for comparison")
+        log.info("stage=accuracy extracting again in fp32 for comparison")
         reference = extract_all(fp32_artifact_path, "fp32", run_dir / FP32_FOLDER)
         fp32 = _compare(config, (query, database), reference[:2], gnd, metrics, fp32_artifact_path)
     published = (
@@ -198,7 +198,7 @@ def _extract_all(
             [dataclasses.replace(job, device_input=True) for job in jobs] for jobs in (query_jobs, database_jobs)
         )
     else:
-        backend = reference_backend() if is_toolchain(config.backend) else config.backend
+        backend = config.backend if precision == config.precision.name else fp32_reference_backend(config.backend)
         target = LoadTarget(
             artifact_path=artifact_path, model=config.model, precision=precision,
             cache_dir=str(config.paths.path("cache")),

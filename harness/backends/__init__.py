@@ -8,7 +8,9 @@ runs that model in the tool's own processes; the stages read back what the tools
 A plugin is one config dataclass plus one class, bound by ``@register_backend(name, config=...)``. The
 config's ``loads_artifact`` says whether the backend runs the build stage's artifact; where it does not (the
 torch module, built from the model config at load; the sleep backend, which runs no model) the build stage
-has nothing to make. The plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is
+has nothing to make. A config may also have ``fp32_reference``: the config that extracts the fp32 features a
+lower precision is compared with, when that is not the same backend on the fp32 build (the torch backend's
+AOTInductor package is compared with its fp32 module, so no fp32 package or ONNX build is made for it). The plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is
 looked up; they import their runtimes (onnxruntime, torch, vendor tools) inside their methods, so looking a
 backend up is cheap.
 
@@ -269,6 +271,15 @@ def reference_backend() -> Any:
         name="onnxruntime", providers=("CPUExecutionProvider",), provider_options=(), intra_op_threads=0,
         inter_op_threads=0, graph_optimization="all", io_binding=False, trt_fp16=False, trt_engine_cache=None,
     )  # fmt: skip
+
+
+def fp32_reference_backend(config: Any) -> Any:
+    """The backend config that extracts a run's fp32 reference features (``accuracy.compare_fp32``): ONNX
+    Runtime's CPU provider for a toolchain, the config's own ``fp32_reference`` where it has one (a backend that
+    loads a compiled artifact but can build its model from the config instead), else the run's backend."""
+    if is_toolchain(config):
+        return reference_backend()
+    return getattr(config, "fp32_reference", config)
 
 
 def open_toolchain(config: Any) -> Toolchain:

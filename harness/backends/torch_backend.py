@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import json
 import zipfile
@@ -79,6 +80,11 @@ class TorchConfig:
     def loads_artifact(self) -> bool:
         """Only the AOTInductor package is built ahead; the module is built from the model config at load."""
         return self.artifact == "aoti"
+
+    @property
+    def fp32_reference(self) -> TorchConfig:
+        """The module on the same device: the fp32 features every build's parity is checked against."""
+        return dataclasses.replace(self, artifact="module", compile=False, cuda_graphs=False)
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):

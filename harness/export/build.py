@@ -35,8 +35,9 @@ def run_build(
         get_variant(config.model.variant), checkpoint=checkpoint, seed=config.model.seed,
         input_size=config.model.input_size,
     )  # fmt: skip
-    log.info("stage=build precision=%s format=%s", config.precision.name, config.build.format)
     toolchain = is_toolchain(config.backend)
+    made = config.backend.name if toolchain else "aoti" if wants_aot_package(config.backend) else config.build.format
+    log.info("stage=build precision=%s format=%s", config.precision.name, made)
     fp32_build: BuildResult | None = None
     if config.precision.quantization is not None or with_fp32 or toolchain:
         # One verified fp32 build: what an int8 build quantizes, a toolchain compiles, accuracy compares to.

@@ -85,3 +85,17 @@ def test_aoti_without_a_package_says_to_build(cache_dir: Path) -> None:
     target = dataclasses.replace(target, artifact_path=str(not_a_package))
     with pytest.raises(ConfigError, match="not an AOTInductor package"):
         backend.input_signature(target)
+
+
+@pytest.mark.slow
+def test_a_lower_precision_package_is_compared_with_the_fp32_module_and_no_onnx_is_built(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    config = run_config(
+        cache, "backend=torch", "backend.artifact=aoti", "precision=bf16", "stages=[build,accuracy]", "tracking=off"
+    )
+    result = run(config, run_dir=tmp_path / "run")
+    assert result.status == "ok", result.error
+    assert result.accuracy is not None and result.accuracy.fp32 is not None
+    assert result.accuracy.fp32.reference == "torch fp32"
+    assert 0.99 < result.accuracy.fp32.descriptor_min_cosine < 1  # bf16 against fp32, not bf16 against itself
+    assert [path.name.split("-")[3] for path in (cache / "builds").iterdir()] == ["aoti"]  # no ONNX export made
