@@ -255,7 +255,13 @@ def check_precision(entry: BackendEntry, config: Any, precision: str) -> None:
         elif precision in QUANTIZED:
             why = f" ({precision} is an ONNX Runtime quantization of the ONNX build)"
         else:
-            why = ""
+            # Class-level lists only: a toolchain's list is a config switch, unknown until it is configured.
+            running = [
+                name
+                for name, other in sorted(_REGISTRY.items())
+                if precision in vars(other.backend_type).get("precisions", ())
+            ]
+            why = f" (backend={' or backend='.join(running)} runs it)" if running else ""
         raise ConfigError(f"precision={precision}: backend {entry.name!r} runs {list(precisions)}{why}")
 
 
