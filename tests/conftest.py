@@ -24,8 +24,8 @@ from harness.resolve import resolve_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # What a group option needs beside it to resolve alone: the vendor toolchain builds fp16 only, and the default
-# precision (fp32) is refused for it on purpose.
-COMPANIONS = {"backend=vastai": ["precision=fp16"]}
+# precision (fp32) is refused for it on purpose; only the torch backend runs bf16.
+COMPANIONS = {"backend=vastai": ["precision=fp16"], "precision=bf16": ["backend=torch"]}
 
 # The Ctrl-C tests interrupt harness processes, which must start with Python's own SIGINT handler as they do from
 # a terminal. A shell starts its background jobs with SIGINT ignored, and a child inherits that: pytest started so

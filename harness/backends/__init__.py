@@ -5,14 +5,14 @@ A *runtime* backend (``Backend``) loads the artifact in the harness's own proces
 its compiler builds a device model from the verified fp32 ONNX build, and its profiler loads, times and
 runs that model in the tool's own processes; the stages read back what the tools print and write.
 
-A plugin is one config dataclass plus one class, bound by ``@register_backend(name, config=...)``. The
-config's ``loads_artifact`` says whether the backend runs the build stage's artifact; where it does not (the
-torch module, built from the model config at load; the sleep backend, which runs no model) the build stage
-has nothing to make. A config may also have ``fp32_reference``: the config that extracts the fp32 features a
-lower precision is compared with, when that is not the same backend on the fp32 build (the torch backend's
-AOTInductor package is compared with its fp32 module, so no fp32 package or ONNX build is made for it). The plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is
-looked up; they import their runtimes (onnxruntime, torch, vendor tools) inside their methods, so looking a
-backend up is cheap.
+A plugin is one config dataclass plus one class, bound by ``@register_backend(name, config=...)``. The config's
+``loads_artifact`` says whether the backend runs the build stage's artifact; where it does not (the torch module,
+built from the model config at load; the sleep backend, which runs no model) the build stage has nothing to make. A
+config may also have ``fp32_reference``: the config that extracts the fp32 features a lower precision is compared
+with, when that is not the same backend on the fp32 build (the torch backend's AOTInductor package is compared with
+its fp32 module, so no fp32 package or ONNX build is made for it). The plugin modules are listed in
+``PLUGIN_MODULES`` and imported only when a backend is looked up; they import their runtimes (onnxruntime, torch,
+vendor tools) inside their methods, so looking a backend up is cheap.
 
 ``open_backend`` is the only place a backend is built for a target: it resolves it (what is installed),
 checks the input it accepts against the shape and batch asked for, and hands back a picklable factory

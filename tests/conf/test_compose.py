@@ -20,8 +20,9 @@ def group_options(group: str) -> list[str]:
 @pytest.mark.parametrize("model", group_options("model"))
 @pytest.mark.parametrize("precision", group_options("precision"))
 def test_every_model_and_precision_composes(model: str, precision: str) -> None:
-    runs_it = ["backend=torch"] if precision == "bf16" else []  # the default backend, ONNX Runtime, has no bf16
-    config = resolve_config(compose([f"model={model}", f"precision={precision}", *runs_it]))
+    config = resolve_config(
+        compose([f"model={model}", f"precision={precision}", *COMPANIONS.get(f"precision={precision}", [])])
+    )
     assert config.model.variant == model and config.precision.name == precision
 
 
