@@ -17,7 +17,7 @@ from typing import Any
 from harness.backends import check_precision, get_backend
 from harness.config.convert import from_mapping
 from harness.config.schema import PathsConfig, PerfConfig, RunConfig, VdspParams
-from harness.data.synthetic import check_synthetic_size, synthetic_name
+from harness.data.synthetic import check_synthetic_set, synthetic_name
 from harness.errors import ConfigError, DataError
 from harness.models.variants import get_variant
 from harness.preprocess import default_params
@@ -46,7 +46,8 @@ def resolve_config(composed: dict[str, Any]) -> RunConfig:
     _check_model(config)
     if "accuracy" in config.stages and config.dataset.name == "synthetic":
         try:
-            check_synthetic_size(config.dataset.synthetic_images, config.dataset.synthetic_queries)
+            dataset = config.dataset
+            check_synthetic_set(dataset.synthetic_images, dataset.synthetic_queries, dataset.synthetic_seed)
         except ConfigError as error:
             raise ConfigError(f"dataset.synthetic_{error}") from None
     _check_calibration(config)

@@ -35,6 +35,12 @@ P99_MIN_SAMPLES = 662
 RESOLVED = {"resolved": True}
 
 
+def check_seed(key: str, seed: int) -> None:
+    """Seeds feed numpy's generators, which take non-negative integers only."""
+    if seed < 0:
+        raise ConfigError(f"{key}={seed}: expected a seed >= 0")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """``model`` group: which backbone, with which weights, for which input size (H, W)."""
@@ -128,6 +134,7 @@ class CalibrationConfig:
     def __post_init__(self) -> None:
         if self.images < 1:
             raise ConfigError(f"calibration.images={self.images}: expected >= 1")
+        check_seed("calibration.seed", self.seed)
         if not 0.0 < self.percentile <= 100.0:
             raise ConfigError(f"calibration.percentile={self.percentile}: expected a value in (0, 100]")
         if (self.source == "folder") != bool(self.folder):
@@ -259,6 +266,7 @@ class PerfConfig:
             raise ConfigError(f"perf.iterations={self.iterations}: expected >= perf.instances={self.instances}")
         if self.warmup < 0:
             raise ConfigError(f"perf.warmup={self.warmup}: expected >= 0")
+        check_seed("perf.arrival_seed", self.arrival_seed)
         if self.windows < 2 or self.max_window_cv < 0:
             raise ConfigError(
                 f"perf.windows={self.windows}, perf.max_window_cv={self.max_window_cv}: expected >= 2 windows (one "
@@ -470,6 +478,7 @@ class GateConfig:
                 f"gate.min_repeats={self.min_repeats}, gate.alpha={self.alpha}, gate.confidence={self.confidence}: "
                 "expected min_repeats >= 2 and alpha, confidence in (0, 1)"
             )
+        check_seed("gate.seed", self.seed)
 
 
 @dataclass(frozen=True)

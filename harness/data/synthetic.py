@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from harness.config.schema import check_seed
 from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth, load_groundtruth
 from harness.data.photos import as_rgb, photo_loaders
@@ -58,8 +59,10 @@ def synthetic_name(images: int, queries: int, seed: int) -> str:
     return f"synthetic-i{images}-q{queries}-s{seed}"
 
 
-def check_synthetic_size(images: int, queries: int) -> None:
-    """A ``ConfigError`` unless the shipped photos can make ``queries`` landmarks and ``images`` database images."""
+def check_synthetic_set(images: int, queries: int, seed: int) -> None:
+    """A ``ConfigError`` unless the shipped photos can make ``queries`` landmarks and ``images`` database images,
+    and ``seed`` can seed numpy."""
+    check_seed("seed", seed)
     photos = len(photo_loaders())
     if not 1 <= queries < photos:
         raise ConfigError(f"queries={queries}: expected 1 to {photos - 1} (photos shipped: {photos})")
@@ -79,7 +82,7 @@ def write_synthetic(root: Path, *, images: int = 60, queries: int = 5, seed: int
         queries: landmark photos used as queries (the other shipped photos give distractors).
         seed: makes every crop, colour change and JPEG quality reproducible.
     """
-    check_synthetic_size(images, queries)
+    check_synthetic_set(images, queries, seed)
     name = synthetic_name(images, queries, seed)
     if not gnd_path(root, name).exists():
         try:

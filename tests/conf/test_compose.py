@@ -85,6 +85,9 @@ def test_defaults_are_typed() -> None:
         ("stages=[build,perf,perf]", r"stages=\['build', 'perf', 'perf'\]: expected .*, each once"),
         ("perf.windows=1", r"perf.windows=1, perf.max_window_cv=0.1: expected >= 2 windows"),
         ("perf.max_window_cv=-1", r"perf.windows=8, perf.max_window_cv=-1.0: expected .* a CV >= 0"),
+        ("perf.arrival_seed=-1", r"perf.arrival_seed=-1: expected a seed >= 0"),
+        ("calibration.seed=-2", r"calibration.seed=-2: expected a seed >= 0"),
+        ("dataset.synthetic_seed=-3", r"dataset.synthetic_seed=-3: expected a seed >= 0"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:

@@ -61,11 +61,14 @@ def test_views_of_a_landmark_are_retrievable_by_pixels(tmp_path: Path) -> None:
     assert results["easy"].map > 2 * chance
 
 
-def test_bad_sizes_are_refused(tmp_path: Path) -> None:
+def test_bad_sizes_and_seeds_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="queries=0"):
         write_synthetic(tmp_path, queries=0)
     with pytest.raises(ConfigError, match="images=3: expected at least 10"):
         write_synthetic(tmp_path, images=3, queries=5)
+    with pytest.raises(ConfigError, match="seed=-1: expected a seed >= 0"):
+        write_synthetic(tmp_path, seed=-1)
+    assert not list(tmp_path.iterdir())
 
 
 def test_each_parameter_set_has_its_own_folder_and_a_set_on_disk_is_never_reused_for_another(tmp_path: Path) -> None:

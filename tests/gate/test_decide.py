@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from harness.config.schema import GateConfig, GateRule
+from harness.errors import ConfigError
 from harness.gate import pair, run_gate
 from harness.gate.decide import decide
 from harness.gate.evidence import Evidence
@@ -91,3 +94,8 @@ def test_an_inconclusive_candidate_is_remeasured_before_the_gate_settles() -> No
     assert decision.repeats == (5, 5)
     stuck = run_gate([evidence({"throughput_qps": noisy(100.0, repeats=2)})], lambda _: [baseline], settings, rerun=0)
     assert stuck.verdict == "inconclusive" and stuck.exit_code == 3
+
+
+def test_a_negative_bootstrap_seed_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"gate.seed=-1: expected a seed >= 0"):
+        dataclasses.replace(SETTINGS, seed=-1)
