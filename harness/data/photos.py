@@ -2,7 +2,7 @@
 
 No network: every file read here is inside an installed package. ``sample_photos(n)`` returns ``n`` RGB
 images; past the number of distinct photos it cycles through them with deterministic crops and mirrors, so
-every image is still a real photo's content.
+every image is still a real photo's content and no two are the same.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ def as_rgb(array: np.ndarray) -> Image.Image:
 def sample_photos(count: int) -> list[tuple[str, Image.Image]]:
     """``count`` (name, RGB image) pairs from real photos, deterministic.
 
-    The first pass returns each photo whole; later passes take a centred crop of decreasing size, mirrored
-    on odd passes, so repeated photos still give different model inputs.
+    The first pass returns each photo whole; pass ``k`` takes a centred crop of ``1 / (1 + k / 10)`` of each
+    side, mirrored on odd passes: the crops shrink without a floor, so no two images are the same however many
+    are asked for (a parity check on 1000 images compares 1000 different inputs).
     """
     loaders = list(photo_loaders().items())
     photos: list[tuple[str, Image.Image]] = []
@@ -67,7 +68,7 @@ def sample_photos(count: int) -> list[tuple[str, Image.Image]]:
         image = as_rgb(load())
         variant = index // len(loaders)
         if variant:
-            keep = max(0.5, 1.0 - 0.1 * variant)
+            keep = 1.0 / (1.0 + 0.1 * variant)
             width, height = image.size
             left, top = int(width * (1 - keep) / 2), int(height * (1 - keep) / 2)
             image = image.crop((left, top, left + int(width * keep), top + int(height * keep)))
