@@ -20,6 +20,7 @@ from typing import Any
 from harness.accuracy.stage import check_dataset_present, run_accuracy
 from harness.backends import check_backend, fp32_reference_backend, is_toolchain
 from harness.config.schema import RunConfig
+from harness.data.photos import calibration_files
 from harness.environment import capture
 from harness.errors import DataError, HarnessError, MeasurementInvalid
 from harness.fileio import write_text_atomic
@@ -131,6 +132,10 @@ def check_inputs(config: RunConfig) -> None:
             raise DataError(f"model.weights={config.model.weights}: {reason}")
     if {"perf", "accuracy"} & set(config.stages):
         check_backend(config.backend, config.precision.name)
+    quantization = config.precision.quantization
+    static = quantization is not None and quantization.mode == "static"
+    if "build" in config.stages and static and config.calibration.source == "folder":
+        calibration_files(config.calibration)  # the build draws the same files again from the same seed
 
 
 def _run_error(error: BaseException | None) -> RunError | None:

@@ -36,6 +36,10 @@ def tiny(tmp_path: Path, *overrides: str) -> dict:  # type: ignore[type-arg]
         (["model.weights=/nowhere/weights.pth"], "model.weights=/nowhere/weights.pth: no such file"),
         (["dataset=roxford5k"], "gnd_roxford5k.pkl not found: run `harness data download roxford5k"),
         (["backend.providers=[CUDAExecutionProvider]"], "backend.providers: 'CUDAExecutionProvider' is not available"),
+        (
+            ["precision=int8", "calibration.source=folder", "calibration.folder=/nowhere/jpg"],
+            "calibration.folder=/nowhere/jpg: no such folder",
+        ),
     ],
 )
 def test_inputs_that_can_be_checked_fail_the_run_before_the_first_stage(

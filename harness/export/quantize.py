@@ -23,7 +23,7 @@ import onnx
 from PIL import Image, UnidentifiedImageError
 
 from harness.config.schema import CalibrationConfig, QuantizationConfig, VdspParams
-from harness.data.photos import as_rgb, photo_loaders
+from harness.data.photos import as_rgb, calibration_files, photo_loaders
 from harness.data.synthetic import random_view
 from harness.environment import cpu_isa, has_int8_dot_product
 from harness.errors import BuildError, DataError
@@ -34,7 +34,6 @@ from harness.result import CalibrationRecord, QuantizationRecord
 log = logging.getLogger(__name__)
 
 CALIBRATION_BATCH = 8
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Operators a quantized graph adds; everything else in it is an operator of the float model.
 QUANTIZATION_OPS = frozenset(
     {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
@@ -62,8 +61,7 @@ class CalibrationSet:
 
 def calibration_set(config: CalibrationConfig, params: VdspParams) -> CalibrationSet:
     """The calibration images ``config`` names, preprocessed with ``params``; the same for the same seed."""
-    rng = np.random.default_rng(config.seed)
-    named = _views(config, rng) if config.source == "views" else _folder_images(config, rng)
+    named = _views(config, np.random.default_rng(config.seed)) if config.source == "views" else _folder_images(config)
     inputs = batch_of([image for _, image in named], params.output_size, params)
     return CalibrationSet(names=tuple(name for name, _ in named), inputs=inputs)
 
@@ -81,17 +79,9 @@ def _views(config: CalibrationConfig, rng: np.random.Generator) -> list[tuple[st
     return named
 
 
-def _folder_images(config: CalibrationConfig, rng: np.random.Generator) -> list[tuple[str, Image.Image]]:
-    folder = Path(str(config.folder)).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"calibration.folder={folder}: no such folder")
-    files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-    if len(files) < config.images:
-        raise DataError(f"calibration.folder={folder}: {len(files)} images, calibration.images={config.images}")
-    chosen = sorted(rng.choice(len(files), size=config.images, replace=False))
+def _folder_images(config: CalibrationConfig) -> list[tuple[str, Image.Image]]:
     named = []
-    for index in chosen:
-        path = files[int(index)]
+    for path in calibration_files(config):
         try:
             with Image.open(path) as image:
                 named.append((path.name, image.convert("RGB")))

@@ -51,7 +51,7 @@ def test_folder_calibration_draws_files_by_seed_and_names_a_corrupt_one(tmp_path
         (tmp_path / name).write_bytes(b"\xff\xd8 not a jpeg")
     with pytest.raises(DataError, match=rf"{tmp_path}/photo\d\.jpg: not a readable image"):
         calibration_set(calibration(source="folder", folder=str(tmp_path), images=3, seed=7), PARAMS)
-    with pytest.raises(DataError, match=r"5 images, calibration.images=9"):
+    with pytest.raises(DataError, match=r"5 images \(.jpg, .jpeg, .png\), calibration.images=9"):
         calibration_set(calibration(source="folder", folder=str(tmp_path), images=9), PARAMS)
 
 
