@@ -10,9 +10,10 @@ A plugin is one config dataclass plus one class, bound by ``@register_backend(na
 built from the model config at load; the sleep backend, which runs no model) the build stage has nothing to make. A
 config may also have ``fp32_reference``: the config that extracts the fp32 features a lower precision is compared
 with, when that is not the same backend on the fp32 build (the torch backend's AOTInductor package is compared with
-its fp32 module, so no fp32 package or ONNX build is made for it). The plugin modules are listed in
-``PLUGIN_MODULES`` and imported only when a backend is looked up; they import their runtimes (onnxruntime, torch,
-vendor tools) inside their methods, so looking a backend up is cheap.
+its eager fp32 module, so no fp32 package or ONNX build is made for it; ONNX Runtime's fp32 pass turns TensorRT's
+fp16 switch off). The plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked
+up; they import their runtimes (onnxruntime, torch, vendor tools) inside their methods, so looking a backend up is
+cheap.
 
 ``open_backend`` is the only place a backend is built for a target: it resolves it (what is installed),
 checks the input it accepts against the shape and batch asked for, and hands back a picklable factory

@@ -9,6 +9,7 @@ after loading, so such a run fails instead of timing the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ GRAPH_OPTIMIZATION = Literal["disable", "basic", "extended", "all"]
 DEVICE_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 GPU_PACKAGE_HINT = "install onnxruntime-gpu in place of onnxruntime: pip install 'dinov2-deploy-harness[ort-gpu]'"
 TENSORRT = "TensorrtExecutionProvider"
+TRT_FP16_OPTION = "trt_fp16_enable"
 KNOWN_PROVIDERS = (
     "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "OpenVINOExecutionProvider",
     "DnnlExecutionProvider", "ROCMExecutionProvider", "CoreMLExecutionProvider", "QNNExecutionProvider",
@@ -73,6 +75,16 @@ class OrtConfig:
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ConfigError("backend.intra_op_threads / inter_op_threads: expected >= 0 (0 = runtime default)")
 
+    @property
+    def fp32_reference(self) -> OrtConfig:
+        """The same session with TensorRT's fp16 switch off, also where ``provider_options`` sets it: with it on,
+        TensorRT runs the fp32 build in fp16 and the reference would not be fp32."""
+        options = tuple(
+            {key: value for key, value in options.items() if key != TRT_FP16_OPTION}
+            for options in self.provider_options
+        )
+        return dataclasses.replace(self, trt_fp16=False, provider_options=options)
+
 
 def session_provider_options(config: OrtConfig, cache_dir: str) -> list[dict[str, str]]:
     """One options mapping per provider: TensorRT's fp16 switch and engine cache from config, then the
@@ -83,7 +95,7 @@ def session_provider_options(config: OrtConfig, cache_dir: str) -> list[dict[str
         derived: dict[str, str] = {}
         if provider == TENSORRT:
             derived = {
-                "trt_fp16_enable": str(config.trt_fp16),
+                TRT_FP16_OPTION: str(config.trt_fp16),
                 "trt_engine_cache_enable": "True",
                 "trt_engine_cache_path": config.trt_engine_cache or str(Path(cache_dir) / "tensorrt"),
             }

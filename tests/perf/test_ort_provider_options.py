@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.backends import fp32_reference_backend
 from harness.backends.onnxruntime_backend import OrtConfig, session_provider_options
 from harness.errors import ConfigError
 from tests.conftest import run_config
@@ -44,6 +45,16 @@ def test_explicit_provider_options_win_and_a_configured_engine_folder_is_used(ca
         "device_id": "1",
     }  # fmt: skip
     assert cuda == {"device_id": "1"}
+
+
+def test_the_fp32_reference_of_a_tensorrt_fp16_session_runs_in_fp32(cache_dir: Path) -> None:
+    config = ort_config(
+        cache_dir, "backend.providers=[TensorrtExecutionProvider,CUDAExecutionProvider]", "precision=fp16",
+        "backend.provider_options=[{trt_fp16_enable:true,device_id:1},{device_id:1}]", "backend.trt_fp16=true",
+    )  # fmt: skip
+    tensorrt, cuda = session_provider_options(fp32_reference_backend(config), str(cache_dir))
+    assert tensorrt["trt_fp16_enable"] == "False" and tensorrt["device_id"] == "1" and cuda == {"device_id": "1"}
+    assert fp32_reference_backend(ort_config(cache_dir)) == ort_config(cache_dir)  # the CPU session as it is
 
 
 def test_the_cpu_provider_is_given_no_options(cache_dir: Path) -> None:
