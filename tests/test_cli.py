@@ -37,6 +37,12 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     assert "run " in done.stdout and "build " in done.stdout
 
 
+def test_a_commands_help_names_the_command_and_lists_bf16(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "--help")
+    assert done.returncode == 0 and done.stdout.startswith("harness run is powered by Hydra.")
+    assert "precision: bf16, fp16, fp32, int8, int8_dynamic" in done.stdout
+
+
 def test_unknown_command(tmp_path: Path) -> None:
     done = harness(tmp_path, "bulid")
     assert done.returncode == 2
