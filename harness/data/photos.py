@@ -60,7 +60,9 @@ def calibration_files(config: CalibrationConfig) -> list[Path]:
         raise DataError(f"calibration.folder={folder}: no such folder")
     files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < config.images:
-        raise DataError(f"calibration.folder={folder}: {len(files)} images (.jpg, .jpeg, .png), calibration.images={config.images}")
+        raise DataError(
+            f"calibration.folder={folder}: {len(files)} images (.jpg, .jpeg, .png), calibration.images={config.images}"
+        )
     chosen = np.random.default_rng(config.seed).choice(len(files), size=config.images, replace=False)
     return [files[int(index)] for index in sorted(chosen)]
 
