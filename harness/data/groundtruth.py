@@ -99,7 +99,9 @@ def load_groundtruth(path: Path, *, query_sizes: Mapping[str, tuple[int, int]] |
         raise DataError(f"{path}: {len(gnd)} gnd entries for {len(qimlist)} queries")
     for query, (name, entry) in enumerate(zip(qimlist, gnd, strict=True)):
         _validate_query(path, query, str(name), entry, len(imlist))
-    truth = GroundTruth(imlist=tuple(map(str, imlist)), qimlist=tuple(map(str, qimlist)), gnd=tuple(dict(entry) for entry in gnd))
+    truth = GroundTruth(
+        imlist=tuple(map(str, imlist)), qimlist=tuple(map(str, qimlist)), gnd=tuple(dict(entry) for entry in gnd)
+    )
     if query_sizes:
         check_boxes_inside(truth, query_sizes, source=str(path))
     return truth
@@ -113,12 +115,12 @@ def check_boxes_inside(truth: GroundTruth, query_sizes: Mapping[str, tuple[int, 
             continue
         box = np.asarray(entry["bbx"], dtype=np.float64).ravel()
         if box[2] > size[0] or box[3] > size[1]:
-            raise DataError(f"{source}: query {query} ({name}): bbx {box.tolist()} lies outside the {size[0]}x{size[1]} image")
+            raise DataError(
+                f"{source}: query {query} ({name}): bbx {box.tolist()} lies outside the {size[0]}x{size[1]} image"
+            )
 
 
-def _validate_query(
-    path: Path, query: int, name: str, entry: object, size: int
-) -> None:
+def _validate_query(path: Path, query: int, name: str, entry: object, size: int) -> None:
     where = f"{path}: query {query} ({name})"
     if not isinstance(entry, Mapping):
         raise DataError(f"{where}: expected a dict with easy/hard/junk/bbx")

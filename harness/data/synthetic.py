@@ -21,7 +21,7 @@ from PIL import Image, ImageEnhance
 
 from harness.config.schema import check_seed
 from harness.data.datasets import gnd_path, image_path, load_checked
-from harness.data.groundtruth import GroundTruth, load_groundtruth
+from harness.data.groundtruth import GroundTruth
 from harness.data.photos import as_rgb, photo_loaders
 from harness.errors import ConfigError, DataError
 
