@@ -84,16 +84,18 @@ def decide(
     low, high = ratio_interval(base, cand, settings)
     factor = 1.0 + rule.threshold
     if rule.better == "higher":
-        wholly_bad, wholly_good = high < 1.0 / factor, low >= 1.0 / factor
+        wholly_bad, wholly_good, improved = high < 1.0 / factor, low >= 1.0 / factor, low > 1.0
     else:
-        wholly_bad, wholly_good = low > factor, high <= factor
+        wholly_bad, wholly_good, improved = low > factor, high <= factor, high < 1.0
     if wholly_bad and p_value < settings.alpha:
         outcome, reason = (
             "fail",
             f"interval wholly beyond the {rule.threshold:.0%} threshold and p < {settings.alpha:g}",
         )
+    elif wholly_good and improved and p_value < settings.alpha:
+        outcome, reason = "pass", f"improved: interval wholly better than the baseline and p < {settings.alpha:g}"
     elif wholly_good:
-        outcome, reason = "pass", f"interval within the {rule.threshold:.0%} threshold"
+        outcome, reason = "pass", f"interval clear of a {rule.threshold:.0%} regression"
     elif wholly_bad:
         outcome, reason = "inconclusive", f"interval beyond the threshold but p >= {settings.alpha:g}"
     else:

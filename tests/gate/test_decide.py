@@ -32,9 +32,13 @@ def test_a_clear_regression_fails_in_either_direction() -> None:
     assert later.outcome == "fail" and later.interval is not None and later.interval[0] > 1.05
 
 
-def test_identical_distributions_pass_and_so_does_an_improvement() -> None:
-    assert decide("throughput_qps", THROUGHPUT, noisy(100.0), noisy(100.0, seed=1), SETTINGS).outcome == "pass"
-    assert decide("throughput_qps", THROUGHPUT, noisy(100.0), noisy(130.0, seed=1), SETTINGS).outcome == "pass"
+def test_identical_distributions_pass_and_so_does_an_improvement_which_says_so() -> None:
+    same = decide("throughput_qps", THROUGHPUT, noisy(100.0), noisy(100.0, seed=1), SETTINGS)
+    assert same.outcome == "pass" and same.reason == "interval clear of a 5% regression"
+    faster = decide("throughput_qps", THROUGHPUT, noisy(100.0), noisy(130.0, seed=1), SETTINGS)
+    assert faster.outcome == "pass" and faster.reason.startswith("improved: interval wholly better than the baseline")
+    sooner = decide("e2e_latency_p50_ms", LATENCY, noisy(10.0), noisy(7.0, seed=1), SETTINGS)
+    assert sooner.outcome == "pass" and sooner.reason.startswith("improved")
 
 
 def test_overlapping_noisy_samples_are_inconclusive() -> None:
