@@ -7,7 +7,7 @@ import hashlib
 from harness.data.photos import photo_loaders, sample_photos
 
 
-def test_however_many_photos_are_asked_for_no_two_are_the_same() -> None:
+def test_eight_passes_over_the_photos_give_no_two_images_alike() -> None:
     count = 8 * len(photo_loaders())  # eight passes over every photo
     photos = sample_photos(count)
     digests = {hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest() for _, image in photos}
