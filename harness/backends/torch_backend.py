@@ -92,6 +92,11 @@ class TorchConfig:
         on_cuda = self.device.startswith("cuda")
         if self.cuda_graphs and not on_cuda:
             raise ConfigError("backend.cuda_graphs=true needs backend.device=cuda (CUDA graphs are a CUDA feature)")
+        if self.host_io and not on_cuda:
+            raise ConfigError(
+                "backend.host_io=true needs backend.device=cuda (on the CPU the input is in host memory already: "
+                "there is no copy to time)"
+            )
         if self.cuda_graphs and self.compile and self.compile_mode in GRAPHING_MODES:
             raise ConfigError(
                 f"backend.cuda_graphs=true with backend.compile_mode={self.compile_mode}: that mode captures CUDA "

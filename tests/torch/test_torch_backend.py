@@ -46,6 +46,7 @@ def images(count: int) -> np.ndarray:
     ("changes", "message"),
     [
         ({"cuda_graphs": True}, "cuda_graphs=true needs backend.device=cuda"),
+        ({"host_io": True}, "host_io=true needs backend.device=cuda .on the CPU the input is in host memory already"),
         ({"device": "cuda", "cuda_graphs": True, "compile": True, "compile_mode": "reduce-overhead"}, "captures CUDA"),
         ({"attention": "efficient"}, "attention=efficient is a CUDA kernel"),
         ({"artifact": "aoti", "compile": True}, "compiled ahead of time by the build stage"),
