@@ -59,6 +59,11 @@ def test_the_fp32_reference_of_a_tensorrt_fp16_session_runs_in_fp32(cache_dir: P
 
 def test_the_cpu_provider_is_given_no_options(cache_dir: Path) -> None:
     assert session_provider_options(ort_config(cache_dir), str(cache_dir)) == [{}]
+    with pytest.raises(
+        ConfigError,
+        match=r"backend.trt_fp16: only TensorrtExecutionProvider reads it, and backend.providers=\['CPUExecutionProvider'\]",
+    ):
+        ort_config(cache_dir, "backend.trt_fp16=true")  # would do nothing: the CPU session stays fp32
 
 
 def test_a_provider_option_that_is_not_a_scalar_is_refused_naming_it(cache_dir: Path) -> None:
