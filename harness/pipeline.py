@@ -20,7 +20,7 @@ from typing import Any
 from harness.accuracy.stage import check_dataset_present, run_accuracy
 from harness.backends import check_backend, fp32_reference_backend, is_toolchain
 from harness.config.schema import RunConfig
-from harness.data.photos import calibration_files
+from harness.data.calibration import calibration_files
 from harness.environment import capture
 from harness.errors import DataError, HarnessError, MeasurementInvalid
 from harness.fileio import write_text_atomic

@@ -282,8 +282,8 @@ def reference_backend() -> Any:
 
 def fp32_reference_backend(config: Any) -> Any:
     """The backend config that extracts a run's fp32 reference features (``accuracy.compare_fp32``): ONNX
-    Runtime's CPU provider for a toolchain, the config's own ``fp32_reference`` where it has one (a backend that
-    loads a compiled artifact but can build its model from the config instead), else the run's backend."""
+    Runtime's CPU provider for a toolchain, the config's own ``fp32_reference`` where it has one (torch: its eager
+    module; ONNX Runtime: TensorRT's fp16 switch off), else the run's backend."""
     if is_toolchain(config):
         return reference_backend()
     return getattr(config, "fp32_reference", config)

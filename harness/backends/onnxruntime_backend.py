@@ -74,9 +74,7 @@ class OrtConfig:
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ConfigError("backend.intra_op_threads / inter_op_threads: expected >= 0 (0 = runtime default)")
-        tensorrt_only = [
-            key for key, value in (("trt_fp16", self.trt_fp16), ("trt_engine_cache", self.trt_engine_cache)) if value
-        ]
+        tensorrt_only = [key for key in ("trt_fp16", "trt_engine_cache") if getattr(self, key)]
         if tensorrt_only and TENSORRT not in self.providers:
             raise ConfigError(
                 f"backend.{' and backend.'.join(tensorrt_only)}: only {TENSORRT} reads it, and "

@@ -8,13 +8,9 @@ every image is still a real photo's content and (up to 1256 of them) no two are 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from harness.config.schema import CalibrationConfig
-from harness.errors import DataError
 
 # Colour photographs first: they exercise all three channels of the normalisation.
 SKIMAGE_PHOTOS: tuple[str, ...] = (
@@ -22,7 +18,6 @@ SKIMAGE_PHOTOS: tuple[str, ...] = (
     "coins", "moon", "clock", "brick", "grass", "gravel",
 )  # fmt: skip
 MATPLOTLIB_PHOTOS: tuple[str, ...] = ("grace_hopper.jpg",)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def _skimage_loader(name: str) -> Callable[[], np.ndarray]:
@@ -50,21 +45,6 @@ def photo_loaders() -> dict[str, Callable[[], np.ndarray]]:
     loaders.update({f"matplotlib/{name}": _matplotlib_loader(name) for name in MATPLOTLIB_PHOTOS})
     loaders.update({f"skimage/{name}": _skimage_loader(name) for name in SKIMAGE_PHOTOS[7:]})
     return loaders
-
-
-def calibration_files(config: CalibrationConfig) -> list[Path]:
-    """The ``calibration.images`` files (JPEG, PNG) of ``calibration.folder`` that ``calibration.seed`` draws, in
-    name order; a ``DataError`` naming the key when the folder is missing or holds fewer."""
-    folder = Path(str(config.folder)).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"calibration.folder={folder}: no such folder")
-    files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-    if len(files) < config.images:
-        raise DataError(
-            f"calibration.folder={folder}: {len(files)} images (.jpg, .jpeg, .png), calibration.images={config.images}"
-        )
-    chosen = np.random.default_rng(config.seed).choice(len(files), size=config.images, replace=False)
-    return [files[int(index)] for index in sorted(chosen)]
 
 
 def as_rgb(array: np.ndarray) -> Image.Image:

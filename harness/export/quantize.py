@@ -23,7 +23,8 @@ import onnx
 from PIL import Image, UnidentifiedImageError
 
 from harness.config.schema import CalibrationConfig, QuantizationConfig, VdspParams
-from harness.data.photos import as_rgb, calibration_files, photo_loaders
+from harness.data.calibration import calibration_files
+from harness.data.photos import as_rgb, photo_loaders
 from harness.data.synthetic import random_view
 from harness.environment import cpu_isa, has_int8_dot_product
 from harness.errors import BuildError, DataError
