@@ -262,15 +262,27 @@ def _split(arguments: list[str]) -> tuple[list[str], list[str]]:
     return overrides, [argument for argument in arguments if argument not in overrides]
 
 
+def _command_config(reads: type[Any], overrides: list[str], config_name: str = "run") -> Any:
+    """What a command reads of the config (``harness.config.store.command_config``); one that does not resolve
+    exits 2 with its one-line error, as for ``run``."""
+    from harness.config.store import command_config
+    from harness.errors import ConfigError
+
+    try:
+        return command_config(reads, overrides, config_name)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _sync(arguments: list[str]) -> int:
     """``harness sync [overrides] DIR...``: log run or sweep folders that are not tracked yet, exactly once."""
     import argparse
 
-    from harness.config.store import compose
+    from harness.config.schema import StoreCommandConfig
     from harness.errors import HarnessError
     from harness.report import SWEEP_FILE, folder_kind, job_dirs, missing_jobs, sweep_rows, write_summary
     from harness.tracking import Store, finish_sweep, log_run_dir
-    from harness.tracking.sweep import tracking_configs
 
     parser = argparse.ArgumentParser(
         prog="harness sync",
@@ -282,9 +294,10 @@ def _sync(arguments: list[str]) -> int:
     overrides, folders = _split(parser.parse_intermixed_args(arguments).items)
     if not folders:
         parser.error("no run or sweep folder given")
+    config = _command_config(StoreCommandConfig, overrides)
     try:
         kinds = {folder: folder_kind(folder) for folder in map(Path, folders)}  # a typo logs nothing, creates no store
-        store = Store(*tracking_configs(compose(overrides)))
+        store = Store(config.tracking, config.paths)
         for folder, kind in kinds.items():
             if kind == "sweep":
                 for job in job_dirs(folder):
@@ -311,10 +324,9 @@ def _ui(arguments: list[str]) -> int:
     """``harness ui [--port N] [overrides]``: the MLflow UI on the configured store, on 127.0.0.1."""
     import argparse
 
-    from harness.config.store import compose
+    from harness.config.schema import StoreCommandConfig
     from harness.errors import HarnessError
     from harness.tracking import Store, resolve_store, runs_table_url
-    from harness.tracking.sweep import tracking_configs
 
     parser = argparse.ArgumentParser(
         prog="harness ui",
@@ -324,8 +336,9 @@ def _ui(arguments: list[str]) -> int:
     parser.add_argument("--port", type=_port, default=5000, help="TCP port on 127.0.0.1 (default 5000)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. tracking.uri=...")
     options = parser.parse_intermixed_args(arguments)
+    config = _command_config(StoreCommandConfig, options.overrides)
+    configs = config.tracking, config.paths
     try:
-        configs = tracking_configs(compose(options.overrides))
         uri, artifacts = resolve_store(*configs)
         if uri.startswith(("http://", "https://")):
             print(f"the tracking store is a server: open {uri}")
@@ -442,9 +455,7 @@ def _gate(arguments: list[str]) -> int:
     """``harness gate CANDIDATE... --baseline FILE|mlflow`` / ``harness gate --promote RUN... --baseline ...``."""
     import argparse
 
-    from harness.config.convert import from_mapping
-    from harness.config.schema import GateConfig
-    from harness.config.store import compose
+    from harness.config.schema import GateCommandConfig
     from harness.errors import HarnessError
     from harness.fileio import write_text_atomic
     from harness.gate import markdown, rerun_perf, run_gate
@@ -459,18 +470,17 @@ def _gate(arguments: list[str]) -> int:
         tracked_run_ids,
         write_baseline_file,
     )  # fmt: skip
-    from harness.tracking.sweep import tracking_configs
 
     parser = argparse.ArgumentParser(
         prog="harness gate",
         description="Compare candidate runs with their baseline (same config hash, same hardware) and decide: "
-        "exit 0 pass, 1 regression, 3 inconclusive, 4 unusable input (2: usage). Rules: conf/gate/default.yaml.",
+        "exit 0 pass, 1 regression, 3 inconclusive, 4 unusable input (2: bad arguments or config). Rules: conf/gate/default.yaml.",
     )
     parser.add_argument(
         "items",
         nargs="+",
         metavar="CANDIDATE|KEY=VALUE",
-        help="run folders, sweep folders or MLflow run ids; gate.* / tracking.* overrides",
+        help="run folders, sweep folders or MLflow run ids; gate.* / tracking.* / paths.* overrides",
     )
     parser.add_argument(
         "--baseline",
@@ -496,10 +506,9 @@ def _gate(arguments: list[str]) -> int:
     overrides, candidates = _split(options.items)
     if not candidates:
         parser.error("no candidate given")
+    config = _command_config(GateCommandConfig, overrides, "gate")
+    settings, tracking, paths = config.gate, config.tracking, config.paths
     try:
-        composed = compose(overrides, "gate")
-        settings = from_mapping(GateConfig, composed["gate"], key="gate")
-        tracking, paths = tracking_configs(composed)
         use_mlflow = options.baseline == "mlflow"
         for candidate in candidates:
             candidate_kind(candidate)
@@ -554,12 +563,11 @@ def _report(arguments: list[str]) -> int:
     """``harness report PATH... [--out DIR]``: plots and an index over run folders, sweep folders or MLflow."""
     import argparse
 
-    from harness.config.store import compose
+    from harness.config.schema import StoreCommandConfig
     from harness.errors import DataError, HarnessError
     from harness.report import SWEEP_FILE, read_sweep_record
     from harness.report.render import folder_runs, write_report
     from harness.tracking import download_runs
-    from harness.tracking.sweep import tracking_configs
 
     parser = argparse.ArgumentParser(
         prog="harness report",
@@ -570,7 +578,7 @@ def _report(arguments: list[str]) -> int:
         "items",
         nargs="+",
         metavar="PATH|mlflow|KEY=VALUE",
-        help="run or sweep folders, or 'mlflow'; tracking.* overrides",
+        help="run or sweep folders, or 'mlflow'; tracking.* / paths.* overrides",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="report folder (default: reports/<name of the first folder>)"
@@ -579,8 +587,9 @@ def _report(arguments: list[str]) -> int:
     overrides, sources = _split(options.items)
     if not sources:
         parser.error("nothing to report on")
+    config = _command_config(StoreCommandConfig, overrides)
+    tracking, paths = config.tracking, config.paths
     try:
-        tracking, paths = tracking_configs(compose(overrides))
         runs = folder_runs([Path(source) for source in sources if source != "mlflow"])  # a typo opens no store
         store = _optional_store(tracking, paths, required="mlflow" in sources)
         name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
@@ -668,7 +677,7 @@ def _vamp_parse(arguments: list[str]) -> int:
     import argparse
     import json
 
-    from harness.config.store import compose
+    from harness.config.schema import StoreCommandConfig
     from harness.errors import HarnessError
     from harness.perf.vamp import parse_vamp, perf_fields
 
@@ -683,6 +692,9 @@ def _vamp_parse(arguments: list[str]) -> int:
     overrides, files = _split(options.items)
     if not files:
         parser.error("no vamp output file given")
+    if overrides and not options.log:
+        parser.error(f"{overrides[0]}: overrides choose the tracking store, which only --log writes to")
+    config = _command_config(StoreCommandConfig, overrides) if options.log else None
     try:
         parsed = []
         for path in map(Path, files):
@@ -692,11 +704,10 @@ def _vamp_parse(arguments: list[str]) -> int:
                 raise HarnessError(f"{path}: cannot read ({error.strerror})") from None
             parsed.append((path, perf_fields(parse_vamp(text, source=str(path)))))
         print(json.dumps([{"file": str(path), **report} for path, report in parsed], indent=2, ensure_ascii=False))
-        if options.log:
+        if config is not None:
             from harness.tracking import Store, log_vamp_file
-            from harness.tracking.sweep import tracking_configs
 
-            store = Store(*tracking_configs(compose(overrides)))
+            store = Store(config.tracking, config.paths)
             for path, report in parsed:
                 run_id, logged = log_vamp_file(store, path, report)
                 print(f"{path}: {'logged as' if logged else 'already logged as'} {run_id}", file=sys.stderr)

@@ -124,6 +124,27 @@ def test_a_sweep_with_one_bad_job_runs_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sync", "{run}"],
+        ["report", "{run}", "--out", "{tmp}/report"],
+        ["ui", "--port", "1"],
+        ["gate", "{run}", "--baseline", "{tmp}/baseline.json"],
+        ["vamp-parse", "--log", str(REPO_ROOT / "tests/fixtures/vastai/vamp-2.1.0-percentiles.txt")],
+    ],
+    ids=lambda command: command[0],
+)
+def test_a_command_refuses_an_override_it_would_ignore_and_touches_nothing(tmp_path: Path, command: list[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    arguments = [item.format(run=run, tmp=tmp_path) for item in command]
+    done = harness(tmp_path, *arguments, f"paths.root={tmp_path}", "perf.batch=2")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: perf: unknown key (known: ['")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # no store, report or baseline made
+
+
 def test_unknown_group_option_fails_before_running(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "model=vitx14")
     assert done.returncode != 0

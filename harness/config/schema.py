@@ -482,6 +482,23 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class StoreCommandConfig:
+    """What ``harness sync``, ``report``, ``ui`` and ``vamp-parse`` read of the composed config: the store."""
+
+    tracking: TrackingConfig
+    paths: PathsConfig
+
+
+@dataclass(frozen=True)
+class GateCommandConfig:
+    """What ``harness gate`` reads of ``conf/gate.yaml``: its rules, and the store MLflow baselines come from."""
+
+    gate: GateConfig
+    tracking: TrackingConfig
+    paths: PathsConfig
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole config of one ``harness`` command, as composed and then resolved.
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from harness.config.convert import convert_value, hint_at
+from harness.config.convert import T, convert_value, from_mapping, hint_at
 from harness.config.schema import RunConfig
 from harness.errors import ConfigError, unknown_key_message, unknown_name_message
 
@@ -74,8 +75,9 @@ def register_schema() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=node)
 
 
-def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool = False) -> Any:
-    """Hydra's compose API on ``conf/`` with the schema registered; errors are ``ConfigError``."""
+def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool = False, reads: type = RunConfig) -> Any:
+    """Hydra's compose API on ``conf/`` with the schema registered; errors are ``ConfigError`` naming keys of
+    ``reads``, the dataclass of what the command reads."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -84,7 +86,7 @@ def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool =
         try:
             return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
         except Exception as error:  # Hydra and OmegaConf raise many types; each becomes one named message
-            raise composition_error(error) from None
+            raise composition_error(error, reads) from None
 
 
 def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
@@ -92,14 +94,30 @@ def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
     return plain(_hydra_compose(overrides, config_name))
 
 
-def plain(composed: Any) -> dict[str, Any]:
+def command_config(reads: type[T], overrides: list[str], config_name: str = "run") -> T:
+    """The groups a command reads (the fields of dataclass ``reads``), composed from ``config_name`` and checked.
+
+    An override of any other group is refused as an unknown key: the command would ignore it, and a user who
+    wrote ``perf.batch=2`` after ``harness report`` expects it to mean something. Groups that
+    ``conf/local`` adds beside them are left alone, since that file serves every command.
+    """
+    groups = [item.name for item in dataclasses.fields(typing.cast(Any, reads))]
+    for override in overrides:
+        group = re.split(r"[./=]", override.lstrip("+~"), maxsplit=1)[0]
+        if group not in groups:
+            raise ConfigError(unknown_key_message(group, group, groups))
+    composed = plain(_hydra_compose(overrides, config_name, reads=reads), reads)
+    return from_mapping(reads, {name: composed.get(name) for name in groups})
+
+
+def plain(composed: Any, reads: type = RunConfig) -> dict[str, Any]:
     """A composed ``DictConfig`` as plain data (interpolations resolved, enums as strings, unset keys refused)."""
     from omegaconf import OmegaConf
 
     try:
         container = OmegaConf.to_container(composed, resolve=True, enum_to_str=True, throw_on_missing=True)
     except Exception as error:  # an unset key or a failing interpolation, named by composition_error
-        raise composition_error(error) from None
+        raise composition_error(error, reads) from None
     return typing.cast(dict[str, Any], container)
 
 
@@ -159,8 +177,8 @@ def expand_sweep(overrides: list[str], *, sweeper: str, params: list[str]) -> Sw
     return SweepPlan(jobs=tuple(tuple(job) for job in jobs), swept=swept)
 
 
-def composition_error(error: BaseException) -> ConfigError:
-    """Hydra's or OmegaConf's error as a one-line ``ConfigError`` naming the key."""
+def composition_error(error: BaseException, reads: type = RunConfig) -> ConfigError:
+    """Hydra's or OmegaConf's error as a one-line ``ConfigError`` naming the key (a field of ``reads``)."""
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
@@ -180,10 +198,10 @@ def composition_error(error: BaseException) -> ConfigError:
             return ConfigError(f"{key}: no value: set it in the group's YAML file in conf/ or as an override")
         if isinstance(item, ConfigKeyError | ConfigAttributeError):
             parent, _, name = str(key).rpartition(".")
-            known = _known_keys(parent)
+            known = _known_keys(reads, parent)
             if known is not None:
                 return ConfigError(unknown_key_message(str(key), name, known))
-        hint = hint_at(RunConfig, str(key))
+        hint = hint_at(reads, str(key))
         value = _offending_value(item)
         if hint is not None:
             try:
@@ -205,8 +223,8 @@ def _offending_value(error: BaseException) -> object:
     return None
 
 
-def _known_keys(dotted_parent: str) -> list[str] | None:
-    hint = RunConfig if not dotted_parent else hint_at(RunConfig, dotted_parent)
+def _known_keys(reads: type, dotted_parent: str) -> list[str] | None:
+    hint = reads if not dotted_parent else hint_at(reads, dotted_parent)
     if hint is not None and dataclasses.is_dataclass(hint):
         return [item.name for item in dataclasses.fields(hint) if not item.metadata.get("resolved")]
     return None

@@ -93,3 +93,41 @@ def test_defaults_are_typed() -> None:
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         resolve_config(compose(override.split()))
+
+
+@pytest.mark.parametrize(
+    ("reads", "config_name", "override", "message"),
+    [
+        ("GateCommandConfig", "gate", "perf.batch=2", r"perf: unknown key \(known: \['gate', 'paths', 'tracking'\]\)"),
+        (
+            "GateCommandConfig",
+            "gate",
+            "gate.alphaa=0.1",
+            r"gate.alphaa: unknown key \(known: .*\); did you mean 'alpha'",
+        ),
+        ("GateCommandConfig", "gate", "gate.alpha=abc", r"gate.alpha='abc': expected float"),
+        ("StoreCommandConfig", "run", "perf.batch=2", r"perf: unknown key \(known: \['paths', 'tracking'\]\)"),
+        ("StoreCommandConfig", "run", "model=vitl14", r"model: unknown key \(known: \['paths', 'tracking'\]\)"),
+        ("StoreCommandConfig", "run", "tracking.urii=x", r"tracking.urii: unknown key .*did you mean 'uri'"),
+    ],
+)
+def test_a_command_refuses_overrides_of_groups_it_does_not_read(
+    reads: str, config_name: str, override: str, message: str
+) -> None:
+    from harness.config import schema
+    from harness.config.store import command_config
+
+    with pytest.raises(ConfigError, match=message):
+        command_config(getattr(schema, reads), [override], config_name)
+
+
+def test_a_command_reads_its_groups_typed_with_their_overrides() -> None:
+    from harness.config.schema import GateCommandConfig, StoreCommandConfig
+    from harness.config.store import command_config
+
+    gate = command_config(GateCommandConfig, ["gate.alpha=0.05", "tracking=off"], "gate")
+    assert (
+        gate.gate.alpha == 0.05 and gate.tracking.enabled is False and gate.gate.rules["throughput_qps"].kind == "perf"
+    )
+    store = command_config(StoreCommandConfig, ["tracking.experiment=x", "paths.root=/srv"])
+    assert store.tracking.experiment == "x" and store.paths.outputs == "/srv/outputs"
