@@ -421,7 +421,7 @@ def _data(arguments: list[str]) -> int:
 
     from harness.data.datasets import DATASETS, download_dataset
     from harness.data.synthetic import synthetic_name, write_synthetic
-    from harness.errors import HarnessError
+    from harness.errors import HarnessError, counted
 
     parser = argparse.ArgumentParser(prog="harness data", description="Retrieval datasets in the revisitop layout.")
     actions = parser.add_subparsers(dest="action", required=True)
@@ -447,7 +447,8 @@ def _data(arguments: list[str]) -> int:
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"{root / name}: {len(truth.imlist)} database images, {len(truth.qimlist)} queries")
+    images, queries = counted(len(truth.imlist), "database image"), counted(len(truth.qimlist), "query", "queries")
+    print(f"{root / name}: {images}, {queries}")
     return 0
 
 
@@ -564,7 +565,7 @@ def _report(arguments: list[str]) -> int:
     import argparse
 
     from harness.config.schema import StoreCommandConfig
-    from harness.errors import DataError, HarnessError
+    from harness.errors import DataError, HarnessError, counted
     from harness.report import SWEEP_FILE, read_sweep_record
     from harness.report.render import folder_runs, write_report
     from harness.tracking import download_runs
@@ -614,7 +615,10 @@ def _report(arguments: list[str]) -> int:
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"report: {report.index_md} ({len(report.plots)} plots, {len(runs)} runs; index.html is self-contained)")
+    print(
+        f"report: {report.index_md} ({counted(len(report.plots), 'plot')}, {counted(len(runs), 'run')}; "
+        "index.html is self-contained)"
+    )
     return 0
 
 

@@ -68,3 +68,8 @@ def unknown_key_message(dotted_key: str, name: str, known: object) -> str:
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"{dotted_key}: unknown key (known: {names}){hint}"
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` with its noun in the number it needs: ``1 run``, ``2 runs``, ``1 query``, ``3 queries``."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harness.errors import counted
 from harness.result import DeviceTelemetry, PerfResult, RunResult
 
 
@@ -25,14 +26,14 @@ def format_summary(result: RunResult) -> str:
             (
                 "parity",
                 f"min cos {parity.min_cosine:.7f} (>= {parity.threshold_min_cosine}), "
-                f"max abs err {parity.max_abs_error:.2e} on {len(parity.images)} photos",
+                f"max abs err {parity.max_abs_error:.2e} on {counted(len(parity.images), 'photo')}",
             ),
         ]
         quantization = result.build.manifest.quantization
         if quantization:
             calibration = quantization.calibration
             how = (
-                f"{calibration.method} on {len(calibration.images)} {calibration.source} images"
+                f"{calibration.method} on {counted(len(calibration.images), calibration.source + ' image')}"
                 if calibration
                 else "per call"
             )
@@ -101,7 +102,7 @@ def format_summary(result: RunResult) -> str:
                     f"CPU {host.cpu_util_pct:.0f}% (per core "
                     + ", ".join(f"{value:.0f}" for value in host.cpu_util_per_core_pct)
                     + f"), workers' RSS {host.rss_mean_bytes / 2**20:.0f} MiB (peak {host.rss_peak_bytes / 2**20:.0f} "
-                    f"MiB), {host.samples} samples",
+                    f"MiB), {counted(host.samples, 'sample')}",
                 )
             )
         if perf.efficiency:
@@ -128,7 +129,8 @@ def format_summary(result: RunResult) -> str:
         rows.append(
             (
                 "accuracy",
-                f"{accuracy.dataset} ({accuracy.queries} queries, {accuracy.images} images, {accuracy.normalization}): "
+                f"{accuracy.dataset} ({counted(accuracy.queries, 'query', 'queries')}, "
+                f"{counted(accuracy.images, 'image')}, {accuracy.normalization}): "
                 + ", ".join(
                     f"{setup[0].upper()} mAP {getattr(accuracy, setup).map:.2f}" for setup in ("easy", "medium", "hard")
                 )
@@ -193,5 +195,5 @@ def _telemetry(telemetry: DeviceTelemetry) -> str:
         ("", telemetry.images_per_joule, "{:.1f} img/J"), ("SM clock", telemetry.sm_clock_mhz, "{:.0f} MHz"),
     )  # fmt: skip
     shown = [f"{label} {form.format(value)}".strip() for label, value, form in fields if value is not None]
-    samples = f", {telemetry.samples} samples" if telemetry.samples is not None else ""
+    samples = f", {counted(telemetry.samples, 'sample')}" if telemetry.samples is not None else ""
     return f"{', '.join(shown)} ({telemetry.source}{samples})"

@@ -28,7 +28,7 @@ from harness.config.schema import Precision, RunConfig
 from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth
 from harness.data.synthetic import synthetic_name, write_synthetic
-from harness.errors import ConfigError, DataError
+from harness.errors import ConfigError, DataError, counted
 from harness.result import AccuracyResult, Fp32Comparison, SetupMetrics
 from harness.vdsp import vdsp_params_file
 
@@ -59,7 +59,9 @@ def check_descriptors(query: np.ndarray, database: np.ndarray, truth: GroundTrut
             raise DataError(f"{source}: {label} descriptors have shape {list(matrix.shape)}, expected [{expected}, D]")
         bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
         if bad.size:
-            raise DataError(f"{source}: {label} descriptor {int(bad[0])} contains NaN or inf ({bad.size} rows)")
+            raise DataError(
+                f"{source}: {label} descriptor {int(bad[0])} contains NaN or inf ({counted(bad.size, 'row')})"
+            )
     if query.shape[1] != database.shape[1]:
         raise DataError(f"{source}: query dimension {query.shape[1]} != database dimension {database.shape[1]}")
 

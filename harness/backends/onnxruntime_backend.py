@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.backends import InputSignature, LoadTarget, register_backend
 from harness.environment import physical_cores
-from harness.errors import BackendUnavailable, ConfigError
+from harness.errors import BackendUnavailable, ConfigError, counted
 from harness.nvml import device_info
 
 GRAPH_OPTIMIZATION = Literal["disable", "basic", "extended", "all"]
@@ -70,7 +70,8 @@ class OrtConfig:
             raise ConfigError("backend.providers=[]: expected at least one execution provider")
         if self.provider_options and len(self.provider_options) != len(self.providers):
             raise ConfigError(
-                f"backend.provider_options: {len(self.provider_options)} entries for {len(self.providers)} providers"
+                f"backend.provider_options: {counted(len(self.provider_options), 'entry', 'entries')} "
+                f"for {counted(len(self.providers), 'provider')}"
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ConfigError("backend.intra_op_threads / inter_op_threads: expected >= 0 (0 = runtime default)")

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from harness.backends import CompiledModel, ProfileLoad, register_backend
-from harness.errors import BackendUnavailable, BuildError, ConfigError, DataError, HarnessError, ToolError
+from harness.errors import BackendUnavailable, BuildError, ConfigError, DataError, HarnessError, ToolError, counted
 from harness.fileio import write_text_atomic
 from harness.processes import ToolRun, run_tool
 
@@ -218,7 +218,7 @@ class VastaiToolchain:
         missing = [name for name in names if not (outputs / f"{name}.npz").is_file()]
         if missing:
             raise ToolError(
-                f"vamp --path_output {outputs}: no output for {len(missing)} of {len(names)} images, e.g. {missing[:3]}",
+                f"vamp --path_output {outputs}: no output for {len(missing)} of {counted(len(names), 'image')}, e.g. {missing[:3]}",
                 details=run.tail(),
             )
         # The decoded inputs are the bulk (150 kB an image at 224x224); vamp's outputs and log stay.

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from harness.data.groundtruth import GroundTruth, check_boxes_inside, load_groundtruth
 from harness.download import fetch
-from harness.errors import ConfigError, DataError, unknown_name_message
+from harness.errors import ConfigError, DataError, counted, unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ def download_dataset(name: str, root: Path, *, progress: bool = True) -> GroundT
     missing = missing_images(root, name, truth)
     if missing:
         raise DataError(
-            f"{root / name}: {len(missing)} images of the ground truth are missing after extraction, e.g. {missing[:3]}"
+            f"{root / name}: {counted(len(missing), 'image')} of the ground truth missing after extraction, "
+            f"e.g. {missing[:3]}"
         )
     return truth

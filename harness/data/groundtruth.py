@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import DataError
+from harness.errors import DataError, counted
 
 # The globals a plain numpy array (or numpy scalar) needs to be rebuilt from a pickle, and nothing else.
 ALLOWED_GLOBALS = {
@@ -96,7 +96,9 @@ def load_groundtruth(path: Path, *, query_sizes: Mapping[str, tuple[int, int]] |
         raise DataError(f"{path}: expected a dict with imlist, qimlist and gnd")
     imlist, qimlist, gnd = (list(value[key]) for key in ("imlist", "qimlist", "gnd"))
     if len(gnd) != len(qimlist):
-        raise DataError(f"{path}: {len(gnd)} gnd entries for {len(qimlist)} queries")
+        raise DataError(
+            f"{path}: {counted(len(gnd), 'gnd entry', 'gnd entries')} for {counted(len(qimlist), 'query', 'queries')}"
+        )
     for query, (name, entry) in enumerate(zip(qimlist, gnd, strict=True)):
         _validate_query(path, query, str(name), entry, len(imlist))
     truth = GroundTruth(

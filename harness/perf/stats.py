@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from harness.errors import counted
 from harness.result import LatencyStats
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
@@ -57,7 +58,9 @@ def insufficient_percentiles(stats: LatencyStats) -> list[str]:
     if not withheld:
         return []
     needs = ", ".join(f"{name} {MIN_SAMPLES[name]}" for name in withheld)
-    return [f"{', '.join(withheld)} withheld: {stats.count} samples, need {needs} (MLPerf early-stopping rule)"]
+    return [
+        f"{', '.join(withheld)} withheld: {counted(stats.count, 'sample')}, need {needs} (MLPerf early-stopping rule)"
+    ]
 
 
 def window_throughputs(

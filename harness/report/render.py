@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.errors import counted
 from harness.fileio import write_text_atomic
 from harness.report import COLUMN_NAMES, folder_kind, job_dirs, markdown_table, row_of
 from harness.report.plots import PLOTS, LabelledRun, Plot
@@ -44,7 +45,12 @@ def write_report(runs: list[LabelledRun], folder: Path, *, title: str) -> Report
     plots = tuple(plot for name, draw in PLOTS if (plot := draw(runs, folder / name)) is not None)
     rows = [row_of(run.label, run.result) for run in runs]
     created = datetime.now(UTC).isoformat(timespec="seconds")
-    lines = [f"# {title}", "", f"{len(runs)} runs, written {created}. Empty cells: not measured or withheld.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"{counted(len(runs), 'run')}, written {created}. Empty cells: not measured or withheld.",
+        "",
+    ]
     for plot in plots:
         lines += [f"## {plot.title}", "", plot.caption, "", f"![{plot.title}]({plot.path.name})", ""]
         if plot.missing:
@@ -63,7 +69,7 @@ def _html(title: str, created: str, plots: tuple[Plot, ...], rows: list[dict[str
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:12px}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1><p>{len(rows)} runs, written {created}. Empty cells: not measured or withheld.</p>",
+        f"<h1>{html.escape(title)}</h1><p>{counted(len(rows), 'run')}, written {created}. Empty cells: not measured or withheld.</p>",
     ]
     for plot in plots:
         encoded = base64.b64encode(plot.path.read_bytes()).decode()

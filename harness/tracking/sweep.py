@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.config.convert import from_mapping
 from harness.config.schema import PathsConfig, TrackingConfig
 from harness.config.store import expand_sweep, sweeper_settings
-from harness.errors import HarnessError
+from harness.errors import HarnessError, counted
 from harness.report import contention_warning, markdown_table, sweep_rows, write_summary
 from harness.report.render import sweep_runs, write_report
 from harness.tracking import Store, end_sweep, ensure_parent, finish_sweep, start_sweep
@@ -72,7 +72,10 @@ class SweepTracking(Callback):
         if warning:
             print(warning, flush=True)
         report = write_report(sweep_runs(sweep_dir), sweep_dir / "report", title=f"sweep {sweep_dir.name}")
-        print(f"sweep report: {report.index_md} ({len(report.plots)} plots; index.html is self-contained)", flush=True)
+        print(
+            f"sweep report: {report.index_md} ({counted(len(report.plots), 'plot')}; index.html is self-contained)",
+            flush=True,
+        )
         tracking, paths = tracking_configs(_groups(config))
         if not tracking.enabled:
             return

@@ -65,7 +65,7 @@ def test_object_arrays_are_refused() -> None:
     [
         ({"gnd": [{"easy": [3]}, {"easy": []}]}, r"query 0 \(q0\): easy index 3 out of range \[0, 3\)"),
         ({"gnd": [{"easy": [0]}, {"junk": [-1]}]}, r"query 1 \(q1\): junk index -1 out of range"),
-        ({"gnd": [{"easy": [0]}]}, r"1 gnd entries for 2 queries"),
+        ({"gnd": [{"easy": [0]}]}, r"1 gnd entry for 2 queries"),
         ({"gnd": [{"bbx": [5, 5, 1, 1]}, {}]}, r"query 0 \(q0\): bbx \[5.0, 5.0, 1.0, 1.0\] is not"),
     ],
 )

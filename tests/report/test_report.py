@@ -57,6 +57,9 @@ def test_every_plot_and_index_is_written_and_the_table_equals_the_runs(runs: lis
         assert cells.get("model_p99_us", "") == ""  # withheld: an empty cell (or no column at all), never 0
     page = report.index_html.read_text()
     assert page.count("src='data:image/png;base64,") == len(PLOT_FILES) and not re.search(r"src='(?!data:)", page)
+    assert f"<p>{len(runs)} runs, written" in page
+    single = write_report(runs[:1], tmp_path / "single", title="one run")
+    assert "\n1 run, written" in single.index_md.read_text() and "<p>1 run, written" in single.index_html.read_text()
 
 
 def test_n_a_marks_stay_inside_the_axes_and_every_series_is_in_the_legend() -> None:
