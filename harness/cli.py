@@ -464,6 +464,7 @@ def _gate(arguments: list[str]) -> int:
         candidate_evidence,
         candidate_kind,
         entries_for,
+        every_mlflow_baseline,
         mlflow_baselines,
         promote_in_mlflow,
         read_baseline_file,
@@ -533,11 +534,14 @@ def _gate(arguments: list[str]) -> int:
             assert store is not None
             own = {item for item in candidates if candidate_kind(item) == "mlflow"} | set(tracked_run_ids(evidence))
             lookup = functools.partial(mlflow_baselines, store, candidates=frozenset(own))
+            every_baseline = functools.partial(every_mlflow_baseline, store, candidates=frozenset(own))
         else:
-            lookup = functools.partial(entries_for, read_baseline_file(Path(options.baseline)))
+            entries = read_baseline_file(Path(options.baseline))
+            lookup = functools.partial(entries_for, entries)
+            every_baseline = functools.partial(list, entries)
         result = run_gate(
             evidence, lookup, settings, allow_hardware_mismatch=options.allow_hardware_mismatch,
-            rerun=max(0, options.rerun), rerunner=rerun_perf,
+            rerun=max(0, options.rerun), rerunner=rerun_perf, every_baseline=every_baseline,
         )  # fmt: skip
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -13,6 +13,7 @@ MLflow; every metric with a rule in the ``gate`` group is decided by ``harness.g
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Literal
 from harness.config.schema import GateConfig
 from harness.errors import HarnessError
 from harness.gate.decide import Decision, decide
-from harness.gate.evidence import PER_REPEAT, Evidence, evidence_of
+from harness.gate.evidence import PER_REPEAT, Evidence, config_difference, evidence_of
 from harness.result import load_result
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,14 @@ class GateResult:
 
 
 def pair(
-    candidate: Evidence, baselines: list[Evidence], settings: GateConfig, *, allow_hardware_mismatch: bool
-) -> Pairing:
-    """Pick the candidate's baseline (same config hash; same machine first) and decide every ruled metric."""
+    candidate: Evidence, baselines: list[Evidence], settings: GateConfig, *, allow_hardware_mismatch: bool,
+    others: Callable[[], list[Evidence]] = list,
+) -> Pairing:  # fmt: skip
+    """Pick the candidate's baseline (same config hash; same machine first) and decide every ruled metric.
+
+    ``others`` gives every baseline there is, read only when none has the candidate's hash, to say how the
+    candidate's config differs from the nearest one.
+    """
     same_machine = [item for item in baselines if item.hardware_fingerprint == candidate.hardware_fingerprint]
     notes: list[str] = []
     if same_machine:
@@ -89,7 +95,9 @@ def pair(
         )
         return Pairing(candidate, None, (), (problem,), ())
     else:
-        return Pairing(candidate, None, (), (f"no baseline for config hash {candidate.config_hash}",), ())
+        difference = config_difference(candidate, others())
+        problem = f"no baseline for config hash {candidate.config_hash}" + (f": {difference}" if difference else "")
+        return Pairing(candidate, None, (), (problem,), ())
     decisions, problems = [], []
     for metric, rule in settings.rules.items():
         base, cand = baseline.metrics.get(metric), candidate.metrics.get(metric)
@@ -105,18 +113,23 @@ def pair(
 def run_gate(
     candidates: list[Evidence], lookup: BaselineLookup, settings: GateConfig, *, allow_hardware_mismatch: bool = False,
     rerun: int = 0, rerunner: Callable[[Evidence, int], Evidence] | None = None,
+    every_baseline: Callable[[], list[Evidence]] = list,
 ) -> GateResult:  # fmt: skip
-    """Decide every candidate; an inconclusive perf decision is re-measured up to ``rerun`` times first."""
+    """Decide every candidate; an inconclusive perf decision is re-measured up to ``rerun`` times first.
+    ``every_baseline`` is read (once) only to explain a candidate that has none (see ``pair``)."""
+    others = functools.cache(every_baseline)
     pairings = []
     for candidate in candidates:
         baselines = lookup(candidate.config_hash)  # once: an MLflow lookup downloads each baseline's result
-        pairing = pair(candidate, baselines, settings, allow_hardware_mismatch=allow_hardware_mismatch)
+        pairing = pair(candidate, baselines, settings, allow_hardware_mismatch=allow_hardware_mismatch, others=others)
         attempt = 0
         while pairing.verdict == "inconclusive" and attempt < rerun and rerunner is not None:
             attempt += 1
             log.info("gate: %s inconclusive, rerun %d/%d", candidate.label, attempt, rerun)
             candidate = candidate.merged(rerunner(candidate, attempt))
-            pairing = pair(candidate, baselines, settings, allow_hardware_mismatch=allow_hardware_mismatch)
+            pairing = pair(
+                candidate, baselines, settings, allow_hardware_mismatch=allow_hardware_mismatch, others=others
+            )
         pairings.append(pairing)
     return GateResult(tuple(pairings))
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.result import Measurement, RunResult
-from harness.tracking.records import config_hash
+from harness.tracking.records import config_hash, identity_params
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,9 @@ class Evidence:
         hardware_fingerprint: where it was measured (CPU, cores, OS, GPUs and driver).
         metrics: metric name -> values (one per repeat for perf metrics).
         run_dirs: the run folders it was drawn from (the candidate's, and any reruns).
+        config: the settings the hash covers, as tracker params (``identity_params``): what says how a
+            candidate without a baseline differs from the nearest one. Empty in baseline files written before
+            it was kept.
     """
 
     label: str
@@ -31,6 +34,7 @@ class Evidence:
     hardware_fingerprint: str
     metrics: dict[str, tuple[float, ...]]
     run_dirs: tuple[str, ...] = field(default=())
+    config: dict[str, str] = field(default_factory=dict)
 
     def merged(self, other: Evidence) -> Evidence:
         """This evidence with ``other``'s repeats added (a rerun of the same config on the same machine)."""
@@ -38,7 +42,7 @@ class Evidence:
         metrics = {name: self.metrics.get(name, ()) + other.metrics.get(name, ()) for name in names}
         return Evidence(
             label=self.label, config_hash=self.config_hash, hardware_fingerprint=self.hardware_fingerprint,
-            metrics=metrics, run_dirs=self.run_dirs + other.run_dirs,
+            metrics=metrics, run_dirs=self.run_dirs + other.run_dirs, config=self.config,
         )  # fmt: skip
 
 
@@ -69,10 +73,39 @@ def evidence_of(result: RunResult, *, label: str) -> Evidence:
             metrics[f"map_{setup}"] = (getattr(result.accuracy, setup).map,)
     if result.build is not None:
         metrics["parity_min_cos"] = (result.build.parity.min_cosine,)
+    config: dict[str, object] = result.to_dict()["config"]  # type: ignore[assignment]
     return Evidence(
         label=label,
-        config_hash=config_hash(result.to_dict()["config"]),  # type: ignore[arg-type]
+        config_hash=config_hash(config),
         hardware_fingerprint=str(result.environment.get("hardware_fingerprint", "unknown")),
         metrics=metrics,
         run_dirs=(result.run_dir,),
+        config=identity_params(config),
     )
+
+
+def config_difference(candidate: Evidence, others: list[Evidence], *, shown: int = 4) -> str:
+    """How ``candidate``'s settings differ from the nearest of ``others`` (fewest differing settings, the same
+    machine first): ``nearest baseline 0 differs in backend.intra_op_threads: 2 -> 1``; empty when there are
+    none."""
+    comparable = [item for item in others if item.config]
+    if not candidate.config or not others:
+        return ""
+    if not comparable:
+        return "the baselines there are keep no settings to compare with (promoted by an older harness: promote again)"
+
+    def differing(item: Evidence) -> list[str]:
+        keys = sorted(set(candidate.config) | set(item.config))
+        return [key for key in keys if candidate.config.get(key) != item.config.get(key)]
+
+    nearest = min(
+        comparable, key=lambda item: (item.hardware_fingerprint != candidate.hardware_fingerprint, len(differing(item)))
+    )
+    keys = differing(nearest)
+    if not keys:
+        return ""
+    changes = [
+        f"{key}: {nearest.config.get(key, '(absent)')} -> {candidate.config.get(key, '(absent)')}" for key in keys
+    ]
+    more = f", and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"nearest baseline {nearest.label} differs in {', '.join(changes[:shown])}{more}"

@@ -1,7 +1,7 @@
 """Where candidates and baselines come from: run and sweep folders, MLflow runs, committed baseline files.
 
 A baseline file (``reports/baselines/<name>.json``) holds one entry per configuration and machine: its
-config hash, hardware fingerprint and per-metric values, written by ``harness gate --promote RUN
+config hash, the settings that hash covers (``config``), hardware fingerprint and per-metric values, written by ``harness gate --promote RUN
 --baseline FILE``. In MLflow, a baseline is a run tagged ``harness.baseline=true``; it is matched on the tags
 ``harness.config_hash`` and ``hardware.fingerprint`` and its values are read from its ``result.json``
 artifact.
@@ -23,6 +23,7 @@ from harness.gate.evidence import Evidence, evidence_of
 from harness.report import SWEEP_FILE, folder_kind, job_dirs
 from harness.result import RESULT_FILE, RunResult, load_result
 from harness.tracking import TRACKING_FILE, Store
+from harness.tracking.records import is_identity_param
 
 if TYPE_CHECKING:
     from harness.gate import GateResult
@@ -85,6 +86,7 @@ def read_baseline_file(path: Path) -> list[Evidence]:
                 config_hash=entry["config_hash"],
                 hardware_fingerprint=entry["hardware_fingerprint"],
                 metrics={name: tuple(float(value) for value in values) for name, values in entry["metrics"].items()},
+                config={str(key): str(value) for key, value in entry.get("config", {}).items()},
             )
             for entry in data["entries"]
         ]
@@ -140,6 +142,25 @@ def mlflow_baselines(store: Store, config_hash: str, *, candidates: frozenset[st
             continue
         newest.setdefault(run.data.tags.get("hardware.fingerprint", "unknown"), run.info.run_id)
     return [evidence_of(_mlflow_result(store, run_id), label=f"mlflow run {run_id}") for run_id in newest.values()]
+
+
+def every_mlflow_baseline(store: Store, *, candidates: frozenset[str] = frozenset()) -> list[Evidence]:
+    """Every run tagged as baseline, with its settings from its params and no values: what a candidate without
+    a baseline is compared with to say which settings differ."""
+    runs = store.call(
+        partial(store.client.search_runs, [store.experiment_id], filter_string=f"tags.`{BASELINE_TAG}` = 'true'")
+    )
+    return [
+        Evidence(
+            label=f"mlflow run {run.info.run_id}",
+            config_hash=run.data.tags.get("harness.config_hash", "unknown"),
+            hardware_fingerprint=run.data.tags.get("hardware.fingerprint", "unknown"),
+            metrics={},
+            config={key: value for key, value in run.data.params.items() if is_identity_param(key)},
+        )
+        for run in runs
+        if run.info.run_id not in candidates
+    ]
 
 
 def tag_verdicts(store: Store, result: GateResult, *, baseline: str) -> None:

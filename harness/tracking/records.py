@@ -159,8 +159,7 @@ NOT_IDENTITY = (
 )
 
 
-def config_hash(config: dict[str, object]) -> str:
-    """12 hex digits identifying what a run measured (model, precision, build, backend, load, data, preprocessing)."""
+def _identity(config: dict[str, object]) -> dict[str, object]:
     identity = json.loads(json.dumps(config))
     for dotted in NOT_IDENTITY:
         *parents, key = dotted.split(".")
@@ -169,7 +168,22 @@ def config_hash(config: dict[str, object]) -> str:
             node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(key, None)
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return identity
+
+
+def config_hash(config: dict[str, object]) -> str:
+    """12 hex digits identifying what a run measured (model, precision, build, backend, load, data, preprocessing)."""
+    return hashlib.sha256(json.dumps(_identity(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def identity_params(config: dict[str, object]) -> dict[str, str]:
+    """The settings ``config_hash`` hashes, as tracker params (dotted keys): what tells two hashes apart."""
+    return params_of(_identity(config))
+
+
+def is_identity_param(key: str) -> bool:
+    """Whether a tracker param (a dotted config key) is one of the settings ``config_hash`` hashes."""
+    return not any(key == dotted or key.startswith(dotted + ".") for dotted in NOT_IDENTITY)
 
 
 def tags_of(result: dict[str, object]) -> dict[str, str]:

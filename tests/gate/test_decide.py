@@ -11,7 +11,7 @@ from harness.config.schema import GateConfig, GateRule
 from harness.errors import ConfigError
 from harness.gate import pair, run_gate
 from harness.gate.decide import decide
-from harness.gate.evidence import Evidence
+from harness.gate.evidence import Evidence, config_difference
 
 SETTINGS = GateConfig(rules={}, min_repeats=5, alpha=0.01, confidence=0.95, bootstrap_resamples=4000, seed=0)
 THROUGHPUT = GateRule(kind="perf", better="higher", threshold=0.05)
@@ -80,6 +80,32 @@ def test_pairing_needs_a_baseline_on_the_same_hardware_unless_allowed() -> None:
     assert pair(candidate, [], settings, allow_hardware_mismatch=False).problems == ("no baseline for config hash cfg",)
     missing = pair(evidence({}), [candidate], settings, allow_hardware_mismatch=False)
     assert missing.verdict == "unusable" and missing.problems == ("metric throughput_qps missing in the candidate",)
+
+
+def configured(label: str, fingerprint: str = "machine", **settings: str) -> Evidence:
+    return Evidence(label, "hash-" + label, fingerprint, {}, config={"model.variant": "vits14", **settings})
+
+
+def test_a_candidate_without_a_baseline_is_told_how_it_differs_from_the_nearest() -> None:
+    candidate = configured("candidate", **{"perf.batch": "8", "backend.intra_op_threads": "1"})
+    near = configured("near", **{"perf.batch": "8", "backend.intra_op_threads": "2"})
+    far = configured("far", **{"perf.batch": "1", "backend.intra_op_threads": "2"})
+    elsewhere = configured("elsewhere", "other machine", **{"perf.batch": "8", "backend.intra_op_threads": "1"})
+    assert (
+        config_difference(candidate, [far, near]) == "nearest baseline near differs in backend.intra_op_threads: 2 -> 1"
+    )
+    assert config_difference(candidate, [elsewhere, far]).startswith("nearest baseline far differs in ")  # same machine
+    assert config_difference(candidate, [elsewhere]) == ""  # the same settings: nothing to say
+    absent = configured("absent", **{"perf.batch": "8"})
+    assert config_difference(candidate, [absent]).endswith("backend.intra_op_threads: (absent) -> 1")
+    many = configured("many", **{f"key{index}": "x" for index in range(6)})
+    assert config_difference(candidate, [many]).endswith(", and 4 more")
+    old = Evidence("old", "hash-old", "machine", {})
+    assert "keep no settings to compare with" in config_difference(candidate, [old])
+    assert config_difference(candidate, []) == ""
+    problems = pair(candidate, [], SETTINGS, allow_hardware_mismatch=False, others=lambda: [near]).problems
+    assert problems == ("no baseline for config hash hash-candidate: nearest baseline near differs in "
+                        "backend.intra_op_threads: 2 -> 1",)  # fmt: skip
 
 
 def test_an_inconclusive_candidate_is_remeasured_before_the_gate_settles() -> None:

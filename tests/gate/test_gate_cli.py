@@ -49,6 +49,10 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     other = run_folder(harness(tmp_path, *SLEEP_RUN, "backend.latency_us=2500", "perf.repeats=5", "tracking=off"))
     unmatched = harness(tmp_path, "gate", other, "--baseline", str(baseline_file), "tracking=off")
     assert unmatched.returncode == 4 and "unusable: no baseline for config hash" in unmatched.stdout
+    assert (
+        f"nearest baseline {baseline_file}:{Path(baseline).name} differs in backend.latency_us: 2000.0 -> 2500.0\n"
+        in (unmatched.stdout)
+    )
 
     few = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=3", "tracking=off"))
     inconclusive = harness(tmp_path, "gate", few, "--baseline", str(baseline_file), "tracking=off")
@@ -118,6 +122,12 @@ def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_ver
     assert "error: gate fail" in gated.stderr
     itself = harness(tmp_path, "gate", baseline, "--baseline", "mlflow")  # the baseline run is no baseline of its own
     assert itself.returncode == 4 and "unusable: no baseline for config hash" in itself.stdout, itself.stdout
+    assert "nearest baseline" not in itself.stdout
+    build_only = [*(item for item in onnx_run if not item.startswith("stages=")), "stages=[build]"]
+    other = run_folder(harness(tmp_path, *build_only, "build.parity_images=3"))
+    unmatched = harness(tmp_path, "gate", other, "--baseline", "mlflow")
+    baseline_run = json.loads((Path(baseline) / "tracking.json").read_text())["run_id"]
+    assert f"nearest baseline mlflow run {baseline_run} differs in build.parity_images: 2 -> 3\n" in unmatched.stdout
     run_id = json.loads((Path(slowed) / "tracking.json").read_text())["run_id"]
     tags = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}").get_run(run_id).data.tags
     assert tags["harness.gate.verdict"] == "fail" and tags["harness.gate.throughput_qps"] == "fail"
