@@ -282,7 +282,7 @@ def _sync(arguments: list[str]) -> int:
     from harness.config.schema import StoreCommandConfig
     from harness.errors import HarnessError
     from harness.report import SWEEP_FILE, folder_kind, job_dirs, missing_jobs, sweep_rows, write_summary
-    from harness.tracking import Store, finish_sweep, log_run_dir
+    from harness.tracking import Store, finish_sweep
 
     parser = argparse.ArgumentParser(
         prog="harness sync",
@@ -298,26 +298,36 @@ def _sync(arguments: list[str]) -> int:
     try:
         kinds = {folder: folder_kind(folder) for folder in map(Path, folders)}  # a typo logs nothing, creates no store
         store = Store(config.tracking, config.paths)
+        failed = 0
         for folder, kind in kinds.items():
             if kind == "sweep":
                 for job in job_dirs(folder):
-                    _report_sync(job, *log_run_dir(store, job, sweep_dir=folder))
+                    failed += not _sync_run(store, job, folder)
                 for number, reason in missing_jobs(folder).items():
                     print(f"{folder / str(number)}: no result.json, nothing to log: {reason}")
                 files = write_summary(sweep_rows(folder), folder)
                 parent = finish_sweep(store, folder, files, report_dir=folder / "report")
                 print(f"sweep {folder}: parent run {parent}")
             else:
-                sweep = folder.parent if (folder.parent / SWEEP_FILE).exists() else None
-                _report_sync(folder, *log_run_dir(store, folder, sweep_dir=sweep))
+                failed += not _sync_run(store, folder, folder.parent if (folder.parent / SWEEP_FILE).exists() else None)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if failed else 0
 
 
-def _report_sync(folder: Path, record: Any, logged: bool) -> None:
+def _sync_run(store: Any, folder: Path, sweep_dir: Path | None) -> bool:
+    """Log one run folder; a result that cannot be read (or logged) is named and the next folder is still synced."""
+    from harness.errors import DataError
+    from harness.tracking import log_run_dir
+
+    try:
+        record, logged = log_run_dir(store, folder, sweep_dir=sweep_dir)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
     print(f"{folder}: {'logged as' if logged else 'already logged as'} {record.run_id}")
+    return True
 
 
 def _ui(arguments: list[str]) -> int:
@@ -595,19 +605,22 @@ def _report(arguments: list[str]) -> int:
     config = _command_config(StoreCommandConfig, overrides)
     tracking, paths = config.tracking, config.paths
     try:
-        runs = folder_runs([Path(source) for source in sources if source != "mlflow"])  # a typo opens no store
+        found = folder_runs([Path(source) for source in sources if source != "mlflow"])  # a typo opens no store
+        runs = found.runs
         store = _optional_store(tracking, paths, required="mlflow" in sources)
         name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
         folder = options.out or Path("reports") / name
         if "mlflow" in sources:
             assert store is not None
             runs += download_runs(store, folder / "runs")
+        if not runs and found.unreadable:
+            raise DataError(next(iter(found.unreadable.values())))
         if not runs:
             places = [
                 f"MLflow experiment {tracking.experiment!r}" if source == "mlflow" else source for source in sources
             ]
             raise DataError(f"nothing to report: no run in {', '.join(places)}")
-        report = write_report(runs, folder, title=f"report {name}")
+        report = write_report(runs, folder, title=f"report {name}", unreadable=found.unreadable)
         for source in sources:
             if store is None or not (Path(source) / SWEEP_FILE).exists():
                 continue
@@ -623,7 +636,9 @@ def _report(arguments: list[str]) -> int:
         f"report: {report.index_md} ({counted(len(report.plots), 'plot')}, {counted(len(runs), 'run')}; "
         "index.html is self-contained)"
     )
-    return 0
+    for why in found.unreadable.values():
+        print(f"error: {why} (a row that says so in the report; the other runs are in it)", file=sys.stderr)
+    return 1 if found.unreadable else 0
 
 
 def _optional_store(tracking: Any, paths: Any, *, required: bool) -> Any:

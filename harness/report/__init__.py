@@ -55,6 +55,11 @@ def row_of(label: str, result: RunResult) -> dict[str, str]:
     return {"job": label, **{name: _cell(extract(result)) for name, extract in COLUMNS}}
 
 
+def blank_row(label: str, status: str, why: str) -> dict[str, str]:
+    """The row of a job with no result to show: its status and why, every measured cell empty."""
+    return {"job": label, **dict.fromkeys(COLUMN_NAMES[1:], ""), "status": status, "error": why}
+
+
 def folder_kind(folder: Path) -> Literal["sweep", "run"]:
     """Whether ``folder`` holds a sweep (``sweep.json``) or one run (``result.json``); else a ``DataError``."""
     if (folder / SWEEP_FILE).exists():
@@ -105,12 +110,17 @@ def missing_jobs(sweep_dir: Path) -> dict[int, str]:
 def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
     """One row per planned job (``<sweep_dir>/<n>/result.json``, or why there is none), in job order.
 
-    A job without a result is ``cancelled`` when its launcher saw the cluster cancel it, else ``missing``.
+    A job without a result is ``cancelled`` when its launcher saw the cluster cancel it, else ``missing``; one
+    whose ``result.json`` cannot be read is ``unreadable``, with why, and the other jobs are still summarised.
     """
-    rows = {int(job.name): row_of(job.name, load_result(job)) for job in job_dirs(sweep_dir)}
+    rows = {}
+    for job in job_dirs(sweep_dir):
+        try:
+            rows[int(job.name)] = row_of(job.name, load_result(job))
+        except DataError as error:
+            rows[int(job.name)] = blank_row(job.name, "unreadable", str(error))
     for number, reason in missing_jobs(sweep_dir).items():
-        status = "cancelled" if reason.startswith("CANCELLED") else "missing"
-        rows[number] = {"job": str(number), **dict.fromkeys(COLUMN_NAMES[1:], ""), "status": status, "error": reason}
+        rows[number] = blank_row(str(number), "cancelled" if reason.startswith("CANCELLED") else "missing", reason)
     return [rows[number] for number in sorted(rows)]
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.errors import counted
+from harness.errors import DataError, counted
 from harness.fileio import write_text_atomic
-from harness.report import COLUMN_NAMES, folder_kind, job_dirs, markdown_table, row_of
+from harness.report import COLUMN_NAMES, blank_row, folder_kind, job_dirs, markdown_table, row_of
 from harness.report.plots import PLOTS, LabelledRun, Plot
 from harness.result import load_result
 
@@ -23,32 +23,56 @@ class ReportFiles:
     plots: tuple[Plot, ...]
 
 
-def sweep_runs(sweep_dir: Path) -> list[LabelledRun]:
-    """The finished jobs of a sweep, labelled by job number."""
-    return [LabelledRun(f"job {job.name}", load_result(job), job) for job in job_dirs(sweep_dir)]
+@dataclass
+class RunSet:
+    """The runs to report on, and each of their ``result.json`` files that cannot be read: label -> why. One
+    unreadable file leaves the others reported, and is named, not skipped silently."""
+
+    runs: list[LabelledRun] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+    def add(self, label: str, run_dir: Path) -> None:
+        try:
+            self.runs.append(LabelledRun(label, load_result(run_dir), run_dir))
+        except DataError as error:
+            self.unreadable[label] = str(error)
 
 
-def folder_runs(folders: list[Path]) -> list[LabelledRun]:
+def sweep_runs(sweep_dir: Path, *, prefix: str = "") -> RunSet:
+    """The finished jobs of a sweep, labelled by job number (after ``prefix``)."""
+    found = RunSet()
+    for job in job_dirs(sweep_dir):
+        found.add(f"{prefix}job {job.name}", job)
+    return found
+
+
+def folder_runs(folders: list[Path]) -> RunSet:
     """Runs from run folders and sweep folders, in the order given."""
-    runs: list[LabelledRun] = []
+    found = RunSet()
     for folder in folders:
         if folder_kind(folder) == "sweep":
-            runs += [LabelledRun(f"{folder.name}/{run.label}", run.result, run.run_dir) for run in sweep_runs(folder)]
+            jobs = sweep_runs(folder, prefix=f"{folder.name}/")
+            found.runs += jobs.runs
+            found.unreadable.update(jobs.unreadable)
         else:
-            runs.append(LabelledRun(folder.name, load_result(folder), folder))
-    return runs
+            found.add(folder.name, folder)
+    return found
 
 
-def write_report(runs: list[LabelledRun], folder: Path, *, title: str) -> ReportFiles:
-    """Draw every plot the runs support into ``folder`` and write ``index.md`` and ``index.html`` beside them."""
+def write_report(
+    runs: list[LabelledRun], folder: Path, *, title: str, unreadable: dict[str, str] | None = None
+) -> ReportFiles:
+    """Draw every plot the runs support into ``folder`` and write ``index.md`` and ``index.html`` beside them;
+    ``unreadable`` results (label -> why) are rows that say so."""
     folder.mkdir(parents=True, exist_ok=True)
     plots = tuple(plot for name, draw in PLOTS if (plot := draw(runs, folder / name)) is not None)
     rows = [row_of(run.label, run.result) for run in runs]
+    rows += [blank_row(label, "unreadable", why) for label, why in (unreadable or {}).items()]
     created = datetime.now(UTC).isoformat(timespec="seconds")
     lines = [
         f"# {title}",
         "",
-        f"{counted(len(runs), 'run')}, written {created}. Empty cells: not measured or withheld.",
+        f"{_counts(runs, unreadable)}, written {created}. Empty cells: not measured or withheld.",
         "",
     ]
     for plot in plots:
@@ -59,17 +83,21 @@ def write_report(runs: list[LabelledRun], folder: Path, *, title: str) -> Report
     index_md = folder / "index.md"
     write_text_atomic(index_md, "\n".join(lines))
     index_html = folder / "index.html"
-    write_text_atomic(index_html, _html(title, created, plots, rows))
+    write_text_atomic(index_html, _html(title, f"{_counts(runs, unreadable)}, written {created}", plots, rows))
     return ReportFiles(folder, index_md, index_html, plots)
 
 
-def _html(title: str, created: str, plots: tuple[Plot, ...], rows: list[dict[str, str]]) -> str:
+def _counts(runs: list[LabelledRun], unreadable: dict[str, str] | None) -> str:
+    return counted(len(runs), "run") + (f" ({len(unreadable)} more unreadable)" if unreadable else "")
+
+
+def _html(title: str, written: str, plots: tuple[Plot, ...], rows: list[dict[str, str]]) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:12px}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1><p>{counted(len(rows), 'run')}, written {created}. Empty cells: not measured or withheld.</p>",
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(written)}. Empty cells: not measured or withheld.</p>",
     ]
     for plot in plots:
         encoded = base64.b64encode(plot.path.read_bytes()).decode()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.config.schema import PathsConfig, TrackingConfig
-from harness.errors import TrackingError
+from harness.errors import DataError, TrackingError
 from harness.fileio import sha256_of, write_json_atomic
 from harness.perf.vamp import VAMP_REPEAT_FILE
 from harness.report import SWEEP_FILE
@@ -346,11 +346,21 @@ def finish_sweep(store: Store, sweep_dir: Path, summary_files: list[Path], *, re
     if report_dir is not None and report_dir.is_dir():
         store.call(partial(store.client.log_artifacts, parent, str(report_dir), artifact_path="report"))
     record = json.loads((sweep_dir / SWEEP_FILE).read_text())
-    job_ends = [load_result(path.parent).finished_at for path in sweep_dir.glob("*/result.json")]
-    ended = record.get("finished_at") or max(job_ends, default=None) or _now()
+    ended = record.get("finished_at") or max(_job_ends(sweep_dir), default=None) or _now()
     status = "KILLED" if record.get("status") == "interrupted" else "FINISHED"
     store.call(lambda: store.client.set_terminated(parent, status=status, end_time=_epoch_ms(ended)))
     return parent
+
+
+def _job_ends(sweep_dir: Path) -> list[str]:
+    """When each job whose result can be read finished (an unreadable one is named where its run is logged)."""
+    ends = []
+    for path in sweep_dir.glob("*/result.json"):
+        try:
+            ends.append(load_result(path.parent).finished_at)
+        except DataError:
+            continue
+    return ends
 
 
 def _now() -> str:

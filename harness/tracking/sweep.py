@@ -71,7 +71,10 @@ class SweepTracking(Callback):
         warning = contention_warning(rows)
         if warning:
             print(warning, flush=True)
-        report = write_report(sweep_runs(sweep_dir), sweep_dir / "report", title=f"sweep {sweep_dir.name}")
+        found = sweep_runs(sweep_dir)
+        report = write_report(
+            found.runs, sweep_dir / "report", title=f"sweep {sweep_dir.name}", unreadable=found.unreadable
+        )
         print(
             f"sweep report: {report.index_md} ({counted(len(report.plots), 'plot')}; index.html is self-contained)",
             flush=True,

@@ -37,7 +37,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[LabelledRun]:
             result = run(composed, run_dir=run_dir)
             assert result.status == "ok", result.error
             made.append(run_dir)
-    return folder_runs(made)
+    return folder_runs(made).runs
 
 
 def test_every_plot_and_index_is_written_and_the_table_equals_the_runs(runs: list[LabelledRun], tmp_path: Path) -> None:
@@ -139,3 +139,43 @@ def test_jobs_without_a_result_are_rows_saying_how_they_ended(tmp_path: Path) ->
         ("missing", "NODE_FAIL (SLURM job 7_1): perf.batch=2"),
         ("missing", "not run: perf.batch=4"),
     ]
+
+
+def harness_report_sync(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *arguments], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_an_unreadable_result_is_named_and_the_other_jobs_are_still_reported_and_synced(
+    runs: list[LabelledRun], tmp_path: Path
+) -> None:
+    from harness.report import sweep_rows
+    from harness.tracking import start_sweep
+
+    sweep = tmp_path / "sweep"
+    start_sweep(sweep, ["perf.batch=1,2,4"], [["perf.batch=1"], ["perf.batch=2"], ["perf.batch=4"]])
+    for number, labelled in enumerate(runs[:3]):
+        shutil.copytree(labelled.run_dir, sweep / str(number))
+    broken = sweep / "1" / "result.json"
+    broken.write_text(broken.read_text()[:300])  # a copy cut short
+    rows = sweep_rows(sweep)
+    assert [row["status"] for row in rows] == ["ok", "unreadable", "ok"]
+    assert rows[1]["error"].startswith(f"{broken}: cannot read result (")
+
+    report = harness_report_sync("report", str(sweep), "--out", str(tmp_path / "r"), "tracking=off")
+    assert report.returncode == 1 and "2 runs; index.html is self-contained)" in report.stdout, report.stderr
+    assert report.stderr.startswith(f"error: {broken}: cannot read result (")
+    index = (tmp_path / "r" / "index.md").read_text()
+    assert "2 runs (1 more unreadable), written" in index and "| sweep/job 1 | unreadable |" in index
+
+    store = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    synced = harness_report_sync("sync", store, str(sweep))
+    assert synced.returncode == 1, synced.stderr
+    assert f"{sweep / '0'}: logged as " in synced.stdout and f"{sweep / '2'}: logged as " in synced.stdout
+    assert not (sweep / "1" / "tracking.json").exists()
+    assert f"error: {broken}: cannot read result (" in synced.stderr
+    shutil.copy(runs[1].run_dir / "result.json", broken)
+    mended = harness_report_sync("sync", store, str(sweep))
+    assert mended.returncode == 0, mended.stderr
+    assert f"{sweep / '1'}: logged as " in mended.stdout and f"{sweep / '0'}: already logged as " in mended.stdout
