@@ -109,6 +109,8 @@ def _check_calibration(config: RunConfig) -> None:
 
 def _check_model(config: RunConfig) -> None:
     spec = get_variant(config.model.variant)
+    if config.model.weights == "official":
+        spec.official_checkpoint()
     height, width = config.model.input_size
     if height <= 0 or width <= 0 or height % spec.patch_size or width % spec.patch_size:
         raise ConfigError(

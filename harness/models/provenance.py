@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness import download
-from harness.errors import ConfigError, DownloadError, WeightsError
+from harness.errors import DownloadError, WeightsError
 from harness.fileio import sha256_of
 from harness.models.variants import VariantSpec
 from harness.result import WeightsInfo
@@ -27,18 +27,13 @@ def resolve_weights(
 
 def _checkpoint_file(spec: VariantSpec, weights: str, *, cache_dir: Path, progress: bool) -> tuple[Path, WeightsInfo]:
     if weights == "official":
-        if spec.checkpoint_url is None or spec.checkpoint_file is None:
-            raise ConfigError(
-                f"model.weights=official: variant {spec.name!r} has no official checkpoint; use random or a path"
-            )
-        path = cache_dir / "weights" / spec.checkpoint_file
+        url, file_name = spec.official_checkpoint()
+        path = cache_dir / "weights" / file_name
         try:
-            record = download.fetch(spec.checkpoint_url, path, sha256=spec.checkpoint_sha256, progress=progress)
+            record = download.fetch(url, path, sha256=spec.checkpoint_sha256, progress=progress)
         except DownloadError as error:
-            raise WeightsError(f"{error} (or set model.weights=/path/to/{spec.checkpoint_file})") from None
-        return path, WeightsInfo(
-            kind="official", source=spec.checkpoint_url, sha256=record.sha256, digest=record.sha256
-        )
+            raise WeightsError(f"{error} (or set model.weights=/path/to/{file_name})") from None
+        return path, WeightsInfo(kind="official", source=url, sha256=record.sha256, digest=record.sha256)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"model.weights={weights!r}: no such file (expected 'official', 'random' or a .pth path)")

@@ -75,6 +75,16 @@ class VariantSpec:
         family = self.checkpoint_file.removesuffix("_pretrain.pth").removesuffix("_reg4")
         return f"{CHECKPOINT_BASE_URL}/{family}/{self.checkpoint_file}"
 
+    def official_checkpoint(self) -> tuple[str, str]:
+        """(URL, file name) of the official checkpoint; a ``ConfigError`` for a variant that has none."""
+        if self.checkpoint_url is None or self.checkpoint_file is None:
+            with_one = [name for name, spec in VARIANTS.items() if spec.checkpoint_file]
+            raise ConfigError(
+                f"model.weights=official: variant {self.name!r} has no official checkpoint (variants with one: "
+                f"{with_one}); use random or a path"
+            )
+        return self.checkpoint_url, self.checkpoint_file
+
 
 def _official(size: str, embed_dim: int, depth: int, num_heads: int, registers: int) -> VariantSpec:
     suffix = "_reg4" if registers else ""

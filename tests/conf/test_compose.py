@@ -88,6 +88,10 @@ def test_defaults_are_typed() -> None:
         ("perf.arrival_seed=-1", r"perf.arrival_seed=-1: expected a seed >= 0"),
         ("calibration.seed=-2", r"calibration.seed=-2: expected a seed >= 0"),
         ("dataset.synthetic_seed=-3", r"dataset.synthetic_seed=-3: expected a seed >= 0"),
+        (
+            "model=tiny14 model.weights=official",
+            r"model.weights=official: variant 'tiny14' has no official checkpoint \(variants with one: \['vits14', ",
+        ),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
