@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -133,6 +134,24 @@ def resolve_store(tracking: TrackingConfig, paths: PathsConfig) -> tuple[str, st
     return f"sqlite:///{outputs / 'mlflow.db'}", (outputs / "mlartifacts").as_uri()
 
 
+# What a failed request to a tracking server comes down to, found in the exception text of MLflow's HTTP client
+# (a URL, the retry pool and the connection object around it): pattern -> the reason as a user reads it.
+_SERVER_FAILURES = (
+    (re.compile(r"Failed to establish a new connection: (\[Errno -?\d+\] [^\"')]+)"), "cannot connect ({})"),
+    (re.compile(r"Read timed out\. \(read timeout=([\d.]+)\)"), "no answer within {} s (tracking.http_timeout_s)"),
+)
+
+
+def _reason(error: BaseException) -> str:
+    """One line saying why a store operation failed: the network cause when there is one, else the first line."""
+    text = str(error).strip()
+    for pattern, reason in _SERVER_FAILURES:
+        found = pattern.search(text)
+        if found:
+            return reason.format(found.group(1))
+    return shorten(text.splitlines()[0], 300) if text else type(error).__name__
+
+
 class Store:
     """An MLflow client on one store and experiment, with retries for a locked SQLite file."""
 
@@ -159,8 +178,7 @@ class Store:
                 if "database is locked" in str(error) and attempt < self.tracking.sqlite_retries:
                     time.sleep(min(2.0, 0.05 * 2**attempt))
                     continue
-                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise TrackingError(f"tracking store {self.uri}: {shorten(message, 300)}") from error
+                raise TrackingError(f"tracking store {self.uri}: {_reason(error)}") from error
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:

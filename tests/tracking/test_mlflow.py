@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -200,6 +201,31 @@ def test_server_killed_mid_sweep_then_sync_logs_each_run_once(tmp_path: Path) ->
         assert len(runs_of(server.uri)) == 5  # one parent, four children: nothing logged twice
     finally:
         server.stop()
+
+
+def test_a_server_that_refuses_or_never_answers_is_one_line_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.errors import TrackingError
+    from harness.tracking import Store
+    from tests.conftest import run_config
+
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # Store sets them; restored after the test
+    closed = free_port()
+    config = run_config(tmp_path / "cache", f"tracking.uri=http://127.0.0.1:{closed}")
+    with pytest.raises(TrackingError) as refused:
+        Store(config.tracking, config.paths)
+    assert (
+        str(refused.value)
+        == f"tracking store http://127.0.0.1:{closed}: cannot connect ([Errno 111] Connection refused)"
+    )
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nothing ever answers
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        config = run_config(tmp_path / "cache", f"tracking.uri={uri}", "tracking.http_timeout_s=1")
+        with pytest.raises(TrackingError) as unanswered:
+            Store(config.tracking, config.paths)
+    assert str(unanswered.value) == f"tracking store {uri}: no answer within 1 s (tracking.http_timeout_s)"
 
 
 # Ctrl-C arrives while SQLAlchemy commits a write to the store (a real SIGINT, sent from its commit event).
