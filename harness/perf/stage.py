@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 SAMPLES_FILE = "perf_samples.npz"
 # Above this share of the mean latency, the open loop's own lateness is called out in the warnings.
 DISPATCH_DELAY_SHARE = 0.01
+# A server that keeps up with its arrivals ends one latency after the last of them, a few percent of the run;
+# one that cannot ends when its queue, grown all run, has drained. Below this share of the offered rate
+# (measured on the schedule itself, so Poisson's spread does not count), it is the second.
+KEEP_UP_SHARE = 0.9
 # GEMMs alone cannot take longer than the model that runs them; past this (timing noise allowed) the GEMM-only
 # time is taken again, and if it is still past it, the warnings call that timing disturbed.
 EFFICIENCY_CEILING = 1.05
@@ -154,6 +158,9 @@ def summarise(
             f"the load generator dispatched {dispatch.avg:.0f} us late on average (max {dispatch.max:.0f} us) after "
             f"requests were due: {dispatch.avg / latency.e2e.avg:.1%} of the mean latency is its own lateness"
         )
+    behind = _fell_behind(instances)
+    if behind:
+        warnings.append(behind)
     if window_cv is not None and window_cv > perf.max_window_cv:
         warnings.append(
             f"throughput CV across {perf.windows} windows is {window_cv:.3f} > perf.max_window_cv={perf.max_window_cv}"
@@ -192,6 +199,22 @@ def summarise(
     if transfer_us.size:
         raw["h2d_us"], raw["d2h_us"] = transfer_us[:, 0], transfer_us[:, 1]
     return measurement, raw
+
+
+def _fell_behind(instances: list[InstanceSamples]) -> str | None:
+    """Server scenario: a warning when the instances served their requests clearly slower than they arrived."""
+    served = offered = 0.0
+    for instance in instances:
+        if instance.last_arrival_s and instance.last_completion_s:
+            served += len(instance.samples) / instance.last_completion_s
+            offered += len(instance.samples) / instance.last_arrival_s
+    if served >= KEEP_UP_SHARE * offered:
+        return None
+    return (
+        f"the server fell behind its arrivals: it served {served:.4g} img/s of the {offered:.4g} offered "
+        f"({100 * served / offered:.2g}%), so its queue grew all run and the latencies measure the run's length, not the "
+        "build: lower perf.target_qps, or find the highest rate it sustains with perf.search=peak"
+    )
 
 
 def _completions_since(start: float, instances: list[InstanceSamples]) -> np.ndarray:

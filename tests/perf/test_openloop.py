@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 import sys
 import threading
 import time
@@ -180,6 +181,21 @@ def test_server_scenario_counts_requests_and_latency_from_the_schedule(cache_dir
     assert saved["repeat0_e2e_us"].size == 300 and saved["repeat0_dispatch_delay_us"].size == 300
     assert result.dispatch_delay_us is not None and result.dispatch_delay_us.count == 300
     assert result.dispatch_delay_us.avg == pytest.approx(float(saved["repeat0_dispatch_delay_us"].mean()), rel=1e-5)
+    assert not any("fell behind" in warning for warning in result.validity.warnings)  # utilisation 0.3 keeps up
+
+
+def test_a_server_offered_more_than_it_can_serve_is_called_behind(cache_dir: Path, tmp_path: Path) -> None:
+    config = sleep_config(
+        cache_dir, "backend.latency_us=2000", "perf.scenario=server", "perf.target_qps=2000", "perf.min_samples=200",
+        "perf.min_duration_s=0", "perf.iterations=null",
+    )  # fmt: skip
+    result = measure(config, tmp_path)
+    (behind,) = [warning for warning in result.validity.warnings if "fell behind" in warning]
+    served, offered = (
+        float(number) for number in re.findall(r"served ([\d.]+) img/s of the ([\d.]+) offered", behind)[0]
+    )
+    assert served == pytest.approx(result.throughput_qps, rel=0.05) and served < 500  # 2 ms a call: 500/s at most
+    assert 1000 < offered < 4000 and behind.endswith("or find the highest rate it sustains with perf.search=peak")
 
 
 def test_offline_scenario_serves_full_batches_back_to_back(cache_dir: Path, tmp_path: Path) -> None:
