@@ -687,6 +687,8 @@ def _eval_features(arguments: list[str]) -> int:
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    for warning in report["warnings"]:  # type: ignore[attr-defined]
+        print(f"warning: {warning}", file=sys.stderr)
     for setup in ("easy", "medium", "hard"):
         values: dict[str, float] = report[setup]  # type: ignore[assignment]
         print(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.accuracy.revisited import Normalization, evaluate
-from harness.accuracy.stage import check_descriptors, setup_metrics
+from harness.accuracy.stage import check_descriptors, setup_metrics, zero_descriptor_warnings
 from harness.data.groundtruth import GroundTruth, load_groundtruth
 from harness.errors import DataError
 from harness.fileio import write_json_atomic
@@ -69,7 +69,8 @@ def evaluate_files(
     normalization: Normalization = "per_image",
     output: Path | None = None,
 ) -> dict[str, object]:
-    """Metrics JSON (also written to ``output`` when given) for descriptors against ``gnd``."""
+    """Metrics JSON (also written to ``output`` when given) for descriptors against ``gnd``; ``warnings`` lists
+    what the numbers should be read with (all-zero descriptors)."""
     truth = load_groundtruth(gnd)
     query_matrix, database_matrix, source = load_descriptors(
         truth, features=features, query=query, database=database, folder=folder
@@ -83,6 +84,7 @@ def evaluate_files(
         "queries": len(truth.qimlist),
         "images": len(truth.imlist),
         **{setup: vars(value) for setup, value in metrics.items()},
+        "warnings": zero_descriptor_warnings(query_matrix, database_matrix, source=source),
     }
     if output is not None:
         write_json_atomic(output, report)

@@ -66,6 +66,21 @@ def check_descriptors(query: np.ndarray, database: np.ndarray, truth: GroundTrut
         raise DataError(f"{source}: query dimension {query.shape[1]} != database dimension {database.shape[1]}")
 
 
+def zero_descriptor_warnings(query: np.ndarray, database: np.ndarray, *, source: str) -> list[str]:
+    """A warning per matrix with all-zero rows: such a descriptor has no direction, so it ties with every other
+    one and ranks in file order among them. The accuracy stage writes one for a skipped image; elsewhere it is
+    the mark of an extraction that lost an image."""
+    warnings = []
+    for label, matrix in (("query", query), ("database", database)):
+        zero = np.flatnonzero(~matrix.any(axis=1))
+        if zero.size:
+            warnings.append(
+                f"{source}: {label} descriptor {int(zero[0])} is all zeros ({counted(zero.size, 'row')}): it ties "
+                "with every other one (as an image skipped at extraction does), ranked in file order among them"
+            )
+    return warnings
+
+
 def dataset_location(config: RunConfig) -> tuple[Path, str]:
     """(root, folder name) of the run's dataset; a synthetic set's folder names its size and seed."""
     root = Path(config.dataset.root or config.paths.data).expanduser()

@@ -79,8 +79,16 @@ def test_eval_features_reproduces_the_run(tmp_path: Path) -> None:
         evaluate_files(gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "short.npy")
     database[3, 5] = np.nan
     np.save(tmp_path / "nan.npy", database)
-    with pytest.raises(DataError, match=r"database descriptor 3 contains NaN or inf"):
+    with pytest.raises(DataError, match=r"database descriptor 3 contains NaN or inf \(1 row\)"):
         evaluate_files(gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "nan.npy")
+    assert report["warnings"] == []
+    database[3], database[7] = 1.0, 0.0  # an export that wrote zeros for an image it lost
+    np.save(tmp_path / "zero.npy", database)
+    (warning,) = evaluate_files(gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "zero.npy")[
+        "warnings"
+    ]
+    assert warning.endswith("zero.npy: database descriptor 7 is all zeros (1 row): it ties with every other one "
+                            "(as an image skipped at extraction does), ranked in file order among them")  # fmt: skip
 
 
 def test_eval_features_command(tmp_path: Path) -> None:
