@@ -103,6 +103,7 @@ def onnx_gemm_flops(path: Path, batch: int) -> int:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     model = onnx.load(str(path), load_external_data=False)
+    _weights_as_inputs(model)
     dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     dim.ClearField("dim_param")
     dim.dim_value = batch
@@ -123,6 +124,19 @@ def onnx_gemm_flops(path: Path, batch: int) -> int:
             output, weight = shapes[node.output[0]], shapes[node.input[1]]
             total += 2 * int(np.prod(output)) * int(np.prod(weight[1:]))
     return total
+
+
+def _weights_as_inputs(model: object) -> None:
+    """Initializers kept in an external data file become graph inputs of their shape: inference needs only
+    their shapes, and reading them would need the data file (found relative to the working directory by
+    ONNX Runtime's inference) and the memory of every weight."""
+    from onnx import external_data_helper, helper
+
+    graph = model.graph  # type: ignore[attr-defined]
+    external = [tensor for tensor in graph.initializer if external_data_helper.uses_external_data(tensor)]
+    for tensor in external:
+        graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        graph.initializer.remove(tensor)
 
 
 @dataclass(frozen=True)
