@@ -52,11 +52,7 @@ def resolve_config(composed: dict[str, Any]) -> RunConfig:
             raise ConfigError(f"dataset.synthetic_{error}") from None
     _check_calibration(config)
     preprocessing = _preprocessing(config)
-    if "accuracy" in config.stages and preprocessing.output_size != config.model.input_size:
-        height, width = preprocessing.output_size
-        raise ConfigError(
-            f"vdsp output {height}x{width} (H x W) does not match model.input_size={list(config.model.input_size)}"
-        )
+    _check_input_shape(config, preprocessing, toolchain=entry.toolchain)
     return dataclasses.replace(
         config, paths=_expanded(config.paths), perf=_folded(config.perf), preprocessing=preprocessing
     )
@@ -116,6 +112,24 @@ def _check_model(config: RunConfig) -> None:
         raise ConfigError(
             f"model.input_size={list(config.model.input_size)}: "
             f"expected positive multiples of the patch size {spec.patch_size}"
+        )
+
+
+def _check_input_shape(config: RunConfig, preprocessing: VdspParams, *, toolchain: bool) -> None:
+    """What is fed to the model is what it was built for: every build (ONNX, AOTInductor package, the module,
+    the vendor's compile) takes [3, *model.input_size], so another size is refused here, not after the build."""
+    built_for = (3, *config.model.input_size)
+    fed_by_perf = "perf" in config.stages or (toolchain and "build" in config.stages)
+    if fed_by_perf and config.perf.shape and tuple(config.perf.shape) != built_for:
+        raise ConfigError(
+            f"perf.shape={list(config.perf.shape)}: the build takes {list(built_for)} (model.input_size): set "
+            "model.input_size to measure another size"
+        )
+    fed_by_vdsp = "accuracy" in config.stages or (fed_by_perf and not config.perf.shape)
+    if fed_by_vdsp and preprocessing.output_size != config.model.input_size:
+        height, width = preprocessing.output_size
+        raise ConfigError(
+            f"vdsp output {height}x{width} (H x W) does not match model.input_size={list(config.model.input_size)}"
         )
 
 

@@ -89,6 +89,18 @@ def test_defaults_are_typed() -> None:
         ("calibration.seed=-2", r"calibration.seed=-2: expected a seed >= 0"),
         ("dataset.synthetic_seed=-3", r"dataset.synthetic_seed=-3: expected a seed >= 0"),
         (
+            "perf.shape=[3,112,112]",
+            r"perf.shape=\[3, 112, 112\]: the build takes \[3, 224, 224\] \(model.input_size\): set model.input_size",
+        ),
+        (
+            "backend=sleep stages=[perf] perf.shape=[1,224,224]",
+            r"perf.shape=\[1, 224, 224\]: the build takes \[3, 224,",
+        ),
+        (
+            "vdsp=official_dinov2 model.input_size=[112,112] stages=[build,perf]",
+            r"vdsp output 224x224 \(H x W\) does not match model.input_size",
+        ),
+        (
             "model=tiny14 model.weights=official",
             r"model.weights=official: variant 'tiny14' has no official checkpoint \(variants with one: \['vits14', ",
         ),
