@@ -317,7 +317,8 @@ def _sync(arguments: list[str]) -> int:
 
 
 def _sync_run(store: Any, folder: Path, sweep_dir: Path | None) -> bool:
-    """Log one run folder; a result that cannot be read (or logged) is named and the next folder is still synced."""
+    """Log one run folder; a result that cannot be read is named and the next folder is still synced (a store
+    that fails stops the command: every other folder would fail the same way)."""
     from harness.errors import DataError
     from harness.tracking import log_run_dir
 
@@ -486,7 +487,8 @@ def _gate(arguments: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="harness gate",
         description="Compare candidate runs with their baseline (same config hash, same hardware) and decide: "
-        "exit 0 pass, 1 regression, 3 inconclusive, 4 unusable input (2: bad arguments or config). Rules: conf/gate/default.yaml.",
+        "exit 0 pass, 1 regression, 3 inconclusive, 4 unusable input (2: bad arguments or config). "
+        "Rules: conf/gate/default.yaml.",
     )
     parser.add_argument(
         "items",
@@ -606,7 +608,7 @@ def _report(arguments: list[str]) -> int:
     tracking, paths = config.tracking, config.paths
     try:
         found = folder_runs([Path(source) for source in sources if source != "mlflow"])  # a typo opens no store
-        runs = found.runs
+        runs = list(found.runs)
         store = _optional_store(tracking, paths, required="mlflow" in sources)
         name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
         folder = options.out or Path("reports") / name

@@ -218,7 +218,8 @@ class VastaiToolchain:
         missing = [name for name in names if not (outputs / f"{name}.npz").is_file()]
         if missing:
             raise ToolError(
-                f"vamp --path_output {outputs}: no output for {len(missing)} of {counted(len(names), 'image')}, e.g. {missing[:3]}",
+                f"vamp --path_output {outputs}: no output for {len(missing)} of {counted(len(names), 'image')}, "
+                f"e.g. {missing[:3]}",
                 details=run.tail(),
             )
         # The decoded inputs are the bulk (150 kB an image at 224x224); vamp's outputs and log stay.

@@ -1,10 +1,10 @@
 """Where candidates and baselines come from: run and sweep folders, MLflow runs, committed baseline files.
 
 A baseline file (``reports/baselines/<name>.json``) holds one entry per configuration and machine: its
-config hash, the settings that hash covers (``config``), hardware fingerprint and per-metric values, written by ``harness gate --promote RUN
---baseline FILE``. In MLflow, a baseline is a run tagged ``harness.baseline=true``; it is matched on the tags
-``harness.config_hash`` and ``hardware.fingerprint`` and its values are read from its ``result.json``
-artifact.
+config hash, the settings that hash covers (``config``), hardware fingerprint and per-metric values, written
+by ``harness gate --promote RUN --baseline FILE``. In MLflow, a baseline is a run tagged
+``harness.baseline=true``; it is matched on the tags ``harness.config_hash`` and ``hardware.fingerprint`` and
+its values are read from its ``result.json`` artifact.
 """
 
 from __future__ import annotations

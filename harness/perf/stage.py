@@ -212,8 +212,8 @@ def _fell_behind(instances: list[InstanceSamples]) -> str | None:
         return None
     return (
         f"the server fell behind its arrivals: it served {served:.4g} img/s of the {offered:.4g} offered "
-        f"({100 * served / offered:.2g}%), so its queue grew all run and the latencies measure the run's length, not the "
-        "build: lower perf.target_qps, or find the highest rate it sustains with perf.search=peak"
+        f"({100 * served / offered:.2g}%), so its queue grew all run and the latencies measure the run's length, "
+        "not the build: lower perf.target_qps, or find the highest rate it sustains with perf.search=peak"
     )
 
 
