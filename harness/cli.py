@@ -614,7 +614,9 @@ def _report(arguments: list[str]) -> int:
         folder = options.out or Path("reports") / name
         if "mlflow" in sources:
             assert store is not None
-            runs += download_runs(store, folder / "runs")
+            downloaded = download_runs(store, folder / "runs")
+            runs += downloaded.runs
+            found.unreadable.update(downloaded.unreadable)
         if not runs and found.unreadable:
             raise DataError(next(iter(found.unreadable.values())))
         if not runs:

@@ -128,14 +128,7 @@ def mlflow_baselines(store: Store, config_hash: str, *, candidates: frozenset[st
     """Runs tagged as baseline for this config hash, the newest per machine, read from their ``result.json``;
     never one of the ``candidates`` (MLflow run ids): a run promoted and then gated would pass against itself."""
     query = f"tags.`{BASELINE_TAG}` = 'true' and tags.`harness.config_hash` = '{config_hash}'"
-    runs = store.call(
-        partial(
-            store.client.search_runs,
-            [store.experiment_id],
-            filter_string=query,
-            order_by=["attributes.start_time DESC"],
-        )
-    )
+    runs = store.search(query, order_by=["attributes.start_time DESC"])
     newest: dict[str, str] = {}
     for run in runs:
         if run.info.run_id in candidates:
@@ -147,9 +140,7 @@ def mlflow_baselines(store: Store, config_hash: str, *, candidates: frozenset[st
 def every_mlflow_baseline(store: Store, *, candidates: frozenset[str] = frozenset()) -> list[Evidence]:
     """Every run tagged as baseline, with its settings from its params and no values: what a candidate without
     a baseline is compared with to say which settings differ."""
-    runs = store.call(
-        partial(store.client.search_runs, [store.experiment_id], filter_string=f"tags.`{BASELINE_TAG}` = 'true'")
-    )
+    runs = store.search(f"tags.`{BASELINE_TAG}` = 'true'")
     return [
         Evidence(
             label=f"mlflow run {run.info.run_id}",
@@ -186,7 +177,7 @@ def promote_in_mlflow(store: Store, candidate: str) -> list[str]:
             f"tags.`{BASELINE_TAG}` = 'true' and tags.`harness.config_hash` = '{tags.get('harness.config_hash')}' "
             f"and tags.`hardware.fingerprint` = '{tags.get('hardware.fingerprint')}'"
         )
-        for previous in store.call(partial(client.search_runs, [store.experiment_id], filter_string=query)):
+        for previous in store.search(query):
             store.call(partial(client.set_tag, previous.info.run_id, BASELINE_TAG, "false"))
         store.call(partial(client.set_tag, run_id, BASELINE_TAG, "true"))
     return run_ids

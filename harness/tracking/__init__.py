@@ -28,9 +28,10 @@ from typing import Any, TypeVar
 
 from harness.config.schema import PathsConfig, TrackingConfig
 from harness.errors import DataError, TrackingError
-from harness.fileio import sha256_of, write_json_atomic
+from harness.fileio import progress_bar, sha256_of, write_json_atomic
 from harness.perf.vamp import VAMP_REPEAT_FILE
 from harness.report import SWEEP_FILE
+from harness.report.render import RunSet
 from harness.result import RunResult, load_result
 from harness.tracking.records import metrics_of, params_of, shorten, tags_of
 
@@ -201,6 +202,22 @@ class Store:
             lambda: self.client.search_runs([self.experiment_id], filter_string=f"tags.`{tag}` = '{value}'")
         )
         return runs[0] if runs else None
+
+    def search(self, filter_string: str, *, order_by: list[str] | None = None) -> list[Any]:
+        """Every run of the experiment that matches, page after page (MLflow returns 1000 at most per call)."""
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.call(
+                partial(
+                    self.client.search_runs, [self.experiment_id], filter_string=filter_string, order_by=order_by,
+                    page_token=token,
+                )
+            )  # fmt: skip
+            runs += page
+            token = page.token
+            if not token:
+                return runs
 
 
 @contextmanager
@@ -422,18 +439,13 @@ def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: RunResult) 
                 store.call(partial(store.client.log_artifact, run_id, str(folder / record.name), artifact_path="model"))
 
 
-def download_runs(store: Store, folder: Path) -> list[Any]:
+def download_runs(store: Store, folder: Path, *, progress: bool = True) -> RunSet:
     """Every run (not sweep parents) of the store's experiment, with its ``result.json`` and raw perf samples
-    downloaded into ``<folder>/<run id>/``; returns them as the report's labelled runs."""
-    from harness.report.plots import LabelledRun
-
-    runs = store.call(
-        lambda: store.client.search_runs(
-            [store.experiment_id], filter_string="tags.`harness.run_uid` != ''", max_results=1000
-        )
-    )
-    labelled = []
-    for run in runs:
+    downloaded into ``<folder>/<run id>/``; returns them as the report's runs (a result that cannot be read is
+    named among the set's unreadable)."""
+    found = RunSet()
+    runs = store.search("tags.`harness.run_uid` != ''")
+    for run in progress_bar(runs, enabled=progress, desc="downloading runs", unit="run"):
         target = folder / run.info.run_id
         target.mkdir(parents=True, exist_ok=True)
         for name in ("result.json", "perf_samples.npz"):
@@ -442,5 +454,5 @@ def download_runs(store: Store, folder: Path) -> list[Any]:
             except Exception:  # an artifact the run does not have (no perf stage): its plot is left out
                 continue
         if (target / "result.json").exists():
-            labelled.append(LabelledRun(run.info.run_name or run.info.run_id, load_result(target), target))
-    return labelled
+            found.add(run.info.run_name or run.info.run_id, target)
+    return found

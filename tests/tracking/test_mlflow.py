@@ -228,6 +228,32 @@ def test_a_server_that_refuses_or_never_answers_is_one_line_saying_so(
     assert str(unanswered.value) == f"tracking store {uri}: no answer within 1 s (tracking.http_timeout_s)"
 
 
+def test_a_search_reads_every_page_and_a_downloaded_result_that_cannot_be_read_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.tracking import Store, download_runs
+    from tests.conftest import run_config
+
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # Store sets them; restored after the test
+    config = run_config(tmp_path / "cache", f"paths.outputs={tmp_path / 'many'}")
+    store = Store(config.tracking, config.paths)
+    for index in range(1001):  # one more than MLflow returns in one page
+        store.client.create_run(store.experiment_id, tags={"harness.run_uid": f"run{index}"})
+    assert len(store.search("tags.`harness.run_uid` != ''")) == 1001
+
+    config = run_config(tmp_path / "cache", f"paths.outputs={tmp_path / 'one'}")
+    store = Store(config.tracking, config.paths)
+    cut = tmp_path / "cut" / "result.json"
+    cut.parent.mkdir()
+    cut.write_text('{"schema_version": 2, "status": "o')
+    run_id = store.client.create_run(store.experiment_id, tags={"harness.run_uid": "cut"}, run_name="cut").info.run_id
+    store.client.log_artifact(run_id, str(cut))
+    found = download_runs(store, tmp_path / "downloaded", progress=False)
+    assert found.runs == [] and list(found.unreadable) == ["cut"]
+    assert found.unreadable["cut"].startswith(f"{tmp_path / 'downloaded' / run_id / 'result.json'}: cannot read result")
+
+
 # Ctrl-C arrives while SQLAlchemy commits a write to the store (a real SIGINT, sent from its commit event).
 INTERRUPTED_COMMIT = """
 import json, os, signal, sys
