@@ -78,6 +78,8 @@ def pair(
     ``others`` gives every baseline there is, read only when none has the candidate's hash, to say how the
     candidate's config differs from the nearest one.
     """
+    if candidate.failure:
+        return Pairing(candidate, None, (), (candidate.failure,), ())
     same_machine = [item for item in baselines if item.hardware_fingerprint == candidate.hardware_fingerprint]
     notes: list[str] = []
     if same_machine:

@@ -27,6 +27,7 @@ class Evidence:
         config: the settings the hash covers, as tracker params (``identity_params``): what says how a
             candidate without a baseline differs from the nearest one. Empty in baseline files written before
             it was kept.
+        failure: why the run did not end ``ok`` (empty when it did): its numbers are no evidence then.
     """
 
     label: str
@@ -35,6 +36,7 @@ class Evidence:
     metrics: dict[str, tuple[float, ...]]
     run_dirs: tuple[str, ...] = field(default=())
     config: dict[str, str] = field(default_factory=dict)
+    failure: str = ""
 
     def merged(self, other: Evidence) -> Evidence:
         """This evidence with ``other``'s repeats added (a rerun of the same config on the same machine)."""
@@ -43,6 +45,7 @@ class Evidence:
         return Evidence(
             label=self.label, config_hash=self.config_hash, hardware_fingerprint=self.hardware_fingerprint,
             metrics=metrics, run_dirs=self.run_dirs + other.run_dirs, config=self.config,
+            failure=self.failure or other.failure,
         )  # fmt: skip
 
 
@@ -81,6 +84,9 @@ def evidence_of(result: RunResult, *, label: str) -> Evidence:
         metrics=metrics,
         run_dirs=(result.run_dir,),
         config=identity_params(config),
+        failure=""
+        if result.status == "ok"
+        else f"the run ended {result.status}" + (f": {result.error.message}" if result.error else ""),
     )
 
 

@@ -102,7 +102,8 @@ def entries_for(entries: list[Evidence], config_hash: str) -> list[Evidence]:
 
 
 def write_baseline_file(path: Path, evidence: list[Evidence]) -> None:
-    """Add (or replace, per config hash and machine) entries in a baseline file."""
+    """Add (or replace, per config hash and machine) entries in a baseline file; only runs that ended ``ok``."""
+    check_promotable({item.label: item.failure for item in evidence if item.failure})
     entries = read_baseline_file(path) if path.exists() else []
     replaced = {(item.config_hash, item.hardware_fingerprint) for item in evidence}
     kept = [item for item in entries if (item.config_hash, item.hardware_fingerprint) not in replaced]
@@ -171,8 +172,15 @@ def promote_in_mlflow(store: Store, candidate: str) -> list[str]:
     """Tag the candidate's MLflow runs as the baseline (the previous baseline of the same config and machine loses it)."""
     run_ids = [_run_id_of(item, store) for item in _run_sources(candidate)]
     client = store.client
-    for run_id in run_ids:
-        tags = store.call(partial(client.get_run, run_id)).data.tags
+    tags_of_run = {run_id: store.call(partial(client.get_run, run_id)).data.tags for run_id in run_ids}
+    check_promotable(
+        {
+            f"mlflow run {run_id}": f"the run ended {tags.get('harness.status')}"
+            for run_id, tags in tags_of_run.items()
+            if tags.get("harness.status") != "ok"
+        }
+    )
+    for run_id, tags in tags_of_run.items():
         query = (
             f"tags.`{BASELINE_TAG}` = 'true' and tags.`harness.config_hash` = '{tags.get('harness.config_hash')}' "
             f"and tags.`hardware.fingerprint` = '{tags.get('hardware.fingerprint')}'"
@@ -181,6 +189,16 @@ def promote_in_mlflow(store: Store, candidate: str) -> list[str]:
             store.call(partial(client.set_tag, previous.info.run_id, BASELINE_TAG, "false"))
         store.call(partial(client.set_tag, run_id, BASELINE_TAG, "true"))
     return run_ids
+
+
+def check_promotable(failures: dict[str, str]) -> None:
+    """A ``DataError`` naming every run (label -> why) that did not end ``ok``: such a run is no baseline."""
+    if failures:
+        named = "; ".join(f"{label} ({why})" for label, why in failures.items())
+        raise DataError(
+            f"only runs that ended ok can be a baseline, and {len(failures)} did not: {named} "
+            "(promote the others by their run folders, or run them again)"
+        )
 
 
 def tracked_run_ids(evidence: list[Evidence]) -> list[str]:

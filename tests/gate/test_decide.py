@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,18 @@ def test_a_candidate_without_a_baseline_is_told_how_it_differs_from_the_nearest(
     problems = pair(candidate, [], SETTINGS, allow_hardware_mismatch=False, others=lambda: [near]).problems
     assert problems == ("no baseline for config hash hash-candidate: nearest baseline near differs in "
                         "backend.intra_op_threads: 2 -> 1",)  # fmt: skip
+
+
+def test_a_run_that_did_not_end_ok_is_no_evidence_and_no_baseline(tmp_path: Path) -> None:
+    from harness.errors import DataError
+    from harness.gate.sources import write_baseline_file
+
+    failed = dataclasses.replace(evidence({"throughput_qps": noisy(100.0)}), failure="the run ended failed: boom")
+    problems = pair(failed, [evidence({"throughput_qps": noisy(100.0)})], SETTINGS, allow_hardware_mismatch=False)
+    assert problems.verdict == "unusable" and problems.problems == ("the run ended failed: boom",)
+    with pytest.raises(DataError, match=r"only runs that ended ok can be a baseline, and 1 did not: run \(the run "):
+        write_baseline_file(tmp_path / "baseline.json", [evidence({}), failed])
+    assert not (tmp_path / "baseline.json").exists()
 
 
 def test_an_inconclusive_candidate_is_remeasured_before_the_gate_settles() -> None:
