@@ -105,6 +105,9 @@ def pair(
         base, cand = baseline.metrics.get(metric), candidate.metrics.get(metric)
         if base is None and cand is None:
             continue
+        if rule.kind == "perf" and candidate.perf_problem:
+            problems.append(f"{metric}: the candidate's perf is no evidence ({candidate.perf_problem})")
+            continue
         if base is None or cand is None:
             problems.append(f"metric {metric} missing in the {'baseline' if base is None else 'candidate'}")
             continue

@@ -28,6 +28,8 @@ class Evidence:
             candidate without a baseline differs from the nearest one. Empty in baseline files written before
             it was kept.
         failure: why the run did not end ``ok`` (empty when it did): its numbers are no evidence then.
+        perf_problem: why its perf values are no evidence (an invalid measurement, or one taken beside another
+            job on the same device); empty when they are.
     """
 
     label: str
@@ -37,6 +39,7 @@ class Evidence:
     run_dirs: tuple[str, ...] = field(default=())
     config: dict[str, str] = field(default_factory=dict)
     failure: str = ""
+    perf_problem: str = ""
 
     def merged(self, other: Evidence) -> Evidence:
         """This evidence with ``other``'s repeats added (a rerun of the same config on the same machine)."""
@@ -46,6 +49,7 @@ class Evidence:
             label=self.label, config_hash=self.config_hash, hardware_fingerprint=self.hardware_fingerprint,
             metrics=metrics, run_dirs=self.run_dirs + other.run_dirs, config=self.config,
             failure=self.failure or other.failure,
+            perf_problem="; ".join(problem for problem in (self.perf_problem, other.perf_problem) if problem),
         )  # fmt: skip
 
 
@@ -65,12 +69,16 @@ PER_REPEAT: dict[str, Callable[[Measurement], float | None]] = {
 def evidence_of(result: RunResult, *, label: str) -> Evidence:
     """The gate's view of one run: each repeat's perf values, and its accuracy and parity."""
     metrics: dict[str, tuple[float, ...]] = {}
+    perf_problems: list[str] = []
     if result.perf is not None:
         repeats: tuple[Measurement, ...] = result.perf.repeats or (result.perf,)
         for name, extract in PER_REPEAT.items():
             values = tuple(value for value in map(extract, repeats) if value is not None)
             if values:
                 metrics[name] = values
+        perf_problems += [f"invalid: {reason}" for repeat in repeats for reason in repeat.validity.reasons]
+        if result.perf.contended_with:
+            perf_problems.append(f"measured beside {', '.join(result.perf.contended_with)} on one device")
     if result.accuracy is not None:
         for setup in ("easy", "medium", "hard"):
             metrics[f"map_{setup}"] = (getattr(result.accuracy, setup).map,)
@@ -87,6 +95,7 @@ def evidence_of(result: RunResult, *, label: str) -> Evidence:
         failure=""
         if result.status == "ok"
         else f"the run ended {result.status}" + (f": {result.error.message}" if result.error else ""),
+        perf_problem="; ".join(dict.fromkeys(perf_problems)),
     )
 
 

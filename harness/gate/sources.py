@@ -103,7 +103,7 @@ def entries_for(entries: list[Evidence], config_hash: str) -> list[Evidence]:
 
 def write_baseline_file(path: Path, evidence: list[Evidence]) -> None:
     """Add (or replace, per config hash and machine) entries in a baseline file; only runs that ended ``ok``."""
-    check_promotable({item.label: item.failure for item in evidence if item.failure})
+    check_promotable({item.label: why for item in evidence if (why := item.failure or item.perf_problem)})
     entries = read_baseline_file(path) if path.exists() else []
     replaced = {(item.config_hash, item.hardware_fingerprint) for item in evidence}
     kept = [item for item in entries if (item.config_hash, item.hardware_fingerprint) not in replaced]
@@ -174,11 +174,7 @@ def promote_in_mlflow(store: Store, candidate: str) -> list[str]:
     client = store.client
     tags_of_run = {run_id: store.call(partial(client.get_run, run_id)).data.tags for run_id in run_ids}
     check_promotable(
-        {
-            f"mlflow run {run_id}": f"the run ended {tags.get('harness.status')}"
-            for run_id, tags in tags_of_run.items()
-            if tags.get("harness.status") != "ok"
-        }
+        {f"mlflow run {run_id}": why for run_id, tags in tags_of_run.items() if (why := _why_no_baseline(tags))}
     )
     for run_id, tags in tags_of_run.items():
         query = (
@@ -191,13 +187,26 @@ def promote_in_mlflow(store: Store, candidate: str) -> list[str]:
     return run_ids
 
 
+def _why_no_baseline(tags: dict[str, str]) -> str:
+    """Why an MLflow run cannot be a baseline, read from its tags (empty when it can)."""
+    if tags.get("harness.status") != "ok":
+        return f"the run ended {tags.get('harness.status')}"
+    if tags.get("harness.perf_valid") == "false":
+        return "its perf measurement is invalid"
+    if tags.get("harness.contended") == "true":
+        return "its perf was measured beside another job on one device"
+    return ""
+
+
 def check_promotable(failures: dict[str, str]) -> None:
-    """A ``DataError`` naming every run (label -> why) that did not end ``ok``: such a run is no baseline."""
+    """A ``DataError`` naming every run (label -> why) that is no baseline: one that did not end ``ok``, or whose
+    perf measurement is invalid or was taken beside another job on its device."""
     if failures:
         named = "; ".join(f"{label} ({why})" for label, why in failures.items())
         raise DataError(
-            f"only runs that ended ok can be a baseline, and {len(failures)} did not: {named} "
-            "(promote the others by their run folders, or run them again)"
+            f"only runs that ended ok with a valid, uncontended measurement can be a baseline, and {len(failures)} "
+            f"{'is' if len(failures) == 1 else 'are'} not: {named} (promote the others by their run folders, or run "
+            "them again)"
         )
 
 

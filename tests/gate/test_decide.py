@@ -113,11 +113,20 @@ def test_a_run_that_did_not_end_ok_is_no_evidence_and_no_baseline(tmp_path: Path
     from harness.errors import DataError
     from harness.gate.sources import write_baseline_file
 
-    failed = dataclasses.replace(evidence({"throughput_qps": noisy(100.0)}), failure="the run ended failed: boom")
+    failed = dataclasses.replace(
+        evidence({"throughput_qps": noisy(100.0)}), label="a", failure="the run ended failed: boom"
+    )
     problems = pair(failed, [evidence({"throughput_qps": noisy(100.0)})], SETTINGS, allow_hardware_mismatch=False)
     assert problems.verdict == "unusable" and problems.problems == ("the run ended failed: boom",)
-    with pytest.raises(DataError, match=r"only runs that ended ok can be a baseline, and 1 did not: run \(the run "):
-        write_baseline_file(tmp_path / "baseline.json", [evidence({}), failed])
+    invalid = dataclasses.replace(
+        evidence({"throughput_qps": noisy(100.0)}), label="b", perf_problem="invalid: too short"
+    )
+    settings = GateConfig(**{**SETTINGS.__dict__, "rules": {"throughput_qps": THROUGHPUT}})
+    judged = pair(invalid, [evidence({"throughput_qps": noisy(100.0)})], settings, allow_hardware_mismatch=False)
+    assert judged.problems == ("throughput_qps: the candidate's perf is no evidence (invalid: too short)",)
+    with pytest.raises(DataError, match=r"can be a baseline, and 2 are not: a \(the run ended failed: boom\); b "
+                                        r"\(invalid: too short\) \(promote the others"):  # fmt: skip
+        write_baseline_file(tmp_path / "baseline.json", [evidence({}), failed, invalid])
     assert not (tmp_path / "baseline.json").exists()
 
 

@@ -124,7 +124,7 @@ def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_ver
     assert broken.returncode == 1
     refused = harness(tmp_path, "gate", "--promote", str(Path(broken.stdout.strip().splitlines()[-1]).parent),
                       "--baseline", "mlflow")  # fmt: skip
-    assert refused.returncode == 4 and "only runs that ended ok can be a baseline" in refused.stderr
+    assert refused.returncode == 4 and "can be a baseline, and 1 is not" in refused.stderr
     assert "(the run ended failed)" in refused.stderr
     itself = harness(tmp_path, "gate", baseline, "--baseline", "mlflow")  # the baseline run is no baseline of its own
     assert itself.returncode == 4 and "unusable: no baseline for config hash" in itself.stdout, itself.stdout
