@@ -125,9 +125,19 @@ def runs_table_url(base: str, experiment_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+SQLITE_PREFIX = "sqlite:///"
+
+
 def resolve_store(tracking: TrackingConfig, paths: PathsConfig) -> tuple[str, str | None]:
-    """(tracking URI, artifact location for new experiments or ``None`` to let a server decide)."""
+    """(tracking URI, artifact location for new experiments or ``None`` to let a server decide).
+
+    A SQLite store keeps its artifacts beside its database file: left to MLflow, they would go to ``./mlruns``
+    in whatever folder the command was started from.
+    """
     uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.startswith(SQLITE_PREFIX):
+        database = Path(uri.removeprefix(SQLITE_PREFIX)).expanduser().resolve()
+        return uri, (database.parent / "mlartifacts").as_uri()
     if uri:
         return uri, None
     outputs = paths.path("outputs").resolve()

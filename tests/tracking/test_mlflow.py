@@ -254,6 +254,26 @@ def test_a_search_reads_every_page_and_a_downloaded_result_that_cannot_be_read_i
     assert found.unreadable["cut"].startswith(f"{tmp_path / 'downloaded' / run_id / 'result.json'}: cannot read result")
 
 
+def test_a_sqlite_store_named_by_uri_keeps_its_artifacts_beside_its_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.tracking import Store
+    from tests.conftest import run_config
+
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # Store sets them; restored after the test
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = run_config(tmp_path / "cache", f"tracking.uri=sqlite:///{tmp_path / 'team' / 'mlflow.db'}")
+    (tmp_path / "team").mkdir()
+    store = Store(config.tracking, config.paths)
+    run_id = store.client.create_run(store.experiment_id).info.run_id
+    (tmp_path / "note.txt").write_text("kept")
+    store.client.log_artifact(run_id, str(tmp_path / "note.txt"))
+    assert list((tmp_path / "team" / "mlartifacts").rglob("note.txt")) and not any(elsewhere.iterdir())
+
+
 # Ctrl-C arrives while SQLAlchemy commits a write to the store (a real SIGINT, sent from its commit event).
 INTERRUPTED_COMMIT = """
 import json, os, signal, sys
