@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from harness.gate import GateResult
 
 BASELINE_SCHEMA = 1
+# What a baseline file keeps of each entry's evidence besides its label (a run that failed is never written).
+BASELINE_FIELDS = ("config_hash", "hardware_fingerprint", "metrics", "config")
 BASELINE_TAG = "harness.baseline"
 
 
@@ -113,7 +115,7 @@ def write_baseline_file(path: Path, evidence: list[Evidence]) -> None:
         "entries": [
             {
                 "label": item.label.split(":", 1)[-1] if item.label.startswith(str(path)) else Path(item.label).name,
-                **{key: value for key, value in asdict(item).items() if key not in ("label", "run_dirs")},
+                **{key: value for key, value in asdict(item).items() if key in BASELINE_FIELDS},
             }
             for item in [*kept, *evidence]
         ],

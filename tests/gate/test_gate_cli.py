@@ -40,6 +40,8 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     assert promoted.returncode == 0 and "1 entry written" in promoted.stdout
     entry = json.loads(baseline_file.read_text())["entries"][0]
     assert len(entry["metrics"]["throughput_qps"]) == 5 and "map_medium" not in entry["metrics"]
+    assert set(entry) == {"label", "config_hash", "hardware_fingerprint", "metrics", "config"}
+    assert entry["config"]["backend.latency_us"] == "2000.0" and "paths.outputs" not in entry["config"]
 
     itself = harness(tmp_path, "gate", baseline, "--baseline", str(baseline_file), "tracking=off")
     assert itself.returncode == 0, itself.stdout + itself.stderr
