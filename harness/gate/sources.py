@@ -60,12 +60,21 @@ def candidate_evidence(candidate: str, store: Store | None) -> list[Evidence]:
         jobs = job_dirs(path)
         if not jobs:
             raise DataError(f"{path}: a sweep folder without any job result")
-        return [evidence_of(load_result(job), label=str(job)) for job in jobs]
+        return [_job_evidence(job) for job in jobs]
     if kind == "run":
         return [evidence_of(load_result(path), label=str(path))]
     if store is None:
         raise DataError(f"{candidate}: an MLflow run id, but tracking is off")
     return [evidence_of(_mlflow_result(store, candidate), label=f"mlflow run {candidate}")]
+
+
+def _job_evidence(job: Path) -> Evidence:
+    """A sweep job's evidence; one whose result cannot be read is no evidence, with why, and the sweep's other
+    jobs are still decided."""
+    try:
+        return evidence_of(load_result(job), label=str(job))
+    except DataError as error:
+        return Evidence(label=str(job), config_hash="", hardware_fingerprint="", metrics={}, failure=str(error))
 
 
 def _mlflow_result(store: Store, run_id: str) -> RunResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness.tracking import start_sweep
 from tests.conftest import harness_environment, harness_in, measuring_runs
 
 pytestmark = pytest.mark.process
@@ -55,6 +57,15 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
         f"nearest baseline {baseline_file}:{Path(baseline).name} differs in backend.latency_us: 2000.0 -> 2500.0\n"
         in (unmatched.stdout)
     )
+
+    sweep = tmp_path / "sweep"
+    start_sweep(sweep, ["backend.latency_us=2000,2000"], [["backend.latency_us=2000"]] * 2)
+    for job in ("0", "1"):
+        shutil.copytree(baseline, sweep / job)
+    (sweep / "1" / "result.json").write_text('{"schema_version": 2, "sta')  # a copy cut short
+    partly = harness(tmp_path, "gate", str(sweep), "--baseline", str(baseline_file), "tracking=off")
+    assert partly.returncode == 4 and "| 0 | throughput_qps | " in partly.stdout, partly.stdout  # job 0 decided
+    assert f"- 1: unusable: {sweep / '1' / 'result.json'}: cannot read result (" in partly.stdout
 
     few = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=3", "tracking=off"))
     inconclusive = harness(tmp_path, "gate", few, "--baseline", str(baseline_file), "tracking=off")
