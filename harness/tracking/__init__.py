@@ -208,9 +208,7 @@ class Store:
             return str(found.experiment_id)
 
     def find(self, tag: str, value: str) -> Any | None:
-        runs = self.call(
-            lambda: self.client.search_runs([self.experiment_id], filter_string=f"tags.`{tag}` = '{value}'")
-        )
+        runs = self.search(f"tags.`{tag}` = '{value}'")
         return runs[0] if runs else None
 
     def search(self, filter_string: str, *, order_by: list[str] | None = None) -> list[Any]:

@@ -7,6 +7,7 @@ to the parent. Jobs find the parent through ``sweep.json``, whatever process or 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config.convert import from_mapping
-from harness.config.schema import PathsConfig, TrackingConfig
+from harness.config.schema import StoreCommandConfig
 from harness.config.store import expand_sweep, sweeper_settings
 from harness.errors import HarnessError, counted
 from harness.report import contention_warning, markdown_table, sweep_rows, write_summary
@@ -25,14 +26,12 @@ from harness.tracking import Store, end_sweep, ensure_parent, finish_sweep, star
 log = logging.getLogger(__name__)
 
 
-def tracking_configs(composed: dict[str, Any]) -> tuple[TrackingConfig, PathsConfig]:
-    """The tracking and paths groups of a composed config, validated."""
-    tracking = from_mapping(TrackingConfig, composed.get("tracking", {}), key="tracking")
-    return tracking, from_mapping(PathsConfig, composed.get("paths"), key="paths")
-
-
-def _groups(config: DictConfig) -> dict[str, Any]:
-    return {key: OmegaConf.to_container(config[key], resolve=True) for key in ("tracking", "paths") if key in config}
+def _store_config(config: DictConfig) -> StoreCommandConfig:
+    """The sweep's tracking and paths groups, validated as ``harness sync`` reads them."""
+    groups = (item.name for item in dataclasses.fields(StoreCommandConfig))
+    return from_mapping(
+        StoreCommandConfig, {name: OmegaConf.to_container(config[name], resolve=True) for name in groups}
+    )
 
 
 def ui_hint(store: Store) -> str:
@@ -54,11 +53,11 @@ class SweepTracking(Callback):
         sweeper, params = sweeper_settings(config.hydra.sweeper)
         plan = expand_sweep(overrides, sweeper=sweeper, params=params)
         start_sweep(sweep_dir, overrides, [list(job) for job in plan.jobs] if plan else None)
-        tracking, paths = tracking_configs(_groups(config))
-        if not tracking.enabled:
+        store_config = _store_config(config)
+        if not store_config.tracking.enabled:
             return
         try:
-            ensure_parent(Store(tracking, paths), sweep_dir)
+            ensure_parent(Store(store_config.tracking, store_config.paths), sweep_dir)
         except HarnessError as error:
             log.warning("tracking unavailable at sweep start (%s); jobs still write result.json", error)
 
@@ -79,11 +78,11 @@ class SweepTracking(Callback):
             f"sweep report: {report.index_md} ({counted(len(report.plots), 'plot')}; index.html is self-contained)",
             flush=True,
         )
-        tracking, paths = tracking_configs(_groups(config))
-        if not tracking.enabled:
+        store_config = _store_config(config)
+        if not store_config.tracking.enabled:
             return
         try:
-            store = Store(tracking, paths)
+            store = Store(store_config.tracking, store_config.paths)
             parent = finish_sweep(store, sweep_dir, files, report_dir=report.folder)
             print(f"tracked sweep as MLflow parent run {parent}: {ui_hint(store)}", flush=True)
         except HarnessError as error:

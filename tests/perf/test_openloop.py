@@ -18,7 +18,7 @@ from harness.config.schema import P99_MIN_SAMPLES
 from harness.errors import ConfigError
 from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_timer_slack, waiter
 from harness.perf.stats import MIN_SAMPLES
-from harness.result import load_result
+from harness.result import PerfResult, load_result
 from harness.tracking.records import metrics_of
 from tests.perf.test_loadgen import measure, sleep_config
 
@@ -167,12 +167,17 @@ def test_open_loop_settings_are_checked_when_the_config_resolves(cache_dir: Path
     assert MIN_SAMPLES["p99"] == P99_MIN_SAMPLES
 
 
-def test_server_scenario_counts_requests_and_latency_from_the_schedule(cache_dir: Path, tmp_path: Path) -> None:
+def serve(cache_dir: Path, tmp_path: Path, *, latency_us: int, target_qps: int, requests: int) -> PerfResult:
+    """The sleep backend (``latency_us`` a call) served ``requests`` Poisson arrivals at ``target_qps``."""
     config = sleep_config(
-        cache_dir, "backend.latency_us=1000", "perf.scenario=server", "perf.target_qps=300", "perf.min_samples=300",
-        "perf.min_duration_s=0", "perf.iterations=null",
+        cache_dir, f"backend.latency_us={latency_us}", "perf.scenario=server", f"perf.target_qps={target_qps}",
+        f"perf.min_samples={requests}", "perf.min_duration_s=0", "perf.iterations=null",
     )  # fmt: skip
-    result = measure(config, tmp_path)
+    return measure(config, tmp_path)
+
+
+def test_server_scenario_counts_requests_and_latency_from_the_schedule(cache_dir: Path, tmp_path: Path) -> None:
+    result = serve(cache_dir, tmp_path, latency_us=1000, target_qps=300, requests=300)
     assert result.scenario == "server" and result.target_qps == 300.0
     assert result.samples == result.batches == 300  # batch 1: one call per request
     assert result.latency_us.e2e.min >= result.latency_us.model.min >= 1000.0
@@ -185,11 +190,7 @@ def test_server_scenario_counts_requests_and_latency_from_the_schedule(cache_dir
 
 
 def test_a_server_offered_more_than_it_can_serve_is_called_behind(cache_dir: Path, tmp_path: Path) -> None:
-    config = sleep_config(
-        cache_dir, "backend.latency_us=2000", "perf.scenario=server", "perf.target_qps=2000", "perf.min_samples=200",
-        "perf.min_duration_s=0", "perf.iterations=null",
-    )  # fmt: skip
-    result = measure(config, tmp_path)
+    result = serve(cache_dir, tmp_path, latency_us=2000, target_qps=2000, requests=200)
     (behind,) = [warning for warning in result.validity.warnings if "fell behind" in warning]
     served, offered = (
         float(number) for number in re.findall(r"served ([\d.]+) img/s of the ([\d.]+) offered", behind)[0]
