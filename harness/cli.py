@@ -778,7 +778,10 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to the command named by the first argument."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if not arguments or arguments[0] in ("-h", "--help", "help"):
+    if not arguments:  # a usage error, as for an unknown command: a script that forgot its command must not pass
+        print(usage(), file=sys.stderr)
+        return 2
+    if arguments[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
     name, rest = arguments[0], arguments[1:]

@@ -373,6 +373,8 @@ class PerfResult(Measurement):
     verbatim in ``perf_vamp.txt``: its percentiles are the ones it printed, and its repeats are the evidence).
     ``queue_depth`` is the requests each instance kept in flight (``perf.queue_depth`` in the closed loop's async
     mode, else 1).
+    ``efficiency_undefined`` says why ``efficiency`` is null (``perf.efficiency=false``, or a load it is not
+    defined for).
     """
 
     backend: str
@@ -397,6 +399,7 @@ class PerfResult(Measurement):
     peak_qps: float | None = None
     probes: tuple[Probe, ...] = field(default=())
     efficiency: Efficiency | None = None
+    efficiency_undefined: str | None = None
     stability: Stability | None = None
     samples_source: Literal["harness", "vamp"] = "harness"
     queue_depth: int = 1

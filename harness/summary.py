@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from harness.errors import counted
+from harness.perf.efficiency import EFFICIENCY_OFF
 from harness.result import DeviceTelemetry, PerfResult, RunResult
 
 
@@ -115,6 +116,8 @@ def format_summary(result: RunResult) -> str:
                     f"per image), the GEMMs alone {efficiency.gemm_gflops:.1f} GFLOP/s",
                 )
             )
+        elif perf.efficiency_undefined and perf.efficiency_undefined != EFFICIENCY_OFF:  # the user's choice: no news
+            rows.append(("efficiency", f"not measured: {perf.efficiency_undefined}"))
         rows += [("warning", warning) for warning in perf.validity.warnings]
         if perf.probes:
             verdicts = ", ".join(

@@ -43,6 +43,12 @@ def test_a_commands_help_names_the_command_and_lists_bf16(tmp_path: Path) -> Non
     assert "precision: bf16, fp16, fp32, int8, int8_dynamic" in done.stdout
 
 
+def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
+    done = harness(tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("usage: harness <command>")
+
+
 def test_unknown_command(tmp_path: Path) -> None:
     done = harness(tmp_path, "bulid")
     assert done.returncode == 2

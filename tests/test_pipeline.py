@@ -102,6 +102,29 @@ def test_a_torch_module_run_builds_nothing_it_would_not_run_and_says_so(tmp_path
     assert "none built: backend=torch runs no built artifact" in format_summary(result)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        (["precision=int8"], "ONNX Runtime's GEMMs are timed in fp32 and fp16, not int8"),
+        (["backend=sleep"], "it is defined for the onnxruntime and torch backends, not backend=sleep"),
+        (["perf.scenario=offline"], "it is defined for the closed scenario's fixed batch, not perf.scenario=offline"),
+    ],
+)
+def test_a_run_without_an_efficiency_says_why(tmp_path: Path, overrides: list[str], why: str) -> None:
+    result = run(tiny(tmp_path, "stages=[build,perf]", "perf.iterations=3", *overrides), run_dir=tmp_path / "run")
+    assert result.status == "ok", result.error
+    assert result.perf is not None and result.perf.efficiency is None and result.perf.efficiency_undefined == why
+    assert f"  efficiency  not measured: {why}" in format_summary(result).splitlines()
+    assert load_result(tmp_path / "run").perf.efficiency_undefined == why  # type: ignore[union-attr]
+
+
+def test_an_efficiency_turned_off_is_not_explained_back(tmp_path: Path) -> None:
+    config = tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.iterations=3", "perf.efficiency=false")
+    result = run(config, run_dir=tmp_path / "run")
+    assert result.perf is not None and result.perf.efficiency_undefined == "perf.efficiency=false"
+    assert "efficiency" not in format_summary(result)
+
+
 def test_bf16_is_a_precision_the_torch_backend_runs_and_every_label_names(tmp_path: Path) -> None:
     result = run(
         tiny(tmp_path, "backend=torch", "precision=bf16", "stages=[perf,accuracy]", "perf.iterations=3"),

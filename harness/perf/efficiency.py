@@ -28,6 +28,7 @@ from typing import Literal
 
 import numpy as np
 
+from harness.config.schema import RunConfig
 from harness.fileio import write_json_atomic
 from harness.models.variants import VariantSpec
 
@@ -287,3 +288,57 @@ def _time_each(gemms: Counter[Gemm], make_run: Runner, dtype: str) -> float:
             rounds.append((time.perf_counter() - started) * 1e6)
         total_us += min(rounds)  # the irreducible time: interference only ever adds to a round
     return total_us
+
+
+@dataclass(frozen=True)
+class GemmRuntime:
+    """Where a run's GEMMs are timed alone: the backend's runtime, dtype, threads and device."""
+
+    runtime: Literal["onnxruntime", "torch"]
+    dtype: str
+    threads: int | None
+    device: str
+    label: str
+
+
+EFFICIENCY_OFF = "perf.efficiency=false"
+
+
+def efficiency_undefined(config: RunConfig, artifact_path: str | None) -> str | None:
+    """Why a run has no efficiency: ``None`` where ``gemm_runtime`` defines one, else the reason in words."""
+    backend, precision = config.backend, config.precision.name
+    if not config.perf.efficiency:
+        return EFFICIENCY_OFF
+    if config.perf.scenario != "closed":
+        return f"it is defined for the closed scenario's fixed batch, not perf.scenario={config.perf.scenario}"
+    if backend.name == "torch":
+        if precision in GEMM_DTYPES:
+            return None
+        return f"the torch backend's GEMMs are timed in {', '.join(GEMM_DTYPES)}, not {precision}"
+    if backend.name != "onnxruntime":
+        return f"it is defined for the onnxruntime and torch backends, not backend={backend.name}"
+    if tuple(backend.providers) != ("CPUExecutionProvider",):
+        return f"ONNX Runtime's GEMMs are timed on its CPU provider only, not {'+'.join(backend.providers)}"
+    if precision not in ("fp32", "fp16"):
+        # The quantized graph's integer MatMuls, their (de)quantize steps and the fp32 rest have no one GEMM dtype.
+        return f"ONNX Runtime's GEMMs are timed in fp32 and fp16, not {precision}"
+    if not artifact_path:
+        return "no artifact was built"
+    return None
+
+
+def gemm_runtime(config: RunConfig, artifact_path: str | None) -> GemmRuntime | None:
+    """The runtime the efficiency's GEMMs run through, where it is defined (``efficiency_undefined`` says why
+    not): the closed loop's fixed batch, float precisions, ONNX Runtime on its CPU provider or the torch backend."""
+    if efficiency_undefined(config, artifact_path) is not None:
+        return None
+    backend = config.backend
+    dtype = GEMM_DTYPES[config.precision.name]
+    if backend.name == "torch":
+        threads = backend.threads or None
+        return GemmRuntime(
+            "torch", dtype, threads, backend.device, f"torch {backend.device}, {threads or 'default'} threads, {dtype}"
+        )
+    threads = backend.intra_op_threads or None
+    label = f"onnxruntime CPUExecutionProvider, {threads or 'default'} intra-op threads, {dtype}"
+    return GemmRuntime("onnxruntime", dtype, threads, "cpu", label)

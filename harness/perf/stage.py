@@ -11,9 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -25,7 +23,14 @@ from harness.models.variants import get_variant
 from harness.nvml import NvmlSampler, device_telemetry
 from harness.perf import stats
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
-from harness.perf.efficiency import GEMM_DTYPES, flops_per_image, model_gemms, onnx_gemm_flops, time_gemms
+from harness.perf.efficiency import (
+    efficiency_undefined,
+    flops_per_image,
+    gemm_runtime,
+    model_gemms,
+    onnx_gemm_flops,
+    time_gemms,
+)
 from harness.perf.host import HostSampler, host_telemetry
 from harness.perf.loadgen import (
     COMPLETION_BIN_S,
@@ -309,6 +314,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         peak_qps=peak,
         probes=tuple(probes),
         efficiency=efficiency,
+        efficiency_undefined=efficiency_undefined(config, artifact_path),
         stability=stabilities.get(f"repeat{measurements.index(median)}"),
         queue_depth=config.perf.queue_depth if config.perf.scenario == "closed" and config.perf.mode == "async" else 1,
     )
@@ -331,39 +337,6 @@ def _oversubscription(instances: int, resolved: dict[str, object]) -> str | None
         f"oversubscribed: {instances} instances x {threads} CPU threads = {instances * threads} threads on {cores} "
         f"cores; {remedy}"
     )
-
-
-@dataclass(frozen=True)
-class GemmRuntime:
-    """Where a run's GEMMs are timed alone: the backend's runtime, dtype, threads and device."""
-
-    runtime: Literal["onnxruntime", "torch"]
-    dtype: str
-    threads: int | None
-    device: str
-    label: str
-
-
-def gemm_runtime(config: RunConfig, artifact_path: str | None) -> GemmRuntime | None:
-    """The runtime the efficiency's GEMMs run through, where it is defined: the closed loop's fixed batch, float
-    precisions, ONNX Runtime on its CPU provider (an artifact) or the torch backend (``None`` elsewhere)."""
-    backend = config.backend
-    if not (config.perf.efficiency and config.perf.scenario == "closed"):
-        return None
-    if backend.name == "torch" and config.precision.name in GEMM_DTYPES:
-        dtype = GEMM_DTYPES[config.precision.name]
-        threads = backend.threads or None
-        label = f"torch {backend.device}, {threads or 'default'} threads, {dtype}"
-        return GemmRuntime("torch", dtype, threads, backend.device, label)
-    if (
-        backend.name == "onnxruntime" and artifact_path and tuple(backend.providers) == ("CPUExecutionProvider",)
-        and config.precision.name in ("fp32", "fp16")
-    ):  # fmt: skip
-        dtype = GEMM_DTYPES[config.precision.name]
-        threads = backend.intra_op_threads or None
-        label = f"onnxruntime CPUExecutionProvider, {threads or 'default'} intra-op threads, {dtype}"
-        return GemmRuntime("onnxruntime", dtype, threads, "cpu", label)
-    return None
 
 
 def _efficiency(config: RunConfig, artifact_path: str | None, measured: Measurement) -> Efficiency | None:

@@ -18,6 +18,7 @@ from harness.backends import ProfileLoad, open_toolchain
 from harness.config.schema import PerfConfig, RunConfig
 from harness.errors import ConfigError, DataError, ToolError
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
+from harness.perf.efficiency import efficiency_undefined
 from harness.perf.vamp import VAMP_FILE, VAMP_REPEAT_FILE, VampReport, parse_vamp, telemetry_from_report
 from harness.processes import ToolRun
 from harness.result import LatencyBlock, LatencyStats, Measurement, PerfResult, Validity
@@ -151,4 +152,5 @@ def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: 
         repeats=tuple(measurements) if len(measurements) > 1 else (),
         samples_file=None,
         samples_source="vamp",
+        efficiency_undefined=efficiency_undefined(config, None),
     )
