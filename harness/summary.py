@@ -13,7 +13,7 @@ def format_summary(result: RunResult) -> str:
     rows: list[tuple[str, str]] = [
         ("status", result.status),
         ("model", f"{model.variant} weights={result.weights.kind if result.weights else model.weights}"),
-        ("precision", result.config.precision.name),
+        ("precision", result.config.precision.name + _engine_precision(result)),
     ]
     if result.weights and result.weights.kind == "random":
         rows.append(("note", "RANDOM weights: numbers show speed and numerics, not retrieval quality"))
@@ -169,6 +169,15 @@ def format_summary(result: RunResult) -> str:
     rows.append(("time", f"{result.duration_s:.1f} s"))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)
+
+
+def _engine_precision(result: RunResult) -> str:
+    """Where the runtime may compute in another precision than the artifact's: TensorRT picks each layer's
+    fastest of the precisions it is allowed, and ``trt_fp16`` allows fp16."""
+    backend = result.config.backend
+    if backend.get("trt_fp16") and result.config.precision.name != "fp16":
+        return " artifact; TensorRT may run its layers in fp16 (backend.trt_fp16=true)"
+    return ""
 
 
 def _load(perf: PerfResult) -> str:

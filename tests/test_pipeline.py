@@ -118,6 +118,18 @@ def test_a_run_without_an_efficiency_says_why(tmp_path: Path, overrides: list[st
     assert load_result(tmp_path / "run").perf.efficiency_undefined == why  # type: ignore[union-attr]
 
 
+def test_a_summary_says_when_tensorrt_may_compute_an_fp32_artifact_in_fp16(tmp_path: Path) -> None:
+    config = tiny(
+        tmp_path, "stages=[build,perf]", "backend.providers=[TensorrtExecutionProvider]", "backend.trt_fp16=true"
+    )
+    result = run(config, run_dir=tmp_path / "run")  # no TensorRT here: the run fails, its config is still summarised
+    assert ["precision", "fp32 artifact; TensorRT may run its layers in fp16 (backend.trt_fp16=true)"] in [
+        line.split(maxsplit=1) for line in format_summary(result).splitlines()
+    ]
+    plain = run(tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.iterations=3"), run_dir=tmp_path / "plain")
+    assert ["precision", "fp32"] in [line.split(maxsplit=1) for line in format_summary(plain).splitlines()]
+
+
 def test_an_efficiency_turned_off_is_not_explained_back(tmp_path: Path) -> None:
     config = tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.iterations=3", "perf.efficiency=false")
     result = run(config, run_dir=tmp_path / "run")
