@@ -42,17 +42,21 @@ COLUMNS: tuple[Column, ...] = (
 COLUMN_NAMES = ("job", *(name for name, _ in COLUMNS))
 
 
-def _cell(value: object) -> str:
+# A cosine's news is in its 7th decimal: fp16's 0.9999998 read as fp32's 1 at 6 significant digits.
+FLOAT_FORMATS = {"parity_min_cos": ".7f"}
+
+
+def _cell(name: str, value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return format(value, FLOAT_FORMATS.get(name, ".6g"))
     return str(value)
 
 
 def row_of(label: str, result: RunResult) -> dict[str, str]:
     """One table row: the run's label (job number or folder), then every column's cell."""
-    return {"job": label, **{name: _cell(extract(result)) for name, extract in COLUMNS}}
+    return {"job": label, **{name: _cell(name, extract(result)) for name, extract in COLUMNS}}
 
 
 def blank_row(label: str, status: str, why: str) -> dict[str, str]:

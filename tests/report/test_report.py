@@ -55,6 +55,10 @@ def test_every_plot_and_index_is_written_and_the_table_equals_the_runs(runs: lis
         assert float(cells["throughput_qps"]) == pytest.approx(labelled.result.perf.throughput_qps, rel=1e-5)  # type: ignore[union-attr]
         assert float(cells["map_medium"]) == pytest.approx(labelled.result.accuracy.medium.map, rel=1e-5)  # type: ignore[union-attr]
         assert cells.get("model_p99_us", "") == ""  # withheld: an empty cell (or no column at all), never 0
+        # fp16's parity differs from fp32's in the 7th decimal: rounded to 6 digits both read 1
+        assert cells["parity_min_cos"] == f"{labelled.result.build.parity.min_cosine:.7f}"  # type: ignore[union-attr]
+    fp16_parity = {run.result.build.parity.min_cosine for run in runs if run.result.config.precision.name == "fp16"}  # type: ignore[union-attr]
+    assert all(f"{value:.6g}" == "1" and f"{value:.7f}" != "1.0000000" for value in fp16_parity), fp16_parity
     page = report.index_html.read_text()
     assert page.count("src='data:image/png;base64,") == len(PLOT_FILES) and not re.search(r"src='(?!data:)", page)
     assert f"<p>{len(runs)} runs, written" in page
