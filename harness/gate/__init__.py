@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Literal
 
 from harness.config.schema import GateConfig
-from harness.errors import HarnessError
+from harness.errors import HarnessError, counted
 from harness.gate.decide import Decision, decide
 from harness.gate.evidence import PER_REPEAT, Evidence, config_difference, evidence_of
+from harness.report import FLOAT_FORMATS
 from harness.result import load_result
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,13 @@ def pair(
             problems.append(f"metric {metric} missing in the {'baseline' if base is None else 'candidate'}")
             continue
         decisions.append(decide(metric, rule, base, cand, settings))
+    fewest = min((d.repeats[0] for d in decisions if d.rule.kind == "perf"), default=settings.min_repeats)
+    if fewest < settings.min_repeats:
+        notes.append(
+            f"its baseline has {counted(fewest, 'perf repeat')} and the gate needs >= {settings.min_repeats} "
+            f"a side (gate.min_repeats): promote a baseline measured with perf.repeats={settings.min_repeats} "
+            "(--rerun re-measures the candidate only)"
+        )
     return Pairing(candidate, baseline, tuple(decisions), tuple(problems), tuple(notes))
 
 
@@ -128,7 +136,12 @@ def run_gate(
         baselines = lookup(candidate.config_hash)  # once: an MLflow lookup downloads each baseline's result
         pairing = pair(candidate, baselines, settings, allow_hardware_mismatch=allow_hardware_mismatch, others=others)
         attempt = 0
-        while pairing.verdict == "inconclusive" and attempt < rerun and rerunner is not None:
+        while (
+            pairing.verdict == "inconclusive"
+            and attempt < rerun
+            and rerunner is not None
+            and _rerun_helps(pairing, settings)
+        ):
             attempt += 1
             log.info("gate: %s inconclusive, rerun %d/%d", candidate.label, attempt, rerun)
             candidate = candidate.merged(rerunner(candidate, attempt))
@@ -137,6 +150,15 @@ def run_gate(
             )
         pairings.append(pairing)
     return GateResult(tuple(pairings))
+
+
+def _rerun_helps(pairing: Pairing, settings: GateConfig) -> bool:
+    """Whether re-measuring the candidate can settle an inconclusive decision: not when its baseline has too
+    few repeats, since reruns add to the candidate's side only."""
+    return any(
+        decision.outcome == "inconclusive" and decision.repeats[0] >= settings.min_repeats
+        for decision in pairing.decisions
+    )
 
 
 def rerun_perf(candidate: Evidence, attempt: int) -> Evidence:
@@ -173,8 +195,10 @@ def markdown(result: GateResult) -> str:
             change = f"x{decision.change:.4f}" if decision.rule.kind == "perf" else f"{decision.change:+.6g}"
             interval = f"[{decision.interval[0]:.4f}, {decision.interval[1]:.4f}]" if decision.interval else ""
             p_value = f"{decision.p_value:.4f}" if decision.p_value is not None else ""
+            value_format = FLOAT_FORMATS.get(decision.metric, ".6g")
             lines.append(
-                f"| {label} | {decision.metric} | {decision.baseline:.6g} | {decision.candidate:.6g} | {change} | "
+                f"| {label} | {decision.metric} | {decision.baseline:{value_format}} | "
+                f"{decision.candidate:{value_format}} | {change} | "
                 f"{interval} | {p_value} | {decision.repeats[0]}/{decision.repeats[1]} | {decision.outcome} | {decision.reason} |"
             )
         notes += [f"- {label}: unusable: {problem}" for problem in pairing.problems]

@@ -148,6 +148,30 @@ def test_an_inconclusive_candidate_is_remeasured_before_the_gate_settles() -> No
     assert stuck.verdict == "inconclusive" and stuck.exit_code == 3
 
 
+def test_a_baseline_with_too_few_repeats_is_not_rerun_against_and_says_what_to_do() -> None:
+    settings = GateConfig(**{**SETTINGS.__dict__, "rules": {"throughput_qps": THROUGHPUT}})
+    calls = []
+
+    def rerun(candidate: Evidence, attempt: int) -> Evidence:
+        calls.append(attempt)
+        return evidence({"throughput_qps": noisy(100.0, repeats=5, seed=10 + attempt)})
+
+    short_baseline = evidence({"throughput_qps": noisy(100.0, repeats=1)})
+    result = run_gate([evidence({"throughput_qps": noisy(100.0, repeats=1, seed=3)})], lambda _: [short_baseline],
+                      settings, rerun=3, rerunner=rerun)  # fmt: skip
+    assert calls == [] and result.verdict == "inconclusive"  # reruns add to the candidate's side only
+    assert result.pairings[0].notes == (
+        "its baseline has 1 perf repeat and the gate needs >= 5 a side (gate.min_repeats): promote a baseline "
+        "measured with perf.repeats=5 (--rerun re-measures the candidate only)",
+    )
+    full = run_gate(
+        [evidence({"throughput_qps": noisy(100.0, repeats=5)})],
+        lambda _: [evidence({"throughput_qps": noisy(100.0)})],
+        settings,
+    )
+    assert full.pairings[0].notes == ()
+
+
 def test_a_negative_bootstrap_seed_is_refused_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"gate.seed=-1: expected a seed >= 0"):
         dataclasses.replace(SETTINGS, seed=-1)
