@@ -52,7 +52,7 @@ def format_summary(result: RunResult) -> str:
             (
                 "perf",
                 f"{perf.backend} b{perf.batch} i{perf.instances} p{perf.processes} {_load(perf)}: "
-                f"{perf.throughput_qps:.2f} img/s over {perf.forward_time_s:.4g} s",
+                f"{perf.throughput_qps:.2f} img/s over {perf.forward_time_s:.4g} s" + _repeats(perf),
             ),
             (
                 "latency",
@@ -178,6 +178,16 @@ def _engine_precision(result: RunResult) -> str:
     if backend.get("trt_fp16") and result.config.precision.name != "fp16":
         return " artifact; TensorRT may run its layers in fp16 (backend.trt_fp16=true)"
     return ""
+
+
+def _repeats(perf: PerfResult) -> str:
+    """The spread behind a headline that is the median of several repeats (of an even count, the slower of
+    the middle two: the headline is one real measurement, never an average of two)."""
+    repeats = perf.throughput_qps_repeats
+    if len(repeats) < 2:
+        return ""
+    which = "the median" if len(repeats) % 2 else "the slower middle one"
+    return f", {which} of {len(repeats)} repeats ({min(repeats):.2f} to {max(repeats):.2f} img/s)"
 
 
 def _load(perf: PerfResult) -> str:

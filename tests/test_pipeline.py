@@ -130,6 +130,19 @@ def test_a_summary_says_when_tensorrt_may_compute_an_fp32_artifact_in_fp16(tmp_p
     assert ["precision", "fp32"] in [line.split(maxsplit=1) for line in format_summary(plain).splitlines()]
 
 
+@pytest.mark.parametrize(("repeats", "which"), [(3, "the median"), (2, "the slower middle one")])
+def test_a_headline_over_repeats_names_their_spread(tmp_path: Path, repeats: int, which: str) -> None:
+    config = tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.iterations=8", f"perf.repeats={repeats}")
+    result = run(config, run_dir=tmp_path / "run")
+    assert result.perf is not None
+    every = result.perf.throughput_qps_repeats
+    assert result.perf.throughput_qps == sorted(every)[(repeats - 1) // 2]
+    perf_line = next(line for line in format_summary(result).splitlines() if line.split()[0] == "perf")
+    assert perf_line.endswith(f", {which} of {repeats} repeats ({min(every):.2f} to {max(every):.2f} img/s)")
+    single = run(tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.iterations=8"), run_dir=tmp_path / "one")
+    assert "repeats" not in format_summary(single)
+
+
 def test_an_efficiency_turned_off_is_not_explained_back(tmp_path: Path) -> None:
     config = tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.iterations=3", "perf.efficiency=false")
     result = run(config, run_dir=tmp_path / "run")
