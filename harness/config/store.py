@@ -86,7 +86,24 @@ def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool =
         try:
             return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
         except Exception as error:  # Hydra and OmegaConf raise many types; each becomes one named message
-            raise composition_error(error, reads) from None
+            named = _named_error(error, reads)
+            if named is not None:
+                raise named from None
+            culprit = _first_failing_override(overrides, config_name)
+            raise ConfigError(f"{culprit}: {_first_line(error)}" if culprit else _first_line(error)) from None
+
+
+def _first_failing_override(overrides: list[str], config_name: str) -> str | None:
+    """The override at which composition first fails, for an error that names no key (an override reaching into
+    a list by name, say): composed again with one more override at a time, only on this error path."""
+    from hydra import compose as hydra_compose
+
+    for count in range(1, len(overrides) + 1):
+        try:
+            hydra_compose(config_name=config_name, overrides=overrides[:count])
+        except Exception:
+            return overrides[count - 1]
+    return None
 
 
 def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
@@ -179,6 +196,11 @@ def expand_sweep(overrides: list[str], *, sweeper: str, params: list[str]) -> Sw
 
 def composition_error(error: BaseException, reads: type = RunConfig) -> ConfigError:
     """Hydra's or OmegaConf's error as a one-line ``ConfigError`` naming the key (a field of ``reads``)."""
+    return _named_error(error, reads) or ConfigError(_first_line(error))
+
+
+def _named_error(error: BaseException, reads: type) -> ConfigError | None:
+    """``composition_error``'s message where the error names a key or a config option, else ``None``."""
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
@@ -198,7 +220,7 @@ def composition_error(error: BaseException, reads: type = RunConfig) -> ConfigEr
             return ConfigError(f"{key}: no value: set it in the group's YAML file in conf/ or as an override")
         if isinstance(item, ConfigKeyError | ConfigAttributeError):
             parent, _, name = str(key).rpartition(".")
-            known = _known_keys(reads, parent)
+            known = _known_keys(reads, parent) or _node_keys(item)
             if known is not None:
                 return ConfigError(unknown_key_message(str(key), name, known))
         hint = hint_at(reads, str(key))
@@ -209,7 +231,7 @@ def composition_error(error: BaseException, reads: type = RunConfig) -> ConfigEr
             except ConfigError as converted:
                 return converted
         return ConfigError(f"{key}: {_first_line(item)}")
-    return ConfigError(_first_line(error))
+    return None
 
 
 def _offending_value(error: BaseException) -> object:
@@ -228,6 +250,15 @@ def _known_keys(reads: type, dotted_parent: str) -> list[str] | None:
     if hint is not None and dataclasses.is_dataclass(hint):
         return [item.name for item in dataclasses.fields(hint) if not item.metadata.get("resolved")]
     return None
+
+
+def _node_keys(error: BaseException) -> list[str] | None:
+    """The keys of the node an unknown key was set in, where no dataclass types it: a backend group is typed by
+    its plugin's dataclass, which the composition cannot know, but its YAML lists every key."""
+    from omegaconf import DictConfig
+
+    node = getattr(error, "parent_node", None)
+    return sorted(str(name) for name in node.keys()) if isinstance(node, DictConfig) else None
 
 
 def _first_line(error: BaseException) -> str:

@@ -81,6 +81,12 @@ def test_defaults_are_typed() -> None:
             "+backend.intra_threads=2",
             r"backend.intra_threads: unknown key \(known: .*\); did you mean 'intra_op_threads'",
         ),
+        (  # without the +, Hydra's struct check refuses it first: the YAML's keys are listed the same
+            "backend=torch backend.compiel=true",
+            r"backend.compiel: unknown key \(known: \['aot_inductor_configs', .*'threads'\]\); did you mean 'compile'",
+        ),
+        ("backend.provider_options.x=1", r"^backend.provider_options.x=1: invalid literal for int"),  # names no key
+        ("debug=tiny perf.shape.x=1", r"^perf.shape.x=1: "),
         ("build.parity_images=two", r"build.parity_images='two': expected int"),
         ("stages=[build,perf,perf]", r"stages=\['build', 'perf', 'perf'\]: expected .*, each once"),
         ("perf.windows=1", r"perf.windows=1, perf.max_window_cv=0.1: expected >= 2 windows"),
