@@ -258,7 +258,7 @@ def _node_keys(error: BaseException) -> list[str] | None:
     from omegaconf import DictConfig
 
     node = getattr(error, "parent_node", None)
-    return sorted(str(name) for name in node.keys()) if isinstance(node, DictConfig) else None
+    return sorted(str(name) for name in node) if isinstance(node, DictConfig) else None
 
 
 def _first_line(error: BaseException) -> str:
