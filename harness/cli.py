@@ -262,14 +262,16 @@ def _split(arguments: list[str]) -> tuple[list[str], list[str]]:
     return overrides, [argument for argument in arguments if argument not in overrides]
 
 
-def _command_config(reads: type[Any], overrides: list[str], config_name: str = "run") -> Any:
+def _command_config(
+    reads: type[Any], overrides: list[str], config_name: str = "run", *, overlays: tuple[str, ...] = ()
+) -> Any:
     """What a command reads of the config (``harness.config.store.command_config``); one that does not resolve
     exits 2 with its one-line error, as for ``run``."""
     from harness.config.store import command_config
     from harness.errors import ConfigError
 
     try:
-        return command_config(reads, overrides, config_name)
+        return command_config(reads, overrides, config_name, overlays=overlays)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -426,35 +428,64 @@ def _stop_group(server: subprocess.Popen[bytes]) -> None:
             time.sleep(0.1)
 
 
+SYNTHETIC_FLAGS = {"images": "synthetic_images", "queries": "synthetic_queries", "seed": "synthetic_seed"}
+
+
 def _data(arguments: list[str]) -> int:
-    """``harness data download NAME [--root DIR]`` / ``harness data synthetic [--root DIR] [--images N] ...``."""
+    """``harness data download NAME`` / ``harness data synthetic``, with ``dataset.*`` and ``paths.*`` overrides."""
     import argparse
 
+    from harness.config.schema import DataCommandConfig
     from harness.data.datasets import DATASETS, download_dataset
-    from harness.data.synthetic import synthetic_name, write_synthetic
+    from harness.data.synthetic import dataset_location, write_synthetic
     from harness.errors import HarnessError, counted
 
-    parser = argparse.ArgumentParser(prog="harness data", description="Retrieval datasets in the revisitop layout.")
+    parser = argparse.ArgumentParser(
+        prog="harness data",
+        description="Retrieval datasets in the revisitop layout, where runs look for them: dataset.root, else "
+        "paths.data (both settable as KEY=VALUE overrides, as for harness run).",
+    )
     actions = parser.add_subparsers(dest="action", required=True)
     download = actions.add_parser("download", help="fetch a Revisited Oxford/Paris dataset (resumable, verified)")
     download.add_argument("name", choices=sorted(DATASETS))
-    synthetic = actions.add_parser("synthetic", help="write the synthetic dataset made from shipped photos")
-    synthetic.add_argument("--images", type=int, default=60)
-    synthetic.add_argument("--queries", type=int, default=5)
-    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic = actions.add_parser(
+        "synthetic",
+        help="write the synthetic dataset made from shipped photos",
+        description="Write the synthetic set a run with dataset=synthetic uses: its size and seed are "
+        "dataset.synthetic_images / synthetic_queries / synthetic_seed (60, 5, 0 unless overridden, e.g. by "
+        "debug=tiny: 16, 2, 0).",
+    )
+    for flag, key in SYNTHETIC_FLAGS.items():
+        synthetic.add_argument(f"--{flag}", type=int, default=None, help=f"dataset.{key}")
     for action in (download, synthetic):
-        action.add_argument("--root", type=Path, default=None, help="dataset root (default: paths.data)")
+        action.add_argument(
+            "--root", type=Path, default=None, help="dataset root (default: dataset.root, else paths.data)"
+        )
+        action.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="KEY=VALUE",
+            help="dataset.* / paths.* overrides, debug=... or +experiment=...",
+        )
     options = parser.parse_args(arguments)
-    from harness.config.store import compose
-
-    root = options.root or Path(compose([])["paths"]["data"])
+    overrides = [*options.overrides, f"dataset.name={options.name if options.action == 'download' else 'synthetic'}"]
+    if options.action == "synthetic":
+        overrides += [
+            f"dataset.{key}={getattr(options, flag)}"
+            for flag, key in SYNTHETIC_FLAGS.items()
+            if getattr(options, flag) is not None
+        ]
+    config = _command_config(DataCommandConfig, overrides, overlays=("debug", "experiment"))
+    root, name = dataset_location(config.dataset, config.paths)
+    root = options.root or root
     try:
         if options.action == "download":
-            truth = download_dataset(options.name, root)
-            name = options.name
+            truth = download_dataset(name, root)
         else:
-            truth = write_synthetic(root, images=options.images, queries=options.queries, seed=options.seed)
-            name = synthetic_name(options.images, options.queries, options.seed)
+            dataset = config.dataset
+            truth = write_synthetic(
+                root, images=dataset.synthetic_images, queries=dataset.synthetic_queries, seed=dataset.synthetic_seed
+            )
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

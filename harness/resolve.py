@@ -17,7 +17,7 @@ from typing import Any
 from harness.backends import check_precision, get_backend
 from harness.config.convert import from_mapping
 from harness.config.schema import PathsConfig, PerfConfig, RunConfig, VdspParams
-from harness.data.synthetic import check_synthetic_set, synthetic_name
+from harness.data.synthetic import check_synthetic_set, dataset_location
 from harness.errors import ConfigError, DataError
 from harness.models.variants import get_variant
 from harness.preprocess import default_params
@@ -93,9 +93,8 @@ def _check_calibration(config: RunConfig) -> None:
             "calibrate on views made with another seed"
         )
     if calibration.source == "folder":
-        root = Path(dataset.root).expanduser() if dataset.root else config.paths.path("data")
-        name = synthetic_name(dataset.synthetic_images, dataset.synthetic_queries, dataset.synthetic_seed)
-        evaluated = root / (name if dataset.name == "synthetic" else dataset.name)
+        root, name = dataset_location(dataset, config.paths)
+        evaluated = root / name
         folder = Path(str(calibration.folder)).expanduser()
         if folder.resolve() == evaluated.resolve() or evaluated.resolve() in folder.resolve().parents:
             raise ConfigError(

@@ -174,6 +174,21 @@ def test_data_synthetic_writes_the_revisitop_layout(tmp_path: Path) -> None:
     assert len(list((tmp_path / "data" / "synthetic-i20-q2-s0" / "jpg").glob("*.jpg"))) == 22
 
 
+def test_data_writes_where_a_run_of_the_same_overrides_reads(tmp_path: Path) -> None:
+    done = harness(tmp_path, "data", "synthetic", "debug=tiny", f"paths.data={tmp_path / 'data'}")
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / "data" / "synthetic-i16-q2-s0"
+    assert done.stdout.strip() == f"{written}: 16 database images, 2 queries"
+    stamp = (written / "gnd_synthetic-i16-q2-s0.pkl").stat().st_mtime_ns
+    ran = harness(tmp_path, "run", "debug=tiny", "backend=torch", "stages=[accuracy]", "tracking=off")
+    assert ran.returncode == 0, ran.stderr
+    assert load_result(ran.stdout.strip().splitlines()[-1]).accuracy.dataset == "synthetic-i16-q2-s0"  # type: ignore[union-attr]
+    assert (written / "gnd_synthetic-i16-q2-s0.pkl").stat().st_mtime_ns == stamp  # read, not written again
+    refused = harness(tmp_path, "data", "synthetic", "perf.batch=2")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == "error: perf: unknown key (known: ['dataset', 'debug', 'experiment', 'paths'])"
+
+
 def test_data_download_offline_is_one_clear_error(tmp_path: Path) -> None:
     done = harness(tmp_path, "data", "download", "rparis6k", "--root", str(tmp_path / "data"))
     assert done.returncode == 1

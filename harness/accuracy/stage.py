@@ -27,7 +27,7 @@ from harness.backends import LoadTarget, fp32_reference_backend, is_toolchain, o
 from harness.config.schema import Precision, RunConfig
 from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth
-from harness.data.synthetic import synthetic_name, write_synthetic
+from harness.data.synthetic import dataset_location, write_synthetic
 from harness.errors import ConfigError, DataError, counted
 from harness.result import AccuracyResult, Fp32Comparison, SetupMetrics
 from harness.vdsp import vdsp_params_file
@@ -81,25 +81,16 @@ def zero_descriptor_warnings(query: np.ndarray, database: np.ndarray, *, source:
     return warnings
 
 
-def dataset_location(config: RunConfig) -> tuple[Path, str]:
-    """(root, folder name) of the run's dataset; a synthetic set's folder names its size and seed."""
-    root = Path(config.dataset.root or config.paths.data).expanduser()
-    dataset = config.dataset
-    if dataset.name == "synthetic":
-        return root, synthetic_name(dataset.synthetic_images, dataset.synthetic_queries, dataset.synthetic_seed)
-    return root, dataset.name
-
-
 def check_dataset_present(config: RunConfig) -> None:
     """A downloaded dataset's ground truth is there, checked before any stage runs (the synthetic set is made)."""
-    root, name = dataset_location(config)
+    root, name = dataset_location(config.dataset, config.paths)
     if config.dataset.name != "synthetic" and not gnd_path(root, name).exists():
         raise DataError(f"{gnd_path(root, name)} not found: run `harness data download {name} --root {root}`")
 
 
 def dataset_truth(config: RunConfig) -> tuple[Path, str, GroundTruth]:
     """The dataset's root, folder name and validated ground truth (a synthetic set is written on first use)."""
-    root, name = dataset_location(config)
+    root, name = dataset_location(config.dataset, config.paths)
     dataset = config.dataset
     if dataset.name == "synthetic":
         log.info("synthetic dataset %s under %s", name, root)

@@ -490,6 +490,14 @@ class StoreCommandConfig:
 
 
 @dataclass(frozen=True)
+class DataCommandConfig:
+    """What ``harness data`` reads: where datasets live, and the synthetic set's size and seed."""
+
+    dataset: DatasetConfig
+    paths: PathsConfig
+
+
+@dataclass(frozen=True)
 class GateCommandConfig:
     """What ``harness gate`` reads of ``conf/gate.yaml``: its rules, and the store MLflow baselines come from."""
 

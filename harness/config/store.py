@@ -111,18 +111,21 @@ def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
     return plain(_hydra_compose(overrides, config_name))
 
 
-def command_config(reads: type[T], overrides: list[str], config_name: str = "run") -> T:
+def command_config(
+    reads: type[T], overrides: list[str], config_name: str = "run", *, overlays: tuple[str, ...] = ()
+) -> T:
     """The groups a command reads (the fields of dataclass ``reads``), composed from ``config_name`` and checked.
 
     An override of any other group is refused as an unknown key: the command would ignore it, and a user who
-    wrote ``perf.batch=2`` after ``harness report`` expects it to mean something. Groups that
-    ``conf/local`` adds beside them are left alone, since that file serves every command.
+    wrote ``perf.batch=2`` after ``harness report`` expects it to mean something. ``overlays`` are groups that
+    set keys of other groups (``debug=tiny`` sets the dataset's size), accepted where what they set is read.
+    Groups that ``conf/local`` adds beside them are left alone, since that file serves every command.
     """
     groups = [item.name for item in dataclasses.fields(typing.cast(Any, reads))]
     for override in overrides:
         group = re.split(r"[./=]", override.lstrip("+~"), maxsplit=1)[0]
-        if group not in groups:
-            raise ConfigError(unknown_key_message(group, group, groups))
+        if group not in groups and group not in overlays:
+            raise ConfigError(unknown_key_message(group, group, [*groups, *overlays]))
     composed = plain(_hydra_compose(overrides, config_name, reads=reads), reads)
     return from_mapping(reads, {name: composed.get(name) for name in groups})
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from harness.config.schema import check_seed
+from harness.config.schema import DatasetConfig, PathsConfig, check_seed
 from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth
 from harness.data.photos import as_rgb, photo_loaders
@@ -57,6 +57,15 @@ def _save_jpeg(image: Image.Image, path: Path, quality: int) -> None:
 def synthetic_name(images: int, queries: int, seed: int) -> str:
     """The folder of one synthetic set: every parameter is in the name, so a set on disk is always the one asked for."""
     return f"synthetic-i{images}-q{queries}-s{seed}"
+
+
+def dataset_location(dataset: DatasetConfig, paths: PathsConfig) -> tuple[Path, str]:
+    """(root, folder name) of a configured dataset: ``dataset.root``, else ``paths.data``; a synthetic set's folder
+    names its size and seed."""
+    root = Path(dataset.root).expanduser() if dataset.root else paths.path("data")
+    if dataset.name == "synthetic":
+        return root, synthetic_name(dataset.synthetic_images, dataset.synthetic_queries, dataset.synthetic_seed)
+    return root, dataset.name
 
 
 def check_synthetic_set(images: int, queries: int, seed: int) -> None:
