@@ -66,10 +66,12 @@ def _save(figure, path: Path) -> None:  # type: ignore[no-untyped-def]
 
 
 def _grouped_bars(  # type: ignore[no-untyped-def]
-    axes, labels: list[str], series: tuple[str, ...], value_of: Callable[[int, str], float | None], *, rotation: int
-) -> list[str]:
+    axes, labels: list[str], series: tuple[str, ...], value_of: Callable[[int, str], float | None], *, rotation: int,
+    value_labels: bool = False,
+) -> list[str]:  # fmt: skip
     """Bars grouped per label, one colour per series, each series in the legend; a missing value is an "n/a" mark
-    in its bar's place, never a zero bar. Returns the missing values as ``"<label> <series>"``."""
+    in its bar's place, never a zero bar. ``value_labels`` writes each bar's value at its end, so that a zero
+    (a bar with no height) reads as measured. Returns the missing values as ``"<label> <series>"``."""
     from matplotlib.patches import Patch
 
     width = 0.8 / len(series)
@@ -86,7 +88,16 @@ def _grouped_bars(  # type: ignore[no-untyped-def]
                     fontsize=7, color="grey",
                 )  # fmt: skip
                 continue
-            axes.bar(x, value, width, color=f"C{offset}")
+            bars = axes.bar(x, value, width, color=f"C{offset}")
+            if value_labels:
+                axes.bar_label(bars, labels=[f"{value:.2g}"], fontsize=7, padding=2)
+    drawn = [value for name in series for index in range(len(labels)) if (value := value_of(index, name)) is not None]
+    if value_labels and drawn:
+        # Room for the labels beyond the longest bar and on either side of a zero one (a bar's edge at zero
+        # is sticky: matplotlib's margins leave none there).
+        low, high = min(0.0, *drawn), max(0.0, *drawn)
+        pad = 0.15 * ((high - low) or 1.0)
+        axes.set_ylim(low - pad, high + pad)
     # Every series, drawn or not, so that each n/a mark can be read off by its place in the group.
     axes.legend(handles=[Patch(color=f"C{offset}", label=name) for offset, name in enumerate(series)], fontsize=8)
     axes.set_xticks(range(len(labels)), labels, rotation=rotation, ha="right", fontsize=8)
@@ -241,8 +252,9 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
     names = ("map_easy", "map_medium", "map_hard", "parity_min_cos_x1e4", "top10_neighbours_lost_pct")
     figure, axes = _figure()
     missing = _grouped_bars(
-        axes, [label for label, _ in rows], names, lambda index, name: rows[index][1][name], rotation=20
-    )
+        axes, [label for label, _ in rows], names, lambda index, name: rows[index][1][name], rotation=20,
+        value_labels=True,
+    )  # fmt: skip
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_ylabel("minus fp32 (mAP points; parity cosine x 1e4; % top-10)")
     axes.set_title("What a lower precision costs against fp32")
@@ -269,7 +281,7 @@ def _deltas(reference: RunResult, other: RunResult) -> dict[str, float | None]:
         "map_hard": difference(setup_map("hard")),
         "parity_min_cos_x1e4": difference(lambda result: result.build.parity.min_cosine if result.build else None, 1e4),
         # The run's own comparison with fp32 on the same images: the share of top-10 neighbours it lost.
-        "top10_neighbours_lost_pct": -100.0 * (1.0 - other.accuracy.fp32.neighbour_overlap_at_10)
+        "top10_neighbours_lost_pct": 100.0 * (other.accuracy.fp32.neighbour_overlap_at_10 - 1.0)
         if other.accuracy and other.accuracy.fp32
         else None,
     }

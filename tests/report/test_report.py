@@ -91,6 +91,26 @@ def test_n_a_marks_stay_inside_the_axes_and_every_series_is_in_the_legend() -> N
     plt.close(figure)
 
 
+def test_a_zero_delta_is_labelled_so_it_reads_as_measured_and_every_label_is_inside_the_axes() -> None:
+    # fp16 against fp32 on the synthetic set: mAP unchanged (bars of no height), parity down by 2.6e-7.
+    import matplotlib.pyplot as plt
+
+    from harness.report.plots import _figure, _grouped_bars
+
+    figure, axes = _figure()
+    values = {"map_medium": [0.0], "parity_x1e4": [-0.0026], "top10_lost_pct": [None]}
+    _grouped_bars(axes, ["fp16"], tuple(values), lambda index, name: values[name][index], rotation=20,
+                  value_labels=True)  # fmt: skip
+    figure.canvas.draw()
+    inside = axes.get_window_extent()
+    labels = {text.get_text(): text.get_window_extent() for text in axes.texts}
+    assert set(labels) == {"0", "-0.0026", "n/a"}
+    assert all(inside.y0 <= box.y0 and box.y1 <= inside.y1 for box in labels.values())
+    low, high = axes.get_ylim()
+    assert low < -0.0026 and high > 0  # room beyond the longest bar and above the zero one
+    plt.close(figure)
+
+
 def test_withheld_percentiles_are_drawn_as_missing_never_as_zero(runs: list[LabelledRun], tmp_path: Path) -> None:
     report = write_report(runs, tmp_path / "report", title="tiny sweep")
     (percentiles,) = [plot for plot in report.plots if plot.path.name == "latency_percentiles.png"]
