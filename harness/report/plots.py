@@ -126,6 +126,7 @@ def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
         points.sort()
         batches, values, lows, highs = (np.asarray(column, dtype=np.float64) for column in zip(*points, strict=True))
         axes.errorbar(batches, values, yerr=[values - lows, highs - values], marker="o", capsize=3, label=name)
+    axes.set_ylim(bottom=0)  # heights read as ratios: a cut axis made 12 against 15 img/s look like 1 to 4
     axes.set_xscale("log", base=2)
     ticks = sorted({run.result.perf.batch for run in measured})  # type: ignore[union-attr]
     axes.set_xticks(ticks, [str(batch) for batch in ticks])
@@ -136,7 +137,9 @@ def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
     axes.grid(alpha=0.3)
     _legend(axes)
     _save(figure, path)
-    return Plot(path, "Throughput vs batch", "Median-repeat throughput per batch size; bars span all repeats.")
+    return Plot(
+        path, "Throughput vs batch", "Median-repeat throughput per batch size (from zero); bars span all repeats."
+    )
 
 
 def latency_percentiles(runs: list[LabelledRun], path: Path) -> Plot | None:
@@ -198,20 +201,30 @@ def _headline_samples(run: LabelledRun) -> np.ndarray | None:
 def accuracy_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     """Medium mAP against throughput; the Pareto front (no run both faster and more accurate) is marked."""
     points = [
-        (run.label, run.result.perf.throughput_qps, run.result.accuracy.medium.map)
+        (
+            f"{run.label}: {run.result.config.precision.name} b{run.result.perf.batch}",
+            run.result.perf.throughput_qps,
+            run.result.accuracy.medium.map,
+        )
         for run in runs
         if run.result.perf is not None and run.result.accuracy is not None
     ]
     if not points:
         return None
     front = pareto_front([(speed, quality) for _, speed, quality in points])
+    middle = (min(speed for _, speed, _ in points) + max(speed for _, speed, _ in points)) / 2
     figure, axes = _figure()
     for index, (label, speed, quality) in enumerate(points):
         on_front = index in front
         axes.scatter(
             speed, quality, marker="*" if on_front else "o", s=120 if on_front else 40, color="C3" if on_front else "C0"
         )
-        axes.annotate(label, (speed, quality), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        # Right of the points in the left half, left of those in the right half: no label runs off the axes.
+        right_half = speed > middle
+        axes.annotate(
+            label, (speed, quality), textcoords="offset points", xytext=(-4 if right_half else 4, 4),
+            ha="right" if right_half else "left", fontsize=7,
+        )  # fmt: skip
     ordered = sorted((points[index][1], points[index][2]) for index in front)
     axes.plot(*zip(*ordered, strict=True), color="C3", alpha=0.6, label="Pareto front")
     axes.set_xlabel("throughput (images/s)")

@@ -111,6 +111,29 @@ def test_a_zero_delta_is_labelled_so_it_reads_as_measured_and_every_label_is_ins
     plt.close(figure)
 
 
+def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the_axes(
+    runs: list[LabelledRun], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.report import plots
+
+    saved = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path: saved.setdefault(path.name, figure))
+    plots.throughput_vs_batch(runs, tmp_path / "throughput.png")
+    plots.accuracy_vs_throughput(runs, tmp_path / "accuracy.png")
+    (throughput_axes,) = saved["throughput.png"].axes
+    assert throughput_axes.get_ylim()[0] == 0  # heights read as ratios
+    figure = saved["accuracy.png"]
+    figure.tight_layout()
+    figure.canvas.draw()
+    (axes,) = figure.axes
+    labels = {text.get_text(): text.get_window_extent() for text in axes.texts}
+    assert set(labels) == {
+        f"{run.label}: {run.result.config.precision.name} b{run.result.config.perf.batch}" for run in runs
+    }
+    inside = axes.get_window_extent()
+    assert all(inside.x0 <= box.x0 and box.x1 <= inside.x1 for box in labels.values()), labels
+
+
 def test_withheld_percentiles_are_drawn_as_missing_never_as_zero(runs: list[LabelledRun], tmp_path: Path) -> None:
     report = write_report(runs, tmp_path / "report", title="tiny sweep")
     (percentiles,) = [plot for plot in report.plots if plot.path.name == "latency_percentiles.png"]
