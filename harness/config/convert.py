@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar, get_args, get_origin
 
 from harness.errors import ConfigError, unknown_key_message, unknown_name_message
@@ -132,3 +132,15 @@ def _describe(hint: Any) -> str:
     if get_origin(hint) is typing.Literal:
         return "one of " + ", ".join(repr(arg) for arg in get_args(hint))
     return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def flatten(tree: object, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """Dotted (key, leaf) pairs of nested dicts and lists."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(tree, list | tuple) and any(isinstance(item, dict | list) for item in tree):
+        for index, value in enumerate(tree):
+            yield from flatten(value, f"{prefix}.{index}")
+    else:
+        yield prefix, tree

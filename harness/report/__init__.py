@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from harness.config.convert import flatten
 from harness.errors import DataError
 from harness.fileio import write_text_atomic
 from harness.result import RESULT_FILE, RunResult, load_result
@@ -54,14 +57,85 @@ def _cell(name: str, value: object) -> str:
     return str(value)
 
 
-def row_of(label: str, result: RunResult) -> dict[str, str]:
-    """One table row: the run's label (job number or folder), then every column's cell."""
-    return {"job": label, **{name: _cell(name, extract(result)) for name, extract in COLUMNS}}
+# Settings the fixed columns show, and groups that say where a run lives rather than what it measured.
+SHOWN_SETTINGS = ("model.variant", "precision.name", "backend.name", "perf.batch", "perf.instances")
+LOCAL_GROUPS = ("paths", "tracking", "progress", "task", "preprocessing")
+# A group chosen by this key: where it differs, the group's other keys differ with it (precision=fp16 brings
+# its own parity thresholds), and only the choice is a column.
+GROUP_CHOICES = {"model": "model.variant", "precision": "precision.name", "backend": "backend.name",
+                 "dataset": "dataset.name"}  # fmt: skip
+
+
+# Free-form mappings: one setting each (a vendor's vdsp JSON is not 13 columns).
+MAPPING_SETTINGS = (
+    "vdsp.params",
+    "backend.provider_options",
+    "backend.aot_inductor_configs",
+    "backend.compile_options",
+)
+LONGEST_SETTING = 40
+
+
+def _settings(result: RunResult) -> dict[str, object]:
+    config = dataclasses.asdict(result.config)
+    whole = {}
+    for dotted in MAPPING_SETTINGS:
+        group, name = dotted.split(".")
+        if isinstance(config.get(group), dict) and name in config[group]:
+            mapping = config[group].pop(name)
+            whole[dotted] = json.dumps(mapping, sort_keys=True) if mapping else None
+    return {**dict(flatten(config)), **whole}
+
+
+def _setting_cell(value: object) -> str:
+    text = _cell("", value) if not isinstance(value, list | tuple) else json.dumps(value)
+    if len(text) <= LONGEST_SETTING:
+        return text
+    return f"{text[: LONGEST_SETTING - 12]}... {hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def swept_settings(results: list[RunResult]) -> list[str]:
+    """The dotted settings whose values differ between the runs and that no fixed column shows: a sweep's axes
+    (``perf.target_qps``, ``backend.intra_op_threads``...), so that its rows can be told apart. In config order."""
+    flattened = [_settings(result) for result in results]
+    keys = list(dict.fromkeys(key for settings in flattened for key in settings))
+
+    def differs(key: str) -> bool:
+        return len({json.dumps(settings.get(key), sort_keys=True, default=str) for settings in flattened}) > 1
+
+    chosen = {group for group, choice in GROUP_CHOICES.items() if differs(choice)}
+    return [
+        key
+        for key in keys
+        if differs(key)
+        and key not in SHOWN_SETTINGS
+        and key.split(".")[0] not in LOCAL_GROUPS
+        and not (key.split(".")[0] in chosen and key != GROUP_CHOICES[key.split(".")[0]])
+    ]
+
+
+def row_of(label: str, result: RunResult, settings: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """One table row: the run's label (job number or folder), the ``settings`` (``swept_settings``) it ran with,
+    then every column's cell."""
+    values = _settings(result) if settings else {}
+    return {
+        "job": label,
+        **{key: _setting_cell(values.get(key)) for key in settings},
+        **{name: _cell(name, extract(result)) for name, extract in COLUMNS},
+    }
 
 
 def blank_row(label: str, status: str, why: str) -> dict[str, str]:
     """The row of a job with no result to show: its status and why, every measured cell empty."""
     return {"job": label, **dict.fromkeys(COLUMN_NAMES[1:], ""), "status": status, "error": why}
+
+
+def column_names(rows: list[dict[str, str]]) -> list[str]:
+    """Every column of the rows in order (the job, swept settings, then the fixed columns), leaving out those
+    empty in every row."""
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    ordered = ["job", *(name for name in names if name not in COLUMN_NAMES), *COLUMN_NAMES[1:]]
+    return [name for name in ordered if any(row.get(name) for row in rows)]
 
 
 def folder_kind(folder: Path) -> Literal["sweep", "run"]:
@@ -117,12 +191,15 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
     A job without a result is ``cancelled`` when its launcher saw the cluster cancel it, else ``missing``; one
     whose ``result.json`` cannot be read is ``unreadable``, with why, and the other jobs are still summarised.
     """
-    rows = {}
+    rows: dict[int, dict[str, str]] = {}
+    results = {}
     for job in job_dirs(sweep_dir):
         try:
-            rows[int(job.name)] = row_of(job.name, load_result(job))
+            results[int(job.name)] = load_result(job)
         except DataError as error:
             rows[int(job.name)] = blank_row(job.name, "unreadable", str(error))
+    settings = swept_settings(list(results.values()))
+    rows.update({number: row_of(str(number), result, settings) for number, result in results.items()})
     for number, reason in missing_jobs(sweep_dir).items():
         rows[number] = blank_row(str(number), "cancelled" if reason.startswith("CANCELLED") else "missing", reason)
     return [rows[number] for number in sorted(rows)]
@@ -130,10 +207,11 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
 
 def write_summary(rows: list[dict[str, str]], folder: Path) -> list[Path]:
     """``summary.csv`` and ``summary.md`` in ``folder``; returns both paths."""
-    names = list(COLUMN_NAMES)
+    names = list(dict.fromkeys(["job", *(name for row in rows for name in row), *COLUMN_NAMES]))
+    names = ["job", *(name for name in names if name not in COLUMN_NAMES), *COLUMN_NAMES[1:]]
     csv_path, markdown_path = folder / "summary.csv", folder / "summary.md"
     with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
+        writer = csv.DictWriter(handle, fieldnames=names, restval="")
         writer.writeheader()
         writer.writerows(rows)
     write_text_atomic(markdown_path, markdown_table(rows))
@@ -141,9 +219,9 @@ def write_summary(rows: list[dict[str, str]], folder: Path) -> list[Path]:
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:
-    names = [name for name in COLUMN_NAMES if any(row[name] for row in rows)]
+    names = column_names(rows)
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    lines += ["| " + " | ".join(row[name].replace("|", "/") for name in names) + " |" for row in rows]
+    lines += ["| " + " | ".join(row.get(name, "").replace("|", "/") for name in names) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

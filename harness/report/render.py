@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.errors import DataError, counted
 from harness.fileio import write_text_atomic
-from harness.report import COLUMN_NAMES, blank_row, folder_kind, job_dirs, markdown_table, row_of
+from harness.report import blank_row, column_names, folder_kind, job_dirs, markdown_table, row_of, swept_settings
 from harness.report.plots import PLOTS, LabelledRun, Plot
 from harness.result import load_result
 
@@ -66,7 +66,8 @@ def write_report(
     ``unreadable`` results (label -> why) are rows that say so."""
     folder.mkdir(parents=True, exist_ok=True)
     plots = tuple(plot for name, draw in PLOTS if (plot := draw(runs, folder / name)) is not None)
-    rows = [row_of(run.label, run.result) for run in runs]
+    settings = swept_settings([run.result for run in runs])
+    rows = [row_of(run.label, run.result, settings) for run in runs]
     rows += [blank_row(label, "unreadable", why) for label, why in (unreadable or {}).items()]
     created = datetime.now(UTC).isoformat(timespec="seconds")
     lines = [
@@ -105,8 +106,10 @@ def _html(title: str, written: str, plots: tuple[Plot, ...], rows: list[dict[str
         parts.append(f"<img alt='{html.escape(plot.title)}' src='data:image/png;base64,{encoded}'>")
         if plot.missing:
             parts.append(f"<p>Missing (n/a, never zero): {html.escape(', '.join(plot.missing))}.</p>")
-    names = [name for name in COLUMN_NAMES if any(row[name] for row in rows)]
+    names = column_names(rows)
     parts.append("<h2>Runs</h2><table><tr>" + "".join(f"<th>{html.escape(name)}</th>" for name in names) + "</tr>")
-    parts += ["<tr>" + "".join(f"<td>{html.escape(row[name])}</td>" for name in names) + "</tr>" for row in rows]
+    parts += [
+        "<tr>" + "".join(f"<td>{html.escape(row.get(name, ''))}</td>" for name in names) + "</tr>" for row in rows
+    ]
     parts.append("</table></body></html>")
     return "\n".join(parts)

@@ -17,7 +17,8 @@ import fnmatch
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+
+from harness.config.convert import flatten
 
 MAX_VALUE_LENGTH = 6000
 # Dotted paths (fnmatch patterns) of the result fields that are measurements.
@@ -98,18 +99,6 @@ def shorten(value: str, limit: int = MAX_VALUE_LENGTH) -> str:
         return value
     suffix = "...sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
     return value[: limit - len(suffix)] + suffix
-
-
-def flatten(tree: object, prefix: str = "") -> Iterator[tuple[str, object]]:
-    """Dotted (key, leaf) pairs of nested dicts and lists."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(tree, list | tuple) and any(isinstance(item, dict | list) for item in tree):
-        for index, value in enumerate(tree):
-            yield from flatten(value, f"{prefix}.{index}")
-    else:
-        yield prefix, tree
 
 
 def params_of(config: dict[str, object]) -> dict[str, str]:

@@ -173,6 +173,29 @@ def test_the_report_command_writes_under_reports_by_default(runs: list[LabelledR
     )
 
 
+def test_a_table_shows_the_settings_its_runs_differ_in_and_only_those(runs: list[LabelledRun], tmp_path: Path) -> None:
+    from harness.report import markdown_table, row_of, swept_settings
+
+    # fp32 / fp16 x batch 1 / 2: both shown by fixed columns, and fp16's own parity thresholds are no column
+    assert swept_settings([run.result for run in runs]) == []
+    made = []
+    for latency in (300, 600):
+        composed = compose(["debug=tiny", "backend=sleep", f"backend.latency_us={latency}", "stages=[perf]",
+                            "perf.iterations=4", f"paths.cache={tmp_path / 'cache'}", "tracking=off"])  # fmt: skip
+        made.append(run(composed, run_dir=tmp_path / str(latency)))
+    inline = compose(["debug=tiny", "backend=sleep", "stages=[perf]", "perf.iterations=4", "vdsp=official_dinov2",
+                      f"paths.cache={tmp_path / 'cache'}", "tracking=off"])  # fmt: skip
+    made.append(run(inline, run_dir=tmp_path / "vdsp"))
+    settings = swept_settings(made)
+    assert settings == ["backend.latency_us", "vdsp.params"]  # the vendor's JSON is one setting, not 13
+    table = markdown_table([row_of(result.run_dir, result, settings) for result in made])
+    header, _, *rows = table.splitlines()
+    assert header.startswith("| job | backend.latency_us | vdsp.params | status |")
+    cells = [row.split(" | ")[1:3] for row in rows]
+    assert cells[:2] == [["300", ""], ["600", ""]] and cells[2][0] == "1000"  # the default
+    assert cells[2][1].startswith('{"OpConfig": {') and len(cells[2][1]) == 40  # shortened, with a hash to tell apart
+
+
 def test_jobs_without_a_result_are_rows_saying_how_they_ended(tmp_path: Path) -> None:
     from harness.report import sweep_rows
     from harness.tracking import record_job_ending, start_sweep
