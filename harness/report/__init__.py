@@ -59,7 +59,7 @@ def _cell(name: str, value: object) -> str:
 
 # Settings the fixed columns show, and groups that say where a run lives rather than what it measured.
 SHOWN_SETTINGS = ("model.variant", "precision.name", "backend.name", "perf.batch", "perf.instances")
-LOCAL_GROUPS = ("paths", "tracking", "progress", "task", "preprocessing")
+LOCAL_GROUPS = ("paths", "tracking", "progress", "task")
 # A group chosen by this key: where it differs, the group's other keys differ with it (precision=fp16 brings
 # its own parity thresholds), and only the choice is a column.
 GROUP_CHOICES = {"model": "model.variant", "precision": "precision.name", "backend": "backend.name",
@@ -77,7 +77,8 @@ LONGEST_SETTING = 40
 
 
 def _settings(result: RunResult) -> dict[str, object]:
-    config = dataclasses.asdict(result.config)
+    derived = [field.name for field in dataclasses.fields(result.config) if field.metadata.get("resolved")]
+    config = {name: value for name, value in dataclasses.asdict(result.config).items() if name not in derived}
     whole = {}
     for dotted in MAPPING_SETTINGS:
         group, name = dotted.split(".")
@@ -130,12 +131,12 @@ def blank_row(label: str, status: str, why: str) -> dict[str, str]:
     return {"job": label, **dict.fromkeys(COLUMN_NAMES[1:], ""), "status": status, "error": why}
 
 
-def column_names(rows: list[dict[str, str]]) -> list[str]:
+def column_names(rows: list[dict[str, str]], *, keep_empty: bool = False) -> list[str]:
     """Every column of the rows in order (the job, swept settings, then the fixed columns), leaving out those
-    empty in every row."""
+    empty in every row unless ``keep_empty``."""
     names = list(dict.fromkeys(name for row in rows for name in row))
     ordered = ["job", *(name for name in names if name not in COLUMN_NAMES), *COLUMN_NAMES[1:]]
-    return [name for name in ordered if any(row.get(name) for row in rows)]
+    return [name for name in ordered if keep_empty or any(row.get(name) for row in rows)]
 
 
 def folder_kind(folder: Path) -> Literal["sweep", "run"]:
@@ -200,15 +201,18 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
             rows[int(job.name)] = blank_row(job.name, "unreadable", str(error))
     settings = swept_settings(list(results.values()))
     rows.update({number: row_of(str(number), result, settings) for number, result in results.items()})
+    planned: list[list[str]] = read_sweep_record(sweep_dir).get("jobs") or []  # type: ignore[assignment]
     for number, reason in missing_jobs(sweep_dir).items():
-        rows[number] = blank_row(str(number), "cancelled" if reason.startswith("CANCELLED") else "missing", reason)
+        row = blank_row(str(number), "cancelled" if reason.startswith("CANCELLED") else "missing", reason)
+        # What it would have run with, from its planned overrides, where they set a column's setting.
+        overrides = dict(override.lstrip("+").split("=", 1) for override in planned[number] if "=" in override)
+        rows[number] = {"job": row["job"], **{key: overrides.get(key, "") for key in settings}, **row}
     return [rows[number] for number in sorted(rows)]
 
 
 def write_summary(rows: list[dict[str, str]], folder: Path) -> list[Path]:
-    """``summary.csv`` and ``summary.md`` in ``folder``; returns both paths."""
-    names = list(dict.fromkeys(["job", *(name for row in rows for name in row), *COLUMN_NAMES]))
-    names = ["job", *(name for name in names if name not in COLUMN_NAMES), *COLUMN_NAMES[1:]]
+    """``summary.csv`` (every fixed column, a stable schema) and ``summary.md`` in ``folder``; returns both."""
+    names = column_names(rows, keep_empty=True)
     csv_path, markdown_path = folder / "summary.csv", folder / "summary.md"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=names, restval="")

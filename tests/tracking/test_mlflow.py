@@ -332,7 +332,7 @@ def test_ctrl_c_mid_sweep_stops_cleanly_and_leaves_every_job_accounted_for(tmp_p
     time.sleep(1.0)  # job 1 is measuring now (a 4 s window)
     os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group, workers included
     stdout, stderr = sweep.communicate(timeout=60)
-    assert "| 1 | interrupted |" in stdout  # the summary is printed, as at the end of any sweep
+    assert "| 1 | 2000 | interrupted |" in stdout  # the summary is printed, as at the end of any sweep
     assert sweep.returncode == 130
     assert "Traceback" not in stderr and stderr.count("interrupted:") == 1
     sweep_dir = find_sweep_dir(tmp_path)
@@ -341,7 +341,9 @@ def test_ctrl_c_mid_sweep_stops_cleanly_and_leaves_every_job_accounted_for(tmp_p
     assert not (sweep_dir / "2").exists()
     summary = (sweep_dir / "summary.md").read_text()
     assert (
-        "| 1 | interrupted |" in summary and "| 2 | missing |" in summary and "not run (sweep interrupted)" in summary
+        "| 1 | 2000 | interrupted |" in summary
+        and "| 2 | 3000 | missing |" in summary  # planned: from its overrides
+        and "not run (sweep interrupted)" in summary
     )
     uri = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
     statuses = {
