@@ -95,9 +95,10 @@ def _setting_cell(value: object) -> str:
     return f"{text[: LONGEST_SETTING - 12]}... {hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def swept_settings(results: list[RunResult]) -> list[str]:
-    """The dotted settings whose values differ between the runs and that no fixed column shows: a sweep's axes
-    (``perf.target_qps``, ``backend.intra_op_threads``...), so that its rows can be told apart. In config order."""
+def swept_settings(results: list[RunResult], shown: tuple[str, ...] = SHOWN_SETTINGS) -> list[str]:
+    """The dotted settings whose values differ between the runs and that are not ``shown`` otherwise (the fixed
+    columns): a sweep's axes (``perf.target_qps``, ``backend.intra_op_threads``...), so that its rows can be told
+    apart. In config order."""
     flattened = [_settings(result) for result in results]
     keys = list(dict.fromkeys(key for settings in flattened for key in settings))
 
@@ -109,19 +110,24 @@ def swept_settings(results: list[RunResult]) -> list[str]:
         key
         for key in keys
         if differs(key)
-        and key not in SHOWN_SETTINGS
+        and key not in shown
         and key.split(".")[0] not in LOCAL_GROUPS
         and not (key.split(".")[0] in chosen and key != GROUP_CHOICES[key.split(".")[0]])
     ]
 
 
+def setting_cells(result: RunResult, settings: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """The run's value of each of ``settings`` (dotted keys), as table cells."""
+    values = _settings(result) if settings else {}
+    return {key: _setting_cell(values.get(key)) for key in settings}
+
+
 def row_of(label: str, result: RunResult, settings: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     """One table row: the run's label (job number or folder), the ``settings`` (``swept_settings``) it ran with,
     then every column's cell."""
-    values = _settings(result) if settings else {}
     return {
         "job": label,
-        **{key: _setting_cell(values.get(key)) for key in settings},
+        **setting_cells(result, settings),
         **{name: _cell(name, extract(result)) for name, extract in COLUMNS},
     }
 

@@ -8,6 +8,8 @@ as zero.
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.report import setting_cells, swept_settings
 from harness.result import RunResult
 
 FIGURE_SIZE_IN = (8.0, 5.0)
 DPI = 100
 PERCENTILE_NAMES = ("p50", "p90", "p99")
+LABEL_SETTINGS = 3
 LOAD_KEYS = ("batch", "instances", "processes", "queue_depth", "mode", "scenario", "target_qps")
 
 
@@ -60,7 +64,11 @@ def _legend(axes) -> None:  # type: ignore[no-untyped-def]
 def _save(figure, path: Path) -> None:  # type: ignore[no-untyped-def]
     import matplotlib.pyplot as plt
 
-    figure.tight_layout()
+    with warnings.catch_warnings():
+        # Labels too long for the figure (many runs differing in many settings): it is drawn as it is, and the
+        # table beside it names every run; a warning on the report command's stderr would tell the user nothing.
+        warnings.filterwarnings("ignore", message="Tight layout not applied", category=UserWarning)
+        figure.tight_layout()
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
 
@@ -105,9 +113,28 @@ def _grouped_bars(  # type: ignore[no-untyped-def]
     return missing
 
 
-def _series_key(run: LabelledRun) -> str:
+def _swept(runs: list[LabelledRun], along: tuple[str, ...] = ()) -> list[str]:
+    """The settings the runs differ in beyond variant, backend, precision and batch (``perf.instances`` too: no
+    plot has a column for it), less those a plot draws ``along`` an axis: what keeps its series apart."""
+    shown = ("model.variant", "precision.name", "backend.name", "perf.batch")
+    return [key for key in swept_settings([run.result for run in runs], shown) if key not in along]
+
+
+def _with_settings(name: str, run: LabelledRun, settings: list[str]) -> str:
+    """``name`` followed by the run's ``settings`` as ``key=value`` (the key's last part: ``target_qps=200``), the
+    first ``LABEL_SETTINGS`` of them: runs that differ in more are told apart by the table, not by a legend."""
+    cells = list(setting_cells(run.result, settings).items())
+    named = [f"{key.rsplit('.', 1)[-1]}={value or '-'}" for key, value in cells[:LABEL_SETTINGS]]
+    more = [f"+{len(cells) - LABEL_SETTINGS} more"] if len(cells) > LABEL_SETTINGS else []
+    return " ".join([name, *named, *more])
+
+
+def _series_key(run: LabelledRun, settings: list[str]) -> tuple[str, str]:
+    """(label, identity) of the series a run belongs to: runs of one series differ only along the plot's axis,
+    in every setting, not only in those the label has room for."""
     config = run.result.config
-    return f"{config.model.variant} {config.backend['name']} {config.precision.name}"
+    label = _with_settings(f"{config.model.variant} {config.backend['name']} {config.precision.name}", run, settings)
+    return label, json.dumps(setting_cells(run.result, settings), sort_keys=True)
 
 
 def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
@@ -115,14 +142,15 @@ def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
     measured = [run for run in runs if run.result.perf is not None]
     if not measured:
         return None
-    series: dict[str, list[tuple[int, float, float, float]]] = defaultdict(list)
+    series: dict[tuple[str, str], list[tuple[int, float, float, float]]] = defaultdict(list)
+    settings = _swept(measured)
     for run in measured:
         perf = run.result.perf
         assert perf is not None
         repeats = perf.throughput_qps_repeats or (perf.throughput_qps,)
-        series[_series_key(run)].append((perf.batch, perf.throughput_qps, min(repeats), max(repeats)))
+        series[_series_key(run, settings)].append((perf.batch, perf.throughput_qps, min(repeats), max(repeats)))
     figure, axes = _figure()
-    for name, points in sorted(series.items()):
+    for (name, _), points in sorted(series.items()):
         points.sort()
         batches, values, lows, highs = (np.asarray(column, dtype=np.float64) for column in zip(*points, strict=True))
         axes.errorbar(batches, values, yerr=[values - lows, highs - values], marker="o", capsize=3, label=name)
@@ -148,8 +176,9 @@ def latency_percentiles(runs: list[LabelledRun], path: Path) -> Plot | None:
     if not measured:
         return None
     figure, axes = _figure()
+    settings = _swept(measured)
     missing = _grouped_bars(
-        axes, [run.label for run in measured], PERCENTILE_NAMES,
+        axes, [_with_settings(run.label, run, settings) for run in measured], PERCENTILE_NAMES,
         lambda index, name: _percentile_ms(measured[index], name), rotation=30,
     )  # fmt: skip
     axes.set_ylabel("end-to-end latency (ms)")
@@ -169,10 +198,11 @@ def _percentile_ms(run: LabelledRun, name: str) -> float | None:
 def latency_cdf(runs: list[LabelledRun], path: Path) -> Plot | None:
     """The distribution of every end-to-end latency sample of each run's headline repeat."""
     curves = []
+    settings = _swept(runs)
     for run in runs:
         samples = _headline_samples(run)
         if samples is not None and samples.size:
-            curves.append((run.label, np.sort(samples) / 1000.0))
+            curves.append((_with_settings(run.label, run, settings), np.sort(samples) / 1000.0))
     if not curves:
         return None
     figure, axes = _figure()
@@ -200,9 +230,10 @@ def _headline_samples(run: LabelledRun) -> np.ndarray | None:
 
 def accuracy_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     """Medium mAP against throughput; the Pareto front (no run both faster and more accurate) is marked."""
+    settings = _swept(runs)
     points = [
         (
-            f"{run.label}: {run.result.config.precision.name} b{run.result.perf.batch}",
+            _with_settings(f"{run.label}: {run.result.config.precision.name} b{run.result.perf.batch}", run, settings),
             run.result.perf.throughput_qps,
             run.result.accuracy.medium.map,
         )
@@ -247,19 +278,22 @@ def pareto_front(points: list[tuple[float, float]]) -> set[int]:
 
 def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
     """Each lower precision minus fp32 of the same variant, backend and batch: mAP (points) and parity."""
-    by_key: dict[tuple[str, str, int], dict[str, RunResult]] = defaultdict(dict)
+    # Runs that differ in any other setting (threads, instances...) are never compared with each other.
+    settings = _swept(runs)
+    by_key: dict[tuple[str, str], dict[str, RunResult]] = defaultdict(dict)
     for run in runs:
         config = run.result.config
-        by_key[(config.model.variant, str(config.backend["name"]), config.perf.batch)][config.precision.name] = (
+        label = _with_settings(f"{config.model.variant} {config.backend['name']} b{config.perf.batch}", run, settings)
+        by_key[(label, json.dumps(setting_cells(run.result, settings), sort_keys=True))][config.precision.name] = (
             run.result
         )
     rows: list[tuple[str, dict[str, float | None]]] = []
-    for (variant, backend, batch), results in sorted(by_key.items()):
+    for (key, _), results in sorted(by_key.items()):
         reference = results.get("fp32")
         for precision, result in sorted(results.items()):
             if reference is None or precision == "fp32":
                 continue
-            rows.append((f"{variant} {backend} b{batch} {precision}", _deltas(reference, result)))
+            rows.append((f"{key} {precision}", _deltas(reference, result)))
     if not rows:
         return None
     names = ("map_easy", "map_medium", "map_hard", "parity_min_cos_x1e4", "top10_neighbours_lost_pct")
@@ -318,10 +352,11 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
         return None
     figure, axes = _figure()
     missing = []
-    series: dict[str, list[LabelledRun]] = defaultdict(list)
+    series: dict[tuple[str, str], list[LabelledRun]] = defaultdict(list)
+    settings = _swept(measured, along=tuple(f"perf.{key}" for key in LOAD_KEYS))
     for run in measured:
-        series[_series_key(run)].append(run)
-    for colour, (key, members) in enumerate(sorted(series.items())):
+        series[_series_key(run, settings)].append(run)
+    for colour, ((key, _), members) in enumerate(sorted(series.items())):
         for name, style in (("p50", "o-"), ("p99", "s--")):
             points = []
             for run in members:

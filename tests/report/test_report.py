@@ -196,6 +196,26 @@ def test_a_table_shows_the_settings_its_runs_differ_in_and_only_those(runs: list
     assert cells[2][1].startswith('{"OpConfig": {') and len(cells[2][1]) == 40  # shortened, with a hash to tell apart
 
 
+def test_precision_deltas_compare_only_runs_alike_in_every_other_setting(tmp_path: Path) -> None:
+    from harness.report.plots import precision_deltas
+
+    made = []
+    for threads in (1, 2):
+        for precision in ("fp32", "fp16"):
+            composed = compose(["debug=tiny", f"precision={precision}", f"backend.intra_op_threads={threads}",
+                                "stages=[build]", f"paths.cache={tmp_path / 'cache'}", "tracking=off"])  # fmt: skip
+            run_dir = tmp_path / f"{precision}-t{threads}"
+            assert run(composed, run_dir=run_dir).status == "ok"
+            made.append(run_dir)
+    plot = precision_deltas(folder_runs(made).runs, tmp_path / "deltas.png")
+    assert plot is not None  # no accuracy stage: each fp16 row's mAP deltas are missing, naming the row
+    rows = sorted({entry.rsplit(" ", 1)[0] for entry in plot.missing})
+    assert rows == [
+        "tiny14_reg4 onnxruntime b1 intra_op_threads=1 fp16",
+        "tiny14_reg4 onnxruntime b1 intra_op_threads=2 fp16",
+    ]  # once merged by variant, backend and batch alone: one row, fp16 of one thread count against fp32 of another
+
+
 def test_jobs_without_a_result_are_rows_saying_how_they_ended(tmp_path: Path) -> None:
     from harness.report import sweep_rows
     from harness.tracking import record_job_ending, start_sweep
