@@ -48,6 +48,8 @@ def format_summary(result: RunResult) -> str:
     if result.perf:
         perf = result.perf
         p50, p99 = perf.latency_us.model.p50, perf.latency_us.model.p99
+        if "runs" in perf.backend_resolved:
+            rows.append(("runtime", _runtime(perf)))
         rows += [
             (
                 "perf",
@@ -178,6 +180,15 @@ def _engine_precision(result: RunResult) -> str:
     if backend.get("trt_fp16") and result.config.precision.name != "fp16":
         return " artifact; TensorRT may run its layers in fp16 (backend.trt_fp16=true)"
     return ""
+
+
+def _runtime(perf: PerfResult) -> str:
+    """What the backend ran and where: ``onnxruntime 1.32.0: CPUExecutionProvider on cpu, 2 threads (...)``."""
+    resolved = perf.backend_resolved
+    version = resolved.get(perf.backend)
+    threads = resolved.get("cpu_threads")
+    where = f" on {perf.device}" + (f", {threads} threads ({resolved.get('cpu_threads_setting')})" if threads else "")
+    return f"{perf.backend}{f' {version}' if version else ''}: {resolved['runs']}{where}"
 
 
 def _repeats(perf: PerfResult) -> str:

@@ -143,6 +143,28 @@ def test_a_headline_over_repeats_names_their_spread(tmp_path: Path, repeats: int
     assert "repeats" not in format_summary(single)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "runtime"),
+    [
+        ([], r"onnxruntime [\d.]+: CPUExecutionProvider on cpu, 1 threads \(backend.intra_op_threads\)"),
+        (
+            ["backend=torch", "backend.compile=true", "backend.attention=math"],
+            r"torch \S+: module, torch.compile mode=default, math attention on cpu, 1 threads \(backend.threads\)",
+        ),
+        (["backend=torch"], r"torch \S+: eager module on cpu, 1 threads \(backend.threads\)"),
+    ],
+)
+def test_the_summary_says_what_the_backend_ran(tmp_path: Path, overrides: list[str], runtime: str) -> None:
+    threads = "backend.threads=1" if "backend=torch" in overrides else "backend.intra_op_threads=1"
+    config = tiny(tmp_path, "stages=[build,perf]", "perf.iterations=3", threads, *overrides)
+    result = run(config, run_dir=tmp_path / "run")
+    assert result.status == "ok", result.error
+    line = next(
+        line.split(maxsplit=1)[1] for line in format_summary(result).splitlines() if line.split()[0] == "runtime"
+    )
+    assert re.fullmatch(runtime, line), line
+
+
 def test_an_efficiency_turned_off_is_not_explained_back(tmp_path: Path) -> None:
     config = tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.iterations=3", "perf.efficiency=false")
     result = run(config, run_dir=tmp_path / "run")

@@ -83,6 +83,15 @@ class OrtConfig:
             )
 
     @property
+    def runs(self) -> str:
+        """What each call runs, in words: the summary's ``runtime`` line."""
+        parts = ["+".join(self.providers)]
+        parts += ["IO binding"] if self.io_binding and self.providers[0] in DEVICE_PROVIDERS else []
+        parts += ["TensorRT fp16 engines"] if self.trt_fp16 else []
+        parts += [f"graph optimization {self.graph_optimization}"] if self.graph_optimization != "all" else []
+        return ", ".join(parts)
+
+    @property
     def fp32_reference(self) -> OrtConfig:
         """The same session with TensorRT's fp16 switch off, also where ``provider_options`` sets it: with it on,
         TensorRT runs the fp32 build in fp16 and the reference would not be fp32."""
@@ -164,7 +173,7 @@ class OrtBackend:
     def resolve(self, target: LoadTarget) -> dict[str, object]:
         found = self.check_environment()
         self._artifact(target)
-        return found
+        return {**found, "runs": self.config.runs}
 
     def input_signature(self, target: LoadTarget) -> InputSignature:
         import onnx

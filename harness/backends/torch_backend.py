@@ -82,6 +82,17 @@ class TorchConfig:
         return self.artifact == "aoti"
 
     @property
+    def runs(self) -> str:
+        """What each call runs, in words: the summary's ``runtime`` line."""
+        parts = ["AOTInductor package" if self.artifact == "aoti" else "module"]
+        parts += [f"torch.compile mode={self.compile_mode}"] if self.compile else []
+        parts += ["one CUDA graph per batch size"] if self.cuda_graphs else []
+        parts += ["pinned host I/O on copy streams"] if self.host_io else []
+        parts += [f"{self.attention} attention"] if self.attention != "auto" else []
+        eager = self.artifact == "module" and not self.compile
+        return ("eager " if eager else "") + ", ".join(parts)
+
+    @property
     def fp32_reference(self) -> TorchConfig:
         """The module on the same device: the fp32 features every build's parity is checked against."""
         return dataclasses.replace(self, artifact="module", compile=False, cuda_graphs=False)
@@ -198,7 +209,7 @@ class TorchBackend:
         found = self.check_environment()
         if self.config.artifact == "aoti":
             self._package(target)
-        return found
+        return {**found, "runs": self.config.runs}
 
     def check_environment(self) -> dict[str, object]:
         import torch

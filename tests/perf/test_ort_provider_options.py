@@ -29,6 +29,11 @@ def test_tensorrt_gets_fp16_and_an_engine_cache_under_the_harness_cache(cache_di
         "trt_engine_cache_path": str(cache_dir / "tensorrt"),
     }  # fmt: skip
     assert cuda == {} and cpu == {}
+    # the summary's runtime line: IO binding only where a device provider leads (the CPU provider ignores it)
+    assert config.runs == (
+        "TensorrtExecutionProvider+CUDAExecutionProvider+CPUExecutionProvider, IO binding, TensorRT fp16 engines"
+    )
+    assert ort_config(cache_dir).runs == "CPUExecutionProvider"
 
 
 def test_explicit_provider_options_win_and_a_configured_engine_folder_is_used(cache_dir: Path) -> None:
