@@ -102,9 +102,11 @@ def evidence_of(result: RunResult, *, label: str) -> Evidence:
 def config_difference(candidate: Evidence, others: list[Evidence], *, shown: int = 4) -> str:
     """How ``candidate``'s settings differ from the nearest of ``others`` (fewest differing settings, the same
     machine first): ``nearest baseline 0 differs in backend.intra_op_threads: 2 -> 1``; empty when there are
-    none."""
+    none, or that there is no baseline at all."""
     comparable = [item for item in others if item.config]
-    if not candidate.config or not others:
+    if not others:
+        return "there is no baseline at all: promote the reference runs with --promote"
+    if not candidate.config:
         return ""
     if not comparable:
         return "the baselines there are keep no settings to compare with (promoted by an older harness: promote again)"

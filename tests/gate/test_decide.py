@@ -78,7 +78,9 @@ def test_pairing_needs_a_baseline_on_the_same_hardware_unless_allowed() -> None:
     assert refused.verdict == "unusable" and "no baseline measured on this hardware" in refused.problems[0]
     allowed = pair(candidate, [other_machine], settings, allow_hardware_mismatch=True)
     assert allowed.verdict == "pass" and "hardware differs" in allowed.notes[0]
-    assert pair(candidate, [], settings, allow_hardware_mismatch=False).problems == ("no baseline for config hash cfg",)
+    assert pair(candidate, [], settings, allow_hardware_mismatch=False).problems == (
+        "no baseline for config hash cfg: there is no baseline at all: promote the reference runs with --promote",
+    )
     missing = pair(evidence({}), [candidate], settings, allow_hardware_mismatch=False)
     assert missing.verdict == "unusable" and missing.problems == ("metric throughput_qps missing in the candidate",)
 
@@ -103,7 +105,7 @@ def test_a_candidate_without_a_baseline_is_told_how_it_differs_from_the_nearest(
     assert config_difference(candidate, [many]).endswith(", and 4 more")
     old = Evidence("old", "hash-old", "machine", {})
     assert "keep no settings to compare with" in config_difference(candidate, [old])
-    assert config_difference(candidate, []) == ""
+    assert config_difference(candidate, []) == "there is no baseline at all: promote the reference runs with --promote"
     problems = pair(candidate, [], SETTINGS, allow_hardware_mismatch=False, others=lambda: [near]).problems
     assert problems == ("no baseline for config hash hash-candidate: nearest baseline near differs in "
                         "backend.intra_op_threads: 2 -> 1",)  # fmt: skip
