@@ -31,11 +31,21 @@ class RunSet:
     runs: list[LabelledRun] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)
 
-    def add(self, label: str, run_dir: Path) -> None:
+    def add(self, label: str, run_dir: Path, *, distinct: str | None = None) -> None:
+        """Add the run in ``run_dir`` as ``label``; a label already taken (two MLflow runs of one name, two
+        folders ``0`` of two sweeps) gets ``distinct`` (default: the folder's parent) beside it, since plots
+        and tables tell runs apart by label alone."""
+        taken = {run.label for run in self.runs} | set(self.unreadable)
+        if label in taken:
+            label = f"{label} ({distinct or f'{run_dir.parent.name}/{run_dir.name}'})"
+        unique, count = label, 1
+        while unique in taken:
+            count += 1
+            unique = f"{label} #{count}"
         try:
-            self.runs.append(LabelledRun(label, load_result(run_dir), run_dir))
+            self.runs.append(LabelledRun(unique, load_result(run_dir), run_dir))
         except DataError as error:
-            self.unreadable[label] = str(error)
+            self.unreadable[unique] = str(error)
 
 
 def sweep_runs(sweep_dir: Path, *, prefix: str = "") -> RunSet:

@@ -462,5 +462,5 @@ def download_runs(store: Store, folder: Path, *, progress: bool = True) -> RunSe
             except Exception:  # an artifact the run does not have (no perf stage): its plot is left out
                 continue
         if (target / "result.json").exists():
-            found.add(run.info.run_name or run.info.run_id, target)
+            found.add(run.info.run_name or run.info.run_id, target, distinct=run.info.run_id[:8])
     return found

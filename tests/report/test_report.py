@@ -216,6 +216,18 @@ def test_precision_deltas_compare_only_runs_alike_in_every_other_setting(tmp_pat
     ]  # once merged by variant, backend and batch alone: one row, fp16 of one thread count against fp32 of another
 
 
+def test_runs_of_one_name_keep_apart_in_a_report(runs: list[LabelledRun], tmp_path: Path) -> None:
+    # Two sweeps' job 0 folders, or two MLflow runs of one name: plots and tables tell runs apart by label.
+    first, second = tmp_path / "a" / "0", tmp_path / "b" / "0"
+    shutil.copytree(runs[0].run_dir, first)
+    shutil.copytree(runs[1].run_dir, second)
+    (tmp_path / "c" / "0").mkdir(parents=True)
+    found = folder_runs([first, second])
+    assert [run.label for run in found.runs] == ["0", "0 (b/0)"]
+    found.add("0", tmp_path / "c" / "0", distinct="c0ffee12")  # no result there: unreadable, under its own label
+    assert list(found.unreadable) == ["0 (c0ffee12)"]
+
+
 def test_jobs_without_a_result_are_rows_saying_how_they_ended(tmp_path: Path) -> None:
     from harness.report import sweep_rows
     from harness.tracking import record_job_ending, start_sweep
