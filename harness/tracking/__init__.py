@@ -30,7 +30,7 @@ from harness.config.schema import PathsConfig, TrackingConfig
 from harness.errors import DataError, TrackingError
 from harness.fileio import progress_bar, sha256_of, write_json_atomic
 from harness.perf.vamp import VAMP_REPEAT_FILE
-from harness.report import SWEEP_FILE
+from harness.report import SWEEP_FILE, read_sweep_record
 from harness.report.render import RunSet
 from harness.result import RunResult, load_result
 from harness.tracking.records import metrics_of, params_of, shorten, tags_of
@@ -306,7 +306,7 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
     started_ms, finished_ms = _epoch_ms(result.started_at), _epoch_ms(result.finished_at)
     run = store.call(
         lambda: store.client.create_run(
-            store.experiment_id, start_time=started_ms, tags=tags, run_name=_run_name(result)
+            store.experiment_id, start_time=started_ms, tags=tags, run_name=_run_name(result, sweep_dir)
         )
     )
     run_id = run.info.run_id
@@ -423,12 +423,37 @@ def _record(store: Store, run_id: str, parent: str | None) -> TrackingRecord:
     )  # fmt: skip
 
 
-def _run_name(result: RunResult) -> str:
+# Sweep overrides the run name shows already (variant, precision, backend, batch).
+NAMED_OVERRIDES = ("model", "model.variant", "precision", "precision.name", "backend", "backend.name", "perf.batch")
+
+
+def _run_name(result: RunResult, sweep_dir: Path | None = None) -> str:
+    """``vits14_reg4-fp16-onnxruntime-b8``, then for a sweep job the settings its jobs differ in that the name
+    has no part for (``latency_us=200``): children of one sweep are told apart in the MLflow UI's run list."""
     config = result.config
     parts = [config.model.variant, config.precision.name]
     if "perf" in result.stages:
         parts += [config.backend["name"], f"b{config.perf.batch}"]
-    return "-".join(str(part) for part in parts)
+    return " ".join(["-".join(str(part) for part in parts), *_job_axes(sweep_dir, Path(result.run_dir))])
+
+
+def _job_axes(sweep_dir: Path | None, run_dir: Path) -> list[str]:
+    """The overrides a sweep job was planned with that differ between the sweep's jobs, as ``key=value`` (the
+    key's last part), less those the run name shows; none outside a sweep."""
+    if sweep_dir is None or not run_dir.name.isdigit():
+        return []
+    try:
+        planned: list[list[str]] = read_sweep_record(sweep_dir).get("jobs") or []  # type: ignore[assignment]
+    except DataError:
+        return []
+    jobs = [dict(override.lstrip("+").split("=", 1) for override in job if "=" in override) for job in planned]
+    if int(run_dir.name) >= len(jobs):
+        return []
+    return [
+        f"{key.rsplit('.', 1)[-1]}={value}"
+        for key, value in jobs[int(run_dir.name)].items()
+        if key not in NAMED_OVERRIDES and len({job.get(key) for job in jobs}) > 1
+    ]
 
 
 def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: RunResult) -> None:

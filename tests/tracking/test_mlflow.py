@@ -150,6 +150,10 @@ def test_parallel_perf_jobs_on_one_device_are_marked_contended(tmp_path: Path) -
         if "harness.contended" in run.data.tags
     ]
     assert [run.data.tags["harness.contended"] for run in runs] == ["true", "true"]
+    # the run names tell the two jobs apart by what the sweep varies, which the base name has no part for
+    assert sorted(run.info.run_name for run in runs) == [
+        "tiny14_reg4-fp32-sleep-b1 latency_us=1000", "tiny14_reg4-fp32-sleep-b1 latency_us=1500",
+    ]  # fmt: skip
 
 
 def test_sweep_with_submitit_local(tmp_path: Path, mlflow_server: MlflowServer) -> None:
