@@ -163,7 +163,9 @@ def format_summary(result: RunResult) -> str:
             rows.append(
                 (
                     "skipped",
-                    f"{len(accuracy.skipped_images)} unreadable images: {', '.join(accuracy.skipped_images[:3])}",
+                    f"{counted(len(accuracy.skipped_images), 'unreadable image')}: "
+                    + ", ".join(accuracy.skipped_images[:3])
+                    + (f", and {len(accuracy.skipped_images) - 3} more" if len(accuracy.skipped_images) > 3 else ""),
                 )
             )
     if result.error:

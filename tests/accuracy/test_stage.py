@@ -18,6 +18,7 @@ from harness.data.synthetic import synthetic_name, write_synthetic
 from harness.errors import ConfigError, DataError
 from harness.pipeline import run
 from harness.resolve import resolve_config
+from harness.summary import format_summary
 from tests.conftest import REPO_ROOT, compose
 
 TINY_SET = synthetic_name(16, 2, 0)  # the set debug=tiny asks for
@@ -125,6 +126,9 @@ def test_a_corrupt_image_fails_naming_it_or_is_skipped_and_listed(tmp_path: Path
     skipped = tiny_run(tmp_path, "dataset.on_bad_image=skip", name="skip")
     assert skipped.status == "ok" and skipped.accuracy is not None and skipped.accuracy.skipped_images == (str(bad),)
     assert not np.load(tmp_path / "skip" / "features_database.npy")[5].any()  # zero descriptor, never ranked first
+    assert ["skipped", f"1 unreadable image: {bad}"] in [
+        line.split(maxsplit=1) for line in format_summary(skipped).splitlines()
+    ]
 
 
 def test_vendor_vdsp_preprocessing_and_perf_shape_from_vdsp(tmp_path: Path) -> None:
