@@ -107,7 +107,7 @@ def _hydra_command(config_name: str, task: Callable[[Any], None], arguments: lis
     import hydra
 
     from harness.config.store import CONF_DIR, register_schema
-    from harness.errors import ConfigError
+    from harness.errors import ConfigError, counted
 
     try:
         _check_jobs(config_name, arguments)
@@ -135,7 +135,7 @@ def _hydra_command(config_name: str, task: Callable[[Any], None], arguments: lis
         unsuccessful.update(_unsuccessful_jobs(sweep))
     if unsuccessful:
         jobs = ", ".join(f"{job} ({status})" for job, status in sorted(unsuccessful.items()))
-        print(f"error: {len(unsuccessful)} job(s) did not succeed: {jobs}", file=sys.stderr)
+        print(f"error: {counted(len(unsuccessful), 'job')} did not succeed: {jobs}", file=sys.stderr)
         return 1
     return 0
 
@@ -178,7 +178,7 @@ def _interrupt(*_: object) -> None:
 def _stop_interrupted() -> int:
     """After Ctrl-C: close the sweep (summary, parent run KILLED), say in one line what was kept; exit 130."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
-    from harness.errors import HarnessError
+    from harness.errors import HarnessError, counted
     from harness.report import markdown_table, sweep_rows, write_summary
     from harness.tracking import Store, end_sweep, finish_sweep
 
@@ -199,7 +199,7 @@ def _stop_interrupted() -> int:
     except HarnessError as error:
         print(f"warning: sweep not fully closed ({error}); later: harness sync {sweep_dir}", file=sys.stderr)
     done = sum(row["status"] == "ok" for row in rows)
-    print(f"interrupted: {where}; sweep {sweep_dir}: {done} job(s) finished before it", file=sys.stderr)
+    print(f"interrupted: {where}; sweep {sweep_dir}: {counted(done, 'job')} finished before it", file=sys.stderr)
     return 130
 
 
@@ -499,7 +499,7 @@ def _gate(arguments: list[str]) -> int:
     import argparse
 
     from harness.config.schema import GateCommandConfig
-    from harness.errors import HarnessError
+    from harness.errors import HarnessError, counted
     from harness.fileio import write_text_atomic
     from harness.gate import markdown, rerun_perf, run_gate
     from harness.gate.sources import (
@@ -562,15 +562,15 @@ def _gate(arguments: list[str]) -> int:
             if use_mlflow:
                 assert store is not None
                 for candidate in candidates:
+                    promoted = promote_in_mlflow(store, candidate)
                     print(
-                        f"baseline: MLflow run(s) {', '.join(promote_in_mlflow(store, candidate))} tagged harness.baseline=true"
+                        f"baseline: MLflow {'run' if len(promoted) == 1 else 'runs'} {', '.join(promoted)} tagged "
+                        "harness.baseline=true"
                     )
             else:
                 evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
                 write_baseline_file(Path(options.baseline), evidence)
-                print(
-                    f"baseline: {len(evidence)} entr{'y' if len(evidence) == 1 else 'ies'} written to {options.baseline}"
-                )
+                print(f"baseline: {counted(len(evidence), 'entry', 'entries')} written to {options.baseline}")
             return 0
         evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
         if use_mlflow:

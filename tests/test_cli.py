@@ -163,7 +163,7 @@ def test_sweep_with_a_failing_job_goes_on_and_fails_at_the_end(tmp_path: Path) -
     assert done.returncode == 1
     results = sorted((tmp_path / "outputs" / "run" / "multirun").rglob("result.json"))
     assert [load_result(path).status for path in results] == ["ok", "failed"]
-    assert "1 job(s) did not succeed" in done.stderr and "(failed)" in done.stderr
+    assert "1 job did not succeed" in done.stderr and "(failed)" in done.stderr
 
 
 def test_data_synthetic_writes_the_revisitop_layout(tmp_path: Path) -> None:

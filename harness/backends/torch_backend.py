@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from harness.backends import InputSignature, LoadTarget, register_backend
-from harness.errors import BackendUnavailable, ConfigError
+from harness.errors import BackendUnavailable, ConfigError, counted
 from harness.nvml import device_info
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -228,7 +228,7 @@ class TorchBackend:
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise BackendUnavailable(
-                f"backend.device={self.config.device!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+                f"backend.device={self.config.device!r}: only {counted(torch.cuda.device_count(), 'CUDA device')} visible"
             )
         major, minor = torch.cuda.get_device_capability(index)
         found.update(

@@ -19,6 +19,7 @@ from harness.backends import BackendFactory, LoadTarget, OpenedBackend, open_bac
 from harness.config.schema import PerfConfig, RunConfig, VdspParams
 from harness.data.photos import sample_photos
 from harness.environment import cpu_model, gpus, hardware_fingerprint, usable_cores
+from harness.errors import counted
 from harness.models.variants import get_variant
 from harness.nvml import NvmlSampler, device_telemetry
 from harness.perf import stats
@@ -275,7 +276,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         reasons += (f"no probe kept p99 within perf.latency_bound_ms={config.perf.latency_bound_ms}",)
     if contention.overlapping:
         warnings += (
-            f"contended: {len(contention.overlapping)} other perf run(s) measured on {device} of this host at the "
+            f"contended: {counted(len(contention.overlapping), 'other perf run')} measured on {device} of this host at the "
             f"same time ({', '.join(contention.overlapping)}); timings are not comparable: run one job per device",
         )
     oversubscribed = _oversubscription(config.perf.instances, opened.resolved)

@@ -64,7 +64,7 @@ def test_a_job_that_fails_on_the_cluster_fails_the_sweep(tmp_path: Path, slurm_c
     failed = load_result(folder / "1")
     assert failed.status == "failed" and failed.error is not None
     assert failed.error.message == "model.weights=/nowhere/weights.pth: no such file"
-    assert f"error: 1 job(s) did not succeed: {(folder / '1').resolve()} (failed)" in done.stderr
+    assert f"error: 1 job did not succeed: {(folder / '1').resolve()} (failed)" in done.stderr
     assert os.environ.get("SLURM_CONF") == str(slurm_cluster.conf)
 
 

@@ -140,9 +140,7 @@ def test_parallel_perf_jobs_on_one_device_are_marked_contended(tmp_path: Path) -
     assert first.contended_with == (str((sweep / "1").resolve()),) and second.contended_with == (
         str((sweep / "0").resolve()),
     )
-    assert any(
-        warning.startswith("contended: 1 other perf run(s) measured on cpu") for warning in first.validity.warnings
-    )
+    assert any(warning.startswith("contended: 1 other perf run measured on cpu") for warning in first.validity.warnings)
     assert "warning: jobs 0, 1 measured on one device at the same time" in done.stdout
     runs = [
         run
