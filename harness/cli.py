@@ -237,15 +237,16 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
     if any(argument.startswith("-") for argument in overrides):
         return
     if not multirun:
-        resolve_config(compose(overrides, config_name))
+        _check_outputs(resolve_config(compose(overrides, config_name)).paths.path("outputs"))
         return
     plan = sweep_plan(overrides, config_name)
     if plan is None:
         return
     invalid = []
+    outputs = set()
     for number, job in enumerate(plan.jobs):
         try:
-            resolve_config(compose(list(job), config_name))
+            outputs.add(resolve_config(compose(list(job), config_name)).paths.path("outputs"))
         except ConfigError as error:
             invalid.append(f"sweep job {number} ({plan.varying(number)}): {error}")
     if len(invalid) == 1:
@@ -254,6 +255,21 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
         raise ConfigError(
             f"{len(invalid)} of {len(plan.jobs)} sweep jobs are invalid, nothing was run:\n  " + "\n  ".join(invalid)
         )
+    for folder in sorted(outputs):
+        _check_outputs(folder)
+
+
+def _check_outputs(folder: Path) -> None:
+    """Create ``paths.outputs`` now, where a failure is one line: Hydra creates the run folder under it before
+    any harness code runs, and its failure there is a chain of tracebacks."""
+    from harness.errors import ConfigError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"paths.outputs={folder}: cannot create the run folders there ({error.strerror or error})"
+        ) from None
 
 
 def _split(arguments: list[str]) -> tuple[list[str], list[str]]:

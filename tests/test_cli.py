@@ -166,6 +166,20 @@ def test_sweep_with_a_failing_job_goes_on_and_fails_at_the_end(tmp_path: Path) -
     assert "1 job did not succeed" in done.stderr and "(failed)" in done.stderr
 
 
+@pytest.mark.parametrize("sweep", [[], ["-m", "perf.batch=1,2"]])
+def test_outputs_that_cannot_be_created_are_one_line_and_no_run(tmp_path: Path, sweep: list[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("paths.outputs under a file: Hydra's own folder creation failed with a chain of tracebacks")
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "run", *sweep, "debug=tiny", "tracking=off", f"paths.outputs={blocker / 'out'}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        f"error: paths.outputs={blocker / 'out'}: cannot create the run folders there (Not a directory)"
+    )
+
+
 def test_data_synthetic_writes_the_revisitop_layout(tmp_path: Path) -> None:
     done = harness(tmp_path, "data", "synthetic", "--root", str(tmp_path / "data"), "--images", "20", "--queries", "2")
     assert done.returncode == 0, done.stderr
