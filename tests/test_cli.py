@@ -180,6 +180,17 @@ def test_outputs_that_cannot_be_created_are_one_line_and_no_run(tmp_path: Path, 
     )
 
 
+def test_a_tracking_store_mlflow_cannot_open_is_a_warning_and_the_result_is_kept(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("an SQLite store under a file: MLflow's client raised before the first request")
+    done = harness(tmp_path, "run", "debug=tiny", "stages=[build]", f"tracking.uri=sqlite:///{blocker}/mlflow.db")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    result_path = Path(done.stdout.strip().splitlines()[-1])
+    assert load_result(result_path).status == "ok"
+    assert f"warning: run not tracked (tracking store sqlite:///{blocker}/mlflow.db: " in done.stderr
+    assert f"result.json is kept: harness sync {result_path.parent}" in done.stderr
+
+
 def test_data_synthetic_writes_the_revisitop_layout(tmp_path: Path) -> None:
     done = harness(tmp_path, "data", "synthetic", "--root", str(tmp_path / "data"), "--images", "20", "--queries", "2")
     assert done.returncode == 0, done.stderr

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, unknown_name_message
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int8_dynamic"]
 # Precisions that are ONNX Runtime quantizations of the fp32 ONNX build (float input and output).
@@ -394,6 +394,10 @@ class VdspParams:
     source_format: str = "new"
 
 
+# The tracking stores MLflow 3.17 writes runs to, by URI scheme (a database, a server, Databricks).
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     """``tracking`` group: where runs are logged (MLflow).
@@ -416,6 +420,19 @@ class TrackingConfig:
     http_timeout_s: float
     http_retries: int
     sqlite_retries: int
+
+    def __post_init__(self) -> None:
+        if self.uri is None:
+            return
+        scheme = self.uri.split(":", 1)[0].split("+", 1)[0] if ":" in self.uri else ""
+        if scheme == "file" or not scheme:
+            # MLflow 3.17 refuses its file store ("maintenance mode") at the first write, after the run.
+            raise ConfigError(
+                f"tracking.uri={self.uri!r}: MLflow's file store is in maintenance mode and refuses new runs; "
+                "use a database, e.g. sqlite:///<folder>/mlflow.db, or a server, http://host:port"
+            )
+        if scheme not in TRACKING_SCHEMES:
+            raise ConfigError(f"tracking.uri={self.uri!r}: {unknown_name_message('scheme', scheme, TRACKING_SCHEMES)}")
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,8 @@ class Store:
 
         self.tracking = tracking
         self.uri, artifact_location = resolve_store(tracking, paths)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        # A database MLflow cannot open, or a URI from MLFLOW_TRACKING_URI it does not take, fails here.
+        self.client = self.call(lambda: MlflowClient(tracking_uri=self.uri))
         self.experiment_id = self.call(lambda: self._experiment(tracking.experiment, artifact_location))
 
     def call(self, operation: Callable[[], T]) -> T:

@@ -88,6 +88,15 @@ def test_defaults_are_typed() -> None:
         ("backend.provider_options.x=1", r"^backend.provider_options.x=1: invalid literal for int"),  # names no key
         ("debug=tiny perf.shape.x=1", r"^perf.shape.x=1: "),
         ("build.parity_images=two", r"build.parity_images='two': expected int"),
+        (  # MLflow 3.17 refuses it only at the first write, after the run
+            "tracking.uri=file:///tmp/mlruns",
+            r"tracking.uri='file:///tmp/mlruns': MLflow's file store is in maintenance mode and refuses new runs; use",
+        ),
+        ("tracking.uri=/tmp/mlruns", r"tracking.uri='/tmp/mlruns': MLflow's file store is in maintenance mode"),
+        (
+            "tracking.uri=htpt://localhost:5000",
+            r"tracking.uri='htpt://localhost:5000': scheme='htpt': .*did you mean 'http'",
+        ),
         ("stages=[build,perf,perf]", r"stages=\['build', 'perf', 'perf'\]: expected .*, each once"),
         ("perf.windows=1", r"perf.windows=1, perf.max_window_cv=0.1: expected >= 2 windows"),
         ("perf.max_window_cv=-1", r"perf.windows=8, perf.max_window_cv=-1.0: expected .* a CV >= 0"),
