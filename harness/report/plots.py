@@ -24,6 +24,8 @@ FIGURE_SIZE_IN = (8.0, 5.0)
 DPI = 100
 PERCENTILE_NAMES = ("p50", "p90", "p99")
 LABEL_SETTINGS = 3
+SHORT_NAMES = {"model.variant": "variant", "precision.name": "precision", "backend.name": "backend",
+               "dataset.name": "dataset"}  # fmt: skip
 LOAD_KEYS = ("batch", "instances", "processes", "queue_depth", "mode", "scenario", "target_qps")
 
 
@@ -113,18 +115,24 @@ def _grouped_bars(  # type: ignore[no-untyped-def]
     return missing
 
 
-def _swept(runs: list[LabelledRun], along: tuple[str, ...] = ()) -> list[str]:
-    """The settings the runs differ in beyond variant, backend, precision and batch (``perf.instances`` too: no
-    plot has a column for it), less those a plot draws ``along`` an axis: what keeps its series apart."""
-    shown = ("model.variant", "precision.name", "backend.name", "perf.batch")
+def _swept(runs: list[LabelledRun], along: tuple[str, ...] = (), *, per_run: bool = False) -> list[str]:
+    """The settings the runs differ in, less those a plot draws ``along`` an axis: what keeps its series apart
+    (beyond variant, backend, precision and batch, which name a series already), or with ``per_run`` what tells
+    one run's bar, curve or point from another's (those four too)."""
+    shown = () if per_run else ("model.variant", "precision.name", "backend.name", "perf.batch")
     return [key for key in swept_settings([run.result for run in runs], shown) if key not in along]
+
+
+def _short(key: str) -> str:
+    """A setting's name in a label: ``precision`` for ``precision.name``, ``target_qps`` for ``perf.target_qps``."""
+    return SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
 
 
 def _with_settings(name: str, run: LabelledRun, settings: list[str]) -> str:
     """``name`` followed by the run's ``settings`` as ``key=value`` (the key's last part: ``target_qps=200``), the
     first ``LABEL_SETTINGS`` of them: runs that differ in more are told apart by the table, not by a legend."""
     cells = list(setting_cells(run.result, settings).items())
-    named = [f"{key.rsplit('.', 1)[-1]}={value or '-'}" for key, value in cells[:LABEL_SETTINGS]]
+    named = [f"{_short(key)}={value or '-'}" for key, value in cells[:LABEL_SETTINGS]]
     more = [f"+{len(cells) - LABEL_SETTINGS} more"] if len(cells) > LABEL_SETTINGS else []
     return " ".join([name, *named, *more])
 
@@ -176,7 +184,7 @@ def latency_percentiles(runs: list[LabelledRun], path: Path) -> Plot | None:
     if not measured:
         return None
     figure, axes = _figure()
-    settings = _swept(measured)
+    settings = _swept(measured, per_run=True)
     missing = _grouped_bars(
         axes, [_with_settings(run.label, run, settings) for run in measured], PERCENTILE_NAMES,
         lambda index, name: _percentile_ms(measured[index], name), rotation=30,
@@ -198,7 +206,7 @@ def _percentile_ms(run: LabelledRun, name: str) -> float | None:
 def latency_cdf(runs: list[LabelledRun], path: Path) -> Plot | None:
     """The distribution of every end-to-end latency sample of each run's headline repeat."""
     curves = []
-    settings = _swept(runs)
+    settings = _swept(runs, per_run=True)
     for run in runs:
         samples = _headline_samples(run)
         if samples is not None and samples.size:
@@ -230,10 +238,10 @@ def _headline_samples(run: LabelledRun) -> np.ndarray | None:
 
 def accuracy_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     """Medium mAP against throughput; the Pareto front (no run both faster and more accurate) is marked."""
-    settings = _swept(runs)
+    settings = _swept(runs, per_run=True)
     points = [
         (
-            _with_settings(f"{run.label}: {run.result.config.precision.name} b{run.result.perf.batch}", run, settings),
+            _with_settings(run.label, run, settings),
             run.result.perf.throughput_qps,
             run.result.accuracy.medium.map,
         )
@@ -244,6 +252,8 @@ def accuracy_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
         return None
     front = pareto_front([(speed, quality) for _, speed, quality in points])
     middle = (min(speed for _, speed, _ in points) + max(speed for _, speed, _ in points)) / 2
+    # Neighbours in throughput take turns above and below their points: runs of one mAP sit on one line.
+    rank = {index: order for order, index in enumerate(sorted(range(len(points)), key=lambda item: points[item][1]))}
     figure, axes = _figure()
     for index, (label, speed, quality) in enumerate(points):
         on_front = index in front
@@ -253,7 +263,8 @@ def accuracy_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
         # Right of the points in the left half, left of those in the right half: no label runs off the axes.
         right_half = speed > middle
         axes.annotate(
-            label, (speed, quality), textcoords="offset points", xytext=(-4 if right_half else 4, 4),
+            label, (speed, quality), textcoords="offset points",
+            xytext=(-4 if right_half else 4, 5 if rank[index] % 2 == 0 else -11),
             ha="right" if right_half else "left", fontsize=7,
         )  # fmt: skip
     ordered = sorted((points[index][1], points[index][2]) for index in front)

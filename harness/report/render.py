@@ -61,7 +61,8 @@ def folder_runs(folders: list[Path]) -> RunSet:
     found = RunSet()
     for folder in folders:
         if folder_kind(folder) == "sweep":
-            jobs = sweep_runs(folder, prefix=f"{folder.name}/")
+            # The sweep's name before each job only where it tells runs of several folders apart.
+            jobs = sweep_runs(folder, prefix=f"{folder.name}/" if len(folders) > 1 else "")
             found.runs += jobs.runs
             found.unreadable.update(jobs.unreadable)
         else:

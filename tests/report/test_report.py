@@ -128,7 +128,7 @@ def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the
     (axes,) = figure.axes
     labels = {text.get_text(): text.get_window_extent() for text in axes.texts}
     assert set(labels) == {
-        f"{run.label}: {run.result.config.precision.name} b{run.result.config.perf.batch}" for run in runs
+        f"{run.label} precision={run.result.config.precision.name} batch={run.result.config.perf.batch}" for run in runs
     }
     inside = axes.get_window_extent()
     assert all(inside.x0 <= box.x0 and box.x1 <= inside.x1 for box in labels.values()), labels
@@ -137,7 +137,11 @@ def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the
 def test_withheld_percentiles_are_drawn_as_missing_never_as_zero(runs: list[LabelledRun], tmp_path: Path) -> None:
     report = write_report(runs, tmp_path / "report", title="tiny sweep")
     (percentiles,) = [plot for plot in report.plots if plot.path.name == "latency_percentiles.png"]
-    assert sorted(percentiles.missing) == sorted(f"{run.label} {name}" for run in runs for name in ("p90", "p99"))
+    assert sorted(percentiles.missing) == sorted(
+        f"{run.label} precision={run.result.config.precision.name} batch={run.result.config.perf.batch} {name}"
+        for run in runs
+        for name in ("p90", "p99")
+    )  # each bar named as its tick is: the run, then what tells it from the others
     assert "Missing (drawn as n/a or left out, never as zero)" in report.index_md.read_text()
 
 
@@ -269,7 +273,7 @@ def test_an_unreadable_result_is_named_and_the_other_jobs_are_still_reported_and
     assert report.returncode == 1 and "2 runs; index.html is self-contained)" in report.stdout, report.stderr
     assert report.stderr.startswith(f"error: {broken}: cannot read result (")
     index = (tmp_path / "r" / "index.md").read_text()
-    assert "2 runs (1 more unreadable), written" in index and "| sweep/job 1 | unreadable |" in index
+    assert "2 runs (1 more unreadable), written" in index and "| job 1 | unreadable |" in index  # one sweep: no prefix
 
     store = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"
     synced = harness_report_sync("sync", store, str(sweep))
