@@ -483,8 +483,10 @@ def _data(arguments: list[str]) -> int:
             metavar="KEY=VALUE",
             help="dataset.* / paths.* overrides, debug=... or +experiment=...",
         )
-    options = parser.parse_args(arguments)
-    overrides = [*options.overrides, f"dataset.name={options.name if options.action == 'download' else 'synthetic'}"]
+    given, rest = _split(arguments)  # overrides anywhere, also after an option (argparse takes them only before)
+    options = parser.parse_args(rest)
+    overrides = [*given, *options.overrides]
+    overrides.append(f"dataset.name={options.name if options.action == 'download' else 'synthetic'}")
     if options.action == "synthetic":
         overrides += [
             f"dataset.{key}={getattr(options, flag)}"

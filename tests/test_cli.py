@@ -209,6 +209,9 @@ def test_data_writes_where_a_run_of_the_same_overrides_reads(tmp_path: Path) -> 
     assert ran.returncode == 0, ran.stderr
     assert load_result(ran.stdout.strip().splitlines()[-1]).accuracy.dataset == "synthetic-i16-q2-s0"  # type: ignore[union-attr]
     assert (written / "gnd_synthetic-i16-q2-s0.pkl").stat().st_mtime_ns == stamp  # read, not written again
+    after_an_option = harness(tmp_path, "data", "synthetic", "--queries", "3", f"paths.data={tmp_path / 'other'}")
+    assert after_an_option.returncode == 0, after_an_option.stderr  # argparse alone takes them before options only
+    assert after_an_option.stdout.startswith(f"{tmp_path / 'other' / 'synthetic-i60-q3-s0'}: 60 database images")
     refused = harness(tmp_path, "data", "synthetic", "perf.batch=2")
     assert refused.returncode == 2
     assert refused.stderr.strip() == "error: perf: unknown key (known: ['dataset', 'debug', 'experiment', 'paths'])"
