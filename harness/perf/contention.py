@@ -5,7 +5,8 @@ GPU) are not comparable. Every perf stage claims its window in ``<paths.outputs>
 JSON file with its host, device, run folder and start time, completed with its end time. When its own
 window ends, a run looks for other claims on the same host and device whose windows overlap it. Both runs of
 an overlapping pair see each other: the first to finish sees the other's start, the second sees the first's
-end. A claim whose process died without an end is judged by whether that process still exists.
+end. A claim whose process died without an end is judged by whether that process still exists: the
+process with its pid, started before the claim (a pid is reused once its process is gone).
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import psutil
+
 from harness.fileio import write_json_atomic
 
 CLAIMS_FOLDER = ".perf-windows"
 STALE_AFTER_S = 7 * 24 * 3600.0
+# psutil's process start time is the boot time (whole seconds) plus the start in clock ticks: up to a second off.
+PROCESS_START_SLACK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -83,15 +88,18 @@ def _overlap(own: WindowClaim, other: WindowClaim) -> bool:
     if (other.host, other.device) != (own.host, own.device) or other.run_dir == own.run_dir:
         return False
     own_end = own.end if own.end is not None else time.time()
-    other_end = other.end if other.end is not None else (own_end if _alive(other.pid) else other.start)
+    other_end = other.end if other.end is not None else (own_end if _alive(other.pid, other.start) else other.start)
     return other.start < own_end and other_end > own.start
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, claimed_at: float) -> bool:
+    """Whether the process that made a claim at ``claimed_at`` still runs: its pid exists, and was started before
+    the claim. A pid is reused once its process is gone: a claim left open by a run that died hours ago was
+    taken for live, and every run after it marked contended, whenever a new process happened to get its pid."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
+    return started <= claimed_at + PROCESS_START_SLACK_S

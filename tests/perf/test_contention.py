@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from harness.perf.contention import claimed_window
 
@@ -41,3 +44,19 @@ def test_a_claim_left_by_a_dead_process_counts_only_until_its_start(tmp_path: Pa
     with claimed_window(folder, run_dir=tmp_path / "now", device="cpu") as probe:
         time.sleep(0.05)
     assert probe.overlapping == ()
+
+
+def test_a_claim_whose_pid_now_belongs_to_a_newer_process_is_not_taken_for_live(tmp_path: Path) -> None:
+    # A run that died hours ago left its claim open; its pid has since gone to another process (this one,
+    # started after the claim). Taken for live, it marked every later run on the machine contended.
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    started = psutil.Process(os.getpid()).create_time()
+    for name, claimed in (("reused", started - 3600), ("live", time.time() - 0.5)):
+        (folder / f"{name}.json").write_text(
+            f'{{"run_dir": "/{name}", "host": "{socket.gethostname()}", "device": "cpu", "pid": {os.getpid()}, '
+            f'"start": {claimed}, "end": null}}'
+        )
+    with claimed_window(folder, run_dir=tmp_path / "now", device="cpu") as probe:
+        time.sleep(0.05)
+    assert probe.overlapping == ("/live",)  # the same process, still running since its claim
