@@ -90,7 +90,19 @@ def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool =
             if named is not None:
                 raise named from None
             culprit = _first_failing_override(overrides, config_name)
+            if culprit and "No match in the defaults list" in str(error):
+                # A group of another command (`harness run gate=default`): conf/ holds every command's groups.
+                group = re.split(r"[./=@]", culprit.lstrip("+~"), maxsplit=1)[0]
+                groups = sorted({*_config_groups(reads), "debug", "experiment"})
+                raise ConfigError(
+                    f"{culprit}: {group!r} is not a config group of this command (its groups: {groups})"
+                ) from None
             raise ConfigError(f"{culprit}: {_first_line(error)}" if culprit else _first_line(error)) from None
+
+
+def _config_groups(reads: type) -> list[str]:
+    """The config groups a command composes: the fields of ``reads`` that have a folder in ``conf/``."""
+    return [item.name for item in dataclasses.fields(typing.cast(Any, reads)) if (CONF_DIR / item.name).is_dir()]
 
 
 def _first_failing_override(overrides: list[str], config_name: str) -> str | None:

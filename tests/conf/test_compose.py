@@ -87,6 +87,10 @@ def test_defaults_are_typed() -> None:
         ),
         ("backend.provider_options.x=1", r"^backend.provider_options.x=1: invalid literal for int"),  # names no key
         ("debug=tiny perf.shape.x=1", r"^perf.shape.x=1: "),
+        (  # harness run --help lists it: conf/ holds the groups of every command
+            "gate=default",
+            r"^gate=default: 'gate' is not a config group of this command \(its groups: \['backend', 'dataset', 'debug', ",
+        ),
         ("build.parity_images=two", r"build.parity_images='two': expected int"),
         (  # MLflow 3.17 refuses it only at the first write, after the run
             "tracking.uri=file:///tmp/mlruns",
