@@ -569,6 +569,8 @@ def _gate(arguments: list[str]) -> int:
     overrides, candidates = _split(options.items)
     if not candidates:
         parser.error("no candidate given")
+    if options.report is not None and options.report.is_dir():
+        parser.error(f"--report {options.report}: a folder; give the file to write, e.g. {options.report / 'gate.md'}")
     config = _command_config(GateCommandConfig, overrides, "gate")
     settings, tracking, paths = config.gate, config.tracking, config.paths
     try:
@@ -611,8 +613,11 @@ def _gate(arguments: list[str]) -> int:
     print(table, end="")
     first = Path(candidates[0])
     report = options.report or ((first if first.is_dir() else Path.cwd()) / "gate.md")
-    write_text_atomic(report, table)
-    print(f"gate report: {report}")
+    try:
+        write_text_atomic(report, table)
+        print(f"gate report: {report}")
+    except OSError as error:  # the verdict above stands, and so does its exit status
+        print(f"warning: gate report not written to {report} ({error.strerror or error})", file=sys.stderr)
     if store is not None:
         try:
             tag_verdicts(store, result, baseline=options.baseline)
@@ -661,6 +666,11 @@ def _report(arguments: list[str]) -> int:
         store = _optional_store(tracking, paths, required="mlflow" in sources)
         name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
         folder = options.out or Path("reports") / name
+        try:  # before any download: a folder that cannot be made fails in one line, not after the work
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            why = "a file, not a folder" if folder.is_file() else error.strerror or error
+            raise DataError(f"{folder}: cannot write the report there ({why})") from None
         if "mlflow" in sources:
             assert store is not None
             downloaded = download_runs(store, folder / "runs")

@@ -191,6 +191,21 @@ def test_a_tracking_store_mlflow_cannot_open_is_a_warning_and_the_result_is_kept
     assert f"result.json is kept: harness sync {result_path.parent}" in done.stderr
 
 
+def test_report_and_gate_outputs_that_cannot_be_written_are_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    ran = harness(tmp_path, "run", "debug=tiny", "backend=sleep", "stages=[perf]", "perf.iterations=4", "tracking=off")
+    run_dir = Path(ran.stdout.strip().splitlines()[-1]).parent
+    report = harness(tmp_path, "report", str(run_dir), "--out", str(blocker), "tracking=off")
+    assert report.returncode == 1 and "Traceback" not in report.stderr
+    assert report.stderr.strip() == f"error: {blocker}: cannot write the report there (a file, not a folder)"
+    gate = harness(tmp_path, "gate", str(run_dir), "--baseline", str(blocker), "--report", str(tmp_path))
+    assert gate.returncode == 2 and "Traceback" not in gate.stderr  # refused before any comparison or rerun
+    assert gate.stderr.splitlines()[-1] == (
+        f"harness gate: error: --report {tmp_path}: a folder; give the file to write, e.g. {tmp_path / 'gate.md'}"
+    )
+
+
 def test_data_synthetic_writes_the_revisitop_layout(tmp_path: Path) -> None:
     done = harness(tmp_path, "data", "synthetic", "--root", str(tmp_path / "data"), "--images", "20", "--queries", "2")
     assert done.returncode == 0, done.stderr
