@@ -87,5 +87,9 @@ def evaluate_files(
         "warnings": zero_descriptor_warnings(query_matrix, database_matrix, source=source),
     }
     if output is not None:
-        write_json_atomic(output, report)
+        try:
+            write_json_atomic(output, report)
+        except OSError as error:
+            why = "a folder: give the file to write" if output.is_dir() else error.strerror or error
+            raise DataError(f"{output}: cannot write the metrics ({why})") from None
     return json.loads(json.dumps(report))

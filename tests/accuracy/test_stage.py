@@ -90,6 +90,11 @@ def test_eval_features_reproduces_the_run(tmp_path: Path) -> None:
     ]
     assert warning.endswith("zero.npy: database descriptor 7 is all zeros (1 row): it ties with every other one "
                             "(as an image skipped at extraction does), ranked in file order among them")  # fmt: skip
+    with pytest.raises(
+        DataError, match=rf"^{tmp_path}: cannot write the metrics \(a folder: give the file to write\)$"
+    ):
+        evaluate_files(gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "zero.npy",
+                       output=tmp_path)  # fmt: skip
 
 
 def test_eval_features_command(tmp_path: Path) -> None:
