@@ -262,13 +262,13 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
 def _check_outputs(folder: Path) -> None:
     """Create ``paths.outputs`` now, where a failure is one line: Hydra creates the run folder under it before
     any harness code runs, and its failure there is a chain of tracebacks."""
-    from harness.errors import ConfigError
+    from harness.errors import ConfigError, unwritable_reason
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(
-            f"paths.outputs={folder}: cannot create the run folders there ({error.strerror or error})"
+            f"paths.outputs={folder}: cannot create the run folders there ({unwritable_reason(folder, error, folder=True)})"
         ) from None
 
 
@@ -517,7 +517,7 @@ def _gate(arguments: list[str]) -> int:
     import argparse
 
     from harness.config.schema import GateCommandConfig
-    from harness.errors import HarnessError, counted
+    from harness.errors import HarnessError, counted, unwritable_reason
     from harness.fileio import write_text_atomic
     from harness.gate import markdown, rerun_perf, run_gate
     from harness.gate.sources import (
@@ -617,7 +617,7 @@ def _gate(arguments: list[str]) -> int:
         write_text_atomic(report, table)
         print(f"gate report: {report}")
     except OSError as error:  # the verdict above stands, and so does its exit status
-        print(f"warning: gate report not written to {report} ({error.strerror or error})", file=sys.stderr)
+        print(f"warning: gate report not written to {report} ({unwritable_reason(report, error)})", file=sys.stderr)
     if store is not None:
         try:
             tag_verdicts(store, result, baseline=options.baseline)
@@ -635,7 +635,7 @@ def _report(arguments: list[str]) -> int:
     import argparse
 
     from harness.config.schema import StoreCommandConfig
-    from harness.errors import DataError, HarnessError, counted
+    from harness.errors import DataError, HarnessError, counted, unwritable_reason
     from harness.report import SWEEP_FILE, read_sweep_record
     from harness.report.render import folder_runs, write_report
     from harness.tracking import download_runs
@@ -669,7 +669,7 @@ def _report(arguments: list[str]) -> int:
         try:  # before any download: a folder that cannot be made fails in one line, not after the work
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            why = "a file, not a folder" if folder.is_file() else error.strerror or error
+            why = unwritable_reason(folder, error, folder=True)
             raise DataError(f"{folder}: cannot write the report there ({why})") from None
         if "mlflow" in sources:
             assert store is not None

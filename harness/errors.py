@@ -8,6 +8,7 @@ longer evidence (a dead worker's last stderr lines) that ``result.json`` keeps b
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 
 class HarnessError(Exception):
@@ -73,3 +74,16 @@ def unknown_key_message(dotted_key: str, name: str, known: object) -> str:
 def counted(count: int, noun: str, plural: str | None = None) -> str:
     """``count`` with its noun in the number it needs: ``1 run``, ``2 runs``, ``1 query``, ``3 queries``."""
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def unwritable_reason(path: Path, error: OSError, *, folder: bool = False) -> str:
+    """Why ``path`` (a file, or a ``folder``) could not be written, in words: what is in the way where the system
+    says only "File exists" or "Not a directory", else its own reason."""
+    if folder and path.is_file():
+        return "a file, not a folder"
+    if not folder and path.is_dir():
+        return "a folder: give the file to write"
+    existing = next((parent for parent in path.parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    return error.strerror or str(error)

@@ -176,7 +176,7 @@ def test_outputs_that_cannot_be_created_are_one_line_and_no_run(tmp_path: Path, 
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (
-        f"error: paths.outputs={blocker / 'out'}: cannot create the run folders there (Not a directory)"
+        f"error: paths.outputs={blocker / 'out'}: cannot create the run folders there ({blocker} is a file, not a folder)"
     )
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from harness.accuracy.revisited import Normalization, evaluate
 from harness.accuracy.stage import check_descriptors, setup_metrics, zero_descriptor_warnings
 from harness.data.groundtruth import GroundTruth, load_groundtruth
-from harness.errors import DataError
+from harness.errors import DataError, unwritable_reason
 from harness.fileio import write_json_atomic
 
 
@@ -90,6 +90,5 @@ def evaluate_files(
         try:
             write_json_atomic(output, report)
         except OSError as error:
-            why = "a folder: give the file to write" if output.is_dir() else error.strerror or error
-            raise DataError(f"{output}: cannot write the metrics ({why})") from None
+            raise DataError(f"{output}: cannot write the metrics ({unwritable_reason(output, error)})") from None
     return json.loads(json.dumps(report))

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from harness.errors import DataError
+from harness.errors import DataError, unwritable_reason
 from harness.fileio import write_json_atomic
 from harness.gate.evidence import Evidence, evidence_of
 from harness.report import SWEEP_FILE, folder_kind, job_dirs
@@ -133,7 +133,7 @@ def write_baseline_file(path: Path, evidence: list[Evidence]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, record)
     except OSError as error:
-        raise DataError(f"{path}: cannot write the baseline ({error.strerror or error})") from None
+        raise DataError(f"{path}: cannot write the baseline ({unwritable_reason(path, error)})") from None
 
 
 def mlflow_baselines(store: Store, config_hash: str, *, candidates: frozenset[str] = frozenset()) -> list[Evidence]:
