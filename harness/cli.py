@@ -11,6 +11,7 @@ import functools
 import gc
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -666,6 +667,7 @@ def _report(arguments: list[str]) -> int:
         store = _optional_store(tracking, paths, required="mlflow" in sources)
         name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
         folder = options.out or Path("reports") / name
+        created = not folder.exists()
         try:  # before any download: a folder that cannot be made fails in one line, not after the work
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -676,6 +678,8 @@ def _report(arguments: list[str]) -> int:
             downloaded = download_runs(store, folder / "runs")
             runs += downloaded.runs
             found.unreadable.update(downloaded.unreadable)
+        if not runs and created:  # no report: no empty folder left behind either
+            shutil.rmtree(folder, ignore_errors=True)
         if not runs and found.unreadable:
             raise DataError(next(iter(found.unreadable.values())))
         if not runs:
