@@ -92,12 +92,18 @@ def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool =
             culprit = _first_failing_override(overrides, config_name)
             if culprit and "No match in the defaults list" in str(error):
                 # A group of another command (`harness run gate=default`): conf/ holds every command's groups.
-                group = re.split(r"[./=@]", culprit.lstrip("+~"), maxsplit=1)[0]
+                group = _override_group(culprit)
                 groups = sorted({*_config_groups(reads), "debug", "experiment"})
                 raise ConfigError(
                     f"{culprit}: {group!r} is not a config group of this command (its groups: {groups})"
                 ) from None
             raise ConfigError(f"{culprit}: {_first_line(error)}" if culprit else _first_line(error)) from None
+
+
+def _override_group(override: str) -> str:
+    """The top-level group or key an override sets: ``perf`` for ``perf.batch=2``, ``hydra`` for
+    ``hydra/launcher=parallel``, ``model`` for ``+model@x=y``."""
+    return re.split(r"[./=@]", override.lstrip("+~"), maxsplit=1)[0]
 
 
 def _config_groups(reads: type) -> list[str]:
@@ -135,7 +141,7 @@ def command_config(
     """
     groups = [item.name for item in dataclasses.fields(typing.cast(Any, reads))]
     for override in overrides:
-        group = re.split(r"[./=]", override.lstrip("+~"), maxsplit=1)[0]
+        group = _override_group(override)
         if group not in groups and group not in overlays:
             raise ConfigError(unknown_key_message(group, group, [*groups, *overlays]))
     composed = plain(_hydra_compose(overrides, config_name, reads=reads), reads)

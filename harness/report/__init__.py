@@ -192,6 +192,12 @@ def missing_jobs(sweep_dir: Path) -> dict[int, str]:
     return missing
 
 
+def planned_settings(sweep_dir: Path) -> list[dict[str, str]]:
+    """Each planned job's ``key=value`` overrides as key -> value (``+`` dropped), in job order."""
+    planned: list[list[str]] = read_sweep_record(sweep_dir).get("jobs") or []  # type: ignore[assignment]
+    return [dict(override.lstrip("+").split("=", 1) for override in job if "=" in override) for job in planned]
+
+
 def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
     """One row per planned job (``<sweep_dir>/<n>/result.json``, or why there is none), in job order.
 
@@ -207,12 +213,12 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
             rows[int(job.name)] = blank_row(job.name, "unreadable", str(error))
     settings = swept_settings(list(results.values()))
     rows.update({number: row_of(str(number), result, settings) for number, result in results.items()})
-    planned: list[list[str]] = read_sweep_record(sweep_dir).get("jobs") or []  # type: ignore[assignment]
-    for number, reason in missing_jobs(sweep_dir).items():
+    missing = missing_jobs(sweep_dir)
+    planned = planned_settings(sweep_dir) if missing else []
+    for number, reason in missing.items():
         row = blank_row(str(number), "cancelled" if reason.startswith("CANCELLED") else "missing", reason)
         # What it would have run with, from its planned overrides, where they set a column's setting.
-        overrides = dict(override.lstrip("+").split("=", 1) for override in planned[number] if "=" in override)
-        rows[number] = {"job": row["job"], **{key: overrides.get(key, "") for key in settings}, **row}
+        rows[number] = {"job": row["job"], **{key: planned[number].get(key, "") for key in settings}, **row}
     return [rows[number] for number in sorted(rows)]
 
 

@@ -129,20 +129,28 @@ def _short(key: str) -> str:
 
 
 def _with_settings(name: str, run: LabelledRun, settings: list[str]) -> str:
-    """``name`` followed by the run's ``settings`` as ``key=value`` (the key's last part: ``target_qps=200``), the
-    first ``LABEL_SETTINGS`` of them: runs that differ in more are told apart by the table, not by a legend."""
-    cells = list(setting_cells(run.result, settings).items())
-    named = [f"{_short(key)}={value or '-'}" for key, value in cells[:LABEL_SETTINGS]]
+    """``name`` followed by the run's ``settings`` as ``key=value`` (the key's last part: ``target_qps=200``)."""
+    return _label(name, setting_cells(run.result, settings))
+
+
+def _label(name: str, cells: dict[str, str]) -> str:
+    """``name`` and the first ``LABEL_SETTINGS`` of ``cells``: runs that differ in more are told apart by the
+    table, not by a legend."""
+    named = [f"{_short(key)}={value or '-'}" for key, value in list(cells.items())[:LABEL_SETTINGS]]
     more = [f"+{len(cells) - LABEL_SETTINGS} more"] if len(cells) > LABEL_SETTINGS else []
     return " ".join([name, *named, *more])
 
 
-def _series_key(run: LabelledRun, settings: list[str]) -> tuple[str, str]:
-    """(label, identity) of the series a run belongs to: runs of one series differ only along the plot's axis,
-    in every setting, not only in those the label has room for."""
+def _series_key(name: str, run: LabelledRun, settings: list[str]) -> tuple[str, str]:
+    """(label, identity) of the series or group ``name`` that a run belongs to: its members differ only along
+    the plot's axis, in every setting, not only in those the label has room for."""
+    cells = setting_cells(run.result, settings)
+    return _label(name, cells), json.dumps(cells, sort_keys=True)
+
+
+def _series_name(run: LabelledRun) -> str:
     config = run.result.config
-    label = _with_settings(f"{config.model.variant} {config.backend['name']} {config.precision.name}", run, settings)
-    return label, json.dumps(setting_cells(run.result, settings), sort_keys=True)
+    return f"{config.model.variant} {config.backend['name']} {config.precision.name}"
 
 
 def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
@@ -156,7 +164,9 @@ def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
         perf = run.result.perf
         assert perf is not None
         repeats = perf.throughput_qps_repeats or (perf.throughput_qps,)
-        series[_series_key(run, settings)].append((perf.batch, perf.throughput_qps, min(repeats), max(repeats)))
+        series[_series_key(_series_name(run), run, settings)].append(
+            (perf.batch, perf.throughput_qps, min(repeats), max(repeats))
+        )
     figure, axes = _figure()
     for (name, _), points in sorted(series.items()):
         points.sort()
@@ -294,10 +304,8 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
     by_key: dict[tuple[str, str], dict[str, RunResult]] = defaultdict(dict)
     for run in runs:
         config = run.result.config
-        label = _with_settings(f"{config.model.variant} {config.backend['name']} b{config.perf.batch}", run, settings)
-        by_key[(label, json.dumps(setting_cells(run.result, settings), sort_keys=True))][config.precision.name] = (
-            run.result
-        )
+        group = _series_key(f"{config.model.variant} {config.backend['name']} b{config.perf.batch}", run, settings)
+        by_key[group][config.precision.name] = run.result
     rows: list[tuple[str, dict[str, float | None]]] = []
     for (key, _), results in sorted(by_key.items()):
         reference = results.get("fp32")
@@ -366,7 +374,7 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     series: dict[tuple[str, str], list[LabelledRun]] = defaultdict(list)
     settings = _swept(measured, along=tuple(f"perf.{key}" for key in LOAD_KEYS))
     for run in measured:
-        series[_series_key(run, settings)].append(run)
+        series[_series_key(_series_name(run), run, settings)].append(run)
     for colour, ((key, _), members) in enumerate(sorted(series.items())):
         for name, style in (("p50", "o-"), ("p99", "s--")):
             points = []

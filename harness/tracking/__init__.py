@@ -30,7 +30,7 @@ from harness.config.schema import PathsConfig, TrackingConfig
 from harness.errors import DataError, TrackingError
 from harness.fileio import progress_bar, sha256_of, write_json_atomic
 from harness.perf.vamp import VAMP_REPEAT_FILE
-from harness.report import SWEEP_FILE, read_sweep_record
+from harness.report import SWEEP_FILE, planned_settings
 from harness.report.render import RunSet
 from harness.result import RunResult, load_result
 from harness.tracking.records import metrics_of, params_of, shorten, tags_of
@@ -444,10 +444,9 @@ def _job_axes(sweep_dir: Path | None, run_dir: Path) -> list[str]:
     if sweep_dir is None or not run_dir.name.isdigit():
         return []
     try:
-        planned: list[list[str]] = read_sweep_record(sweep_dir).get("jobs") or []  # type: ignore[assignment]
+        jobs = planned_settings(sweep_dir)
     except DataError:
         return []
-    jobs = [dict(override.lstrip("+").split("=", 1) for override in job if "=" in override) for job in planned]
     if int(run_dir.name) >= len(jobs):
         return []
     return [
