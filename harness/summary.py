@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from harness.errors import counted
 from harness.perf.efficiency import EFFICIENCY_OFF
+from harness.perf.host import SAMPLE_INTERVAL_S
 from harness.result import DeviceTelemetry, PerfResult, RunResult
 
 
@@ -106,6 +107,14 @@ def format_summary(result: RunResult) -> str:
                     + ", ".join(f"{value:.0f}" for value in host.cpu_util_per_core_pct)
                     + f"), workers' RSS {host.rss_mean_bytes / 2**20:.0f} MiB (peak {host.rss_peak_bytes / 2**20:.0f} "
                     f"MiB), {counted(host.samples, 'sample')}",
+                )
+            )
+        elif perf.samples_source == "harness":
+            rows.append(
+                (
+                    "host",
+                    f"not sampled: the {perf.forward_time_s:.3g} s window held no whole "
+                    f"{SAMPLE_INTERVAL_S * 1000:.0f} ms sampling interval (the first starts before the workers' release)",
                 )
             )
         if perf.efficiency:

@@ -102,6 +102,15 @@ def test_a_torch_module_run_builds_nothing_it_would_not_run_and_says_so(tmp_path
     assert "none built: backend=torch runs no built artifact" in format_summary(result)
 
 
+def test_a_window_too_short_to_sample_the_host_says_so(tmp_path: Path) -> None:
+    result = run(tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.iterations=3"), run_dir=tmp_path / "run")
+    assert result.status == "ok", result.error
+    assert result.perf is not None and result.perf.host is None and result.perf.forward_time_s < 0.05
+    lines = [line.split(maxsplit=1) for line in format_summary(result).splitlines() if line.startswith("  host ")]
+    assert lines == [["host", f"not sampled: the {result.perf.forward_time_s:.3g} s window held no whole 50 ms "
+                      "sampling interval (the first starts before the workers' release)"]]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("overrides", "why"),
     [

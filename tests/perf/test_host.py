@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from harness.perf.host import SAMPLE_INTERVAL_S, HostSample, host_telemetry
+from harness.perf.host import SAMPLE_INTERVAL_S, HostSample, HostSampler, host_telemetry
 from harness.resolve import resolve_config
 from tests.conftest import compose
 from tests.perf.test_loadgen import measure, sleep_config
@@ -16,13 +20,41 @@ pytestmark = pytest.mark.process
 
 
 def test_the_window_keeps_samples_whose_interval_it_holds() -> None:
-    samples = [HostSample(at=float(n), cpu_pct=(10.0 * n, 0.0), rss_bytes=1000 * n) for n in range(1, 21)]
+    samples = [
+        HostSample(since=n - 1.0, at=float(n), cpu_pct=(10.0 * n, 0.0), rss_bytes=1000 * n) for n in range(1, 21)
+    ]
     host = host_telemetry(samples, start=4.0, end=12.0, interval_s=1.0)
     assert host is not None and host.samples == 8  # samples at 5 ... 12: the one at 4 covers 3-4
     assert host.cpu_util_per_core_pct == pytest.approx((sum(10.0 * n for n in range(5, 13)) / 8, 0.0))
     assert host.cpu_util_pct == pytest.approx(host.cpu_util_per_core_pct[0] / 2)
     assert (host.rss_mean_bytes, host.rss_peak_bytes) == (8500, 12000)
     assert host_telemetry(samples, start=4.0, end=4.9, interval_s=1.0) is None
+
+
+def test_every_sample_covers_only_its_own_interval() -> None:
+    """The first sample too: psutil keeps ``cpu_percent``'s reference per thread, so a reference read before the
+    sampler's thread started left that sample at 0 % (a new thread) or spread over an earlier thread's past."""
+    idle = HostSampler()
+    idle.start([os.getpid()])
+    time.sleep(0.2)
+    idle.stop()
+    time.sleep(1.0)  # idle: a sample reaching back over this would read far below one busy core
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # the interpreter has started and spins
+        sampler = HostSampler()
+        started = time.perf_counter()
+        sampler.start([busy.pid])
+        time.sleep(0.4)
+        sampler.stop()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert len(sampler.samples) >= 3
+    assert sampler.samples[0].since <= started + 0.01
+    for before, after in itertools.pairwise(sampler.samples):
+        assert after.since == before.at
+    assert [sum(sample.cpu_pct) > 80 for sample in sampler.samples] == [True] * len(sampler.samples)
 
 
 def test_a_busy_model_loads_the_host_and_an_idle_one_does_not(cache_dir: Path, tmp_path: Path) -> None:
