@@ -65,6 +65,15 @@ def format_summary(result: RunResult) -> str:
             ),
             ("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)),
         ]
+        if perf.load_time_s is not None and perf.first_call_us is not None:
+            rows.insert(
+                -1,
+                (
+                    "startup",
+                    f"model load {_duration(perf.load_time_s)}, cold first call {_duration(perf.first_call_us / 1e6)} "
+                    f"per instance{_compiles(perf)}: before the measured window",
+                ),
+            )
         if perf.stability:
             stability = perf.stability
             verdict = "stable" if stability.stable else "NOT stable"
@@ -223,6 +232,16 @@ def _load(perf: PerfResult) -> str:
         return perf.mode
     on_device = f"{perf.device_queue} at once on the device" if perf.device_queue > 1 else "served one at a time"
     return f"async {perf.queue_depth} in flight ({on_device})"
+
+
+def _compiles(perf: PerfResult) -> str:
+    """Says that the first call compiles, for the backend that compiles lazily (CUDA graphs are captured while
+    loading, ONNX Runtime optimises its graph while creating the session)."""
+    return " (torch.compile compiles in it)" if "torch.compile" in str(perf.backend_resolved.get("runs", "")) else ""
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
 
 
 def _ms(microseconds: float | None, source: str = "harness") -> str:

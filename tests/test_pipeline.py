@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -13,7 +14,7 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.pipeline import run
-from harness.result import load_result
+from harness.result import RunResult, load_result
 from harness.summary import format_summary
 from tests.conftest import compose
 
@@ -100,6 +101,22 @@ def test_a_torch_module_run_builds_nothing_it_would_not_run_and_says_so(tmp_path
     assert result.build is None and result.perf is not None and result.perf.backend == "torch"
     assert not (tmp_path / "cache" / "builds").exists()  # no ONNX export behind its back
     assert "none built: backend=torch runs no built artifact" in format_summary(result)
+
+    def startup(result: RunResult) -> list[list[str]]:
+        return [line.split(maxsplit=1) for line in format_summary(result).splitlines() if line.startswith("  startup ")]
+
+    def duration(seconds: float) -> str:
+        return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
+
+    perf = result.perf
+    load, first_call = duration(perf.load_time_s), duration(perf.first_call_us / 1e6)  # type: ignore[arg-type,operator]
+    assert startup(result) == [
+        ["startup", f"model load {load}, cold first call {first_call} per instance: before the measured window"]
+    ]
+    compiled = dataclasses.replace(perf, backend_resolved={**perf.backend_resolved, "runs": "module, torch.compile"})
+    assert startup(dataclasses.replace(result, perf=compiled))[0][1].endswith(
+        "per instance (torch.compile compiles in it): before the measured window"
+    )
 
 
 def test_a_window_too_short_to_sample_the_host_says_so(tmp_path: Path) -> None:
