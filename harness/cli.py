@@ -453,6 +453,7 @@ def _data(arguments: list[str]) -> int:
     import argparse
 
     from harness.config.schema import DataCommandConfig
+    from harness.config.store import OVERLAY_GROUPS
     from harness.data.datasets import DATASETS, download_dataset
     from harness.data.synthetic import dataset_location, write_synthetic
     from harness.errors import HarnessError, counted
@@ -494,7 +495,7 @@ def _data(arguments: list[str]) -> int:
             for flag, key in SYNTHETIC_FLAGS.items()
             if getattr(options, flag) is not None
         ]
-    config = _command_config(DataCommandConfig, overrides, overlays=("debug", "experiment"))
+    config = _command_config(DataCommandConfig, overrides, overlays=OVERLAY_GROUPS)
     root, name = dataset_location(config.dataset, config.paths)
     root = options.root or root
     try:

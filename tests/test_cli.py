@@ -41,6 +41,11 @@ def test_a_commands_help_names_the_command_and_lists_bf16(tmp_path: Path) -> Non
     done = harness(tmp_path, "run", "--help")
     assert done.returncode == 0 and done.stdout.startswith("harness run is powered by Hydra.")
     assert "precision: bf16, fp16, fp32, int8, int8_dynamic" in done.stdout
+    groups = done.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = [line.split(":")[0] for line in groups.splitlines()[3:] if line]
+    # The gate command's group is in conf/ too: a run cannot compose it, so its help does not offer it.
+    assert listed == sorted(["backend", "dataset", "debug", "experiment", "model", "paths", "perf", "precision",
+                             "tracking", "vdsp"])  # fmt: skip
 
 
 def test_no_command_is_a_usage_error(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ from harness.errors import ConfigError, unknown_key_message, unknown_name_messag
 
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 SCHEMA_NAME = "run_schema"
+# Groups that add to a config rather than fill one of its fields: `debug=tiny`, `+experiment=demo`.
+OVERLAY_GROUPS = ("debug", "experiment")
 
 
 def _omegaconf_type(hint: Any) -> Any:
@@ -73,6 +75,16 @@ def register_schema() -> None:
 
     node = OmegaConf.structured(_schema_class(RunConfig))
     ConfigStore.instance().store(name=SCHEMA_NAME, node=node)
+    OmegaConf.register_new_resolver("harness_config_groups", run_config_groups)
+
+
+def run_config_groups() -> str:
+    """``group: option, ...`` for each group ``harness run`` and ``harness build`` compose, for their ``--help``
+    (Hydra's own list names every folder in ``conf/``, the gate command's groups too)."""
+    return "\n".join(
+        f"{group}: {', '.join(sorted(path.stem for path in (CONF_DIR / group).glob('*.yaml')))}"
+        for group in sorted({*_config_groups(RunConfig), *OVERLAY_GROUPS})
+    )
 
 
 def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool = False, reads: type = RunConfig) -> Any:
@@ -93,7 +105,7 @@ def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool =
             if culprit and "No match in the defaults list" in str(error):
                 # A group of another command (`harness run gate=default`): conf/ holds every command's groups.
                 group = _override_group(culprit)
-                groups = sorted({*_config_groups(reads), "debug", "experiment"})
+                groups = sorted({*_config_groups(reads), *OVERLAY_GROUPS})
                 raise ConfigError(
                     f"{culprit}: {group!r} is not a config group of this command (its groups: {groups})"
                 ) from None
