@@ -7,6 +7,10 @@ window ends, a run looks for other claims on the same host and device whose wind
 an overlapping pair see each other: the first to finish sees the other's start, the second sees the first's
 end. A claim whose process died without an end is judged by whether that process still exists: the
 process with its pid, started before the claim (a pid is reused once its process is gone).
+
+A closing run deletes this host's claims that no window can overlap any more: those that ended (or whose
+process died) before every window still open on the host started. Claims of other hosts sharing the folder
+are kept for ``STALE_AFTER_S``, since whether their processes live cannot be told from here.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from harness.fileio import write_json_atomic
 
 CLAIMS_FOLDER = ".perf-windows"
 STALE_AFTER_S = 7 * 24 * 3600.0
+# A claim is deleted only this long after the last window it could overlap opened: a run that takes its start
+# time just before another run lists the folder writes its claim just after.
+PRUNE_MARGIN_S = 60.0
 # psutil's process start time is the boot time (whole seconds) plus the start in clock ticks: up to a second off.
 PROCESS_START_SLACK_S = 2.0
 
@@ -66,10 +73,12 @@ def claimed_window(folder: Path, *, run_dir: Path, device: str) -> Iterator[Cont
     finally:
         claim = replace(claim, end=time.time())
         write_json_atomic(path, asdict(claim))
-        probe.overlapping = tuple(sorted(other.run_dir for other in _others(folder, path) if _overlap(claim, other)))
+        others = dict(_others(folder, path))
+        probe.overlapping = tuple(sorted(other.run_dir for other in others.values() if _overlap(claim, other)))
+        _forget_past({**others, path: claim}, claim.host)
 
 
-def _others(folder: Path, own: Path) -> Iterator[WindowClaim]:
+def _others(folder: Path, own: Path) -> Iterator[tuple[Path, WindowClaim]]:
     now = time.time()
     for path in folder.glob("*.json"):
         if path == own:
@@ -81,15 +90,33 @@ def _others(folder: Path, own: Path) -> Iterator[WindowClaim]:
         if now - (claim.end or claim.start) > STALE_AFTER_S:
             path.unlink(missing_ok=True)
             continue
-        yield claim
+        yield path, claim
+
+
+def _forget_past(claims: dict[Path, WindowClaim], host: str) -> None:
+    """Delete the claims of ``host`` that ended before every window still open on it started (minus a margin)."""
+    mine = {path: claim for path, claim in claims.items() if claim.host == host}
+    ends = {path: _end(claim) for path, claim in mine.items()}
+    still_open = [mine[path].start for path, end in ends.items() if end is None]
+    horizon = min(still_open, default=time.time()) - PRUNE_MARGIN_S
+    for path, end in ends.items():
+        if end is not None and end < horizon:
+            path.unlink(missing_ok=True)
+
+
+def _end(claim: WindowClaim) -> float | None:
+    """When a claim's window ended: its end, the start of one whose process died without one, ``None`` while open."""
+    if claim.end is not None:
+        return claim.end
+    return None if _alive(claim.pid, claim.start) else claim.start
 
 
 def _overlap(own: WindowClaim, other: WindowClaim) -> bool:
     if (other.host, other.device) != (own.host, own.device) or other.run_dir == own.run_dir:
         return False
     own_end = own.end if own.end is not None else time.time()
-    other_end = other.end if other.end is not None else (own_end if _alive(other.pid, other.start) else other.start)
-    return other.start < own_end and other_end > own.start
+    other_end = _end(other)
+    return other.start < own_end and (own_end if other_end is None else other_end) > own.start
 
 
 def _alive(pid: int, claimed_at: float) -> bool:
