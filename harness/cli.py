@@ -531,9 +531,9 @@ def _gate(arguments: list[str]) -> int:
         promote_in_mlflow,
         read_baseline_file,
         tag_verdicts,
-        tracked_run_ids,
         write_baseline_file,
     )  # fmt: skip
+    from harness.tracking import StoreClient, existing_store
 
     parser = argparse.ArgumentParser(
         prog="harness gate",
@@ -577,9 +577,10 @@ def _gate(arguments: list[str]) -> int:
     settings, tracking, paths = config.gate, config.tracking, config.paths
     try:
         use_mlflow = options.baseline == "mlflow"
-        for candidate in candidates:
-            candidate_kind(candidate)
-        store = _optional_store(tracking, paths, required=use_mlflow)
+        # The configured store is opened only to read from it: a gate over run folders against a baseline file
+        # needs none (the verdicts are tagged in the stores the runs were logged to).
+        run_ids = [candidate for candidate in candidates if candidate_kind(candidate) == "mlflow"]
+        store = _optional_store(tracking, paths, required=True) if use_mlflow or run_ids else None
         if options.promote:
             if use_mlflow:
                 assert store is not None
@@ -597,7 +598,7 @@ def _gate(arguments: list[str]) -> int:
         evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
         if use_mlflow:
             assert store is not None
-            own = {item for item in candidates if candidate_kind(item) == "mlflow"} | set(tracked_run_ids(evidence))
+            own = {item.tracked[1] for item in evidence if item.tracked and item.tracked[0] == store.uri}
             lookup = functools.partial(mlflow_baselines, store, candidates=frozenset(own))
             every_baseline = functools.partial(every_mlflow_baseline, store, candidates=frozenset(own))
         else:
@@ -620,11 +621,14 @@ def _gate(arguments: list[str]) -> int:
         print(f"gate report: {report}")
     except OSError as error:  # the verdict above stands, and so does its exit status
         print(f"warning: gate report not written to {report} ({unwritable_reason(report, error)})", file=sys.stderr)
-    if store is not None:
-        try:
-            tag_verdicts(store, result, baseline=options.baseline)
-        except HarnessError as error:
-            print(f"warning: verdict not tagged in MLflow ({error})", file=sys.stderr)
+    if tracking.enabled:
+
+        @functools.cache
+        def client(uri: str) -> StoreClient:
+            return store if store is not None and store.uri == uri else existing_store(uri, tracking)
+
+        for failure in tag_verdicts(client, result, baseline=options.baseline):
+            print(f"warning: {failure}", file=sys.stderr)
     print(
         f"{'error: ' if result.exit_code else ''}gate {result.verdict}",
         file=sys.stderr if result.exit_code else sys.stdout,

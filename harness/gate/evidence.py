@@ -30,6 +30,7 @@ class Evidence:
         failure: why the run did not end ``ok`` (empty when it did): its numbers are no evidence then.
         perf_problem: why its perf values are no evidence (an invalid measurement, or one taken beside another
             job on the same device); empty when they are.
+        tracked: (tracking URI, run id) of the MLflow run it is, or was logged to; ``None`` when untracked.
     """
 
     label: str
@@ -40,6 +41,7 @@ class Evidence:
     config: dict[str, str] = field(default_factory=dict)
     failure: str = ""
     perf_problem: str = ""
+    tracked: tuple[str, str] | None = None
 
     def merged(self, other: Evidence) -> Evidence:
         """This evidence with ``other``'s repeats added (a rerun of the same config on the same machine)."""
@@ -50,6 +52,7 @@ class Evidence:
             metrics=metrics, run_dirs=self.run_dirs + other.run_dirs, config=self.config,
             failure=self.failure or other.failure,
             perf_problem="; ".join(problem for problem in (self.perf_problem, other.perf_problem) if problem),
+            tracked=self.tracked,
         )  # fmt: skip
 
 

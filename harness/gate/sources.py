@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from harness.errors import DataError, unwritable_reason
+from harness.errors import DataError, HarnessError, counted, unwritable_reason
 from harness.fileio import write_json_atomic
 from harness.gate.evidence import Evidence, evidence_of
 from harness.report import SWEEP_FILE, folder_kind, job_dirs
 from harness.result import RESULT_FILE, RunResult, load_result
-from harness.tracking import TRACKING_FILE, Store
+from harness.tracking import TRACKING_FILE, Store, StoreClient
 from harness.tracking.records import is_identity_param
 
 if TYPE_CHECKING:
-    from harness.gate import GateResult
+    from harness.gate import GateResult, Pairing
 
 BASELINE_SCHEMA = 1
 # What a baseline file keeps of each entry's evidence besides its label (a run that failed is never written).
@@ -53,7 +54,8 @@ def candidate_kind(candidate: str) -> Literal["sweep", "run", "mlflow"]:
 
 
 def candidate_evidence(candidate: str, store: Store | None) -> list[Evidence]:
-    """The evidence of a run folder, each job of a sweep folder, or an MLflow run id."""
+    """The evidence of a run folder, each job of a sweep folder, or an MLflow run id, with the MLflow run each
+    is (or was logged to)."""
     path = Path(candidate)
     kind = candidate_kind(candidate)
     if kind == "sweep":
@@ -62,19 +64,33 @@ def candidate_evidence(candidate: str, store: Store | None) -> list[Evidence]:
             raise DataError(f"{path}: a sweep folder without any job result")
         return [_job_evidence(job) for job in jobs]
     if kind == "run":
-        return [evidence_of(load_result(path), label=str(path))]
+        folder = path if path.is_dir() else path.parent
+        return [replace(evidence_of(load_result(path), label=str(path)), tracked=tracking_record(folder))]
     if store is None:
         raise DataError(f"{candidate}: an MLflow run id, but tracking is off")
-    return [evidence_of(_mlflow_result(store, candidate), label=f"mlflow run {candidate}")]
+    evidence = evidence_of(_mlflow_result(store, candidate), label=f"mlflow run {candidate}")
+    return [replace(evidence, tracked=(store.uri, candidate))]
 
 
 def _job_evidence(job: Path) -> Evidence:
     """A sweep job's evidence; one whose result cannot be read is no evidence, with why, and the sweep's other
     jobs are still decided."""
     try:
-        return evidence_of(load_result(job), label=str(job))
+        return replace(evidence_of(load_result(job), label=str(job)), tracked=tracking_record(job))
     except DataError as error:
         return Evidence(label=str(job), config_hash="", hardware_fingerprint="", metrics={}, failure=str(error))
+
+
+def tracking_record(run_dir: Path) -> tuple[str, str] | None:
+    """(tracking URI, run id) a run folder was logged to (its ``tracking.json``), or ``None`` if it was not."""
+    record = run_dir / TRACKING_FILE
+    if not record.exists():
+        return None
+    try:
+        data = json.loads(record.read_text())
+        return str(data["uri"]), str(data["run_id"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{record}: unreadable ({type(error).__name__}: {error})") from None
 
 
 def _mlflow_result(store: Store, run_id: str) -> RunResult:
@@ -166,17 +182,29 @@ def every_mlflow_baseline(store: Store, *, candidates: frozenset[str] = frozense
     ]
 
 
-def tag_verdicts(store: Store, result: GateResult, *, baseline: str) -> None:
-    """Record each tracked candidate's verdict on its MLflow run (``harness.gate.*`` tags)."""
+def tag_verdicts(clients: Callable[[str], StoreClient], result: GateResult, *, baseline: str) -> list[str]:
+    """Record each tracked candidate's verdict on its MLflow run (``harness.gate.*`` tags), in the store it was
+    logged to (``clients``: tracking URI -> a client on it). Returns why a store could not be tagged, per store."""
+    failures = []
+    by_store: dict[str, list[tuple[str, Pairing]]] = {}
     for pairing in result.pairings:
-        for run_id in tracked_run_ids([pairing.candidate]):
-            tags = {
-                "harness.gate.verdict": pairing.verdict,
-                "harness.gate.baseline": pairing.baseline.label if pairing.baseline else baseline,
-            }
-            tags.update({f"harness.gate.{decision.metric}": decision.outcome for decision in pairing.decisions})
-            for key, value in tags.items():
-                store.call(partial(store.client.set_tag, run_id, key, value[:5000]))
+        if pairing.candidate.tracked is not None:
+            uri, run_id = pairing.candidate.tracked
+            by_store.setdefault(uri, []).append((run_id, pairing))
+    for uri, pairings in by_store.items():
+        try:
+            client = clients(uri)
+            for run_id, pairing in pairings:
+                tags = {
+                    "harness.gate.verdict": pairing.verdict,
+                    "harness.gate.baseline": pairing.baseline.label if pairing.baseline else baseline,
+                }
+                tags.update({f"harness.gate.{decision.metric}": decision.outcome for decision in pairing.decisions})
+                for key, value in tags.items():
+                    client.call(partial(client.client.set_tag, run_id, key, value[:5000]))
+        except HarnessError as error:
+            failures.append(f"{counted(len(pairings), 'verdict')} not tagged in {uri} ({error})")
+    return failures
 
 
 def promote_in_mlflow(store: Store, candidate: str) -> list[str]:
@@ -221,17 +249,6 @@ def check_promotable(failures: dict[str, str]) -> None:
         )
 
 
-def tracked_run_ids(evidence: list[Evidence]) -> list[str]:
-    """MLflow run ids of the candidate's run folders that were logged (``tracking.json``)."""
-    found = []
-    for item in evidence:
-        for run_dir in item.run_dirs[:1]:
-            record = Path(run_dir) / TRACKING_FILE
-            if record.exists():
-                found.append(str(json.loads(record.read_text())["run_id"]))
-    return found
-
-
 def _run_sources(candidate: str) -> list[str]:
     path = Path(candidate)
     if (path / SWEEP_FILE).exists():
@@ -242,10 +259,10 @@ def _run_sources(candidate: str) -> list[str]:
 def _run_id_of(source: str, store: Store) -> str:
     if is_run_id(source):
         return source
-    record = Path(source) / TRACKING_FILE
-    if not record.exists():
+    tracked = tracking_record(Path(source))
+    if tracked is None:
         raise DataError(f"{source}: not logged to MLflow yet (no {TRACKING_FILE}): run `harness sync {source}` first")
-    data = json.loads(record.read_text())
-    if data.get("uri") != store.uri:
-        raise DataError(f"{source}: logged to {data.get('uri')}, not to {store.uri}")
-    return str(data["run_id"])
+    uri, run_id = tracked
+    if uri != store.uri:
+        raise DataError(f"{source}: logged to {uri}, not to {store.uri}")
+    return run_id

@@ -163,10 +163,10 @@ def _reason(error: BaseException) -> str:
     return shorten(text.splitlines()[0], 300) if text else type(error).__name__
 
 
-class Store:
-    """An MLflow client on one store and experiment, with retries for a locked SQLite file."""
+class StoreClient:
+    """An MLflow client on one store (its URI), with retries for a locked SQLite file: what acts on runs by id."""
 
-    def __init__(self, tracking: TrackingConfig, paths: PathsConfig) -> None:
+    def __init__(self, uri: str, tracking: TrackingConfig) -> None:
         # MLflow reads these per request; the config makes them explicit and recorded instead of ambient.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(tracking.http_retries)
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, tracking.http_timeout_s)))
@@ -174,10 +174,9 @@ class Store:
         from mlflow.tracking import MlflowClient
 
         self.tracking = tracking
-        self.uri, artifact_location = resolve_store(tracking, paths)
+        self.uri = uri
         # A database MLflow cannot open, or a URI from MLFLOW_TRACKING_URI it does not take, fails here.
         self.client = self.call(lambda: MlflowClient(tracking_uri=self.uri))
-        self.experiment_id = self.call(lambda: self._experiment(tracking.experiment, artifact_location))
 
     def call(self, operation: Callable[[], T]) -> T:
         """Run one client operation, whole (``held_interrupts``); retry while SQLite is locked; any failure
@@ -192,6 +191,22 @@ class Store:
                     continue
                 raise TrackingError(f"tracking store {self.uri}: {_reason(error)}") from error
         raise AssertionError("unreachable: the loop returns or raises")
+
+
+def existing_store(uri: str, tracking: TrackingConfig) -> StoreClient:
+    """A client on a store that runs were logged to: a SQLite file that is gone is an error, not a new store."""
+    if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).expanduser().exists():
+        raise TrackingError(f"tracking store {uri}: the database file is gone")
+    return StoreClient(uri, tracking)
+
+
+class Store(StoreClient):
+    """The configured store and experiment (``tracking.*``): where runs are logged and searched."""
+
+    def __init__(self, tracking: TrackingConfig, paths: PathsConfig) -> None:
+        uri, artifact_location = resolve_store(tracking, paths)
+        super().__init__(uri, tracking)
+        self.experiment_id = self.call(lambda: self._experiment(tracking.experiment, artifact_location))
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)

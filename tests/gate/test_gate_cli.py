@@ -154,3 +154,23 @@ def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_ver
         tags["harness.gate.map_medium" if "harness.gate.map_medium" in tags else "harness.gate.parity_min_cos"]
         == "pass"
     )
+
+
+def test_a_verdict_is_tagged_in_the_store_its_run_was_logged_to(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "team" / "mlflow.db"
+    logged = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=5", f"tracking.uri=sqlite:///{elsewhere}"))
+    baseline_file = tmp_path / "sleep.json"
+    assert harness(tmp_path, "gate", "--promote", logged, "--baseline", str(baseline_file)).returncode == 0
+    gated = harness(tmp_path, "gate", logged, "--baseline", str(baseline_file))  # the gate's own store: the default
+    assert gated.returncode == 0 and gated.stderr == "", gated.stdout + gated.stderr
+    run_id = json.loads((Path(logged) / "tracking.json").read_text())["run_id"]
+    assert MlflowClient(f"sqlite:///{elsewhere}").get_run(run_id).data.tags["harness.gate.verdict"] == "pass"
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()  # gating folders against a file reads no store
+
+    elsewhere.unlink()
+    gone = harness(tmp_path, "gate", logged, "--baseline", str(baseline_file))
+    assert gone.returncode == 0 and not elsewhere.exists()  # the verdict stands; no empty store in its place
+    store = f"sqlite:///{elsewhere}"
+    assert (
+        gone.stderr == f"warning: 1 verdict not tagged in {store} (tracking store {store}: the database file is gone)\n"
+    )
