@@ -644,7 +644,7 @@ def _report(arguments: list[str]) -> int:
     from harness.errors import DataError, HarnessError, counted, unwritable_reason
     from harness.report import SWEEP_FILE, read_sweep_record
     from harness.report.render import folder_runs, write_report
-    from harness.tracking import download_runs
+    from harness.tracking import download_runs, existing_store
 
     parser = argparse.ArgumentParser(
         prog="harness report",
@@ -669,7 +669,7 @@ def _report(arguments: list[str]) -> int:
     try:
         found = folder_runs([Path(source) for source in sources if source != "mlflow"])  # a typo opens no store
         runs = list(found.runs)
-        store = _optional_store(tracking, paths, required="mlflow" in sources)
+        store = _optional_store(tracking, paths, required=True) if "mlflow" in sources else None
         name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
         folder = options.out or Path("reports") / name
         created = not folder.exists()
@@ -693,14 +693,6 @@ def _report(arguments: list[str]) -> int:
             ]
             raise DataError(f"nothing to report: no run in {', '.join(places)}")
         report = write_report(runs, folder, title=f"report {name}", unreadable=found.unreadable)
-        for source in sources:
-            if store is None or not (Path(source) / SWEEP_FILE).exists():
-                continue
-            record = read_sweep_record(Path(source))
-            parent = record.get("parent_run_id") if record.get("uri") == store.uri else None
-            if parent:
-                store.call(functools.partial(store.client.log_artifacts, parent, str(folder), artifact_path="report"))
-                print(f"attached to MLflow parent run {parent} (artifacts/report)")
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -708,6 +700,18 @@ def _report(arguments: list[str]) -> int:
         f"report: {report.index_md} ({counted(len(report.plots), 'plot')}, {counted(len(runs), 'run')}; "
         "index.html is self-contained)"
     )
+    sweeps = [Path(source) for source in sources if (Path(source) / SWEEP_FILE).exists()] if tracking.enabled else []
+    for sweep in sweeps:  # in the store the sweep was logged to, whatever store tracking.* names
+        try:
+            record = read_sweep_record(sweep)
+            uri, parent = str(record.get("uri") or ""), str(record.get("parent_run_id") or "")
+            if not (uri and parent):
+                continue
+            client = store if store is not None and store.uri == uri else existing_store(uri, tracking)
+            client.call(functools.partial(client.client.log_artifacts, parent, str(folder), artifact_path="report"))
+            print(f"attached to MLflow parent run {parent} in {uri} (artifacts/report)")
+        except HarnessError as error:
+            print(f"warning: report not attached to the parent run of sweep {sweep} ({error})", file=sys.stderr)
     for why in found.unreadable.values():
         print(f"error: {why} (a row that says so in the report; the other runs are in it)", file=sys.stderr)
     return 1 if found.unreadable else 0

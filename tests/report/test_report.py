@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from harness.pipeline import run
@@ -285,3 +287,12 @@ def test_an_unreadable_result_is_named_and_the_other_jobs_are_still_reported_and
     mended = harness_report_sync("sync", store, str(sweep))
     assert mended.returncode == 0, mended.stderr
     assert f"{sweep / '1'}: logged as " in mended.stdout and f"{sweep / '0'}: already logged as " in mended.stdout
+
+    # A report over the sweep goes to its parent run in the store the sweep was logged to, not the default one.
+    attached = harness_report_sync("report", str(sweep), "--out", str(tmp_path / "r2"))
+    assert attached.returncode == 0, attached.stderr
+    parent = json.loads((sweep / "sweep.json").read_text())["parent_run_id"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert f"attached to MLflow parent run {parent} in {uri} (artifacts/report)" in attached.stdout
+    reported = {item.path for item in MlflowClient(uri).list_artifacts(parent, "report")}
+    assert "report/index.html" in reported
