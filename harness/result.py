@@ -250,7 +250,8 @@ class Measurement:
         load_time_s: mean model load time per instance (``None``: a vendor profiler that does not report it).
         first_call_us: mean cold first-call time per instance, apart from the steady state (``None`` likewise).
         window_throughput_qps: throughput in ``perf.windows`` equal time slices (empty from a profiler's summary).
-        window_cv: coefficient of variation of those (``None`` without them, or when a slice is under 20 ms).
+        window_cv: coefficient of variation of those (``None`` without them, or when a slice is under 20 ms); in
+            the server scenario, of each slice's throughput over the rate its scheduled arrivals offered it.
         cpu_utilization_pct: CPU time of the worker processes (or the vendor profiler) over its wall time x cores.
         peak_host_memory_bytes: sum over worker processes (or the profiler process) of their peak resident memory.
         peak_device_memory_bytes: peak device memory allocated (torch on CUDA), else ``None``.

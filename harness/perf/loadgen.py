@@ -170,8 +170,9 @@ class InstanceSamples:
         transfer_us: [calls, 2] float32 host-to-device and device-to-host copy time per call, microseconds, where
             the backend times its copies itself (else empty).
         device_queue: the most calls it had queued on the backend's device at once (1: one at a time).
-        last_arrival_s: server scenario: seconds from ``start`` to its last scheduled arrival (``None`` in the
-            other scenarios): with ``last_completion_s`` it says whether the instance kept up with the rate.
+        arrivals_s: server scenario: its scheduled arrivals, seconds from ``start`` (empty in the other
+            scenarios): with the completions they say whether the instance kept up with the rate, overall and
+            window by window.
     """
 
     instance: int
@@ -186,7 +187,7 @@ class InstanceSamples:
     dispatch_delay_us: np.ndarray
     transfer_us: np.ndarray
     device_queue: int
-    last_arrival_s: float | None = None
+    arrivals_s: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class _Instance:
         self.prepared_rows = len(task.inputs)
         self.dispatch_delay_us = np.zeros(0, dtype=np.float32)
         self.device_queue = 1
-        self.last_arrival_s: float | None = None
+        self.arrivals_s = np.zeros(0)
 
     def prepare(self) -> None:
         started = time.perf_counter()
@@ -282,8 +283,8 @@ class _Instance:
         plan = self.task.plan
         tighten_timer_slack()
         arrivals = plan.arrivals(self.index, self.iterations)
-        if plan.scenario == "server" and arrivals.size:
-            self.last_arrival_s = float(arrivals[-1])
+        if plan.scenario == "server":
+            self.arrivals_s = arrivals
         served = serve_schedule(
             arrivals, batch=len(self.task.inputs),
             max_queue_delay_s=plan.max_queue_delay_s, run_batch=self._run_batch, now=time.perf_counter,
@@ -337,7 +338,7 @@ class _Instance:
             instance=self.index, worker=self.task.worker, load_s=self.load_s, first_call_us=self.first_call_us,
             start=self.start, samples=self.samples.array(), completions=self.completions.array(),
             last_completion_s=self.completions.last_s, calls=self.calls, dispatch_delay_us=self.dispatch_delay_us,
-            transfer_us=self.transfers.array(), device_queue=self.device_queue, last_arrival_s=self.last_arrival_s,
+            transfer_us=self.transfers.array(), device_queue=self.device_queue, arrivals_s=self.arrivals_s,
         )  # fmt: skip
 
 

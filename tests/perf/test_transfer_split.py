@@ -17,6 +17,7 @@ def instance(index: int, calls: int, transfer_us: np.ndarray) -> InstanceSamples
         instance=index, worker=0, load_s=0.1, first_call_us=5000.0, start=100.0, samples=samples,
         completions=np.ones(calls, dtype=np.int64), last_completion_s=calls * COMPLETION_BIN_S, calls=calls,
         dispatch_delay_us=np.zeros(0, dtype=np.float32), transfer_us=transfer_us.astype(np.float32), device_queue=1,
+        arrivals_s=np.zeros(0),
     )  # fmt: skip
 
 
