@@ -49,7 +49,7 @@ _session = _Session()
 def _track(config: Any, run_dir: Path, sweep_dir: Path | None) -> None:
     """Log a finished run folder; a tracker failure is a warning, never a lost or failed run."""
     from harness.errors import HarnessError
-    from harness.tracking import Store, log_run_dir
+    from harness.tracking import Store, log_run_dir, store_overrides
     from harness.tracking.sweep import ui_hint
 
     try:
@@ -57,13 +57,10 @@ def _track(config: Any, run_dir: Path, sweep_dir: Path | None) -> None:
             return
         store = Store(config.tracking, config.paths)
         record, _ = log_run_dir(store, run_dir, sweep_dir=sweep_dir)
-        print(f"  tracked    MLflow run {record.run_id}: {ui_hint(store)}", flush=True)
+        print(f"  tracked    MLflow run {record.run_id}: {ui_hint(store, config.paths)}", flush=True)
     except HarnessError as error:
-        print(
-            f"warning: run not tracked ({error}); result.json is kept: harness sync {run_dir}",
-            file=sys.stderr,
-            flush=True,
-        )
+        later = f"harness sync {store_overrides(config.tracking, config.paths)} {run_dir.resolve()}"
+        print(f"warning: run not tracked ({error}); result.json is kept: {later}", file=sys.stderr, flush=True)
 
 
 def _pipeline_task(cfg: Any) -> None:
@@ -181,7 +178,7 @@ def _stop_interrupted() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
     from harness.errors import HarnessError, counted
     from harness.report import markdown_table, sweep_rows, write_summary
-    from harness.tracking import Store, end_sweep, finish_sweep
+    from harness.tracking import Store, end_sweep, finish_sweep, store_overrides
 
     where = _interrupted_where(_session.run_dir)
     sweep_dir = _session.sweep_dir
@@ -189,16 +186,17 @@ def _stop_interrupted() -> int:
         print(f"interrupted: {where}", file=sys.stderr)
         return 130
     rows: list[dict[str, str]] = []
+    config = _session.config
     try:
         end_sweep(sweep_dir, "interrupted")
         rows = sweep_rows(sweep_dir)
         files = write_summary(rows, sweep_dir)
         print(f"\nsweep summary ({sweep_dir}):\n{markdown_table(rows)}", flush=True)
-        config = _session.config
         if config is not None and config.tracking.enabled:
             finish_sweep(Store(config.tracking, config.paths), sweep_dir, files)
     except HarnessError as error:
-        print(f"warning: sweep not fully closed ({error}); later: harness sync {sweep_dir}", file=sys.stderr)
+        later = "harness sync " + (f"{store_overrides(config.tracking, config.paths)} " if config else "")
+        print(f"warning: sweep not fully closed ({error}); later: {later}{sweep_dir.resolve()}", file=sys.stderr)
     done = sum(row["status"] == "ok" for row in rows)
     print(f"interrupted: {where}; sweep {sweep_dir}: {counted(done, 'job')} finished before it", file=sys.stderr)
     return 130

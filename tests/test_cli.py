@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import queue
+import shlex
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from harness.result import load_result
 from tests.conftest import REPO_ROOT
@@ -193,7 +195,19 @@ def test_a_tracking_store_mlflow_cannot_open_is_a_warning_and_the_result_is_kept
     result_path = Path(done.stdout.strip().splitlines()[-1])
     assert load_result(result_path).status == "ok"
     assert f"warning: run not tracked (tracking store sqlite:///{blocker}/mlflow.db: " in done.stderr
-    assert f"result.json is kept: harness sync {result_path.parent}" in done.stderr
+    # The command it prints logs the run to the store it was meant for, from any folder: the blocker gone, run it.
+    hint = done.stderr.split("result.json is kept: ")[1].splitlines()[0]
+    assert hint.startswith("harness sync tracking.uri=") and hint.endswith(str(result_path.parent))
+    blocker.unlink()
+    blocker.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    synced = harness(elsewhere, *shlex.split(hint)[1:])
+    assert synced.returncode == 0 and f"{result_path.parent}: logged as " in synced.stdout, synced.stderr
+    client = MlflowClient(f"sqlite:///{blocker}/mlflow.db")
+    experiment = client.get_experiment_by_name(load_result(result_path).config.tracking.experiment)
+    assert experiment is not None and len(client.search_runs([experiment.experiment_id])) == 1
+    assert not (elsewhere / "outputs").exists()
 
 
 def test_report_and_gate_outputs_that_cannot_be_written_are_one_line(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import threading
 import time
@@ -143,6 +144,13 @@ def resolve_store(tracking: TrackingConfig, paths: PathsConfig) -> tuple[str, st
     outputs = paths.path("outputs").resolve()
     outputs.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{outputs / 'mlflow.db'}", (outputs / "mlartifacts").as_uri()
+
+
+def store_overrides(tracking: TrackingConfig, paths: PathsConfig) -> str:
+    """The overrides that make a later command (``harness sync``, ``harness ui``) use this store and experiment,
+    wherever it is started: a bare command would use its own folder's default store."""
+    uri = resolve_store(tracking, paths)[0]
+    return f"tracking.uri={shlex.quote(uri)} tracking.experiment={shlex.quote(tracking.experiment)}"
 
 
 # What a failed request to a tracking server comes down to, found in the exception text of MLflow's HTTP client

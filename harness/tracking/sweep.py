@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config.convert import from_mapping
-from harness.config.schema import StoreCommandConfig
+from harness.config.schema import PathsConfig, StoreCommandConfig
 from harness.config.store import expand_sweep, sweeper_settings
 from harness.errors import HarnessError, counted
 from harness.report import contention_warning, markdown_table, sweep_rows, write_summary
 from harness.report.render import sweep_runs, write_report
-from harness.tracking import Store, end_sweep, ensure_parent, finish_sweep, start_sweep
+from harness.tracking import Store, end_sweep, ensure_parent, finish_sweep, start_sweep, store_overrides
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,9 @@ def _store_config(config: DictConfig) -> StoreCommandConfig:
     )
 
 
-def ui_hint(store: Store) -> str:
+def ui_hint(store: Store, paths: PathsConfig) -> str:
     if store.uri.startswith("sqlite:"):
-        return "open the MLflow UI with `harness ui` (store " + store.uri + ")"
+        return f"open the MLflow UI with `harness ui {store_overrides(store.tracking, paths)}`"
     return f"open {store.uri} in a browser"
 
 
@@ -84,6 +85,7 @@ class SweepTracking(Callback):
         try:
             store = Store(store_config.tracking, store_config.paths)
             parent = finish_sweep(store, sweep_dir, files, report_dir=report.folder)
-            print(f"tracked sweep as MLflow parent run {parent}: {ui_hint(store)}", flush=True)
+            print(f"tracked sweep as MLflow parent run {parent}: {ui_hint(store, store_config.paths)}", flush=True)
         except HarnessError as error:
-            print(f"warning: sweep not fully tracked ({error}); later: harness sync {sweep_dir}", flush=True)
+            later = f"harness sync {store_overrides(store_config.tracking, store_config.paths)} {sweep_dir.resolve()}"
+            print(f"warning: sweep not fully tracked ({error}); later: {later}", file=sys.stderr, flush=True)
