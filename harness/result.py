@@ -297,7 +297,8 @@ class Efficiency:
         flops_per_image_onnx: the same counted from the artifact's graph (MatMul, Gemm, Conv), the cross-check.
         achieved_gflops: ``flops_per_image`` x measured throughput.
         gemm_time_us: the model's GEMMs at the run's batch and dtype run alone, same runtime and threads.
-        model_time_us: the measured model time per batch (mean).
+        model_time_us: the measured model time per batch: the mean model latency when one call ran at a time,
+            else the run's wall time per batch (overlapping calls each last as long as the device is shared).
         efficiency: ``gemm_time_us / model_time_us``: the share of the run that is irreducible matrix work.
         gemm_gflops: the rate the GEMMs alone reach.
         runtime: what timed the GEMMs.

@@ -101,6 +101,21 @@ def test_a_cpu_onnxruntime_run_reports_its_efficiency_once_timed_per_machine(cac
     ]
 
 
+def test_overlapping_calls_are_measured_against_the_runs_time_per_batch(cache_dir: Path, tmp_path: Path) -> None:
+    # Two instances in two processes on one device: each call lasts as long as the device is shared, so the
+    # GEMMs are compared with the run's wall time per batch, and efficiency agrees with achieved / GEMM GFLOP/s.
+    config = run_config(
+        cache_dir, "stages=[build,perf]", "backend.intra_op_threads=1", "perf.instances=2", "perf.processes=2",
+        "perf.iterations=40", "perf.min_samples=40",
+    )  # fmt: skip
+    result = measure(config, tmp_path, build(config).artifact_path)
+    efficiency = result.efficiency
+    assert efficiency is not None
+    assert efficiency.model_time_us == pytest.approx(result.forward_time_s * 1e6 / result.batches)
+    assert efficiency.model_time_us < result.latency_us.model.avg  # the calls overlapped
+    assert efficiency.efficiency == pytest.approx(efficiency.achieved_gflops / efficiency.gemm_gflops)
+
+
 def test_efficiency_is_absent_where_it_is_not_defined(cache_dir: Path, tmp_path: Path) -> None:
     assert measure(sleep_config(cache_dir, "perf.iterations=10"), tmp_path / "sleep").efficiency is None
     config = run_config(cache_dir, "stages=[build,perf]", "perf.iterations=10", "perf.efficiency=false")
