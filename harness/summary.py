@@ -35,7 +35,8 @@ def format_summary(result: RunResult) -> str:
         if quantization:
             calibration = quantization.calibration
             how = (
-                f"{calibration.method} on {counted(len(calibration.images), calibration.source + ' image')}"
+                f"{calibration.method} on {counted(len(calibration.images), 'image')}, "
+                + ("random views of the shipped photos" if calibration.source == "views" else "from calibration.folder")
                 if calibration
                 else "per call"
             )

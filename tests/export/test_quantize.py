@@ -15,6 +15,7 @@ from harness.errors import BuildError, ConfigError, DataError
 from harness.export.quantize import calibration_set, resolve_reduce_range
 from harness.pipeline import run
 from harness.preprocess import batch_of, default_params
+from harness.summary import format_summary
 from tests.conftest import run_config
 from tests.export.test_onnx_build import build
 
@@ -172,6 +173,8 @@ def test_an_int8_run_reports_its_retrieval_against_fp32_of_the_same_weights(cach
     assert fp32.reference == Path(result.build.manifest.quantization.base_artifact + ".onnx").name  # type: ignore[union-attr]
     assert 0.0 <= fp32.min_neighbour_overlap_at_10 <= fp32.neighbour_overlap_at_10 <= 1.0
     assert fp32.descriptor_min_cosine > 0.99
+    (quantized,) = [line.split(maxsplit=1)[1] for line in format_summary(result).splitlines() if "quantized" in line]
+    assert quantized.startswith("static (minmax on 8 images, random views of the shipped photos) from tiny14_reg4-")
     reference = run(
         run_config(cache_dir, f"paths.data={tmp_path / 'data'}", "stages=[build,accuracy]"), run_dir=tmp_path / "fp32"
     )
