@@ -56,10 +56,17 @@ def waiter(*, share_gil: bool) -> Callable[[float], float]:
 
 
 def poisson_arrivals(rate_qps: float, count: int, seed: int) -> np.ndarray:
-    """``count`` arrival offsets (seconds from the start) of a Poisson process at ``rate_qps``, reproducible
-    per ``seed``: cumulative sums of exponential inter-arrival times with mean ``1 / rate_qps``."""
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate_qps, size=count)
-    return np.cumsum(gaps)
+    """``count`` arrival offsets (seconds from the start) of a Poisson process at ``rate_qps`` whose last
+    arrival falls at ``count / rate_qps``, reproducible per ``seed``.
+
+    Given when its ``count``-th arrival falls, the earlier arrivals of a Poisson process are uniform order
+    statistics on the span before it: the cumulative sums of exponential gaps scaled to end there. Left free,
+    the schedule's own rate misses ``rate_qps`` by 1/sqrt(count) (one standard deviation): 100 requests at
+    100 qps came at 84.6/s, a server that kept up read 84.6 img/s served of 100 offered, and a schedule that
+    came early ended before ``perf.min_duration_s`` and made the run invalid.
+    """
+    arrivals = np.cumsum(np.random.default_rng(seed).exponential(1.0, size=count))
+    return arrivals * (count / rate_qps / arrivals[-1])
 
 
 @dataclass(frozen=True)
