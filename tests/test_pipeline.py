@@ -133,7 +133,10 @@ def test_a_window_too_short_to_sample_the_host_says_so(tmp_path: Path) -> None:
     [
         (["precision=int8"], "ONNX Runtime's GEMMs are timed in fp32 and fp16, not int8"),
         (["backend=sleep"], "it is defined for the onnxruntime and torch backends, not backend=sleep"),
-        (["perf.scenario=offline"], "it is defined for the closed scenario's fixed batch, not perf.scenario=offline"),
+        (
+            ["perf.scenario=server", "perf.target_qps=200"],
+            "it is defined for a fixed batch (closed loop, offline), not the server scenario's arrival-made ones",
+        ),
     ],
 )
 def test_a_run_without_an_efficiency_says_why(tmp_path: Path, overrides: list[str], why: str) -> None:

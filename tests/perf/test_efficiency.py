@@ -116,6 +116,18 @@ def test_overlapping_calls_are_measured_against_the_runs_time_per_batch(cache_di
     assert efficiency.efficiency == pytest.approx(efficiency.achieved_gflops / efficiency.gemm_gflops)
 
 
+def test_an_offline_run_serves_full_batches_and_has_an_efficiency(cache_dir: Path, tmp_path: Path) -> None:
+    config = run_config(
+        cache_dir, "stages=[build,perf]", "perf.scenario=offline", "perf.batch=2", "perf.iterations=20",
+        "perf.min_samples=20",
+    )  # fmt: skip
+    result = measure(config, tmp_path, build(config).artifact_path)
+    efficiency = result.efficiency
+    assert result.samples == 40 and result.batches == 20 and efficiency is not None
+    assert efficiency.model_time_us == pytest.approx(result.latency_us.model.avg)  # one call at a time
+    assert efficiency.efficiency == pytest.approx(efficiency.gemm_time_us / efficiency.model_time_us)
+
+
 def test_efficiency_is_absent_where_it_is_not_defined(cache_dir: Path, tmp_path: Path) -> None:
     assert measure(sleep_config(cache_dir, "perf.iterations=10"), tmp_path / "sleep").efficiency is None
     config = run_config(cache_dir, "stages=[build,perf]", "perf.iterations=10", "perf.efficiency=false")
