@@ -110,7 +110,8 @@ def pair(
             problems.append(f"{metric}: the candidate's perf is no evidence ({candidate.perf_problem})")
             continue
         if base is None or cand is None:
-            problems.append(f"metric {metric} missing in the {'baseline' if base is None else 'candidate'}")
+            side, lacking = ("baseline", baseline) if base is None else ("candidate", candidate)
+            problems.append(f"metric {metric} missing in the {side}: {_why_missing(lacking, rule.kind, settings)}")
             continue
         decisions.append(decide(metric, rule, base, cand, settings))
     fewest = min((d.repeats[0] for d in decisions if d.rule.kind == "perf"), default=settings.min_repeats)
@@ -121,6 +122,17 @@ def pair(
             "(--rerun re-measures the candidate only)"
         )
     return Pairing(candidate, baseline, tuple(decisions), tuple(problems), tuple(notes))
+
+
+# The stage whose result a rule's kind of metric comes from.
+STAGE_OF_KIND = {"perf": "perf", "accuracy": "accuracy", "parity": "build"}
+
+
+def _why_missing(evidence: Evidence, kind: str, settings: GateConfig) -> str:
+    """Why one side lacks a ruled metric: it ran no stage that gives it, or (perf) the statistic was withheld."""
+    if not any(evidence.metrics.get(name) for name, rule in settings.rules.items() if rule.kind == kind):
+        return f"it ran no {STAGE_OF_KIND[kind]} stage (gate it against a baseline that ran the same stages)"
+    return "withheld by that run (a percentile needs more samples than it measured)"
 
 
 def run_gate(

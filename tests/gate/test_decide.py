@@ -82,7 +82,18 @@ def test_pairing_needs_a_baseline_on_the_same_hardware_unless_allowed() -> None:
         "no baseline for config hash cfg: there is no baseline at all: promote the reference runs with --promote",
     )
     missing = pair(evidence({}), [candidate], settings, allow_hardware_mismatch=False)
-    assert missing.verdict == "unusable" and missing.problems == ("metric throughput_qps missing in the candidate",)
+    assert missing.verdict == "unusable" and missing.problems == (
+        "metric throughput_qps missing in the candidate: it ran no perf stage (gate it against a baseline that ran "
+        "the same stages)",
+    )
+    p99_rule = dataclasses.replace(THROUGHPUT, better="lower")
+    with_p99 = GateConfig(**{**settings.__dict__, "rules": {**settings.rules, "e2e_latency_p99_ms": p99_rule}})
+    full = evidence({"throughput_qps": noisy(100.0), "e2e_latency_p99_ms": (3.0,) * 5})
+    withheld = pair(candidate, [full], with_p99, allow_hardware_mismatch=False)
+    assert withheld.problems == (
+        "metric e2e_latency_p99_ms missing in the candidate: withheld by that run (a percentile needs more samples "
+        "than it measured)",
+    )
 
 
 def configured(label: str, fingerprint: str = "machine", **settings: str) -> Evidence:
