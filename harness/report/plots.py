@@ -154,8 +154,10 @@ def _series_name(run: LabelledRun) -> str:
 
 
 def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
-    """Throughput against batch size, one line per variant, backend and precision; the bars span the repeats."""
-    measured = [run for run in runs if run.result.perf is not None]
+    """Throughput against batch size, one line per variant, backend and precision; the bars span the repeats.
+    Server-scenario runs are left out: their throughput is the rate offered them, and their batch a cap on what
+    the arrivals make (the latency-vs-throughput plot shows them)."""
+    measured = [run for run in runs if run.result.perf is not None and run.result.perf.scenario != "server"]
     if not measured:
         return None
     series: dict[tuple[str, str], list[tuple[int, float, float, float]]] = defaultdict(list)
@@ -184,7 +186,10 @@ def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
     _legend(axes)
     _save(figure, path)
     return Plot(
-        path, "Throughput vs batch", "Median-repeat throughput per batch size (from zero); bars span all repeats."
+        path,
+        "Throughput vs batch",
+        "Median-repeat throughput per batch size (from zero); bars span all repeats. Closed-loop and offline runs: "
+        "a server run's throughput is the rate offered it.",
     )
 
 

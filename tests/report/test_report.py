@@ -222,6 +222,24 @@ def test_precision_deltas_compare_only_runs_alike_in_every_other_setting(tmp_pat
     ]  # once merged by variant, backend and batch alone: one row, fp16 of one thread count against fp32 of another
 
 
+def test_server_runs_are_left_out_of_throughput_vs_batch(runs: list[LabelledRun], tmp_path: Path) -> None:
+    # A server run's throughput is the rate offered it and its batch a cap: as a point against batch it read as
+    # a slow build (target 100 qps: a point at 85 img/s below the closed loop's 900).
+    import dataclasses
+
+    from harness.report.plots import throughput_vs_batch
+
+    def served(labelled: LabelledRun) -> LabelledRun:
+        perf = dataclasses.replace(labelled.result.perf, scenario="server", target_qps=100.0)  # type: ignore[arg-type]
+        return dataclasses.replace(labelled, label="server", result=dataclasses.replace(labelled.result, perf=perf))
+
+    assert throughput_vs_batch([served(runs[0])], tmp_path / "none.png") is None
+    closed = throughput_vs_batch(runs, tmp_path / "closed.png")
+    mixed = throughput_vs_batch([*runs, served(runs[0])], tmp_path / "mixed.png")
+    assert closed is not None and mixed is not None
+    assert (tmp_path / "mixed.png").read_bytes() == (tmp_path / "closed.png").read_bytes()
+
+
 def test_runs_of_one_name_keep_apart_in_a_report(runs: list[LabelledRun], tmp_path: Path) -> None:
     # Two sweeps' job 0 folders, or two MLflow runs of one name: plots and tables tell runs apart by label.
     first, second = tmp_path / "a" / "0", tmp_path / "b" / "0"
