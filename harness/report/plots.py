@@ -392,6 +392,8 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
             if points:
                 points.sort()
                 axes.plot(*zip(*points, strict=True), style, color=f"C{colour}", label=f"{key} e2e {name}")
+    axes.set_xlim(left=0)
+    axes.set_ylim(bottom=0)  # a cut axis made 1.09 against 0.90 ms look like a fall to nothing
     axes.set_xlabel("throughput (images/s)")
     axes.set_ylabel("end-to-end latency (ms)")
     bounds = {run.result.perf.latency_bound_ms for run in measured if run.result.perf.probes}  # type: ignore[union-attr]

@@ -122,8 +122,11 @@ def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the
     monkeypatch.setattr(plots, "_save", lambda figure, path: saved.setdefault(path.name, figure))
     plots.throughput_vs_batch(runs, tmp_path / "throughput.png")
     plots.accuracy_vs_throughput(runs, tmp_path / "accuracy.png")
+    plots.latency_vs_throughput(runs, tmp_path / "latency.png")
     (throughput_axes,) = saved["throughput.png"].axes
     assert throughput_axes.get_ylim()[0] == 0  # heights read as ratios
+    (latency_axes,) = saved["latency.png"].axes
+    assert latency_axes.get_xlim()[0] == 0 and latency_axes.get_ylim()[0] == 0
     figure = saved["accuracy.png"]
     figure.tight_layout()
     figure.canvas.draw()
