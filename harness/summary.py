@@ -171,7 +171,7 @@ def format_summary(result: RunResult) -> str:
                     + ", ".join(
                         f"{setup[0].upper()} {fp32.map_delta[setup]:+.2f}" for setup in ("easy", "medium", "hard")
                     )
-                    + f" points, descriptor min cos {fp32.descriptor_min_cosine:.4f}",
+                    + f" points, descriptor min cos {fp32.descriptor_min_cosine:.7f}",
                 )
             )
         rows += [

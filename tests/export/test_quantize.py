@@ -175,6 +175,8 @@ def test_an_int8_run_reports_its_retrieval_against_fp32_of_the_same_weights(cach
     assert fp32.descriptor_min_cosine > 0.99
     (quantized,) = [line.split(maxsplit=1)[1] for line in format_summary(result).splitlines() if "quantized" in line]
     assert quantized.startswith("static (minmax on 8 images, random views of the shipped photos) from tiny14_reg4-")
+    printed = float(format_summary(result).split("descriptor min cos ")[1].split()[0])
+    assert printed == pytest.approx(fp32.descriptor_min_cosine, abs=5e-8)  # fp16's 0.9999996 once read 1.0000
     reference = run(
         run_config(cache_dir, f"paths.data={tmp_path / 'data'}", "stages=[build,accuracy]"), run_dir=tmp_path / "fp32"
     )
