@@ -119,6 +119,20 @@ def test_a_torch_module_run_builds_nothing_it_would_not_run_and_says_so(tmp_path
     )
 
 
+def test_the_latency_line_sets_p50_beside_p50_and_mean_beside_mean(tmp_path: Path) -> None:
+    result = run(tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.iterations=20"), run_dir=tmp_path / "run")
+    assert result.perf is not None
+    model, e2e = result.perf.latency_us.model, result.perf.latency_us.e2e
+    assert model.p50 is not None and e2e.p50 is not None and model.p99 is None
+    (line,) = [
+        line.split(maxsplit=1)[1] for line in format_summary(result).splitlines() if line.startswith("  latency")
+    ]
+    assert line == (
+        f"model p50 {model.p50 / 1e3:.2f} ms, avg {model.avg / 1e3:.2f} ms, p99 n/a (too few samples); "
+        f"e2e p50 {e2e.p50 / 1e3:.2f} ms, avg {e2e.avg / 1e3:.2f} ms"
+    )
+
+
 def test_a_window_too_short_to_sample_the_host_says_so(tmp_path: Path) -> None:
     result = run(tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.iterations=3"), run_dir=tmp_path / "run")
     assert result.status == "ok", result.error
