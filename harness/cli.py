@@ -531,7 +531,7 @@ def _gate(arguments: list[str]) -> int:
         tag_verdicts,
         write_baseline_file,
     )  # fmt: skip
-    from harness.tracking import StoreClient, existing_store
+    from harness.tracking import Store, StoreClient, existing_store
 
     parser = argparse.ArgumentParser(
         prog="harness gate",
@@ -578,7 +578,7 @@ def _gate(arguments: list[str]) -> int:
         # The configured store is opened only to read from it: a gate over run folders against a baseline file
         # needs none (the verdicts are tagged in the stores the runs were logged to).
         run_ids = [candidate for candidate in candidates if candidate_kind(candidate) == "mlflow"]
-        store = _optional_store(tracking, paths, required=True) if use_mlflow or run_ids else None
+        store = Store(tracking, paths) if use_mlflow or run_ids else None
         if options.promote:
             if use_mlflow:
                 assert store is not None
@@ -642,7 +642,7 @@ def _report(arguments: list[str]) -> int:
     from harness.errors import DataError, HarnessError, counted, unwritable_reason
     from harness.report import SWEEP_FILE, read_sweep_record
     from harness.report.render import folder_runs, write_report
-    from harness.tracking import download_runs, existing_store
+    from harness.tracking import Store, download_runs, existing_store
 
     parser = argparse.ArgumentParser(
         prog="harness report",
@@ -667,7 +667,7 @@ def _report(arguments: list[str]) -> int:
     try:
         found = folder_runs([Path(source) for source in sources if source != "mlflow"])  # a typo opens no store
         runs = list(found.runs)
-        store = _optional_store(tracking, paths, required=True) if "mlflow" in sources else None
+        store = Store(tracking, paths) if "mlflow" in sources else None
         name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
         folder = options.out or Path("reports") / name
         created = not folder.exists()
@@ -713,22 +713,6 @@ def _report(arguments: list[str]) -> int:
     for why in found.unreadable.values():
         print(f"error: {why} (a row that says so in the report; the other runs are in it)", file=sys.stderr)
     return 1 if found.unreadable else 0
-
-
-def _optional_store(tracking: Any, paths: Any, *, required: bool) -> Any:
-    """The tracking store, or ``None`` when tracking is off or, unless ``required``, unreachable (a warning)."""
-    from harness.errors import HarnessError
-    from harness.tracking import Store
-
-    if not (required or tracking.enabled):
-        return None
-    try:
-        return Store(tracking, paths)
-    except HarnessError as error:
-        if required:
-            raise
-        print(f"warning: tracking store unavailable ({error}); going on without it", file=sys.stderr)
-        return None
 
 
 def _eval_features(arguments: list[str]) -> int:

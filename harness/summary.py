@@ -49,7 +49,7 @@ def format_summary(result: RunResult) -> str:
             )
     if result.perf:
         perf = result.perf
-        model, e2e, source = perf.latency_us.model, perf.latency_us.e2e, perf.samples_source
+        model_us, e2e_us, source = perf.latency_us.model, perf.latency_us.e2e, perf.samples_source
         if "runs" in perf.backend_resolved:
             rows.append(("runtime", _runtime(perf)))
         rows += [
@@ -61,8 +61,8 @@ def format_summary(result: RunResult) -> str:
             (
                 "latency",
                 # p50 beside p50 and mean beside mean: a heavy tail (oversubscribed threads) sets them far apart.
-                f"model p50 {_ms(model.p50, source)}, avg {_ms(model.avg)}, p99 {_ms(model.p99, source)}; "
-                f"e2e p50 {_ms(e2e.p50, source)}, avg {_ms(e2e.avg)}"
+                f"model p50 {_ms(model_us.p50, source)}, avg {_ms(model_us.avg)}, p99 {_ms(model_us.p99, source)}; "
+                f"e2e p50 {_ms(e2e_us.p50, source)}, avg {_ms(e2e_us.avg)}"
                 + (" (as vamp printed them)" if source == "vamp" else ""),
             ),
             ("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)),
