@@ -279,6 +279,12 @@ class PerfConfig:
             raise ConfigError(f"perf.target_qps={self.target_qps}: {needs}")
         if self.max_queue_delay_ms < 0:
             raise ConfigError(f"perf.max_queue_delay_ms={self.max_queue_delay_ms}: expected >= 0")
+        if self.scenario != "closed" and self.mode != "sync":
+            # Taken silently, it went into result.json and MLflow as if the run had been async.
+            raise ConfigError(
+                f"perf.mode={self.mode}: says how the closed loop keeps requests in flight; perf.scenario="
+                f"{self.scenario} issues them itself (perf.batch and perf.max_queue_delay_ms batch them): leave sync"
+            )
         if self.stability:
             if self.scenario != "closed":
                 raise ConfigError(f"perf.stability=true: watches the closed loop, got perf.scenario={self.scenario}")

@@ -164,6 +164,9 @@ def test_open_loop_settings_are_checked_when_the_config_resolves(cache_dir: Path
         sleep_config(cache_dir, "perf.search=peak", "perf.latency_bound_ms=5")
     with pytest.raises(ConfigError, match=r"perf.latency_bound_ms=None: perf.search=peak needs a p99 bound"):
         sleep_config(cache_dir, "perf.scenario=server", "perf.target_qps=10", "perf.search=peak")
+    for scenario in ("server", "offline"):
+        with pytest.raises(ConfigError, match=rf"perf.mode=async: .* perf.scenario={scenario} issues them itself"):
+            sleep_config(cache_dir, f"perf.scenario={scenario}", "perf.target_qps=10", "perf.mode=async")
     assert MIN_SAMPLES["p99"] == P99_MIN_SAMPLES
 
 
