@@ -285,6 +285,12 @@ class PerfConfig:
                 f"perf.mode={self.mode}: says how the closed loop keeps requests in flight; perf.scenario="
                 f"{self.scenario} issues them itself (perf.batch and perf.max_queue_delay_ms batch them): leave sync"
             )
+        if self.scenario != "server" and (self.target_qps is not None or self.max_queue_delay_ms > 0):
+            setting = "perf.target_qps" if self.target_qps is not None else "perf.max_queue_delay_ms"
+            raise ConfigError(
+                f"{setting}={getattr(self, setting.split('.')[1])}: a setting of the server scenario's arrivals and "
+                f"batching; perf.scenario={self.scenario} has neither (set perf.scenario=server, or leave it unset)"
+            )
         if self.stability:
             if self.scenario != "closed":
                 raise ConfigError(f"perf.stability=true: watches the closed loop, got perf.scenario={self.scenario}")

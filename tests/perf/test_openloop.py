@@ -164,9 +164,15 @@ def test_open_loop_settings_are_checked_when_the_config_resolves(cache_dir: Path
         sleep_config(cache_dir, "perf.search=peak", "perf.latency_bound_ms=5")
     with pytest.raises(ConfigError, match=r"perf.latency_bound_ms=None: perf.search=peak needs a p99 bound"):
         sleep_config(cache_dir, "perf.scenario=server", "perf.target_qps=10", "perf.search=peak")
-    for scenario in ("server", "offline"):
+    for scenario, rate in (("server", ["perf.target_qps=10"]), ("offline", [])):
         with pytest.raises(ConfigError, match=rf"perf.mode=async: .* perf.scenario={scenario} issues them itself"):
-            sleep_config(cache_dir, f"perf.scenario={scenario}", "perf.target_qps=10", "perf.mode=async")
+            sleep_config(cache_dir, f"perf.scenario={scenario}", *rate, "perf.mode=async")
+    # Taken silently, a closed run recorded a target rate in result.json and MLflow that nothing offered it.
+    for scenario in ("closed", "offline"):
+        with pytest.raises(ConfigError, match=rf"perf.target_qps=10.0: .*; perf.scenario={scenario} has neither"):
+            sleep_config(cache_dir, f"perf.scenario={scenario}", "perf.target_qps=10")
+    with pytest.raises(ConfigError, match=r"perf.max_queue_delay_ms=2.0: .*; perf.scenario=closed has neither"):
+        sleep_config(cache_dir, "perf.max_queue_delay_ms=2")
     assert MIN_SAMPLES["p99"] == P99_MIN_SAMPLES
 
 
