@@ -193,7 +193,8 @@ class PerfConfig:
         arrival_seed: server: seed of the arrival schedule (the same seed replays the same arrivals).
         search: ``none``, or ``peak``: the highest ``target_qps`` whose p99 latency stays within
             ``latency_bound_ms``, by bracketing then bisection; every probe is kept.
-        latency_bound_ms: peak search: the p99 end-to-end bound.
+        latency_bound_ms: the p99 end-to-end bound: a peak search's criterion; otherwise a measurement whose
+            p99 exceeds it is invalid (MLPerf's server rule), and one whose p99 is withheld is warned unjudged.
         search_tolerance: peak search stops when the bracket is narrower than this share of its low end.
         max_probes: peak search: most probes (each one a measurement of its own).
         efficiency: closed loop, ONNX Runtime on CPU, fp32/fp16: also time the model's GEMMs alone (cached per
@@ -299,6 +300,8 @@ class PerfConfig:
                     f"perf.stability_window_s={self.stability_window_s}, perf.stability_pct={self.stability_pct}, "
                     f"perf.max_windows={self.max_windows}: expected a window > 0, a percentage > 0, >= 3 windows"
                 )
+        if self.latency_bound_ms is not None and self.latency_bound_ms <= 0:
+            raise ConfigError(f"perf.latency_bound_ms={self.latency_bound_ms}: expected a p99 bound > 0 (or null)")
         if self.search == "peak":
             if self.repeats != 1:
                 raise ConfigError(f"perf.repeats={self.repeats}: perf.search=peak measures each probe once (use 1)")

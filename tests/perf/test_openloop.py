@@ -214,6 +214,19 @@ def test_a_server_offered_more_than_it_can_serve_is_called_behind(cache_dir: Pat
     assert 1000 < offered < 4000 and behind.endswith("or find the highest rate it sustains with perf.search=peak")
 
 
+def test_a_latency_bound_is_judged_on_the_e2e_p99(cache_dir: Path, tmp_path: Path) -> None:
+    server = ["backend.latency_us=1000", "perf.scenario=server", "perf.target_qps=600", "perf.min_duration_s=0",
+              "perf.iterations=null", f"perf.min_samples={P99_MIN_SAMPLES}"]  # fmt: skip
+    missed = measure(sleep_config(cache_dir, *server, "perf.latency_bound_ms=1"), tmp_path / "missed")
+    assert missed.latency_us.e2e.p99 is not None and missed.latency_us.e2e.p99 > 1000  # a call alone takes 1 ms
+    assert missed.validity.reasons == (f"e2e p99 {missed.latency_us.e2e.p99 / 1e3:.4g} ms > perf.latency_bound_ms=1.0",)
+    met = measure(sleep_config(cache_dir, *server, "perf.latency_bound_ms=1000"), tmp_path / "met")
+    assert met.validity.valid
+    unjudged = measure(sleep_config(cache_dir, "perf.iterations=20", "perf.latency_bound_ms=5"), tmp_path / "few")
+    assert unjudged.validity.valid
+    assert "perf.latency_bound_ms=5.0 not judged: the e2e p99 was withheld" in unjudged.validity.warnings
+
+
 def test_offline_scenario_serves_full_batches_back_to_back(cache_dir: Path, tmp_path: Path) -> None:
     config = sleep_config(
         cache_dir, "backend.latency_us=2000", "perf.scenario=offline", "perf.batch=4", "perf.iterations=20",
