@@ -161,12 +161,12 @@ def summarise(
     if e2e_us.size < requested:
         reasons.append(f"{e2e_us.size} requests served < {requested} scheduled{bound}")
     warnings = stats.insufficient_percentiles(latency.e2e)
-    if perf.latency_bound_ms is not None and perf.search == "none":  # a peak search judges its probes itself
-        p99_us = latency.e2e.p99
-        if p99_us is None:
-            warnings.append(f"perf.latency_bound_ms={perf.latency_bound_ms} not judged: the e2e p99 was withheld")
-        elif p99_us > perf.latency_bound_ms * 1e3:
-            reasons.append(f"e2e p99 {p99_us / 1e3:.4g} ms > perf.latency_bound_ms={perf.latency_bound_ms}")
+    if perf.search == "none":  # a peak search judges its probes by the bound itself
+        missed, unjudged = stats.latency_bound_notes(
+            perf.latency_bound_ms, latency.e2e.p99, unknown="the e2e p99 was withheld"
+        )
+        reasons += missed
+        warnings += unjudged
     if dispatch is not None and dispatch.avg > DISPATCH_DELAY_SHARE * latency.e2e.avg:
         warnings.append(
             f"the load generator dispatched {dispatch.avg:.0f} us late on average (max {dispatch.max:.0f} us) after "

@@ -85,3 +85,15 @@ def window_throughputs(
 def coefficient_of_variation(values: np.ndarray) -> float:
     mean = float(np.mean(values))
     return float(np.std(values) / mean) if mean > 0 else math.inf
+
+
+def latency_bound_notes(bound_ms: float | None, p99_us: float | None, *, unknown: str) -> tuple[list[str], list[str]]:
+    """(reasons, warnings) of judging an e2e p99 against ``perf.latency_bound_ms`` (MLPerf's server rule): above
+    the bound the measurement is invalid; without a p99 (``unknown`` says why) the bound is not judged."""
+    if bound_ms is None:
+        return [], []
+    if p99_us is None:
+        return [], [f"perf.latency_bound_ms={bound_ms} not judged: {unknown}"]
+    if p99_us > bound_ms * 1e3:
+        return [f"e2e p99 {p99_us / 1e3:.4g} ms > perf.latency_bound_ms={bound_ms}"], []
+    return [], []

@@ -19,6 +19,7 @@ from harness.config.schema import PerfConfig, RunConfig
 from harness.errors import ConfigError, DataError, ToolError
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
 from harness.perf.efficiency import efficiency_undefined
+from harness.perf.stats import latency_bound_notes
 from harness.perf.vamp import VAMP_FILE, VAMP_REPEAT_FILE, VampReport, parse_vamp, telemetry_from_report
 from harness.processes import ToolRun
 from harness.result import LatencyBlock, LatencyStats, Measurement, PerfResult, Validity
@@ -72,6 +73,9 @@ def measurement_from_report(report: VampReport, run: ToolRun, perf: PerfConfig) 
         reasons.append(f"{batches} batches < {perf.batches_floor} (perf.iterations, perf.min_samples)")
     if forward_time_s < perf.min_duration_s:
         reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}")
+    missed, unjudged = latency_bound_notes(perf.latency_bound_ms, latency.e2e.p99, unknown="vamp printed no e2e p99")
+    reasons += missed
+    warnings += unjudged
     return Measurement(
         samples=samples,
         batches=batches,

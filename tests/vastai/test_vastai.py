@@ -20,6 +20,7 @@ from harness.perf.toolchain import measurement_from_report
 from harness.perf.vamp import VAMP_FILE, parse_vamp
 from harness.pipeline import run
 from harness.processes import ToolRun
+from harness.result import Validity
 from tests.conftest import run_config
 from tests.vastai.conftest import FIXTURE_LOAD, FakeTools
 
@@ -178,6 +179,22 @@ def test_a_report_of_another_load_is_invalid_and_says_why(cache_dir: Path) -> No
     assert any("vamp ran 3 instances per device, perf.instances=1" in reason for reason in reasons)
     assert any("vamp ran batch 8, perf.batch=4" in reason for reason in reasons)
     assert any("1280 batches < 5000" in reason for reason in reasons)
+
+
+def test_vamps_p99_is_judged_against_the_latency_bound(cache_dir: Path) -> None:
+    text = (FIXTURES / "vamp-2.1.0-percentiles.txt").read_text()  # e2e p99 29387 us
+
+    def judged(bound: str, fixture_text: str = text) -> Validity:
+        perf = run_config(cache_dir, *VASTAI, "perf.min_duration_s=0", "perf.iterations=1", bound).perf
+        return measurement_from_report(parse_vamp(fixture_text), _tool_run(fixture_text), perf).validity
+
+    assert judged("perf.latency_bound_ms=25").reasons == ("e2e p99 29.39 ms > perf.latency_bound_ms=25.0",)
+    assert judged("perf.latency_bound_ms=30").valid
+    readme = (FIXTURES / "vamp-fp16-zoo-readme.txt").read_text()  # no percentiles printed
+    assert (
+        "perf.latency_bound_ms=30.0 not judged: vamp printed no e2e p99"
+        in judged("perf.latency_bound_ms=30", readme).warnings
+    )
 
 
 @pytest.mark.parametrize(
