@@ -30,7 +30,9 @@ COLUMNS: tuple[Column, ...] = (
     ("throughput_qps", lambda result: result.perf and result.perf.throughput_qps),
     ("model_p50_us", lambda result: result.perf and result.perf.latency_us.model.p50),
     ("model_p99_us", lambda result: result.perf and result.perf.latency_us.model.p99),
-    ("e2e_avg_us", lambda result: result.perf and result.perf.latency_us.e2e.avg),
+    # p50 and p99 beside the model's (the gate's and MLflow's headline statistics), not a mean beside a median.
+    ("e2e_p50_us", lambda result: result.perf and result.perf.latency_us.e2e.p50),
+    ("e2e_p99_us", lambda result: result.perf and result.perf.latency_us.e2e.p99),
     ("perf_valid", lambda result: result.perf and result.perf.validity.valid),
     ("contended", lambda result: result.perf and bool(result.perf.contended_with)),
     ("parity_min_cos", lambda result: result.build and result.build.parity.min_cosine),

@@ -57,6 +57,8 @@ def test_every_plot_and_index_is_written_and_the_table_equals_the_runs(runs: lis
         assert float(cells["throughput_qps"]) == pytest.approx(labelled.result.perf.throughput_qps, rel=1e-5)  # type: ignore[union-attr]
         assert float(cells["map_medium"]) == pytest.approx(labelled.result.accuracy.medium.map, rel=1e-5)  # type: ignore[union-attr]
         assert cells.get("model_p99_us", "") == ""  # withheld: an empty cell (or no column at all), never 0
+        e2e_p50 = labelled.result.perf.latency_us.e2e.p50  # type: ignore[union-attr]
+        assert e2e_p50 is not None and float(cells["e2e_p50_us"]) == pytest.approx(e2e_p50, rel=1e-5)
         # fp16's parity differs from fp32's in the 7th decimal: rounded to 6 digits both read 1
         assert cells["parity_min_cos"] == f"{labelled.result.build.parity.min_cosine:.7f}"  # type: ignore[union-attr]
     fp16_parity = {run.result.build.parity.min_cosine for run in runs if run.result.config.precision.name == "fp16"}  # type: ignore[union-attr]
