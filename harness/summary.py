@@ -62,7 +62,7 @@ def format_summary(result: RunResult) -> str:
                 "latency",
                 # p50 beside p50 and mean beside mean: a heavy tail (oversubscribed threads) sets them far apart.
                 f"model p50 {_ms(model_us.p50, source)}, avg {_ms(model_us.avg)}, p99 {_ms(model_us.p99, source)}; "
-                f"e2e p50 {_ms(e2e_us.p50, source)}, avg {_ms(e2e_us.avg)}"
+                f"e2e p50 {_ms(e2e_us.p50, source)}, avg {_ms(e2e_us.avg)}, p99 {_ms(e2e_us.p99, source)}"
                 + (" (as vamp printed them)" if source == "vamp" else ""),
             ),
             ("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)),

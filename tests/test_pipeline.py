@@ -129,7 +129,7 @@ def test_the_latency_line_sets_p50_beside_p50_and_mean_beside_mean(tmp_path: Pat
     ]
     assert line == (
         f"model p50 {model.p50 / 1e3:.2f} ms, avg {model.avg / 1e3:.2f} ms, p99 n/a (too few samples); "
-        f"e2e p50 {e2e.p50 / 1e3:.2f} ms, avg {e2e.avg / 1e3:.2f} ms"
+        f"e2e p50 {e2e.p50 / 1e3:.2f} ms, avg {e2e.avg / 1e3:.2f} ms, p99 n/a (too few samples)"
     )
 
 
