@@ -49,7 +49,7 @@ _session = _Session()
 def _track(config: Any, run_dir: Path, sweep_dir: Path | None) -> None:
     """Log a finished run folder; a tracker failure is a warning, never a lost or failed run."""
     from harness.errors import HarnessError
-    from harness.tracking import Store, log_run_dir, store_overrides
+    from harness.tracking import Store, log_run_dir, sync_command
     from harness.tracking.sweep import ui_hint
 
     try:
@@ -59,7 +59,7 @@ def _track(config: Any, run_dir: Path, sweep_dir: Path | None) -> None:
         record, _ = log_run_dir(store, run_dir, sweep_dir=sweep_dir)
         print(f"  tracked    MLflow run {record.run_id}: {ui_hint(store, config.paths)}", flush=True)
     except HarnessError as error:
-        later = f"harness sync {store_overrides(config.tracking, config.paths)} {run_dir.resolve()}"
+        later = sync_command(config.tracking, config.paths, run_dir)
         print(f"warning: run not tracked ({error}); result.json is kept: {later}", file=sys.stderr, flush=True)
 
 
@@ -178,7 +178,7 @@ def _stop_interrupted() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
     from harness.errors import HarnessError, counted
     from harness.report import markdown_table, sweep_rows, write_summary
-    from harness.tracking import Store, end_sweep, finish_sweep, store_overrides
+    from harness.tracking import Store, end_sweep, finish_sweep, sync_command
 
     where = _interrupted_where(_session.run_dir)
     sweep_dir = _session.sweep_dir
@@ -195,8 +195,8 @@ def _stop_interrupted() -> int:
         if config is not None and config.tracking.enabled:
             finish_sweep(Store(config.tracking, config.paths), sweep_dir, files)
     except HarnessError as error:
-        later = "harness sync " + (f"{store_overrides(config.tracking, config.paths)} " if config else "")
-        print(f"warning: sweep not fully closed ({error}); later: {later}{sweep_dir.resolve()}", file=sys.stderr)
+        later = sync_command(config and config.tracking, config and config.paths, sweep_dir)
+        print(f"warning: sweep not fully closed ({error}); later: {later}", file=sys.stderr)
     done = sum(row["status"] == "ok" for row in rows)
     print(f"interrupted: {where}; sweep {sweep_dir}: {counted(done, 'job')} finished before it", file=sys.stderr)
     return 130
@@ -531,7 +531,7 @@ def _gate(arguments: list[str]) -> int:
         tag_verdicts,
         write_baseline_file,
     )  # fmt: skip
-    from harness.tracking import Store, StoreClient, existing_store
+    from harness.tracking import Store, existing_store
 
     parser = argparse.ArgumentParser(
         prog="harness gate",
@@ -620,12 +620,8 @@ def _gate(arguments: list[str]) -> int:
     except OSError as error:  # the verdict above stands, and so does its exit status
         print(f"warning: gate report not written to {report} ({unwritable_reason(report, error)})", file=sys.stderr)
     if tracking.enabled:
-
-        @functools.cache
-        def client(uri: str) -> StoreClient:
-            return store if store is not None and store.uri == uri else existing_store(uri, tracking)
-
-        for failure in tag_verdicts(client, result, baseline=options.baseline):
+        clients = functools.partial(existing_store, tracking=tracking, opened=store)  # one call per store
+        for failure in tag_verdicts(clients, result, baseline=options.baseline):
             print(f"warning: {failure}", file=sys.stderr)
     print(
         f"{'error: ' if result.exit_code else ''}gate {result.verdict}",
@@ -705,7 +701,7 @@ def _report(arguments: list[str]) -> int:
             uri, parent = str(record.get("uri") or ""), str(record.get("parent_run_id") or "")
             if not (uri and parent):
                 continue
-            client = store if store is not None and store.uri == uri else existing_store(uri, tracking)
+            client = existing_store(uri, tracking, opened=store)
             client.call(functools.partial(client.client.log_artifacts, parent, str(folder), artifact_path="report"))
             print(f"attached to MLflow parent run {parent} in {uri} (artifacts/report)")
         except HarnessError as error:

@@ -65,17 +65,16 @@ def format_summary(result: RunResult) -> str:
                 f"e2e p50 {_ms(e2e_us.p50, source)}, avg {_ms(e2e_us.avg)}, p99 {_ms(e2e_us.p99, source)}"
                 + (" (as vamp printed them)" if source == "vamp" else ""),
             ),
-            ("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)),
         ]
         if perf.load_time_s is not None and perf.first_call_us is not None:
-            rows.insert(
-                -1,
+            rows.append(
                 (
                     "startup",
                     f"model load {_duration(perf.load_time_s)}, cold first call {_duration(perf.first_call_us / 1e6)} "
                     f"per instance{_compiles(perf)}: before the measured window",
-                ),
+                )
             )
+        rows.append(("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)))
         if perf.stability:
             stability = perf.stability
             verdict = "stable" if stability.stable else "NOT stable"

@@ -153,6 +153,13 @@ def store_overrides(tracking: TrackingConfig, paths: PathsConfig) -> str:
     return f"tracking.uri={shlex.quote(uri)} tracking.experiment={shlex.quote(tracking.experiment)}"
 
 
+def sync_command(tracking: TrackingConfig | None, paths: PathsConfig | None, folder: Path) -> str:
+    """The ``harness sync`` command that logs ``folder`` to this store later, from any folder (bare, without a
+    config to name the store)."""
+    store = f"{store_overrides(tracking, paths)} " if tracking is not None and paths is not None else ""
+    return f"harness sync {store}{folder.resolve()}"
+
+
 # What a failed request to a tracking server comes down to, found in the exception text of MLflow's HTTP client
 # (a URL, the retry pool and the connection object around it): pattern -> the reason as a user reads it.
 _SERVER_FAILURES = (
@@ -201,8 +208,11 @@ class StoreClient:
         raise AssertionError("unreachable: the loop returns or raises")
 
 
-def existing_store(uri: str, tracking: TrackingConfig) -> StoreClient:
-    """A client on a store that runs were logged to: a SQLite file that is gone is an error, not a new store."""
+def existing_store(uri: str, tracking: TrackingConfig, *, opened: StoreClient | None = None) -> StoreClient:
+    """A client on a store that runs were logged to (``opened`` itself when it is that store): a SQLite file that
+    is gone is an error, not a new store."""
+    if opened is not None and opened.uri == uri:
+        return opened
     if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).expanduser().exists():
         raise TrackingError(f"tracking store {uri}: the database file is gone")
     return StoreClient(uri, tracking)

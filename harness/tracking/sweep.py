@@ -22,7 +22,15 @@ from harness.config.store import expand_sweep, sweeper_settings
 from harness.errors import HarnessError, counted
 from harness.report import contention_warning, markdown_table, sweep_rows, write_summary
 from harness.report.render import sweep_runs, write_report
-from harness.tracking import Store, end_sweep, ensure_parent, finish_sweep, start_sweep, store_overrides
+from harness.tracking import (
+    Store,
+    end_sweep,
+    ensure_parent,
+    finish_sweep,
+    start_sweep,
+    store_overrides,
+    sync_command,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,5 +95,5 @@ class SweepTracking(Callback):
             parent = finish_sweep(store, sweep_dir, files, report_dir=report.folder)
             print(f"tracked sweep as MLflow parent run {parent}: {ui_hint(store, store_config.paths)}", flush=True)
         except HarnessError as error:
-            later = f"harness sync {store_overrides(store_config.tracking, store_config.paths)} {sweep_dir.resolve()}"
+            later = sync_command(store_config.tracking, store_config.paths, sweep_dir)
             print(f"warning: sweep not fully tracked ({error}); later: {later}", file=sys.stderr, flush=True)
