@@ -298,7 +298,15 @@ def _sync(arguments: list[str]) -> int:
 
     from harness.config.schema import StoreCommandConfig
     from harness.errors import HarnessError
-    from harness.report import SWEEP_FILE, folder_kind, job_dirs, missing_jobs, sweep_rows, write_summary
+    from harness.report import (
+        SWEEP_FILE,
+        folder_kind,
+        job_dirs,
+        missing_jobs,
+        record_folder,
+        sweep_rows,
+        write_summary,
+    )
     from harness.tracking import Store, finish_sweep
 
     parser = argparse.ArgumentParser(
@@ -313,7 +321,8 @@ def _sync(arguments: list[str]) -> int:
         parser.error("no run or sweep folder given")
     config = _command_config(StoreCommandConfig, overrides)
     try:
-        kinds = {folder: folder_kind(folder) for folder in map(Path, folders)}  # a typo logs nothing, creates no store
+        # Every folder first: a typo logs nothing and creates no store.
+        kinds = {folder: folder_kind(folder) for folder in (record_folder(Path(item)) for item in folders)}
         store = Store(config.tracking, config.paths)
         failed = 0
         for folder, kind in kinds.items():
@@ -636,7 +645,7 @@ def _report(arguments: list[str]) -> int:
 
     from harness.config.schema import StoreCommandConfig
     from harness.errors import DataError, HarnessError, counted, unwritable_reason
-    from harness.report import SWEEP_FILE, read_sweep_record
+    from harness.report import SWEEP_FILE, read_sweep_record, record_folder
     from harness.report.render import folder_runs, write_report
     from harness.tracking import Store, download_runs, existing_store
 
@@ -658,6 +667,7 @@ def _report(arguments: list[str]) -> int:
     overrides, sources = _split(options.items)
     if not sources:
         parser.error("nothing to report on")
+    sources = [source if source == "mlflow" else str(record_folder(Path(source))) for source in sources]
     config = _command_config(StoreCommandConfig, overrides)
     tracking, paths = config.tracking, config.paths
     try:

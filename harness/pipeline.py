@@ -29,6 +29,7 @@ from harness.models.variants import get_variant
 from harness.perf.stage import run_perf, strict_problems
 from harness.perf.toolchain import run_toolchain_perf
 from harness.perf.vamp import VAMP_FILE, vamp_report
+from harness.processes import refuse_unguarded_main
 from harness.resolve import resolve_config
 from harness.result import (
     SCHEMA_VERSION,
@@ -132,6 +133,9 @@ def check_inputs(config: RunConfig) -> None:
             raise DataError(f"model.weights={config.model.weights}: {reason}")
     if {"perf", "accuracy"} & set(config.stages):
         check_backend(config.backend, config.precision.name)
+    load_in_workers = "perf" in config.stages and not is_toolchain(config.backend)
+    if load_in_workers or ("accuracy" in config.stages and config.accuracy.workers > 0):
+        refuse_unguarded_main()  # before the build: the stage that spawns would refuse it only after
     quantization = config.precision.quantization
     static = quantization is not None and quantization.mode == "static"
     if "build" in config.stages and static and config.calibration.source == "folder":

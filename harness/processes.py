@@ -3,29 +3,87 @@ and external tools (vendor compilers and profilers) run to completion with their
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import multiprocessing
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.context import SpawnContext
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+from harness.errors import ConfigError
 
 
 def spawn_context() -> SpawnContext:
-    """The spawn context, usable from any parent process.
+    """The spawn context, usable from any parent process (see ``refuse_unguarded_main`` for the one it is not).
 
     joblib's loky workers set the start method 'loky', which a spawned child is then told to use and cannot
     resolve ("cannot find context for 'loky'"); such a process only needs plain spawn, so it is reset here.
     """
+    refuse_unguarded_main()
     if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
         multiprocessing.set_start_method("spawn", force=True)
     return multiprocessing.get_context("spawn")
+
+
+def refuse_unguarded_main() -> None:
+    """Raise ``ConfigError`` when the harness is being started from a script's top level outside
+    ``if __name__ == "__main__":``.
+
+    A spawned child imports the parent's main script again before it runs its target
+    (https://docs.python.org/3/library/multiprocessing.html, "Safe importing of main module"), so it would start
+    the harness again, and Python stops it with an error on stderr. The parent then never hears from it: a perf
+    worker's parent blocked writing the worker's inputs into its pipe, and a decoder pool starts a new worker for
+    each one that dies, so either waited forever.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or not _imported_again_by_spawn(main, path):
+        return
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return  # the script has finished running its top level: a child importing it again starts nothing
+    try:
+        tree = ast.parse(Path(path).read_text(), filename=path)
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return  # nothing to read the guard from: let Python's own check speak
+    line = frame.f_lineno
+    if any(_is_main_guard(node) and node.lineno <= line <= (node.end_lineno or line) for node in tree.body):
+        return
+    raise ConfigError(
+        f'{path}:{line} starts the harness at the script\'s top level, outside `if __name__ == "__main__":`. '
+        "The harness's worker processes are spawned, and each spawned process imports the script again, so it "
+        "would start the harness again: put the call under that guard"
+    )
+
+
+def _imported_again_by_spawn(main: ModuleType, path: str) -> bool:
+    """Whether a spawned child re-imports ``main`` (CPython's ``multiprocessing.spawn`` skips a package's
+    ``__main__`` module, run by ``python -m package``, and IPython's)."""
+    name = getattr(main.__spec__, "name", None)
+    if name is not None:
+        return name != "__main__" and not name.endswith(".__main__")
+    return Path(path).stem != "ipython"
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` (either operand first)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare) or len(node.test.comparators) != 1:
+        return False
+    if not isinstance(node.test.ops[0], ast.Eq):
+        return False
+    operands = {ast.dump(node.test.left), ast.dump(node.test.comparators[0])}
+    return operands == {ast.dump(ast.Name(id="__name__", ctx=ast.Load())), ast.dump(ast.Constant(value="__main__"))}
 
 
 # How often a running tool's memory is read: resident memory has no exact peak for a child of a large process

@@ -245,3 +245,28 @@ def test_the_summary_says_how_an_async_load_was_served(tmp_path: Path) -> None:
         lines.append(next(line for line in format_summary(result).splitlines() if line.strip().startswith("perf ")))
     assert "async 3 in flight (2 at once on the device)" in lines[0]
     assert "async 3 in flight (served one at a time)" in lines[1]
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("guarded", [False, True], ids=["unguarded", "guarded"])
+def test_a_script_using_the_python_api_is_refused_at_once_without_the_main_guard(tmp_path: Path, guarded: bool) -> None:
+    # A spawned worker imports the script again; unguarded, the run used to hang (forever) after its build.
+    call = (
+        f"result = harness.run(harness.compose(['debug=tiny', 'stages=[build,perf,accuracy]', 'accuracy.workers=2',"
+        f" 'tracking=off', 'paths.root={tmp_path}', 'paths.cache={tmp_path / 'cache'}']), run_dir=Path({str(tmp_path / 'run')!r}))\n"
+        "print(result.status)\n"
+    )
+    body = "".join(f"    {line}\n" for line in call.splitlines()) if guarded else call
+    script = tmp_path / "measure.py"
+    script.write_text(
+        "from pathlib import Path\nimport harness\n" + ('if __name__ == "__main__":\n' if guarded else "") + body
+    )
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = load_result(tmp_path / "run")
+    if guarded:
+        assert done.stdout.split() == ["ok"] and result.perf is not None and result.accuracy is not None
+        return
+    assert done.stdout.split() == ["failed"] and result.error is not None
+    assert result.error.message.startswith(f"{script}:3 starts the harness at the script's top level")
+    assert result.build is None  # refused before the first stage, not after a build that may take minutes

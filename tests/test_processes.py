@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from harness.processes import run_tool
 
@@ -34,3 +38,47 @@ def test_a_tool_that_hangs_is_killed_with_its_children() -> None:
     run = run_tool([sys.executable, "-c", script], timeout_s=1.0)
     assert run.timed_out and run.returncode == -9 and run.output == "started\n"
     assert time.perf_counter() - started < 10  # the grandchild holding the pipe open was killed too
+
+
+STARTS_WORKERS = "from harness.processes import spawn_context\n"
+UNGUARDED_CALLS = {
+    "top level": STARTS_WORKERS + "spawn_context()\n",
+    "a function called from the top level": STARTS_WORKERS + "def main():\n    spawn_context()\n\nmain()\n",
+    "a block at the top level": STARTS_WORKERS + "if True:\n    spawn_context()\n",
+}
+GUARDED_CALLS = {
+    "under the guard": STARTS_WORKERS + 'if __name__ == "__main__":\n    spawn_context()\n',
+    "under the guard, operands swapped": STARTS_WORKERS + "if '__main__' == __name__:\n    spawn_context()\n",
+    "a function called under the guard": STARTS_WORKERS + "def main():\n    spawn_context()\n\n"
+    'if __name__ == "__main__":\n    main()\n',
+}
+
+
+@pytest.mark.parametrize("script", UNGUARDED_CALLS.values(), ids=UNGUARDED_CALLS.keys())
+def test_starting_workers_from_a_scripts_unguarded_top_level_is_refused(tmp_path: Path, script: str) -> None:
+    path = tmp_path / "bench_it.py"
+    path.write_text(script)
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    line = len(script.splitlines())  # each script ends with the top-level line that leads to the call
+    assert last.startswith(f"harness.errors.ConfigError: {path}:{line} starts the harness at the script's top level")
+    assert 'if __name__ == "__main__":' in last
+
+
+@pytest.mark.parametrize("script", GUARDED_CALLS.values(), ids=GUARDED_CALLS.keys())
+def test_starting_workers_under_the_main_guard_is_allowed(tmp_path: Path, script: str) -> None:
+    path = tmp_path / "bench_it.py"
+    path.write_text(script)
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_package_main_and_an_inline_program_are_not_imported_again_so_need_no_guard(tmp_path: Path) -> None:
+    package = tmp_path / "bench_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(UNGUARDED_CALLS["top level"])
+    for argv in (["-m", "bench_pkg"], ["-c", UNGUARDED_CALLS["top level"]]):
+        done = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr

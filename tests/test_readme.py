@@ -4,6 +4,7 @@ reader)."""
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 from pathlib import Path
@@ -57,3 +58,32 @@ def test_each_readme_command_resolves_for_every_job_of_its_sweep(line: int, entr
         if len(run_overrides) < len(job):
             compose_sweep_settings(list(job), entry)  # the hydra.* overrides (launchers) compose with the run's
         resolve_config(compose(run_overrides, entry))
+
+
+def readme_python_blocks() -> list[tuple[int, str]]:
+    """(line number, source) of each ```python block of the README."""
+    blocks, source, start = [], None, 0
+    for number, line in enumerate(README.read_text().splitlines(), start=1):
+        if source is None and line == "```python":
+            source, start = [], number + 1
+        elif source is not None and line.startswith("```"):
+            blocks.append((start, "\n".join(source) + "\n"))
+            source = None
+        elif source is not None:
+            source.append(line)
+    return blocks
+
+
+def test_the_readme_python_example_compiles_and_composes_a_config_that_resolves() -> None:
+    blocks = readme_python_blocks()
+    assert blocks, "the README's Python API example is gone"
+    for line, source in blocks:
+        tree = ast.parse(source, filename=f"README:{line}")
+        calls = [
+            node.args[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "harness.compose"
+        ]
+        assert calls, f"README:{line}: no harness.compose call"
+        for overrides in calls:
+            resolve_config(compose(ast.literal_eval(overrides)))

@@ -147,6 +147,12 @@ def column_names(rows: list[dict[str, str]], *, keep_empty: bool = False) -> lis
     return [name for name in ordered if keep_empty or any(row.get(name) for row in rows)]
 
 
+def record_folder(path: Path) -> Path:
+    """``path``, or the folder holding it when it is a run's ``result.json`` or a sweep's ``sweep.json`` (the path
+    ``harness run`` prints last names the first)."""
+    return path.parent if path.name in (RESULT_FILE, SWEEP_FILE) and path.is_file() else path
+
+
 def folder_kind(folder: Path) -> Literal["sweep", "run"]:
     """Whether ``folder`` holds a sweep (``sweep.json``) or one run (``result.json``); else a ``DataError``."""
     if (folder / SWEEP_FILE).exists():

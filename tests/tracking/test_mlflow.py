@@ -104,10 +104,19 @@ def test_single_run_to_embedded_sqlite(tmp_path: Path) -> None:
     assert f"open the MLflow UI with `harness ui tracking.uri={uri} tracking.experiment=dinov2-deploy`" in done.stdout
 
 
-def test_tracking_off_writes_only_the_result(tmp_path: Path) -> None:
+def test_tracking_off_writes_only_the_result_and_the_printed_path_can_be_reported_and_synced(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "debug=tiny", "tracking=off")
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
+    printed = Path(done.stdout.splitlines()[-1])
+    assert printed.name == "result.json" and printed.is_file()
+    reported = harness(tmp_path, "report", str(printed), "--out", str(tmp_path / "report"))
+    assert reported.returncode == 0, reported.stderr
+    assert f"| {printed.parent.name} |" in (tmp_path / "report" / "index.md").read_text()
+    synced = harness(tmp_path, "sync", str(printed))
+    assert synced.returncode == 0, synced.stderr
+    (run,) = runs_of(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    assert synced.stdout.strip() == f"{printed.parent}: logged as {run.info.run_id}"
 
 
 def test_sweep_to_a_server_with_the_basic_launcher(tmp_path: Path, mlflow_server: MlflowServer) -> None:
@@ -381,9 +390,9 @@ def test_ui_and_sync_arguments(tmp_path: Path, arguments: list[str], code: int, 
 def test_a_folder_that_is_not_a_run_is_refused_before_the_store_is_opened(tmp_path: Path, command: str) -> None:
     done = harness(tmp_path, command, str(tmp_path / "no-such-run"))
     assert done.returncode == 1 and done.stderr == f"error: {tmp_path / 'no-such-run'}: no such folder\n"
-    (tmp_path / "result.json").write_text("{}")
-    done = harness(tmp_path, command, str(tmp_path / "result.json"))
-    assert done.stderr == f"error: {tmp_path / 'result.json'}: a file: pass the run folder that holds it\n"
+    (tmp_path / "notes.txt").write_text("not a run")
+    done = harness(tmp_path, command, str(tmp_path / "notes.txt"))
+    assert done.stderr == f"error: {tmp_path / 'notes.txt'}: a file: pass the run folder that holds it\n"
     assert not (tmp_path / "outputs").exists()  # tracking is on, yet a typo creates no store
 
 
