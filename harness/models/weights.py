@@ -70,9 +70,38 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: {_refusal(error)}") from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as error:
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+    if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    if not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise WeightsError(f"{path}: {_not_flat(state, path)}")
     return state
+
+
+def _not_flat(state: dict[str, object], path: Path) -> str:
+    """Why a checkpoint whose top level is not all tensors was refused, and how to extract the model from it.
+
+    DINOv2's training saves ``{"teacher": {"backbone.<key>": tensor, "dino_head.<key>": ...}, ...}``; its own
+    evaluation loads the teacher and drops the ``backbone.`` prefix (``load_pretrained_weights`` in
+    https://github.com/facebookresearch/dinov2/blob/main/dinov2/utils/utils.py).
+    """
+    nested = [key for key, value in state.items() if isinstance(value, dict)]
+    if not nested:
+        kinds = sorted({type(value).__name__ for value in state.values() if not isinstance(value, torch.Tensor)})
+        return f"expected a state dict of tensors, found entries of type {', '.join(kinds)}"
+    key = "teacher" if "teacher" in nested else nested[0]
+    inner: dict[str, object] = state[key]  # type: ignore[assignment]
+    if any(str(name).startswith("backbone.") for name in inner):
+        extract = (
+            f"{{name.removeprefix('backbone.'): tensor for name, tensor in checkpoint[{key!r}].items() "
+            "if name.startswith('backbone.')}"
+        )
+    else:
+        extract = f"checkpoint[{key!r}]"
+    return (
+        f"a training checkpoint (its tensors are nested under {', '.join(map(repr, nested))}): save the model's "
+        f"state dict on its own, as the official checkpoints are: checkpoint = torch.load({str(path)!r}, "
+        f"weights_only=True); torch.save({extract}, 'backbone.pth'); then set model.weights to that file"
+    )
 
 
 def _refusal(error: pickle.UnpicklingError) -> str:

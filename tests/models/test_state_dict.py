@@ -182,3 +182,27 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path, cache_dir: Path) 
 def test_missing_checkpoint_path(cache_dir: Path) -> None:
     with pytest.raises(WeightsError, match=r"model.weights='/nope.pth': no such file"):
         load_backbone(get_variant("tiny14"), weights="/nope.pth", seed=0, cache_dir=cache_dir, input_size=(224, 224))
+
+
+def test_a_training_checkpoint_is_refused_with_the_line_that_extracts_its_backbone(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    # DINOv2's training saves the teacher's backbone and heads nested, beside the iteration count.
+    spec = get_variant("tiny14")
+    source, _ = load_backbone(spec, weights="random", seed=5, cache_dir=cache_dir, input_size=(224, 224))
+    teacher = {f"backbone.{name}": tensor for name, tensor in source.state_dict().items()}
+    teacher["dino_head.last_layer.weight"] = torch.zeros(8, 4)
+    path = tmp_path / "teacher_checkpoint.pth"
+    torch.save({"teacher": teacher, "iteration": 12499}, path)
+    with pytest.raises(WeightsError) as refused:
+        load_backbone(spec, weights=str(path), seed=0, cache_dir=cache_dir, input_size=(224, 224))
+    message = str(refused.value)
+    assert message.startswith(f"{path}: a training checkpoint (its tensors are nested under 'teacher'): ")
+    # The advice works as printed: the file it writes loads and gives the teacher's features.
+    statements = message.split("as the official checkpoints are: ", 1)[1].split("; then set model.weights", 1)[0]
+    extracted = tmp_path / "backbone.pth"
+    exec(statements.replace("'backbone.pth'", repr(str(extracted))), {"torch": torch})
+    loaded, _ = load_backbone(spec, weights=str(extracted), seed=0, cache_dir=cache_dir, input_size=(224, 224))
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), source(images))
