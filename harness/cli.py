@@ -20,7 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: `harness --help` stays fast
+    import argparse
+
+    from harness.config.schema import GateConfig, TrackingConfig
+    from harness.gate import GateResult
+    from harness.tracking import Store
 
 UI_STOP_GRACE_S = 10.0
 
@@ -523,24 +530,37 @@ def _data(arguments: list[str]) -> int:
 
 def _gate(arguments: list[str]) -> int:
     """``harness gate CANDIDATE... --baseline FILE|mlflow`` / ``harness gate --promote RUN... --baseline ...``."""
-    import argparse
-
     from harness.config.schema import GateCommandConfig
-    from harness.errors import HarnessError, counted, unwritable_reason
-    from harness.fileio import write_text_atomic
-    from harness.gate import markdown, rerun_perf, run_gate
-    from harness.gate.sources import (
-        candidate_evidence,
-        candidate_kind,
-        entries_for,
-        every_mlflow_baseline,
-        mlflow_baselines,
-        promote_in_mlflow,
-        read_baseline_file,
-        tag_verdicts,
-        write_baseline_file,
-    )  # fmt: skip
-    from harness.tracking import Store, existing_store
+    from harness.errors import HarnessError
+    from harness.gate.sources import candidate_kind
+    from harness.tracking import Store
+
+    parser = _gate_parser()
+    options = parser.parse_intermixed_args(arguments)
+    overrides, candidates = _split(options.items)
+    if not candidates:
+        parser.error("no candidate given")
+    if options.report is not None and options.report.is_dir():
+        parser.error(f"--report {options.report}: a folder; give the file to write, e.g. {options.report / 'gate.md'}")
+    config = _command_config(GateCommandConfig, overrides, "gate")
+    try:
+        # The configured store is opened only to read from it: a gate over run folders against a baseline file
+        # needs none (the verdicts are tagged in the stores the runs were logged to).
+        run_ids = [candidate for candidate in candidates if candidate_kind(candidate) == "mlflow"]
+        store = Store(config.tracking, config.paths) if options.baseline == "mlflow" or run_ids else None
+        if options.promote:
+            _promote(candidates, options.baseline, store)
+            return 0
+        result = _decide(candidates, options, config.gate, store)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    _publish_verdict(result, options, candidates[0], config.tracking, store)
+    return result.exit_code
+
+
+def _gate_parser() -> argparse.ArgumentParser:
+    import argparse
 
     parser = argparse.ArgumentParser(
         prog="harness gate",
@@ -574,55 +594,71 @@ def _gate(arguments: list[str]) -> int:
         default=None,
         help="write the markdown table here (default: gate.md beside the first candidate)",
     )
-    options = parser.parse_intermixed_args(arguments)
-    overrides, candidates = _split(options.items)
-    if not candidates:
-        parser.error("no candidate given")
-    if options.report is not None and options.report.is_dir():
-        parser.error(f"--report {options.report}: a folder; give the file to write, e.g. {options.report / 'gate.md'}")
-    config = _command_config(GateCommandConfig, overrides, "gate")
-    settings, tracking, paths = config.gate, config.tracking, config.paths
-    try:
-        use_mlflow = options.baseline == "mlflow"
-        # The configured store is opened only to read from it: a gate over run folders against a baseline file
-        # needs none (the verdicts are tagged in the stores the runs were logged to).
-        run_ids = [candidate for candidate in candidates if candidate_kind(candidate) == "mlflow"]
-        store = Store(tracking, paths) if use_mlflow or run_ids else None
-        if options.promote:
-            if use_mlflow:
-                assert store is not None
-                for candidate in candidates:
-                    promoted = promote_in_mlflow(store, candidate)
-                    print(
-                        f"baseline: MLflow {'run' if len(promoted) == 1 else 'runs'} {', '.join(promoted)} tagged "
-                        "harness.baseline=true"
-                    )
-            else:
-                evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
-                write_baseline_file(Path(options.baseline), evidence)
-                print(f"baseline: {counted(len(evidence), 'entry', 'entries')} written to {options.baseline}")
-            return 0
-        evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
-        if use_mlflow:
-            assert store is not None
-            own = {item.tracked[1] for item in evidence if item.tracked and item.tracked[0] == store.uri}
-            lookup = functools.partial(mlflow_baselines, store, candidates=frozenset(own))
-            every_baseline = functools.partial(every_mlflow_baseline, store, candidates=frozenset(own))
-        else:
-            entries = read_baseline_file(Path(options.baseline))
-            lookup = functools.partial(entries_for, entries)
-            every_baseline = functools.partial(list, entries)
-        result = run_gate(
-            evidence, lookup, settings, allow_hardware_mismatch=options.allow_hardware_mismatch,
-            rerun=max(0, options.rerun), rerunner=rerun_perf, every_baseline=every_baseline,
-        )  # fmt: skip
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 4
+    return parser
+
+
+def _promote(candidates: list[str], baseline: str, store: Store | None) -> None:
+    """Make the candidates the baseline: tag their MLflow runs, or write their entries into a baseline file."""
+    from harness.errors import counted
+    from harness.gate.sources import candidate_evidence, promote_in_mlflow, write_baseline_file
+
+    if baseline == "mlflow":
+        assert store is not None  # opened for an MLflow baseline
+        for candidate in candidates:
+            promoted = promote_in_mlflow(store, candidate)
+            runs = "run" if len(promoted) == 1 else "runs"
+            print(f"baseline: MLflow {runs} {', '.join(promoted)} tagged harness.baseline=true")
+        return
+    evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
+    write_baseline_file(Path(baseline), evidence)
+    print(f"baseline: {counted(len(evidence), 'entry', 'entries')} written to {baseline}")
+
+
+def _decide(
+    candidates: list[str], options: argparse.Namespace, settings: GateConfig, store: Store | None
+) -> GateResult:
+    """The gate's verdict on every candidate against its baseline (file entries, or tagged MLflow runs)."""
+    from harness.gate import rerun_perf, run_gate
+    from harness.gate.sources import (
+        candidate_evidence,
+        entries_for,
+        every_mlflow_baseline,
+        mlflow_baselines,
+        read_baseline_file,
+    )  # fmt: skip
+
+    evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
+    if options.baseline == "mlflow":
+        assert store is not None  # opened for an MLflow baseline
+        own = frozenset(item.tracked[1] for item in evidence if item.tracked and item.tracked[0] == store.uri)
+        lookup = functools.partial(mlflow_baselines, store, candidates=own)
+        every_baseline = functools.partial(every_mlflow_baseline, store, candidates=own)
+    else:
+        entries = read_baseline_file(Path(options.baseline))
+        lookup = functools.partial(entries_for, entries)
+        every_baseline = functools.partial(list, entries)
+    return run_gate(
+        evidence, lookup, settings, allow_hardware_mismatch=options.allow_hardware_mismatch,
+        rerun=max(0, options.rerun), rerunner=rerun_perf, every_baseline=every_baseline,
+    )  # fmt: skip
+
+
+def _publish_verdict(
+    result: GateResult, options: argparse.Namespace, first_candidate: str, tracking: TrackingConfig, store: Store | None
+) -> None:
+    """Print the table and the verdict, write ``gate.md`` (beside the first candidate's run or sweep folder, by
+    default), and tag the verdicts in the stores the runs were logged to."""
+    from harness.errors import unwritable_reason
+    from harness.fileio import write_text_atomic
+    from harness.gate import markdown
+    from harness.gate.sources import tag_verdicts
+    from harness.report import record_folder
+    from harness.tracking import existing_store
+
     table = markdown(result)
     print(table, end="")
-    first = Path(candidates[0])
-    report = options.report or ((first if first.is_dir() else Path.cwd()) / "gate.md")
+    folder = record_folder(Path(first_candidate))
+    report = options.report or ((folder if folder.is_dir() else Path.cwd()) / "gate.md")
     try:
         write_text_atomic(report, table)
         print(f"gate report: {report}")
@@ -636,7 +672,6 @@ def _gate(arguments: list[str]) -> int:
         f"{'error: ' if result.exit_code else ''}gate {result.verdict}",
         file=sys.stderr if result.exit_code else sys.stdout,
     )
-    return result.exit_code
 
 
 def _report(arguments: list[str]) -> int:

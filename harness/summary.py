@@ -5,13 +5,15 @@ from __future__ import annotations
 from harness.errors import counted
 from harness.perf.efficiency import EFFICIENCY_OFF
 from harness.perf.host import SAMPLE_INTERVAL_S
-from harness.result import DeviceTelemetry, PerfResult, RunResult
+from harness.result import AccuracyResult, BuildResult, DeviceTelemetry, PerfResult, RunResult
+
+Row = tuple[str, str]
 
 
 def format_summary(result: RunResult) -> str:
     """A few aligned lines: what was built, how it was checked, where it is."""
     model = result.config.model
-    rows: list[tuple[str, str]] = [
+    rows: list[Row] = [
         ("status", result.status),
         ("model", f"{model.variant} weights={result.weights.kind if result.weights else model.weights}"),
         ("precision", result.config.precision.name + _engine_precision(result)),
@@ -21,177 +23,192 @@ def format_summary(result: RunResult) -> str:
     if "build" in result.stages and result.build is None and result.status == "ok":
         rows.append(("artifact", f"none built: backend={result.config.backend['name']} runs no built artifact"))
     if result.build:
-        parity = result.build.parity
-        rows += [
-            ("artifact", result.build.artifact_path),
-            ("cache", "hit" if result.build.cache_hit else f"built in {result.build.manifest.export_time_s:.1f} s"),
-            (
-                "parity",
-                f"min cos {parity.min_cosine:.7f} (>= {parity.threshold_min_cosine}), "
-                f"max abs err {parity.max_abs_error:.2e} on {counted(len(parity.images), 'photo')}",
-            ),
-        ]
-        quantization = result.build.manifest.quantization
-        if quantization:
-            calibration = quantization.calibration
-            how = (
-                f"{calibration.method} on {counted(len(calibration.images), 'image')}, "
-                + ("random views of the shipped photos" if calibration.source == "views" else "from calibration.folder")
-                if calibration
-                else "per call"
-            )
-            rows.append(
-                (
-                    "quantized",
-                    f"{quantization.mode} ({how}) from {quantization.base_artifact}; {'/'.join(quantization.quantize_ops)} "
-                    f"in int8, reduce_range={quantization.reduce_range}, CPU {' '.join(quantization.cpu_isa) or 'unknown'}",
-                )
-            )
+        rows += _build_rows(result.build)
     if result.perf:
-        perf = result.perf
-        model_us, e2e_us, source = perf.latency_us.model, perf.latency_us.e2e, perf.samples_source
-        if "runs" in perf.backend_resolved:
-            rows.append(("runtime", _runtime(perf)))
-        rows += [
-            (
-                "perf",
-                f"{perf.backend} b{perf.batch} i{perf.instances} p{perf.processes} {_load(perf)}: "
-                f"{perf.throughput_qps:.2f} img/s over {perf.forward_time_s:.4g} s" + _repeats(perf),
-            ),
-            (
-                "latency",
-                # p50 beside p50 and mean beside mean: a heavy tail (oversubscribed threads) sets them far apart.
-                f"model p50 {_ms(model_us.p50, source)}, avg {_ms(model_us.avg)}, p99 {_ms(model_us.p99, source)}; "
-                f"e2e p50 {_ms(e2e_us.p50, source)}, avg {_ms(e2e_us.avg)}, p99 {_ms(e2e_us.p99, source)}"
-                + (" (as vamp printed them)" if source == "vamp" else ""),
-            ),
-        ]
-        if perf.load_time_s is not None and perf.first_call_us is not None:
-            rows.append(
-                (
-                    "startup",
-                    f"model load {_duration(perf.load_time_s)}, cold first call {_duration(perf.first_call_us / 1e6)} "
-                    f"per instance{_compiles(perf)}: before the measured window",
-                )
-            )
-        rows.append(("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)))
-        if perf.stability:
-            stability = perf.stability
-            verdict = "stable" if stability.stable else "NOT stable"
-            rows.append(
-                (
-                    "stability",
-                    f"{verdict} after {stability.windows} windows of {stability.window_s:g} s (last 3 within "
-                    f"{stability.pct:g}%): "
-                    + ", ".join(f"{value:.4g}" for value in stability.window_throughput_qps[-3:])
-                    + " img/s",
-                )
-            )
-        if perf.dispatch_delay_us:
-            delay = perf.dispatch_delay_us
-            tail = f"p99 {delay.p99:.0f} us, " if delay.p99 is not None else ""
-            rows.append(
-                (
-                    "dispatch",
-                    f"calls went {delay.avg:.0f} us after they were due on average ({tail}max {delay.max:.0f} us): "
-                    "the load generator's own lateness, inside the latencies",
-                )
-            )
-        if perf.telemetry:
-            rows.append(("device", _telemetry(perf.telemetry)))
-        if perf.transfer_us:
-            split = perf.transfer_us
-            rows.append(
-                (
-                    "copies",
-                    f"host->device {split.h2d.avg:.0f} us, device->host {split.d2h.avg:.0f} us per call on average "
-                    f"(model {perf.latency_us.model.avg:.0f} us): CUDA events on the copy streams",
-                )
-            )
-        if perf.host:
-            host = perf.host
-            rows.append(
-                (
-                    "host",
-                    f"CPU {host.cpu_util_pct:.0f}% (per core "
-                    + ", ".join(f"{value:.0f}" for value in host.cpu_util_per_core_pct)
-                    + f"), workers' RSS {host.rss_mean_bytes / 2**20:.0f} MiB (peak {host.rss_peak_bytes / 2**20:.0f} "
-                    f"MiB), {counted(host.samples, 'sample')}",
-                )
-            )
-        elif perf.samples_source == "harness":
-            rows.append(
-                (
-                    "host",
-                    f"not sampled: the {perf.forward_time_s:.3g} s window held no whole "
-                    f"{SAMPLE_INTERVAL_S * 1000:.0f} ms sampling interval (the first starts before the workers' release)",
-                )
-            )
-        if perf.efficiency:
-            efficiency = perf.efficiency
-            rows.append(
-                (
-                    "efficiency",
-                    f"GEMMs alone would take {efficiency.efficiency:.0%} of the measured time: "
-                    f"{efficiency.achieved_gflops:.1f} GFLOP/s achieved ({efficiency.flops_per_image / 1e9:.3g} GFLOP "
-                    f"per image), the GEMMs alone {efficiency.gemm_gflops:.1f} GFLOP/s",
-                )
-            )
-        elif perf.efficiency_undefined and perf.efficiency_undefined != EFFICIENCY_OFF:  # the user's choice: no news
-            rows.append(("efficiency", f"not measured: {perf.efficiency_undefined}"))
-        rows += [("warning", warning) for warning in perf.validity.warnings]
-        if perf.probes:
-            verdicts = ", ".join(
-                f"{probe.target_qps:.4g} {'pass' if probe.passed else 'fail'}" for probe in perf.probes
-            )
-            peak = f"{perf.peak_qps:.4g} img/s" if perf.peak_qps is not None else "none"
-            rows.append(
-                ("peak", f"{peak} with p99 <= {perf.latency_bound_ms} ms ({len(perf.probes)} probes: {verdicts})")
-            )
+        rows += _measurement_rows(result.perf) + _circumstance_rows(result.perf) + _verdict_rows(result.perf)
     if result.accuracy:
-        accuracy = result.accuracy
-        rows.append(
-            (
-                "accuracy",
-                f"{accuracy.dataset} ({counted(accuracy.queries, 'query', 'queries')}, "
-                f"{counted(accuracy.images, 'image')}, {accuracy.normalization}): "
-                + ", ".join(
-                    f"{setup[0].upper()} mAP {getattr(accuracy, setup).map:.2f}" for setup in ("easy", "medium", "hard")
-                )
-                + f", M mP@1/5/10 {accuracy.medium.mp1:.1f}/{accuracy.medium.mp5:.1f}/{accuracy.medium.mp10:.1f}",
-            )
-        )
-        if accuracy.fp32:
-            fp32 = accuracy.fp32
-            rows.append(
-                (
-                    "vs fp32",
-                    f"top-10 neighbour overlap {fp32.neighbour_overlap_at_10:.3f} (worst query "
-                    f"{fp32.min_neighbour_overlap_at_10:.2f}), mAP delta "
-                    + ", ".join(
-                        f"{setup[0].upper()} {fp32.map_delta[setup]:+.2f}" for setup in ("easy", "medium", "hard")
-                    )
-                    + f" points, descriptor min cos {fp32.descriptor_min_cosine:.7f}",
-                )
-            )
-        rows += [
-            ("published", f"{item.source} ({item.protocol}): M {item.medium_map}, H {item.hard_map}")
-            for item in accuracy.published
-        ]
-        if accuracy.skipped_images:
-            rows.append(
-                (
-                    "skipped",
-                    f"{counted(len(accuracy.skipped_images), 'unreadable image')}: "
-                    + ", ".join(accuracy.skipped_images[:3])
-                    + (f", and {len(accuracy.skipped_images) - 3} more" if len(accuracy.skipped_images) > 3 else ""),
-                )
-            )
+        rows += _accuracy_rows(result.accuracy)
     if result.error:
         rows.append(("error", f"{result.error.type}: {result.error.message}"))
     rows.append(("time", f"{result.duration_s:.1f} s"))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)
+
+
+def _build_rows(build: BuildResult) -> list[Row]:
+    """The artifact, whether it came from the cache, its parity check and how it was quantized."""
+    parity = build.parity
+    rows = [
+        ("artifact", build.artifact_path),
+        ("cache", "hit" if build.cache_hit else f"built in {build.manifest.export_time_s:.1f} s"),
+        (
+            "parity",
+            f"min cos {parity.min_cosine:.7f} (>= {parity.threshold_min_cosine}), "
+            f"max abs err {parity.max_abs_error:.2e} on {counted(len(parity.images), 'photo')}",
+        ),
+    ]
+    quantization = build.manifest.quantization
+    if quantization:
+        calibration = quantization.calibration
+        how = (
+            f"{calibration.method} on {counted(len(calibration.images), 'image')}, "
+            + ("random views of the shipped photos" if calibration.source == "views" else "from calibration.folder")
+            if calibration
+            else "per call"
+        )
+        rows.append(
+            (
+                "quantized",
+                f"{quantization.mode} ({how}) from {quantization.base_artifact}; {'/'.join(quantization.quantize_ops)} "
+                f"in int8, reduce_range={quantization.reduce_range}, CPU {' '.join(quantization.cpu_isa) or 'unknown'}",
+            )
+        )
+    return rows
+
+
+def _measurement_rows(perf: PerfResult) -> list[Row]:
+    """What ran, how fast, with what latency and start-up cost, and whether the measurement is valid."""
+    model_us, e2e_us, source = perf.latency_us.model, perf.latency_us.e2e, perf.samples_source
+    rows = [("runtime", _runtime(perf))] if "runs" in perf.backend_resolved else []
+    rows += [
+        (
+            "perf",
+            f"{perf.backend} b{perf.batch} i{perf.instances} p{perf.processes} {_load(perf)}: "
+            f"{perf.throughput_qps:.2f} img/s over {perf.forward_time_s:.4g} s" + _repeats(perf),
+        ),
+        (
+            "latency",
+            # p50 beside p50 and mean beside mean: a heavy tail (oversubscribed threads) sets them far apart.
+            f"model p50 {_ms(model_us.p50, source)}, avg {_ms(model_us.avg)}, p99 {_ms(model_us.p99, source)}; "
+            f"e2e p50 {_ms(e2e_us.p50, source)}, avg {_ms(e2e_us.avg)}, p99 {_ms(e2e_us.p99, source)}"
+            + (" (as vamp printed them)" if source == "vamp" else ""),
+        ),
+    ]
+    if perf.load_time_s is not None and perf.first_call_us is not None:
+        rows.append(
+            (
+                "startup",
+                f"model load {_duration(perf.load_time_s)}, cold first call {_duration(perf.first_call_us / 1e6)} "
+                f"per instance{_compiles(perf)}: before the measured window",
+            )
+        )
+    rows.append(("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)))
+    return rows
+
+
+def _circumstance_rows(perf: PerfResult) -> list[Row]:
+    """What the measurement ran under: its stability windows, the load generator's lateness, the device, the
+    copies and the host."""
+    rows = []
+    if perf.stability:
+        stability = perf.stability
+        rows.append(
+            (
+                "stability",
+                f"{'stable' if stability.stable else 'NOT stable'} after {stability.windows} windows of "
+                f"{stability.window_s:g} s (last 3 within {stability.pct:g}%): "
+                + ", ".join(f"{value:.4g}" for value in stability.window_throughput_qps[-3:])
+                + " img/s",
+            )
+        )
+    if perf.dispatch_delay_us:
+        delay = perf.dispatch_delay_us
+        tail = f"p99 {delay.p99:.0f} us, " if delay.p99 is not None else ""
+        rows.append(
+            (
+                "dispatch",
+                f"calls went {delay.avg:.0f} us after they were due on average ({tail}max {delay.max:.0f} us): "
+                "the load generator's own lateness, inside the latencies",
+            )
+        )
+    if perf.telemetry:
+        rows.append(("device", _telemetry(perf.telemetry)))
+    if perf.transfer_us:
+        split = perf.transfer_us
+        rows.append(
+            (
+                "copies",
+                f"host->device {split.h2d.avg:.0f} us, device->host {split.d2h.avg:.0f} us per call on average "
+                f"(model {perf.latency_us.model.avg:.0f} us): CUDA events on the copy streams",
+            )
+        )
+    host = _host(perf)
+    return rows + ([("host", host)] if host else [])
+
+
+def _host(perf: PerfResult) -> str | None:
+    """The host's CPU and the workers' memory over the window, or why it was not sampled."""
+    if perf.host:
+        host = perf.host
+        return (
+            f"CPU {host.cpu_util_pct:.0f}% (per core "
+            + ", ".join(f"{value:.0f}" for value in host.cpu_util_per_core_pct)
+            + f"), workers' RSS {host.rss_mean_bytes / 2**20:.0f} MiB (peak {host.rss_peak_bytes / 2**20:.0f} "
+            f"MiB), {counted(host.samples, 'sample')}"
+        )
+    if perf.samples_source == "harness":
+        return (
+            f"not sampled: the {perf.forward_time_s:.3g} s window held no whole "
+            f"{SAMPLE_INTERVAL_S * 1000:.0f} ms sampling interval (the first starts before the workers' release)"
+        )
+    return None
+
+
+def _verdict_rows(perf: PerfResult) -> list[Row]:
+    """How close the build came to the device, the measurement's warnings, and a peak search's outcome."""
+    rows = []
+    if perf.efficiency:
+        efficiency = perf.efficiency
+        rows.append(
+            (
+                "efficiency",
+                f"GEMMs alone would take {efficiency.efficiency:.0%} of the measured time: "
+                f"{efficiency.achieved_gflops:.1f} GFLOP/s achieved ({efficiency.flops_per_image / 1e9:.3g} GFLOP "
+                f"per image), the GEMMs alone {efficiency.gemm_gflops:.1f} GFLOP/s",
+            )
+        )
+    elif perf.efficiency_undefined and perf.efficiency_undefined != EFFICIENCY_OFF:  # the user's choice: no news
+        rows.append(("efficiency", f"not measured: {perf.efficiency_undefined}"))
+    rows += [("warning", warning) for warning in perf.validity.warnings]
+    if perf.probes:
+        verdicts = ", ".join(f"{probe.target_qps:.4g} {'pass' if probe.passed else 'fail'}" for probe in perf.probes)
+        peak = f"{perf.peak_qps:.4g} img/s" if perf.peak_qps is not None else "none"
+        rows.append(("peak", f"{peak} with p99 <= {perf.latency_bound_ms} ms ({len(perf.probes)} probes: {verdicts})"))
+    return rows
+
+
+def _accuracy_rows(accuracy: AccuracyResult) -> list[Row]:
+    """The retrieval scores, what a lower precision changed against fp32, published numbers, skipped images."""
+    setups = ("easy", "medium", "hard")
+    rows = [
+        (
+            "accuracy",
+            f"{accuracy.dataset} ({counted(accuracy.queries, 'query', 'queries')}, "
+            f"{counted(accuracy.images, 'image')}, {accuracy.normalization}): "
+            + ", ".join(f"{setup[0].upper()} mAP {getattr(accuracy, setup).map:.2f}" for setup in setups)
+            + f", M mP@1/5/10 {accuracy.medium.mp1:.1f}/{accuracy.medium.mp5:.1f}/{accuracy.medium.mp10:.1f}",
+        )
+    ]
+    if accuracy.fp32:
+        fp32 = accuracy.fp32
+        rows.append(
+            (
+                "vs fp32",
+                f"top-10 neighbour overlap {fp32.neighbour_overlap_at_10:.3f} (worst query "
+                f"{fp32.min_neighbour_overlap_at_10:.2f}), mAP delta "
+                + ", ".join(f"{setup[0].upper()} {fp32.map_delta[setup]:+.2f}" for setup in setups)
+                + f" points, descriptor min cos {fp32.descriptor_min_cosine:.7f}",
+            )
+        )
+    rows += [
+        ("published", f"{item.source} ({item.protocol}): M {item.medium_map}, H {item.hard_map}")
+        for item in accuracy.published
+    ]
+    skipped = accuracy.skipped_images
+    if skipped:
+        more = f", and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        rows.append(("skipped", f"{counted(len(skipped), 'unreadable image')}: {', '.join(skipped[:3])}{more}"))
+    return rows
 
 
 def _engine_precision(result: RunResult) -> str:

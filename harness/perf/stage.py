@@ -47,6 +47,7 @@ from harness.preprocess import batch_of
 from harness.result import (
     Efficiency,
     LatencyBlock,
+    LatencyStats,
     Measurement,
     PerfResult,
     Probe,
@@ -145,21 +146,10 @@ def summarise(
     window_cv = (
         _window_cv(windows, instances, start=start, end=end) if end - start >= perf.windows * MIN_WINDOW_S else None
     )
-    reasons = []
-    bound = f" (stopped at perf.max_duration_s={perf.max_duration_s})" if perf.max_duration_s is not None else ""
-    if stability is not None:
-        if not stability.stable:
-            watched = len(stability.window_throughput_qps)
-            reasons.append(
-                f"throughput not stable within perf.stability_pct={perf.stability_pct}% after {watched} windows{bound}"
-            )
-    elif forward_time_s < perf.min_duration_s:
-        reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}{bound}")
-    if perf.scenario == "closed" and stability is None and batches < perf.batches_floor:
-        reasons.append(f"{batches} batches < {perf.batches_floor} (perf.iterations, perf.min_samples){bound}")
-    requested = perf.open_loop_requests(target_qps) if perf.scenario != "closed" else 0
-    if e2e_us.size < requested:
-        reasons.append(f"{e2e_us.size} requests served < {requested} scheduled{bound}")
+    reasons = _shortfalls(
+        perf, stability=stability, forward_time_s=forward_time_s, batches=batches, requests=int(e2e_us.size),
+        target_qps=target_qps,
+    )  # fmt: skip
     warnings = stats.insufficient_percentiles(latency.e2e)
     if perf.search == "none":  # a peak search judges its probes by the bound itself
         missed, unjudged = stats.latency_bound_notes(
@@ -167,19 +157,7 @@ def summarise(
         )
         reasons += missed
         warnings += unjudged
-    if dispatch is not None and dispatch.avg > DISPATCH_DELAY_SHARE * latency.e2e.avg:
-        warnings.append(
-            f"the load generator dispatched {dispatch.avg:.0f} us late on average (max {dispatch.max:.0f} us) after "
-            f"requests were due: {dispatch.avg / latency.e2e.avg:.1%} of the mean latency is its own lateness"
-        )
-    behind = _fell_behind(instances)
-    if behind:
-        warnings.append(behind)
-    if window_cv is not None and window_cv > perf.max_window_cv:
-        what = "served / offered" if perf.scenario == "server" else "throughput"
-        warnings.append(
-            f"{what} CV across {perf.windows} windows is {window_cv:.3f} > perf.max_window_cv={perf.max_window_cv}"
-        )
+    warnings += _cautions(perf, latency=latency, dispatch=dispatch, instances=instances, window_cv=window_cv)
     cpu_s = sum(report.cpu_s for report in reports)
     device_peaks = [report.peak_device_bytes for report in reports if report.peak_device_bytes is not None]
     measurement = Measurement(
@@ -214,6 +192,61 @@ def summarise(
     if transfer_us.size:
         raw["h2d_us"], raw["d2h_us"] = transfer_us[:, 0], transfer_us[:, 1]
     return measurement, raw
+
+
+def _shortfalls(
+    perf: PerfConfig,
+    *,
+    stability: StabilityWatch | None,
+    forward_time_s: float,
+    batches: int,
+    requests: int,
+    target_qps: float | None,
+) -> list[str]:
+    """Why a measurement falls short of the minimums it was asked for (each makes it invalid)."""
+    reasons = []
+    bound = f" (stopped at perf.max_duration_s={perf.max_duration_s})" if perf.max_duration_s is not None else ""
+    if stability is not None:
+        if not stability.stable:
+            watched = len(stability.window_throughput_qps)
+            reasons.append(
+                f"throughput not stable within perf.stability_pct={perf.stability_pct}% after {watched} windows{bound}"
+            )
+    elif forward_time_s < perf.min_duration_s:
+        reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}{bound}")
+    if perf.scenario == "closed" and stability is None and batches < perf.batches_floor:
+        reasons.append(f"{batches} batches < {perf.batches_floor} (perf.iterations, perf.min_samples){bound}")
+    scheduled = perf.open_loop_requests(target_qps) if perf.scenario != "closed" else 0
+    if requests < scheduled:
+        reasons.append(f"{requests} requests served < {scheduled} scheduled{bound}")
+    return reasons
+
+
+def _cautions(
+    perf: PerfConfig,
+    *,
+    latency: LatencyBlock,
+    dispatch: LatencyStats | None,
+    instances: list[InstanceSamples],
+    window_cv: float | None,
+) -> list[str]:
+    """What a reader of a valid measurement should know: the load generator's own lateness, a server that fell
+    behind its arrivals, a throughput that varied across windows."""
+    warnings = []
+    if dispatch is not None and dispatch.avg > DISPATCH_DELAY_SHARE * latency.e2e.avg:
+        warnings.append(
+            f"the load generator dispatched {dispatch.avg:.0f} us late on average (max {dispatch.max:.0f} us) after "
+            f"requests were due: {dispatch.avg / latency.e2e.avg:.1%} of the mean latency is its own lateness"
+        )
+    behind = _fell_behind(instances)
+    if behind:
+        warnings.append(behind)
+    if window_cv is not None and window_cv > perf.max_window_cv:
+        what = "served / offered" if perf.scenario == "server" else "throughput"
+        warnings.append(
+            f"{what} CV across {perf.windows} windows is {window_cv:.3f} > perf.max_window_cv={perf.max_window_cv}"
+        )
+    return warnings
 
 
 def _window_cv(windows: np.ndarray, instances: list[InstanceSamples], *, start: float, end: float) -> float | None:
@@ -292,24 +325,13 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
     np.savez_compressed(run_dir / SAMPLES_FILE, allow_pickle=False, **raw)
     reasons = tuple(reason for measurement in measurements for reason in measurement.validity.reasons)
     headline = {name: getattr(median, name) for name in Measurement.__dataclass_fields__}
-    warnings = median.validity.warnings
     peak = max((probe.target_qps for probe in probes if probe.passed), default=None)
     if probes and peak is None:
         reasons += (f"no probe kept p99 within perf.latency_bound_ms={config.perf.latency_bound_ms}",)
-    if contention.overlapping:
-        warnings += (
-            f"contended: {counted(len(contention.overlapping), 'other perf run')} measured on {device} of this host at the "
-            f"same time ({', '.join(contention.overlapping)}); timings are not comparable: run one job per device",
-        )
-    oversubscribed = _oversubscription(config.perf.instances, opened.resolved)
-    if oversubscribed:
-        warnings += (oversubscribed,)
     efficiency = _efficiency(config, artifact_path, median)
-    if efficiency is not None and efficiency.efficiency > EFFICIENCY_CEILING:
-        warnings += (
-            f"efficiency {efficiency.efficiency:.0%}: the model's GEMMs alone, timed again after the run, were still "
-            "slower than the whole model, so that timing was disturbed (another process on the cores?)",
-        )
+    warnings = median.validity.warnings + _run_cautions(
+        config, contended_with=contention.overlapping, device=device, resolved=opened.resolved, efficiency=efficiency
+    )
     headline["validity"] = Validity(valid=not reasons, reasons=reasons, warnings=warnings)
     for warning in warnings + reasons:
         log.warning("perf validity: %s", warning)
@@ -341,6 +363,33 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         stability=stabilities.get(f"repeat{measurements.index(median)}"),
         queue_depth=config.perf.queue_depth if config.perf.scenario == "closed" and config.perf.mode == "async" else 1,
     )
+
+
+def _run_cautions(
+    config: RunConfig,
+    *,
+    contended_with: tuple[str, ...],
+    device: str,
+    resolved: dict[str, object],
+    efficiency: Efficiency | None,
+) -> tuple[str, ...]:
+    """What the whole run's circumstances say about its timings: other perf runs on the same device, more CPU
+    threads than cores, a GEMM timing that was disturbed."""
+    warnings: tuple[str, ...] = ()
+    if contended_with:
+        warnings += (
+            f"contended: {counted(len(contended_with), 'other perf run')} measured on {device} of this host at the "
+            f"same time ({', '.join(contended_with)}); timings are not comparable: run one job per device",
+        )
+    oversubscribed = _oversubscription(config.perf.instances, resolved)
+    if oversubscribed:
+        warnings += (oversubscribed,)
+    if efficiency is not None and efficiency.efficiency > EFFICIENCY_CEILING:
+        warnings += (
+            f"efficiency {efficiency.efficiency:.0%}: the model's GEMMs alone, timed again after the run, were still "
+            "slower than the whole model, so that timing was disturbed (another process on the cores?)",
+        )
+    return warnings
 
 
 def _oversubscription(instances: int, resolved: dict[str, object]) -> str | None:

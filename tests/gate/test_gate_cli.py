@@ -49,6 +49,11 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     assert itself.returncode == 0, itself.stdout + itself.stderr
     assert "gate verdict: **pass** (exit 0)" in itself.stdout and "| throughput_qps | " in itself.stdout
     assert (Path(baseline) / "gate.md").read_text() in itself.stdout
+    # The path a run prints last names its result.json: the table still goes beside it, not into the working folder.
+    (Path(baseline) / "gate.md").unlink()
+    printed = str(Path(baseline) / "result.json")
+    by_file = harness(tmp_path, "gate", printed, "--baseline", str(baseline_file), "tracking=off")
+    assert by_file.returncode == 0 and f"gate report: {Path(baseline) / 'gate.md'}\n" in by_file.stdout
 
     other = run_folder(harness(tmp_path, *SLEEP_RUN, "backend.latency_us=2500", "perf.repeats=5", "tracking=off"))
     unmatched = harness(tmp_path, "gate", other, "--baseline", str(baseline_file), "tracking=off")
