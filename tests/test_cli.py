@@ -280,7 +280,7 @@ def test_a_sweep_lists_every_invalid_job_and_runs_nothing(tmp_path: Path) -> Non
 def test_an_interrupt_names_the_run_it_stopped_only_when_that_run_says_so(tmp_path: Path) -> None:
     """Ctrl-C may land after the last run ended (while it is tracked, between two jobs): its ok result is not
     called interrupted."""
-    from harness.cli import _interrupted_where
+    from harness.cli.run import interrupted_where
     from harness.pipeline import run
     from harness.result import write_result
     from tests.conftest import compose
@@ -294,11 +294,11 @@ def test_an_interrupt_names_the_run_it_stopped_only_when_that_run_says_so(tmp_pa
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "result.json").write_text("{")
 
-    assert _interrupted_where(None) == "no run had started"
-    assert _interrupted_where(tmp_path / "ok") == f"after {tmp_path / 'ok' / 'result.json'} (status ok)"
-    assert _interrupted_where(tmp_path / "stopped") == f"{tmp_path / 'stopped' / 'result.json'} (status interrupted)"
-    assert _interrupted_where(tmp_path / "started") == f"{tmp_path / 'started'} had not begun (no result.json)"
-    assert _interrupted_where(tmp_path / "broken").startswith(f"{tmp_path / 'broken' / 'result.json'}: cannot read")
+    assert interrupted_where(None) == "no run had started"
+    assert interrupted_where(tmp_path / "ok") == f"after {tmp_path / 'ok' / 'result.json'} (status ok)"
+    assert interrupted_where(tmp_path / "stopped") == f"{tmp_path / 'stopped' / 'result.json'} (status interrupted)"
+    assert interrupted_where(tmp_path / "started") == f"{tmp_path / 'started'} had not begun (no result.json)"
+    assert interrupted_where(tmp_path / "broken").startswith(f"{tmp_path / 'broken' / 'result.json'}: cannot read")
 
 
 def test_ctrl_c_while_the_store_does_not_answer_is_held_once_then_stops_the_command(tmp_path: Path) -> None:

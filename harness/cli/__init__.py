@@ -1,0 +1,91 @@
+"""``harness <command> [hydra overrides]``: one Hydra app per command over the shared ``conf/`` tree.
+
+``harness --help`` lists the commands; ``harness <command> --help`` shows a command's options. Pipeline
+commands (``run``, ``build``) are Hydra apps (run folders, ``-m`` sweeps, launchers); utility commands
+(``sync``, ``ui``) compose the same config tree without creating run folders.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from harness.cli.data import data, eval_features, vamp_parse
+from harness.cli.gate import gate
+from harness.cli.report import report
+from harness.cli.run import hydra_command, pipeline_task
+from harness.cli.store import sync, ui
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command: its one-line help and what runs it (arguments after the command name -> exit code)."""
+
+    help: str
+    main: Callable[[list[str]], int]
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command(
+        "run the configured stages (build, perf, accuracy) for one config, or a sweep with -m",
+        functools.partial(hydra_command, "run", pipeline_task),
+    ),
+    "build": Command(
+        "build and parity-check the deployable artifact only",
+        functools.partial(hydra_command, "build", pipeline_task),
+    ),
+    "eval-features": Command(
+        "revisitop metrics for precomputed descriptors (.npy/.npz or per-image .npz folder)", eval_features
+    ),
+    "vamp-parse": Command("saved vamp outputs to JSON (--log: and to MLflow runs)", vamp_parse),
+    "data": Command("download Revisited Oxford/Paris, or write the synthetic dataset (revisitop layout)", data),
+    "gate": Command("regression gate: compare runs with their baseline (statistics over repeats for perf)", gate),
+    "report": Command("plots and an index (md + self-contained html) over run folders, sweeps or MLflow", report),
+    "sync": Command("log run or sweep folders that are not tracked yet (idempotent)", sync),
+    "ui": Command("start the MLflow UI on the configured store (127.0.0.1, --port N)", ui),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: harness <command> [hydra overrides] [-m]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
+    lines += ["", "`harness run --help` shows the config groups and options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the command named by the first argument."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments:  # a usage error, as for an unknown command: a script that forgot its command must not pass
+        print(usage(), file=sys.stderr)
+        return 2
+    if arguments[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = arguments[0], arguments[1:]
+    if name not in COMMANDS:
+        from harness.errors import unknown_name_message
+
+        print(f"error: {unknown_name_message('command', name, COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[name].main(rest)
+    except KeyboardInterrupt:  # run and build close their runs and sweeps themselves and return 130
+        print(f"interrupted: harness {name} stopped before it finished", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    try:
+        code = main()
+    finally:
+        # On exit the interpreter runs one last cycle collection over every object still alive: with torch,
+        # MLflow and SQLAlchemy loaded that takes over a second of every command. Python does not promise that
+        # objects alive at exit are finalized, and everything the harness writes is closed by now, so those
+        # objects are frozen out of that collection.
+        gc.freeze()
+    sys.exit(code)

@@ -1,0 +1,92 @@
+"""``harness report``: plots and an index over run folders, sweep folders or the MLflow experiment."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+from pathlib import Path
+
+from harness.cli.arguments import config_or_exit, split_arguments
+
+
+def report(arguments: list[str]) -> int:
+    """``harness report PATH... [--out DIR]``: plots and an index over run folders, sweep folders or MLflow."""
+    import argparse
+
+    from harness.config.schema import StoreCommandConfig
+    from harness.errors import DataError, HarnessError, counted, unwritable_reason
+    from harness.report import SWEEP_FILE, read_sweep_record, record_folder
+    from harness.report.render import folder_runs, write_report
+    from harness.tracking import Store, download_runs, existing_store
+
+    parser = argparse.ArgumentParser(
+        prog="harness report",
+        description="Plots (PNG) and an index.md / self-contained index.html over run folders, sweep folders, or "
+        "'mlflow' (every run of the configured experiment). A sweep's report is also attached to its parent run.",
+    )
+    parser.add_argument(
+        "items",
+        nargs="+",
+        metavar="PATH|mlflow|KEY=VALUE",
+        help="run or sweep folders, or 'mlflow'; tracking.* / paths.* overrides",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report folder (default: reports/<name of the first folder>)"
+    )
+    options = parser.parse_intermixed_args(arguments)
+    overrides, sources = split_arguments(options.items)
+    if not sources:
+        parser.error("nothing to report on")
+    sources = [source if source == "mlflow" else str(record_folder(Path(source))) for source in sources]
+    config = config_or_exit(StoreCommandConfig, overrides)
+    tracking, paths = config.tracking, config.paths
+    try:
+        found = folder_runs([Path(source) for source in sources if source != "mlflow"])  # a typo opens no store
+        runs = list(found.runs)
+        store = Store(tracking, paths) if "mlflow" in sources else None
+        name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
+        folder = options.out or Path("reports") / name
+        created = not folder.exists()
+        try:  # before any download: a folder that cannot be made fails in one line, not after the work
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            why = unwritable_reason(folder, error, folder=True)
+            raise DataError(f"{folder}: cannot write the report there ({why})") from None
+        if "mlflow" in sources:
+            assert store is not None
+            downloaded = download_runs(store, folder / "runs")
+            runs += downloaded.runs
+            found.unreadable.update(downloaded.unreadable)
+        if not runs and created:  # no report: no empty folder left behind either
+            shutil.rmtree(folder, ignore_errors=True)
+        if not runs and found.unreadable:
+            raise DataError(next(iter(found.unreadable.values())))
+        if not runs:
+            places = [
+                f"MLflow experiment {tracking.experiment!r}" if source == "mlflow" else source for source in sources
+            ]
+            raise DataError(f"nothing to report: no run in {', '.join(places)}")
+        report = write_report(runs, folder, title=f"report {name}", unreadable=found.unreadable)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"report: {report.index_md} ({counted(len(report.plots), 'plot')}, {counted(len(runs), 'run')}; "
+        "index.html is self-contained)"
+    )
+    sweeps = [Path(source) for source in sources if (Path(source) / SWEEP_FILE).exists()] if tracking.enabled else []
+    for sweep in sweeps:  # in the store the sweep was logged to, whatever store tracking.* names
+        try:
+            record = read_sweep_record(sweep)
+            uri, parent = str(record.get("uri") or ""), str(record.get("parent_run_id") or "")
+            if not (uri and parent):
+                continue
+            client = existing_store(uri, tracking, opened=store)
+            client.call(functools.partial(client.client.log_artifacts, parent, str(folder), artifact_path="report"))
+            print(f"attached to MLflow parent run {parent} in {uri} (artifacts/report)")
+        except HarnessError as error:
+            print(f"warning: report not attached to the parent run of sweep {sweep} ({error})", file=sys.stderr)
+    for why in found.unreadable.values():
+        print(f"error: {why} (a row that says so in the report; the other runs are in it)", file=sys.stderr)
+    return 1 if found.unreadable else 0

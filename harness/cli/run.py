@@ -1,0 +1,251 @@
+"""``harness run`` / ``harness build``: Hydra apps over ``conf/`` (run folders, ``-m`` sweeps, launchers) that run
+the pipeline per job, print its summary, track it, and close a sweep cleanly on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class _Session:
+    """What one Hydra command has done so far, for its exit code and for a clean stop on Ctrl-C."""
+
+    failed_jobs: list[str] = field(default_factory=list)
+    sweep_dir: Path | None = None
+    run_dir: Path | None = None
+    config: Any = None
+
+
+_session = _Session()
+
+
+def _track(config: Any, run_dir: Path, sweep_dir: Path | None) -> None:
+    """Log a finished run folder; a tracker failure is a warning, never a lost or failed run."""
+    from harness.errors import HarnessError
+    from harness.tracking import Store, log_run_dir, sync_command
+    from harness.tracking.sweep import ui_hint
+
+    try:
+        if not config.tracking.enabled:
+            return
+        store = Store(config.tracking, config.paths)
+        record, _ = log_run_dir(store, run_dir, sweep_dir=sweep_dir)
+        print(f"  tracked    MLflow run {record.run_id}: {ui_hint(store, config.paths)}", flush=True)
+    except HarnessError as error:
+        later = sync_command(config.tracking, config.paths, run_dir)
+        print(f"warning: run not tracked ({error}); result.json is kept: {later}", file=sys.stderr, flush=True)
+
+
+def pipeline_task(cfg: Any) -> None:
+    """Run the pipeline for one composed config; print the summary and, last, the path of result.json."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from harness.config.store import plain
+    from harness.perf.vamp import VAMP_FILE
+    from harness.pipeline import run
+    from harness.resolve import resolve_config
+    from harness.summary import format_summary
+
+    if threading.current_thread() is threading.main_thread():
+        # In a SLURM job submitit ignores SIGTERM (its preemption warning); ``scancel`` must end the run as
+        # interrupted, with its result.json written and its MLflow run closed before SLURM's SIGKILL.
+        signal.signal(signal.SIGTERM, _interrupt)
+    hydra_config = HydraConfig.get()
+    config = resolve_config(plain(cfg))
+    run_dir = Path(hydra_config.runtime.output_dir)
+    multirun = hydra_config.mode == RunMode.MULTIRUN
+    sweep_dir = Path(hydra_config.sweep.dir) if multirun else None  # type: ignore[arg-type]
+    _session.sweep_dir, _session.run_dir, _session.config = sweep_dir, run_dir, config
+    try:
+        result = run(config, run_dir=run_dir)
+    except KeyboardInterrupt:
+        _track(config, run_dir, sweep_dir)  # the interrupted run is logged as KILLED, never left RUNNING
+        raise
+    print(format_summary(result), flush=True)
+    if (run_dir / VAMP_FILE).exists():
+        print((run_dir / VAMP_FILE).read_text(), end="", flush=True)
+    _track(config, run_dir, sweep_dir)
+    if result.error:
+        print(f"error: {result.error.message}", file=sys.stderr, flush=True)
+        _session.failed_jobs.append(result.run_dir)
+    print(Path(result.run_dir) / "result.json", flush=True)
+    if result.error and not multirun:
+        raise SystemExit(1)
+
+
+def hydra_command(config_name: str, task: Callable[[Any], None], arguments: list[str]) -> int:
+    import hydra
+
+    from harness.config.store import CONF_DIR, register_schema
+    from harness.errors import ConfigError, counted
+
+    try:
+        _check_jobs(config_name, arguments)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    register_schema()
+    app = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)
+    sys.argv = [f"harness {config_name}", *arguments]
+    global _session
+    _session = _Session()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    from harness.tracking.sweep import STARTED_SWEEPS
+
+    STARTED_SWEEPS.clear()
+    logging.getLogger("submitit").addFilter(_SacctOnce())
+    try:
+        app()
+    except KeyboardInterrupt:
+        return _stop_interrupted()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    unsuccessful = dict.fromkeys(_session.failed_jobs, "failed")
+    for sweep in STARTED_SWEEPS:
+        unsuccessful.update(_unsuccessful_jobs(sweep))
+    if unsuccessful:
+        jobs = ", ".join(f"{job} ({status})" for job, status in sorted(unsuccessful.items()))
+        print(f"error: {counted(len(unsuccessful), 'job')} did not succeed: {jobs}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _unsuccessful_jobs(sweep_dir: Path) -> dict[str, str]:
+    """Job folder -> status of each sweep job that did not end ``ok`` (wherever it ran: another process,
+    another node; a job the cluster cancelled before it started is ``cancelled``)."""
+    from harness.report import sweep_rows
+
+    return {
+        str((sweep_dir / row["job"]).resolve()): row["status"] for row in sweep_rows(sweep_dir) if row["status"] != "ok"
+    }
+
+
+class _SacctOnce(logging.Filter):
+    """On a cluster without SLURM accounting, submitit warns on every poll that ``sacct`` failed; say it once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if self.said:
+            return False
+        self.said = True
+        record.msg, record.args = (
+            "SLURM accounting (sacct) is off on this cluster: job states are read from squeue (said once per sweep)",
+            (),
+        )
+        return True
+
+
+def _interrupt(*_: object) -> None:
+    """SIGTERM (``kill``, ``scancel``) stops a run the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def _stop_interrupted() -> int:
+    """After Ctrl-C: close the sweep (summary, parent run KILLED), say in one line what was kept; exit 130."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+    from harness.errors import HarnessError, counted
+    from harness.report import markdown_table, sweep_rows, write_summary
+    from harness.tracking import Store, end_sweep, finish_sweep, sync_command
+
+    where = interrupted_where(_session.run_dir)
+    sweep_dir = _session.sweep_dir
+    if sweep_dir is None or not sweep_dir.is_dir():
+        print(f"interrupted: {where}", file=sys.stderr)
+        return 130
+    rows: list[dict[str, str]] = []
+    config = _session.config
+    try:
+        end_sweep(sweep_dir, "interrupted")
+        rows = sweep_rows(sweep_dir)
+        files = write_summary(rows, sweep_dir)
+        print(f"\nsweep summary ({sweep_dir}):\n{markdown_table(rows)}", flush=True)
+        if config is not None and config.tracking.enabled:
+            finish_sweep(Store(config.tracking, config.paths), sweep_dir, files)
+    except HarnessError as error:
+        later = sync_command(config and config.tracking, config and config.paths, sweep_dir)
+        print(f"warning: sweep not fully closed ({error}); later: {later}", file=sys.stderr)
+    done = sum(row["status"] == "ok" for row in rows)
+    print(f"interrupted: {where}; sweep {sweep_dir}: {counted(done, 'job')} finished before it", file=sys.stderr)
+    return 130
+
+
+def interrupted_where(run_dir: Path | None) -> str:
+    """Where Ctrl-C found the last run started here, as its result.json says (it may have come after the run
+    ended: while it was being tracked, or between two jobs)."""
+    from harness.errors import HarnessError
+    from harness.result import RESULT_FILE, load_result
+
+    if run_dir is None:
+        return "no run had started"
+    result_file = run_dir / RESULT_FILE
+    if not result_file.is_file():
+        return f"{run_dir} had not begun (no result.json)"
+    try:
+        status = load_result(run_dir).status
+    except HarnessError as error:
+        return str(error)
+    return f"{result_file} (status {status})" if status == "interrupted" else f"after {result_file} (status {status})"
+
+
+def _check_jobs(config_name: str, arguments: list[str]) -> None:
+    """Compose and resolve every job's config before Hydra creates a run folder or a sweep starts.
+
+    A config that does not resolve is not a run: it raises ``ConfigError`` naming the key, and in a sweep
+    every invalid job with the overrides that make it differ, so none is a silent gap. Other sweepers and
+    Hydra's informational flags (``--cfg``, ``--help``...) are left to Hydra.
+    """
+    from harness.config.store import compose, sweep_plan
+    from harness.errors import ConfigError
+    from harness.resolve import resolve_config
+
+    multirun = any(argument in ("-m", "--multirun") for argument in arguments)
+    overrides = [argument for argument in arguments if argument not in ("-m", "--multirun")]
+    if any(argument.startswith("-") for argument in overrides):
+        return
+    if not multirun:
+        _check_outputs(resolve_config(compose(overrides, config_name)).paths.path("outputs"))
+        return
+    plan = sweep_plan(overrides, config_name)
+    if plan is None:
+        return
+    invalid = []
+    outputs = set()
+    for number, job in enumerate(plan.jobs):
+        try:
+            outputs.add(resolve_config(compose(list(job), config_name)).paths.path("outputs"))
+        except ConfigError as error:
+            invalid.append(f"sweep job {number} ({plan.varying(number)}): {error}")
+    if len(invalid) == 1:
+        raise ConfigError(invalid[0])
+    if invalid:
+        raise ConfigError(
+            f"{len(invalid)} of {len(plan.jobs)} sweep jobs are invalid, nothing was run:\n  " + "\n  ".join(invalid)
+        )
+    for folder in sorted(outputs):
+        _check_outputs(folder)
+
+
+def _check_outputs(folder: Path) -> None:
+    """Create ``paths.outputs`` now, where a failure is one line: Hydra creates the run folder under it before
+    any harness code runs, and its failure there is a chain of tracebacks."""
+    from harness.errors import ConfigError, unwritable_reason
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"paths.outputs={folder}: cannot create the run folders there ({unwritable_reason(folder, error, folder=True)})"
+        ) from None
