@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, WorkerReport
-from harness.perf.stage import summarise
+from harness.perf.measurement import summarise
 from tests.conftest import run_config
 
 

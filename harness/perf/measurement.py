@@ -1,0 +1,205 @@
+"""One measurement's statistics, derived once from the workers' raw samples: throughput over the measured
+window, latency percentiles, the throughput's spread over time windows, and the validity checks (what makes a
+measurement invalid, and what a reader of a valid one should know)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from harness.config.schema import PerfConfig
+from harness.nvml import NvmlSampler, device_telemetry
+from harness.perf import stats
+from harness.perf.host import HostSampler, host_telemetry
+from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, StabilityWatch, WorkerReport
+from harness.result import LatencyBlock, LatencyStats, Measurement, TransferSplit, Validity
+
+# Above this share of the mean latency, the open loop's own lateness is called out in the warnings.
+DISPATCH_DELAY_SHARE = 0.01
+# A server that keeps up with its arrivals ends one latency after the last of them, a few percent of the run;
+# one that cannot ends when its queue, grown all run, has drained. Below this share of the offered rate
+# (measured on the schedule itself, so Poisson's spread does not count), it is the second.
+KEEP_UP_SHARE = 0.9
+# Completions are timed to a COMPLETION_BIN_S bin, so a time window's count is off by up to half a bin's worth
+# at each edge, a share bin / window of it: shorter windows than this are not known to within 5%, and the
+# throughput CV over them is not judged (null).
+MIN_WINDOW_S = 20 * COMPLETION_BIN_S
+
+
+def summarise(
+    perf: PerfConfig,
+    reports: list[WorkerReport],
+    *,
+    target_qps: float | None = None,
+    stability: StabilityWatch | None = None,
+    host: HostSampler | None = None,
+    device: NvmlSampler | None = None,
+) -> tuple[Measurement, dict[str, np.ndarray]]:
+    """Derive one ``Measurement`` from raw worker samples (the only place statistics are computed).
+
+    A sample row is a batch of ``perf.batch`` images in the closed loop, one request of one image in the open
+    loop (whose latency is counted from its scheduled arrival).
+    """
+    instances = [instance for report in reports for instance in report.instances]
+    e2e_us = np.concatenate([instance.samples[:, 0] for instance in instances])
+    model_us = np.concatenate([instance.samples[:, 1] for instance in instances])
+    start = min(instance.start for instance in instances)
+    end = max(instance.start + instance.last_completion_s for instance in instances)
+    forward_time_s = end - start
+    batches = sum(instance.calls for instance in instances)
+    images_per_row = perf.batch if perf.scenario == "closed" else 1
+    images = int(e2e_us.size) * images_per_row
+    completions = _completions_since(start, instances)
+    windows = stats.window_throughputs(
+        completions, bin_s=COMPLETION_BIN_S, start_s=start, end_s=end, windows=perf.windows, batch=images_per_row
+    )
+    latency = LatencyBlock(e2e=stats.latency_stats(e2e_us), model=stats.latency_stats(model_us))
+    delays_us = np.concatenate([instance.dispatch_delay_us for instance in instances])
+    transfer_us = np.concatenate([instance.transfer_us for instance in instances])
+    dispatch = stats.latency_stats(delays_us) if delays_us.size else None
+    window_cv = (
+        _window_cv(windows, instances, start=start, end=end) if end - start >= perf.windows * MIN_WINDOW_S else None
+    )
+    reasons = _shortfalls(
+        perf, stability=stability, forward_time_s=forward_time_s, batches=batches, requests=int(e2e_us.size),
+        target_qps=target_qps,
+    )  # fmt: skip
+    warnings = stats.insufficient_percentiles(latency.e2e)
+    if perf.search == "none":  # a peak search judges its probes by the bound itself
+        missed, unjudged = stats.latency_bound_notes(
+            perf.latency_bound_ms, latency.e2e.p99, unknown="the e2e p99 was withheld"
+        )
+        reasons += missed
+        warnings += unjudged
+    warnings += _cautions(perf, latency=latency, dispatch=dispatch, instances=instances, window_cv=window_cv)
+    cpu_s = sum(report.cpu_s for report in reports)
+    device_peaks = [report.peak_device_bytes for report in reports if report.peak_device_bytes is not None]
+    measurement = Measurement(
+        samples=images,
+        batches=batches,
+        forward_time_s=forward_time_s,
+        throughput_qps=images / forward_time_s,
+        latency_us=latency,
+        load_time_s=float(np.mean([instance.load_s for instance in instances])),
+        first_call_us=float(np.mean([instance.first_call_us for instance in instances])),
+        window_throughput_qps=tuple(float(value) for value in windows),
+        window_cv=window_cv,
+        cpu_utilization_pct=100.0 * cpu_s / (forward_time_s * (os.cpu_count() or 1)),
+        peak_host_memory_bytes=sum(report.peak_rss_bytes for report in reports),
+        peak_device_memory_bytes=sum(device_peaks) if device_peaks else None,
+        validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
+        host=None if host is None else host_telemetry(host.samples, start=start, end=end, interval_s=host.interval_s),
+        dispatch_delay_us=dispatch,
+        telemetry=None
+        if device is None
+        else device_telemetry(device.samples, start=start, end=end, throughput_qps=images / forward_time_s),
+        transfer_us=TransferSplit(
+            h2d=stats.latency_stats(transfer_us[:, 0]), d2h=stats.latency_stats(transfer_us[:, 1])
+        )
+        if transfer_us.size
+        else None,
+        device_queue=max(instance.device_queue for instance in instances),
+    )
+    raw = {"completions_per_ms": completions, "e2e_us": e2e_us, "model_us": model_us}
+    if dispatch is not None:
+        raw["dispatch_delay_us"] = delays_us
+    if transfer_us.size:
+        raw["h2d_us"], raw["d2h_us"] = transfer_us[:, 0], transfer_us[:, 1]
+    return measurement, raw
+
+
+def _shortfalls(
+    perf: PerfConfig,
+    *,
+    stability: StabilityWatch | None,
+    forward_time_s: float,
+    batches: int,
+    requests: int,
+    target_qps: float | None,
+) -> list[str]:
+    """Why a measurement falls short of the minimums it was asked for (each makes it invalid)."""
+    reasons = []
+    bound = f" (stopped at perf.max_duration_s={perf.max_duration_s})" if perf.max_duration_s is not None else ""
+    if stability is not None:
+        if not stability.stable:
+            watched = len(stability.window_throughput_qps)
+            reasons.append(
+                f"throughput not stable within perf.stability_pct={perf.stability_pct}% after {watched} windows{bound}"
+            )
+    elif forward_time_s < perf.min_duration_s:
+        reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}{bound}")
+    if perf.scenario == "closed" and stability is None and batches < perf.batches_floor:
+        reasons.append(f"{batches} batches < {perf.batches_floor} (perf.iterations, perf.min_samples){bound}")
+    scheduled = perf.open_loop_requests(target_qps) if perf.scenario != "closed" else 0
+    if requests < scheduled:
+        reasons.append(f"{requests} requests served < {scheduled} scheduled{bound}")
+    return reasons
+
+
+def _cautions(
+    perf: PerfConfig,
+    *,
+    latency: LatencyBlock,
+    dispatch: LatencyStats | None,
+    instances: list[InstanceSamples],
+    window_cv: float | None,
+) -> list[str]:
+    """What a reader of a valid measurement should know: the load generator's own lateness, a server that fell
+    behind its arrivals, a throughput that varied across windows."""
+    warnings = []
+    if dispatch is not None and dispatch.avg > DISPATCH_DELAY_SHARE * latency.e2e.avg:
+        warnings.append(
+            f"the load generator dispatched {dispatch.avg:.0f} us late on average (max {dispatch.max:.0f} us) after "
+            f"requests were due: {dispatch.avg / latency.e2e.avg:.1%} of the mean latency is its own lateness"
+        )
+    behind = _fell_behind(instances)
+    if behind:
+        warnings.append(behind)
+    if window_cv is not None and window_cv > perf.max_window_cv:
+        what = "served / offered" if perf.scenario == "server" else "throughput"
+        warnings.append(
+            f"{what} CV across {perf.windows} windows is {window_cv:.3f} > perf.max_window_cv={perf.max_window_cv}"
+        )
+    return warnings
+
+
+def _window_cv(windows: np.ndarray, instances: list[InstanceSamples], *, start: float, end: float) -> float | None:
+    """How much the throughput moved across the windows: its CV, or in the server scenario the CV of each
+    window's throughput over the rate its scheduled arrivals offered it. Poisson arrivals alone spread a
+    window's count by 1/sqrt(count) (0.13 for 400 requests in 8 windows), and a server that keeps up follows
+    them: that spread is the schedule's, not the server's. ``None`` when a window was offered nothing."""
+    arrivals = [instance.start + instance.arrivals_s for instance in instances if instance.arrivals_s.size]
+    if not arrivals:
+        return stats.coefficient_of_variation(windows)
+    edges = np.linspace(start, end, windows.size + 1)
+    offered = np.histogram(np.concatenate(arrivals), edges)[0] / np.diff(edges)
+    return stats.coefficient_of_variation(windows / offered) if offered.all() else None
+
+
+def _fell_behind(instances: list[InstanceSamples]) -> str | None:
+    """Server scenario: a warning when the instances served their requests clearly slower than they arrived."""
+    served = offered = 0.0
+    for instance in instances:
+        if instance.arrivals_s.size and instance.arrivals_s[-1] > 0 and instance.last_completion_s:
+            served += len(instance.samples) / instance.last_completion_s
+            offered += len(instance.samples) / instance.arrivals_s[-1]
+    if served >= KEEP_UP_SHARE * offered:
+        return None
+    return (
+        f"the server fell behind its arrivals: it served {served:.4g} img/s of the {offered:.4g} offered "
+        f"({100 * served / offered:.2g}%), so its queue grew all run and the latencies measure the run's length, "
+        "not the build: lower perf.target_qps, or find the highest rate it sustains with perf.search=peak"
+    )
+
+
+def _completions_since(start: float, instances: list[InstanceSamples]) -> np.ndarray:
+    """Every instance's completion counts on one grid of ``COMPLETION_BIN_S`` bins from ``start``."""
+    offsets = [round((instance.start - start) / COMPLETION_BIN_S) for instance in instances]
+    merged = np.zeros(
+        max(offset + instance.completions.size for offset, instance in zip(offsets, instances, strict=True)),
+        dtype=np.int64,
+    )
+    for offset, instance in zip(offsets, instances, strict=True):
+        merged[offset : offset + instance.completions.size] += instance.completions
+    return merged
