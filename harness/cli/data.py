@@ -48,9 +48,8 @@ def data(arguments: list[str]) -> int:
             metavar="KEY=VALUE",
             help="dataset.* / paths.* overrides, debug=... or +experiment=...",
         )
-    given, rest = split_arguments(
-        arguments
-    )  # overrides anywhere, also after an option (argparse takes them only before)
+    # Overrides anywhere, also after an option (argparse takes them only before).
+    given, rest = split_arguments(arguments)
     options = parser.parse_args(rest)
     overrides = [*given, *options.overrides]
     overrides.append(f"dataset.name={options.name if options.action == 'download' else 'synthetic'}")
