@@ -1,19 +1,16 @@
-"""The load generator: instances in threads, threads in worker processes, one clock for all.
+"""The load generator: instances in threads, one clock for all.
 
 Layout (vamp's): ``instances`` model copies are dealt round-robin to ``processes`` OS processes (spawned
-fresh, so nothing is shared but the artifact file); inside a process each instance has its own thread,
-and runtimes release the GIL while they compute. Every worker loads, makes one cold call, warms up, then
-reports ready; the parent releases all of them at once and waits, blocking on pipes and process
-sentinels, for their samples. A worker that raises sends its error back as data; one that dies is
-reported with its exit code and the last lines it wrote to stderr (a runtime's crash message, or the
-Python traceback ``faulthandler`` prints on a fatal signal); either fails the run instead of hanging it.
+fresh, so nothing is shared but the artifact file: ``harness.perf.workers``); inside a process each instance
+has its own thread, and runtimes release the GIL while they compute. Every instance loads, makes one cold
+call and warms up; the process then reports ready and, once released, measures.
 
 As in MLPerf LoadGen, the load generator never touches the model or the data: it receives a ready
 backend factory (the system under test) and ready input batches (the sample library).
 
 Instances run vamp's closed loop (``sync`` / ``async``), or an open-loop schedule (``server``, ``offline``:
-``harness.perf.openloop``). With a ``StabilityWatch`` the parent reads a shared per-instance image counter
-every window and stops the workers once the throughput is stable.
+``harness.perf.openloop``). Each adds the images it completed to a shared per-instance counter when the
+parent watches the throughput for stability.
 
 Per batch each instance keeps two float32 numbers (end-to-end and model latency in microseconds): 8 bytes
 per sample, in chunks. Completion times are counted in 1 ms bins (``CompletionHistogram``), which grows
@@ -24,27 +21,19 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import faulthandler
-import multiprocessing
-import multiprocessing.connection
 import os
 import resource
 import sys
-import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from harness.backends import BackendFactory, in_flight_limit
-from harness.errors import MeasurementInvalid
 from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_timer_slack, waiter
-from harness.processes import spawn_context
 
 CHUNK_SAMPLES = 65536
 COMPLETION_BIN_S = 0.001
@@ -93,9 +82,6 @@ class CompletionHistogram:
 
     def array(self) -> np.ndarray:
         return self.counts[: int(self.last_s / COMPLETION_BIN_S) + 1].copy()
-
-
-STDERR_TAIL_BYTES = 4000
 
 
 @dataclass(frozen=True)
@@ -414,166 +400,3 @@ def _device_peak_bytes() -> int | None:
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         return int(torch.cuda.max_memory_allocated())
     return None
-
-
-def _worker_main(
-    task: WorkerTask, connection: Any, go: Any, stderr_path: str, signals: StopSignals | None = None
-) -> None:
-    """Entry point of a worker process: results and errors both travel back over ``connection`` as data.
-
-    Its stderr goes to ``stderr_path`` (the parent shows it afterwards, and keeps its tail if the worker dies);
-    ``faulthandler`` adds the Python stack of a fatal signal (a segfault in a runtime) to it.
-    """
-    with open(stderr_path, "ab", buffering=0) as stderr_file:
-        os.dup2(stderr_file.fileno(), 2)
-    faulthandler.enable()
-    try:
-        report = run_instances(task, ready=lambda: connection.send(("ready", None)), go=go.wait, signals=signals)
-        connection.send(("done", report))
-    except BaseException as error:  # every failure crosses the process boundary as data
-        connection.send(("error", (type(error).__name__, str(error), traceback.format_exc())))
-    finally:
-        connection.close()
-
-
-@dataclass
-class StabilityWatch:
-    """perf_analyzer's rule: measure in windows of ``window_s`` until the throughput of the last 3 agrees
-    within ``pct`` percent of their mean, or ``max_windows`` have passed. Filled in by ``run_workers``."""
-
-    window_s: float
-    pct: float
-    max_windows: int
-    window_throughput_qps: list[float] = field(default_factory=list)
-    stable: bool = False
-
-    def settled(self) -> bool:
-        last = self.window_throughput_qps[-3:]
-        if len(last) < 3 or min(last) <= 0:
-            return False
-        mean = sum(last) / 3
-        return max(abs(value - mean) for value in last) <= self.pct / 100 * mean
-
-    def watch(self, signals: StopSignals) -> None:
-        """Until the stop: every ``window_s`` read the images completed, and stop once settled or out of windows."""
-        counted, clock = 0, time.perf_counter()
-        while not signals.stop.wait(self.window_s):
-            total, now = sum(signals.images), time.perf_counter()
-            self.window_throughput_qps.append((total - counted) / (now - clock))
-            counted, clock = total, now
-            self.stable = self.settled()
-            if self.stable or len(self.window_throughput_qps) >= self.max_windows:
-                signals.stop.set()
-
-
-def run_workers(
-    tasks: list[WorkerTask],
-    *,
-    start_timeout_s: float,
-    stability: StabilityWatch | None = None,
-    samplers: Sequence[Sampler] = (),
-) -> list[WorkerReport]:
-    """Run ``tasks`` in fresh processes, load them all, release them together, return their reports.
-
-    With ``stability`` the workers run until it says the throughput is stable (or is out of windows); the
-    ``samplers`` (host, device telemetry) sample from the release until the workers are done.
-    """
-    context = spawn_context()
-    go = context.Event()
-    signals = None
-    if stability is not None:
-        instances = sum(len(task.instances) for task in tasks)
-        signals = StopSignals(images=context.RawArray("q", instances), stop=context.Event())
-    workers = []
-    with tempfile.TemporaryDirectory(prefix="harness-perf-") as folder:
-        for task in tasks:
-            parent_end, child_end = context.Pipe(duplex=False)
-            stderr_path = Path(folder) / f"worker{task.worker}.stderr"
-            process = context.Process(
-                target=_worker_main,
-                args=(task, child_end, go, str(stderr_path), signals),
-                name=f"perf-worker-{task.worker}",
-            )
-            process.start()
-            child_end.close()
-            workers.append(_Worker(task, process, parent_end, stderr_path))
-        watcher = None
-        try:
-            _collect(workers, expect="ready", timeout_s=start_timeout_s)
-            if stability is not None and signals is not None:
-                watcher = threading.Thread(target=stability.watch, args=(signals,), name="stability", daemon=True)
-                watcher.start()
-            for sampler in samplers:
-                sampler.start([worker.process.pid for worker in workers])
-            go.set()
-            return _collect(workers, expect="done", timeout_s=None)
-        finally:
-            for sampler in samplers:
-                sampler.stop()
-            if signals is not None:
-                signals.stop.set()  # a run that ended otherwise (its bound, an error) ends the watch too
-                if watcher is not None:
-                    watcher.join()
-            for worker in workers:
-                if worker.process.is_alive():
-                    worker.process.terminate()
-                worker.process.join(timeout=10)
-                worker.connection.close()
-                _forward_stderr(worker.stderr_path)
-
-
-@dataclass(frozen=True)
-class _Worker:
-    task: WorkerTask
-    process: Any
-    connection: Any
-    stderr_path: Path
-
-
-def _forward_stderr(path: Path) -> None:
-    """Show what a worker wrote to stderr (warnings, a runtime's messages) on ours, after the fact."""
-    if path.exists() and path.stat().st_size:
-        sys.stderr.write(path.read_text(errors="replace"))
-        sys.stderr.flush()
-
-
-def stderr_tail(path: Path) -> str:
-    """The last ``STDERR_TAIL_BYTES`` a worker wrote to stderr, as text ('' when it wrote nothing)."""
-    if not path.exists():
-        return ""
-    with open(path, "rb") as handle:
-        handle.seek(max(0, path.stat().st_size - STDERR_TAIL_BYTES))
-        return handle.read().decode(errors="replace").strip()
-
-
-def _collect(workers: list[_Worker], *, expect: str, timeout_s: float | None) -> list[Any]:
-    """Block until every worker sent ``expect``; the first error or death fails the run with its cause."""
-    pending = {worker.connection: worker for worker in workers}
-    received: dict[int, Any] = {}
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while pending:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready = multiprocessing.connection.wait(
-            [*pending, *(worker.process.sentinel for worker in pending.values())], remaining
-        )
-        if not ready:
-            raise MeasurementInvalid(f"perf workers did not become ready within perf.start_timeout_s={timeout_s}")
-        for connection, worker in list(pending.items()):
-            if connection in ready or worker.process.sentinel in ready:
-                try:
-                    kind, payload = connection.recv()
-                except EOFError:
-                    worker.process.join(timeout=5)
-                    raise MeasurementInvalid(
-                        f"perf worker {worker.task.worker} (pid {worker.process.pid}) died with exit code "
-                        f"{worker.process.exitcode}",
-                        details=stderr_tail(worker.stderr_path) or None,
-                    ) from None
-                if kind == "error":
-                    error_type, message, formatted = payload
-                    raise MeasurementInvalid(
-                        f"perf worker {worker.task.worker} failed: {error_type}: {message}", details=formatted
-                    )
-                received[worker.task.worker] = payload
-                del pending[connection]
-    return [received[worker.task.worker] for worker in workers] if expect == "done" else []

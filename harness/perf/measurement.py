@@ -12,7 +12,8 @@ from harness.config.schema import PerfConfig
 from harness.nvml import NvmlSampler, device_telemetry
 from harness.perf import stats
 from harness.perf.host import HostSampler, host_telemetry
-from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, StabilityWatch, WorkerReport
+from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, WorkerReport
+from harness.perf.workers import StabilityWatch
 from harness.result import LatencyBlock, LatencyStats, Measurement, TransferSplit, Validity
 
 # Above this share of the mean latency, the open loop's own lateness is called out in the warnings.

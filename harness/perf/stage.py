@@ -32,14 +32,9 @@ from harness.perf.efficiency import (
     time_gemms,
 )
 from harness.perf.host import HostSampler
-from harness.perf.loadgen import (
-    LoadPlan,
-    Sampler,
-    StabilityWatch,
-    WorkerTask,
-    run_workers,
-)
+from harness.perf.loadgen import LoadPlan, Sampler, WorkerTask
 from harness.perf.measurement import summarise
+from harness.perf.workers import StabilityWatch, run_workers
 from harness.preprocess import batch_of
 from harness.result import (
     Efficiency,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
-from harness.perf.loadgen import StabilityWatch
+from harness.perf.workers import StabilityWatch
 from tests.perf.test_loadgen import measure, sleep_config
 
 
