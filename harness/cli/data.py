@@ -151,7 +151,8 @@ def vamp_parse(arguments: list[str]) -> int:
             parsed.append((path, perf_fields(parse_vamp(text, source=str(path)))))
         print(json.dumps([{"file": str(path), **report} for path, report in parsed], indent=2, ensure_ascii=False))
         if config is not None:
-            from harness.tracking import Store, log_vamp_file
+            from harness.tracking import log_vamp_file
+            from harness.tracking.store import Store
 
             store = Store(config.tracking, config.paths)
             for path, report in parsed:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # imported where used: `harness --help` stays fast
 
     from harness.config.schema import GateConfig, TrackingConfig
     from harness.gate import GateResult
-    from harness.tracking import Store
+    from harness.tracking.store import Store
 
 
 def gate(arguments: list[str]) -> int:
@@ -22,7 +22,7 @@ def gate(arguments: list[str]) -> int:
     from harness.config.schema import GateCommandConfig
     from harness.errors import HarnessError
     from harness.gate.sources import candidate_kind
-    from harness.tracking import Store
+    from harness.tracking.store import Store
 
     parser = _gate_parser()
     options = parser.parse_intermixed_args(arguments)
@@ -142,7 +142,7 @@ def _publish_verdict(
     from harness.gate import markdown
     from harness.gate.sources import tag_verdicts
     from harness.report import record_folder
-    from harness.tracking import existing_store
+    from harness.tracking.store import existing_store
 
     table = markdown(result)
     print(table, end="")

@@ -18,7 +18,8 @@ def report(arguments: list[str]) -> int:
     from harness.errors import DataError, HarnessError, counted, unwritable_reason
     from harness.report import SWEEP_FILE, read_sweep_record, record_folder
     from harness.report.render import folder_runs, write_report
-    from harness.tracking import Store, download_runs, existing_store
+    from harness.tracking import download_runs
+    from harness.tracking.store import Store, existing_store
 
     parser = argparse.ArgumentParser(
         prog="harness report",

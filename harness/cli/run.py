@@ -29,7 +29,8 @@ _session = _Session()
 def _track(config: Any, run_dir: Path, sweep_dir: Path | None) -> None:
     """Log a finished run folder; a tracker failure is a warning, never a lost or failed run."""
     from harness.errors import HarnessError
-    from harness.tracking import Store, log_run_dir, sync_command
+    from harness.tracking import log_run_dir
+    from harness.tracking.store import Store, sync_command
     from harness.tracking.sweep import ui_hint
 
     try:
@@ -158,7 +159,8 @@ def _stop_interrupted() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
     from harness.errors import HarnessError, counted
     from harness.report import markdown_table, sweep_rows, write_summary
-    from harness.tracking import Store, end_sweep, finish_sweep, sync_command
+    from harness.tracking import end_sweep, finish_sweep
+    from harness.tracking.store import Store, sync_command
 
     where = interrupted_where(_session.run_dir)
     sweep_dir = _session.sweep_dir

@@ -30,7 +30,8 @@ def sync(arguments: list[str]) -> int:
         sweep_rows,
         write_summary,
     )
-    from harness.tracking import Store, finish_sweep
+    from harness.tracking import finish_sweep
+    from harness.tracking.store import Store
 
     parser = argparse.ArgumentParser(
         prog="harness sync",
@@ -86,7 +87,7 @@ def ui(arguments: list[str]) -> int:
 
     from harness.config.schema import StoreCommandConfig
     from harness.errors import HarnessError
-    from harness.tracking import Store, resolve_store, runs_table_url
+    from harness.tracking.store import Store, resolve_store, runs_table_url
 
     parser = argparse.ArgumentParser(
         prog="harness ui",

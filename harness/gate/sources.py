@@ -23,8 +23,9 @@ from harness.fileio import write_json_atomic
 from harness.gate.evidence import Evidence, evidence_of
 from harness.report import SWEEP_FILE, folder_kind, job_dirs
 from harness.result import RESULT_FILE, RunResult, load_result
-from harness.tracking import TRACKING_FILE, Store, StoreClient
+from harness.tracking import TRACKING_FILE
 from harness.tracking.records import is_identity_param
+from harness.tracking.store import Store, StoreClient
 
 if TYPE_CHECKING:
     from harness.gate import GateResult, Pairing

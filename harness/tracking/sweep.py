@@ -22,15 +22,8 @@ from harness.config.store import expand_sweep, sweeper_settings
 from harness.errors import HarnessError, counted
 from harness.report import contention_warning, markdown_table, sweep_rows, write_summary
 from harness.report.render import sweep_runs, write_report
-from harness.tracking import (
-    Store,
-    end_sweep,
-    ensure_parent,
-    finish_sweep,
-    start_sweep,
-    store_overrides,
-    sync_command,
-)
+from harness.tracking import end_sweep, ensure_parent, finish_sweep, start_sweep
+from harness.tracking.store import Store, store_overrides, sync_command
 
 log = logging.getLogger(__name__)
 

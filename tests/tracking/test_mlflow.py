@@ -222,7 +222,7 @@ def test_a_server_that_refuses_or_never_answers_is_one_line_saying_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from harness.errors import TrackingError
-    from harness.tracking import Store
+    from harness.tracking.store import Store
     from tests.conftest import run_config
 
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
@@ -246,7 +246,8 @@ def test_a_server_that_refuses_or_never_answers_is_one_line_saying_so(
 def test_a_search_reads_every_page_and_a_downloaded_result_that_cannot_be_read_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harness.tracking import Store, download_runs
+    from harness.tracking import download_runs
+    from harness.tracking.store import Store
     from tests.conftest import run_config
 
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
@@ -272,7 +273,7 @@ def test_a_search_reads_every_page_and_a_downloaded_result_that_cannot_be_read_i
 def test_a_sqlite_store_named_by_uri_keeps_its_artifacts_beside_its_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harness.tracking import Store
+    from harness.tracking.store import Store
     from tests.conftest import run_config
 
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
@@ -294,7 +295,7 @@ INTERRUPTED_COMMIT = """
 import json, os, signal, sys
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from harness.tracking import Store
+from harness.tracking.store import Store
 from tests.conftest import run_config
 
 config = run_config(sys.argv[1] + "/cache", f"paths.outputs={sys.argv[1]}", "tracking.sqlite_retries=0")
