@@ -40,9 +40,9 @@ def refuse_unguarded_main() -> None:
 
     A spawned child imports the parent's main script again before it runs its target
     (https://docs.python.org/3/library/multiprocessing.html, "Safe importing of main module"), so it would start
-    the harness again, and Python stops it with an error on stderr. The parent then never hears from it: a perf
-    worker's parent blocked writing the worker's inputs into its pipe, and a decoder pool starts a new worker for
-    each one that dies, so either waited forever.
+    the harness again, and Python stops it with an error on stderr. A decoder pool then starts a new worker for
+    each one that dies, forever, and a perf worker dies with Python's advice in a traceback: here the run is
+    refused with the script's line instead.
     """
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)

@@ -10,6 +10,7 @@ workers once the throughput is stable.
 
 from __future__ import annotations
 
+import dataclasses
 import faulthandler
 import multiprocessing.connection
 import os
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.errors import MeasurementInvalid
 from harness.perf.loadgen import Sampler, StopSignals, WorkerReport, WorkerTask, run_instances
 from harness.processes import spawn_context
@@ -31,17 +34,24 @@ STDERR_TAIL_BYTES = 4000
 
 
 def _worker_main(
-    task: WorkerTask, connection: Any, go: Any, stderr_path: str, signals: StopSignals | None = None
+    task: WorkerTask,
+    inputs_file: str,
+    connection: Any,
+    go: Any,
+    stderr_path: str,
+    signals: StopSignals | None = None,
 ) -> None:
     """Entry point of a worker process: results and errors both travel back over ``connection`` as data.
 
-    Its stderr goes to ``stderr_path`` (the parent shows it afterwards, and keeps its tail if the worker dies);
+    ``task`` arrives without its input batch, which is read from ``inputs_file`` (see ``run_workers``). Its
+    stderr goes to ``stderr_path`` (the parent shows it afterwards, and keeps its tail if the worker dies);
     ``faulthandler`` adds the Python stack of a fatal signal (a segfault in a runtime) to it.
     """
     with open(stderr_path, "ab", buffering=0) as stderr_file:
         os.dup2(stderr_file.fileno(), 2)
     faulthandler.enable()
     try:
+        task = dataclasses.replace(task, inputs=np.load(inputs_file))
         report = run_instances(task, ready=lambda: connection.send(("ready", None)), go=go.wait, signals=signals)
         connection.send(("done", report))
     except BaseException as error:  # every failure crosses the process boundary as data
@@ -103,11 +113,20 @@ def run_workers(
         for task in tasks:
             parent_end, child_end = context.Pipe(duplex=False)
             stderr_path = Path(folder) / f"worker{task.worker}.stderr"
+            # The batch goes through a file, the rest of the task (1 kB) through the start pipe: Python writes a
+            # spawned child's arguments into that pipe before start() returns, and blocks while it is full (64 kB
+            # on Linux), so a child that died before reading them all (killed, out of memory, a script that
+            # starts the harness again) left the parent waiting there forever.
+            inputs_file = Path(folder) / f"worker{task.worker}.inputs.npy"
+            np.save(inputs_file, task.inputs)
             process = context.Process(
                 target=_worker_main,
-                args=(task, child_end, go, str(stderr_path), signals),
+                args=(
+                    dataclasses.replace(task, inputs=task.inputs[:0]), str(inputs_file), child_end, go,
+                    str(stderr_path), signals,
+                ),
                 name=f"perf-worker-{task.worker}",
-            )
+            )  # fmt: skip
             process.start()
             child_end.close()
             workers.append(_Worker(task, process, parent_end, stderr_path))

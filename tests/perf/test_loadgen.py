@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +199,43 @@ def test_a_crashing_worker_fails_the_run_with_its_exit_code(cache_dir: Path, tmp
     )
     with pytest.raises(MeasurementInvalid, match=r"perf worker \d \(pid \d+\) died with exit code 70"):
         measure(config, tmp_path)
+
+
+def test_a_worker_killed_as_it_starts_fails_the_run_instead_of_hanging_it(cache_dir: Path, tmp_path: Path) -> None:
+    # A batch of 64 images is 38 MB: sent through the worker's start pipe, the parent blocked writing it once the
+    # worker was gone (out of memory, killed), and waited there forever.
+    import threading
+
+    import psutil
+
+    config = sleep_config(cache_dir, "perf.batch=64", "perf.iterations=20")
+    outcome: list[BaseException | PerfResult] = []
+
+    def measure_into_outcome() -> None:
+        try:
+            outcome.append(measure(config, tmp_path))
+        except BaseException as error:  # the outcome under test
+            outcome.append(error)
+
+    def kill_the_first_worker() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for child in psutil.Process().children():
+                with contextlib.suppress(psutil.Error):
+                    if "spawn_main" in " ".join(child.cmdline()):
+                        child.kill()
+                        return
+            time.sleep(0.001)
+
+    killer = threading.Thread(target=kill_the_first_worker, daemon=True)
+    killer.start()
+    measuring = threading.Thread(target=measure_into_outcome, daemon=True)
+    measuring.start()
+    measuring.join(timeout=120)
+    assert not measuring.is_alive(), "the parent still waits on a worker that is gone"
+    (error,) = outcome
+    assert isinstance(error, MeasurementInvalid)
+    assert re.fullmatch(r"perf worker 0 \(pid \d+\) died with exit code -9", str(error)), error
 
 
 def test_a_dead_workers_last_words_are_kept_in_result_json(cache_dir: Path, tmp_path: Path) -> None:
