@@ -6,35 +6,27 @@ import functools
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.cli.arguments import config_or_exit, split_arguments
+
+if TYPE_CHECKING:  # imported where used: `harness --help` stays fast
+    import argparse
+
+    from harness.config.schema import TrackingConfig
+    from harness.tracking.store import Store
 
 
 def report(arguments: list[str]) -> int:
     """``harness report PATH... [--out DIR]``: plots and an index over run folders, sweep folders or MLflow."""
-    import argparse
-
     from harness.config.schema import StoreCommandConfig
     from harness.errors import DataError, HarnessError, counted, unwritable_reason
-    from harness.report import SWEEP_FILE, read_sweep_record, record_folder
+    from harness.report import record_folder
     from harness.report.render import folder_runs, write_report
     from harness.tracking import download_runs
-    from harness.tracking.store import Store, existing_store
+    from harness.tracking.store import Store
 
-    parser = argparse.ArgumentParser(
-        prog="harness report",
-        description="Plots (PNG) and an index.md / self-contained index.html over run folders, sweep folders, or "
-        "'mlflow' (every run of the configured experiment). A sweep's report is also attached to its parent run.",
-    )
-    parser.add_argument(
-        "items",
-        nargs="+",
-        metavar="PATH|mlflow|KEY=VALUE",
-        help="run or sweep folders, or 'mlflow'; tracking.* / paths.* overrides",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="report folder (default: reports/<name of the first folder>)"
-    )
+    parser = _report_parser()
     options = parser.parse_intermixed_args(arguments)
     overrides, sources = split_arguments(options.items)
     if not sources:
@@ -54,8 +46,7 @@ def report(arguments: list[str]) -> int:
         except OSError as error:
             why = unwritable_reason(folder, error, folder=True)
             raise DataError(f"{folder}: cannot write the report there ({why})") from None
-        if "mlflow" in sources:
-            assert store is not None
+        if store is not None:
             downloaded = download_runs(store, folder / "runs")
             runs += downloaded.runs
             found.unreadable.update(downloaded.unreadable)
@@ -68,16 +59,49 @@ def report(arguments: list[str]) -> int:
                 f"MLflow experiment {tracking.experiment!r}" if source == "mlflow" else source for source in sources
             ]
             raise DataError(f"nothing to report: no run in {', '.join(places)}")
-        report = write_report(runs, folder, title=f"report {name}", unreadable=found.unreadable)
+        written = write_report(runs, folder, title=f"report {name}", unreadable=found.unreadable)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(
-        f"report: {report.index_md} ({counted(len(report.plots), 'plot')}, {counted(len(runs), 'run')}; "
+        f"report: {written.index_md} ({counted(len(written.plots), 'plot')}, {counted(len(runs), 'run')}; "
         "index.html is self-contained)"
     )
-    sweeps = [Path(source) for source in sources if (Path(source) / SWEEP_FILE).exists()] if tracking.enabled else []
-    for sweep in sweeps:  # in the store the sweep was logged to, whatever store tracking.* names
+    if tracking.enabled:
+        _attach_to_sweeps(folder, [Path(source) for source in sources if source != "mlflow"], tracking, store)
+    for why in found.unreadable.values():
+        print(f"error: {why} (a row that says so in the report; the other runs are in it)", file=sys.stderr)
+    return 1 if found.unreadable else 0
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="harness report",
+        description="Plots (PNG) and an index.md / self-contained index.html over run folders, sweep folders, or "
+        "'mlflow' (every run of the configured experiment). A sweep's report is also attached to its parent run.",
+    )
+    parser.add_argument(
+        "items",
+        nargs="+",
+        metavar="PATH|mlflow|KEY=VALUE",
+        help="run or sweep folders, or 'mlflow'; tracking.* / paths.* overrides",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report folder (default: reports/<name of the first folder>)"
+    )
+    return parser
+
+
+def _attach_to_sweeps(folder: Path, sources: list[Path], tracking: TrackingConfig, store: Store | None) -> None:
+    """Attach the report in ``folder`` to the MLflow parent run of each sweep among ``sources``, in the store the
+    sweep was logged to (its ``sweep.json``), whatever store ``tracking.*`` names; a failure is a warning."""
+    from harness.errors import HarnessError
+    from harness.report import SWEEP_FILE, read_sweep_record
+    from harness.tracking.store import existing_store
+
+    for sweep in (source for source in sources if (source / SWEEP_FILE).exists()):
         try:
             record = read_sweep_record(sweep)
             uri, parent = str(record.get("uri") or ""), str(record.get("parent_run_id") or "")
@@ -88,6 +112,3 @@ def report(arguments: list[str]) -> int:
             print(f"attached to MLflow parent run {parent} in {uri} (artifacts/report)")
         except HarnessError as error:
             print(f"warning: report not attached to the parent run of sweep {sweep} ({error})", file=sys.stderr)
-    for why in found.unreadable.values():
-        print(f"error: {why} (a row that says so in the report; the other runs are in it)", file=sys.stderr)
-    return 1 if found.unreadable else 0
