@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from harness.errors import DataError, HarnessError, counted, unwritable_reason
 from harness.fileio import write_json_atomic
 from harness.gate.evidence import Evidence, evidence_of
-from harness.report import SWEEP_FILE, folder_kind, job_dirs
+from harness.report import SWEEP_FILE, folder_kind, job_dirs, record_folder
 from harness.result import RESULT_FILE, RunResult, load_result
 from harness.tracking import TRACKING_FILE
 from harness.tracking.records import is_identity_param
@@ -42,8 +42,8 @@ def is_run_id(text: str) -> bool:
 
 def candidate_kind(candidate: str) -> Literal["sweep", "run", "mlflow"]:
     """What a candidate names, judged without the tracking store, so that a mistyped path opens (or creates) none."""
-    path = Path(candidate)
-    if path.suffix == ".json":
+    path = record_folder(Path(candidate))
+    if path.suffix == ".json":  # a result file under another name
         if not path.is_file():
             raise DataError(f"{candidate}: no such result file")
         return "run"
@@ -57,7 +57,7 @@ def candidate_kind(candidate: str) -> Literal["sweep", "run", "mlflow"]:
 def candidate_evidence(candidate: str, store: Store | None) -> list[Evidence]:
     """The evidence of a run folder, each job of a sweep folder, or an MLflow run id, with the MLflow run each
     is (or was logged to)."""
-    path = Path(candidate)
+    path = record_folder(Path(candidate))
     kind = candidate_kind(candidate)
     if kind == "sweep":
         jobs = job_dirs(path)

@@ -71,6 +71,8 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     partly = harness(tmp_path, "gate", str(sweep), "--baseline", str(baseline_file), "tracking=off")
     assert partly.returncode == 4 and "| 0 | throughput_qps | " in partly.stdout, partly.stdout  # job 0 decided
     assert f"- 1: unusable: {sweep / '1' / 'result.json'}: cannot read result (" in partly.stdout
+    by_record = harness(tmp_path, "gate", str(sweep / "sweep.json"), "--baseline", str(baseline_file), "tracking=off")
+    assert (by_record.returncode, by_record.stdout) == (partly.returncode, partly.stdout)  # the sweep's own record
 
     few = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=3", "tracking=off"))
     inconclusive = harness(tmp_path, "gate", few, "--baseline", str(baseline_file), "tracking=off")
