@@ -45,11 +45,8 @@ def resolve_config(composed: dict[str, Any]) -> RunConfig:
         )
     _check_model(config)
     if "accuracy" in config.stages and config.dataset.name == "synthetic":
-        try:
-            dataset = config.dataset
-            check_synthetic_set(dataset.synthetic_images, dataset.synthetic_queries, dataset.synthetic_seed)
-        except ConfigError as error:
-            raise ConfigError(f"dataset.synthetic_{error}") from None
+        dataset = config.dataset
+        check_synthetic_set(dataset.synthetic_images, dataset.synthetic_queries, dataset.synthetic_seed)
     _check_calibration(config)
     preprocessing = _preprocessing(config)
     _check_input_shape(config, preprocessing, toolchain=entry.toolchain)

@@ -71,12 +71,13 @@ def dataset_location(dataset: DatasetConfig, paths: PathsConfig) -> tuple[Path, 
 def check_synthetic_set(images: int, queries: int, seed: int) -> None:
     """A ``ConfigError`` unless the shipped photos can make ``queries`` landmarks and ``images`` database images,
     and ``seed`` can seed numpy."""
-    check_seed("seed", seed)
+    # Named by their config keys, which `harness data synthetic --images/--queries/--seed` set too.
+    check_seed("dataset.synthetic_seed", seed)
     photos = len(photo_loaders())
     if not 1 <= queries < photos:
-        raise ConfigError(f"queries={queries}: expected 1 to {photos - 1} (photos shipped: {photos})")
+        raise ConfigError(f"dataset.synthetic_queries={queries}: expected 1 to {photos - 1} (photos shipped: {photos})")
     if images < 2 * queries:
-        raise ConfigError(f"images={images}: expected at least {2 * queries} for {queries} queries")
+        raise ConfigError(f"dataset.synthetic_images={images}: expected at least {2 * queries} for {queries} queries")
 
 
 def write_synthetic(root: Path, *, images: int = 60, queries: int = 5, seed: int = 0) -> GroundTruth:

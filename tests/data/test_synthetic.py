@@ -62,11 +62,12 @@ def test_views_of_a_landmark_are_retrievable_by_pixels(tmp_path: Path) -> None:
 
 
 def test_bad_sizes_and_seeds_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="queries=0"):
+    # Named by the config keys that set them (the `harness data synthetic` flags set the same keys).
+    with pytest.raises(ConfigError, match=r"^dataset\.synthetic_queries=0: expected 1 to "):
         write_synthetic(tmp_path, queries=0)
-    with pytest.raises(ConfigError, match="images=3: expected at least 10"):
+    with pytest.raises(ConfigError, match=r"^dataset\.synthetic_images=3: expected at least 10"):
         write_synthetic(tmp_path, images=3, queries=5)
-    with pytest.raises(ConfigError, match="seed=-1: expected a seed >= 0"):
+    with pytest.raises(ConfigError, match=r"^dataset\.synthetic_seed=-1: expected a seed >= 0"):
         write_synthetic(tmp_path, seed=-1)
     assert not list(tmp_path.iterdir())
 
