@@ -110,6 +110,7 @@ def run_workers(
         signals = StopSignals(images=context.RawArray("q", instances), stop=context.Event())
     workers = []
     with tempfile.TemporaryDirectory(prefix="harness-perf-") as folder:
+        inputs_files: dict[int, Path] = {}  # id of a batch -> its file: the workers of a run share one batch
         for task in tasks:
             parent_end, child_end = context.Pipe(duplex=False)
             stderr_path = Path(folder) / f"worker{task.worker}.stderr"
@@ -117,8 +118,10 @@ def run_workers(
             # spawned child's arguments into that pipe before start() returns, and blocks while it is full (64 kB
             # on Linux), so a child that died before reading them all (killed, out of memory, a script that
             # starts the harness again) left the parent waiting there forever.
-            inputs_file = Path(folder) / f"worker{task.worker}.inputs.npy"
-            np.save(inputs_file, task.inputs)
+            inputs_file = inputs_files.get(id(task.inputs))
+            if inputs_file is None:
+                inputs_file = inputs_files[id(task.inputs)] = Path(folder) / f"inputs{len(inputs_files)}.npy"
+                np.save(inputs_file, task.inputs)
             process = context.Process(
                 target=_worker_main,
                 args=(
