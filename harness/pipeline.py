@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,16 @@ from harness.result import (
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _Finished:
+    """What the stages that finished produced: a failed stage leaves the ones before it in the result."""
+
+    weights: WeightsInfo | None = None
+    build: BuildResult | None = None
+    perf: PerfResult | None = None
+    accuracy: AccuracyResult | None = None
+
+
 def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
     """Run the stages of ``config`` (a ``RunConfig``, or a composed mapping that is resolved first) in ``run_dir``.
 
@@ -56,49 +67,17 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
         config = resolve_config(config)
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
-    weights: WeightsInfo | None = None
-    build: BuildResult | None = None
-    perf: PerfResult | None = None
-    accuracy: AccuracyResult | None = None
+    finished = _Finished()
     error: BaseException | None = None
     try:
-        check_inputs(config)
-        spec = get_variant(config.model.variant)
-        log.info(
-            "stage=model variant=%s weights=%s input_size=%s", spec.name, config.model.weights, config.model.input_size
-        )
-        checkpoint, weights = resolve_weights(
-            spec, weights=config.model.weights, seed=config.model.seed, cache_dir=config.paths.path("cache"),
-            progress=config.progress,
-        )  # fmt: skip
-        fp32_build: BuildResult | None = None
-        compare_fp32 = "accuracy" in config.stages and config.accuracy.compare_fp32 and config.precision.name != "fp32"
-        toolchain = is_toolchain(config.backend)
-        if "build" in config.stages and config.backend.loads_artifact:
-            # Imported here: the build is the only stage that needs torch in this process (seconds to import).
-            from harness.export.build import run_build
-
-            with_fp32 = compare_fp32 and fp32_reference_backend(config.backend).loads_artifact
-            build, fp32_build = run_build(config, checkpoint=checkpoint, weights=weights, with_fp32=with_fp32)
-        elif "build" in config.stages:
-            log.info("stage=build nothing to build: backend=%s runs no built artifact", config.backend.name)
-        artifact_path = build.artifact_path if build else None
-        if "perf" in config.stages and toolchain:
-            perf = run_toolchain_perf(config, model_prefix=artifact_path, run_dir=run_dir)
-        elif "perf" in config.stages:
-            perf = run_perf(config, artifact_path=artifact_path, run_dir=run_dir)
-            write_text_atomic(run_dir / VAMP_FILE, vamp_report(perf))
-        if perf is not None:
-            problems = strict_problems(perf)
-            if config.perf.strict and problems:
-                raise MeasurementInvalid(f"perf.strict=true and the measurement falls short: {'; '.join(problems)}")
-        if "accuracy" in config.stages:
-            accuracy = run_accuracy(
-                config, artifact_path=artifact_path, run_dir=run_dir, weights_kind=weights.kind,
-                fp32_artifact_path=fp32_build.artifact_path if fp32_build and compare_fp32 else None,
-            )  # fmt: skip
+        _run_stages(config, run_dir, finished)
     except (Exception, KeyboardInterrupt) as caught:  # recorded in result.json below; all but harness errors re-raised
         error = caught
+        # The run's log file is its post-mortem: it says how the run ended, with the traceback of a bug.
+        if isinstance(caught, KeyboardInterrupt):
+            log.warning("run interrupted (SIGINT or SIGTERM)")
+        else:
+            log.error("run failed: %s", caught, exc_info=not isinstance(caught, HarnessError))
     result = RunResult(
         schema_version=SCHEMA_VERSION,
         status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed" if error else "ok",
@@ -110,16 +89,56 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
         stages=config.stages,
         config=config.portable(),
         environment=capture(config.paths.path("root")),
-        weights=weights,
-        build=build,
-        perf=perf,
-        accuracy=accuracy,
         error=_run_error(error),
+        weights=finished.weights,
+        build=finished.build,
+        perf=finished.perf,
+        accuracy=finished.accuracy,
     )
     write_result(result, run_dir)
     if error is not None and not isinstance(error, HarnessError):
         raise error
     return result
+
+
+def _run_stages(config: RunConfig, run_dir: Path, finished: _Finished) -> None:
+    """Inputs checked, weights, build, perf, accuracy: each stage's result into ``finished`` as it ends."""
+    check_inputs(config)
+    spec = get_variant(config.model.variant)
+    log.info(
+        "stage=model variant=%s weights=%s input_size=%s", spec.name, config.model.weights, config.model.input_size
+    )
+    checkpoint, finished.weights = resolve_weights(
+        spec, weights=config.model.weights, seed=config.model.seed, cache_dir=config.paths.path("cache"),
+        progress=config.progress,
+    )  # fmt: skip
+    fp32_build: BuildResult | None = None
+    compare_fp32 = "accuracy" in config.stages and config.accuracy.compare_fp32 and config.precision.name != "fp32"
+    if "build" in config.stages and config.backend.loads_artifact:
+        # Imported here: the build is the only stage that needs torch in this process (seconds to import).
+        from harness.export.build import run_build
+
+        with_fp32 = compare_fp32 and fp32_reference_backend(config.backend).loads_artifact
+        finished.build, fp32_build = run_build(
+            config, checkpoint=checkpoint, weights=finished.weights, with_fp32=with_fp32
+        )
+    elif "build" in config.stages:
+        log.info("stage=build nothing to build: backend=%s runs no built artifact", config.backend.name)
+    artifact_path = finished.build.artifact_path if finished.build else None
+    if "perf" in config.stages and is_toolchain(config.backend):
+        finished.perf = run_toolchain_perf(config, model_prefix=artifact_path, run_dir=run_dir)
+    elif "perf" in config.stages:
+        finished.perf = run_perf(config, artifact_path=artifact_path, run_dir=run_dir)
+        write_text_atomic(run_dir / VAMP_FILE, vamp_report(finished.perf))
+    if finished.perf is not None:
+        problems = strict_problems(finished.perf)
+        if config.perf.strict and problems:
+            raise MeasurementInvalid(f"perf.strict=true and the measurement falls short: {'; '.join(problems)}")
+    if "accuracy" in config.stages:
+        finished.accuracy = run_accuracy(
+            config, artifact_path=artifact_path, run_dir=run_dir, weights_kind=finished.weights.kind,
+            fp32_artifact_path=fp32_build.artifact_path if fp32_build and compare_fp32 else None,
+        )  # fmt: skip
 
 
 def check_inputs(config: RunConfig) -> None:

@@ -171,6 +171,9 @@ def test_sweep_with_a_failing_job_goes_on_and_fails_at_the_end(tmp_path: Path) -
     results = sorted((tmp_path / "outputs" / "run" / "multirun").rglob("result.json"))
     assert [load_result(path).status for path in results] == ["ok", "failed"]
     assert "1 job did not succeed" in done.stderr and "(failed)" in done.stderr
+    # Each job's log says how it ended, as its result.json does: the failure is not only on the console.
+    assert "run failed: model.weights=/missing.pth: no such file" in (results[1].parent / "run.log").read_text()
+    assert "run failed" not in (results[0].parent / "run.log").read_text()
 
 
 @pytest.mark.parametrize("sweep", [[], ["-m", "perf.batch=1,2"]])

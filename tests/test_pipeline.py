@@ -53,6 +53,21 @@ def test_inputs_that_can_be_checked_fail_the_run_before_the_first_stage(
     assert load_result(tmp_path / "run").error == result.error
 
 
+def test_a_bug_in_a_stage_is_recorded_logged_with_its_traceback_and_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_stage(*_: object, **__: object) -> None:
+        raise ZeroDivisionError("a bug in the perf stage")
+
+    monkeypatch.setattr("harness.pipeline.run_perf", broken_stage)
+    with pytest.raises(ZeroDivisionError):
+        run(tiny(tmp_path, "backend=sleep", "stages=[perf]"), run_dir=tmp_path / "run")
+    recorded = load_result(tmp_path / "run")
+    assert recorded.status == "failed" and recorded.error is not None and recorded.error.type == "ZeroDivisionError"
+    (logged,) = [record for record in caplog.records if record.getMessage().startswith("run failed")]
+    assert logged.levelname == "ERROR" and logged.exc_info is not None  # the traceback is in the run's log file
+
+
 def test_strict_perf_fails_a_measurement_that_falls_short_and_keeps_it(tmp_path: Path) -> None:
     loose = run(tiny(tmp_path, "backend=sleep", "stages=[perf]"), run_dir=tmp_path / "loose")
     assert loose.status == "ok" and loose.perf is not None and loose.perf.validity.warnings  # 16 batches: no p90

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from harness.backends import BackendFactory, Toolchain
+from harness.backends import Backend, Toolchain
 from harness.config.schema import VdspParams
 from harness.errors import DataError
 from harness.fileio import progress_bar
@@ -108,7 +108,7 @@ def extract_on_toolchain(
 def extract(
     jobs: Sequence[ImageJob],
     *,
-    factory: BackendFactory,
+    backend: Backend,
     input_dtype: str,
     batch: int,
     workers: int,
@@ -116,12 +116,12 @@ def extract(
     on_bad_image: str,
     progress: bool = True,
 ) -> tuple[np.ndarray, list[str]]:
-    """Run every image through the backend; returns the memory-mapped features and the skipped files.
+    """Run every image through ``backend`` (open; the caller closes it, so one instance serves the query and
+    the database lists); returns the memory-mapped features and the skipped files.
 
     Raises:
         DataError: a corrupt or missing image with ``on_bad_image=fail`` (the message names the file).
     """
-    backend = factory()
     features: np.memmap | None = None
     skipped: list[str] = []
     pending: list[tuple[int, np.ndarray]] = []
@@ -139,15 +139,12 @@ def extract(
         features[[index for index, _ in pending]] = outputs
         pending.clear()
 
-    try:
-        for index, tensor in _readable(jobs, workers, on_bad_image, skipped, desc=output.stem, progress=progress):
-            pending.append((index, tensor))
-            if len(pending) == batch:
-                flush()
-        if pending:
+    for index, tensor in _readable(jobs, workers, on_bad_image, skipped, desc=output.stem, progress=progress):
+        pending.append((index, tensor))
+        if len(pending) == batch:
             flush()
-    finally:
-        backend.close()
+    if pending:
+        flush()
     if features is None:
         raise DataError(f"no readable image among {len(jobs)} (first: {jobs[0].path if jobs else 'none'})")
     features.flush()

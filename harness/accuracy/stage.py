@@ -9,6 +9,7 @@ backbone are put beside the measured ones.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -195,30 +196,36 @@ def _extract_all(
         "progress": config.progress,
     }
     extract_one: Callable[..., tuple[np.ndarray, list[str]]]
-    if is_toolchain(config.backend) and precision == config.precision.name:
-        if artifact_path is None:
-            raise ConfigError(f"backend={config.backend.name}: the accuracy stage runs the compiled model: add build")
-        extract_one = functools.partial(
-            extract_on_toolchain, toolchain=open_toolchain(config.backend), prefix=Path(artifact_path),
-            vdsp_params=vdsp_params_file(config.vdsp, config.vdsp_params, folder), batch=config.perf.batch, **common,
-        )  # fmt: skip
-        query_jobs, database_jobs = (
-            [dataclasses.replace(job, device_input=True) for job in jobs] for jobs in (query_jobs, database_jobs)
-        )
-    else:
-        backend = config.backend if precision == config.precision.name else fp32_reference_backend(config.backend)
-        target = LoadTarget(
-            artifact_path=artifact_path, model=config.model, precision=precision,
-            cache_dir=str(config.paths.path("cache")),
-        )  # fmt: skip
-        opened = open_backend(backend, target, shape=(3, *config.vdsp_params.output_size), batch=1)
-        # An artifact compiled for one batch (an AOTInductor package) describes at most that many images a call.
-        batch = min(config.accuracy.batch, opened.max_batch or config.accuracy.batch)
-        extract_one = functools.partial(
-            extract, factory=opened.factory, input_dtype=opened.input_dtype, batch=batch, **common
-        )
-    query, skipped_queries = extract_one(query_jobs, output=folder / "features_query.npy")
-    database, skipped_images = extract_one(database_jobs, output=folder / "features_database.npy")
+    with contextlib.ExitStack() as stack:
+        if is_toolchain(config.backend) and precision == config.precision.name:
+            if artifact_path is None:
+                raise ConfigError(
+                    f"backend={config.backend.name}: the accuracy stage runs the compiled model: add build"
+                )
+            extract_one = functools.partial(
+                extract_on_toolchain, toolchain=open_toolchain(config.backend), prefix=Path(artifact_path),
+                vdsp_params=vdsp_params_file(config.vdsp, config.vdsp_params, folder), batch=config.perf.batch,
+                **common,
+            )  # fmt: skip
+            query_jobs, database_jobs = (
+                [dataclasses.replace(job, device_input=True) for job in jobs] for jobs in (query_jobs, database_jobs)
+            )
+        else:
+            backend = config.backend if precision == config.precision.name else fp32_reference_backend(config.backend)
+            target = LoadTarget(
+                artifact_path=artifact_path, model=config.model, precision=precision,
+                cache_dir=str(config.paths.path("cache")),
+            )  # fmt: skip
+            opened = open_backend(backend, target, shape=(3, *config.vdsp_params.output_size), batch=1)
+            # An artifact compiled for one batch (an AOTInductor package) describes at most that many images a call.
+            batch = min(config.accuracy.batch, opened.max_batch or config.accuracy.batch)
+            # One instance for both lists: a model loads (and torch.compile compiles) once per precision.
+            instance = stack.enter_context(contextlib.closing(opened.factory()))
+            extract_one = functools.partial(
+                extract, backend=instance, input_dtype=opened.input_dtype, batch=batch, **common
+            )
+        query, skipped_queries = extract_one(query_jobs, output=folder / "features_query.npy")
+        database, skipped_images = extract_one(database_jobs, output=folder / "features_database.npy")
     return query, database, skipped_queries, skipped_images
 
 

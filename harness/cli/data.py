@@ -5,49 +5,25 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.cli.arguments import config_or_exit, split_arguments
+
+if TYPE_CHECKING:  # imported where used: `harness --help` stays fast
+    import argparse
 
 SYNTHETIC_FLAGS = {"images": "synthetic_images", "queries": "synthetic_queries", "seed": "synthetic_seed"}
 
 
 def data(arguments: list[str]) -> int:
     """``harness data download NAME`` / ``harness data synthetic``, with ``dataset.*`` and ``paths.*`` overrides."""
-    import argparse
-
     from harness.config.schema import DataCommandConfig
     from harness.config.store import OVERLAY_GROUPS
     from harness.data.datasets import DATASETS, download_dataset
     from harness.data.synthetic import dataset_location, write_synthetic
     from harness.errors import HarnessError, counted
 
-    parser = argparse.ArgumentParser(
-        prog="harness data",
-        description="Retrieval datasets in the revisitop layout, where runs look for them: dataset.root, else "
-        "paths.data (both settable as KEY=VALUE overrides, as for harness run).",
-    )
-    actions = parser.add_subparsers(dest="action", required=True)
-    download = actions.add_parser("download", help="fetch a Revisited Oxford/Paris dataset (resumable, verified)")
-    download.add_argument("name", choices=sorted(DATASETS))
-    synthetic = actions.add_parser(
-        "synthetic",
-        help="write the synthetic dataset made from shipped photos",
-        description="Write the synthetic set a run with dataset=synthetic uses: its size and seed are "
-        "dataset.synthetic_images / synthetic_queries / synthetic_seed (60, 5, 0 unless overridden, e.g. by "
-        "debug=tiny: 16, 2, 0).",
-    )
-    for flag, key in SYNTHETIC_FLAGS.items():
-        synthetic.add_argument(f"--{flag}", type=int, default=None, help=f"dataset.{key}")
-    for action in (download, synthetic):
-        action.add_argument(
-            "--root", type=Path, default=None, help="dataset root (default: dataset.root, else paths.data)"
-        )
-        action.add_argument(
-            "overrides",
-            nargs="*",
-            metavar="KEY=VALUE",
-            help="dataset.* / paths.* overrides, debug=... or +experiment=...",
-        )
+    parser = _data_parser(sorted(DATASETS))
     # Overrides anywhere, also after an option (argparse takes them only before).
     given, rest = split_arguments(arguments)
     options = parser.parse_args(rest)
@@ -76,6 +52,39 @@ def data(arguments: list[str]) -> int:
     images, queries = counted(len(truth.imlist), "database image"), counted(len(truth.qimlist), "query", "queries")
     print(f"{root / name}: {images}, {queries}")
     return 0
+
+
+def _data_parser(dataset_names: list[str]) -> argparse.ArgumentParser:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="harness data",
+        description="Retrieval datasets in the revisitop layout, where runs look for them: dataset.root, else "
+        "paths.data (both settable as KEY=VALUE overrides, as for harness run).",
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    download = actions.add_parser("download", help="fetch a Revisited Oxford/Paris dataset (resumable, verified)")
+    download.add_argument("name", choices=dataset_names)
+    synthetic = actions.add_parser(
+        "synthetic",
+        help="write the synthetic dataset made from shipped photos",
+        description="Write the synthetic set a run with dataset=synthetic uses: its size and seed are "
+        "dataset.synthetic_images / synthetic_queries / synthetic_seed (60, 5, 0 unless overridden, e.g. by "
+        "debug=tiny: 16, 2, 0).",
+    )
+    for flag, key in SYNTHETIC_FLAGS.items():
+        synthetic.add_argument(f"--{flag}", type=int, default=None, help=f"dataset.{key}")
+    for action in (download, synthetic):
+        action.add_argument(
+            "--root", type=Path, default=None, help="dataset root (default: dataset.root, else paths.data)"
+        )
+        action.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="KEY=VALUE",
+            help="dataset.* / paths.* overrides, debug=... or +experiment=...",
+        )
+    return parser
 
 
 def eval_features(arguments: list[str]) -> int:

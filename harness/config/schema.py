@@ -251,6 +251,11 @@ class PerfConfig:
         return max(self.batches_floor, least, math.ceil(target_qps * self.min_duration_s))
 
     def __post_init__(self) -> None:
+        self._check_amounts()
+        self._check_scenario()
+        self._check_watch_and_search()
+
+    def _check_amounts(self) -> None:
         for name in ("instances", "processes", "batch", "queue_depth", "repeats", "windows", "min_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"perf.{name}={getattr(self, name)!r}: expected a positive int")
@@ -273,6 +278,8 @@ class PerfConfig:
                 f"perf.windows={self.windows}, perf.max_window_cv={self.max_window_cv}: expected >= 2 windows (one "
                 "window has no variation to measure) and a CV >= 0"
             )
+
+    def _check_scenario(self) -> None:
         if self.scenario == "server" and (self.target_qps is None or self.target_qps <= 0):
             needs = "perf.search=peak needs a rate > 0 to start from" if self.search == "peak" else (
                 "perf.scenario=server needs an arrival rate > 0"
@@ -292,6 +299,10 @@ class PerfConfig:
                 f"{setting}={getattr(self, setting.split('.')[1])}: a setting of the server scenario's arrivals and "
                 f"batching; perf.scenario={self.scenario} has neither (set perf.scenario=server, or leave it unset)"
             )
+        if self.latency_bound_ms is not None and self.latency_bound_ms <= 0:
+            raise ConfigError(f"perf.latency_bound_ms={self.latency_bound_ms}: expected a p99 bound > 0 (or null)")
+
+    def _check_watch_and_search(self) -> None:
         if self.stability:
             if self.scenario != "closed":
                 raise ConfigError(f"perf.stability=true: watches the closed loop, got perf.scenario={self.scenario}")
@@ -300,8 +311,6 @@ class PerfConfig:
                     f"perf.stability_window_s={self.stability_window_s}, perf.stability_pct={self.stability_pct}, "
                     f"perf.max_windows={self.max_windows}: expected a window > 0, a percentage > 0, >= 3 windows"
                 )
-        if self.latency_bound_ms is not None and self.latency_bound_ms <= 0:
-            raise ConfigError(f"perf.latency_bound_ms={self.latency_bound_ms}: expected a p99 bound > 0 (or null)")
         if self.search == "peak":
             if self.repeats != 1:
                 raise ConfigError(f"perf.repeats={self.repeats}: perf.search=peak measures each probe once (use 1)")

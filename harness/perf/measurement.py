@@ -68,11 +68,9 @@ def summarise(
     )  # fmt: skip
     warnings = stats.insufficient_percentiles(latency.e2e)
     if perf.search == "none":  # a peak search judges its probes by the bound itself
-        missed, unjudged = stats.latency_bound_notes(
-            perf.latency_bound_ms, latency.e2e.p99, unknown="the e2e p99 was withheld"
-        )
-        reasons += missed
-        warnings += unjudged
+        bound = perf.latency_bound_ms
+        missed, unjudged = stats.latency_bound_notes(bound, latency.e2e.p99, unknown="the e2e p99 was withheld")
+        reasons, warnings = reasons + missed, warnings + unjudged
     warnings += _cautions(perf, latency=latency, dispatch=dispatch, instances=instances, window_cv=window_cv)
     cpu_s = sum(report.cpu_s for report in reports)
     device_peaks = [report.peak_device_bytes for report in reports if report.peak_device_bytes is not None]
@@ -95,11 +93,7 @@ def summarise(
         telemetry=None
         if device is None
         else device_telemetry(device.samples, start=start, end=end, throughput_qps=images / forward_time_s),
-        transfer_us=TransferSplit(
-            h2d=stats.latency_stats(transfer_us[:, 0]), d2h=stats.latency_stats(transfer_us[:, 1])
-        )
-        if transfer_us.size
-        else None,
+        transfer_us=_transfer_split(transfer_us),
         device_queue=max(instance.device_queue for instance in instances),
     )
     raw = {"completions_per_ms": completions, "e2e_us": e2e_us, "model_us": model_us}
@@ -108,6 +102,13 @@ def summarise(
     if transfer_us.size:
         raw["h2d_us"], raw["d2h_us"] = transfer_us[:, 0], transfer_us[:, 1]
     return measurement, raw
+
+
+def _transfer_split(transfer_us: np.ndarray) -> TransferSplit | None:
+    """Host -> device and device -> host copy times from [calls, 2] samples; ``None`` when none were timed."""
+    if not transfer_us.size:
+        return None
+    return TransferSplit(h2d=stats.latency_stats(transfer_us[:, 0]), d2h=stats.latency_stats(transfer_us[:, 1]))
 
 
 def _shortfalls(

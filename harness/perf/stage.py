@@ -102,24 +102,17 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
     shape = config.input_shape
     opened = open_backend(config.backend, target, shape=shape, batch=config.perf.batch)
     batch_shape = (config.perf.batch, *shape)
-    measurements: list[Measurement] = []
     raw: dict[str, np.ndarray] = {}
     device = str(opened.resolved.get("device", "cpu"))
     claims = config.paths.path("outputs") / CLAIMS_FOLDER
-    probes: list[Probe] = []
+    probes: list[Probe] = []  # a peak search's
     stabilities: dict[str, Stability] = {}
     with claimed_window(claims, run_dir=run_dir, device=device) as contention:
         if config.perf.search == "peak":
             median, probes = _search_peak(config, opened, batch_shape, raw)
             measurements = [median]
         else:
-            for repeat in range(config.perf.repeats):
-                measurements.append(
-                    _measure_once(
-                        config, opened, batch_shape, f"repeat{repeat}", raw, seed=repeat,
-                        target_qps=config.perf.target_qps, stabilities=stabilities,
-                    )
-                )  # fmt: skip
+            measurements = _measure_repeats(config, opened, batch_shape, raw, stabilities)
             ordered = sorted(measurements, key=lambda measurement: measurement.throughput_qps)
             median = ordered[(len(ordered) - 1) // 2]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +157,23 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         stability=stabilities.get(f"repeat{measurements.index(median)}"),
         queue_depth=config.perf.queue_depth if config.perf.scenario == "closed" and config.perf.mode == "async" else 1,
     )
+
+
+def _measure_repeats(
+    config: RunConfig,
+    opened: OpenedBackend,
+    batch_shape: tuple[int, ...],
+    raw: dict[str, np.ndarray],
+    stabilities: dict[str, Stability],
+) -> list[Measurement]:
+    """``perf.repeats`` measurements of the configured load, each with inputs drawn from its own seed."""
+    return [
+        _measure_once(
+            config, opened, batch_shape, f"repeat{repeat}", raw, seed=repeat,
+            target_qps=config.perf.target_qps, stabilities=stabilities,
+        )
+        for repeat in range(config.perf.repeats)
+    ]  # fmt: skip
 
 
 def _run_cautions(

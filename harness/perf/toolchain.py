@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from harness.backends import ProfileLoad, open_toolchain
+from harness.backends import ProfileLoad, Toolchain, open_toolchain
 from harness.config.schema import PerfConfig, RunConfig
 from harness.errors import ConfigError, DataError, ToolError
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
@@ -94,6 +94,30 @@ def measurement_from_report(report: VampReport, run: ToolRun, perf: PerfConfig) 
     )
 
 
+def _profile_once(
+    toolchain: Toolchain,
+    prefix: Path,
+    load: ProfileLoad,
+    perf: PerfConfig,
+    *,
+    vdsp_params: Path,
+    run_dir: Path,
+    repeat: int,
+) -> tuple[Measurement, VampReport, Path]:
+    """Repeat ``repeat``'s vamp call on the compiled model at ``prefix``: its measurement, its parsed report and
+    its output file (in ``run_dir``)."""
+    output = run_dir / VAMP_REPEAT_FILE.format(repeat)
+    log.info("stage=perf repeat%d vamp instances=%d batch=%d", repeat, perf.instances, perf.batch)
+    run = toolchain.profile(prefix, load, vdsp_params=vdsp_params, output=output)
+    try:
+        report = parse_vamp(run.output, source=f"vamp output {output}")
+    except DataError as error:
+        raise ToolError(f"{error}; its last lines:\n{run.tail()}") from None
+    measurement = measurement_from_report(report, run, perf)
+    log.info("perf repeat%d throughput_qps=%.2f", repeat, measurement.throughput_qps)
+    return measurement, report, output
+
+
 def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: Path) -> PerfResult:
     """``perf.repeats`` vamp calls on the compiled model; the median repeat is the headline."""
     if model_prefix is None:
@@ -107,20 +131,13 @@ def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: 
     )  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     vdsp = vdsp_params_file(config.vdsp, config.vdsp_params, run_dir)
-    measured: list[tuple[Measurement, VampReport, Path]] = []
     with claimed_window(
         config.paths.path("outputs") / CLAIMS_FOLDER, run_dir=run_dir, device=toolchain.device
     ) as claim:
-        for repeat in range(perf.repeats):
-            output = run_dir / VAMP_REPEAT_FILE.format(repeat)
-            log.info("stage=perf repeat%d vamp instances=%d batch=%d", repeat, perf.instances, perf.batch)
-            run = toolchain.profile(Path(model_prefix), load, vdsp_params=vdsp, output=output)
-            try:
-                report = parse_vamp(run.output, source=f"vamp output {output}")
-            except DataError as error:
-                raise ToolError(f"{error}; its last lines:\n{run.tail()}") from None
-            measured.append((measurement_from_report(report, run, perf), report, output))
-            log.info("perf repeat%d throughput_qps=%.2f", repeat, measured[-1][0].throughput_qps)
+        measured = [
+            _profile_once(toolchain, Path(model_prefix), load, perf, vdsp_params=vdsp, run_dir=run_dir, repeat=repeat)
+            for repeat in range(perf.repeats)
+        ]
     ordered = sorted(measured, key=lambda item: item[0].throughput_qps)
     median, report, output = ordered[(len(ordered) - 1) // 2]
     shutil.copyfile(output, run_dir / VAMP_FILE)

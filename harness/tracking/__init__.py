@@ -291,6 +291,8 @@ def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: RunResult) 
             store.call(partial(store.client.log_artifact, run_id, str(run_dir / name)))
     for path in sorted(run_dir.glob(VAMP_REPEAT_FILE.format("*"))):  # a vendor profiler's every report, verbatim
         store.call(partial(store.client.log_artifact, run_id, str(path), artifact_path="vamp"))
+    for path in sorted(run_dir.glob("*.log")):  # Hydra's job log: how the run went, and why a failed one failed
+        store.call(partial(store.client.log_artifact, run_id, str(path)))
     if (run_dir / ".hydra").is_dir():
         store.call(lambda: store.client.log_artifacts(run_id, str(run_dir / ".hydra"), artifact_path="hydra"))
     if result.build:

@@ -244,3 +244,18 @@ def _read_or_empty(descriptor: int) -> bytes:
         return os.read(descriptor, 1 << 16)
     except OSError:  # the terminal's other end closed: everything written has been read
         return b""
+
+
+def test_each_precision_loads_its_model_once_for_queries_and_database(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A model built from the config (and torch.compile's compile of it) is paid once per precision, not once
+    # per image list: with ViT-g and compile that is minutes.
+    caplog.set_level("INFO", logger="harness.models.weights")
+    result = tiny_run(tmp_path, "stages=[accuracy]", "backend=torch", "precision=bf16", "accuracy.compare_fp32=true")
+    assert result.status == "ok", result.error
+    assert result.accuracy is not None and result.accuracy.fp32 is not None
+    loads = [record.getMessage() for record in caplog.records if record.getMessage().startswith("model ready")]
+    assert len(loads) == 2, loads  # bf16, then its fp32 reference
+    for name in ("features_query.npy", "features_database.npy"):
+        assert np.load(tmp_path / "run" / name).any(axis=1).all()

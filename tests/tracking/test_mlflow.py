@@ -64,7 +64,7 @@ def check_sweep(uri: str, sweep_dir: Path, expected_jobs: int) -> None:
     assert {item.path for item in client.list_artifacts(parent.info.run_id)} == {"summary.csv", "summary.md", "report"}
     assert "report/index.html" in {item.path for item in client.list_artifacts(parent.info.run_id, "report")}
     child_artifacts = {item.path for item in client.list_artifacts(children[0].info.run_id)}
-    assert {"result.json", "build.json", "perf_vamp.txt", "hydra"} <= child_artifacts
+    assert {"result.json", "build.json", "perf_vamp.txt", "hydra", "run.log"} <= child_artifacts
     assert parent.info.status in ("RUNNING", "FINISHED")
 
 
@@ -102,6 +102,16 @@ def test_single_run_to_embedded_sqlite(tmp_path: Path) -> None:
     assert (tmp_path / "outputs" / "mlartifacts").is_dir()
     # The UI command it prints opens this store from any folder (a bare `harness ui` opens that folder's own).
     assert f"open the MLflow UI with `harness ui tracking.uri={uri} tracking.experiment=dinov2-deploy`" in done.stdout
+
+
+def test_a_failed_run_is_tracked_as_failed_with_its_log_saying_why(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "debug=tiny", "model.weights=/missing.pth")
+    assert done.returncode == 1
+    (run,) = runs_of(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    assert run.info.status == "FAILED"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    log_file = Path(client.download_artifacts(run.info.run_id, "run.log", str(tmp_path)))
+    assert "run failed: model.weights=/missing.pth: no such file" in log_file.read_text()
 
 
 def test_tracking_off_writes_only_the_result_and_the_printed_path_can_be_reported_and_synced(tmp_path: Path) -> None:
