@@ -38,7 +38,7 @@ def report(arguments: list[str]) -> int:
         found = folder_runs([Path(source) for source in sources if source != "mlflow"])  # a typo opens no store
         runs = list(found.runs)
         store = Store(tracking, paths) if "mlflow" in sources else None
-        name = "mlflow-" + tracking.experiment if sources[0] == "mlflow" else Path(sources[0]).resolve().name
+        name = _report_name(sources, tracking.experiment)
         folder = options.out or Path("reports") / name
         created = not folder.exists()
         try:  # before any download: a folder that cannot be made fails in one line, not after the work
@@ -74,6 +74,13 @@ def report(arguments: list[str]) -> int:
     return 1 if found.unreadable else 0
 
 
+def _report_name(sources: list[str], experiment: str) -> str:
+    """The report's title and default folder name: every source's (a report over several is not the first's,
+    nor written over the first's own report), the first three and a count of the rest."""
+    names = ["mlflow-" + experiment if source == "mlflow" else Path(source).resolve().name for source in sources]
+    return "+".join(names) if len(names) <= 3 else "+".join(names[:3]) + f"+{len(names) - 3}-more"
+
+
 def _report_parser() -> argparse.ArgumentParser:
     import argparse
 
@@ -89,7 +96,7 @@ def _report_parser() -> argparse.ArgumentParser:
         help="run or sweep folders, or 'mlflow'; tracking.* / paths.* overrides",
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="report folder (default: reports/<name of the first folder>)"
+        "--out", type=Path, default=None, help="report folder (default: reports/<the sources' names joined by +>)"
     )
     return parser
 

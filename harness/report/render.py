@@ -77,6 +77,10 @@ def write_report(
     ``unreadable`` results (label -> why) are rows that say so."""
     folder.mkdir(parents=True, exist_ok=True)
     plots = tuple(plot for name, draw in PLOTS if (plot := draw(runs, folder / name)) is not None)
+    # A plot an earlier report in this folder drew and these runs cannot is not left beside the new index, where
+    # it would read as theirs (and be attached with it to a sweep's MLflow run).
+    for name in {name for name, _ in PLOTS} - {plot.path.name for plot in plots}:
+        (folder / name).unlink(missing_ok=True)
     settings = swept_settings([run.result for run in runs])
     rows = [row_of(run.label, run.result, settings) for run in runs]
     rows += [blank_row(label, "unreadable", why) for label, why in (unreadable or {}).items()]

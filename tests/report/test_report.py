@@ -156,6 +156,28 @@ def test_the_pareto_front_keeps_only_runs_nothing_beats_on_both_axes() -> None:
     assert pareto_front([(10.0, 80.0), (20.0, 70.0), (15.0, 60.0), (20.0, 80.0), (5.0, 90.0)]) == {3, 4}
 
 
+def test_a_report_rewritten_in_its_folder_keeps_no_plot_of_the_earlier_runs(
+    runs: list[LabelledRun], tmp_path: Path
+) -> None:
+    write_report(runs, tmp_path / "report", title="both precisions")
+    (tmp_path / "report" / "notes.txt").write_text("the user's own file: not the report's to remove")
+    fp32_only = write_report(runs[:2], tmp_path / "report", title="fp32 only")  # no lower precision: no deltas
+    drawn = {plot.path.name for plot in fp32_only.plots}
+    assert "precision_deltas.png" not in drawn
+    assert {path.name for path in (tmp_path / "report").iterdir()} == drawn | {"index.md", "index.html", "notes.txt"}
+
+
+def test_a_report_over_several_sources_is_named_after_all_of_them(runs: list[LabelledRun], tmp_path: Path) -> None:
+    folders = [run.run_dir for run in runs[:2]]
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "report", *map(str, folders), "tracking=off"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    name = "+".join(folder.name for folder in folders)  # not the first's name: its own report would be replaced
+    assert (tmp_path / "reports" / name / "index.md").read_text().startswith(f"# report {name}\n")
+
+
 def test_the_report_command_writes_under_reports_by_default(runs: list[LabelledRun], tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "harness", "report", *(str(run.run_dir) for run in runs[:2]), "--out", str(tmp_path / "r"),
