@@ -296,11 +296,12 @@ class Efficiency:
         flops_per_image: the architecture's FLOPs for one image (2 per multiply-add).
         flops_per_image_onnx: the same counted from the artifact's graph (MatMul, Gemm, Conv), the cross-check.
         achieved_gflops: ``flops_per_image`` x measured throughput.
-        gemm_time_us: the model's GEMMs at the run's batch and dtype run alone, same runtime and threads.
+        gemm_time_us: the model's GEMMs at the run's batch and dtype run alone, same runtime and threads, on the
+            cores the run used: one instance's time divided by the instances whose threads fit side by side.
         model_time_us: the measured model time per batch: the mean model latency when one call ran at a time,
             else the run's wall time per batch (overlapping calls each last as long as the device is shared).
         efficiency: ``gemm_time_us / model_time_us``: the share of the run that is irreducible matrix work.
-        gemm_gflops: the rate the GEMMs alone reach.
+        gemm_gflops: the rate the GEMMs alone reach on those cores.
         runtime: what timed the GEMMs.
     """
 

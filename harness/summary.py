@@ -225,7 +225,9 @@ def _runtime(perf: PerfResult) -> str:
     resolved = perf.backend_resolved
     version = resolved.get(perf.backend)
     threads = resolved.get("cpu_threads")
-    where = f" on {perf.device}" + (f", {threads} threads ({resolved.get('cpu_threads_setting')})" if threads else "")
+    where = f" on {perf.device}"
+    if isinstance(threads, int) and threads:
+        where += f", {counted(threads, 'thread')} ({resolved.get('cpu_threads_setting')})"
     return f"{perf.backend}{f' {version}' if version else ''}: {resolved['runs']}{where}"
 
 

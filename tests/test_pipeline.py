@@ -204,12 +204,12 @@ def test_a_headline_over_repeats_names_their_spread(tmp_path: Path, repeats: int
 @pytest.mark.parametrize(
     ("overrides", "runtime"),
     [
-        ([], r"onnxruntime [\d.]+: CPUExecutionProvider on cpu, 1 threads \(backend.intra_op_threads\)"),
+        ([], r"onnxruntime [\d.]+: CPUExecutionProvider on cpu, 1 thread \(backend.intra_op_threads\)"),
         (
             ["backend=torch", "backend.compile=true", "backend.attention=math"],
-            r"torch \S+: module, torch.compile mode=default, math attention on cpu, 1 threads \(backend.threads\)",
+            r"torch \S+: module, torch.compile mode=default, math attention on cpu, 1 thread \(backend.threads\)",
         ),
-        (["backend=torch"], r"torch \S+: eager module on cpu, 1 threads \(backend.threads\)"),
+        (["backend=torch"], r"torch \S+: eager module on cpu, 1 thread \(backend.threads\)"),
     ],
 )
 def test_the_summary_says_what_the_backend_ran(tmp_path: Path, overrides: list[str], runtime: str) -> None:

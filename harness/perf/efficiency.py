@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 
 from harness.config.schema import RunConfig
+from harness.errors import counted
 from harness.fileio import write_json_atomic
 from harness.models.variants import VariantSpec
 
@@ -338,8 +339,12 @@ def gemm_runtime(config: RunConfig, artifact_path: str | None) -> GemmRuntime | 
     if backend.name == "torch":
         threads = backend.threads or None
         return GemmRuntime(
-            "torch", dtype, threads, backend.device, f"torch {backend.device}, {threads or 'default'} threads, {dtype}"
+            "torch", dtype, threads, backend.device, f"torch {backend.device}, {_threads(threads)}, {dtype}"
         )
     threads = backend.intra_op_threads or None
-    label = f"onnxruntime CPUExecutionProvider, {threads or 'default'} intra-op threads, {dtype}"
+    label = f"onnxruntime CPUExecutionProvider, {_threads(threads, 'intra-op thread')}, {dtype}"
     return GemmRuntime("onnxruntime", dtype, threads, "cpu", label)
+
+
+def _threads(threads: int | None, noun: str = "thread") -> str:
+    return counted(threads, noun) if threads else f"default {noun}s"

@@ -24,6 +24,7 @@ from harness.models.variants import get_variant
 from harness.nvml import NvmlSampler
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
 from harness.perf.efficiency import (
+    GemmRuntime,
     efficiency_undefined,
     flops_per_image,
     gemm_runtime,
@@ -238,23 +239,35 @@ def _efficiency(config: RunConfig, artifact_path: str | None, measured: Measurem
     )  # fmt: skip
     timing = timing_of()
     model_time_us = _time_per_batch_us(measured, config.perf.instances)
-    if timing.gemm_time_us / model_time_us > EFFICIENCY_CEILING:
+    streams = _side_by_side(config.perf.instances, timed)
+    if timing.gemm_time_us / streams / model_time_us > EFFICIENCY_CEILING:
         # A timing cached when the machine was slower (a busy moment, a VM's neighbours) than it is now.
         log.info("stage=perf the GEMMs alone took longer than the whole model: timing them again")
         timing = timing_of(reuse=False)
     per_image = flops_per_image(spec, size)
+    gemm_time_us = timing.gemm_time_us / streams
     return Efficiency(
         flops_per_image=per_image,
         flops_per_image_onnx=onnx_gemm_flops(Path(artifact_path), batch) // batch
         if artifact_path and artifact_path.endswith(".onnx")
         else None,
         achieved_gflops=per_image * measured.throughput_qps / 1e9,
-        gemm_time_us=timing.gemm_time_us,
+        gemm_time_us=gemm_time_us,
         model_time_us=model_time_us,
-        efficiency=timing.gemm_time_us / model_time_us,
-        gemm_gflops=timing.flops / timing.gemm_time_us / 1e3,
-        runtime=timed.label,
+        efficiency=gemm_time_us / model_time_us,
+        gemm_gflops=timing.flops / gemm_time_us / 1e3,
+        runtime=timed.label + (f", {streams} instances side by side" if streams > 1 else ""),
     )
+
+
+def _side_by_side(instances: int, timed: GemmRuntime) -> int:
+    """How many instances' GEMMs the cores the run used would run at once, each on the threads it was timed with:
+    instances whose threads fit beside each other on the cores (2 x 1 thread on 2 cores: 2; timed on one
+    thread, the GEMMs alone had half the cores the run had, and against its wall time per batch read 126%);
+    1 where an instance's threads take every core (the default) or the device is a GPU."""
+    if timed.device != "cpu" or timed.threads is None:
+        return 1
+    return max(1, min(instances, usable_cores() // timed.threads))
 
 
 def _time_per_batch_us(measured: Measurement, instances: int) -> float:

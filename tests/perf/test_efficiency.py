@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from harness.environment import usable_cores
 from harness.models.variants import get_variant
 from harness.perf.efficiency import GemmTiming, flops_per_image, model_gemms, onnx_gemm_flops
 from harness.tracking.records import metrics_of
@@ -90,7 +91,7 @@ def test_a_cpu_onnxruntime_run_reports_its_efficiency_once_timed_per_machine(cac
     assert efficiency.efficiency == pytest.approx(efficiency.gemm_time_us / efficiency.model_time_us)
     assert efficiency.model_time_us == pytest.approx(result.latency_us.model.avg)
     assert efficiency.achieved_gflops == pytest.approx(66_788_864 * result.throughput_qps / 1e9)
-    assert efficiency.efficiency > 0 and "1 intra-op threads" in efficiency.runtime
+    assert efficiency.efficiency > 0 and "1 intra-op thread," in efficiency.runtime
     (cached,) = (cache_dir / "gemm").iterdir()
     again = measure(config, tmp_path / "again", artifact)
     assert again.efficiency is not None and again.efficiency.gemm_time_us == efficiency.gemm_time_us  # from the cache
@@ -114,6 +115,14 @@ def test_overlapping_calls_are_measured_against_the_runs_time_per_batch(cache_di
     assert efficiency.model_time_us == pytest.approx(result.forward_time_s * 1e6 / result.batches)
     assert efficiency.model_time_us < result.latency_us.model.avg  # the calls overlapped
     assert efficiency.efficiency == pytest.approx(efficiency.achieved_gflops / efficiency.gemm_gflops)
+    # Each instance ran on a core of its own, the GEMMs alone were timed on one: the cores the run used run two
+    # instances' GEMMs at once (against one core's, the wall time per batch read 126%).
+    side_by_side = min(2, usable_cores())
+    (cached,) = (cache_dir / "gemm").iterdir()
+    one_instance_us = json.loads(cached.read_text())["gemm_time_us"]
+    assert efficiency.gemm_time_us == pytest.approx(one_instance_us / side_by_side)
+    assert efficiency.efficiency == pytest.approx(efficiency.gemm_time_us / efficiency.model_time_us)
+    assert efficiency.runtime.endswith(", 2 instances side by side") == (side_by_side == 2)
 
 
 def test_an_offline_run_serves_full_batches_and_has_an_efficiency(cache_dir: Path, tmp_path: Path) -> None:
@@ -142,7 +151,7 @@ def test_the_torch_backend_is_measured_against_torch_matmul(cache_dir: Path, tmp
         cache_dir, "backend=torch", "backend.threads=1", "stages=[perf]", "perf.iterations=20", "perf.min_samples=20"
     )
     efficiency = measure(config, tmp_path / "torch").efficiency
-    assert efficiency is not None and efficiency.runtime == "torch cpu, 1 threads, float32"
+    assert efficiency is not None and efficiency.runtime == "torch cpu, 1 thread, float32"
     assert efficiency.flops_per_image == 66_788_864 and efficiency.flops_per_image_onnx is None  # no graph to count
     assert efficiency.efficiency == pytest.approx(efficiency.gemm_time_us / efficiency.model_time_us)
     assert efficiency.gemm_gflops == pytest.approx(66_788_864 / efficiency.gemm_time_us / 1e3)
