@@ -130,6 +130,17 @@ def test_bad_types_unknown_keys_and_bad_vdsp_fail_before_any_stage(tmp_path: Pat
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize("modes", [["-m", "--cfg", "job"], ["--cfg=job", "--info"]])
+def test_two_hydra_modes_at_once_are_one_line_not_a_traceback(tmp_path: Path, modes: list[str]) -> None:
+    done = harness(tmp_path, "run", "debug=tiny", "perf.batch=1,2", *modes)
+    flags = " and ".join(mode for mode in modes if mode.startswith("-"))
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: {flags}: Hydra takes one of --run (-r), --multirun (-m), --cfg (-c), --info (-i), "
+        "--shell-completion (-sc) at a time"
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_sweep_with_one_bad_job_runs_nothing(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "-m", "debug=tiny", "perf.batch=1,abc")
     assert done.returncode == 2

@@ -82,12 +82,21 @@ def pipeline_task(cfg: Any) -> None:
         raise SystemExit(1)
 
 
+# Hydra's flags that each make a mode of their own (a run, a sweep, a config print, ...): one at a time.
+HYDRA_MODES = ("-r", "--run", "-m", "--multirun", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
+
+
 def hydra_command(config_name: str, task: Callable[[Any], None], arguments: list[str]) -> int:
     import hydra
 
     from harness.config.store import CONF_DIR, register_schema
     from harness.errors import ConfigError, counted
 
+    modes = [argument for argument in arguments if argument.split("=", 1)[0] in HYDRA_MODES]
+    if len(modes) > 1:  # Hydra raises a ValueError for it, a traceback
+        flags = ", ".join(f"{long} ({short})" for short, long in zip(HYDRA_MODES[::2], HYDRA_MODES[1::2], strict=True))
+        print(f"error: {' and '.join(modes)}: Hydra takes one of {flags} at a time", file=sys.stderr)
+        return 2
     try:
         _check_jobs(config_name, arguments)
     except ConfigError as error:
