@@ -141,6 +141,17 @@ def test_two_hydra_modes_at_once_are_one_line_not_a_traceback(tmp_path: Path, mo
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize("show", [["--cfg", "hydra"], ["-c", "hydra"], ["--cfg=hydra"]])
+def test_the_hydra_node_resolved_alone_points_to_the_whole_config(tmp_path: Path, show: list[str]) -> None:
+    refused = harness(tmp_path, "run", *show, "--resolve")
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "error: --cfg hydra --resolve: the run folders are under paths.outputs, which Hydra resolves only in the "
+        "whole config: use --cfg all --resolve"
+    )
+    whole = harness(tmp_path, "run", "--cfg", "all", "--resolve")
+    assert whole.returncode == 0 and f"dir: {tmp_path / 'outputs'}/run/" in whole.stdout
+
+
 def test_a_sweep_with_one_bad_job_runs_nothing(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "-m", "debug=tiny", "perf.batch=1,abc")
     assert done.returncode == 2

@@ -3,6 +3,7 @@ the pipeline per job, print its summary, track it, and close a sweep cleanly on 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import sys
@@ -92,10 +93,9 @@ def hydra_command(config_name: str, task: Callable[[Any], None], arguments: list
     from harness.config.store import CONF_DIR, register_schema
     from harness.errors import ConfigError, counted
 
-    modes = [argument for argument in arguments if argument.split("=", 1)[0] in HYDRA_MODES]
-    if len(modes) > 1:  # Hydra raises a ValueError for it, a traceback
-        flags = ", ".join(f"{long} ({short})" for short, long in zip(HYDRA_MODES[::2], HYDRA_MODES[1::2], strict=True))
-        print(f"error: {' and '.join(modes)}: Hydra takes one of {flags} at a time", file=sys.stderr)
+    refused = _refused_flags(arguments)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     try:
         _check_jobs(config_name, arguments)
@@ -126,6 +126,23 @@ def hydra_command(config_name: str, task: Callable[[Any], None], arguments: list
         print(f"error: {counted(len(unsuccessful), 'job')} did not succeed: {jobs}", file=sys.stderr)
         return 1
     return 0
+
+
+def _refused_flags(arguments: list[str]) -> str | None:
+    """Why Hydra would stop on these flags with a traceback instead of a message, or ``None``."""
+    modes = [argument for argument in arguments if argument.split("=", 1)[0] in HYDRA_MODES]
+    if len(modes) > 1:  # a ValueError
+        flags = ", ".join(f"{long} ({short})" for short, long in zip(HYDRA_MODES[::2], HYDRA_MODES[1::2], strict=True))
+        return f"{' and '.join(modes)}: Hydra takes one of {flags} at a time"
+    shown = [following for flag, following in itertools.pairwise(arguments) if flag in ("-c", "--cfg")]
+    shown += [argument.split("=", 1)[1] for argument in arguments if argument.startswith("--cfg=")]
+    if "hydra" in shown and "--resolve" in arguments:
+        # The hydra node is resolved alone, where the run folder's ${paths.outputs} is not: an InterpolationKeyError.
+        return (
+            "--cfg hydra --resolve: the run folders are under paths.outputs, which Hydra resolves only in the whole "
+            "config: use --cfg all --resolve"
+        )
+    return None
 
 
 def _unsuccessful_jobs(sweep_dir: Path) -> dict[str, str]:
