@@ -4,17 +4,16 @@ measurement invalid, and what a reader of a valid one should know)."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from harness.config.schema import PerfConfig
+from harness.environment import usable_cores
 from harness.nvml import NvmlSampler, device_telemetry
 from harness.perf import stats
 from harness.perf.host import HostSampler, host_telemetry
 from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, WorkerReport
 from harness.perf.workers import StabilityWatch
-from harness.result import LatencyBlock, LatencyStats, Measurement, TransferSplit, Validity
+from harness.result import HostTelemetry, LatencyBlock, LatencyStats, Measurement, TransferSplit, Validity
 
 # Above this share of the mean latency, the open loop's own lateness is called out in the warnings.
 DISPATCH_DELAY_SHARE = 0.01
@@ -73,6 +72,7 @@ def summarise(
         reasons, warnings = reasons + missed, warnings + unjudged
     warnings += _cautions(perf, latency=latency, dispatch=dispatch, instances=instances, window_cv=window_cv)
     cpu_s = sum(report.cpu_s for report in reports)
+    host_block, peak_rss_bytes = _host_memory(reports, host, start=start, end=end)
     device_peaks = [report.peak_device_bytes for report in reports if report.peak_device_bytes is not None]
     measurement = Measurement(
         samples=images,
@@ -84,11 +84,11 @@ def summarise(
         first_call_us=float(np.mean([instance.first_call_us for instance in instances])),
         window_throughput_qps=tuple(float(value) for value in windows),
         window_cv=window_cv,
-        cpu_utilization_pct=100.0 * cpu_s / (forward_time_s * (os.cpu_count() or 1)),
-        peak_host_memory_bytes=sum(report.peak_rss_bytes for report in reports),
+        cpu_utilization_pct=100.0 * cpu_s / (forward_time_s * usable_cores()),
+        peak_host_memory_bytes=peak_rss_bytes,
         peak_device_memory_bytes=sum(device_peaks) if device_peaks else None,
         validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
-        host=None if host is None else host_telemetry(host.samples, start=start, end=end, interval_s=host.interval_s),
+        host=host_block,
         dispatch_delay_us=dispatch,
         telemetry=None
         if device is None
@@ -102,6 +102,20 @@ def summarise(
     if transfer_us.size:
         raw["h2d_us"], raw["d2h_us"] = transfer_us[:, 0], transfer_us[:, 1]
     return measurement, raw
+
+
+def _host_memory(
+    reports: list[WorkerReport], host: HostSampler | None, *, start: float, end: float
+) -> tuple[HostTelemetry | None, int]:
+    """The host telemetry of the window ``[start, end]`` and the workers' peak resident memory: the sum of the
+    peaks they report of themselves (``ru_maxrss``), or a sample's, when one read more. The kernel counts a
+    process's pages in per-thread caches that run some pages behind: a sample can read up to a few hundred kB
+    above ``ru_maxrss``."""
+    reported = sum(report.peak_rss_bytes for report in reports)
+    if host is None:
+        return None, reported
+    telemetry = host_telemetry(host.samples, start=start, end=end, interval_s=host.interval_s)
+    return telemetry, max(reported, telemetry.rss_peak_bytes if telemetry is not None else 0)
 
 
 def _transfer_split(transfer_us: np.ndarray) -> TransferSplit | None:

@@ -72,3 +72,25 @@ def test_a_busy_model_loads_the_host_and_an_idle_one_does_not(cache_dir: Path, t
         assert 10 * 2**20 < host.rss_mean_bytes <= host.rss_peak_bytes <= result.peak_host_memory_bytes
     assert busy.host is not None and idle.host is not None
     assert busy.host.cpu_util_pct > idle.host.cpu_util_pct + 25
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs CPU affinity, 2 cores"
+)
+def test_the_workers_cpu_use_is_a_share_of_the_cores_they_may_run_on(cache_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import run_config
+    from tests.export.test_onnx_build import build
+
+    config = run_config(
+        cache_dir, "stages=[build,perf]", "backend.intra_op_threads=1", "perf.iterations=300", "perf.min_samples=300",
+        "perf.efficiency=false",
+    )  # fmt: skip
+    artifact = build(config).artifact_path
+    every_core = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(every_core)})  # as `taskset -c 0` or a container's cpuset would; workers inherit it
+    try:
+        result = measure(config, tmp_path, artifact)
+    finally:
+        os.sched_setaffinity(0, every_core)
+    # One busy worker on the one core it may use uses about all of it (over the machine's cores it read half).
+    assert 70 < result.cpu_utilization_pct <= 110, result.cpu_utilization_pct
