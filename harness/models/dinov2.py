@@ -216,8 +216,12 @@ class DinoVisionTransformer(nn.Module):
 def _truncated_normal(shape: torch.Size, *, std: float, generator: torch.Generator) -> torch.Tensor:
     """Normal(0, std) truncated to +-2 std, by redrawing out-of-range samples (deterministic for a seed)."""
     values = torch.randn(shape, generator=generator)
-    outside = values.abs() > 2
-    while outside.any():
-        values[outside] = torch.randn(int(outside.sum()), generator=generator)
-        outside = values.abs() > 2
+    # Only the redrawn samples are checked again (a whole-tensor pass per round made ViT-g's init take a minute);
+    # they are redrawn in the same order as a whole-tensor mask would give, so a seed makes the same weights.
+    outside = (values.abs() > 2).nonzero(as_tuple=True)
+    while outside[0].numel():
+        redrawn = torch.randn(outside[0].numel(), generator=generator)
+        values[outside] = redrawn
+        still = redrawn.abs() > 2
+        outside = tuple(index[still] for index in outside)
     return values * std

@@ -206,3 +206,23 @@ def test_a_training_checkpoint_is_refused_with_the_line_that_extracts_its_backbo
     images = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(loaded(images), source(images))
+
+
+def test_random_weights_are_a_truncated_normal_that_a_seed_fixes() -> None:
+    from harness.models.dinov2 import _truncated_normal
+
+    def redrawn_by_whole_tensor_masks(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+        # The definition: redraw every sample outside +-2 std, in the tensor's order, until none is.
+        generator = torch.Generator().manual_seed(seed)
+        values = torch.randn(shape, generator=generator)
+        while (outside := values.abs() > 2).any():
+            values[outside] = torch.randn(int(outside.sum()), generator=generator)
+        return values * 0.02
+
+    for shape in [(3000, 700), (64,), (5, 7, 11)]:
+        drawn = _truncated_normal(torch.Size(shape), std=0.02, generator=torch.Generator().manual_seed(7))
+        assert torch.equal(drawn, redrawn_by_whole_tensor_masks(shape, 7))  # the same weights for a seed
+        assert drawn.abs().max() <= 0.04
+    # Normal(0, 0.02) cut at +-2 std has a std of 0.88 x 0.02.
+    large = _truncated_normal(torch.Size((3000, 700)), std=0.02, generator=torch.Generator().manual_seed(0))
+    assert float(large.std()) == pytest.approx(0.02 * 0.88, rel=0.01)
