@@ -4,16 +4,30 @@ measurement invalid, and what a reader of a valid one should know)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
-from harness.config.schema import PerfConfig
+from harness.config.schema import PerfConfig, RunConfig
 from harness.environment import usable_cores
 from harness.nvml import NvmlSampler, device_telemetry
 from harness.perf import stats
 from harness.perf.host import HostSampler, host_telemetry
 from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, WorkerReport
 from harness.perf.workers import StabilityWatch
-from harness.result import HostTelemetry, LatencyBlock, LatencyStats, Measurement, TransferSplit, Validity
+from harness.result import (
+    HostTelemetry,
+    LatencyBlock,
+    LatencyStats,
+    Measurement,
+    PerfResult,
+    TransferSplit,
+    Validity,
+)
+
+log = logging.getLogger(__name__)
 
 # Above this share of the mean latency, the open loop's own lateness is called out in the warnings.
 DISPATCH_DELAY_SHARE = 0.01
@@ -25,6 +39,47 @@ KEEP_UP_SHARE = 0.9
 # at each edge, a share bin / window of it: shorter windows than this are not known to within 5%, and the
 # throughput CV over them is not judged (null).
 MIN_WINDOW_S = 20 * COMPLETION_BIN_S
+
+
+def perf_result(
+    config: RunConfig,
+    measurements: Sequence[Measurement],
+    headline: Measurement,
+    *,
+    warnings: tuple[str, ...],
+    resolved: dict[str, object],
+    device: str,
+    contended_with: tuple[str, ...],
+    more_reasons: tuple[str, ...] = (),
+    **specific: Any,
+) -> PerfResult:
+    """A run's perf block: the ``headline`` measurement (the median repeat) with ``warnings``, invalid when any
+    repeat was (or for ``more_reasons``); the load ``config.perf`` asked for; every repeat; and the fields only
+    one kind of backend has (``specific``). Its validity notes are logged."""
+    perf = config.perf
+    reasons = tuple(reason for measurement in measurements for reason in measurement.validity.reasons) + more_reasons
+    for note in warnings + reasons:
+        log.warning("perf validity: %s", note)
+    fields = {name: getattr(headline, name) for name in Measurement.__dataclass_fields__}
+    fields["validity"] = Validity(valid=not reasons, reasons=reasons, warnings=warnings)
+    return PerfResult(
+        **fields,
+        backend=config.backend.name,
+        backend_resolved=resolved,
+        instances=perf.instances,
+        processes=perf.processes,
+        batch=perf.batch,
+        shape=config.input_shape,
+        mode=perf.mode,
+        iterations=perf.iterations,
+        min_duration_s=perf.min_duration_s,
+        max_duration_s=perf.max_duration_s,
+        device=device,
+        contended_with=contended_with,
+        throughput_qps_repeats=tuple(measurement.throughput_qps for measurement in measurements),
+        repeats=tuple(measurements) if len(measurements) > 1 else (),
+        **specific,
+    )
 
 
 def summarise(

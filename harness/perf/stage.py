@@ -34,7 +34,7 @@ from harness.perf.efficiency import (
 )
 from harness.perf.host import HostSampler
 from harness.perf.loadgen import LoadPlan, Sampler, WorkerTask
-from harness.perf.measurement import summarise
+from harness.perf.measurement import perf_result, summarise
 from harness.perf.workers import StabilityWatch, run_workers
 from harness.preprocess import batch_of
 from harness.result import (
@@ -43,7 +43,6 @@ from harness.result import (
     PerfResult,
     Probe,
     Stability,
-    Validity,
 )  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -94,6 +93,7 @@ def _tasks(perf: PerfConfig, factory: BackendFactory, inputs: np.ndarray, target
 
 def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> PerfResult:
     """Measure the configured load ``perf.repeats`` times; write the raw samples; return the median run."""
+    perf = config.perf
     target = LoadTarget(
         artifact_path=artifact_path,
         model=config.model,
@@ -101,15 +101,15 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         cache_dir=str(config.paths.path("cache")),
     )
     shape = config.input_shape
-    opened = open_backend(config.backend, target, shape=shape, batch=config.perf.batch)
-    batch_shape = (config.perf.batch, *shape)
+    opened = open_backend(config.backend, target, shape=shape, batch=perf.batch)
+    batch_shape = (perf.batch, *shape)
     raw: dict[str, np.ndarray] = {}
     device = str(opened.resolved.get("device", "cpu"))
     claims = config.paths.path("outputs") / CLAIMS_FOLDER
     probes: list[Probe] = []  # a peak search's
     stabilities: dict[str, Stability] = {}
     with claimed_window(claims, run_dir=run_dir, device=device) as contention:
-        if config.perf.search == "peak":
+        if perf.search == "peak":
             median, probes = _search_peak(config, opened, batch_shape, raw)
             measurements = [median]
         else:
@@ -118,45 +118,34 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
             median = ordered[(len(ordered) - 1) // 2]
     run_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run_dir / SAMPLES_FILE, allow_pickle=False, **raw)
-    reasons = tuple(reason for measurement in measurements for reason in measurement.validity.reasons)
-    headline = {name: getattr(median, name) for name in Measurement.__dataclass_fields__}
     peak = max((probe.target_qps for probe in probes if probe.passed), default=None)
-    if probes and peak is None:
-        reasons += (f"no probe kept p99 within perf.latency_bound_ms={config.perf.latency_bound_ms}",)
+    missed = (
+        (f"no probe kept p99 within perf.latency_bound_ms={perf.latency_bound_ms}",) if probes and peak is None else ()
+    )
     efficiency = _efficiency(config, artifact_path, median)
     warnings = median.validity.warnings + _run_cautions(
         config, contended_with=contention.overlapping, device=device, resolved=opened.resolved, efficiency=efficiency
     )
-    headline["validity"] = Validity(valid=not reasons, reasons=reasons, warnings=warnings)
-    for warning in warnings + reasons:
-        log.warning("perf validity: %s", warning)
-    return PerfResult(
-        **headline,
-        backend=config.backend.name,
-        backend_resolved=opened.resolved,
-        instances=config.perf.instances,
-        processes=config.perf.processes,
-        batch=config.perf.batch,
-        shape=shape,
-        mode=config.perf.mode,
-        iterations=config.perf.iterations,
-        min_duration_s=config.perf.min_duration_s,
-        max_duration_s=config.perf.max_duration_s,
+    return perf_result(
+        config,
+        measurements,
+        median,
+        warnings=warnings,
+        resolved=opened.resolved,
         device=device,
         contended_with=contention.overlapping,
-        throughput_qps_repeats=tuple(measurement.throughput_qps for measurement in measurements),
-        repeats=tuple(measurements) if len(measurements) > 1 else (),
+        more_reasons=missed,
         samples_file=SAMPLES_FILE,
-        scenario=config.perf.scenario,
-        target_qps=peak if probes else config.perf.target_qps,
-        max_queue_delay_ms=config.perf.max_queue_delay_ms,
-        latency_bound_ms=config.perf.latency_bound_ms,
+        scenario=perf.scenario,
+        target_qps=peak if probes else perf.target_qps,
+        max_queue_delay_ms=perf.max_queue_delay_ms,
+        latency_bound_ms=perf.latency_bound_ms,
         peak_qps=peak,
         probes=tuple(probes),
         efficiency=efficiency,
         efficiency_undefined=efficiency_undefined(config, artifact_path),
         stability=stabilities.get(f"repeat{measurements.index(median)}"),
-        queue_depth=config.perf.queue_depth if config.perf.scenario == "closed" and config.perf.mode == "async" else 1,
+        queue_depth=perf.queue_depth if perf.scenario == "closed" and perf.mode == "async" else 1,
     )
 
 

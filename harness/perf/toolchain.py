@@ -19,6 +19,7 @@ from harness.environment import usable_cores
 from harness.errors import ConfigError, DataError, ToolError
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
 from harness.perf.efficiency import efficiency_undefined
+from harness.perf.measurement import perf_result
 from harness.perf.stats import latency_bound_notes
 from harness.perf.vamp import VAMP_FILE, VAMP_REPEAT_FILE, VampReport, parse_vamp, telemetry_from_report
 from harness.processes import ToolRun
@@ -142,8 +143,6 @@ def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: 
     median, report, output = ordered[(len(ordered) - 1) // 2]
     shutil.copyfile(output, run_dir / VAMP_FILE)
     measurements = [measurement for measurement, _, _ in measured]
-    headline = {name: getattr(median, name) for name in Measurement.__dataclass_fields__}
-    reasons = tuple(reason for measurement in measurements for reason in measurement.validity.reasons)
     warnings = median.validity.warnings
     unprinted = [f"p{value}" for value in config.backend.percentiles if f"p{value}" not in report.e2e_latency_us]
     if unprinted:
@@ -152,25 +151,14 @@ def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: 
         warnings += (
             f"contended: other perf runs used {toolchain.device} at the same time ({', '.join(claim.overlapping)})",
         )
-    headline["validity"] = Validity(valid=not reasons, reasons=reasons, warnings=warnings)
-    for note in warnings + reasons:
-        log.warning("perf validity: %s", note)
-    return PerfResult(
-        **headline,
-        backend=config.backend.name,
-        backend_resolved=resolved,
-        instances=perf.instances,
-        processes=perf.processes,
-        batch=perf.batch,
-        shape=config.input_shape,
-        mode=perf.mode,
-        iterations=perf.iterations,
-        min_duration_s=perf.min_duration_s,
-        max_duration_s=perf.max_duration_s,
+    return perf_result(
+        config,
+        measurements,
+        median,
+        warnings=warnings,
+        resolved=resolved,
         device=toolchain.device,
         contended_with=claim.overlapping,
-        throughput_qps_repeats=tuple(measurement.throughput_qps for measurement in measurements),
-        repeats=tuple(measurements) if len(measurements) > 1 else (),
         samples_file=None,
         samples_source="vamp",
         efficiency_undefined=efficiency_undefined(config, None),
