@@ -38,7 +38,7 @@ def gate(arguments: list[str]) -> int:
         run_ids = [candidate for candidate in candidates if candidate_kind(candidate) == "mlflow"]
         store = Store(config.tracking, config.paths) if options.baseline == "mlflow" or run_ids else None
         if options.promote:
-            _promote(candidates, options.baseline, store)
+            _promote(candidates, options.baseline, store, min_repeats=config.gate.min_repeats)
             return 0
         result = _decide(candidates, options, config.gate, store)
     except HarnessError as error:
@@ -86,21 +86,32 @@ def _gate_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _promote(candidates: list[str], baseline: str, store: Store | None) -> None:
-    """Make the candidates the baseline: tag their MLflow runs, or write their entries into a baseline file."""
+def _promote(candidates: list[str], baseline: str, store: Store | None, *, min_repeats: int) -> None:
+    """Make the candidates the baseline: tag their MLflow runs, or write their entries into a baseline file.
+    A run with fewer perf repeats than the gate decides on is promoted with a warning saying so."""
     from harness.errors import counted
+    from harness.gate.evidence import PER_REPEAT
     from harness.gate.sources import candidate_evidence, promote_in_mlflow, write_baseline_file
 
+    evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
     if baseline == "mlflow":
         assert store is not None  # opened for an MLflow baseline
         for candidate in candidates:
             promoted = promote_in_mlflow(store, candidate)
             runs = "run" if len(promoted) == 1 else "runs"
             print(f"baseline: MLflow {runs} {', '.join(promoted)} tagged harness.baseline=true")
-        return
-    evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
-    write_baseline_file(Path(baseline), evidence)
-    print(f"baseline: {counted(len(evidence), 'entry', 'entries')} written to {baseline}")
+    else:
+        write_baseline_file(Path(baseline), evidence)
+        print(f"baseline: {counted(len(evidence), 'entry', 'entries')} written to {baseline}")
+    for item in evidence:
+        repeats = max((len(item.metrics.get(name, ())) for name in PER_REPEAT), default=0)
+        if 0 < repeats < min_repeats:
+            print(
+                f"warning: {item.label}: {counted(repeats, 'perf repeat')}; the gate decides speed with >= "
+                f"{min_repeats} a side (gate.min_repeats), so against it speed gates inconclusive: measure the "
+                f"baseline with perf.repeats={min_repeats}",
+                file=sys.stderr,
+            )
 
 
 def _decide(

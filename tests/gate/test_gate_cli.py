@@ -39,7 +39,7 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     baseline = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=5", "tracking=off"))
     baseline_file = tmp_path / "baselines" / "sleep.json"
     promoted = harness(tmp_path, "gate", "--promote", baseline, "--baseline", str(baseline_file), "tracking=off")
-    assert promoted.returncode == 0 and "1 entry written" in promoted.stdout
+    assert promoted.returncode == 0 and "1 entry written" in promoted.stdout and promoted.stderr == ""
     entry = json.loads(baseline_file.read_text())["entries"][0]
     assert len(entry["metrics"]["throughput_qps"]) == 5 and "map_medium" not in entry["metrics"]
     assert set(entry) == {"label", "config_hash", "hardware_fingerprint", "metrics", "config"}
@@ -58,6 +58,15 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     other = run_folder(harness(tmp_path, *SLEEP_RUN, "backend.latency_us=2500", "perf.repeats=5", "tracking=off"))
     unmatched = harness(tmp_path, "gate", other, "--baseline", str(baseline_file), "tracking=off")
     assert unmatched.returncode == 4 and "unusable: no baseline for config hash" in unmatched.stdout
+
+    # A baseline the gate cannot decide speed against is still promoted, and the promotion says so at once.
+    few = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=2", "tracking=off"))
+    warned = harness(tmp_path, "gate", "--promote", few, "--baseline", str(tmp_path / "few.json"), "tracking=off")
+    assert warned.returncode == 0 and "1 entry written" in warned.stdout
+    assert warned.stderr.strip() == (
+        f"warning: {few}: 2 perf repeats; the gate decides speed with >= 5 a side (gate.min_repeats), so against it "
+        "speed gates inconclusive: measure the baseline with perf.repeats=5"
+    )
     assert (
         f"nearest baseline {baseline_file}:{Path(baseline).name} differs in backend.latency_us: 2000.0 -> 2500.0\n"
         in (unmatched.stdout)
