@@ -253,7 +253,8 @@ class Measurement:
         window_cv: coefficient of variation of those (``None`` without them, or when a slice is under 20 ms); in
             the server scenario, of each slice's throughput over the rate its scheduled arrivals offered it.
         cpu_utilization_pct: CPU time of the worker processes (or the vendor profiler) over its wall time x the
-            cores it may run on (its CPU affinity: ``taskset`` and containers narrow it).
+            machine's cores (not only those of the process's CPU affinity: ONNX Runtime's default thread pool
+            pins its threads to every physical core, outside a ``taskset``).
         peak_host_memory_bytes: sum over worker processes (or the profiler process) of their peak resident memory
             (never below a sample of the host telemetry's, which the kernel's lagging page counts can read higher).
         peak_device_memory_bytes: peak device memory allocated (torch on CUDA), else ``None``.

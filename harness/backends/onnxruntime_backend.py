@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -18,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from harness.backends import InputSignature, LoadTarget, register_backend
-from harness.environment import physical_cores
+from harness.environment import physical_cores, usable_cores
 from harness.errors import BackendUnavailable, ConfigError, counted
 from harness.nvml import device_info
 
@@ -168,6 +169,15 @@ class OrtBackend:
         else:
             found["cpu_threads"] = self.config.intra_op_threads or physical_cores()
             found["cpu_threads_setting"] = "backend.intra_op_threads"
+            allowed, machine = usable_cores(), os.cpu_count() or 1
+            if not self.config.intra_op_threads and allowed < machine:
+                # Seen on onnxruntime 1.32 under `taskset -c 0` of 2 cores: its pool thread set to core 1, the
+                # workers at 198% of the one core they were given.
+                found["cpu_caution"] = (
+                    "ONNX Runtime's default thread pool (backend.intra_op_threads=0) pins its threads to the "
+                    f"machine's physical cores, outside this process's CPU affinity ({allowed} of {machine} cores: "
+                    f"taskset, a cpuset): set backend.intra_op_threads={allowed} to keep the run on its cores"
+                )
         return found
 
     def resolve(self, target: LoadTarget) -> dict[str, object]:

@@ -5,13 +5,13 @@ measurement invalid, and what a reader of a valid one should know)."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from harness.config.schema import PerfConfig, RunConfig
-from harness.environment import usable_cores
 from harness.nvml import NvmlSampler, device_telemetry
 from harness.perf import stats
 from harness.perf.host import HostSampler, host_telemetry
@@ -139,7 +139,7 @@ def summarise(
         first_call_us=float(np.mean([instance.first_call_us for instance in instances])),
         window_throughput_qps=tuple(float(value) for value in windows),
         window_cv=window_cv,
-        cpu_utilization_pct=100.0 * cpu_s / (forward_time_s * usable_cores()),
+        cpu_utilization_pct=100.0 * cpu_s / (forward_time_s * (os.cpu_count() or 1)),
         peak_host_memory_bytes=peak_rss_bytes,
         peak_device_memory_bytes=sum(device_peaks) if device_peaks else None,
         validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),

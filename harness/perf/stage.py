@@ -175,7 +175,7 @@ def _run_cautions(
     efficiency: Efficiency | None,
 ) -> tuple[str, ...]:
     """What the whole run's circumstances say about its timings: other perf runs on the same device, more CPU
-    threads than cores, a GEMM timing that was disturbed."""
+    threads than cores, a runtime that leaves the cores it was given, a GEMM timing that was disturbed."""
     warnings: tuple[str, ...] = ()
     if contended_with:
         warnings += (
@@ -185,6 +185,8 @@ def _run_cautions(
     oversubscribed = _oversubscription(config.perf.instances, resolved)
     if oversubscribed:
         warnings += (oversubscribed,)
+    if isinstance(resolved.get("cpu_caution"), str):  # what the backend's runtime does with the CPUs given it
+        warnings += (str(resolved["cpu_caution"]),)
     if efficiency is not None and efficiency.efficiency > EFFICIENCY_CEILING:
         warnings += (
             f"efficiency {efficiency.efficiency:.0%}: the model's GEMMs alone, timed again after the run, were still "

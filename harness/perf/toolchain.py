@@ -10,12 +10,12 @@ output that is not vamp's fails the run with the tool's last lines.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
 from harness.backends import ProfileLoad, Toolchain, open_toolchain
 from harness.config.schema import PerfConfig, RunConfig
-from harness.environment import usable_cores
 from harness.errors import ConfigError, DataError, ToolError
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
 from harness.perf.efficiency import efficiency_undefined
@@ -87,7 +87,7 @@ def measurement_from_report(report: VampReport, run: ToolRun, perf: PerfConfig) 
         first_call_us=None,
         window_throughput_qps=(),
         window_cv=None,
-        cpu_utilization_pct=100.0 * run.cpu_s / (run.wall_s * usable_cores()),
+        cpu_utilization_pct=100.0 * run.cpu_s / (run.wall_s * (os.cpu_count() or 1)),
         peak_host_memory_bytes=run.peak_rss_bytes,
         peak_device_memory_bytes=None,
         validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
