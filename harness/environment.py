@@ -106,19 +106,22 @@ def gpus() -> list[dict[str, str]]:
     ]
 
 
-def hardware_fingerprint(cpu: str, cores: int | None, gpu_list: list[dict[str, str]]) -> str:
-    """What timings are comparable across: CPU model and cores, architecture, OS, and every GPU with its driver."""
+def hardware_fingerprint(cpu: str, cores: int | None, gpu_list: list[dict[str, str]], *, usable: int) -> str:
+    """What timings are comparable across: CPU model and cores, architecture, OS, and every GPU with its driver;
+    and the ``usable`` cores when the process's CPU affinity (taskset, a cpuset) narrows them, since a run on
+    one core of two is not comparable with one on both (unnarrowed, the fingerprint is what it always was)."""
     gpu_text = ";".join(f"{gpu.get('name')}|{gpu.get('memory')}|{gpu.get('driver')}" for gpu in gpu_list)
-    identity = f"{cpu}|{cores}|{platform.machine()}|{platform.system()}|{gpu_text}"
+    core_text = f"{cores}" if usable == cores else f"{cores}:{usable} usable"
+    identity = f"{cpu}|{core_text}|{platform.machine()}|{platform.system()}|{gpu_text}"
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
 def capture(root: Path) -> dict[str, object]:
     """The environment section of ``result.json``."""
     cpu = cpu_model()
-    cores = os.cpu_count()
+    cores, usable = os.cpu_count(), usable_cores()
     gpu_list = gpus()
-    fingerprint = hardware_fingerprint(cpu, cores, gpu_list)
+    fingerprint = hardware_fingerprint(cpu, cores, gpu_list, usable=usable)
     return {
         "gpus": gpu_list,
         "host": socket.gethostname(),
@@ -126,6 +129,7 @@ def capture(root: Path) -> dict[str, object]:
         "python": sys.version.split()[0],
         "cpu_model": cpu,
         "cpu_count": cores,
+        "cpu_usable": usable,
         "cpu_isa": cpu_isa(),
         "hardware_fingerprint": fingerprint,
         "libraries": library_versions(),

@@ -222,7 +222,7 @@ def _efficiency(config: RunConfig, artifact_path: str | None, measured: Measurem
         return None
     spec = get_variant(config.model.variant)
     batch, size = config.perf.batch, config.model.input_size
-    fingerprint = hardware_fingerprint(cpu_model(), os.cpu_count(), gpus())
+    fingerprint = hardware_fingerprint(cpu_model(), os.cpu_count(), gpus(), usable=usable_cores())
     log.info("stage=perf timing the model's GEMMs alone (batch %d, %s)", batch, timed.label)
     timing_of = functools.partial(
         time_gemms, model_gemms(spec, batch, size), runtime=timed.runtime, dtype=timed.dtype, threads=timed.threads,
