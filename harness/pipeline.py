@@ -24,6 +24,7 @@ from harness.config.schema import RunConfig
 from harness.data.calibration import calibration_files
 from harness.environment import capture
 from harness.errors import DataError, HarnessError, MeasurementInvalid
+from harness.export.cache import prepare_cache_root
 from harness.fileio import write_text_atomic
 from harness.models.provenance import resolve_weights
 from harness.models.variants import get_variant
@@ -159,6 +160,8 @@ def check_inputs(config: RunConfig) -> None:
     static = quantization is not None and quantization.mode == "static"
     if "build" in config.stages and static and config.calibration.source == "folder":
         calibration_files(config.calibration)  # the build draws the same files again from the same seed
+    if "build" in config.stages and config.backend.loads_artifact:
+        prepare_cache_root(config.paths.path("cache") / "builds")  # before the model is built for it
 
 
 def _run_error(error: BaseException | None) -> RunError | None:

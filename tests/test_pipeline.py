@@ -53,6 +53,16 @@ def test_inputs_that_can_be_checked_fail_the_run_before_the_first_stage(
     assert load_result(tmp_path / "run").error == result.error
 
 
+def test_a_build_cache_that_cannot_be_written_fails_the_run_before_the_model_is_built(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("paths.cache under a file")
+    result = run(tiny(tmp_path, f"paths.cache={blocker / 'cache'}"), run_dir=tmp_path / "run")
+    assert result.status == "failed" and result.error is not None and result.weights is None
+    assert result.error.message == (
+        f"paths.cache={str(blocker / 'cache')!r}: build cache is not writable ({blocker} is a file, not a folder)"
+    )
+
+
 def test_a_bug_in_a_stage_is_recorded_logged_with_its_traceback_and_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

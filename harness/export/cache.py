@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from harness.config.convert import from_mapping
-from harness.errors import BuildError, ConfigError
+from harness.errors import BuildError, ConfigError, unwritable_reason
 from harness.fileio import sha256_of, write_json_atomic
 from harness.result import ArtifactFile
 
@@ -57,9 +57,8 @@ def prepare_cache_root(cache_root: Path) -> Path:
         probe.touch()
         probe.unlink()
     except OSError as error:
-        raise ConfigError(
-            f"paths.cache={str(cache_root.parent)!r}: build cache is not writable ({error.strerror})"
-        ) from None
+        why = unwritable_reason(cache_root, error, folder=True)
+        raise ConfigError(f"paths.cache={str(cache_root.parent)!r}: build cache is not writable ({why})") from None
     return cache_root
 
 
