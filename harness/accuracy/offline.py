@@ -67,10 +67,9 @@ def evaluate_files(
     database: Path | None = None,
     folder: Path | None = None,
     normalization: Normalization = "per_image",
-    output: Path | None = None,
 ) -> dict[str, object]:
-    """Metrics JSON (also written to ``output`` when given) for descriptors against ``gnd``; ``warnings`` lists
-    what the numbers should be read with (all-zero descriptors)."""
+    """Metrics JSON for descriptors against ``gnd``; ``warnings`` lists what the numbers should be read with
+    (all-zero descriptors)."""
     truth = load_groundtruth(gnd)
     query_matrix, database_matrix, source = load_descriptors(
         truth, features=features, query=query, database=database, folder=folder
@@ -86,9 +85,14 @@ def evaluate_files(
         **{setup: vars(value) for setup, value in metrics.items()},
         "warnings": zero_descriptor_warnings(query_matrix, database_matrix, source=source),
     }
-    if output is not None:
-        try:
-            write_json_atomic(output, report)
-        except OSError as error:
-            raise DataError(f"{output}: cannot write the metrics ({unwritable_reason(output, error)})") from None
     return json.loads(json.dumps(report))
+
+
+def write_metrics(report: dict[str, object], output: Path) -> None:
+    """Write ``evaluate_files``' report to ``output`` (its folders made as needed), or raise a ``DataError``
+    saying what is in the way."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output, report)
+    except OSError as error:
+        raise DataError(f"{output}: cannot write the metrics ({unwritable_reason(output, error)})") from None

@@ -91,7 +91,7 @@ def eval_features(arguments: list[str]) -> int:
     """``harness eval-features --gnd FILE (--features F.npz | --query Q.npy --database D.npy | --folder DIR)``."""
     import argparse
 
-    from harness.accuracy.offline import evaluate_files
+    from harness.accuracy.offline import evaluate_files, write_metrics
     from harness.errors import HarnessError
 
     parser = argparse.ArgumentParser(
@@ -112,7 +112,7 @@ def eval_features(arguments: list[str]) -> int:
     try:
         report = evaluate_files(
             options.gnd, features=options.features, query=options.query, database=options.database,
-            folder=options.folder, normalization=options.normalization, output=options.out,
+            folder=options.folder, normalization=options.normalization,
         )  # fmt: skip
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -124,6 +124,12 @@ def eval_features(arguments: list[str]) -> int:
         print(
             f"{setup:<6} mAP {values['map']:6.2f}  mP@1 {values['mp1']:6.2f}  mP@5 {values['mp5']:6.2f}  mP@10 {values['mp10']:6.2f}"
         )
+    if options.out is not None:  # after the metrics are printed: a file that cannot be written loses none of them
+        try:
+            write_metrics(report, options.out)
+        except HarnessError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

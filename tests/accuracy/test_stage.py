@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.accuracy.offline import evaluate_files
+from harness.accuracy.offline import evaluate_files, write_metrics
 from harness.accuracy.published import published_results
 from harness.accuracy.revisited import evaluate
 from harness.data.datasets import gnd_path, image_path
@@ -73,8 +74,10 @@ def test_eval_features_reproduces_the_run(tmp_path: Path) -> None:
     for names, matrix in ((truth.qimlist, query), (truth.imlist, database)):
         for name, row in zip(names, matrix, strict=True):
             np.savez(folder / f"{name}.npz", output_0=row[None])
-    assert evaluate_files(gnd, folder=folder, output=tmp_path / "m.json")["easy"] == report["easy"]
-    assert (tmp_path / "m.json").is_file()
+    from_folder = evaluate_files(gnd, folder=folder)
+    assert from_folder["easy"] == report["easy"]
+    write_metrics(from_folder, tmp_path / "new" / "m.json")  # its folder made as needed
+    assert json.loads((tmp_path / "new" / "m.json").read_text()) == from_folder
     np.save(tmp_path / "short.npy", database[:-1])
     with pytest.raises(DataError, match=r"short.npy: database descriptors have shape \[15, 64\], expected \[16, D\]"):
         evaluate_files(gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "short.npy")
@@ -93,8 +96,7 @@ def test_eval_features_reproduces_the_run(tmp_path: Path) -> None:
     with pytest.raises(
         DataError, match=rf"^{tmp_path}: cannot write the metrics \(a folder: give the file to write\)$"
     ):
-        evaluate_files(gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "zero.npy",
-                       output=tmp_path)  # fmt: skip
+        write_metrics(report, tmp_path)
 
 
 def test_eval_features_command(tmp_path: Path) -> None:
@@ -107,6 +109,20 @@ def test_eval_features_command(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert [line.split()[0] for line in done.stdout.strip().splitlines()] == ["easy", "medium", "hard"]
     gnd = str(gnd_path(tmp_path / "data", TINY_SET))
+    descriptors = ["--query", str(tmp_path / "run" / "features_query.npy"), "--database",
+                   str(tmp_path / "run" / "features_database.npy")]  # fmt: skip
+    (tmp_path / "a-file").write_text("in the way of --out")
+    for out, code in ((tmp_path / "new" / "m.json", 0), (tmp_path / "a-file" / "m.json", 1)):
+        written = subprocess.run(
+            [sys.executable, "-m", "harness", "eval-features", "--gnd", gnd, *descriptors, "--out", str(out)],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        # The metrics are printed whether or not the file can be written: none is lost to a bad --out.
+        assert written.returncode == code and written.stdout == done.stdout, written.stderr
+        assert out.is_file() == (code == 0)
+    assert written.stderr.strip() == (
+        f"error: {tmp_path / 'a-file' / 'm.json'}: cannot write the metrics ({tmp_path / 'a-file'} is a file, not a folder)"
+    )
     for forms in (["--query", "q.npy"], ["--features", "f.npz", "--folder", str(tmp_path)], []):
         refused = subprocess.run(
             [sys.executable, "-m", "harness", "eval-features", "--gnd", gnd, *forms], cwd=REPO_ROOT, capture_output=True,
