@@ -160,6 +160,7 @@ def _publish_verdict(
     folder = record_folder(Path(first_candidate))
     report = options.report or ((folder if folder.is_dir() else Path.cwd()) / "gate.md")
     try:
+        report.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(report, table)
         print(f"gate report: {report}")
     except OSError as error:  # the verdict above stands, and so does its exit status

@@ -54,6 +54,10 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     printed = str(Path(baseline) / "result.json")
     by_file = harness(tmp_path, "gate", printed, "--baseline", str(baseline_file), "tracking=off")
     assert by_file.returncode == 0 and f"gate report: {Path(baseline) / 'gate.md'}\n" in by_file.stdout
+    nested = tmp_path / "reports" / "gates" / "gate.md"  # its folders made as needed
+    elsewhere = harness(tmp_path, "gate", baseline, "--baseline", str(baseline_file), "--report", str(nested),
+                        "tracking=off")  # fmt: skip
+    assert elsewhere.returncode == 0 and elsewhere.stderr == "" and nested.read_text() in elsewhere.stdout
 
     other = run_folder(harness(tmp_path, *SLEEP_RUN, "backend.latency_us=2500", "perf.repeats=5", "tracking=off"))
     unmatched = harness(tmp_path, "gate", other, "--baseline", str(baseline_file), "tracking=off")
