@@ -152,6 +152,18 @@ def test_the_hydra_node_resolved_alone_points_to_the_whole_config(tmp_path: Path
     assert whole.returncode == 0 and f"dir: {tmp_path / 'outputs'}/run/" in whole.stdout
 
 
+def test_a_deprecated_key_is_folded_and_said_once_per_run(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "-m", "debug=tiny", "backend=sleep", "stages=[perf]", "perf.iterations=4",
+                   "perf.duration_s=0.2", "backend.latency_us=100,200", "tracking=off")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stdout.splitlines() if "perf.duration_s is deprecated" in line]
+    assert len(said) == 2 and all("[harness.resolve][WARNING]" in line for line in said), said  # in each job's log
+    assert "deprecated" not in done.stderr  # and not again, unlogged, by the check of the jobs before the sweep
+    for result_file in sorted((tmp_path / "outputs").rglob("result.json")):
+        perf = load_result(result_file).perf
+        assert perf is not None and perf.min_duration_s == 0.2 and perf.forward_time_s >= 0.2
+
+
 def test_a_sweep_with_one_bad_job_runs_nothing(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "-m", "debug=tiny", "perf.batch=1,abc")
     assert done.returncode == 2

@@ -97,11 +97,16 @@ def hydra_command(config_name: str, task: Callable[[Any], None], arguments: list
     if refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
+    # The check resolves every job once more than its run will: what resolving logs (a deprecated key) is said
+    # by the run, in its log, not also here, before logging is set up, once per job.
+    logging.disable(logging.WARNING)
     try:
         _check_jobs(config_name, arguments)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        logging.disable(logging.NOTSET)
     register_schema()
     app = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)
     sys.argv = [f"harness {config_name}", *arguments]
