@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness.errors import DataError
+from harness.errors import DataError, TrackingError
 from harness.fileio import progress_bar, sha256_of, write_json_atomic
 from harness.perf.vamp import VAMP_REPEAT_FILE
 from harness.report import SWEEP_FILE, planned_settings
@@ -94,8 +94,9 @@ def ensure_parent(store: Store, sweep_dir: Path) -> str:
     path = sweep_dir / SWEEP_FILE
     with _locked(path):
         record = json.loads(path.read_text())
-        if record.get("parent_run_id") and record.get("uri") == store.uri:
-            return str(record["parent_run_id"])
+        parent = str(record.get("parent_run_id") or "")
+        if parent and record.get("uri") == store.uri and _still_logged(store, parent):
+            return parent
         found = store.find(SWEEP_UID_TAG, record["sweep_uid"])
         if found is None:
             tags = {SWEEP_UID_TAG: record["sweep_uid"], "harness.kind": "sweep", "sweep_dir": str(sweep_dir.resolve())}
@@ -112,13 +113,29 @@ def ensure_parent(store: Store, sweep_dir: Path) -> str:
         return str(found.info.run_id)
 
 
+def _still_logged(store: Store, run_id: str) -> bool:
+    """Whether a run a ``tracking.json`` or ``sweep.json`` names is still in the store, not deleted: one deleted in
+    the UI, or from a store started afresh, is logged again (the folder read "already logged" for ever, and a
+    sweep's jobs were logged as children of a parent the store did not have)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = store.call(lambda: store.client.get_run(run_id))
+    except TrackingError as error:
+        cause = error.__cause__
+        if isinstance(cause, MlflowException) and cause.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return bool(run.info.lifecycle_stage == "active")
+
+
 @held_interrupts()
 def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -> tuple[TrackingRecord, bool]:
     """Log one run folder unless it already is; returns its record and whether this call logged it."""
     existing = run_dir / TRACKING_FILE
     if existing.exists():
         record = TrackingRecord(**json.loads(existing.read_text()))
-        if record.uri == store.uri:
+        if record.uri == store.uri and _still_logged(store, record.run_id):
             return record, False
     result = load_result(run_dir)
     record_data = result.to_dict()

@@ -114,6 +114,25 @@ def test_a_failed_run_is_tracked_as_failed_with_its_log_saying_why(tmp_path: Pat
     assert "run failed: model.weights=/missing.pth: no such file" in log_file.read_text()
 
 
+def test_sync_logs_again_what_the_store_no_longer_has(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "-m", "debug=tiny", "stages=[build,perf]", "perf.iterations=4", "perf.batch=1,2")
+    assert done.returncode == 0, done.stderr
+    sweep = find_sweep_dir(tmp_path)
+    store = tmp_path / "outputs" / "mlflow.db"
+    uri = f"sqlite:///{store}"
+    first = {job: json.loads((sweep / job / "tracking.json").read_text())["run_id"] for job in ("0", "1")}
+    MlflowClient(tracking_uri=uri).delete_run(first["0"])  # as the UI's Delete does
+    synced = harness(tmp_path, "sync", str(sweep))
+    assert synced.returncode == 0, synced.stderr
+    again = json.loads((sweep / "0" / "tracking.json").read_text())["run_id"]
+    assert again != first["0"] and f"{sweep / '0'}: logged as {again}" in synced.stdout
+    assert f"{sweep / '1'}: already logged as {first['1']}" in synced.stdout
+    store.unlink()  # a store started afresh: every run, and the sweep's parent, is logged into it again
+    fresh = harness(tmp_path, "sync", str(sweep))
+    assert fresh.returncode == 0, fresh.stderr
+    check_sweep(uri, sweep, expected_jobs=2)  # the jobs are children of a parent the new store has
+
+
 def test_tracking_off_writes_only_the_result_and_the_printed_path_can_be_reported_and_synced(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "debug=tiny", "tracking=off")
     assert done.returncode == 0, done.stderr
