@@ -251,10 +251,10 @@ def check_promotable(failures: dict[str, str]) -> None:
 
 
 def _run_sources(candidate: str) -> list[str]:
-    path = Path(candidate)
+    path = record_folder(Path(candidate))  # the result.json or sweep.json a command printed names its folder
     if (path / SWEEP_FILE).exists():
         return [str(job) for job in job_dirs(path)]
-    return [candidate]
+    return [str(path)]
 
 
 def _run_id_of(source: str, store: Store) -> str:

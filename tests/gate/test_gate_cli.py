@@ -132,6 +132,8 @@ def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_ver
     baseline = run_folder(harness(tmp_path, *onnx_run))
     promoted = harness(tmp_path, "gate", "--promote", baseline, "--baseline", "mlflow")
     assert promoted.returncode == 0, promoted.stderr
+    printed = harness(tmp_path, "gate", "--promote", str(Path(baseline) / "result.json"), "--baseline", "mlflow")
+    assert printed.returncode == 0 and printed.stdout == promoted.stdout  # the path a run prints names its folder
     candidate = subprocess.Popen(
         [sys.executable, "-m", "harness", *onnx_run], cwd=tmp_path, env=harness_environment(tmp_path),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
