@@ -29,6 +29,14 @@ SLEEP_RUN = [
 
 harness = harness_in
 
+# Gating a run against itself (or against a rerun of its own config) is x1.0000 by construction, but whether the
+# interval clears 5% depends on how quiet the host was over the repeats: a busy CI host once made it straddle
+# (throughput x1.0000 in [0.9445, 1.0588]). Tests of the gate's plumbing tolerate 50%; tests of its statistics
+# (tests/gate/test_decide.py, the CPU-hog regression below) keep the default rules.
+TOLERANT = [
+    f"gate.rules.{metric}.threshold=0.5" for metric in ("throughput_qps", "e2e_latency_p50_ms", "model_latency_p50_ms")
+]
+
 
 def run_folder(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 0, done.stderr
@@ -45,18 +53,18 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     assert set(entry) == {"label", "config_hash", "hardware_fingerprint", "metrics", "config"}
     assert entry["config"]["backend.latency_us"] == "2000.0" and "paths.outputs" not in entry["config"]
 
-    itself = harness(tmp_path, "gate", baseline, "--baseline", str(baseline_file), "tracking=off")
+    itself = harness(tmp_path, "gate", baseline, "--baseline", str(baseline_file), "tracking=off", *TOLERANT)
     assert itself.returncode == 0, itself.stdout + itself.stderr
     assert "gate verdict: **pass** (exit 0)" in itself.stdout and "| throughput_qps | " in itself.stdout
     assert (Path(baseline) / "gate.md").read_text() in itself.stdout
     # The path a run prints last names its result.json: the table still goes beside it, not into the working folder.
     (Path(baseline) / "gate.md").unlink()
     printed = str(Path(baseline) / "result.json")
-    by_file = harness(tmp_path, "gate", printed, "--baseline", str(baseline_file), "tracking=off")
+    by_file = harness(tmp_path, "gate", printed, "--baseline", str(baseline_file), "tracking=off", *TOLERANT)
     assert by_file.returncode == 0 and f"gate report: {Path(baseline) / 'gate.md'}\n" in by_file.stdout
     nested = tmp_path / "reports" / "gates" / "gate.md"  # its folders made as needed
     elsewhere = harness(tmp_path, "gate", baseline, "--baseline", str(baseline_file), "--report", str(nested),
-                        "tracking=off")  # fmt: skip
+                        "tracking=off", *TOLERANT)  # fmt: skip
     assert elsewhere.returncode == 0 and elsewhere.stderr == "" and nested.read_text() in elsewhere.stdout
 
     other = run_folder(harness(tmp_path, *SLEEP_RUN, "backend.latency_us=2500", "perf.repeats=5", "tracking=off"))
@@ -90,7 +98,7 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     few = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=3", "tracking=off"))
     inconclusive = harness(tmp_path, "gate", few, "--baseline", str(baseline_file), "tracking=off")
     assert inconclusive.returncode == 3 and "needs >= 5 repeats a side to decide, has 5 and 3" in inconclusive.stdout
-    rerun = harness(tmp_path, "gate", few, "--baseline", str(baseline_file), "--rerun", "1", "tracking=off")
+    rerun = harness(tmp_path, "gate", few, "--baseline", str(baseline_file), "--rerun", "1", "tracking=off", *TOLERANT)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert (Path(few) / "gate-reruns" / "1" / "result.json").is_file() and "| 5/6 | pass |" in rerun.stdout
 
@@ -99,7 +107,14 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     elsewhere = harness(tmp_path, "gate", baseline, "--baseline", str(baseline_file), "tracking=off")
     assert elsewhere.returncode == 4 and "no baseline measured on this hardware" in elsewhere.stdout
     allowed = harness(
-        tmp_path, "gate", baseline, "--baseline", str(baseline_file), "--allow-hardware-mismatch", "tracking=off"
+        tmp_path,
+        "gate",
+        baseline,
+        "--baseline",
+        str(baseline_file),
+        "--allow-hardware-mismatch",
+        "tracking=off",
+        *TOLERANT,
     )
     assert allowed.returncode == 0 and "hardware differs" in allowed.stdout
 
@@ -183,14 +198,14 @@ def test_a_verdict_is_tagged_in_the_store_its_run_was_logged_to(tmp_path: Path) 
     logged = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=5", f"tracking.uri=sqlite:///{elsewhere}"))
     baseline_file = tmp_path / "sleep.json"
     assert harness(tmp_path, "gate", "--promote", logged, "--baseline", str(baseline_file)).returncode == 0
-    gated = harness(tmp_path, "gate", logged, "--baseline", str(baseline_file))  # the gate's own store: the default
+    gated = harness(tmp_path, "gate", logged, "--baseline", str(baseline_file), *TOLERANT)  # the default store
     assert gated.returncode == 0 and gated.stderr == "", gated.stdout + gated.stderr
     run_id = json.loads((Path(logged) / "tracking.json").read_text())["run_id"]
     assert MlflowClient(f"sqlite:///{elsewhere}").get_run(run_id).data.tags["harness.gate.verdict"] == "pass"
     assert not (tmp_path / "outputs" / "mlflow.db").exists()  # gating folders against a file reads no store
 
     elsewhere.unlink()
-    gone = harness(tmp_path, "gate", logged, "--baseline", str(baseline_file))
+    gone = harness(tmp_path, "gate", logged, "--baseline", str(baseline_file), *TOLERANT)
     assert gone.returncode == 0 and not elsewhere.exists()  # the verdict stands; no empty store in its place
     store = f"sqlite:///{elsewhere}"
     assert (
