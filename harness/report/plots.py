@@ -9,6 +9,7 @@ as zero.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
@@ -49,6 +50,9 @@ class Plot:
 
 
 def _figure():  # type: ignore[no-untyped-def]
+    # On a fresh machine matplotlib builds its font cache at first use and says so at INFO; at the end of a sweep
+    # that line came out under Hydra's "[HYDRA]" prefix, as if Hydra had done it, between the sweep's own lines.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")

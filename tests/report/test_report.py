@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -341,3 +342,13 @@ def test_an_unreadable_result_is_named_and_the_other_jobs_are_still_reported_and
     assert f"attached to MLflow parent run {parent} in {uri} (artifacts/report)" in attached.stdout
     reported = {item.path for item in MlflowClient(uri).list_artifacts(parent, "report")}
     assert "report/index.html" in reported
+
+
+def test_a_report_on_a_fresh_machine_logs_nothing_of_matplotlib_building_its_font_cache(tmp_path: Path) -> None:
+    script = (
+        "import logging; logging.basicConfig(level=logging.INFO, format='[%(name)s] %(message)s')\n"
+        "from harness.report.plots import _figure; _figure()\n"
+    )
+    environment = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "matplotlib")}  # no font cache yet
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, check=True)
+    assert list((tmp_path / "matplotlib").glob("fontlist-*.json")) and done.stderr == "", done.stderr
