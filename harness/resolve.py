@@ -122,22 +122,23 @@ def _check_input_shape(config: RunConfig, preprocessing: VdspParams, *, toolchai
             "model.input_size to measure another size"
         )
     fed_by_vdsp = "accuracy" in config.stages or (fed_by_perf and not config.perf.shape)
-    if fed_by_vdsp and preprocessing.output_size != config.model.input_size:
-        height, width = preprocessing.output_size
+    if fed_by_vdsp and preprocessing.tensor_size != config.model.input_size:
+        height, width = preprocessing.tensor_size
+        made_by = "crop" if preprocessing.crop else "output"
         raise ConfigError(
-            f"vdsp output {height}x{width} (H x W) does not match model.input_size={list(config.model.input_size)}"
+            f"vdsp {made_by} {height}x{width} (H x W) does not match model.input_size={list(config.model.input_size)}"
         )
 
 
 def _preprocessing(config: RunConfig) -> VdspParams:
     """The vdsp params in force: a vendor file, inline params, or the torchvision-equivalent default."""
-    if config.vdsp.path:
-        try:
+    try:
+        if config.vdsp.path:
             return load_vdsp(Path(config.vdsp.path).expanduser())
-        except DataError as error:
-            raise ConfigError(f"vdsp.path: {error}") from None
-    if config.vdsp.params:
-        return parse_vdsp(config.vdsp.params, source="vdsp.params")
+        if config.vdsp.params:
+            return parse_vdsp(config.vdsp.params, source="vdsp.params")
+    except DataError as error:
+        raise ConfigError(f"vdsp.path: {error}" if config.vdsp.path else str(error)) from None
     return default_params(config.model.input_size)
 
 

@@ -13,6 +13,7 @@ is kept as ``code N`` and refused when preprocessing needs it, naming the field,
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from harness.config.schema import VdspConfig, VdspParams
+from harness.config.schema import Crop, VdspConfig, VdspParams
 from harness.errors import ConfigError, DataError
 from harness.fileio import write_text_atomic
 
@@ -52,13 +53,40 @@ def _three(values: Any, field: str, source: str) -> tuple[float, float, float]:
         first, second, third = (float(value) for value in values)
     except (TypeError, ValueError):
         raise DataError(f"{source}: {field}={values!r}: expected three numbers") from None
+    if not all(math.isfinite(value) for value in (first, second, third)):
+        raise DataError(f"{source}: {field}={values!r}: expected three finite numbers")
     return first, second, third
 
 
-def _crop(values: Any) -> tuple[int, int, int, int] | None:
-    if values is None:
+def _integer(fields: dict[str, Any], field: str, source: str) -> int:
+    """``fields[field]`` as an int (a ``KeyError`` when missing); a ``DataError`` for text, a fraction or a bool."""
+    value = fields[field]
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or isinstance(value, bool) or number != float(value):
+        raise DataError(f"{source}: {field}={value!r}: expected an integer")
+    return number
+
+
+def _size(fields: dict[str, Any], height: str, width: str, source: str) -> tuple[int, int]:
+    size = (_integer(fields, height, source), _integer(fields, width, source))
+    if min(size) <= 0:
+        raise DataError(f"{source}: {height}={size[0]}, {width}={size[1]}: expected positive sizes")
+    return size
+
+
+def _crop(fields: dict[str, Any], keys: tuple[str, str, str, str], size: tuple[int, int], source: str) -> Crop | None:
+    """(x, y, width, height) of the crop the params declare (by their width key), inside the resized image."""
+    if keys[2] not in fields:
         return None
-    x, y, width, height = (int(value) for value in values)
+    x, y, width, height = (_integer(fields, key, source) if key in fields else 0 for key in keys)
+    if min(x, y) < 0 or min(width, height) <= 0 or x + width > size[1] or y + height > size[0]:
+        declared = ", ".join(f"{key}={value}" for key, value in zip(keys, (x, y, width, height), strict=True))
+        raise DataError(
+            f"{source}: {declared}: expected a non-empty crop inside the {size[0]}x{size[1]} (H x W) resized image"
+        )
     return x, y, width, height
 
 
@@ -87,49 +115,52 @@ LEGACY_LAYOUT = _Layout(
 )  # fmt: skip
 
 
+def _fields(data: dict[str, Any], source: str) -> tuple[dict[str, Any], _Layout, str, object, tuple[str, str]]:
+    """The op's fields, their layout, the format's name, the op type, and the names of its mean and std
+    fields (the legacy layouts' are rewritten from fp16 bit patterns into floats under ``mean`` / ``std``)."""
+    if "OpConfig" in data:
+        return dict(data["OpConfig"]), NEW_LAYOUT, "new", data.get("OpType"), ("Mean", "Std")
+    if "vdsp_op_type" not in data:
+        raise DataError(f"{source}: neither OpType/OpConfig nor vdsp_op_type: not a vdsp params file")
+    if "config" in data:
+        fields = {entry["Property"]: entry["Value"] for entry in data["config"]}
+        source_format = "legacy-proplist"
+    else:
+        fields = {key: value for key, value in data.items() if key != "vdsp_op_type"}
+        source_format = "legacy-flat"
+    for name in ("mean", "std"):
+        fields[name] = [fp16_from_bits(_integer(fields, f"{name}{channel}", source)) for channel in "rgb"]
+    return fields, LEGACY_LAYOUT, source_format, data["vdsp_op_type"], ("mean", "std")
+
+
 def parse_vdsp(data: dict[str, Any], *, source: str = "vdsp params") -> VdspParams:
-    """Parse any of the three vdsp JSON layouts into ``VdspParams``."""
+    """Parse any of the three vdsp JSON layouts into ``VdspParams``; a ``DataError`` naming ``source`` and the
+    field for a value the preprocessing cannot use (a missing field, a size that is not a positive integer, a
+    zero Std it would divide by, a crop outside the resized image)."""
     try:
-        if "OpConfig" in data:
-            fields: dict[str, Any] = dict(data["OpConfig"])
-            layout, source_format, op_type = NEW_LAYOUT, "new", data.get("OpType")
-            mean, std = _three(fields["Mean"], "Mean", source), _three(fields["Std"], "Std", source)
-        elif "vdsp_op_type" in data:
-            if "config" in data:
-                fields, source_format = (
-                    {entry["Property"]: entry["Value"] for entry in data["config"]},
-                    "legacy-proplist",
-                )
-            else:
-                fields, source_format = (
-                    {key: value for key, value in data.items() if key != "vdsp_op_type"},
-                    "legacy-flat",
-                )
-            layout, op_type = LEGACY_LAYOUT, data["vdsp_op_type"]
-            mean = _three([fp16_from_bits(int(fields[f"mean{channel}"])) for channel in "rgb"], "mean", source)
-            std = _three([fp16_from_bits(int(fields[f"std{channel}"])) for channel in "rgb"], "std", source)
-        else:
-            raise DataError(f"{source}: neither OpType/OpConfig nor vdsp_op_type: not a vdsp params file")
-        size = (int(fields[layout.height]), int(fields[layout.width]))
-        input_size = (
-            (int(fields[layout.input_height]), int(fields[layout.input_width]))
-            if layout.input_height in fields and layout.input_width in fields
-            else None
-        )
+        fields, layout, source_format, op_type, (mean_field, std_field) = _fields(data, source)
+        mean, std = _three(fields[mean_field], mean_field, source), _three(fields[std_field], std_field, source)
+        size = _size(fields, layout.height, layout.width, source)
+        declares_input = layout.input_height in fields and layout.input_width in fields
+        input_size = _size(fields, layout.input_height, layout.input_width, source) if declares_input else None
+        norma_type = _enum(fields[layout.norma_type], NORMA_TYPES, NUMERIC_NORMA_TYPES, layout.norma_type, source)
+        crop = _crop(fields, layout.crop, size, source)
     except KeyError as missing:
         raise DataError(f"{source}: missing field {missing.args[0]!r}") from None
+    if norma_type.endswith("DIVSTD") and not np.asarray(std, dtype=np.float32).all():  # as preprocess divides
+        raise DataError(f"{source}: {std_field}={list(std)}: {layout.norma_type}={norma_type} divides by it")
     return VdspParams(
         op_type=str(op_type),
         input_format=str(fields.get(layout.input_format, "RGB_PLANAR")),
         output_size=size,
         mean=mean,
         std=std,
-        norma_type=_enum(fields.get(layout.norma_type), NORMA_TYPES, NUMERIC_NORMA_TYPES, layout.norma_type, source),
+        norma_type=norma_type,
         resize_type=_enum(fields.get(layout.resize_type, "BILINEAR_CV"), RESIZE_TYPES, {}, layout.resize_type, source),
         color_cvt_code=_enum(
             fields.get(layout.color_cvt_code, "NO_CHANGE"), COLOR_CONVERSIONS, {}, layout.color_cvt_code, source
         ),
-        crop=_crop([fields.get(key, 0) for key in layout.crop]) if layout.crop[2] in fields else None,
+        crop=crop,
         input_size=input_size,
         source_format=source_format,
     )

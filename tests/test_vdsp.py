@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,62 @@ def test_malformed_files_name_the_problem(tmp_path: Path) -> None:
     broken.write_text("{")
     with pytest.raises(DataError, match=r"broken\.json: cannot read vdsp params"):
         load_vdsp(broken)
+
+
+def official_with(**changes: object) -> dict[str, object]:
+    """The official DINOv2 params file with ``changes`` to its OpConfig (a value of None removes the field)."""
+    data = json.loads((FIXTURES / "official-dinov2_vitl14_reg4-vdsp_params.json").read_text())
+    for field, value in changes.items():
+        if value is None:
+            del data["OpConfig"][field]
+        else:
+            data["OpConfig"][field] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"NormaType": None}, "missing field 'NormaType'"),
+        ({"OimageWidth": "abc"}, "OimageWidth='abc': expected an integer"),
+        ({"OimageWidth": 224.5}, "OimageWidth=224.5: expected an integer"),
+        ({"IimageHeight": True}, "IimageHeight=True: expected an integer"),
+        ({"OimageWidth": 0}, "OimageHeight=224, OimageWidth=0: expected positive sizes"),
+        ({"Std": [0, 1, 1]}, "Std=[0.0, 1.0, 1.0]: NormaType=DIV255_MINUSMEAN_DIVSTD divides by it"),
+        ({"Std": [1, 1e-46, 1]}, "Std=[1.0, 1e-46, 1.0]: NormaType=DIV255_MINUSMEAN_DIVSTD divides by it"),  # 0 in fp32
+        ({"Mean": [0.5, float("nan"), 0.5]}, "Mean=[0.5, nan, 0.5]: expected three finite numbers"),
+        (
+            {"CropWidth": 500, "CropHeight": 10},
+            "CropX=0, CropY=0, CropWidth=500, CropHeight=10: expected a non-empty crop inside the 224x224 (H x W) "
+            "resized image",
+        ),
+        ({"CropX": -1, "CropWidth": 10, "CropHeight": 10}, "CropX=-1, CropY=0, CropWidth=10, CropHeight=10"),
+    ],
+)
+def test_a_value_the_preprocessing_cannot_use_is_refused_naming_its_field(
+    changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(DataError) as refused:
+        parse_vdsp(official_with(**changes), source="v.json")
+    assert str(refused.value).startswith(f"v.json: {message}"), refused.value
+
+
+def test_a_legacy_bit_pattern_that_is_not_an_integer_is_named() -> None:
+    data = json.loads((FIXTURES / "legacy-flat-vdsp_params.json").read_text())
+    data["stdg"] = "0x3800"
+    with pytest.raises(DataError, match=r"^v.json: stdg='0x3800': expected an integer$"):
+        parse_vdsp(data, source="v.json")
+    data["stdg"] = 0  # fp16 bit pattern of 0.0: norma_type 4 divides by it
+    with pytest.raises(DataError, match=r"^v.json: std=\[0.5, 0.0, 0.5\]: norma_type=DIV255_MINUSMEAN_DIVSTD"):
+        parse_vdsp(data, source="v.json")
+
+
+def test_a_crop_makes_the_tensor_the_model_is_fed() -> None:
+    params = parse_vdsp(official_with(OimageWidth=256, OimageHeight=256, CropX=16, CropY=16, CropWidth=224,
+                                      CropHeight=224))  # fmt: skip
+    assert params.output_size == (256, 256) and params.crop == (16, 16, 224, 224) and params.tensor_size == (224, 224)
+    photo = sample_photos(1)[0][1]
+    assert preprocess(photo, params).shape == (3, 224, 224)
 
 
 @pytest.mark.parametrize(

@@ -202,8 +202,15 @@ def evaluate(
     *,
     normalization: Normalization = "per_image",
 ) -> dict[Setup, SetupResult]:
-    """Easy, Medium and Hard results for query and database descriptors ([Q, D], [N, D])."""
+    """Easy, Medium and Hard results for query and database descriptors ([Q, D], [N, D]).
+
+    A ``ValueError`` for a NaN or infinite similarity: ranking by binary search assumes ordered scores, and on
+    NaN it would return an AP above 1 instead of failing.
+    """
     scores = similarity(query, database, normalization)
+    if not np.isfinite(scores).all():
+        bad = np.argwhere(~np.isfinite(scores))[0]
+        raise ValueError(f"similarity of query {bad[0]} and database item {bad[1]} is {scores[tuple(bad)]}")
     truths = {setup: setup_truth(gnd, setup) for setup in SETUPS}
     # easy + hard + junk of a query covers the positives and junk of every setup: rank them once.
     ranked = [

@@ -54,14 +54,20 @@ def setup_metrics(results: Mapping[Setup, SetupResult]) -> dict[Setup, SetupMetr
 
 
 def check_descriptors(query: np.ndarray, database: np.ndarray, truth: GroundTruth, *, source: str) -> None:
-    """Shapes agree with the ground truth and every value is finite; else a ``DataError`` naming ``source``."""
-    for label, matrix, expected in (("query", query, len(truth.qimlist)), ("database", database, len(truth.imlist))):
-        if matrix.ndim != 2 or matrix.shape[0] != expected:
-            raise DataError(f"{source}: {label} descriptors have shape {list(matrix.shape)}, expected [{expected}, D]")
+    """Shapes agree with the ground truth and every value is finite; else a ``DataError`` naming ``source`` and
+    the first bad row's image (the metrics rank by similarity, which NaN or inf leaves undefined)."""
+    lists = (("query", query, truth.qimlist), ("database", database, truth.imlist))
+    for label, matrix, images in lists:
+        if matrix.ndim != 2 or matrix.shape[0] != len(images):
+            raise DataError(
+                f"{source}: {label} descriptors have shape {list(matrix.shape)}, expected [{len(images)}, D]"
+            )
         bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
         if bad.size:
+            first = int(bad[0])
             raise DataError(
-                f"{source}: {label} descriptor {int(bad[0])} contains NaN or inf ({counted(bad.size, 'row')})"
+                f"{source}: {label} descriptor {first} ({images[first]}) contains NaN or inf "
+                f"({counted(bad.size, 'row')} of {len(images)})"
             )
     if query.shape[1] != database.shape[1]:
         raise DataError(f"{source}: query dimension {query.shape[1]} != database dimension {database.shape[1]}")
@@ -144,6 +150,7 @@ def run_accuracy(
     log.info("stage=accuracy dataset=%s queries=%d images=%d", name, len(query_jobs), len(database_jobs))
     extract_all = functools.partial(_extract_all, config, query_jobs=query_jobs, database_jobs=database_jobs)
     query, database, skipped_queries, skipped_images = extract_all(artifact_path, config.precision.name, run_dir)
+    check_descriptors(query, database, truth, source=f"{config.precision.name} descriptors in {run_dir}")
     extraction_time_s = time.perf_counter() - started
     skipped_query_paths = set(skipped_queries)
     gnd = [{} if job.path in skipped_query_paths else entry for job, entry in zip(query_jobs, truth.gnd, strict=True)]
@@ -152,6 +159,7 @@ def run_accuracy(
     if config.accuracy.compare_fp32 and config.precision.name != "fp32":
         log.info("stage=accuracy extracting again in fp32 for comparison")
         reference = extract_all(fp32_artifact_path, "fp32", run_dir / FP32_FOLDER)
+        check_descriptors(*reference[:2], truth, source=f"fp32 descriptors in {run_dir / FP32_FOLDER}")
         fp32 = _compare(config, (query, database), reference[:2], gnd, metrics, fp32_artifact_path)
     published = (
         tuple(published_results(config.model.variant, name))
@@ -216,7 +224,7 @@ def _extract_all(
                 artifact_path=artifact_path, model=config.model, precision=precision,
                 cache_dir=str(config.paths.path("cache")),
             )  # fmt: skip
-            opened = open_backend(backend, target, shape=(3, *config.vdsp_params.output_size), batch=1)
+            opened = open_backend(backend, target, shape=(3, *config.vdsp_params.tensor_size), batch=1)
             # An artifact compiled for one batch (an AOTInductor package) describes at most that many images a call.
             batch = min(config.accuracy.batch, opened.max_batch or config.accuracy.batch)
             # One instance for both lists: a model loads (and torch.compile compiles) once per precision.

@@ -389,6 +389,10 @@ class VdspConfig:
     params: dict[str, Any] | None
 
 
+# (x, y, width, height) of a crop of the resized image.
+Crop = tuple[int, int, int, int]
+
+
 @dataclass(frozen=True)
 class VdspParams:
     """One vdsp preprocessing op, normalised across the vendor's JSON formats (see ``docs/vdsp.md``).
@@ -413,9 +417,16 @@ class VdspParams:
     norma_type: str
     resize_type: str
     color_cvt_code: str
-    crop: tuple[int, int, int, int] | None = None
+    crop: Crop | None = None
     input_size: tuple[int, int] | None = None
     source_format: str = "new"
+
+    @property
+    def tensor_size(self) -> tuple[int, int]:
+        """(height, width) of the tensor the op hands the model: the crop's where it crops, else the resize's."""
+        if self.crop is None:
+            return self.output_size
+        return self.crop[3], self.crop[2]
 
 
 # The tracking stores MLflow 3.17 writes runs to, by URI scheme (a database, a server, Databricks).
@@ -584,10 +595,10 @@ class RunConfig:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """[C, H, W] of one image: ``perf.shape``, else the vdsp output size (the model's input size by default)."""
+        """[C, H, W] of one image: ``perf.shape``, else the vdsp op's tensor (the model's input size by default)."""
         if self.perf.shape:
             return self.perf.shape
-        return (3, *self.vdsp_params.output_size)
+        return (3, *self.vdsp_params.tensor_size)
 
     def portable(self) -> RunConfig:
         """This config with ``backend`` as a plain mapping: what ``result.json`` stores, readable without plugins."""

@@ -83,7 +83,9 @@ def test_eval_features_reproduces_the_run(tmp_path: Path) -> None:
         evaluate_files(gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "short.npy")
     database[3, 5] = np.nan
     np.save(tmp_path / "nan.npy", database)
-    with pytest.raises(DataError, match=r"database descriptor 3 contains NaN or inf \(1 row\)"):
+    with pytest.raises(
+        DataError, match=rf"database descriptor 3 \({truth.imlist[3]}\) contains NaN or inf \(1 row of 16\)"
+    ):
         evaluate_files(gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "nan.npy")
     assert report["warnings"] == []
     database[3], database[7] = 1.0, 0.0  # an export that wrote zeros for an image it lost
@@ -168,6 +170,42 @@ def test_vendor_vdsp_preprocessing_and_perf_shape_from_vdsp(tmp_path: Path) -> N
         )
     )
     assert config.input_shape == (3, 112, 112)
+
+
+def test_a_vdsp_crop_feeds_the_model_its_own_size(tmp_path: Path) -> None:
+    resize_then_crop = [
+        "vdsp=official_dinov2", "vdsp.params.OpConfig.OimageWidth=256", "vdsp.params.OpConfig.OimageHeight=256",
+        "+vdsp.params.OpConfig.CropX=16", "+vdsp.params.OpConfig.CropY=16", "+vdsp.params.OpConfig.CropWidth=224",
+        "+vdsp.params.OpConfig.CropHeight=224",
+    ]  # fmt: skip
+    result = tiny_run(tmp_path, *resize_then_crop, "stages=[build,perf,accuracy]")
+    assert result.status == "ok", result.error
+    assert result.accuracy.preprocessing["crop"] == [16, 16, 224, 224]  # type: ignore[union-attr]
+    assert result.perf.shape == (3, 224, 224)  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"^vdsp crop 200x224 \(H x W\) does not match model.input_size=\[224, 224\]"):
+        resolve_config(compose(["debug=tiny", *resize_then_crop, "vdsp.params.OpConfig.CropHeight=200"]))
+    # Inline params are a config like any other: a value they cannot use does not resolve (exit 2, no traceback).
+    with pytest.raises(ConfigError, match=r"^vdsp.params: OimageWidth='abc': expected an integer$"):
+        resolve_config(compose(["debug=tiny", "vdsp=official_dinov2", "vdsp.params.OpConfig.OimageWidth=abc"]))
+
+
+def test_descriptors_that_are_not_finite_fail_the_run_naming_the_image(tmp_path: Path) -> None:
+    # A Std of 1e-38 is no zero, but dividing a 0-255 pixel by it overflows float32: the model is fed inf and
+    # its descriptors come out NaN, as an fp16 build's can when an activation overflows 65504. Ranked as they
+    # were, they scored mAP 125 and mP@1 350.
+    tiny = "[1e-38,1e-38,1e-38]"
+    overflowing = [
+        "vdsp=official_dinov2",
+        f"vdsp.params.OpConfig.Std={tiny}",
+        "vdsp.params.OpConfig.NormaType=MINUSMEAN_DIVSTD",
+    ]
+    result = tiny_run(tmp_path, *overflowing)
+    assert result.status == "failed" and result.error is not None
+    assert result.error.message == (
+        f"fp32 descriptors in {tmp_path / 'run'}: query descriptor 0 (query_000) contains NaN or inf (2 rows of 2)"
+    )
+    with pytest.raises(ValueError, match="similarity of query 0 and database item 0 is nan"):
+        evaluate(np.full((1, 4), np.nan), np.ones((3, 4)), [{"easy": [0], "hard": [], "junk": []}])
 
 
 def test_published_numbers_are_shown_for_official_backbones_only() -> None:
