@@ -210,6 +210,32 @@ def test_sweep_with_a_failing_job_goes_on_and_fails_at_the_end(tmp_path: Path) -
     assert "run failed" not in (results[0].parent / "run.log").read_text()
 
 
+@pytest.mark.parametrize(
+    ("mode", "record"), [(["hydra.run.dir"], "result.json"), (["-m", "hydra.sweep.dir"], "sweep.json")]
+)
+def test_a_fixed_run_folder_that_holds_a_result_is_refused_and_the_result_kept(
+    tmp_path: Path, mode: list[str], record: str
+) -> None:
+    *sweep, key = mode
+    folder = tmp_path / "latest"
+    sleep_run = ["run", *sweep, "debug=tiny", "backend=sleep", "stages=[perf]", f"{key}={folder}"]
+    first = harness(tmp_path, *sleep_run, "perf.batch=1,2" if sweep else "perf.batch=1")
+    assert first.returncode == 0, first.stderr
+    kept = {path: path.read_bytes() for path in folder.rglob("*.json")}
+    run_id = json.loads((folder / "0" / "tracking.json" if sweep else folder / "tracking.json").read_text())["run_id"]
+    # Written over, the folder's tracking.json made the new run pass for logged: "tracked" named this MLflow run,
+    # which holds the first run's numbers, and the second run's were in no store.
+    again = harness(tmp_path, *sleep_run, "perf.batch=4")
+    what = "sweep" if sweep else "run"
+    assert again.returncode == 2 and again.stderr == (
+        f"error: {key}={folder}: holds an earlier {what} ({record}); a {what} writes a folder of its own, so that "
+        f"one's results are kept: choose another {key}, or remove the folder\n"
+    )
+    assert {path: path.read_bytes() for path in folder.rglob("*.json")} == kept
+    store = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    assert store.get_run(run_id).data.params["perf.batch"] == "1"
+
+
 @pytest.mark.parametrize("sweep", [[], ["-m", "perf.batch=1,2"]])
 def test_outputs_that_cannot_be_created_are_one_line_and_no_run(tmp_path: Path, sweep: list[str]) -> None:
     blocker = tmp_path / "a-file"

@@ -250,10 +250,12 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
         return
     if not multirun:
         _check_outputs(resolve_config(compose(overrides, config_name)).paths.path("outputs"))
+        _check_unused(overrides, config_name, multirun=False)
         return
     plan = sweep_plan(overrides, config_name)
     if plan is None:
         return
+    _check_unused(list(plan.jobs[0]), config_name, multirun=True)
     invalid = []
     outputs = set()
     for number, job in enumerate(plan.jobs):
@@ -269,6 +271,25 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
         )
     for folder in sorted(outputs):
         _check_outputs(folder)
+
+
+def _check_unused(overrides: list[str], config_name: str, *, multirun: bool) -> None:
+    """Refuse a run folder that holds a finished run's ``result.json`` (a sweep folder, a sweep's ``sweep.json``):
+    only a fixed ``hydra.run.dir`` / ``hydra.sweep.dir`` can, and the new run would write over that result while
+    the earlier run's ``tracking.json`` made it pass for logged: "tracked" named the MLflow run holding the
+    earlier numbers, and the new ones were in no store."""
+    from harness.config.store import hydra_folder
+    from harness.errors import ConfigError
+    from harness.report import SWEEP_FILE
+    from harness.result import RESULT_FILE
+
+    folder = hydra_folder(overrides, config_name, multirun=multirun)
+    record, key, what = (SWEEP_FILE, "hydra.sweep.dir", "sweep") if multirun else (RESULT_FILE, "hydra.run.dir", "run")
+    if (folder / record).exists():
+        raise ConfigError(
+            f"{key}={folder}: holds an earlier {what} ({record}); a {what} writes a folder of its own, so that "
+            f"one's results are kept: choose another {key}, or remove the folder"
+        )
 
 
 def _check_outputs(folder: Path) -> None:
