@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,6 +33,8 @@ from harness.config.schema import RunConfig
 from harness.errors import counted
 from harness.fileio import write_json_atomic
 from harness.models.variants import VariantSpec
+
+log = logging.getLogger(__name__)
 
 GEMM_TIMING_ROUNDS = 5
 # Part of a cached timing's key: a timing taken another way is taken again, not reused.
@@ -259,7 +262,12 @@ def time_gemms(
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_dir / "gemm" / f"{fingerprint}-{key}.json"
     if reuse and cached.exists():
-        return GemmTiming(**json.loads(cached.read_text()))
+        try:
+            return GemmTiming(**json.loads(cached.read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            # A cache is a shortcut, never a reason to lose the run's measurement: a file cut short outside the
+            # harness, or written by a version with other fields, is timed again and replaced.
+            log.warning("GEMM timing cache %s unreadable (%s): timing the GEMMs again", cached, error)
     with RUNNERS[runtime](threads, dtype, device) as make_run:
         total_us = _time_each(gemms, make_run, dtype)
     timing = GemmTiming(

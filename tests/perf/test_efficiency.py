@@ -187,6 +187,21 @@ def test_a_cached_timing_slower_than_the_model_is_taken_again(cache_dir: Path, t
     assert json.loads(cached.read_text())["gemm_time_us"] == result.efficiency.gemm_time_us  # the cache replaced
 
 
+@pytest.mark.parametrize("damage", ['{"gemm_time_us": 12', '{"gemm_time_us": 1.0, "renamed_field": 2}'])
+def test_a_cached_timing_that_cannot_be_read_is_taken_again_not_the_run_lost(
+    cache_dir: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = run_config(cache_dir, "stages=[build,perf]", "perf.iterations=20", "perf.min_samples=20")
+    artifact = build(config).artifact_path
+    measure(config, tmp_path / "first", artifact)
+    (cached,) = (cache_dir / "gemm").iterdir()
+    cached.write_text(damage)  # cut short outside the harness, or written by a version with other fields
+    result = measure(config, tmp_path / "again", artifact)
+    assert result.efficiency is not None and result.efficiency.gemm_time_us > 0
+    assert json.loads(cached.read_text())["gemm_time_us"] == result.efficiency.gemm_time_us  # the cache replaced
+    assert f"GEMM timing cache {cached} unreadable (" in caplog.text
+
+
 def test_a_timing_still_slower_than_the_model_is_called_disturbed(
     cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
