@@ -255,7 +255,6 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
     plan = sweep_plan(overrides, config_name)
     if plan is None:
         return
-    _check_unused(list(plan.jobs[0]), config_name, multirun=True)
     invalid = []
     outputs = set()
     for number, job in enumerate(plan.jobs):
@@ -271,6 +270,7 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
         )
     for folder in sorted(outputs):
         _check_outputs(folder)
+    _check_unused(list(plan.jobs[0]), config_name, multirun=True)
 
 
 def _check_unused(overrides: list[str], config_name: str, *, multirun: bool) -> None:
