@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from harness.config.schema import GateConfig
 from harness.errors import HarnessError, counted
 from harness.gate.decide import Decision, decide
@@ -112,6 +114,13 @@ def pair(
         if base is None or cand is None:
             side, lacking = ("baseline", baseline) if base is None else ("candidate", candidate)
             problems.append(f"metric {metric} missing in the {side}: {_why_missing(lacking, rule.kind, settings)}")
+            continue
+        not_numbers = [(side, values) for side, values in (("baseline", base), ("candidate", cand))
+                       if not np.isfinite(values).all()]  # fmt: skip
+        if not_numbers:
+            # NaN compares false with every tolerance: an accuracy setup that scored no query passed as "within".
+            side, values = not_numbers[0]
+            problems.append(f"metric {metric} is not a number in the {side} ({', '.join(map(str, values))})")
             continue
         decisions.append(decide(metric, rule, base, cand, settings))
     fewest = min((d.repeats[0] for d in decisions if d.rule.kind == "perf"), default=settings.min_repeats)

@@ -96,6 +96,20 @@ def test_pairing_needs_a_baseline_on_the_same_hardware_unless_allowed() -> None:
     )
 
 
+def test_a_value_that_is_not_a_number_is_unusable_not_within_tolerance() -> None:
+    medium = GateRule(kind="accuracy", better="higher", threshold=0.5)
+    settings = GateConfig(**{**SETTINGS.__dict__, "rules": {"map_medium": medium, "throughput_qps": THROUGHPUT}})
+    baseline = evidence({"map_medium": (60.0,), "throughput_qps": noisy(100.0)})
+    scored_no_query = evidence({"map_medium": (float("nan"),), "throughput_qps": noisy(100.0, seed=1)})
+    judged = pair(scored_no_query, [baseline], settings, allow_hardware_mismatch=False)
+    assert judged.verdict == "unusable" and judged.problems == (
+        "metric map_medium is not a number in the candidate (nan)",
+    )
+    assert [decision.metric for decision in judged.decisions] == ["throughput_qps"]
+    against_nan = pair(baseline, [scored_no_query], settings, allow_hardware_mismatch=False)
+    assert against_nan.problems == ("metric map_medium is not a number in the baseline (nan)",)
+
+
 def configured(label: str, fingerprint: str = "machine", **settings: str) -> Evidence:
     return Evidence(label, "hash-" + label, fingerprint, {}, config={"model.variant": "vits14", **settings})
 
