@@ -79,9 +79,16 @@ def test_instances_whose_threads_outnumber_the_cores_are_called_oversubscribed(c
     many = [*load[:1], f"perf.instances={cores + 1}", *load[2:], "backend.intra_op_threads=1"]
     crowd = measure(run_config(cache_dir, *many), tmp_path / "many", artifact)
     assert (
-        f"oversubscribed: {cores + 1} instances x 1 CPU threads = {cores + 1} threads on {cores} cores; more instances "
+        f"oversubscribed: {cores + 1} instances x 1 CPU thread = {cores + 1} threads on {cores} cores; more instances "
         f"than cores: perf.instances={cores} at most gives each instance a core of its own"
     ) in crowd.validity.warnings
+    # One instance with more threads than cores spins them against each other as surely (42 img/s instead of 1400).
+    alone = [*load[:1], "perf.instances=1", *load[2:], f"backend.intra_op_threads={4 * cores}"]
+    spinning = measure(run_config(cache_dir, *alone), tmp_path / "alone", artifact)
+    assert (
+        f"oversubscribed: 1 instance x {4 * cores} CPU threads = {4 * cores} threads on {cores} cores; "
+        f"set backend.intra_op_threads={cores}, a thread per core"
+    ) in spinning.validity.warnings
     default = measure(run_config(cache_dir, *load), tmp_path / "default", artifact)
     assert default.backend_resolved["cpu_threads"] == physical_cores()  # ONNX Runtime's default: one per core
     # A backend that runs nothing on the CPU's cores (the sleep backend) is never oversubscribed.
