@@ -120,12 +120,7 @@ def summarise(
         perf, stability=stability, forward_time_s=forward_time_s, batches=batches, requests=int(e2e_us.size),
         target_qps=target_qps,
     )  # fmt: skip
-    warnings = stats.insufficient_percentiles(latency.e2e)
-    if perf.search == "none":  # a peak search judges its probes by the bound itself
-        bound = perf.latency_bound_ms
-        missed, unjudged = stats.latency_bound_notes(bound, latency.e2e.p99, unknown="the e2e p99 was withheld")
-        reasons, warnings = reasons + missed, warnings + unjudged
-    warnings += _cautions(perf, latency=latency, dispatch=dispatch, instances=instances, window_cv=window_cv)
+    validity = _validity(perf, reasons, latency=latency, dispatch=dispatch, instances=instances, window_cv=window_cv)
     cpu_s = sum(report.cpu_s for report in reports)
     host_block, peak_rss_bytes = _host_memory(reports, host, start=start, end=end)
     device_peaks = [report.peak_device_bytes for report in reports if report.peak_device_bytes is not None]
@@ -142,7 +137,7 @@ def summarise(
         cpu_utilization_pct=100.0 * cpu_s / (forward_time_s * (os.cpu_count() or 1)),
         peak_host_memory_bytes=peak_rss_bytes,
         peak_device_memory_bytes=sum(device_peaks) if device_peaks else None,
-        validity=Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings)),
+        validity=validity,
         host=host_block,
         dispatch_delay_us=dispatch,
         telemetry=None
@@ -157,6 +152,21 @@ def summarise(
     if transfer_us.size:
         raw["h2d_us"], raw["d2h_us"] = transfer_us[:, 0], transfer_us[:, 1]
     return measurement, raw
+
+
+def _validity(
+    perf: PerfConfig, reasons: list[str], *, latency: LatencyBlock, dispatch: LatencyStats | None,
+    instances: list[InstanceSamples], window_cv: float | None,
+) -> Validity:  # fmt: skip
+    """The measurement's verdict: its shortfalls (``reasons``) and a missed latency bound make it invalid;
+    withheld percentiles, an unjudged bound and the load's cautions are warnings."""
+    warnings = stats.insufficient_percentiles(latency.e2e)
+    if perf.search == "none":  # a peak search judges its probes by the bound itself
+        bound = perf.latency_bound_ms
+        missed, unjudged = stats.latency_bound_notes(bound, latency.e2e.p99, unknown="the e2e p99 was withheld")
+        reasons, warnings = reasons + missed, warnings + unjudged
+    warnings += _cautions(perf, latency=latency, dispatch=dispatch, instances=instances, window_cv=window_cv)
+    return Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings))
 
 
 def _host_memory(
