@@ -37,15 +37,22 @@ def load_backbone(
 def backbone_from(
     spec: VariantSpec, *, checkpoint: Path | None, seed: int, input_size: tuple[int, int]
 ) -> DinoVisionTransformer:
-    """The fp32 model from a resolved ``checkpoint`` (``None``: random weights drawn with ``seed``)."""
-    if checkpoint is None:
+    """The fp32 model from a resolved ``checkpoint`` (``None``: random weights drawn with ``seed``).
+
+    The model is made on the meta device: every parameter is then set from the checkpoint or the seed, so
+    PyTorch's default initialisation would be thrown away (1.5 s for ViT-L, 6 s for ViT-g), and the checkpoint's
+    tensors become the parameters instead of being copied into a second set (4.5 GB less at peak for ViT-g).
+    """
+    # Read first: a bad checkpoint fails before a large model is allocated.
+    state = read_checkpoint(checkpoint) if checkpoint is not None else None
+    with torch.device("meta"):
         model = DinoVisionTransformer(spec)
+    if state is None:
+        model.to_empty(device="cpu")
         model.init_random(seed)
     else:
-        # Read first: a bad checkpoint fails before a large model is allocated.
-        state = read_checkpoint(checkpoint)
-        model = DinoVisionTransformer(spec)
         load_state_dict_checked(model, state, source=str(checkpoint))
+        model.float()  # the reference is fp32 whatever a file stores: an fp16 checkpoint's values widen exactly
     model.eval()
     try:
         model.bake_positional_table(*input_size)
@@ -112,7 +119,8 @@ def _refusal(error: pickle.UnpicklingError) -> str:
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """``load_state_dict(strict=True)``; one-line error naming the first missing, unexpected, misshapen keys."""
+    """``load_state_dict(strict=True, assign=True)``: the state's tensors become the parameters (a model made on
+    the meta device has none of its own); one-line error naming the first missing, unexpected, misshapen keys."""
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
@@ -130,4 +138,4 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tenso
     if problems:
         variant = getattr(getattr(model, "spec", None), "name", type(model).__name__)
         raise WeightsError(f"{source} does not fit {variant}: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)

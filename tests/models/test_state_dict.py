@@ -10,7 +10,7 @@ import torch
 from harness.errors import ConfigError, WeightsError
 from harness.models.dinov2 import DinoVisionTransformer
 from harness.models.variants import OFFICIAL_VARIANTS, VARIANTS, get_variant
-from harness.models.weights import load_backbone, load_state_dict_checked
+from harness.models.weights import backbone_from, load_backbone, load_state_dict_checked, read_checkpoint
 
 # (D, depth, registers, giant) from docs/dinov2.md, independent of variants.py.
 SPEC_TABLE = {
@@ -107,6 +107,25 @@ def test_checkpoint_file_round_trip_gives_identical_features(name: str, tmp_path
     with torch.no_grad():
         assert torch.equal(source(images), loaded(images))
     assert info.kind == "path" and info.sha256 is not None and len(info.sha256) == 64
+
+
+def test_a_checkpoint_becomes_the_fp32_parameters_without_a_second_copy(tmp_path: Path) -> None:
+    spec = get_variant("tiny14_reg4")
+    source = backbone_from(spec, checkpoint=None, seed=3, input_size=(224, 224))
+    path = tmp_path / "tiny.pth"
+    torch.save(source.state_dict(), path)
+    state = read_checkpoint(path)
+    with torch.device("meta"):
+        model = DinoVisionTransformer(spec)
+    load_state_dict_checked(model, state, source=str(path))
+    # The file's tensors are the parameters: loading a ViT-g checkpoint does not hold two 4.5 GB copies at once.
+    assert model.pos_embed.data_ptr() == state["pos_embed"].data_ptr() and not model.pos_embed.is_meta
+    # A half-precision file gives the fp32 reference all the same, its values widened exactly.
+    half = tmp_path / "tiny-fp16.pth"
+    torch.save({key: value.half() for key, value in source.state_dict().items()}, half)
+    widened = backbone_from(spec, checkpoint=half, seed=0, input_size=(224, 224))
+    assert {tensor.dtype for tensor in widened.state_dict().values()} == {torch.float32}
+    assert torch.equal(widened.pos_embed, source.pos_embed.half().float())
 
 
 def test_random_weights_are_seeded(cache_dir: Path) -> None:
