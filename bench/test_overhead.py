@@ -1,7 +1,8 @@
 """Harness overhead and CPU efficiency targets (issue: vamp-style performance).
 
 Every assertion is a ratio of two numbers measured in the same run, interleaved, never a wall-clock bound:
-- the harness's instance loop reaches >= 98% of a bare ``session.run`` loop (same process, threads, input);
+- the harness's instance loop reaches >= 98% of a bare ``session.run`` loop (same process, threads, input),
+  best round against best round;
 - ONNX Runtime on 2 threads spends >= 65% of its model time in the model's own GEMMs (efficiency: the same
   GEMMs timed alone through ONNX Runtime with the same threads, over the measured model time per batch), at
   batch 1 and 8 (82% and 83% measured on the 2-core VM; the floor leaves room for its noise); a floor that does
@@ -13,7 +14,6 @@ Every assertion is a ratio of two numbers measured in the same run, interleaved,
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 import tracemalloc
 
@@ -79,8 +79,11 @@ def test_harness_overhead_against_a_bare_loop(benchmark, vits_artifact, batch: i
     for round_index in range(ROUNDS):  # alternate the order: this VM drifts by +-15% between seconds
         for name in ("bare", "harness") if round_index % 2 == 0 else ("harness", "bare"):
             measured[name].append(runners[name]())
-    ratio = statistics.median(measured["harness"]) / statistics.median(measured["bare"])
-    benchmark.extra_info.update({**measured, "ratio_of_medians": ratio})
+    # Best round against best round: interference only ever takes throughput away (rounds of both loops fell
+    # from 16 to 11 img/s when a neighbour took the cores), so each loop's best round is its speed, while a
+    # median of 5 moved with how many rounds the neighbour happened to hit (0.956 one run, 1.08 the next).
+    ratio = max(measured["harness"]) / max(measured["bare"])
+    benchmark.extra_info.update({**measured, "ratio_of_bests": ratio})
     benchmark.pedantic(runners["harness"], rounds=1)
     print(f"\nbatch {batch}: bare {measured['bare']} harness {measured['harness']} img/s -> ratio {ratio:.4f}")
     assert ratio >= 0.98
