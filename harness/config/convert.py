@@ -106,7 +106,7 @@ def _convert_dataclass(cls: type, value: object, key: str) -> object:
 
 def _convert_sequence(hint: Any, value: object, key: str) -> tuple[object, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, typing.Sequence):
-        raise ConfigError(f"{key}={value!r}: expected a list ({_describe(hint)})")
+        raise ConfigError(f"{key}={value!r}: expected a list in brackets ({key}=[...]) of {_describe_items(hint)}")
     args = get_args(hint)
     if len(args) == 2 and args[1] is Ellipsis:
         return tuple(_convert(args[0], item, f"{key}[{index}]") for index, item in enumerate(value))
@@ -126,6 +126,14 @@ def _convert_scalar(hint: Any, value: object, key: str) -> object:
     if isinstance(hint, type) and isinstance(value, hint):
         return value
     raise ConfigError(f"{key}={value!r}: expected {_describe(hint)}")
+
+
+def _describe_items(hint: Any) -> str:
+    """What a tuple type's items must be: ``items each int`` or ``3 items: int, int, int``."""
+    args = get_args(hint)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return f"items each {_describe(args[0])}"
+    return f"{len(args)} items: " + ", ".join(_describe(arg) for arg in args)
 
 
 def _describe(hint: Any) -> str:

@@ -102,6 +102,14 @@ def test_defaults_are_typed() -> None:
             r"tracking.uri='htpt://localhost:5000': scheme='htpt': .*did you mean 'http'",
         ),
         ("stages=[build,perf,perf]", r"stages=\['build', 'perf', 'perf'\]: expected .*, each once"),
+        (  # a list written without its brackets: the message shows how, and what goes inside
+            "stages=build",
+            r"^stages='build': expected a list in brackets \(stages=\[...\]\) of items each one of 'build', 'perf', ",
+        ),
+        (
+            "perf.shape=224",
+            r"^perf.shape=224: expected a list in brackets \(perf.shape=\[...\]\) of 3 items: int, int, int$",
+        ),
         ("perf.windows=1", r"perf.windows=1, perf.max_window_cv=0.1: expected >= 2 windows"),
         ("perf.max_window_cv=-1", r"perf.windows=8, perf.max_window_cv=-1.0: expected .* a CV >= 0"),
         ("perf.arrival_seed=-1", r"perf.arrival_seed=-1: expected a seed >= 0"),
