@@ -314,10 +314,16 @@ def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: RunResult) 
         store.call(lambda: store.client.log_artifacts(run_id, str(run_dir / ".hydra"), artifact_path="hydra"))
     if result.build:
         folder = result.build.artifact_folder
-        store.call(lambda: store.client.log_artifact(run_id, str(folder / "build.json")))
+        cached: dict[Path, str | None] = {folder / "build.json": None}  # file -> its folder among the artifacts
         if store.tracking.log_model:
-            for record in result.build.manifest.files:
-                store.call(partial(store.client.log_artifact, run_id, str(folder / record.name), artifact_path="model"))
+            cached.update({folder / record.name: "model" for record in result.build.manifest.files})
+        gone = [path.name for path in cached if not path.exists()]
+        if gone:
+            # Synced later, or on another machine: the build cache is a cache. result.json keeps the manifest.
+            log.warning("%s: not attached, no longer in the build cache %s: %s", run_dir, folder, ", ".join(gone))
+        for path, artifact_path in cached.items():
+            if path.exists():
+                store.call(partial(store.client.log_artifact, run_id, str(path), artifact_path=artifact_path))
 
 
 def download_runs(store: Store, folder: Path, *, progress: bool = True) -> RunSet:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -131,6 +132,25 @@ def test_sync_logs_again_what_the_store_no_longer_has(tmp_path: Path) -> None:
     fresh = harness(tmp_path, "sync", str(sweep))
     assert fresh.returncode == 0, fresh.stderr
     check_sweep(uri, sweep, expected_jobs=2)  # the jobs are children of a parent the new store has
+
+
+def test_a_run_synced_after_its_build_left_the_cache_is_logged_without_it(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "debug=tiny", "stages=[build,perf]", "perf.iterations=4", "tracking=off")
+    assert done.returncode == 0, done.stderr
+    run_dir = Path(done.stdout.splitlines()[-1]).parent
+    build_folder = Path(load_result(run_dir).build.artifact_path).parent  # type: ignore[union-attr]
+    shutil.rmtree(build_folder)  # the cache cleaned, or the run folder synced from another machine
+    synced = harness(tmp_path, "sync", str(run_dir), "tracking.log_model=true")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    (run,) = runs_of(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    # It failed half way through, left RUNNING, and so every sync after it.
+    assert run.info.status == "FINISHED" and f"{run_dir}: logged as {run.info.run_id}" in synced.stdout
+    assert f"{run_dir}: not attached, no longer in the build cache {build_folder}: build.json, " in synced.stderr
+    attached = {
+        item.path
+        for item in MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}").list_artifacts(run.info.run_id)
+    }
+    assert "result.json" in attached and "build.json" not in attached and "model" not in attached
 
 
 def test_tracking_off_writes_only_the_result_and_the_printed_path_can_be_reported_and_synced(tmp_path: Path) -> None:
