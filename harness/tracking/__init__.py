@@ -95,7 +95,8 @@ def ensure_parent(store: Store, sweep_dir: Path) -> str:
     with _locked(path):
         record = json.loads(path.read_text())
         parent = str(record.get("parent_run_id") or "")
-        if parent and record.get("uri") == store.uri and _still_logged(store, parent):
+        identity = (SWEEP_UID_TAG, str(record["sweep_uid"]))
+        if parent and record.get("uri") == store.uri and _still_logged(store, parent, identity):
             return parent
         found = store.find(SWEEP_UID_TAG, record["sweep_uid"])
         if found is None:
@@ -113,10 +114,11 @@ def ensure_parent(store: Store, sweep_dir: Path) -> str:
         return str(found.info.run_id)
 
 
-def _still_logged(store: Store, run_id: str) -> bool:
-    """Whether a run a ``tracking.json`` or ``sweep.json`` names is still in the store, not deleted: one deleted in
-    the UI, or from a store started afresh, is logged again (the folder read "already logged" for ever, and a
-    sweep's jobs were logged as children of a parent the store did not have)."""
+def _still_logged(store: Store, run_id: str, identity: tuple[str, str]) -> bool:
+    """Whether a run a ``tracking.json`` or ``sweep.json`` names is still in the store, not deleted, and is the
+    one the folder holds now (its ``identity`` tag, the run's or sweep's uid, agrees). One deleted in the UI, or
+    from a store started afresh, is logged again (the folder read "already logged" for ever, and a sweep's jobs
+    were logged as children of a parent the store did not have); so is a result written over the one logged."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -126,18 +128,19 @@ def _still_logged(store: Store, run_id: str) -> bool:
         if isinstance(cause, MlflowException) and cause.error_code == "RESOURCE_DOES_NOT_EXIST":
             return False
         raise
-    return bool(run.info.lifecycle_stage == "active")
+    tag, uid = identity
+    return bool(run.info.lifecycle_stage == "active" and run.data.tags.get(tag) == uid)
 
 
 @held_interrupts()
 def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -> tuple[TrackingRecord, bool]:
     """Log one run folder unless it already is; returns its record and whether this call logged it."""
     existing = run_dir / TRACKING_FILE
+    result = load_result(run_dir)
     if existing.exists():
         record = TrackingRecord(**json.loads(existing.read_text()))
-        if record.uri == store.uri and _still_logged(store, record.run_id):
+        if record.uri == store.uri and _still_logged(store, record.run_id, (RUN_UID_TAG, result.run_uid)):
             return record, False
-    result = load_result(run_dir)
     record_data = result.to_dict()
     parent = ensure_parent(store, sweep_dir) if sweep_dir is not None else None
     found = store.find(RUN_UID_TAG, result.run_uid)

@@ -319,6 +319,29 @@ def test_a_search_reads_every_page_and_a_downloaded_result_that_cannot_be_read_i
     assert found.unreadable["cut"].startswith(f"{tmp_path / 'downloaded' / run_id / 'result.json'}: cannot read result")
 
 
+def test_a_result_written_over_the_one_logged_is_logged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.pipeline import run
+    from harness.tracking import log_run_dir
+    from harness.tracking.store import Store
+    from tests.conftest import run_config
+
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # Store sets them; restored after the test
+    sleep_run = ["backend=sleep", "stages=[perf]", "perf.iterations=4", f"paths.outputs={tmp_path / 'outputs'}"]
+    config = run_config(tmp_path / "cache", *sleep_run, "perf.batch=1")
+    store = Store(config.tracking, config.paths)
+    run(config, run_dir=tmp_path / "latest")
+    first, logged = log_run_dir(store, tmp_path / "latest")
+    assert logged and log_run_dir(store, tmp_path / "latest") == (first, False)
+    # The Python API writes where it is told: the same folder again. Its tracking.json named the first run, so
+    # the second result read "already logged" and its numbers went into no store.
+    second = run(run_config(tmp_path / "cache", *sleep_run, "perf.batch=2"), run_dir=tmp_path / "latest")
+    record, logged = log_run_dir(store, tmp_path / "latest")
+    assert logged and record.run_id != first.run_id
+    assert store.client.get_run(record.run_id).data.tags["harness.run_uid"] == second.run_uid
+    assert store.client.get_run(first.run_id).data.params["perf.batch"] == "1"  # the first run keeps its own
+
+
 def test_a_sqlite_store_named_by_uri_keeps_its_artifacts_beside_its_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
