@@ -23,7 +23,7 @@ from harness.fileio import write_json_atomic
 from harness.gate.evidence import Evidence, evidence_of
 from harness.report import SWEEP_FILE, folder_kind, job_dirs, record_folder
 from harness.result import RESULT_FILE, RunResult, load_result
-from harness.tracking import TRACKING_FILE
+from harness.tracking import TRACKING_FILE, TrackingRecord
 from harness.tracking.records import is_identity_param
 from harness.tracking.store import Store, StoreClient
 
@@ -83,15 +83,16 @@ def _job_evidence(job: Path) -> Evidence:
 
 
 def tracking_record(run_dir: Path) -> tuple[str, str] | None:
-    """(tracking URI, run id) a run folder was logged to (its ``tracking.json``), or ``None`` if it was not."""
-    record = run_dir / TRACKING_FILE
-    if not record.exists():
+    """(tracking URI, run id) a run folder's ``result.json`` was logged to (its ``tracking.json``), or ``None`` if
+    it was not (no record, or one of an earlier result written over since: a verdict must not tag that run)."""
+    path = run_dir / TRACKING_FILE
+    if not path.exists():
         return None
     try:
-        data = json.loads(record.read_text())
-        return str(data["uri"]), str(data["run_id"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{record}: unreadable ({type(error).__name__}: {error})") from None
+        record = TrackingRecord(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise DataError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
+    return (record.uri, record.run_id) if record.names(load_result(run_dir)) else None
 
 
 def _mlflow_result(store: Store, run_id: str) -> RunResult:
@@ -262,7 +263,10 @@ def _run_id_of(source: str, store: Store) -> str:
         return source
     tracked = tracking_record(Path(source))
     if tracked is None:
-        raise DataError(f"{source}: not logged to MLflow yet (no {TRACKING_FILE}): run `harness sync {source}` first")
+        raise DataError(
+            f"{source}: not logged to MLflow yet (no {TRACKING_FILE} of its result.json): run `harness sync {source}` "
+            "first"
+        )
     uri, run_id = tracked
     if uri != store.uri:
         raise DataError(f"{source}: logged to {uri}, not to {store.uri}")

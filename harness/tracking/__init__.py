@@ -49,13 +49,19 @@ def _epoch_ms(timestamp: str) -> int:
 
 @dataclass(frozen=True)
 class TrackingRecord:
-    """``tracking.json``: where a run folder was logged."""
+    """``tracking.json``: where a run folder was logged, and which of its results (``run_uid``: the logged
+    ``result.json``'s; absent from files written before it was kept)."""
 
     uri: str
     experiment_id: str
     run_id: str
     parent_run_id: str | None
     logged_at: str
+    run_uid: str | None = None
+
+    def names(self, result: RunResult) -> bool:
+        """Whether this record is of ``result``: a result written over the logged one is not logged."""
+        return self.run_uid in (None, result.run_uid)
 
 
 @contextmanager
@@ -139,13 +145,14 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
     result = load_result(run_dir)
     if existing.exists():
         record = TrackingRecord(**json.loads(existing.read_text()))
-        if record.uri == store.uri and _still_logged(store, record.run_id, (RUN_UID_TAG, result.run_uid)):
+        identity = (RUN_UID_TAG, result.run_uid)
+        if record.names(result) and record.uri == store.uri and _still_logged(store, record.run_id, identity):
             return record, False
     record_data = result.to_dict()
     parent = ensure_parent(store, sweep_dir) if sweep_dir is not None else None
     found = store.find(RUN_UID_TAG, result.run_uid)
     if found is not None and found.info.status != "RUNNING":
-        record = _record(store, found.info.run_id, parent)
+        record = _record(store, found.info.run_id, parent, result)
         write_json_atomic(existing, asdict(record))
         return record, False
     if found is not None:  # a logging attempt died half way: start it over
@@ -176,7 +183,7 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
         )
     _log_artifacts(store, run_id, run_dir, result)
     store.call(lambda: store.client.set_terminated(run_id, status=RUN_STATUS[result.status], end_time=finished_ms))
-    record = _record(store, run_id, parent)
+    record = _record(store, run_id, parent, result)
     write_json_atomic(existing, asdict(record))
     log.info("tracked run_id=%s uri=%s", run_id, store.uri)
     return record, True
@@ -266,10 +273,10 @@ def _params(values: dict[str, str]) -> list[Any]:
     return [Param(key, value) for key, value in values.items()]
 
 
-def _record(store: Store, run_id: str, parent: str | None) -> TrackingRecord:
+def _record(store: Store, run_id: str, parent: str | None, result: RunResult) -> TrackingRecord:
     return TrackingRecord(
         uri=store.uri, experiment_id=store.experiment_id, run_id=run_id, parent_run_id=parent,
-        logged_at=_now(),
+        logged_at=_now(), run_uid=result.run_uid,
     )  # fmt: skip
 
 

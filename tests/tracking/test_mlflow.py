@@ -320,6 +320,7 @@ def test_a_search_reads_every_page_and_a_downloaded_result_that_cannot_be_read_i
 
 
 def test_a_result_written_over_the_one_logged_is_logged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.gate.sources import tracking_record
     from harness.pipeline import run
     from harness.tracking import log_run_dir
     from harness.tracking.store import Store
@@ -336,8 +337,10 @@ def test_a_result_written_over_the_one_logged_is_logged_again(tmp_path: Path, mo
     # The Python API writes where it is told: the same folder again. Its tracking.json named the first run, so
     # the second result read "already logged" and its numbers went into no store.
     second = run(run_config(tmp_path / "cache", *sleep_run, "perf.batch=2"), run_dir=tmp_path / "latest")
+    assert tracking_record(tmp_path / "latest") is None  # until synced: a gate verdict must not tag the first run
     record, logged = log_run_dir(store, tmp_path / "latest")
-    assert logged and record.run_id != first.run_id
+    assert logged and record.run_id != first.run_id and record.run_uid == second.run_uid
+    assert tracking_record(tmp_path / "latest") == (store.uri, record.run_id)
     assert store.client.get_run(record.run_id).data.tags["harness.run_uid"] == second.run_uid
     assert store.client.get_run(first.run_id).data.params["perf.batch"] == "1"  # the first run keeps its own
 
