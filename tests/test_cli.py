@@ -236,6 +236,17 @@ def test_a_fixed_run_folder_that_holds_a_result_is_refused_and_the_result_kept(
     assert store.get_run(run_id).data.params["perf.batch"] == "1"
 
 
+def test_a_sweep_whose_jobs_are_not_numbered_is_refused_before_it_runs(tmp_path: Path) -> None:
+    # Hydra's idiom for readable job folders: the jobs ran, and then the sweep called every one of them missing.
+    named = "hydra.sweep.subdir=${hydra.job.override_dirname}"
+    done = harness(tmp_path, "run", "-m", "debug=tiny", "backend=sleep", "stages=[perf]", "perf.batch=1,2", named)
+    assert done.returncode == 2 and done.stderr == (
+        "error: hydra.sweep.subdir=${hydra.job.override_dirname}: a sweep's job N is read from <sweep dir>/N (its "
+        "summary, sync, gate, report): keep hydra.sweep.subdir=${hydra.job.num}\n"
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.parametrize("sweep", [[], ["-m", "perf.batch=1,2"]])
 def test_outputs_that_cannot_be_created_are_one_line_and_no_run(tmp_path: Path, sweep: list[str]) -> None:
     blocker = tmp_path / "a-file"

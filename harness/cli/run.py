@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,17 +250,18 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
     if any(argument.startswith("-") for argument in overrides):
         return
     if not multirun:
-        _check_outputs(resolve_config(compose(overrides, config_name)).paths.path("outputs"))
-        _check_unused(overrides, config_name, multirun=False)
+        outputs = resolve_config(compose(overrides, config_name)).paths.path("outputs")
+        _check_hydra_folders(overrides, config_name, multirun=False)
+        _check_outputs(outputs)
         return
     plan = sweep_plan(overrides, config_name)
     if plan is None:
         return
     invalid = []
-    outputs = set()
+    every_outputs = set()
     for number, job in enumerate(plan.jobs):
         try:
-            outputs.add(resolve_config(compose(list(job), config_name)).paths.path("outputs"))
+            every_outputs.add(resolve_config(compose(list(job), config_name)).paths.path("outputs"))
         except ConfigError as error:
             invalid.append(f"sweep job {number} ({plan.varying(number)}): {error}")
     if len(invalid) == 1:
@@ -268,22 +270,36 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
         raise ConfigError(
             f"{len(invalid)} of {len(plan.jobs)} sweep jobs are invalid, nothing was run:\n  " + "\n  ".join(invalid)
         )
-    for folder in sorted(outputs):
+    _check_hydra_folders(list(plan.jobs[0]), config_name, multirun=True)
+    for folder in sorted(every_outputs):
         _check_outputs(folder)
-    _check_unused(list(plan.jobs[0]), config_name, multirun=True)
 
 
-def _check_unused(overrides: list[str], config_name: str, *, multirun: bool) -> None:
+# Where a sweep's jobs go: every command that reads a sweep (its summary, sync, gate, report) finds job N there.
+JOB_SUBDIR = "${hydra.job.num}"
+
+
+def _check_hydra_folders(overrides: list[str], config_name: str, *, multirun: bool) -> None:
     """Refuse a run folder that holds a finished run's ``result.json`` (a sweep folder, a sweep's ``sweep.json``):
     only a fixed ``hydra.run.dir`` / ``hydra.sweep.dir`` can, and the new run would write over that result while
     the earlier run's ``tracking.json`` made it pass for logged: "tracked" named the MLflow run holding the
-    earlier numbers, and the new ones were in no store."""
-    from harness.config.store import hydra_folder
+    earlier numbers, and the new ones were in no store. Refuse a sweep's job folders named otherwise than by
+    number too: its jobs ran, and the sweep called every one of them missing."""
+    from omegaconf import OmegaConf
+
+    from harness.config.store import hydra_node
     from harness.errors import ConfigError
     from harness.report import SWEEP_FILE
     from harness.result import RESULT_FILE
 
-    folder = hydra_folder(overrides, config_name, multirun=multirun)
+    hydra = hydra_node(overrides, config_name)
+    subdir = typing.cast(dict, OmegaConf.to_container(hydra.sweep, resolve=False))["subdir"]  # as written
+    if multirun and subdir != JOB_SUBDIR:
+        raise ConfigError(
+            f"hydra.sweep.subdir={subdir}: a sweep's job N is read from <sweep dir>/N (its summary, sync, gate, "
+            f"report): keep hydra.sweep.subdir={JOB_SUBDIR}"
+        )
+    folder = Path(hydra.sweep.dir if multirun else hydra.run.dir)
     record, key, what = (SWEEP_FILE, "hydra.sweep.dir", "sweep") if multirun else (RESULT_FILE, "hydra.run.dir", "run")
     if (folder / record).exists():
         raise ConfigError(

@@ -141,12 +141,9 @@ def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
     return plain(_hydra_compose(overrides, config_name))
 
 
-def hydra_folder(overrides: list[str], config_name: str, *, multirun: bool) -> Path:
-    """The folder Hydra will write a run (``hydra.run.dir``) or a sweep (``hydra.sweep.dir``) to, composed now."""
-    from omegaconf import OmegaConf
-
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    return Path(OmegaConf.select(_hydra_compose(overrides, config_name, with_hydra=True), key))
+def hydra_node(overrides: list[str], config_name: str) -> Any:
+    """The ``hydra`` node (run and sweep folders...) as Hydra will compose it for these overrides."""
+    return _hydra_compose(overrides, config_name, with_hydra=True).hydra
 
 
 def command_config(
