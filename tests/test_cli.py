@@ -236,7 +236,7 @@ def test_a_fixed_run_folder_that_holds_a_result_is_refused_and_the_result_kept(
     assert store.get_run(run_id).data.params["perf.batch"] == "1"
 
 
-def test_a_sweep_whose_jobs_are_not_numbered_is_refused_before_it_runs(tmp_path: Path) -> None:
+def test_a_sweep_whose_jobs_are_not_numbered_or_a_job_that_changes_folder_is_refused(tmp_path: Path) -> None:
     # Hydra's idiom for readable job folders: the jobs ran, and then the sweep called every one of them missing.
     named = "hydra.sweep.subdir=${hydra.job.override_dirname}"
     done = harness(tmp_path, "run", "-m", "debug=tiny", "backend=sleep", "stages=[perf]", "perf.batch=1,2", named)
@@ -245,6 +245,9 @@ def test_a_sweep_whose_jobs_are_not_numbered_is_refused_before_it_runs(tmp_path:
         "summary, sync, gate, report): keep hydra.sweep.subdir=${hydra.job.num}\n"
     )
     assert not (tmp_path / "outputs").exists()
+    moving = harness(tmp_path, "run", "debug=tiny", "backend=sleep", "stages=[perf]", "hydra.job.chdir=true")
+    assert moving.returncode == 2 and moving.stderr.startswith("error: hydra.job.chdir=true: paths resolve against")
+    assert not (tmp_path / "outputs").exists()  # a run there made <run dir>/outputs/mlflow.db, a store per run
 
 
 @pytest.mark.parametrize("sweep", [[], ["-m", "perf.batch=1,2"]])

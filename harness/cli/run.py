@@ -284,7 +284,8 @@ def _check_hydra_folders(overrides: list[str], config_name: str, *, multirun: bo
     only a fixed ``hydra.run.dir`` / ``hydra.sweep.dir`` can, and the new run would write over that result while
     the earlier run's ``tracking.json`` made it pass for logged: "tracked" named the MLflow run holding the
     earlier numbers, and the new ones were in no store. Refuse a sweep's job folders named otherwise than by
-    number too: its jobs ran, and the sweep called every one of them missing."""
+    number too (its jobs ran, and the sweep called every one of them missing), and a job that changes into its
+    run folder (``paths`` relative to it put a store in every run folder)."""
     from omegaconf import OmegaConf
 
     from harness.config.store import hydra_node
@@ -293,6 +294,11 @@ def _check_hydra_folders(overrides: list[str], config_name: str, *, multirun: bo
     from harness.result import RESULT_FILE
 
     hydra = hydra_node(overrides, config_name)
+    if hydra.job.chdir:
+        raise ConfigError(
+            "hydra.job.chdir=true: paths resolve against the folder harness is started in; a job moved into its "
+            "run folder made its own MLflow store and dataset copy there: keep hydra.job.chdir=false"
+        )
     subdir = typing.cast(dict, OmegaConf.to_container(hydra.sweep, resolve=False))["subdir"]  # as written
     if multirun and subdir != JOB_SUBDIR:
         raise ConfigError(
