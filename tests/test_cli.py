@@ -236,7 +236,7 @@ def test_a_fixed_run_folder_that_holds_a_result_is_refused_and_the_result_kept(
     assert store.get_run(run_id).data.params["perf.batch"] == "1"
 
 
-def test_a_sweep_whose_jobs_are_not_numbered_or_a_job_that_changes_folder_is_refused(tmp_path: Path) -> None:
+def test_hydra_folders_the_harness_cannot_keep_its_runs_in_are_refused_before_a_run(tmp_path: Path) -> None:
     # Hydra's idiom for readable job folders: the jobs ran, and then the sweep called every one of them missing.
     named = "hydra.sweep.subdir=${hydra.job.override_dirname}"
     done = harness(tmp_path, "run", "-m", "debug=tiny", "backend=sleep", "stages=[perf]", "perf.batch=1,2", named)
@@ -248,6 +248,11 @@ def test_a_sweep_whose_jobs_are_not_numbered_or_a_job_that_changes_folder_is_ref
     moving = harness(tmp_path, "run", "debug=tiny", "backend=sleep", "stages=[perf]", "hydra.job.chdir=true")
     assert moving.returncode == 2 and moving.stderr.startswith("error: hydra.job.chdir=true: paths resolve against")
     assert not (tmp_path / "outputs").exists()  # a run there made <run dir>/outputs/mlflow.db, a store per run
+    unset = harness(tmp_path, "run", "debug=tiny", "hydra.run.dir=${oc.env:HARNESS_TEST_UNSET_VARIABLE}")
+    assert unset.returncode == 2 and unset.stderr == (  # Hydra's own report of it was a traceback
+        'error: hydra.run.dir: KeyError raised while resolving interpolation: "Environment variable '
+        "'HARNESS_TEST_UNSET_VARIABLE' not found\"\n"
+    )
 
 
 @pytest.mark.parametrize("sweep", [[], ["-m", "perf.batch=1,2"]])

@@ -287,6 +287,7 @@ def _check_hydra_folders(overrides: list[str], config_name: str, *, multirun: bo
     number too (its jobs ran, and the sweep called every one of them missing), and a job that changes into its
     run folder (``paths`` relative to it put a store in every run folder)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from harness.config.store import hydra_node
     from harness.errors import ConfigError
@@ -305,8 +306,11 @@ def _check_hydra_folders(overrides: list[str], config_name: str, *, multirun: bo
             f"hydra.sweep.subdir={subdir}: a sweep's job N is read from <sweep dir>/N (its summary, sync, gate, "
             f"report): keep hydra.sweep.subdir={JOB_SUBDIR}"
         )
-    folder = Path(hydra.sweep.dir if multirun else hydra.run.dir)
     record, key, what = (SWEEP_FILE, "hydra.sweep.dir", "sweep") if multirun else (RESULT_FILE, "hydra.run.dir", "run")
+    try:
+        folder = Path(OmegaConf.select(hydra, key.removeprefix("hydra."), throw_on_missing=True))
+    except OmegaConfBaseException as error:  # an interpolation that fails: Hydra's own report was a traceback
+        raise ConfigError(f"{key}: {str(error).splitlines()[0]}") from None
     if (folder / record).exists():
         raise ConfigError(
             f"{key}={folder}: holds an earlier {what} ({record}); a {what} writes a folder of its own, so that "
