@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # imported where used: `harness --help` stays fast
     import argparse
 
     from harness.config.schema import TrackingConfig
+    from harness.report.plots import LabelledRun
     from harness.tracking.store import Store
 
 
@@ -31,7 +32,9 @@ def report(arguments: list[str]) -> int:
     overrides, sources = split_arguments(options.items)
     if not sources:
         parser.error("nothing to report on")
-    sources = [source if source == "mlflow" else str(record_folder(Path(source))) for source in sources]
+    # A folder named twice (or by its result.json and itself) is one source.
+    sources = list(dict.fromkeys(source if source == "mlflow" else str(record_folder(Path(source)).resolve())
+                                 for source in sources))  # fmt: skip
     config = config_or_exit(StoreCommandConfig, overrides)
     tracking, paths = config.tracking, config.paths
     try:
@@ -50,6 +53,7 @@ def report(arguments: list[str]) -> int:
             downloaded = download_runs(store, folder / "runs")
             runs += downloaded.runs
             found.unreadable.update(downloaded.unreadable)
+        runs = _once_each(runs)
         if not runs and created:  # no report: no empty folder left behind either
             shutil.rmtree(folder, ignore_errors=True)
         if not runs and found.unreadable:
@@ -72,6 +76,15 @@ def report(arguments: list[str]) -> int:
     for why in found.unreadable.values():
         print(f"error: {why} (a row that says so in the report; the other runs are in it)", file=sys.stderr)
     return 1 if found.unreadable else 0
+
+
+def _once_each(runs: list[LabelledRun]) -> list[LabelledRun]:
+    """Each run once, by its uid, as first found: a sweep and one of its jobs, or a folder and the experiment
+    it was logged to, hold the same run, and it was drawn and counted twice."""
+    first: dict[str, LabelledRun] = {}
+    for run in runs:
+        first.setdefault(run.result.run_uid, run)
+    return list(first.values())
 
 
 def _report_name(sources: list[str], experiment: str) -> str:

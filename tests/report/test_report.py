@@ -179,6 +179,22 @@ def test_a_report_over_several_sources_is_named_after_all_of_them(runs: list[Lab
     assert (tmp_path / "reports" / name / "index.md").read_text().startswith(f"# report {name}\n")
 
 
+def test_a_run_named_twice_is_reported_once(runs: list[LabelledRun], tmp_path: Path) -> None:
+    folder = runs[0].run_dir
+    copy = tmp_path / "copy"  # the same run (its run uid) in another folder, as a sweep and its job would be
+    shutil.copytree(folder, copy)
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "report", str(folder), str(folder / "result.json"), str(copy),
+         str(runs[1].run_dir), "tracking=off"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(", 2 runs; index.html is self-contained)"), done.stdout  # it said 4
+    name = f"{folder.name}+{copy.name}+{runs[1].run_dir.name}"  # the folder once, by either path
+    rows = [line for line in (tmp_path / "reports" / name / "index.md").read_text().splitlines() if line[:2] == "| "]
+    assert len(rows) == 1 + 2  # the header and each run once
+
+
 def test_the_report_command_writes_under_reports_by_default(runs: list[LabelledRun], tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "harness", "report", *(str(run.run_dir) for run in runs[:2]), "--out", str(tmp_path / "r"),
