@@ -26,9 +26,10 @@ def gate(arguments: list[str]) -> int:
 
     parser = _gate_parser()
     options = parser.parse_intermixed_args(arguments)
-    overrides, candidates = split_arguments(options.items)
-    if not candidates:
+    overrides, named = split_arguments(options.items)
+    if not named:
         parser.error("no candidate given")
+    candidates = _once_each(named)
     if options.report is not None and options.report.is_dir():
         parser.error(f"--report {options.report}: a folder; give the file to write, e.g. {options.report / 'gate.md'}")
     config = config_or_exit(GateCommandConfig, overrides, "gate")
@@ -84,6 +85,20 @@ def _gate_parser() -> argparse.ArgumentParser:
         help="write the markdown table here (default: gate.md beside the first candidate)",
     )
     return parser
+
+
+def _once_each(candidates: list[str]) -> list[str]:
+    """Each candidate once, as first named: a run named by its folder and by its result.json was decided twice
+    (two rows of each metric) and promoted twice (two baseline entries)."""
+    from harness.gate.sources import is_run_id
+    from harness.report import record_folder
+
+    first: dict[str, str] = {}
+    for candidate in candidates:
+        first.setdefault(
+            candidate if is_run_id(candidate) else str(record_folder(Path(candidate)).resolve()), candidate
+        )
+    return list(first.values())
 
 
 def _promote(candidates: list[str], baseline: str, store: Store | None, *, min_repeats: int) -> None:

@@ -46,15 +46,18 @@ def run_folder(done: subprocess.CompletedProcess[str]) -> str:
 def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path) -> None:
     baseline = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=5", "tracking=off"))
     baseline_file = tmp_path / "baselines" / "sleep.json"
-    promoted = harness(tmp_path, "gate", "--promote", baseline, "--baseline", str(baseline_file), "tracking=off")
+    # Named twice (its folder, then the result.json a run prints): one run, one entry (it wrote two).
+    promoted = harness(tmp_path, "gate", "--promote", baseline, str(Path(baseline) / "result.json"), "--baseline",
+                       str(baseline_file), "tracking=off")  # fmt: skip
     assert promoted.returncode == 0 and "1 entry written" in promoted.stdout and promoted.stderr == ""
     entry = json.loads(baseline_file.read_text())["entries"][0]
     assert len(entry["metrics"]["throughput_qps"]) == 5 and "map_medium" not in entry["metrics"]
     assert set(entry) == {"label", "config_hash", "hardware_fingerprint", "metrics", "config"}
     assert entry["config"]["backend.latency_us"] == "2000.0" and "paths.outputs" not in entry["config"]
 
-    itself = harness(tmp_path, "gate", baseline, "--baseline", str(baseline_file), "tracking=off", *TOLERANT)
+    itself = harness(tmp_path, "gate", baseline, baseline, "--baseline", str(baseline_file), "tracking=off", *TOLERANT)
     assert itself.returncode == 0, itself.stdout + itself.stderr
+    assert itself.stdout.count("| throughput_qps | ") == 1  # a candidate named twice is decided once
     assert "gate verdict: **pass** (exit 0)" in itself.stdout and "| throughput_qps | " in itself.stdout
     assert (Path(baseline) / "gate.md").read_text() in itself.stdout
     # The path a run prints last names its result.json: the table still goes beside it, not into the working folder.
