@@ -241,7 +241,7 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
     every invalid job with the overrides that make it differ, so none is a silent gap. Other sweepers and
     Hydra's informational flags (``--cfg``, ``--help``...) are left to Hydra.
     """
-    from harness.config.store import compose, sweep_plan
+    from harness.config.store import compose_with_hydra, sweep_plan
     from harness.errors import ConfigError
     from harness.resolve import resolve_config
 
@@ -250,8 +250,9 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
     if any(argument.startswith("-") for argument in overrides):
         return
     if not multirun:
-        outputs = resolve_config(compose(overrides, config_name)).paths.path("outputs")
-        _check_hydra_folders(overrides, config_name, multirun=False)
+        composed, hydra = compose_with_hydra(overrides, config_name)
+        outputs = resolve_config(composed).paths.path("outputs")
+        _check_hydra_folders(hydra, multirun=False)
         _check_outputs(outputs)
         return
     plan = sweep_plan(overrides, config_name)
@@ -261,7 +262,8 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
     every_outputs = set()
     for number, job in enumerate(plan.jobs):
         try:
-            every_outputs.add(resolve_config(compose(list(job), config_name)).paths.path("outputs"))
+            composed, hydra = compose_with_hydra(list(job), config_name)
+            every_outputs.add(resolve_config(composed).paths.path("outputs"))
         except ConfigError as error:
             invalid.append(f"sweep job {number} ({plan.varying(number)}): {error}")
     if len(invalid) == 1:
@@ -270,7 +272,7 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
         raise ConfigError(
             f"{len(invalid)} of {len(plan.jobs)} sweep jobs are invalid, nothing was run:\n  " + "\n  ".join(invalid)
         )
-    _check_hydra_folders(list(plan.jobs[0]), config_name, multirun=True)
+    _check_hydra_folders(hydra, multirun=True)  # the sweep's folder, as any of its jobs composes it
     for folder in sorted(every_outputs):
         _check_outputs(folder)
 
@@ -279,7 +281,7 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
 JOB_SUBDIR = "${hydra.job.num}"
 
 
-def _check_hydra_folders(overrides: list[str], config_name: str, *, multirun: bool) -> None:
+def _check_hydra_folders(hydra: Any, *, multirun: bool) -> None:
     """Refuse a run folder that holds a finished run's ``result.json`` (a sweep folder, a sweep's ``sweep.json``):
     only a fixed ``hydra.run.dir`` / ``hydra.sweep.dir`` can, and the new run would write over that result while
     the earlier run's ``tracking.json`` made it pass for logged: "tracked" named the MLflow run holding the
@@ -289,12 +291,10 @@ def _check_hydra_folders(overrides: list[str], config_name: str, *, multirun: bo
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from harness.config.store import hydra_node
     from harness.errors import ConfigError
     from harness.report import SWEEP_FILE
     from harness.result import RESULT_FILE
 
-    hydra = hydra_node(overrides, config_name)
     if hydra.job.chdir:
         raise ConfigError(
             "hydra.job.chdir=true: paths resolve against the folder harness is started in; a job moved into its "

@@ -141,9 +141,14 @@ def compose(overrides: list[str], config_name: str = "run") -> dict[str, Any]:
     return plain(_hydra_compose(overrides, config_name))
 
 
-def hydra_node(overrides: list[str], config_name: str) -> Any:
-    """The ``hydra`` node (run and sweep folders...) as Hydra will compose it for these overrides."""
-    return _hydra_compose(overrides, config_name, with_hydra=True).hydra
+def compose_with_hydra(overrides: list[str], config_name: str = "run") -> tuple[dict[str, Any], Any]:
+    """``compose``'s plain config and the ``hydra`` node (run and sweep folders...) Hydra will use, from one
+    composition."""
+    from omegaconf import OmegaConf
+
+    composed = _hydra_compose(overrides, config_name, with_hydra=True)
+    own = OmegaConf.masked_copy(composed, [key for key in composed if key != "hydra"])
+    return plain(own), composed.hydra
 
 
 def command_config(

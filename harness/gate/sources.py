@@ -66,7 +66,8 @@ def candidate_evidence(candidate: str, store: Store | None) -> list[Evidence]:
         return [_job_evidence(job) for job in jobs]
     if kind == "run":
         folder = path if path.is_dir() else path.parent
-        return [replace(evidence_of(load_result(path), label=str(path)), tracked=tracking_record(folder))]
+        result = load_result(path)
+        return [replace(evidence_of(result, label=str(path)), tracked=tracking_record(folder, result))]
     if store is None:
         raise DataError(f"{candidate}: an MLflow run id, but tracking is off")
     evidence = evidence_of(_mlflow_result(store, candidate), label=f"mlflow run {candidate}")
@@ -77,14 +78,16 @@ def _job_evidence(job: Path) -> Evidence:
     """A sweep job's evidence; one whose result cannot be read is no evidence, with why, and the sweep's other
     jobs are still decided."""
     try:
-        return replace(evidence_of(load_result(job), label=str(job)), tracked=tracking_record(job))
+        result = load_result(job)
+        return replace(evidence_of(result, label=str(job)), tracked=tracking_record(job, result))
     except DataError as error:
         return Evidence(label=str(job), config_hash="", hardware_fingerprint="", metrics={}, failure=str(error))
 
 
-def tracking_record(run_dir: Path) -> tuple[str, str] | None:
-    """(tracking URI, run id) a run folder's ``result.json`` was logged to (its ``tracking.json``), or ``None`` if
-    it was not (no record, or one of an earlier result written over since: a verdict must not tag that run)."""
+def tracking_record(run_dir: Path, result: RunResult | None = None) -> tuple[str, str] | None:
+    """(tracking URI, run id) the folder's ``result.json`` (``result``, when the caller has read it) was logged
+    to (its ``tracking.json``), or ``None`` if it was not (no record, or one of an earlier result written over
+    since: a verdict must not tag that run)."""
     path = run_dir / TRACKING_FILE
     if not path.exists():
         return None
@@ -92,7 +95,7 @@ def tracking_record(run_dir: Path) -> tuple[str, str] | None:
         record = TrackingRecord(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as error:
         raise DataError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
-    return (record.uri, record.run_id) if record.names(load_result(run_dir)) else None
+    return (record.uri, record.run_id) if record.names(result or load_result(run_dir)) else None
 
 
 def _mlflow_result(store: Store, run_id: str) -> RunResult:

@@ -184,8 +184,8 @@ def _run_cautions(
         )
     if isinstance(resolved.get("cpu_caution"), str):  # what the backend's runtime does with the CPUs given it
         warnings += (str(resolved["cpu_caution"]),)  # it names the thread setting: said once, not twice
-    else:
-        warnings += tuple(filter(None, [_oversubscription(config.perf.instances, resolved)]))
+    elif oversubscribed := _oversubscription(config.perf.instances, resolved):
+        warnings += (oversubscribed,)
     if efficiency is not None and efficiency.efficiency > EFFICIENCY_CEILING:
         warnings += (
             f"efficiency {efficiency.efficiency:.0%}: the model's GEMMs alone, timed again after the run, were still "
