@@ -56,6 +56,17 @@ def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
     assert done.stderr.startswith("usage: harness <command>")
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly_as_sigpipe_does() -> None:
+    # ``harness vamp-parse *.txt | head``: once head exits, writing stdout fails; that was a traceback.
+    report = str(REPO_ROOT / "tests/fixtures/vastai/vamp-2.1.0-percentiles.txt")
+    command = [sys.executable, "-m", "harness", "vamp-parse", *[report] * 300]  # far more than a pipe buffers
+    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stdout.read(2) == b"[\n"
+        process.stdout.close()
+        assert process.wait(timeout=120) == 128 + signal.SIGPIPE
+        assert process.stderr is not None and process.stderr.read() == b""
+
+
 def test_unknown_command(tmp_path: Path) -> None:
     done = harness(tmp_path, "bulid")
     assert done.returncode == 2

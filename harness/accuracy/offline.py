@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.accuracy.revisited import Normalization, evaluate
-from harness.accuracy.stage import check_descriptors, setup_metrics, zero_descriptor_warnings
+from harness.accuracy.stage import check_descriptors, check_real, setup_metrics, zero_descriptor_warnings
 from harness.data.groundtruth import GroundTruth, load_groundtruth
 from harness.errors import DataError, unwritable_reason
 from harness.fileio import write_json_atomic
@@ -25,6 +25,8 @@ def _load_matrix(path: Path, key: str | None = None) -> np.ndarray:
             if isinstance(loaded, np.ndarray):
                 return loaded
             names = list(loaded.files)
+            if not names:
+                raise DataError(f"{path}: holds no arrays")
             if key is not None and key not in names:
                 raise DataError(f"{path}: no array {key!r} (has {names})")
             return np.asarray(loaded[key or names[0]])
@@ -43,7 +45,14 @@ def _from_folder(folder: Path, names: tuple[str, ...]) -> np.ndarray:
     missing = [name for name in names if not (folder / f"{name}.npz").is_file()]
     if missing:
         raise DataError(f"{folder}: {len(missing)} per-image .npz files missing, e.g. {missing[:3]}")
-    return np.stack([_load_matrix(folder / f"{name}.npz").astype(np.float32).ravel() for name in names])
+    rows: list[np.ndarray] = []
+    for name in names:
+        path = folder / f"{name}.npz"
+        row = check_real(_load_matrix(path), source=str(path)).ravel()
+        if rows and row.size != rows[0].size:
+            raise DataError(f"{path}: a descriptor of {row.size} values, {folder / names[0]}.npz has {rows[0].size}")
+        rows.append(row.astype(np.float32))
+    return np.stack(rows)
 
 
 def load_descriptors(

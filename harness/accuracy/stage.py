@@ -53,11 +53,21 @@ def setup_metrics(results: Mapping[Setup, SetupResult]) -> dict[Setup, SetupMetr
     }
 
 
+def check_real(matrix: np.ndarray, *, source: str) -> np.ndarray:
+    """``matrix`` if it holds real numbers; else a ``DataError`` naming ``source`` and the dtype (strings have
+    no similarity, and a complex one would be ranked by a dot product that drops the conjugate)."""
+    if matrix.dtype.kind not in "biuf":
+        raise DataError(f"{source}: descriptors of dtype {matrix.dtype}, expected real numbers (float or integer)")
+    return matrix
+
+
 def check_descriptors(query: np.ndarray, database: np.ndarray, truth: GroundTruth, *, source: str) -> None:
-    """Shapes agree with the ground truth and every value is finite; else a ``DataError`` naming ``source`` and
-    the first bad row's image (the metrics rank by similarity, which NaN or inf leaves undefined)."""
+    """Real-valued, shapes agree with the ground truth and every value is finite; else a ``DataError`` naming
+    ``source`` and the first bad row's image (the metrics rank by similarity, which NaN or inf leaves
+    undefined)."""
     lists = (("query", query, truth.qimlist), ("database", database, truth.imlist))
     for label, matrix, images in lists:
+        check_real(matrix, source=f"{source}: {label}")
         if matrix.ndim != 2 or matrix.shape[0] != len(images):
             raise DataError(
                 f"{source}: {label} descriptors have shape {list(matrix.shape)}, expected [{len(images)}, D]"

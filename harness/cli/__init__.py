@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
 def entry_point() -> None:
     try:
         code = main()
+    except BrokenPipeError:
+        # The reader of stdout went away (``harness vamp-parse ... | head``): stop quietly, as a Unix filter does,
+        # with the status a shell gives a process killed by SIGPIPE; Python would print a traceback, then fail
+        # again flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + signal.SIGPIPE
     finally:
         # On exit the interpreter runs one last cycle collection over every object still alive: with torch,
         # MLflow and SQLAlchemy loaded that takes over a second of every command. Python does not promise that

@@ -9,6 +9,7 @@ are optional; lines the parser does not know (model dumps, pasted notes, hardwar
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -79,15 +80,21 @@ def telemetry_from_report(report: VampReport) -> DeviceTelemetry:
     )  # fmt: skip
 
 
-def _number(text: str) -> float:
-    return float(text.split()[0])
+def _number(text: str, *, whole: bool = False) -> float:
+    """The value's leading number; ``ValueError`` unless it is finite, not negative, and whole where a count is
+    read (a NaN throughput would reach the tracker and the JSON as ``NaN``, which no JSON reader accepts)."""
+    number = float(text.split()[0])
+    if not math.isfinite(number) or number < 0 or (whole and not number.is_integer()):
+        raise ValueError(text)
+    return number
 
 
 def parse_vamp(text: str, *, source: str = "vamp output") -> VampReport:
     """Parse the first report in ``text``.
 
     Raises:
-        DataError: no ``number of instances`` header, or a known field whose value is not a number.
+        DataError: no ``number of instances`` header, or a known field whose value is not a number (finite, not
+            negative; whole for ``batch size`` and ``samples``).
     """
     report: VampReport | None = None
     block: dict[str, float] | None = None
@@ -110,8 +117,9 @@ def parse_vamp(text: str, *, source: str = "vamp output") -> VampReport:
                 report.devices, block = value, None
             elif key in SCALAR_FIELDS:
                 name = SCALAR_FIELDS[key]
-                number = _number(value)
-                setattr(report, name, int(number) if name in ("batch_size", "samples") else number)
+                counts = name in ("batch_size", "samples")
+                number = _number(value, whole=counts)
+                setattr(report, name, int(number) if counts else number)
                 block = None
             else:
                 block = None

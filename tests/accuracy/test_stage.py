@@ -101,6 +101,38 @@ def test_eval_features_reproduces_the_run(tmp_path: Path) -> None:
         write_metrics(report, tmp_path)
 
 
+def test_descriptors_that_are_not_real_numbers_or_disagree_in_size_are_refused_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    truth = write_synthetic(tmp_path / "data", images=16, queries=2, seed=0)
+    gnd = gnd_path(tmp_path / "data", TINY_SET)
+    rows = np.random.default_rng(0).normal(size=(18, 8))
+    for name, query in (("text", np.full((2, 8), "x")), ("complex", rows[:2] + 1j)):
+        np.savez(tmp_path / f"{name}.npz", query=query, database=rows[2:])
+        with pytest.raises(DataError, match=rf"{name}.npz: query: descriptors of dtype \S+, expected real numbers"):
+            evaluate_files(gnd, features=tmp_path / f"{name}.npz")
+    np.savez(tmp_path / "nothing.npz")
+    with pytest.raises(DataError, match=r"nothing.npz: holds no arrays$"):
+        evaluate_files(gnd, features=tmp_path / "nothing.npz")
+    names = (*truth.qimlist, *truth.imlist)
+    folder = tmp_path / "per_image"
+    folder.mkdir()
+    for name, row in zip(names, rows, strict=True):
+        np.savez(folder / f"{name}.npz", output_0=row)
+    assert evaluate_files(gnd, folder=folder)["warnings"] == []
+    np.savez(folder / f"{truth.imlist[4]}.npz", output_0=rows[0, :4])
+    with pytest.raises(
+        DataError, match=rf"{truth.imlist[4]}.npz: a descriptor of 4 values, \S+/{truth.imlist[0]}.npz has 8$"
+    ):
+        evaluate_files(gnd, folder=folder)
+    np.savez(folder / f"{truth.imlist[4]}.npz", output_0=np.full(8, "x"))
+    with pytest.raises(DataError, match=rf"{truth.imlist[4]}.npz: descriptors of dtype <U1, expected real numbers"):
+        evaluate_files(gnd, folder=folder)
+    np.savez(folder / f"{truth.imlist[4]}.npz")
+    with pytest.raises(DataError, match=rf"{truth.imlist[4]}.npz: holds no arrays$"):
+        evaluate_files(gnd, folder=folder)
+
+
 def test_eval_features_command(tmp_path: Path) -> None:
     tiny_run(tmp_path)
     done = subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,15 @@ def test_text_without_a_header_is_refused() -> None:
         parse_vamp("throughput (qps): 5\n", source="my.txt")
     with pytest.raises(DataError, match=r"cannot read 'throughput \(qps\)' value 'fast'"):
         parse_vamp("- number of instances in each device: 1\nthroughput (qps): fast\n")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("throughput (qps)", "nan"), ("throughput (qps)", "-nan"), ("card power (W)", "inf"), ("batch size", "inf"),
+     ("batch size", "1.5"), ("samples", "-8"), ("p50 latency", "-5")],
+)  # fmt: skip
+def test_a_value_no_measurement_can_have_is_refused_naming_it(key: str, value: str) -> None:
+    # A NaN reached the JSON as ``NaN`` (which no JSON reader takes) and the tracker; inf batch was a traceback.
+    text = "- number of instances in each device: 1\ne2e latency (us):\n"
+    with pytest.raises(DataError, match=rf"^v.txt: cannot read '{re.escape(key)}' value '{re.escape(value)}'$"):
+        parse_vamp(f"{text}  {key}: {value}\n", source="v.txt")
