@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from harness.cli.data import data, eval_features, vamp_parse
 from harness.cli.gate import gate
 from harness.cli.report import report
-from harness.cli.run import hydra_command, pipeline_task
+from harness.cli.run import hydra_command, interrupt, pipeline_task
 from harness.cli.store import sync, ui
 
 
@@ -74,11 +74,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {unknown_name_message('command', name, COMMANDS)}", file=sys.stderr)
         return 2
+    # SIGTERM (``kill``, ``timeout``, ``scancel``) stops every command the way Ctrl-C does, so its cleanup runs:
+    # a staging folder removed, a UI's server stopped, a run's result.json written and its MLflow run closed.
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         return COMMANDS[name].main(rest)
     except KeyboardInterrupt:  # run and build close their runs and sweeps themselves and return 130
         print(f"interrupted: harness {name} stopped before it finished", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def entry_point() -> None:

@@ -60,7 +60,7 @@ def pipeline_task(cfg: Any) -> None:
     if threading.current_thread() is threading.main_thread():
         # In a SLURM job submitit ignores SIGTERM (its preemption warning); ``scancel`` must end the run as
         # interrupted, with its result.json written and its MLflow run closed before SLURM's SIGKILL.
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
     hydra_config = HydraConfig.get()
     config = resolve_config(plain(cfg))
     run_dir = Path(hydra_config.runtime.output_dir)
@@ -113,7 +113,6 @@ def hydra_command(config_name: str, task: Callable[[Any], None], arguments: list
     sys.argv = [f"harness {config_name}", *arguments]
     global _session
     _session = _Session()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
     from harness.tracking.sweep import STARTED_SWEEPS
 
     STARTED_SWEEPS.clear()
@@ -122,8 +121,6 @@ def hydra_command(config_name: str, task: Callable[[Any], None], arguments: list
         app()
     except KeyboardInterrupt:
         return _stop_interrupted()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     unsuccessful = dict.fromkeys(_session.failed_jobs, "failed")
     for sweep in STARTED_SWEEPS:
         unsuccessful.update(_unsuccessful_jobs(sweep))
@@ -181,7 +178,7 @@ class _SacctOnce(logging.Filter):
         return True
 
 
-def _interrupt(*_: object) -> None:
+def interrupt(*_: object) -> None:
     """SIGTERM (``kill``, ``scancel``) stops a run the way Ctrl-C does."""
     raise KeyboardInterrupt
 

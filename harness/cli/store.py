@@ -125,18 +125,15 @@ def ui(arguments: list[str]) -> int:
     # The UI serves runs only: MLflow's job runner and its task-queue consumers are not needed.
     environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(command, env=environment, start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         url = runs_table_url(f"http://127.0.0.1:{options.port}", experiment_id)
         print(f"MLflow UI on {url} (store {uri}); Ctrl-C stops it", flush=True)
         code = server.wait()
         print(f"error: the MLflow UI exited with code {code}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the command line turns it into one)
         _stop_group(server)
         return 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _port(text: str) -> int:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,7 @@ from harness.accuracy.revisited import evaluate
 from harness.data.datasets import gnd_path, image_path
 from harness.data.synthetic import synthetic_name, write_synthetic
 from harness.errors import ConfigError, DataError
+from tests.conftest import REPO_ROOT
 
 
 def digest(folder: Path) -> str:
@@ -102,3 +107,21 @@ def test_an_unwritable_root_is_one_error_naming_it(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(DataError, match=f"{blocker / 'root'}: cannot create the dataset root"):
         write_synthetic(blocker / "root", images=20, queries=2)
+
+
+@pytest.mark.process
+def test_sigterm_stops_the_command_as_ctrl_c_does_leaving_no_half_written_set(tmp_path: Path) -> None:
+    # ``timeout`` or ``kill`` ended the process where it stood: its staging folder stayed behind.
+    command = [sys.executable, "-m", "harness", "data", "synthetic", "--images", "5000", "--root", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(tmp_path.glob(".staging-*/*/jpg/*.jpg")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert stderr.strip() == "interrupted: harness data stopped before it finished"
+    assert list(tmp_path.iterdir()) == []
