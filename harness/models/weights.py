@@ -81,6 +81,13 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     if not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise WeightsError(f"{path}: {_not_flat(state, path)}")
+    for name, tensor in state.items():
+        # A sum is finite when every value is (0.04 s for ViT-L's 300M values, an element-wise test 0.9 s); the
+        # values are counted only when it is not, since a large enough sum overflows without any bad value.
+        if tensor.is_floating_point() and not torch.isfinite(tensor.sum(dtype=torch.float32)):
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise WeightsError(f"{path}: {name} holds NaN or inf ({bad} of {tensor.numel()} values)")
     return state
 
 

@@ -198,6 +198,26 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path, cache_dir: Path) 
         load_backbone(get_variant("tiny14"), weights=str(path), seed=0, cache_dir=cache_dir, input_size=(224, 224))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_checkpoint_holding_nan_or_inf_is_refused_naming_the_tensor(tmp_path: Path, bad: float) -> None:
+    # It was read, exported and failed parity as "min cosine nan": the reference itself was NaN.
+    state = DinoVisionTransformer(get_variant("tiny14")).state_dict()
+    state["blocks.1.mlp.fc1.weight"][3, :2] = bad
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError) as refused:
+        read_checkpoint(tmp_path / "bad.pth")
+    count = state["blocks.1.mlp.fc1.weight"].numel()
+    assert (
+        str(refused.value) == f"{tmp_path / 'bad.pth'}: blocks.1.mlp.fc1.weight holds NaN or inf (2 of {count} values)"
+    )
+    # Values so large that their float32 sum overflows are finite all the same: the file is read.
+    state["blocks.1.mlp.fc1.weight"][3, :2] = torch.finfo(torch.float32).max
+    torch.save(state, tmp_path / "large.pth")
+    assert torch.equal(
+        read_checkpoint(tmp_path / "large.pth")["blocks.1.mlp.fc1.weight"], state["blocks.1.mlp.fc1.weight"]
+    )
+
+
 def test_missing_checkpoint_path(cache_dir: Path) -> None:
     with pytest.raises(WeightsError, match=r"model.weights='/nope.pth': no such file"):
         load_backbone(get_variant("tiny14"), weights="/nope.pth", seed=0, cache_dir=cache_dir, input_size=(224, 224))
