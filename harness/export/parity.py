@@ -71,8 +71,20 @@ def compare_features(
         raise BuildError(
             f"{artifact}: parity with torch fp32 failed ({precision.name}): min cosine {result.min_cosine:.8f}, "
             f"max abs error {max_abs_error:.4g}, required {bound} (precision.parity_min_cosine)"
+            + _not_finite(actual, precision.name)
         )
     return result
+
+
+def _not_finite(features: np.ndarray, precision: str) -> str:
+    """What a failed parity says when the artifact's features hold NaN or inf (the fp32 reference's never do: its
+    checkpoint is refused if it holds any): in half precision, an activation past the format's range."""
+    rows = int(np.count_nonzero(~np.isfinite(features).all(axis=1)))
+    if not rows:
+        return ""
+    cause = ": fp16 holds no value above 65504 (a weight or activation overflowed); bf16 has fp32's range"
+    cause = cause if precision == "fp16" else ""
+    return f"; the artifact's features hold NaN or inf for {rows} of {len(features)} photos{cause}"
 
 
 def check_parity(

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+import torch
 
 from harness.config.schema import RunConfig
 from harness.errors import BuildError, ConfigError
@@ -112,9 +113,27 @@ def test_failed_parity_names_the_numbers_and_publishes_nothing(cache_dir: Path) 
     )
     with pytest.raises(
         BuildError,
-        match=r"parity with torch fp32 failed \(fp16\): min cosine 0\.\d+, max abs error .*required cos >= 1.0",
+        match=r"parity with torch fp32 failed \(fp16\): min cosine 0\.\d+, max abs error .*required cos >= 1.0, "
+        r"max abs error <= 1e-09 \(precision.parity_min_cosine\)$",  # features that are numbers: nothing said of NaN
     ):
         build(config)
+    assert list((cache_dir / "builds").iterdir()) == []
+
+
+def test_an_fp16_build_whose_values_overflow_says_so(cache_dir: Path, tmp_path: Path) -> None:
+    # Failed as "min cosine nan" alone: nothing said the fp16 features were inf or NaN, nor why.
+    reference, _ = load_backbone(get_variant("tiny14_reg4"), weights="random", seed=0, cache_dir=cache_dir,
+                                 input_size=(224, 224), progress=False)  # fmt: skip
+    state = reference.state_dict()
+    state["patch_embed.proj.weight"] *= 1e5  # fine in fp32, past 65504 in fp16
+    torch.save(state, tmp_path / "large.pth")
+    with pytest.raises(BuildError) as failed:
+        build(run_config(cache_dir, f"model.weights={tmp_path / 'large.pth'}", "precision=fp16"))
+    assert str(failed.value).endswith(
+        "min cosine nan, max abs error nan, required cos >= 0.999 (precision.parity_min_cosine); the artifact's "
+        "features hold NaN or inf for 2 of 2 photos: fp16 holds no value above 65504 (a weight or activation "
+        "overflowed); bf16 has fp32's range"
+    )
     assert list((cache_dir / "builds").iterdir()) == []
 
 
