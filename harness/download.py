@@ -14,6 +14,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -96,6 +97,13 @@ def verify_existing(dest: Path, *, url: str, sha256: str | None, progress: bool)
     return FileRecord(url=url, size_bytes=size, sha256=digest)
 
 
+def _unsatisfied_length(header: str | None) -> int | None:
+    """The file's length from a 416 response's ``Content-Range: bytes */<length>`` (RFC 9110); ``None`` where the
+    server does not say."""
+    match = re.fullmatch(r"\s*bytes\s+\*/(\d+)\s*", header or "")
+    return int(match.group(1)) if match else None
+
+
 def _stream_to_part(url: str, part: Path, *, timeout_s: float, progress: bool) -> tuple[str, int]:
     """Append the rest of ``url`` to ``part``; returns (sha256, total size)."""
     offset = part.stat().st_size if part.exists() else 0
@@ -108,8 +116,13 @@ def _stream_to_part(url: str, part: Path, *, timeout_s: float, progress: bool) -
     try:
         response = urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:  # the part already holds every byte
-            return digest.hexdigest(), offset
+        if error.code == 416 and offset:
+            if _unsatisfied_length(error.headers.get("Content-Range")) == offset:  # the part holds every byte
+                return digest.hexdigest(), offset
+            # Longer than the file (another version of it, say), or a size the server does not say: start over.
+            log.warning("restarting download url=%s: the %d bytes of %s do not match the file", url, offset, part)
+            part.unlink()
+            return _stream_to_part(url, part, timeout_s=timeout_s, progress=progress)
         raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)

@@ -63,8 +63,11 @@ def _handler(server_state: FileServer) -> type[http.server.BaseHTTPRequestHandle
             start = 0
             if range_header:
                 start = int(range_header.removeprefix("bytes=").split("-")[0])
-                if start >= len(body):
-                    self.send_error(416)
+                if start >= len(body):  # as RFC 9110 says: the length of the file in Content-Range
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")

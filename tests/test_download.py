@@ -44,6 +44,23 @@ def test_truncated_transfer_keeps_the_part_and_resumes(file_server: FileServer, 
     assert file_server.requests[-1] == ("/blob.bin", "bytes=300000-")
 
 
+def test_a_part_holding_the_whole_file_is_kept_and_one_longer_than_it_is_fetched_again(
+    file_server: FileServer, tmp_path: Path
+) -> None:
+    file_server.files["/blob.bin"] = PAYLOAD
+    dest = tmp_path / "blob.bin"
+    dest.with_name("blob.bin.part").write_bytes(PAYLOAD)  # stopped after the last byte, before the rename
+    assert download.fetch(file_server.url("/blob.bin"), dest, progress=False).size_bytes == len(PAYLOAD)
+    assert dest.read_bytes() == PAYLOAD and file_server.requests == [("/blob.bin", f"bytes={len(PAYLOAD)}-")]
+    # The server's file is shorter than the part (it changed since): the server answers 416 for the part's end,
+    # which was taken to mean "complete", and the part was kept as the file, without a digest to catch it.
+    file_server.files["/short.bin"] = PAYLOAD[:1000]
+    dest = tmp_path / "short.bin"
+    dest.with_name("short.bin.part").write_bytes(PAYLOAD[:1500])
+    assert download.fetch(file_server.url("/short.bin"), dest, progress=False).size_bytes == 1000
+    assert dest.read_bytes() == PAYLOAD[:1000] and file_server.requests[-1] == ("/short.bin", None)
+
+
 def test_checksum_mismatch_is_refused_and_removed(file_server: FileServer, tmp_path: Path) -> None:
     file_server.files["/blob.bin"] = PAYLOAD
     dest = tmp_path / "blob.bin"
