@@ -82,9 +82,14 @@ def verify_existing(dest: Path, *, url: str, sha256: str | None, progress: bool)
     expected = sha256
     recorded_size = None
     if record_path(dest).exists():
-        stored = json.loads(record_path(dest).read_text())
-        expected = expected or stored["sha256"]
-        recorded_size = stored["size_bytes"]
+        try:
+            stored = json.loads(record_path(dest).read_text())
+            expected, recorded_size = expected or str(stored["sha256"]), int(stored["size_bytes"])
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise DownloadError(
+                f"{record_path(dest)}: unreadable record of {dest.name} ({type(error).__name__}: {error}); delete "
+                "both and run again"
+            ) from None
     size = dest.stat().st_size
     if recorded_size is not None and size != recorded_size:
         raise DownloadError(f"{dest}: size {size} bytes differs from the recorded {recorded_size}; delete it and retry")

@@ -80,6 +80,12 @@ def test_reuse_verifies_and_a_corrupted_file_is_never_used(file_server: FileServ
     dest.write_bytes(bytes(corrupted))
     with pytest.raises(DownloadError, match=r"blob.bin: sha256 .* does not match"):
         download.fetch(file_server.url("/blob.bin"), dest, progress=False)
+    for record in ('{"sha', '{"sha256": "ab"}', "[]"):  # a traceback, not a refusal
+        download.record_path(dest).write_text(record)
+        with pytest.raises(
+            DownloadError, match=r"blob.bin.sha256.json: unreadable record of blob.bin \(.*\); delete both"
+        ):
+            download.fetch(file_server.url("/blob.bin"), dest, progress=False)
 
 
 def test_unreachable_server_says_how_to_fetch_by_hand(tmp_path: Path) -> None:
