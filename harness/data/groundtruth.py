@@ -94,7 +94,12 @@ def load_groundtruth(path: Path, *, query_sizes: Mapping[str, tuple[int, int]] |
     value = safe_unpickle(data, source=str(path))
     if not isinstance(value, Mapping) or not {"imlist", "qimlist", "gnd"} <= set(value):
         raise DataError(f"{path}: expected a dict with imlist, qimlist and gnd")
+    for key in ("imlist", "qimlist", "gnd"):
+        if not isinstance(value[key], list | tuple | np.ndarray):
+            raise DataError(f"{path}: {key} is {type(value[key]).__name__}, expected a list")
     imlist, qimlist, gnd = (list(value[key]) for key in ("imlist", "qimlist", "gnd"))
+    _check_names(path, "imlist", imlist)
+    _check_names(path, "qimlist", qimlist)
     if len(gnd) != len(qimlist):
         raise DataError(
             f"{path}: {counted(len(gnd), 'gnd entry', 'gnd entries')} for {counted(len(qimlist), 'query', 'queries')}"
@@ -122,6 +127,18 @@ def check_boxes_inside(truth: GroundTruth, query_sizes: Mapping[str, tuple[int, 
             )
 
 
+def _check_names(path: Path, key: str, names: list[object]) -> None:
+    """Each name is a file name (images are read from ``jpg/<name>.jpg``: a name with folders would read outside
+    the dataset) and names one image once (descriptors and per-image files are kept by name)."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or name in ("", ".", "..") or any(char in name for char in "/\\\0"):
+            raise DataError(f"{path}: {key} entry {index} {name!r} is not an image name (a file name without folders)")
+        if name in first:
+            raise DataError(f"{path}: {key} names {name!r} twice (entries {first[name]} and {index})")
+        first[name] = index
+
+
 def _validate_query(path: Path, query: int, name: str, entry: object, size: int) -> None:
     where = f"{path}: query {query} ({name})"
     if not isinstance(entry, Mapping):
@@ -131,8 +148,14 @@ def _validate_query(path: Path, query: int, name: str, entry: object, size: int)
         if indices.size and (indices.dtype.kind not in "iu" or indices.min() < 0 or indices.max() >= size):
             flat = indices.ravel()
             bad = flat[(flat < 0) | (flat >= size)] if indices.dtype.kind in "iu" else flat
-            raise DataError(f"{where}: {key} index {bad[0].item()!r} out of range [0, {size})")
+            raise DataError(f"{where}: {key} index {bad[0].item()!r} is not an image index (an integer in [0, {size}))")
     if "bbx" in entry:
-        box = np.asarray(entry["bbx"], dtype=np.float64).ravel()
+        try:
+            box = np.asarray(entry["bbx"], dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            box = np.array([])
         if box.size != 4 or not (box[0] < box[2] and box[1] < box[3]) or box.min() < 0:
-            raise DataError(f"{where}: bbx {box.tolist()} is not [x1, y1, x2, y2] with x1 < x2, y1 < y2, >= 0")
+            raise DataError(
+                f"{where}: bbx {box.tolist() if box.size else entry['bbx']!r} is not [x1, y1, x2, y2] numbers with "
+                "x1 < x2, y1 < y2, >= 0"
+            )

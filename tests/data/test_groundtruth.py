@@ -63,10 +63,27 @@ def test_object_arrays_are_refused() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"gnd": [{"easy": [3]}, {"easy": []}]}, r"query 0 \(q0\): easy index 3 out of range \[0, 3\)"),
-        ({"gnd": [{"easy": [0]}, {"junk": [-1]}]}, r"query 1 \(q1\): junk index -1 out of range"),
+        (
+            {"gnd": [{"easy": [3]}, {"easy": []}]},
+            r"query 0 \(q0\): easy index 3 is not an image index \(an integer in \[0, 3\)\)$",
+        ),
+        ({"gnd": [{"easy": [0]}, {"junk": [-1]}]}, r"query 1 \(q1\): junk index -1 is not an image index"),
+        ({"gnd": [{"easy": [0.0]}, {}]}, r"query 0 \(q0\): easy index 0.0 is not an image index"),
         ({"gnd": [{"easy": [0]}]}, r"1 gnd entry for 2 queries"),
         ({"gnd": [{"bbx": [5, 5, 1, 1]}, {}]}, r"query 0 \(q0\): bbx \[5.0, 5.0, 1.0, 1.0\] is not"),
+        # Each of these was a traceback (TypeError, ValueError) or, for a name with folders, read outside the set.
+        (
+            {"gnd": [{"bbx": ["x", 0, 1, 1]}, {}]},
+            r"query 0 \(q0\): bbx \['x', 0, 1, 1\] is not \[x1, y1, x2, y2\] numbers",
+        ),
+        ({"imlist": 5}, r"gnd.pkl: imlist is int, expected a list$"),
+        ({"gnd": None}, r"gnd.pkl: gnd is NoneType, expected a list$"),
+        (
+            {"imlist": ["a", "../../etc/b", "c"]},
+            r"imlist entry 1 '../../etc/b' is not an image name \(a file name without folders\)$",
+        ),
+        ({"qimlist": ["q0", 7]}, r"qimlist entry 1 7 is not an image name"),
+        ({"imlist": ["a", "b", "a"]}, r"imlist names 'a' twice \(entries 0 and 2\)$"),
     ],
 )
 def test_structural_problems_name_the_query(tmp_path: Path, change: dict, message: str) -> None:
