@@ -316,6 +316,15 @@ def test_report_and_gate_outputs_that_cannot_be_written_are_one_line(tmp_path: P
     assert gate.stderr.splitlines()[-1] == (
         f"harness gate: error: --report {tmp_path}: a folder; give the file to write, e.g. {tmp_path / 'gate.md'}"
     )
+    # Options that would be ignored, or a count below zero, are usage errors too (--rerun -1 was taken as 0).
+    for options, refusal in (
+        (["--rerun", "-1"], "--rerun -1: expected a number of re-measurements, 0 or more"),
+        (["--promote", "--rerun", "2", "--report", "g.md"],
+         "--promote writes a baseline and decides nothing: --rerun, --report would be ignored"),
+    ):  # fmt: skip
+        refused = harness(tmp_path, "gate", str(run_dir), "--baseline", str(tmp_path / "b.json"), *options)
+        assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == f"harness gate: error: {refusal}"
+    assert not (tmp_path / "b.json").exists() and not (run_dir / "gate.md").exists()
 
 
 def test_data_synthetic_writes_the_revisitop_layout(tmp_path: Path) -> None:

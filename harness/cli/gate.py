@@ -30,6 +30,16 @@ def gate(arguments: list[str]) -> int:
     if not named:
         parser.error("no candidate given")
     candidates = _once_each(named)
+    if options.rerun < 0:
+        parser.error(f"--rerun {options.rerun}: expected a number of re-measurements, 0 or more")
+    ignored = [
+        option
+        for option, given in (("--rerun", options.rerun), ("--report", options.report),
+                              ("--allow-hardware-mismatch", options.allow_hardware_mismatch))
+        if given
+    ]  # fmt: skip
+    if options.promote and ignored:
+        parser.error(f"--promote writes a baseline and decides nothing: {', '.join(ignored)} would be ignored")
     if options.report is not None and options.report.is_dir():
         parser.error(f"--report {options.report}: a folder; give the file to write, e.g. {options.report / 'gate.md'}")
     config = config_or_exit(GateCommandConfig, overrides, "gate")
@@ -154,7 +164,7 @@ def _decide(
         every_baseline = functools.partial(list, entries)
     return run_gate(
         evidence, lookup, settings, allow_hardware_mismatch=options.allow_hardware_mismatch,
-        rerun=max(0, options.rerun), rerunner=rerun_perf, every_baseline=every_baseline,
+        rerun=options.rerun, rerunner=rerun_perf, every_baseline=every_baseline,
     )  # fmt: skip
 
 
