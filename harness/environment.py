@@ -12,6 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+# The checkout the harness's code and conf/ run from: its commit is what made a run's numbers, wherever the
+# run's paths.root is. An installed wheel has none (its folder holds no .git).
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("torch", "onnx", "onnxruntime", "numpy", "pillow", "hydra-core", "mlflow")
 
 
@@ -116,7 +119,7 @@ def hardware_fingerprint(cpu: str, cores: int | None, gpu_list: list[dict[str, s
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
-def capture(root: Path) -> dict[str, object]:
+def capture() -> dict[str, object]:
     """The environment section of ``result.json``."""
     cpu = cpu_model()
     cores, usable = os.cpu_count(), usable_cores()
@@ -133,5 +136,5 @@ def capture(root: Path) -> dict[str, object]:
         "cpu_isa": cpu_isa(),
         "hardware_fingerprint": fingerprint,
         "libraries": library_versions(),
-        "git": git_state(root),
+        "git": git_state(SOURCE_ROOT) if (SOURCE_ROOT / ".git").exists() else {"commit": None, "dirty": None},
     }

@@ -89,7 +89,7 @@ def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
         duration_s=round(time.perf_counter() - clock, 3),
         stages=config.stages,
         config=config.portable(),
-        environment=capture(config.paths.path("root")),
+        environment=capture(),
         error=_run_error(error),
         weights=finished.weights,
         build=finished.build,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from harness.environment import capture, cpu_model
+from harness.pipeline import run
+from tests.conftest import REPO_ROOT, compose
 
 
 @pytest.mark.skipif(
@@ -18,12 +21,12 @@ from harness.environment import capture, cpu_model
     or os.cpu_count() == 1,
     reason="needs CPU affinity over every core of a machine with 2 or more",
 )
-def test_a_run_pinned_to_fewer_cores_is_on_other_hardware(tmp_path: Path) -> None:
-    whole = capture(tmp_path)
+def test_a_run_pinned_to_fewer_cores_is_on_other_hardware() -> None:
+    whole = capture()
     every_core = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(every_core)})  # as `taskset -c 0` or a container's cpuset would
     try:
-        pinned = capture(tmp_path)
+        pinned = capture()
     finally:
         os.sched_setaffinity(0, every_core)
     assert (whole["cpu_count"], whole["cpu_usable"]) == (os.cpu_count(), os.cpu_count())
@@ -34,3 +37,13 @@ def test_a_run_pinned_to_fewer_cores_is_on_other_hardware(tmp_path: Path) -> Non
     gpus = ";".join(f"{gpu['name']}|{gpu['memory']}|{gpu['driver']}" for gpu in whole["gpus"])  # type: ignore[attr-defined]
     before = f"{cpu_model()}|{os.cpu_count()}|{platform.machine()}|{platform.system()}|{gpus}"
     assert whole["hardware_fingerprint"] == hashlib.sha256(before.encode()).hexdigest()[:12]
+
+
+@pytest.mark.skipif(not (REPO_ROOT / ".git").exists(), reason="the harness is not run from a git checkout")
+def test_the_commit_recorded_is_the_harness_checkouts_wherever_the_run_is(tmp_path: Path) -> None:
+    # The commit was read at paths.root: a run whose root is outside the checkout recorded none ("unknown").
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    config = compose(["debug=tiny", "backend=sleep", "stages=[perf]", f"paths.root={tmp_path}", "tracking=off"])
+    result = run(config, run_dir=tmp_path / "run")
+    assert result.environment["git"]["commit"] == head.stdout.strip()  # type: ignore[index]
+    assert isinstance(result.environment["git"]["dirty"], bool)  # type: ignore[index]

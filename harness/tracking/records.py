@@ -189,7 +189,7 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
         "harness.config_hash": config_hash(result["config"]),  # type: ignore[arg-type]
         "harness.weights_kind": weights.get("kind", "unknown"),
         "git.commit": git.get("commit") or "unknown",
-        "git.dirty": str(git.get("dirty")).lower(),
+        "git.dirty": "unknown" if git.get("dirty") is None else str(git.get("dirty")).lower(),
         "host": environment.get("host", "unknown"),
         "hardware.cpu": environment.get("cpu_model", "unknown"),
         "hardware.cpu_isa": " ".join(environment.get("cpu_isa") or []) or None,

@@ -55,6 +55,8 @@ def test_tags_identify_code_machine_config_and_weights() -> None:
     assert tags["harness.run_uid"] == "abc" and tags["harness.weights_kind"] == "random"
     assert tags["git.commit"] == "c0ffee" and tags["git.dirty"] == "true" and tags["version.torch"] == "2.13"
     assert len(tags["harness.config_hash"]) == 12 and "ConfigError" in tags["harness.error"]
+    result["environment"]["git"] = {"commit": None, "dirty": None}  # type: ignore[index]
+    assert (tags_of(result)["git.commit"], tags_of(result)["git.dirty"]) == ("unknown", "unknown")  # was "none"
 
 
 def test_the_config_hash_ignores_where_a_run_is_kept_but_not_what_it_measured() -> None:
