@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.config.schema import GateConfig, GateRule, RunConfig
+from harness.config.commands import GateConfig, GateRule
+from harness.config.schema import RunConfig
 from harness.gate.decide import decide
 from harness.perf.stage import run_perf
 from harness.resolve import resolve_config

@@ -16,7 +16,8 @@ from typing import Any
 
 from harness.backends import check_precision, get_backend
 from harness.config.convert import from_mapping
-from harness.config.schema import PathsConfig, PerfConfig, RunConfig, VdspParams
+from harness.config.perf import PerfConfig
+from harness.config.schema import PathsConfig, RunConfig, VdspParams
 from harness.data.synthetic import check_synthetic_set, dataset_location
 from harness.errors import ConfigError, DataError
 from harness.models.variants import get_variant

@@ -10,8 +10,9 @@ import typing
 import pytest
 
 from harness.backends import backend_names, get_backend
+from harness.config.commands import GateConfig, GateRule
 from harness.config.convert import from_mapping
-from harness.config.schema import GateConfig, GateRule, RunConfig
+from harness.config.schema import RunConfig
 from tests.conftest import COMPANIONS, REPO_ROOT
 
 

@@ -17,7 +17,7 @@ SYNTHETIC_FLAGS = {"images": "synthetic_images", "queries": "synthetic_queries",
 
 def data(arguments: list[str]) -> int:
     """``harness data download NAME`` / ``harness data synthetic``, with ``dataset.*`` and ``paths.*`` overrides."""
-    from harness.config.schema import DataCommandConfig
+    from harness.config.commands import DataCommandConfig
     from harness.config.store import OVERLAY_GROUPS
     from harness.data.datasets import DATASETS, download_dataset
     from harness.data.synthetic import dataset_location, write_synthetic
@@ -138,7 +138,7 @@ def vamp_parse(arguments: list[str]) -> int:
     import argparse
     import json
 
-    from harness.config.schema import StoreCommandConfig
+    from harness.config.commands import StoreCommandConfig
     from harness.errors import HarnessError
     from harness.perf.vamp import parse_vamp, perf_fields
 

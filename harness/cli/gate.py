@@ -12,14 +12,15 @@ from harness.cli.arguments import config_or_exit, split_arguments
 if TYPE_CHECKING:  # imported where used: `harness --help` stays fast
     import argparse
 
-    from harness.config.schema import GateConfig, TrackingConfig
+    from harness.config.commands import GateConfig
+    from harness.config.schema import TrackingConfig
     from harness.gate import GateResult
     from harness.tracking.store import Store
 
 
 def gate(arguments: list[str]) -> int:
     """``harness gate CANDIDATE... --baseline FILE|mlflow`` / ``harness gate --promote RUN... --baseline ...``."""
-    from harness.config.schema import GateCommandConfig
+    from harness.config.commands import GateCommandConfig
     from harness.errors import HarnessError
     from harness.gate.sources import candidate_kind
     from harness.tracking.store import Store

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # imported where used: `harness --help` stays fast
 
 def report(arguments: list[str]) -> int:
     """``harness report PATH... [--out DIR]``: plots and an index over run folders, sweep folders or MLflow."""
-    from harness.config.schema import StoreCommandConfig
+    from harness.config.commands import StoreCommandConfig
     from harness.errors import DataError, HarnessError, counted, unwritable_reason
     from harness.report import record_folder
     from harness.report.render import folder_runs, write_report

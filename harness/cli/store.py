@@ -19,7 +19,7 @@ def sync(arguments: list[str]) -> int:
     """``harness sync [overrides] DIR...``: log run or sweep folders that are not tracked yet, exactly once."""
     import argparse
 
-    from harness.config.schema import StoreCommandConfig
+    from harness.config.commands import StoreCommandConfig
     from harness.errors import HarnessError
     from harness.report import (
         SWEEP_FILE,
@@ -85,7 +85,7 @@ def ui(arguments: list[str]) -> int:
     """``harness ui [--port N] [overrides]``: the MLflow UI on the configured store, on 127.0.0.1."""
     import argparse
 
-    from harness.config.schema import StoreCommandConfig
+    from harness.config.commands import StoreCommandConfig
     from harness.errors import HarnessError
     from harness.tracking.store import Store, resolve_store, runs_table_url
 

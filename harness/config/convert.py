@@ -2,7 +2,8 @@
 
 ``harness.resolve`` turns the composed tree into typed dataclasses with it, so nothing downstream sees a
 ``DictConfig``. An unknown key, a value of the wrong type or outside a ``Literal`` is a ``ConfigError`` that
-names the dotted key, the value and what is allowed. The same function reads ``result.json`` back.
+names the dotted key, the value and what is allowed. The same function reads ``result.json`` back. Value
+checks that several groups share (``check_seed``) live here too.
 """
 
 from __future__ import annotations
@@ -152,3 +153,9 @@ def flatten(tree: object, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield from flatten(value, f"{prefix}.{index}")
     else:
         yield prefix, tree
+
+
+def check_seed(key: str, seed: int) -> None:
+    """Seeds feed numpy's generators, which take non-negative integers only."""
+    if seed < 0:
+        raise ConfigError(f"{key}={seed}: expected a seed >= 0")

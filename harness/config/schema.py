@@ -1,6 +1,7 @@
 """Typed configuration of one run: the schema of what ``conf/`` composes.
 
-Every group of ``conf/`` maps onto one frozen dataclass here. The dataclasses declare types and checks only:
+Every group of ``conf/`` maps onto one frozen dataclass here (``perf`` in ``harness.config.perf``; the gate's
+and the other commands' in ``harness.config.commands``). The dataclasses declare types and checks only:
 every default lives in the group's YAML file in ``conf/`` (with a comment per key, the user's documentation),
 and ``harness.config.store`` registers these classes as Hydra's schema so a wrong type or an unknown key is
 refused when the config is composed. ``__post_init__`` only checks values; files, plugins and the
@@ -12,11 +13,12 @@ Image sizes are (H, W) everywhere, shapes [C, H, W] or [N, C, H, W].
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from harness.config.convert import check_seed
+from harness.config.perf import PerfConfig
 from harness.errors import ConfigError, unknown_name_message
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int8_dynamic"]
@@ -29,16 +31,8 @@ ExternalData = Literal["auto", "always", "never"]
 
 STAGES: tuple[str, ...] = get_args(Stage)
 MIN_OPSET = 18
-# Samples p99 needs to be reported (at most 1% of them above it, with 99% confidence; harness.perf.stats).
-P99_MIN_SAMPLES = 662
 # Fields that ``harness.resolve`` fills in: not part of the composed config, so not in Hydra's schema.
 RESOLVED = {"resolved": True}
-
-
-def check_seed(key: str, seed: int) -> None:
-    """Seeds feed numpy's generators, which take non-negative integers only."""
-    if seed < 0:
-        raise ConfigError(f"{key}={seed}: expected a seed >= 0")
 
 
 @dataclass(frozen=True)
@@ -158,175 +152,6 @@ class BuildConfig:
             raise ConfigError(f"build.opset={self.opset}: expected >= {MIN_OPSET}")
         if self.parity_images < 2:
             raise ConfigError(f"build.parity_images={self.parity_images}: expected >= 2 (one batch of 1, one larger)")
-
-
-@dataclass(frozen=True)
-class PerfConfig:
-    """``perf`` group: the load, vamp-style (``-i`` instances, ``-p`` processes, ``-b`` batch, ``-s`` shape).
-
-    Attributes:
-        instances: concurrent model instances (each loads its own copy).
-        processes: OS processes sharing the instances out round-robin; at most ``instances``.
-        batch: images per call.
-        shape: [C, H, W] of one image; ``null`` takes it from the vdsp params or ``model.input_size``.
-        iterations: at least this many batches in total across instances (``null``: the minimums alone).
-        duration_s: deprecated alias of ``min_duration_s`` (folded into it by ``harness.resolve``).
-        warmup: untimed calls per instance before measuring (after the first, cold, call).
-        mode: ``sync`` (one request at a time per instance) or ``async`` (a queue of ``queue_depth`` per instance).
-        queue_depth: requests in flight per instance in async mode.
-        inputs: ``random`` (seeded normal) or ``photos`` (real photos, preprocessed).
-        repeats: independent runs, each in fresh processes; the median is the headline.
-        min_duration_s: the run goes on until it has measured at least this long (as MLPerf LoadGen does)...
-        min_samples: ...and completed at least this many batches (and ``iterations``).
-        max_duration_s: it stops here even if a minimum is not met, and is then invalid (``null``: no bound).
-        strict: an invalid measurement, a withheld percentile or a window CV above the bound fails the run.
-        windows: time slices for the throughput coefficient of variation.
-        max_window_cv: above this CV a warning is printed and recorded.
-        start_timeout_s: longest wait for workers to load their models.
-        scenario: ``closed`` (vamp's loop: each instance sends the next request when the last returns),
-            ``server`` (open loop: Poisson arrivals at ``target_qps``, latency from each request's scheduled
-            arrival) or ``offline`` (every request queued at the start; throughput only).
-        target_qps: server: the offered rate (images per second over all instances); with ``search=peak``
-            the first probe.
-        max_queue_delay_ms: open loop: longest wait for a batch of ``batch`` requests to fill after its first
-            request arrived.
-        arrival_seed: server: seed of the arrival schedule (the same seed replays the same arrivals).
-        search: ``none``, or ``peak``: the highest ``target_qps`` whose p99 latency stays within
-            ``latency_bound_ms``, by bracketing then bisection; every probe is kept.
-        latency_bound_ms: the p99 end-to-end bound: a peak search's criterion; otherwise a measurement whose
-            p99 exceeds it is invalid (MLPerf's server rule), and one whose p99 is withheld is warned unjudged.
-        search_tolerance: peak search stops when the bracket is narrower than this share of its low end.
-        max_probes: peak search: most probes (each one a measurement of its own).
-        efficiency: closed loop, ONNX Runtime on CPU, fp32/fp16: also time the model's GEMMs alone (cached per
-            machine) and report FLOPs, GFLOP/s and efficiency (``perf.efficiency`` in the result).
-        stability: closed loop: instead of the minimums, measure in windows of ``stability_window_s`` until the
-            throughput of the last 3 windows agrees within ``stability_pct`` percent of their mean (perf_analyzer's
-            rule), or ``max_windows`` have passed; the result says whether and after how many windows.
-    """
-
-    instances: int
-    processes: int
-    batch: int
-    shape: tuple[int, int, int] | None
-    iterations: int | None
-    duration_s: float | None
-    warmup: int
-    mode: Literal["sync", "async"]
-    queue_depth: int
-    inputs: Literal["random", "photos"]
-    repeats: int
-    min_duration_s: float
-    min_samples: int
-    max_duration_s: float | None
-    strict: bool
-    windows: int
-    max_window_cv: float
-    start_timeout_s: float
-    scenario: Literal["closed", "server", "offline"]
-    target_qps: float | None
-    max_queue_delay_ms: float
-    arrival_seed: int
-    search: Literal["none", "peak"]
-    latency_bound_ms: float | None
-    search_tolerance: float
-    max_probes: int
-    efficiency: bool
-    stability: bool
-    stability_window_s: float
-    stability_pct: float
-    max_windows: int
-
-    @property
-    def batches_floor(self) -> int:
-        """Batches a measurement runs at least: ``iterations`` and ``min_samples``, whichever is more."""
-        return max(self.iterations or 0, self.min_samples)
-
-    def open_loop_requests(self, target_qps: float | None) -> int:
-        """Open loop: requests (one image each) over all instances. Server: the batch floor, and enough to
-        fill ``min_duration_s`` at ``target_qps`` (and p99's 662 when searching); offline: floor x batch."""
-        if self.scenario == "offline":
-            return self.batches_floor * self.batch
-        assert target_qps is not None
-        least = P99_MIN_SAMPLES if self.search == "peak" else 0
-        return max(self.batches_floor, least, math.ceil(target_qps * self.min_duration_s))
-
-    def __post_init__(self) -> None:
-        self._check_amounts()
-        self._check_scenario()
-        self._check_watch_and_search()
-
-    def _check_amounts(self) -> None:
-        for name in ("instances", "processes", "batch", "queue_depth", "repeats", "windows", "min_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"perf.{name}={getattr(self, name)!r}: expected a positive int")
-        if self.processes > self.instances:
-            raise ConfigError(
-                f"perf.processes={self.processes}: expected <= perf.instances={self.instances} "
-                "(each process drives at least one instance, as in vamp)"
-            )
-        if self.min_duration_s < 0:
-            raise ConfigError(f"perf.min_duration_s={self.min_duration_s}: expected >= 0")
-        if self.max_duration_s is not None and self.max_duration_s <= 0:
-            raise ConfigError(f"perf.max_duration_s={self.max_duration_s}: expected > 0 or null")
-        if self.iterations is not None and self.iterations < self.instances:
-            raise ConfigError(f"perf.iterations={self.iterations}: expected >= perf.instances={self.instances}")
-        if self.warmup < 0:
-            raise ConfigError(f"perf.warmup={self.warmup}: expected >= 0")
-        check_seed("perf.arrival_seed", self.arrival_seed)
-        if self.windows < 2 or self.max_window_cv < 0:
-            raise ConfigError(
-                f"perf.windows={self.windows}, perf.max_window_cv={self.max_window_cv}: expected >= 2 windows (one "
-                "window has no variation to measure) and a CV >= 0"
-            )
-
-    def _check_scenario(self) -> None:
-        if self.scenario == "server" and (self.target_qps is None or self.target_qps <= 0):
-            needs = "perf.search=peak needs a rate > 0 to start from" if self.search == "peak" else (
-                "perf.scenario=server needs an arrival rate > 0"
-            )  # fmt: skip
-            raise ConfigError(f"perf.target_qps={self.target_qps}: {needs}")
-        if self.max_queue_delay_ms < 0:
-            raise ConfigError(f"perf.max_queue_delay_ms={self.max_queue_delay_ms}: expected >= 0")
-        if self.scenario != "closed" and self.mode != "sync":
-            # Taken silently, it went into result.json and MLflow as if the run had been async.
-            raise ConfigError(
-                f"perf.mode={self.mode}: says how the closed loop keeps requests in flight; perf.scenario="
-                f"{self.scenario} issues them itself (perf.batch and perf.max_queue_delay_ms batch them): leave sync"
-            )
-        if self.scenario != "server" and (self.target_qps is not None or self.max_queue_delay_ms > 0):
-            setting = "perf.target_qps" if self.target_qps is not None else "perf.max_queue_delay_ms"
-            raise ConfigError(
-                f"{setting}={getattr(self, setting.split('.')[1])}: a setting of the server scenario's arrivals and "
-                f"batching; perf.scenario={self.scenario} has neither (set perf.scenario=server, or leave it unset)"
-            )
-        if self.latency_bound_ms is not None and self.latency_bound_ms <= 0:
-            raise ConfigError(f"perf.latency_bound_ms={self.latency_bound_ms}: expected a p99 bound > 0 (or null)")
-
-    def _check_watch_and_search(self) -> None:
-        if self.stability:
-            if self.scenario != "closed":
-                raise ConfigError(f"perf.stability=true: watches the closed loop, got perf.scenario={self.scenario}")
-            if self.stability_window_s <= 0 or self.stability_pct <= 0 or self.max_windows < 3:
-                raise ConfigError(
-                    f"perf.stability_window_s={self.stability_window_s}, perf.stability_pct={self.stability_pct}, "
-                    f"perf.max_windows={self.max_windows}: expected a window > 0, a percentage > 0, >= 3 windows"
-                )
-        if self.search == "peak":
-            if self.repeats != 1:
-                raise ConfigError(f"perf.repeats={self.repeats}: perf.search=peak measures each probe once (use 1)")
-            if self.scenario != "server":
-                raise ConfigError(
-                    f"perf.search=peak: searches the server scenario's rate, got perf.scenario={self.scenario}"
-                )
-            if self.latency_bound_ms is None or self.latency_bound_ms <= 0:
-                raise ConfigError(
-                    f"perf.latency_bound_ms={self.latency_bound_ms}: perf.search=peak needs a p99 bound > 0"
-                )
-            if not 0 < self.search_tolerance < 1 or self.max_probes < 2:
-                raise ConfigError(
-                    f"perf.search_tolerance={self.search_tolerance}, perf.max_probes={self.max_probes}: "
-                    "expected a tolerance in (0, 1) and at least 2 probes"
-                )
 
 
 @dataclass(frozen=True)
@@ -481,81 +306,6 @@ class PathsConfig:
 
     def path(self, name: Literal["root", "cache", "data", "outputs"]) -> Path:
         return Path(getattr(self, name)).expanduser()
-
-
-@dataclass(frozen=True)
-class GateRule:
-    """One metric's rule in the regression gate (``gate`` group).
-
-    Attributes:
-        kind: ``perf`` (noisy: decided by statistics over repeats), ``accuracy`` or ``parity`` (deterministic for
-            an artifact and its data: decided by an absolute tolerance).
-        better: ``higher`` or ``lower``.
-        threshold: perf: the relative change tolerated in the bad direction (0.05 = 5%); accuracy: points of
-            mAP / mP; parity: cosine.
-    """
-
-    kind: Literal["perf", "accuracy", "parity"]
-    better: Literal["higher", "lower"]
-    threshold: float
-
-    def __post_init__(self) -> None:
-        if self.threshold < 0:
-            raise ConfigError(f"gate rule threshold={self.threshold}: expected >= 0")
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """``gate`` group: how ``harness gate`` decides (see ``docs/gate.md``).
-
-    Attributes:
-        rules: metric name (as in MLflow's headline metrics) -> its rule.
-        min_repeats: perf repeats needed on each side; fewer is inconclusive.
-        alpha: significance level of the two-sided Mann-Whitney U test.
-        confidence: level of the bootstrap interval of the ratio of medians.
-        bootstrap_resamples: resamples for that interval.
-        seed: seed of the bootstrap (a decision is reproducible).
-    """
-
-    rules: dict[str, GateRule]
-    min_repeats: int
-    alpha: float
-    confidence: float
-    bootstrap_resamples: int
-    seed: int
-
-    def __post_init__(self) -> None:
-        if self.min_repeats < 2 or not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
-            raise ConfigError(
-                f"gate.min_repeats={self.min_repeats}, gate.alpha={self.alpha}, gate.confidence={self.confidence}: "
-                "expected min_repeats >= 2 and alpha, confidence in (0, 1)"
-            )
-        check_seed("gate.seed", self.seed)
-
-
-@dataclass(frozen=True)
-class StoreCommandConfig:
-    """What ``harness sync``, ``report``, ``ui`` and ``vamp-parse`` read of the composed config: the store."""
-
-    tracking: TrackingConfig
-    paths: PathsConfig
-
-
-@dataclass(frozen=True)
-class DataCommandConfig:
-    """What ``harness data`` reads: where datasets live, and the synthetic set's size and seed."""
-
-    dataset: DatasetConfig
-    paths: PathsConfig
-
-
-@dataclass(frozen=True)
-class GateCommandConfig:
-    """What ``harness gate`` reads of ``conf/gate.yaml``: its rules, and the store MLflow baselines come from."""
-
-    gate: GateConfig
-    tracking: TrackingConfig
-    paths: PathsConfig
 
 
 @dataclass(frozen=True)

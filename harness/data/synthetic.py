@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from harness.config.schema import DatasetConfig, PathsConfig, check_seed
+from harness.config.convert import check_seed
+from harness.config.schema import DatasetConfig, PathsConfig
 from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth
 from harness.data.photos import as_rgb, photo_loaders

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from harness.config.schema import GateConfig
+from harness.config.commands import GateConfig
 from harness.errors import HarnessError, counted
 from harness.gate.decide import Decision, decide
 from harness.gate.evidence import PER_REPEAT, Evidence, config_difference, evidence_of

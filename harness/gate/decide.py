@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from harness.config.schema import GateConfig, GateRule
+from harness.config.commands import GateConfig, GateRule
 
 Outcome = Literal["pass", "fail", "inconclusive"]
 

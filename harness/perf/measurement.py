@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.config.schema import PerfConfig, RunConfig
+from harness.config.perf import PerfConfig
+from harness.config.schema import RunConfig
 from harness.nvml import NvmlSampler, device_telemetry
 from harness.perf import stats
 from harness.perf.host import HostSampler, host_telemetry

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import BackendFactory, LoadTarget, OpenedBackend, open_backend
-from harness.config.schema import PerfConfig, RunConfig, VdspParams
+from harness.config.perf import PerfConfig
+from harness.config.schema import RunConfig, VdspParams
 from harness.data.photos import sample_photos
 from harness.environment import cpu_model, gpus, hardware_fingerprint, usable_cores
 from harness.errors import counted

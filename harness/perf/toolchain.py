@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 
 from harness.backends import ProfileLoad, Toolchain, open_toolchain
-from harness.config.schema import PerfConfig, RunConfig
+from harness.config.perf import PerfConfig
+from harness.config.schema import RunConfig
 from harness.errors import ConfigError, DataError, ToolError
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
 from harness.perf.efficiency import efficiency_undefined

@@ -16,8 +16,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config.commands import StoreCommandConfig
 from harness.config.convert import from_mapping
-from harness.config.schema import PathsConfig, StoreCommandConfig
+from harness.config.schema import PathsConfig
 from harness.config.store import expand_sweep, sweeper_settings
 from harness.errors import HarnessError, counted
 from harness.report import contention_warning, markdown_table, sweep_rows, write_summary

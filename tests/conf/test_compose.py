@@ -157,15 +157,15 @@ def test_bad_values_name_the_key(override: str, message: str) -> None:
 def test_a_command_refuses_overrides_of_groups_it_does_not_read(
     reads: str, config_name: str, override: str, message: str
 ) -> None:
-    from harness.config import schema
+    from harness.config import commands
     from harness.config.store import command_config
 
     with pytest.raises(ConfigError, match=message):
-        command_config(getattr(schema, reads), [override], config_name)
+        command_config(getattr(commands, reads), [override], config_name)
 
 
 def test_a_command_reads_its_groups_typed_with_their_overrides() -> None:
-    from harness.config.schema import GateCommandConfig, StoreCommandConfig
+    from harness.config.commands import GateCommandConfig, StoreCommandConfig
     from harness.config.store import command_config
 
     gate = command_config(GateCommandConfig, ["gate.alpha=0.05", "tracking=off"], "gate")

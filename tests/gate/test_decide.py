@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.config.schema import GateConfig, GateRule
+from harness.config.commands import GateConfig, GateRule
 from harness.errors import ConfigError
 from harness.gate import pair, run_gate
 from harness.gate.decide import decide

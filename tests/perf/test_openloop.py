@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.config.schema import P99_MIN_SAMPLES
+from harness.config.perf import P99_MIN_SAMPLES
 from harness.errors import ConfigError
 from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_timer_slack, waiter
 from harness.perf.stats import MIN_SAMPLES

@@ -1,0 +1,86 @@
+"""Typed configs of the commands other than ``run``: the regression gate's rules (``gate`` group) and what
+``sync``, ``report``, ``ui``, ``vamp-parse``, ``data`` and ``gate`` read of the composed tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from harness.config.convert import check_seed
+from harness.config.schema import DatasetConfig, PathsConfig, TrackingConfig
+from harness.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """One metric's rule in the regression gate (``gate`` group).
+
+    Attributes:
+        kind: ``perf`` (noisy: decided by statistics over repeats), ``accuracy`` or ``parity`` (deterministic for
+            an artifact and its data: decided by an absolute tolerance).
+        better: ``higher`` or ``lower``.
+        threshold: perf: the relative change tolerated in the bad direction (0.05 = 5%); accuracy: points of
+            mAP / mP; parity: cosine.
+    """
+
+    kind: Literal["perf", "accuracy", "parity"]
+    better: Literal["higher", "lower"]
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if self.threshold < 0:
+            raise ConfigError(f"gate rule threshold={self.threshold}: expected >= 0")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """``gate`` group: how ``harness gate`` decides (see ``docs/gate.md``).
+
+    Attributes:
+        rules: metric name (as in MLflow's headline metrics) -> its rule.
+        min_repeats: perf repeats needed on each side; fewer is inconclusive.
+        alpha: significance level of the two-sided Mann-Whitney U test.
+        confidence: level of the bootstrap interval of the ratio of medians.
+        bootstrap_resamples: resamples for that interval.
+        seed: seed of the bootstrap (a decision is reproducible).
+    """
+
+    rules: dict[str, GateRule]
+    min_repeats: int
+    alpha: float
+    confidence: float
+    bootstrap_resamples: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.min_repeats < 2 or not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
+            raise ConfigError(
+                f"gate.min_repeats={self.min_repeats}, gate.alpha={self.alpha}, gate.confidence={self.confidence}: "
+                "expected min_repeats >= 2 and alpha, confidence in (0, 1)"
+            )
+        check_seed("gate.seed", self.seed)
+
+
+@dataclass(frozen=True)
+class StoreCommandConfig:
+    """What ``harness sync``, ``report``, ``ui`` and ``vamp-parse`` read of the composed config: the store."""
+
+    tracking: TrackingConfig
+    paths: PathsConfig
+
+
+@dataclass(frozen=True)
+class DataCommandConfig:
+    """What ``harness data`` reads: where datasets live, and the synthetic set's size and seed."""
+
+    dataset: DatasetConfig
+    paths: PathsConfig
+
+
+@dataclass(frozen=True)
+class GateCommandConfig:
+    """What ``harness gate`` reads of ``conf/gate.yaml``: its rules, and the store MLflow baselines come from."""
+
+    gate: GateConfig
+    tracking: TrackingConfig
+    paths: PathsConfig
