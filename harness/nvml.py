@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.result import DeviceTelemetry
+from harness.result.perf import DeviceTelemetry
 
 log = logging.getLogger(__name__)
 

@@ -33,16 +33,10 @@ from harness.perf.toolchain import run_toolchain_perf
 from harness.perf.vamp import VAMP_FILE, vamp_report
 from harness.processes import refuse_unguarded_main
 from harness.resolve import resolve_config
-from harness.result import (
-    SCHEMA_VERSION,
-    AccuracyResult,
-    BuildResult,
-    PerfResult,
-    RunError,
-    RunResult,
-    WeightsInfo,
-    write_result,
-)
+from harness.result import SCHEMA_VERSION, RunError, RunResult, write_result
+from harness.result.accuracy import AccuracyResult
+from harness.result.build import BuildResult, WeightsInfo
+from harness.result.perf import PerfResult
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from harness.errors import counted
 from harness.perf.efficiency import EFFICIENCY_OFF
 from harness.perf.host import SAMPLE_INTERVAL_S
-from harness.result import AccuracyResult, BuildResult, DeviceTelemetry, PerfResult, RunResult
+from harness.result import RunResult
+from harness.result.accuracy import AccuracyResult
+from harness.result.build import BuildResult
+from harness.result.perf import DeviceTelemetry, PerfResult
 
 Row = tuple[str, str]
 

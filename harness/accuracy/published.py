@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.result import Published
+from harness.result.accuracy import Published
 
 _PAPER = {"vits14": (68.8, 43.2), "vitb14": (72.9, 49.5), "vitl14": (75.1, 54.0), "vitg14": (73.6, 52.3)}
 _PAPER_PARIS = {"vits14": (84.6, 68.5), "vitb14": (90.3, 78.6), "vitl14": (92.7, 83.5), "vitg14": (92.1, 82.6)}

@@ -30,7 +30,7 @@ from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth
 from harness.data.synthetic import dataset_location, write_synthetic
 from harness.errors import ConfigError, DataError, counted
-from harness.result import AccuracyResult, Fp32Comparison, SetupMetrics
+from harness.result.accuracy import AccuracyResult, Fp32Comparison, SetupMetrics
 from harness.vdsp import vdsp_params_file
 
 log = logging.getLogger(__name__)

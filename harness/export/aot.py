@@ -32,7 +32,7 @@ from harness.export.parity import compare_features, reference_features
 from harness.export.stage import cached_or_built, new_manifest
 from harness.models import dinov2
 from harness.preprocess import batch_of
-from harness.result import BuildManifest, BuildResult, ParityResult, WeightsInfo
+from harness.result.build import BuildManifest, BuildResult, ParityResult, WeightsInfo
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from harness.export.device import compile_for_device
 from harness.export.stage import FLOAT_BASE, build_artifact
 from harness.models.variants import get_variant
 from harness.models.weights import backbone_from
-from harness.result import BuildResult, WeightsInfo
+from harness.result.build import BuildResult, WeightsInfo
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import TypeVar
 from harness.config.convert import from_mapping
 from harness.errors import BuildError, ConfigError, unwritable_reason
 from harness.fileio import sha256_of, write_json_atomic
-from harness.result import ArtifactFile
+from harness.result.build import ArtifactFile
 
 T = TypeVar("T")
 

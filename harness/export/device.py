@@ -27,7 +27,7 @@ from harness.export.parity import compare_features, reference_features
 from harness.export.stage import cached_or_built, new_manifest
 from harness.models import dinov2
 from harness.preprocess import batch_of
-from harness.result import BuildManifest, BuildResult, ParityResult, ToolchainRecord
+from harness.result.build import BuildManifest, BuildResult, ParityResult, ToolchainRecord
 from harness.vdsp import device_input, vdsp_params_file
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from harness.data.photos import sample_photos
 from harness.errors import BuildError
 from harness.export.onnx_export import INPUT_NAME, io_dtype_for
 from harness.preprocess import batch_of
-from harness.result import ParityResult
+from harness.result.build import ParityResult
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from harness.environment import cpu_isa, has_int8_dot_product
 from harness.errors import BuildError, DataError
 from harness.export.onnx_export import INPUT_NAME
 from harness.preprocess import batch_of
-from harness.result import CalibrationRecord, QuantizationRecord
+from harness.result.build import CalibrationRecord, QuantizationRecord
 
 log = logging.getLogger(__name__)
 

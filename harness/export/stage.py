@@ -26,14 +26,14 @@ from harness.export import cache, onnx_export, quantize
 from harness.export.parity import check_parity
 from harness.export.quantize import CalibrationSet, calibration_set, resolve_reduce_range
 from harness.models import dinov2
-from harness.result import (
+from harness.result.build import (  # fmt: skip
     BuildManifest,
     BuildResult,
     ParityResult,
     QuantizationRecord,
     ToolchainRecord,
     WeightsInfo,
-)  # fmt: skip
+)
 
 log = logging.getLogger(__name__)
 

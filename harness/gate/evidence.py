@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness.result import Measurement, RunResult
+from harness.result import RunResult
+from harness.result.perf import Measurement
 from harness.tracking.records import config_hash, identity_params
 
 

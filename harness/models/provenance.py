@@ -13,7 +13,7 @@ from harness import download
 from harness.errors import DownloadError, WeightsError
 from harness.fileio import sha256_of
 from harness.models.variants import VariantSpec
-from harness.result import WeightsInfo
+from harness.result.build import WeightsInfo
 
 
 def resolve_weights(

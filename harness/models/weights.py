@@ -19,7 +19,7 @@ from harness.errors import ConfigError, WeightsError
 from harness.models.dinov2 import DinoVisionTransformer
 from harness.models.provenance import resolve_weights
 from harness.models.variants import VariantSpec
-from harness.result import WeightsInfo
+from harness.result.build import WeightsInfo
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from harness.result import HostTelemetry
+from harness.result.perf import HostTelemetry
 
 # 20 Hz: a one-second run still gets ~20 samples; one sample (per-core times and a few RSS reads) costs ~0.1 ms.
 SAMPLE_INTERVAL_S = 0.05

@@ -18,7 +18,7 @@ from harness.perf import stats
 from harness.perf.host import HostSampler, host_telemetry
 from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, WorkerReport
 from harness.perf.workers import StabilityWatch
-from harness.result import (
+from harness.result.perf import (
     HostTelemetry,
     LatencyBlock,
     LatencyStats,

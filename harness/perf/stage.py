@@ -38,13 +38,7 @@ from harness.perf.loadgen import LoadPlan, Sampler, WorkerTask
 from harness.perf.measurement import perf_result, summarise
 from harness.perf.workers import StabilityWatch, run_workers
 from harness.preprocess import batch_of
-from harness.result import (
-    Efficiency,
-    Measurement,
-    PerfResult,
-    Probe,
-    Stability,
-)  # fmt: skip
+from harness.result.perf import Efficiency, Measurement, PerfResult, Probe, Stability  # fmt: skip
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from harness.errors import counted
-from harness.result import LatencyStats
+from harness.result.perf import LatencyStats
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 EARLY_STOPPING_CONFIDENCE = 0.99

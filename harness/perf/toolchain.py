@@ -24,7 +24,7 @@ from harness.perf.measurement import perf_result
 from harness.perf.stats import latency_bound_notes
 from harness.perf.vamp import VAMP_FILE, VAMP_REPEAT_FILE, VampReport, parse_vamp, telemetry_from_report
 from harness.processes import ToolRun
-from harness.result import LatencyBlock, LatencyStats, Measurement, PerfResult, Validity
+from harness.result.perf import LatencyBlock, LatencyStats, Measurement, PerfResult, Validity
 from harness.vdsp import vdsp_params_file
 
 log = logging.getLogger(__name__)

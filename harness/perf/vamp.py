@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from harness.errors import DataError
 from harness.perf.stats import PERCENTILES
-from harness.result import DeviceTelemetry, LatencyStats, PerfResult
+from harness.result.perf import DeviceTelemetry, LatencyStats, PerfResult
 
 VAMP_FILE = "perf_vamp.txt"
 # A vendor profiler's report of one repeat, verbatim (``VAMP_FILE`` is the median repeat's).

@@ -17,7 +17,7 @@ from harness.export.cache import MANIFEST_NAME
 from harness.export.stage import build_artifact
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
-from harness.result import BuildManifest
+from harness.result.build import BuildManifest
 from tests.conftest import run_config
 
 

@@ -19,7 +19,8 @@ from harness.perf.loadgen import CompletionHistogram, SampleBuffer
 from harness.perf.stage import SAMPLES_FILE, run_perf
 from harness.perf.stats import latency_stats
 from harness.resolve import resolve_config
-from harness.result import PerfResult, load_result
+from harness.result import load_result
+from harness.result.perf import PerfResult
 from tests.conftest import compose, run_config
 
 pytestmark = pytest.mark.process

@@ -18,7 +18,8 @@ from harness.config.perf import P99_MIN_SAMPLES
 from harness.errors import ConfigError
 from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_timer_slack, waiter
 from harness.perf.stats import MIN_SAMPLES
-from harness.result import PerfResult, load_result
+from harness.result import load_result
+from harness.result.perf import PerfResult
 from harness.tracking.records import metrics_of
 from tests.perf.test_loadgen import measure, sleep_config
 

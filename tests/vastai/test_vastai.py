@@ -20,7 +20,7 @@ from harness.perf.toolchain import measurement_from_report
 from harness.perf.vamp import VAMP_FILE, parse_vamp
 from harness.pipeline import run
 from harness.processes import ToolRun
-from harness.result import Validity
+from harness.result.perf import Validity
 from tests.conftest import run_config
 from tests.vastai.conftest import FIXTURE_LOAD, FakeTools
 
