@@ -71,8 +71,10 @@ def report(arguments: list[str]) -> int:
         f"report: {written.index_md} ({counted(len(written.plots), 'plot')}, {counted(len(runs), 'run')}; "
         "index.html is self-contained)"
     )
-    if tracking.enabled:
-        _attach_to_sweeps(folder, [Path(source) for source in sources if source != "mlflow"], tracking, store)
+    if tracking.enabled and len(sources) == 1 and sources[0] != "mlflow":
+        # Only a report over the sweep alone is its report: one over several sources replaced the report of each
+        # sweep among them with a report of them all.
+        _attach_to_sweep(folder, Path(sources[0]), tracking, store)
     for why in found.unreadable.values():
         print(f"error: {why} (a row that says so in the report; the other runs are in it)", file=sys.stderr)
     return 1 if found.unreadable else 0
@@ -100,7 +102,8 @@ def _report_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness report",
         description="Plots (PNG) and an index.md / self-contained index.html over run folders, sweep folders, or "
-        "'mlflow' (every run of the configured experiment). A sweep's report is also attached to its parent run.",
+        "'mlflow' (every run of the configured experiment). A report over one sweep folder alone is also attached to "
+        "the sweep's MLflow parent run.",
     )
     parser.add_argument(
         "items",
@@ -114,21 +117,22 @@ def _report_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _attach_to_sweeps(folder: Path, sources: list[Path], tracking: TrackingConfig, store: Store | None) -> None:
-    """Attach the report in ``folder`` to the MLflow parent run of each sweep among ``sources``, in the store the
-    sweep was logged to (its ``sweep.json``), whatever store ``tracking.*`` names; a failure is a warning."""
+def _attach_to_sweep(folder: Path, source: Path, tracking: TrackingConfig, store: Store | None) -> None:
+    """Attach the report in ``folder`` to the MLflow parent run of ``source`` if it is a tracked sweep, in the store
+    the sweep was logged to (its ``sweep.json``), whatever store ``tracking.*`` names; a failure is a warning."""
     from harness.errors import HarnessError
     from harness.report import SWEEP_FILE, read_sweep_record
     from harness.tracking.store import existing_store
 
-    for sweep in (source for source in sources if (source / SWEEP_FILE).exists()):
-        try:
-            record = read_sweep_record(sweep)
-            uri, parent = str(record.get("uri") or ""), str(record.get("parent_run_id") or "")
-            if not (uri and parent):
-                continue
-            client = existing_store(uri, tracking, opened=store)
-            client.call(functools.partial(client.client.log_artifacts, parent, str(folder), artifact_path="report"))
-            print(f"attached to MLflow parent run {parent} in {uri} (artifacts/report)")
-        except HarnessError as error:
-            print(f"warning: report not attached to the parent run of sweep {sweep} ({error})", file=sys.stderr)
+    if not (source / SWEEP_FILE).exists():
+        return
+    try:
+        record = read_sweep_record(source)
+        uri, parent = str(record.get("uri") or ""), str(record.get("parent_run_id") or "")
+        if not (uri and parent):
+            return
+        client = existing_store(uri, tracking, opened=store)
+        client.call(functools.partial(client.client.log_artifacts, parent, str(folder), artifact_path="report"))
+        print(f"attached to MLflow parent run {parent} in {uri} (artifacts/report)")
+    except HarnessError as error:
+        print(f"warning: report not attached to the parent run of sweep {source} ({error})", file=sys.stderr)

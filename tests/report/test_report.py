@@ -358,6 +358,11 @@ def test_an_unreadable_result_is_named_and_the_other_jobs_are_still_reported_and
     assert f"attached to MLflow parent run {parent} in {uri} (artifacts/report)" in attached.stdout
     reported = {item.path for item in MlflowClient(uri).list_artifacts(parent, "report")}
     assert "report/index.html" in reported
+    # A report over the sweep and another run is not the sweep's: it replaced the sweep's own report there.
+    wider = harness_report_sync("report", str(sweep), str(runs[3].run_dir), "--out", str(tmp_path / "r3"))
+    assert wider.returncode == 0 and "attached" not in wider.stdout, wider.stderr
+    kept = Path(MlflowClient(uri).download_artifacts(parent, "report/index.md", str(tmp_path / "kept")))
+    assert kept.read_text() == (tmp_path / "r2" / "index.md").read_text()
 
 
 def test_a_report_on_a_fresh_machine_logs_nothing_of_matplotlib_building_its_font_cache(tmp_path: Path) -> None:
