@@ -8,7 +8,12 @@ longer evidence (a dead worker's last stderr lines) that ``result.json`` keeps b
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
+
+# The password of a URL's user information (RFC 3986: scheme://user:password@host), also as Hydra prints an
+# override (its colons escaped: scheme\://user\:password@host).
+URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*\\?://[^\s:/@\\]+\\?:)[^\s/@]+@")
 
 
 class HarnessError(Exception):
@@ -87,3 +92,10 @@ def unwritable_reason(path: Path, error: OSError, *, folder: bool = False) -> st
     if existing is not None and not existing.is_dir():
         return f"{existing} is a file, not a folder"
     return error.strerror or str(error)
+
+
+def masked(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (``postgresql://me:***@db/mlflow``): what
+    the harness prints, logs, records in ``result.json`` or sends to MLflow of a store's address or of the
+    overrides naming it, so that a password reaches no terminal, CI log, param or artifact."""
+    return URL_PASSWORD.sub(r"\1***@", text)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from harness.cli.data import data, eval_features, vamp_parse
 from harness.cli.gate import gate
@@ -59,6 +61,26 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def mask_passwords_in_logs() -> None:
+    """Every log record's message with the passwords of URLs masked, whichever logger made it and however Hydra
+    configures the handlers: Hydra's launchers log each job's overrides verbatim, a ``tracking.uri`` with them."""
+    from harness.errors import masked
+
+    make = logging.getLogRecordFactory()
+
+    def record_masked(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format is the handler's to report, as it would be without this factory
+            return record
+        if "@" in message:
+            record.msg, record.args = masked(message), None
+        return record
+
+    logging.setLogRecordFactory(record_masked)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to the command named by the first argument."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -74,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {unknown_name_message('command', name, COMMANDS)}", file=sys.stderr)
         return 2
+    mask_passwords_in_logs()
     # SIGTERM (``kill``, ``timeout``, ``scancel``) stops every command the way Ctrl-C does, so its cleanup runs:
     # a staging folder removed, a UI's server stopped, a run's result.json written and its MLflow run closed.
     previous = signal.signal(signal.SIGTERM, interrupt)

@@ -120,7 +120,7 @@ def _report_parser() -> argparse.ArgumentParser:
 def _attach_to_sweep(folder: Path, source: Path, tracking: TrackingConfig, store: Store | None) -> None:
     """Attach the report in ``folder`` to the MLflow parent run of ``source`` if it is a tracked sweep, in the store
     the sweep was logged to (its ``sweep.json``), whatever store ``tracking.*`` names; a failure is a warning."""
-    from harness.errors import HarnessError
+    from harness.errors import HarnessError, masked
     from harness.report import SWEEP_FILE, read_sweep_record
     from harness.tracking.store import existing_store
 
@@ -133,6 +133,6 @@ def _attach_to_sweep(folder: Path, source: Path, tracking: TrackingConfig, store
             return
         client = existing_store(uri, tracking, opened=store)
         client.call(functools.partial(client.client.log_artifacts, parent, str(folder), artifact_path="report"))
-        print(f"attached to MLflow parent run {parent} in {uri} (artifacts/report)")
+        print(f"attached to MLflow parent run {parent} in {masked(uri)} (artifacts/report)")
     except HarnessError as error:
         print(f"warning: report not attached to the parent run of sweep {source} ({error})", file=sys.stderr)

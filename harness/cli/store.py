@@ -86,7 +86,7 @@ def ui(arguments: list[str]) -> int:
     import argparse
 
     from harness.config.commands import StoreCommandConfig
-    from harness.errors import HarnessError
+    from harness.errors import HarnessError, masked
     from harness.tracking.store import Store, resolve_store, runs_table_url
 
     parser = argparse.ArgumentParser(
@@ -102,7 +102,7 @@ def ui(arguments: list[str]) -> int:
     try:
         uri, artifacts = resolve_store(*configs)
         if uri.startswith(("http://", "https://")):
-            print(f"the tracking store is a server: open {uri}")
+            print(f"the tracking store is a server: open {masked(uri)}")
             return 0
         # Before the server starts, so that the two never create a new store's tables at the same time.
         experiment_id = Store(*configs).experiment_id  # created as a classic ML experiment if it is new
@@ -127,7 +127,7 @@ def ui(arguments: list[str]) -> int:
     server = subprocess.Popen(command, env=environment, start_new_session=True)
     try:
         url = runs_table_url(f"http://127.0.0.1:{options.port}", experiment_id)
-        print(f"MLflow UI on {url} (store {uri}); Ctrl-C stops it", flush=True)
+        print(f"MLflow UI on {url} (store {masked(uri)}); Ctrl-C stops it", flush=True)
         code = server.wait()
         print(f"error: the MLflow UI exited with code {code}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 from harness.config.convert import check_seed
 from harness.config.perf import PerfConfig
-from harness.errors import ConfigError, unknown_name_message
+from harness.errors import ConfigError, masked, unknown_name_message
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int8_dynamic"]
 # Precisions that are ONNX Runtime quantizations of the fp32 ONNX build (float input and output).
@@ -351,6 +351,8 @@ class RunConfig:
         return (3, *self.vdsp_params.tensor_size)
 
     def portable(self) -> RunConfig:
-        """This config with ``backend`` as a plain mapping: what ``result.json`` stores, readable without plugins."""
+        """This config with ``backend`` as a plain mapping and any password in ``tracking.uri`` masked: what
+        ``result.json`` stores (and MLflow gets as params), readable without plugins."""
         backend = self.backend if isinstance(self.backend, dict) else asdict(self.backend)
-        return replace(self, backend=json.loads(json.dumps(backend)))
+        uri = None if self.tracking.uri is None else masked(self.tracking.uri)
+        return replace(self, backend=json.loads(json.dumps(backend)), tracking=replace(self.tracking, uri=uri))

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from harness.errors import DataError, HarnessError, counted, unwritable_reason
+from harness.errors import DataError, HarnessError, counted, masked, unwritable_reason
 from harness.fileio import write_json_atomic
 from harness.gate.evidence import Evidence, evidence_of
 from harness.report import SWEEP_FILE, folder_kind, job_dirs, record_folder
@@ -208,7 +208,7 @@ def tag_verdicts(clients: Callable[[str], StoreClient], result: GateResult, *, b
                 for key, value in tags.items():
                     client.call(partial(client.client.set_tag, run_id, key, value[:5000]))
         except HarnessError as error:
-            failures.append(f"{counted(len(pairings), 'verdict')} not tagged in {uri} ({error})")
+            failures.append(f"{counted(len(pairings), 'verdict')} not tagged in {masked(uri)} ({error})")
     return failures
 
 
@@ -272,5 +272,5 @@ def _run_id_of(source: str, store: Store) -> str:
         )
     uri, run_id = tracked
     if uri != store.uri:
-        raise DataError(f"{source}: logged to {uri}, not to {store.uri}")
+        raise DataError(f"{source}: logged to {masked(uri)}, not to {masked(store.uri)}")
     return run_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness.errors import DataError, TrackingError
+from harness.errors import DataError, TrackingError, masked
 from harness.fileio import progress_bar, sha256_of, write_json_atomic
 from harness.perf.vamp import VAMP_REPEAT_FILE
 from harness.report import SWEEP_FILE, planned_settings
@@ -113,7 +114,7 @@ def ensure_parent(store: Store, sweep_dir: Path) -> str:
                     store.experiment_id, start_time=started_ms, tags=tags, run_name=f"sweep {sweep_dir.name}"
                 )
             )
-            params = {"sweep.overrides": shorten(" ".join(record.get("overrides") or []))}
+            params = {"sweep.overrides": shorten(masked(" ".join(record.get("overrides") or [])))}
             store.call(lambda: store.client.log_batch(found.info.run_id, params=_params(params)))
         record.update(parent_run_id=found.info.run_id, uri=store.uri)
         write_json_atomic(path, record)
@@ -185,7 +186,7 @@ def log_run_dir(store: Store, run_dir: Path, *, sweep_dir: Path | None = None) -
     store.call(lambda: store.client.set_terminated(run_id, status=RUN_STATUS[result.status], end_time=finished_ms))
     record = _record(store, run_id, parent, result)
     write_json_atomic(existing, asdict(record))
-    log.info("tracked run_id=%s uri=%s", run_id, store.uri)
+    log.info("tracked run_id=%s uri=%s", run_id, masked(store.uri))
     return record, True
 
 
@@ -320,8 +321,11 @@ def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: RunResult) 
         store.call(partial(store.client.log_artifact, run_id, str(path), artifact_path="vamp"))
     for path in sorted(run_dir.glob("*.log")):  # Hydra's job log: how the run went, and why a failed one failed
         store.call(partial(store.client.log_artifact, run_id, str(path)))
-    if (run_dir / ".hydra").is_dir():
-        store.call(lambda: store.client.log_artifacts(run_id, str(run_dir / ".hydra"), artifact_path="hydra"))
+    if (run_dir / ".hydra").is_dir():  # as Hydra wrote them but for passwords: overrides are kept verbatim
+        with tempfile.TemporaryDirectory() as shown:
+            for path in sorted((run_dir / ".hydra").glob("*.yaml")):
+                (Path(shown) / path.name).write_text(masked(path.read_text()))
+            store.call(lambda: store.client.log_artifacts(run_id, shown, artifact_path="hydra"))
     if result.build:
         folder = result.build.artifact_folder
         cached: dict[Path, str | None] = {folder / "build.json": None}  # file -> its folder among the artifacts

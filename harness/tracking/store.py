@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.config.schema import PathsConfig, TrackingConfig
-from harness.errors import TrackingError
+from harness.errors import TrackingError, masked
 from harness.tracking.records import shorten
 
 T = TypeVar("T")
@@ -110,7 +110,7 @@ def resolve_store(tracking: TrackingConfig, paths: PathsConfig) -> tuple[str, st
 def store_overrides(tracking: TrackingConfig, paths: PathsConfig) -> str:
     """The overrides that make a later command (``harness sync``, ``harness ui``) use this store and experiment,
     wherever it is started: a bare command would use its own folder's default store."""
-    uri = resolve_store(tracking, paths)[0]
+    uri = masked(resolve_store(tracking, paths)[0])
     return f"tracking.uri={shlex.quote(uri)} tracking.experiment={shlex.quote(tracking.experiment)}"
 
 
@@ -129,8 +129,26 @@ _SERVER_FAILURES = (
 )
 
 
+# The Python module SQLAlchemy imports for a database store -> the package that provides it.
+DATABASE_DRIVERS = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "pyodbc": "pyodbc",
+}
+
+
 def _reason(error: BaseException) -> str:
-    """One line saying why a store operation failed: the network cause when there is one, else the first line."""
+    """One line saying why a store operation failed: a missing database driver, the network cause when there is
+    one, else the first line."""
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        package = DATABASE_DRIVERS.get(error.name.split(".")[0])
+        install = f": pip install '{package}'" if package else ""
+        return (
+            f"its database driver is not installed (no Python module {error.name!r}{install}), or log through an "
+            "MLflow tracking server (tracking.uri=http://...)"
+        )
     text = str(error).strip()
     for pattern, reason in _SERVER_FAILURES:
         found = pattern.search(text)
@@ -147,6 +165,9 @@ class StoreClient:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(tracking.http_retries)
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, tracking.http_timeout_s)))
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one result.json is no download to watch
+        # MLflow prints a server's run and experiment URLs, with any password in the URI, for each run it ends:
+        # the harness prints one line per run itself (``ui_hint``), without it.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         from mlflow.tracking import MlflowClient
 
         self.tracking = tracking
@@ -165,7 +186,7 @@ class StoreClient:
                 if "database is locked" in str(error) and attempt < self.tracking.sqlite_retries:
                     time.sleep(min(2.0, 0.05 * 2**attempt))
                     continue
-                raise TrackingError(f"tracking store {self.uri}: {_reason(error)}") from error
+                raise TrackingError(f"tracking store {masked(self.uri)}: {_reason(error)}") from error
         raise AssertionError("unreachable: the loop returns or raises")
 
 
@@ -175,7 +196,7 @@ def existing_store(uri: str, tracking: TrackingConfig, *, opened: StoreClient | 
     if opened is not None and opened.uri == uri:
         return opened
     if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).expanduser().exists():
-        raise TrackingError(f"tracking store {uri}: the database file is gone")
+        raise TrackingError(f"tracking store {masked(uri)}: the database file is gone")
     return StoreClient(uri, tracking)
 
 

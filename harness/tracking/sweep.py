@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from harness.errors import HarnessError, counted
 from harness.report import contention_warning, markdown_table, sweep_rows, write_summary
 from harness.report.render import sweep_runs, write_report
 from harness.tracking import end_sweep, ensure_parent, finish_sweep, start_sweep
-from harness.tracking.store import Store, store_overrides, sync_command
+from harness.tracking.store import Store, runs_table_url, store_overrides, sync_command
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,13 @@ def _store_config(config: DictConfig) -> StoreCommandConfig:
 
 
 def ui_hint(store: Store, paths: PathsConfig) -> str:
-    if store.uri.startswith("sqlite:"):
-        return f"open the MLflow UI with `harness ui {store_overrides(store.tracking, paths)}`"
-    return f"open {store.uri} in a browser"
+    """Where to see the runs: a tracking server's runs table (its address without a user or password: the
+    browser asks for them), else the ``harness ui`` command that serves the store."""
+    address = urllib.parse.urlsplit(store.uri)
+    if address.scheme in ("http", "https"):
+        base = urllib.parse.urlunsplit(address._replace(netloc=address.netloc.rpartition("@")[2])).rstrip("/")
+        return f"open {runs_table_url(base, store.experiment_id)} in a browser"
+    return f"open the MLflow UI with `harness ui {store_overrides(store.tracking, paths)}`"
 
 
 # Sweep folders started by this (launching) process: with submitit launchers the jobs run elsewhere, so the

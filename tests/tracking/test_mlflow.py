@@ -176,6 +176,33 @@ def test_sweep_to_a_server_with_the_basic_launcher(tmp_path: Path, mlflow_server
     assert "| tiny14_reg4 | fp16 |" in (sweep / "summary.md").read_text()
 
 
+def test_a_password_in_the_tracking_uri_is_masked_in_all_the_harness_shows_and_logs(
+    tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    # It was printed in hints and errors, and logged as the tracking.uri and sweep.overrides params, in
+    # result.json and in Hydra's config files, to every reader of the MLflow UI.
+    secret = "s3cret-Pa55"
+    uri = mlflow_server.uri.replace("http://", f"http://me:{secret}@")
+    done = harness(tmp_path, "run", "-m", "debug=tiny", "backend=sleep", "stages=[perf]", "perf.iterations=4",
+                   f"tracking.uri={uri}", "tracking.experiment=masked", "backend.latency_us=100,200")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert secret not in done.stdout + done.stderr and "me:***@127.0.0.1" in done.stdout  # Hydra's job lines
+    # The runs table to open, without a user or a password (the browser asks for them), not MLflow's own links.
+    assert "in a browser" in done.stdout and f": open {mlflow_server.uri}/#/experiments/" in done.stdout
+    assert "View run" not in done.stdout
+    sweep = find_sweep_dir(tmp_path)
+    assert secret not in (sweep / "0" / "result.json").read_text()
+    runs = runs_of(mlflow_server.uri, "masked")
+    assert len(runs) == 3  # the sweep's parent and its two jobs
+    client = MlflowClient(mlflow_server.uri)
+    for run in runs:
+        assert secret not in json.dumps([run.data.params, run.data.tags]), run.data.params
+        for artifact in ("result.json", "hydra/overrides.yaml", "hydra/config.yaml"):
+            if run.data.tags.get("harness.kind") != "sweep":
+                shown = Path(client.download_artifacts(run.info.run_id, artifact, str(tmp_path / run.info.run_id)))
+                assert secret not in shown.read_text() and "***@127.0.0.1" in shown.read_text(), artifact
+
+
 def test_sweep_with_parallel_jobs_on_sqlite(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", *SWEEP, "hydra/launcher=parallel")
     assert done.returncode == 0, done.stderr

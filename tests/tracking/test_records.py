@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from harness.errors import TrackingError, masked
 from harness.tracking.records import config_hash, metrics_of, params_of, shorten, tags_of
+from harness.tracking.store import StoreClient
+from tests.conftest import run_config
 
 
 def test_long_values_are_cut_with_a_hash_of_the_whole() -> None:
@@ -90,3 +98,29 @@ def test_a_cuda_run_is_tagged_with_its_device_driver_cuda_and_clocks_and_logs_it
     # A CPU run has none of these tags, rather than empty ones.
     cpu = tags_of({**result, "perf": {"backend_resolved": {"device": "cpu"}}})
     assert cpu["hardware.gpu"] == "none" and "hardware.gpu_driver" not in cpu and "hardware.cuda" not in cpu
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql://me:s3cret@db:5432/mlflow", "postgresql://me:***@db:5432/mlflow"),
+        ("mysql://u:p%40ss@h/db and https://a:b@c/", "mysql://u:***@h/db and https://a:***@c/"),
+        ("tracking.uri=http\\://me\\:s3cret@127.0.0.1\\:5000", "tracking.uri=http\\://me\\:***@127.0.0.1\\:5000"),
+        ("sqlite:////data/a:b@c/mlflow.db", "sqlite:////data/a:b@c/mlflow.db"),  # no user info: a path
+        ("http://me@host:5000", "http://me@host:5000"),  # a user, no password
+    ],
+)
+def test_passwords_in_urls_are_masked_and_nothing_else(text: str, shown: str) -> None:
+    assert masked(text) == shown
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg") is not None, reason="the PostgreSQL driver is installed")
+def test_a_database_store_without_its_driver_says_which_to_install(tmp_path: Path) -> None:
+    # It said "No module named 'psycopg'", with the password of the URI beside it.
+    tracking = run_config(tmp_path).tracking
+    with pytest.raises(TrackingError) as refused:
+        StoreClient("postgresql://me:s3cret@127.0.0.1:1/db", tracking)
+    assert str(refused.value) == (
+        "tracking store postgresql://me:***@127.0.0.1:1/db: its database driver is not installed (no Python module "
+        "'psycopg': pip install 'psycopg[binary]'), or log through an MLflow tracking server (tracking.uri=http://...)"
+    )
