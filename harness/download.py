@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.errors import DownloadError
-from harness.fileio import CHUNK_BYTES, byte_progress, sha256_of, write_json_atomic
+from harness.fileio import CHUNK_BYTES, byte_progress, locked, sha256_of, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,19 @@ def fetch(
         DownloadError: unreachable URL (with how to fetch it by hand), truncated transfer (the part file is
             kept for resume), size or checksum mismatch (the bad file is removed), unwritable folder.
     """
-    if dest.exists():
-        return verify_existing(dest, url=url, sha256=sha256, progress=progress)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DownloadError(f"cannot create download folder {dest.parent}: {error.strerror}") from None
+    # Jobs of a sweep fetching the same file at once: one streams it, the others wait and then verify its copy
+    # (two appending to one part file made a file that was neither).
+    with locked(dest):
+        if dest.exists():
+            return verify_existing(dest, url=url, sha256=sha256, progress=progress)
+        return _fetch_new(url, dest, sha256=sha256, timeout_s=timeout_s, progress=progress)
+
+
+def _fetch_new(url: str, dest: Path, *, sha256: str | None, timeout_s: float, progress: bool) -> FileRecord:
     part = dest.with_name(dest.name + ".part")
     digest, size = _stream_to_part(url, part, timeout_s=timeout_s, progress=progress)
     if sha256 is not None and digest != sha256:

@@ -1,19 +1,41 @@
-"""File helpers: atomic writes (a reader sees the old file or the new one, never half of one) and digests."""
+"""File helpers: atomic writes (a reader sees the old file or the new one, never half of one), locks between
+processes, and digests."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (made, with its folder, as needed) while the block runs: one
+    process at a time, the others wait (and say so in the log)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process to finish with %s", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -46,6 +46,8 @@ class FileServer:
     files: dict[str, bytes] = field(default_factory=dict)
     truncate_next: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    # Seconds to wait after each 64 KiB sent: a transfer long enough for another to start beside it.
+    chunk_delay_s: float = 0.0
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -77,7 +79,10 @@ def _handler(server_state: FileServer) -> type[http.server.BaseHTTPRequestHandle
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             cut = server_state.truncate_next.pop(self.path, None)
-            self.wfile.write(payload if cut is None else payload[:cut])
+            payload = payload if cut is None else payload[:cut]
+            for start in range(0, len(payload), 1 << 16):
+                self.wfile.write(payload[start : start + (1 << 16)])
+                time.sleep(server_state.chunk_delay_s)
             if cut is not None:
                 self.close_connection = True
 

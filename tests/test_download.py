@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,19 @@ def test_a_part_holding_the_whole_file_is_kept_and_one_longer_than_it_is_fetched
     dest.with_name("short.bin.part").write_bytes(PAYLOAD[:1500])
     assert download.fetch(file_server.url("/short.bin"), dest, progress=False).size_bytes == 1000
     assert dest.read_bytes() == PAYLOAD[:1000] and file_server.requests[-1] == ("/short.bin", None)
+
+
+def test_jobs_fetching_the_same_file_at_once_end_with_one_whole_copy(file_server: FileServer, tmp_path: Path) -> None:
+    # A sweep's parallel jobs on a fresh machine: both streamed into one part file, the second appending after
+    # the first's bytes, and the file kept was neither (no published digest checks a dataset's files).
+    file_server.files["/blob.bin"] = PAYLOAD
+    file_server.chunk_delay_s = 0.01
+    dest = tmp_path / "blob.bin"
+    with ThreadPoolExecutor(2) as pool:
+        records = list(pool.map(lambda _: download.fetch(file_server.url("/blob.bin"), dest, progress=False), range(2)))
+    assert dest.read_bytes() == PAYLOAD
+    assert {record.sha256 for record in records} == {hashlib.sha256(PAYLOAD).hexdigest()}
+    assert len(file_server.requests) == 1  # the second waited for the first, then reused its verified file
 
 
 def test_checksum_mismatch_is_refused_and_removed(file_server: FileServer, tmp_path: Path) -> None:

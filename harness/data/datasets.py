@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from harness.data.groundtruth import GroundTruth, check_boxes_inside, load_groundtruth
 from harness.download import fetch
 from harness.errors import ConfigError, DataError, counted, unknown_name_message
+from harness.fileio import locked
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,13 @@ def missing_images(root: Path, name: str, truth: GroundTruth) -> list[str]:
 
 
 def download_dataset(name: str, root: Path, *, progress: bool = True) -> GroundTruth:
-    """Fetch, verify and lay out ``name`` under ``root``; a complete dataset is only re-verified."""
+    """Fetch, verify and lay out ``name`` under ``root``; a complete dataset is only re-verified. Two commands
+    at once take turns: extraction stages in one folder per archive."""
+    with locked(root / name):
+        return _download_dataset(name, root, progress=progress)
+
+
+def _download_dataset(name: str, root: Path, *, progress: bool) -> GroundTruth:
     spec = dataset_spec(name)
     truth_file = gnd_path(root, name)
     fetch(spec.gnd_url, truth_file, progress=progress)

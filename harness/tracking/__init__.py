@@ -9,14 +9,11 @@ agree on one parent.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -24,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import DataError, TrackingError, masked
-from harness.fileio import progress_bar, sha256_of, write_json_atomic
+from harness.fileio import locked, progress_bar, sha256_of, write_json_atomic
 from harness.perf.vamp import VAMP_REPEAT_FILE
 from harness.report import SWEEP_FILE, planned_settings
 from harness.report.render import RunSet
@@ -65,21 +62,10 @@ class TrackingRecord:
         return self.run_uid in (None, result.run_uid)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def start_sweep(sweep_dir: Path, overrides: list[str], jobs: list[list[str]] | None = None) -> dict[str, object]:
     """Create ``<sweep_dir>/sweep.json`` (the sweep's identity) unless it exists; return its content."""
     path = sweep_dir / SWEEP_FILE
-    with _locked(path):
+    with locked(path):
         if path.exists():
             return json.loads(path.read_text())
         record: dict[str, object] = {
@@ -99,7 +85,7 @@ def start_sweep(sweep_dir: Path, overrides: list[str], jobs: list[list[str]] | N
 def ensure_parent(store: Store, sweep_dir: Path) -> str:
     """The MLflow run id of the sweep's parent, creating the parent exactly once."""
     path = sweep_dir / SWEEP_FILE
-    with _locked(path):
+    with locked(path):
         record = json.loads(path.read_text())
         parent = str(record.get("parent_run_id") or "")
         identity = (SWEEP_UID_TAG, str(record["sweep_uid"]))
@@ -216,7 +202,7 @@ def log_vamp_file(store: Store, path: Path, perf: dict[str, object]) -> tuple[st
 def end_sweep(sweep_dir: Path, status: str) -> None:
     """Record in ``sweep.json`` when and how the sweep ended (``finished`` or ``interrupted``), once."""
     path = sweep_dir / SWEEP_FILE
-    with _locked(path):
+    with locked(path):
         record = json.loads(path.read_text())
         if not record.get("finished_at"):
             record.update(finished_at=_now(), status=status)
@@ -227,7 +213,7 @@ def record_job_ending(sweep_dir: Path, number: int, ending: str) -> None:
     """Record in ``sweep.json`` how sweep job ``number`` ended when the launcher saw it end without success
     (``CANCELLED (SLURM job 12_1)``...): a job that never started has no folder to say it."""
     path = sweep_dir / SWEEP_FILE
-    with _locked(path):
+    with locked(path):
         record = json.loads(path.read_text())
         record.setdefault("job_endings", {})[str(number)] = ending
         write_json_atomic(path, record)
