@@ -203,6 +203,24 @@ def test_a_command_refuses_an_override_it_would_ignore_and_touches_nothing(tmp_p
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # no store, report or baseline made
 
 
+@pytest.mark.parametrize(
+    ("command", "refusal"),
+    [
+        (["sync", "{run}"], "harness sync: error: tracking.enabled=false (tracking=off): harness sync does nothing but log to the store"),
+        (["vamp-parse", "--log", str(REPO_ROOT / "tests/fixtures/vastai/vamp-2.1.0-percentiles.txt")],
+         "harness vamp-parse: error: --log with tracking.enabled=false (tracking=off): one says to log, the other not to"),
+    ],
+    ids=lambda item: item[0] if isinstance(item, list) else "",
+)  # fmt: skip
+def test_a_command_that_only_logs_refuses_tracking_off(tmp_path: Path, command: list[str], refusal: str) -> None:
+    # Both logged to the default store all the same.
+    run = tmp_path / "run"
+    run.mkdir()
+    done = harness(tmp_path, *[item.format(run=run) for item in command], f"paths.root={tmp_path}", "tracking=off")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == refusal
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # no store made
+
+
 def test_unknown_group_option_fails_before_running(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "model=vitx14")
     assert done.returncode != 0

@@ -156,6 +156,8 @@ def vamp_parse(arguments: list[str]) -> int:
     if overrides and not options.log:
         parser.error(f"{overrides[0]}: overrides choose the tracking store, which only --log writes to")
     config = config_or_exit(StoreCommandConfig, overrides) if options.log else None
+    if config is not None and not config.tracking.enabled:  # it logged all the same
+        parser.error("--log with tracking.enabled=false (tracking=off): one says to log, the other not to")
     try:
         parsed = []
         for path in map(Path, files):

@@ -44,6 +44,8 @@ def sync(arguments: list[str]) -> int:
     if not folders:
         parser.error("no run or sweep folder given")
     config = config_or_exit(StoreCommandConfig, overrides)
+    if not config.tracking.enabled:  # it logged all the same
+        parser.error("tracking.enabled=false (tracking=off): harness sync does nothing but log to the store")
     try:
         # Every folder first: a typo logs nothing and creates no store.
         kinds = {folder: folder_kind(folder) for folder in (record_folder(Path(item)) for item in folders)}
