@@ -211,6 +211,14 @@ def _accuracy_rows(accuracy: AccuracyResult) -> list[Row]:
     if skipped:
         more = f", and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         rows.append(("skipped", f"{counted(len(skipped), 'unreadable image')}: {', '.join(skipped[:3])}{more}"))
+    scored = {setup: getattr(accuracy, setup).queries_evaluated for setup in setups}
+    if any(count < accuracy.queries for count in scored.values()):  # the means above are over fewer queries
+        rows.append((
+            "scored",
+            ", ".join(f"{setup[0].upper()} {count}" for setup, count in scored.items())
+            + f" of {counted(accuracy.queries, 'query', 'queries')} (one whose image was skipped, or with no "
+            "positive in a setup, is left out of that setup's means)",
+        ))  # fmt: skip
     return rows
 
 

@@ -184,6 +184,16 @@ def test_a_corrupt_image_fails_naming_it_or_is_skipped_and_listed(tmp_path: Path
     assert ["skipped", f"1 unreadable image: {bad}"] in [
         line.split(maxsplit=1) for line in format_summary(skipped).splitlines()
     ]
+    # A query image skipped: the means are over the other query, and the summary says so (it said "2 queries").
+    query = image_path(tmp_path / "data", TINY_SET, truth.qimlist[0])
+    query.write_bytes(query.read_bytes()[:200])
+    without_query = tiny_run(tmp_path, "dataset.on_bad_image=skip", name="skip-query")
+    assert without_query.accuracy is not None and without_query.accuracy.medium.queries_evaluated == 1
+    assert ["scored", "E 1, M 1, H 1 of 2 queries (one whose image was skipped, or with no positive in a setup, "
+            "is left out of that setup's means)"] in [
+        line.split(maxsplit=1) for line in format_summary(without_query).splitlines()
+    ]  # fmt: skip
+    assert "scored" not in format_summary(skipped)
 
 
 def test_vendor_vdsp_preprocessing_and_perf_shape_from_vdsp(tmp_path: Path) -> None:
