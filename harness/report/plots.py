@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,6 +26,15 @@ FIGURE_SIZE_IN = (8.0, 5.0)
 DPI = 100
 PERCENTILE_NAMES = ("p50", "p90", "p99")
 LABEL_SETTINGS = 3
+# Longest setting value, and longest label, shown whole (``stages=["build", "perf"]`` is cut): the table beside
+# the plots names every run in full.
+LABEL_VALUE_CHARS = 16
+LABEL_CHARS = 64
+# Tick labels longer than this stand upright: slanted, the first ones ran off the figure's left edge.
+SLANTED_LABEL_CHARS = 24
+# Bars: the figure widens with the groups (inches per group), up to a width a report page still shows whole.
+BAR_GROUP_IN = 0.45
+MAX_FIGURE_WIDTH_IN = 20.0
 SHORT_NAMES = {"model.variant": "variant", "precision.name": "precision", "backend.name": "backend",
                "dataset.name": "dataset"}  # fmt: skip
 LOAD_KEYS = ("batch", "instances", "processes", "queue_depth", "mode", "scenario", "target_qps")
@@ -114,8 +124,18 @@ def _grouped_bars(  # type: ignore[no-untyped-def]
         axes.set_ylim(low - pad, high + pad)
     # Every series, drawn or not, so that each n/a mark can be read off by its place in the group.
     axes.legend(handles=[Patch(color=f"C{offset}", label=name) for offset, name in enumerate(series)], fontsize=8)
-    axes.set_xticks(range(len(labels)), labels, rotation=rotation, ha="right", fontsize=8)
+    longest = max(map(len, labels))
+    rotation = 90 if longest > SLANTED_LABEL_CHARS else rotation
+    axes.set_xticks(
+        range(len(labels)), labels, rotation=rotation, ha="center" if rotation == 90 else "right", fontsize=8
+    )
     axes.set_xlim(-0.5, len(labels) - 0.5)
+    # Many groups with long labels squeezed the bars into a strip above them: room for both.
+    longest_in = longest * 0.06 * math.sin(math.radians(rotation))  # 8-point characters
+    axes.figure.set_size_inches(
+        min(MAX_FIGURE_WIDTH_IN, max(FIGURE_SIZE_IN[0], BAR_GROUP_IN * len(labels) + 2.0)),
+        FIGURE_SIZE_IN[1] + longest_in,
+    )
     return missing
 
 
@@ -140,9 +160,13 @@ def _with_settings(name: str, run: LabelledRun, settings: list[str]) -> str:
 def _label(name: str, cells: dict[str, str]) -> str:
     """``name`` and the first ``LABEL_SETTINGS`` of ``cells``: runs that differ in more are told apart by the
     table, not by a legend."""
-    named = [f"{_short(key)}={value or '-'}" for key, value in list(cells.items())[:LABEL_SETTINGS]]
+    named = [f"{_short(key)}={_clipped(value or '-')}" for key, value in list(cells.items())[:LABEL_SETTINGS]]
     more = [f"+{len(cells) - LABEL_SETTINGS} more"] if len(cells) > LABEL_SETTINGS else []
-    return " ".join([name, *named, *more])
+    return _clipped(" ".join([name, *named, *more]), LABEL_CHARS)
+
+
+def _clipped(value: str, chars: int = LABEL_VALUE_CHARS) -> str:
+    return value if len(value) <= chars else value[: chars - 1] + "\u2026"
 
 
 def _series_key(name: str, run: LabelledRun, settings: list[str]) -> tuple[str, str]:

@@ -48,7 +48,9 @@ def test_every_plot_and_index_is_written_and_the_table_equals_the_runs(runs: lis
     assert {plot.path.name for plot in report.plots} == PLOT_FILES
     for plot in report.plots:
         with Image.open(plot.path) as image:
-            assert image.format == "PNG" and image.size == (int(FIGURE_SIZE_IN[0] * DPI), int(FIGURE_SIZE_IN[1] * DPI))
+            # Bar plots grow downwards by the room their tick labels take (they stand upright past 24 characters).
+            assert image.format == "PNG" and image.size[0] == int(FIGURE_SIZE_IN[0] * DPI)
+            assert int(FIGURE_SIZE_IN[1] * DPI) <= image.size[1] <= int((FIGURE_SIZE_IN[1] + 4) * DPI)
     index = report.index_md.read_text()
     header = next(line for line in index.splitlines() if line.startswith("| job |"))
     columns = [cell.strip() for cell in header.strip("|").split("|")]
@@ -113,6 +115,30 @@ def test_a_zero_delta_is_labelled_so_it_reads_as_measured_and_every_label_is_ins
     assert all(inside.y0 <= box.y0 and box.y1 <= inside.y1 for box in labels.values())
     low, high = axes.get_ylim()
     assert low < -0.0026 and high > 0  # room beyond the longest bar and above the zero one
+    plt.close(figure)
+
+
+def test_many_runs_with_long_labels_keep_every_tick_label_and_title_inside_the_figure() -> None:
+    # 23 runs of three sweeps and a store differing in a dozen settings: the first labels, slanted, ran off the
+    # figure's left edge, the title off its right, and the bars shrank to a strip (tight_layout gave up).
+    import matplotlib.pyplot as plt
+
+    from harness.report.plots import LABEL_CHARS, _figure, _grouped_bars, _label
+
+    cells = {"stages": '["build", "perf", "accuracy"]', "model.input_size": "[224, 224]", "precision.name": "fp32",
+             "perf.batch": "1", "perf.repeats": "5"}  # fmt: skip
+    labels = [_label(f"17-22-01-699554/job {number}", cells) for number in range(23)]
+    assert all(len(label) <= LABEL_CHARS for label in labels) and labels[0].endswith("\u2026")
+    figure, axes = _figure()
+    _grouped_bars(axes, labels, ("p50", "p99"), lambda index, name: 1.0 + index, rotation=30)
+    axes.set_title("Latency percentiles (n/a: too few samples for that percentile)")
+    figure.tight_layout()
+    figure.canvas.draw()
+    whole = figure.bbox
+    for text in [*axes.get_xticklabels(), axes.title]:
+        box = text.get_window_extent()
+        assert whole.x0 <= box.x0 and box.x1 <= whole.x1 and whole.y0 <= box.y0 and box.y1 <= whole.y1, text
+    assert axes.get_window_extent().height > 0.4 * whole.height  # the bars keep most of the figure
     plt.close(figure)
 
 
