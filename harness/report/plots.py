@@ -37,6 +37,9 @@ BAR_GROUP_IN = 0.45
 MAX_FIGURE_WIDTH_IN = 20.0
 SHORT_NAMES = {"model.variant": "variant", "precision.name": "precision", "backend.name": "backend",
                "dataset.name": "dataset"}  # fmt: skip
+# Colours in matplotlib's default cycle, and the dashes that tell its rounds apart.
+COLOURS = 10
+LINE_STYLES = ("-", "--", ":", "-.")
 LOAD_KEYS = ("batch", "instances", "processes", "queue_depth", "mode", "scenario", "target_qps")
 
 
@@ -165,6 +168,12 @@ def _label(name: str, cells: dict[str, str]) -> str:
     return _clipped(" ".join([name, *named, *more]), LABEL_CHARS)
 
 
+def _line_style(index: int) -> str:
+    """The dash of line ``index``: matplotlib's 10 colours come round again from the 11th, so each round of them
+    is drawn in its own dash, and two lines of one colour stay told apart."""
+    return LINE_STYLES[index // COLOURS % len(LINE_STYLES)]
+
+
 def _clipped(value: str, chars: int = LABEL_VALUE_CHARS) -> str:
     return value if len(value) <= chars else value[: chars - 1] + "\u2026"
 
@@ -198,10 +207,11 @@ def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
             (perf.batch, perf.throughput_qps, min(repeats), max(repeats))
         )
     figure, axes = _figure()
-    for (name, _), points in sorted(series.items()):
+    for index, ((name, _), points) in enumerate(sorted(series.items())):
         points.sort()
         batches, values, lows, highs = (np.asarray(column, dtype=np.float64) for column in zip(*points, strict=True))
-        axes.errorbar(batches, values, yerr=[values - lows, highs - values], marker="o", capsize=3, label=name)
+        axes.errorbar(batches, values, yerr=[values - lows, highs - values], marker="o", capsize=3, label=name,
+                      linestyle=_line_style(index))  # fmt: skip
     axes.set_ylim(bottom=0)  # heights read as ratios: a cut axis made 12 against 15 img/s look like 1 to 4
     axes.set_xscale("log", base=2)
     ticks = sorted({run.result.perf.batch for run in measured})  # type: ignore[union-attr]
@@ -257,8 +267,9 @@ def latency_cdf(runs: list[LabelledRun], path: Path) -> Plot | None:
     if not curves:
         return None
     figure, axes = _figure()
-    for label, values in curves:
-        axes.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=f"{label} (n={values.size})")
+    for index, (label, values) in enumerate(curves):
+        axes.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=f"{label} (n={values.size})",
+                  linestyle=_line_style(index))  # fmt: skip
     axes.set_xlabel("end-to-end latency (ms)")
     axes.set_ylabel("fraction of batches")
     axes.set_title("Latency CDF (raw samples of the median repeat)")

@@ -142,6 +142,19 @@ def test_many_runs_with_long_labels_keep_every_tick_label_and_title_inside_the_f
     plt.close(figure)
 
 
+def test_lines_that_share_a_colour_do_not_share_a_dash() -> None:
+    # Past 10 curves matplotlib's colours come round again: curve 11 was drawn exactly as curve 1.
+    import matplotlib.pyplot as plt
+
+    from harness.report.plots import _figure, _line_style
+
+    figure, axes = _figure()
+    lines = [axes.plot([0, 1], [0, index], linestyle=_line_style(index))[0] for index in range(25)]
+    looks = [(line.get_color(), line.get_linestyle()) for line in lines]
+    assert len(set(looks)) == len(looks)
+    plt.close(figure)
+
+
 def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the_axes(
     runs: list[LabelledRun], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
