@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.config.convert import flatten
-from harness.errors import DataError
+from harness.errors import DataError, masked
 from harness.fileio import write_text_atomic
 from harness.result import RESULT_FILE, RunResult, load_result
 
@@ -196,7 +196,7 @@ def missing_jobs(sweep_dir: Path) -> dict[int, str]:
         reason = endings.get(str(number)) or ("stopped without a result" if started else "not run")
         if interrupted:
             reason += " (sweep interrupted)"
-        missing[number] = f"{reason}: {' '.join(overrides)}"
+        missing[number] = f"{reason}: {masked(' '.join(overrides))}"  # shown, and uploaded in the summary
     return missing
 
 

@@ -339,12 +339,13 @@ def test_jobs_without_a_result_are_rows_saying_how_they_ended(tmp_path: Path) ->
     from harness.report import sweep_rows
     from harness.tracking import record_job_ending, start_sweep
 
-    start_sweep(tmp_path, ["perf.batch=1,2,4"], [["perf.batch=1"], ["perf.batch=2"], ["perf.batch=4"]])
+    store = "tracking.uri=postgresql://me:s3cret@db/mlflow"  # the summary is uploaded: its password masked
+    start_sweep(tmp_path, ["perf.batch=1,2,4", store], [["perf.batch=1", store], ["perf.batch=2"], ["perf.batch=4"]])
     record_job_ending(tmp_path, 0, "CANCELLED (SLURM job 7_0)")
     record_job_ending(tmp_path, 1, "NODE_FAIL (SLURM job 7_1)")
     rows = sweep_rows(tmp_path)
     assert [(row["status"], row["error"]) for row in rows] == [
-        ("cancelled", "CANCELLED (SLURM job 7_0): perf.batch=1"),
+        ("cancelled", "CANCELLED (SLURM job 7_0): perf.batch=1 tracking.uri=postgresql://me:***@db/mlflow"),
         ("missing", "NODE_FAIL (SLURM job 7_1): perf.batch=2"),
         ("missing", "not run: perf.batch=4"),
     ]
