@@ -126,6 +126,10 @@ def ui(arguments: list[str]) -> int:
         command += ["--default-artifact-root", artifacts]
     # The UI serves runs only: MLflow's job runner and its task-queue consumers are not needed.
     environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # MLflow 3.17's server imports a Starlette module that warns of its own deprecation at every start: a
+    # traceback-like line the user can do nothing about.
+    quiet = "ignore:starlette.middleware.wsgi is deprecated"
+    environment["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), quiet)))
     server = subprocess.Popen(command, env=environment, start_new_session=True)
     try:
         url = runs_table_url(f"http://127.0.0.1:{options.port}", experiment_id)

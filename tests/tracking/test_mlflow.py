@@ -551,6 +551,10 @@ def test_ui_serves_the_store_and_stops_its_process_group_on_ctrl_c(tmp_path: Pat
         ui.send_signal(signal.SIGINT)
         assert ui.wait(timeout=30) == 0
         assert time.monotonic() - stopping < 8
+        assert ui.stdout is not None
+        printed = ui.stdout.read().decode()
+        # MLflow's server printed a StarletteDeprecationWarning and the line of code it came from at every start.
+        assert "MLflow UI on http://127.0.0.1" in printed and "Warning" not in printed, printed
         time.sleep(0.5)
         with pytest.raises(ProcessLookupError):
             os.killpg(process_group, 0)
