@@ -67,6 +67,8 @@ def mask_passwords_in_logs() -> None:
     from harness.errors import masked
 
     make = logging.getLogRecordFactory()
+    if getattr(make, "masks_passwords", False):  # a second command in one process (the Python API, tests)
+        return
 
     def record_masked(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make(*args, **kwargs)
@@ -78,6 +80,7 @@ def mask_passwords_in_logs() -> None:
             record.msg, record.args = masked(message), None
         return record
 
+    record_masked.masks_passwords = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(record_masked)
 
 
