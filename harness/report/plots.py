@@ -9,9 +9,6 @@ as zero.
 from __future__ import annotations
 
 import json
-import logging
-import math
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,26 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from harness.report import setting_cells, swept_settings
+from harness.report.figures import grouped_bars, label_of, legend, line_style, new_figure, save
 from harness.result import RunResult
 
-FIGURE_SIZE_IN = (8.0, 5.0)
-DPI = 100
 PERCENTILE_NAMES = ("p50", "p90", "p99")
-LABEL_SETTINGS = 3
-# Longest setting value, and longest label, shown whole (``stages=["build", "perf"]`` is cut): the table beside
-# the plots names every run in full.
-LABEL_VALUE_CHARS = 16
-LABEL_CHARS = 64
-# Tick labels longer than this stand upright: slanted, the first ones ran off the figure's left edge.
-SLANTED_LABEL_CHARS = 24
-# Bars: the figure widens with the groups (inches per group), up to a width a report page still shows whole.
-BAR_GROUP_IN = 0.45
-MAX_FIGURE_WIDTH_IN = 20.0
-SHORT_NAMES = {"model.variant": "variant", "precision.name": "precision", "backend.name": "backend",
-               "dataset.name": "dataset"}  # fmt: skip
-# Colours in matplotlib's default cycle, and the dashes that tell its rounds apart.
-COLOURS = 10
-LINE_STYLES = ("-", "--", ":", "-.")
 LOAD_KEYS = ("batch", "instances", "processes", "queue_depth", "mode", "scenario", "target_qps")
 
 
@@ -62,86 +43,6 @@ class Plot:
     missing: list[str] = field(default_factory=list)
 
 
-def _figure():  # type: ignore[no-untyped-def]
-    # On a fresh machine matplotlib builds its font cache at first use and says so at INFO; at the end of a sweep
-    # that line came out under Hydra's "[HYDRA]" prefix, as if Hydra had done it, between the sweep's own lines.
-    logging.getLogger("matplotlib.font_manager").setLevel(logging.WARNING)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=FIGURE_SIZE_IN, dpi=DPI)
-
-
-def _legend(axes) -> None:  # type: ignore[no-untyped-def]
-    """A legend when something labelled was drawn (every value of a plot may be missing)."""
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize=8)
-
-
-def _save(figure, path: Path) -> None:  # type: ignore[no-untyped-def]
-    import matplotlib.pyplot as plt
-
-    with warnings.catch_warnings():
-        # Labels too long for the figure (many runs differing in many settings): it is drawn as it is, and the
-        # table beside it names every run; a warning on the report command's stderr would tell the user nothing.
-        warnings.filterwarnings("ignore", message="Tight layout not applied", category=UserWarning)
-        figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    plt.close(figure)
-
-
-def _grouped_bars(  # type: ignore[no-untyped-def]
-    axes, labels: list[str], series: tuple[str, ...], value_of: Callable[[int, str], float | None], *, rotation: int,
-    value_labels: bool = False,
-) -> list[str]:  # fmt: skip
-    """Bars grouped per label, one colour per series, each series in the legend; a missing value is an "n/a" mark
-    in its bar's place, never a zero bar. ``value_labels`` writes each bar's value at its end, so that a zero
-    (a bar with no height) reads as measured. Returns the missing values as ``"<label> <series>"``."""
-    from matplotlib.patches import Patch
-
-    width = 0.8 / len(series)
-    missing = []
-    for offset, name in enumerate(series):
-        for index, label in enumerate(labels):
-            value = value_of(index, name)
-            x = index + (offset - (len(series) - 1) / 2) * width
-            if value is None:
-                missing.append(f"{label} {name}")
-                # Near the bottom of the axes whatever the values' sign, so a mark never runs into the title.
-                axes.text(
-                    x, 0.01, "n/a", transform=axes.get_xaxis_transform(), ha="center", va="bottom", rotation=90,
-                    fontsize=7, color="grey",
-                )  # fmt: skip
-                continue
-            bars = axes.bar(x, value, width, color=f"C{offset}")
-            if value_labels:
-                axes.bar_label(bars, labels=[f"{value:.2g}"], fontsize=7, padding=2)
-    drawn = [value for name in series for index in range(len(labels)) if (value := value_of(index, name)) is not None]
-    if value_labels and drawn:
-        # Room for the labels beyond the longest bar and on either side of a zero one (a bar's edge at zero
-        # is sticky: matplotlib's margins leave none there).
-        low, high = min(0.0, *drawn), max(0.0, *drawn)
-        pad = 0.15 * ((high - low) or 1.0)
-        axes.set_ylim(low - pad, high + pad)
-    # Every series, drawn or not, so that each n/a mark can be read off by its place in the group.
-    axes.legend(handles=[Patch(color=f"C{offset}", label=name) for offset, name in enumerate(series)], fontsize=8)
-    longest = max(map(len, labels))
-    rotation = 90 if longest > SLANTED_LABEL_CHARS else rotation
-    axes.set_xticks(
-        range(len(labels)), labels, rotation=rotation, ha="center" if rotation == 90 else "right", fontsize=8
-    )
-    axes.set_xlim(-0.5, len(labels) - 0.5)
-    # Many groups with long labels squeezed the bars into a strip above them: room for both.
-    longest_in = longest * 0.06 * math.sin(math.radians(rotation))  # 8-point characters
-    axes.figure.set_size_inches(
-        min(MAX_FIGURE_WIDTH_IN, max(FIGURE_SIZE_IN[0], BAR_GROUP_IN * len(labels) + 2.0)),
-        FIGURE_SIZE_IN[1] + longest_in,
-    )
-    return missing
-
-
 def _swept(runs: list[LabelledRun], along: tuple[str, ...] = (), *, per_run: bool = False) -> list[str]:
     """The settings the runs differ in, less those a plot draws ``along`` an axis: what keeps its series apart
     (beyond variant, backend, precision and batch, which name a series already), or with ``per_run`` what tells
@@ -150,39 +51,16 @@ def _swept(runs: list[LabelledRun], along: tuple[str, ...] = (), *, per_run: boo
     return [key for key in swept_settings([run.result for run in runs], shown) if key not in along]
 
 
-def _short(key: str) -> str:
-    """A setting's name in a label: ``precision`` for ``precision.name``, ``target_qps`` for ``perf.target_qps``."""
-    return SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
-
-
 def _with_settings(name: str, run: LabelledRun, settings: list[str]) -> str:
     """``name`` followed by the run's ``settings`` as ``key=value`` (the key's last part: ``target_qps=200``)."""
-    return _label(name, setting_cells(run.result, settings))
-
-
-def _label(name: str, cells: dict[str, str]) -> str:
-    """``name`` and the first ``LABEL_SETTINGS`` of ``cells``: runs that differ in more are told apart by the
-    table, not by a legend."""
-    named = [f"{_short(key)}={_clipped(value or '-')}" for key, value in list(cells.items())[:LABEL_SETTINGS]]
-    more = [f"+{len(cells) - LABEL_SETTINGS} more"] if len(cells) > LABEL_SETTINGS else []
-    return _clipped(" ".join([name, *named, *more]), LABEL_CHARS)
-
-
-def _line_style(index: int) -> str:
-    """The dash of line ``index``: matplotlib's 10 colours come round again from the 11th, so each round of them
-    is drawn in its own dash, and two lines of one colour stay told apart."""
-    return LINE_STYLES[index // COLOURS % len(LINE_STYLES)]
-
-
-def _clipped(value: str, chars: int = LABEL_VALUE_CHARS) -> str:
-    return value if len(value) <= chars else value[: chars - 1] + "\u2026"
+    return label_of(name, setting_cells(run.result, settings))
 
 
 def _series_key(name: str, run: LabelledRun, settings: list[str]) -> tuple[str, str]:
     """(label, identity) of the series or group ``name`` that a run belongs to: its members differ only along
     the plot's axis, in every setting, not only in those the label has room for."""
     cells = setting_cells(run.result, settings)
-    return _label(name, cells), json.dumps(cells, sort_keys=True)
+    return label_of(name, cells), json.dumps(cells, sort_keys=True)
 
 
 def _series_name(run: LabelledRun) -> str:
@@ -206,12 +84,12 @@ def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
         series[_series_key(_series_name(run), run, settings)].append(
             (perf.batch, perf.throughput_qps, min(repeats), max(repeats))
         )
-    figure, axes = _figure()
+    figure, axes = new_figure()
     for index, ((name, _), points) in enumerate(sorted(series.items())):
         points.sort()
         batches, values, lows, highs = (np.asarray(column, dtype=np.float64) for column in zip(*points, strict=True))
         axes.errorbar(batches, values, yerr=[values - lows, highs - values], marker="o", capsize=3, label=name,
-                      linestyle=_line_style(index))  # fmt: skip
+                      linestyle=line_style(index))  # fmt: skip
     axes.set_ylim(bottom=0)  # heights read as ratios: a cut axis made 12 against 15 img/s look like 1 to 4
     axes.set_xscale("log", base=2)
     ticks = sorted({run.result.perf.batch for run in measured})  # type: ignore[union-attr]
@@ -221,8 +99,8 @@ def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
     axes.set_ylabel("throughput (images/s)")
     axes.set_title("Throughput vs batch (median repeat; bars: min-max over repeats)")
     axes.grid(alpha=0.3)
-    _legend(axes)
-    _save(figure, path)
+    legend(axes)
+    save(figure, path)
     return Plot(
         path,
         "Throughput vs batch",
@@ -236,16 +114,16 @@ def latency_percentiles(runs: list[LabelledRun], path: Path) -> Plot | None:
     measured = [run for run in runs if run.result.perf is not None]
     if not measured:
         return None
-    figure, axes = _figure()
+    figure, axes = new_figure()
     settings = _swept(measured, per_run=True)
-    missing = _grouped_bars(
+    missing = grouped_bars(
         axes, [_with_settings(run.label, run, settings) for run in measured], PERCENTILE_NAMES,
         lambda index, name: _percentile_ms(measured[index], name), rotation=30,
     )  # fmt: skip
     axes.set_ylabel("end-to-end latency (ms)")
     axes.set_title("Latency percentiles (n/a: too few samples for that percentile)")
     axes.grid(axis="y", alpha=0.3)
-    _save(figure, path)
+    save(figure, path)
     caption = "End-to-end latency percentiles per run (MLPerf early-stopping rule: p99 needs 662 samples)."
     return Plot(path, "Latency percentiles", caption, missing)
 
@@ -266,16 +144,16 @@ def latency_cdf(runs: list[LabelledRun], path: Path) -> Plot | None:
             curves.append((_with_settings(run.label, run, settings), np.sort(samples) / 1000.0))
     if not curves:
         return None
-    figure, axes = _figure()
+    figure, axes = new_figure()
     for index, (label, values) in enumerate(curves):
         axes.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=f"{label} (n={values.size})",
-                  linestyle=_line_style(index))  # fmt: skip
+                  linestyle=line_style(index))  # fmt: skip
     axes.set_xlabel("end-to-end latency (ms)")
     axes.set_ylabel("fraction of batches")
     axes.set_title("Latency CDF (raw samples of the median repeat)")
     axes.grid(alpha=0.3)
-    _legend(axes)
-    _save(figure, path)
+    legend(axes)
+    save(figure, path)
     return Plot(path, "Latency CDF", "Every end-to-end latency sample of each run's median repeat.")
 
 
@@ -308,7 +186,7 @@ def accuracy_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     middle = (min(speed for _, speed, _ in points) + max(speed for _, speed, _ in points)) / 2
     # Neighbours in throughput take turns above and below their points: runs of one mAP sit on one line.
     rank = {index: order for order, index in enumerate(sorted(range(len(points)), key=lambda item: points[item][1]))}
-    figure, axes = _figure()
+    figure, axes = new_figure()
     for index, (label, speed, quality) in enumerate(points):
         on_front = index in front
         axes.scatter(
@@ -327,8 +205,8 @@ def accuracy_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     axes.set_ylabel("medium mAP (%)")
     axes.set_title("Accuracy vs throughput (stars: Pareto front)")
     axes.grid(alpha=0.3)
-    _legend(axes)
-    _save(figure, path)
+    legend(axes)
+    save(figure, path)
     return Plot(path, "Accuracy vs throughput", "Medium mAP against throughput; stars are the Pareto-optimal runs.")
 
 
@@ -360,8 +238,8 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
     if not rows:
         return None
     names = ("map_easy", "map_medium", "map_hard", "parity_min_cos_x1e4", "top10_neighbours_lost_pct")
-    figure, axes = _figure()
-    missing = _grouped_bars(
+    figure, axes = new_figure()
+    missing = grouped_bars(
         axes, [label for label, _ in rows], names, lambda index, name: rows[index][1][name], rotation=20,
         value_labels=True,
     )  # fmt: skip
@@ -369,7 +247,7 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
     axes.set_ylabel("minus fp32 (mAP points; parity cosine x 1e4; % top-10)")
     axes.set_title("What a lower precision costs against fp32")
     axes.grid(axis="y", alpha=0.3)
-    _save(figure, path)
+    save(figure, path)
     caption = (
         "mAP (points) and parity minimum cosine (x 1e4) of each lower precision minus fp32, same variant, backend and "
         "batch; and the share of top-10 database neighbours the run lost against the fp32 build on the same images (%)."
@@ -413,7 +291,7 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     loads = {tuple(getattr(run.result.config.perf, key) for key in LOAD_KEYS) for run in measured}
     if len(loads) < 2 and not any(len(run.result.perf.probes) > 1 for run in measured):  # type: ignore[union-attr]
         return None
-    figure, axes = _figure()
+    figure, axes = new_figure()
     missing = []
     series: dict[tuple[str, str], list[LabelledRun]] = defaultdict(list)
     settings = _swept(measured, along=tuple(f"perf.{key}" for key in LOAD_KEYS))
@@ -440,8 +318,8 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
         axes.axhline(bound, color="grey", linestyle=":", label=f"p99 bound {bound:g} ms")
     axes.set_title("Latency vs throughput across the load the sweep varies")
     axes.grid(alpha=0.3)
-    _legend(axes)
-    _save(figure, path)
+    legend(axes)
+    save(figure, path)
     return Plot(
         path,
         "Latency vs throughput",

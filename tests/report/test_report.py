@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from harness.pipeline import run
-from harness.report.plots import DPI, FIGURE_SIZE_IN, LabelledRun, pareto_front
+from harness.report.figures import DPI, FIGURE_SIZE_IN
+from harness.report.plots import LabelledRun, pareto_front
 from harness.report.render import folder_runs, write_report
 from tests.conftest import REPO_ROOT, compose
 
@@ -78,11 +79,11 @@ def test_n_a_marks_stay_inside_the_axes_and_every_series_is_in_the_legend() -> N
     # missing everywhere. The marks once sat above y=0, which was the top of the axes, and ran into the title.
     import matplotlib.pyplot as plt
 
-    from harness.report.plots import _figure, _grouped_bars
+    from harness.report.figures import grouped_bars, new_figure
 
-    figure, axes = _figure()
+    figure, axes = new_figure()
     values = {"map_medium": [None, None, None], "parity_x1e4": [-1.6, -0.1, None]}
-    missing = _grouped_bars(
+    missing = grouped_bars(
         axes, ["fp16", "int8", "int8 b4"], tuple(values), lambda index, name: values[name][index], rotation=20
     )
     assert missing == ["fp16 map_medium", "int8 map_medium", "int8 b4 map_medium", "int8 b4 parity_x1e4"]
@@ -102,11 +103,11 @@ def test_a_zero_delta_is_labelled_so_it_reads_as_measured_and_every_label_is_ins
     # fp16 against fp32 on the synthetic set: mAP unchanged (bars of no height), parity down by 2.6e-7.
     import matplotlib.pyplot as plt
 
-    from harness.report.plots import _figure, _grouped_bars
+    from harness.report.figures import grouped_bars, new_figure
 
-    figure, axes = _figure()
+    figure, axes = new_figure()
     values = {"map_medium": [0.0], "parity_x1e4": [-0.0026], "top10_lost_pct": [None]}
-    _grouped_bars(axes, ["fp16"], tuple(values), lambda index, name: values[name][index], rotation=20,
+    grouped_bars(axes, ["fp16"], tuple(values), lambda index, name: values[name][index], rotation=20,
                   value_labels=True)  # fmt: skip
     figure.canvas.draw()
     inside = axes.get_window_extent()
@@ -123,14 +124,14 @@ def test_many_runs_with_long_labels_keep_every_tick_label_and_title_inside_the_f
     # figure's left edge, the title off its right, and the bars shrank to a strip (tight_layout gave up).
     import matplotlib.pyplot as plt
 
-    from harness.report.plots import LABEL_CHARS, _figure, _grouped_bars, _label
+    from harness.report.figures import LABEL_CHARS, grouped_bars, label_of, new_figure
 
     cells = {"stages": '["build", "perf", "accuracy"]', "model.input_size": "[224, 224]", "precision.name": "fp32",
              "perf.batch": "1", "perf.repeats": "5"}  # fmt: skip
-    labels = [_label(f"17-22-01-699554/job {number}", cells) for number in range(23)]
+    labels = [label_of(f"17-22-01-699554/job {number}", cells) for number in range(23)]
     assert all(len(label) <= LABEL_CHARS for label in labels) and labels[0].endswith("\u2026")
-    figure, axes = _figure()
-    _grouped_bars(axes, labels, ("p50", "p99"), lambda index, name: 1.0 + index, rotation=30)
+    figure, axes = new_figure()
+    grouped_bars(axes, labels, ("p50", "p99"), lambda index, name: 1.0 + index, rotation=30)
     axes.set_title("Latency percentiles (n/a: too few samples for that percentile)")
     figure.tight_layout()
     figure.canvas.draw()
@@ -146,10 +147,10 @@ def test_lines_that_share_a_colour_do_not_share_a_dash() -> None:
     # Past 10 curves matplotlib's colours come round again: curve 11 was drawn exactly as curve 1.
     import matplotlib.pyplot as plt
 
-    from harness.report.plots import _figure, _line_style
+    from harness.report.figures import line_style, new_figure
 
-    figure, axes = _figure()
-    lines = [axes.plot([0, 1], [0, index], linestyle=_line_style(index))[0] for index in range(25)]
+    figure, axes = new_figure()
+    lines = [axes.plot([0, 1], [0, index], linestyle=line_style(index))[0] for index in range(25)]
     looks = [(line.get_color(), line.get_linestyle()) for line in lines]
     assert len(set(looks)) == len(looks)
     plt.close(figure)
@@ -161,7 +162,7 @@ def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the
     from harness.report import plots
 
     saved = {}
-    monkeypatch.setattr(plots, "_save", lambda figure, path: saved.setdefault(path.name, figure))
+    monkeypatch.setattr(plots, "save", lambda figure, path: saved.setdefault(path.name, figure))
     plots.throughput_vs_batch(runs, tmp_path / "throughput.png")
     plots.accuracy_vs_throughput(runs, tmp_path / "accuracy.png")
     plots.latency_vs_throughput(runs, tmp_path / "latency.png")
@@ -408,7 +409,7 @@ def test_an_unreadable_result_is_named_and_the_other_jobs_are_still_reported_and
 def test_a_report_on_a_fresh_machine_logs_nothing_of_matplotlib_building_its_font_cache(tmp_path: Path) -> None:
     script = (
         "import logging; logging.basicConfig(level=logging.INFO, format='[%(name)s] %(message)s')\n"
-        "from harness.report.plots import _figure; _figure()\n"
+        "from harness.report.figures import new_figure; new_figure()\n"
     )
     environment = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "matplotlib")}  # no font cache yet
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, check=True)
