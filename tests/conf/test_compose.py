@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,28 @@ def test_a_command_reads_its_groups_typed_with_their_overrides() -> None:
     )
     store = command_config(StoreCommandConfig, ["tracking.experiment=x", "paths.root=/srv"])
     assert store.tracking.experiment == "x" and store.paths.outputs == "/srv/outputs"
+
+
+@pytest.fixture
+def local_overrides() -> Iterator[Path]:
+    """``conf/local/default.yaml`` for one test, when this checkout has none of its own (never touched if so)."""
+    path = REPO_ROOT / "conf" / "local" / "default.yaml"
+    if path.exists():
+        pytest.skip("this checkout has its own conf/local/default.yaml")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("header", ["", "# @package _global_\n"])
+def test_a_machines_local_file_is_plain_overrides_of_the_whole_config(local_overrides: Path, header: str) -> None:
+    # Written as the README says (tracking.uri and the like at the top), it was refused: "local: unknown key".
+    local_overrides.write_text(f"{header}tracking:\n  experiment: mine\nperf:\n  batch: 3\n")
+    config = resolve_config(compose(["debug=tiny"]))
+    assert (config.tracking.experiment, config.perf.batch) == ("mine", 3)
+    assert resolve_config(compose(["debug=tiny", "perf.batch=5"])).perf.batch == 5  # the command line wins
+    from harness.config.commands import GateCommandConfig
+    from harness.config.store import command_config
+
+    assert command_config(GateCommandConfig, [], "gate").tracking.experiment == "mine"
