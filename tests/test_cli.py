@@ -118,6 +118,17 @@ def test_second_build_reports_a_cache_hit(tmp_path: Path) -> None:
     assert result.config.task == "build" and result.build is not None and result.build.cache_hit
 
 
+def test_build_refuses_other_stages_instead_of_running_them(tmp_path: Path) -> None:
+    # `harness build stages=[build,perf]` measured perf as `harness run` would, in a folder named build.
+    for stages in ("stages=[build,perf]", "+stages=[accuracy]"):
+        done = harness(tmp_path, "build", "debug=tiny", "tracking=off", stages)
+        assert done.returncode == 2 and done.stderr.strip() == (
+            f"error: {stages}: harness build runs the build stage only; harness run {stages} runs the stages named"
+        )
+    assert not (tmp_path / "outputs").exists()
+    assert harness(tmp_path, "build", "debug=tiny", "tracking=off", "stages=[build]").returncode == 0  # as it is
+
+
 def test_a_config_that_does_not_resolve_is_one_line_and_not_a_run(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "debug=tiny", "model.variant=vitx14")
     assert done.returncode == 2

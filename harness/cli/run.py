@@ -94,7 +94,7 @@ def hydra_command(config_name: str, task: Callable[[Any], None], arguments: list
     from harness.config.store import CONF_DIR, register_schema
     from harness.errors import ConfigError, counted
 
-    refused = _refused_flags(arguments)
+    refused = _refused_flags(arguments) or _refused_stages(config_name, arguments)
     if refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
@@ -229,6 +229,14 @@ def interrupted_where(run_dir: Path | None) -> str:
     except HarnessError as error:
         return str(error)
     return f"{result_file} (status {status})" if status == "interrupted" else f"after {result_file} (status {status})"
+
+
+def _refused_stages(config_name: str, arguments: list[str]) -> str | None:
+    """Why ``harness build`` refuses a ``stages`` override (it ran the other stages as ``harness run`` would)."""
+    staged = next((item for item in arguments if item.lstrip("+~").split("=", 1)[0] == "stages"), None)
+    if config_name != "build" or staged is None or staged.split("=", 1)[-1].replace(" ", "") == "[build]":
+        return None
+    return f"{staged}: harness build runs the build stage only; harness run {staged} runs the stages named"
 
 
 def _check_jobs(config_name: str, arguments: list[str]) -> None:
