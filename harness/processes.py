@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -20,6 +21,25 @@ from types import ModuleType
 from typing import Any
 
 from harness.errors import ConfigError
+
+# linux/prctl.h: the signal a process gets when the thread that started it ends.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the one that started it ends (a no-op where ``prctl`` is missing).
+
+    A perf worker measures for its whole window without reading from its parent: with the parent killed
+    (SIGKILL, the OOM killer) it went on loading the device for up to ``perf.max_duration_s``, unseen by the
+    next run's contention check.
+    """
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError, TypeError):  # no libc to open (TypeError on Windows), or no prctl in it
+        return
+    if os.getppid() != parent:  # the parent ended before the request was made
+        os._exit(1)
 
 
 def spawn_context() -> SpawnContext:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.processes import run_tool
+from tests.conftest import REPO_ROOT
 
 
 def test_output_status_and_cost_of_the_tool_itself() -> None:
@@ -82,3 +83,41 @@ def test_a_package_main_and_an_inline_program_are_not_imported_again_so_need_no_
     for argv in (["-m", "bench_pkg"], ["-c", UNGUARDED_CALLS["top level"]]):
         done = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (one the container's init has not reaped yet has ended all the same)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _perf_workers_of(pid: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(child) for child in children if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text()]
+
+
+@pytest.mark.process
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_perf_workers_end_with_the_harness_that_started_them(tmp_path: Path) -> None:
+    # SIGKILLed (the OOM killer, kill -9), the harness left its workers measuring on for up to
+    # perf.max_duration_s, loading the device under the next run, which saw no claim of theirs.
+    command = [sys.executable, "-m", "harness", "run", "debug=tiny", "backend=sleep", "stages=[perf]",
+               "perf.iterations=null", "perf.min_duration_s=60", f"paths.root={tmp_path}", "tracking=off"]  # fmt: skip
+    harness = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (workers := _perf_workers_of(harness.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert workers, "no perf worker started"
+        time.sleep(1.0)  # measuring now
+        harness.kill()
+        harness.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = [worker for worker in workers if _running(worker)]
+        assert not alive, f"workers {alive} outlived the harness"
+    finally:
+        harness.kill()

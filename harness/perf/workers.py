@@ -28,7 +28,7 @@ import numpy as np
 
 from harness.errors import MeasurementInvalid
 from harness.perf.loadgen import Sampler, StopSignals, WorkerReport, WorkerTask, run_instances
-from harness.processes import spawn_context
+from harness.processes import die_with_parent, spawn_context
 
 STDERR_TAIL_BYTES = 4000
 
@@ -47,6 +47,7 @@ def _worker_main(
     stderr goes to ``stderr_path`` (the parent shows it afterwards, and keeps its tail if the worker dies);
     ``faulthandler`` adds the Python stack of a fatal signal (a segfault in a runtime) to it.
     """
+    die_with_parent()
     with open(stderr_path, "ab", buffering=0) as stderr_file:
         os.dup2(stderr_file.fileno(), 2)
     faulthandler.enable()
