@@ -149,6 +149,11 @@ def _sample_rss(tool: Any, peaks: dict[int, int]) -> None:
                 peaks[process.pid] = max(peaks.get(process.pid, 0), process.memory_info().rss)
 
 
+def _kill_group(leader: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader, signal.SIGKILL)
+
+
 def run_tool(
     argv: Sequence[str], *, timeout_s: float, cwd: Path | None = None, env: Mapping[str, str] | None = None
 ) -> ToolRun:
@@ -167,13 +172,19 @@ def run_tool(
 
     tool, peaks = psutil.Process(process.pid), dict[int, int]()
     deadline = started + timeout_s
-    while reader.is_alive() and (remaining := deadline - time.perf_counter()) > 0:
-        _sample_rss(tool, peaks)
-        reader.join(min(RSS_SAMPLE_S, remaining))
+    try:
+        while reader.is_alive() and (remaining := deadline - time.perf_counter()) > 0:
+            _sample_rss(tool, peaks)
+            reader.join(min(RSS_SAMPLE_S, remaining))
+    except BaseException:
+        # Ctrl-C or SIGTERM stopping the harness: the tool's session of its own keeps the terminal's signal from
+        # it, and a vendor compile went on for up to its hour-long timeout after the harness had ended.
+        _kill_group(process.pid)
+        process.wait()
+        raise
     timed_out = reader.is_alive()
     if timed_out:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        _kill_group(process.pid)
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     reader.join(5.0)

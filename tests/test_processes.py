@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +40,31 @@ def test_a_tool_that_hangs_is_killed_with_its_children() -> None:
     run = run_tool([sys.executable, "-c", script], timeout_s=1.0)
     assert run.timed_out and run.returncode == -9 and run.output == "started\n"
     assert time.perf_counter() - started < 10  # the grandchild holding the pipe open was killed too
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_tool_ends_with_the_harness_stopped_by_ctrl_c_or_sigterm(tmp_path: Path, stop: signal.Signals) -> None:
+    # The tool runs in a session of its own: Ctrl-C stopped the harness and the vendor's compile went on.
+    pid_file = tmp_path / "tool.pid"
+    harness = (
+        "import signal, sys\nfrom harness.processes import run_tool\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))\n"
+        f"run_tool(['sh', '-c', 'echo $$ > {pid_file}; exec sleep 60'], timeout_s=120)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", harness], cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tool = int(pid_file.read_text())
+        process.send_signal(stop)
+        assert process.wait(timeout=30) != 0
+        deadline = time.monotonic() + 10
+        while _running(tool) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(tool), "the tool outlived the harness"
+    finally:
+        process.kill()
 
 
 STARTS_WORKERS = "from harness.processes import spawn_context\n"
