@@ -159,20 +159,20 @@ def run_tool(
 ) -> ToolRun:
     """Run ``argv`` to completion (killed with its process group after ``timeout_s``), capturing its output, its
     own CPU time (``wait4`` reports it for exactly this child) and its sampled peak memory."""
+    import psutil  # here, not at the top: the GPU device check imports this module without psutil installed
+
+    chunks: list[bytes] = []
+    peaks: dict[int, int] = {}
     started = time.perf_counter()
     process = subprocess.Popen(
         list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
         env=None if env is None else dict(env), start_new_session=True,
     )  # fmt: skip
-    chunks: list[bytes] = []
-    assert process.stdout is not None
-    reader = threading.Thread(target=lambda: chunks.extend(iter(process.stdout.read1, b"")), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    import psutil  # here, not at the top: the GPU device check imports this module without psutil installed
-
-    tool, peaks = psutil.Process(process.pid), dict[int, int]()
-    deadline = started + timeout_s
-    try:
+    try:  # from the moment the tool exists: an interrupt a moment later (importing psutil) missed the kill
+        assert process.stdout is not None
+        reader = threading.Thread(target=lambda: chunks.extend(iter(process.stdout.read1, b"")), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        tool, deadline = psutil.Process(process.pid), started + timeout_s
         while reader.is_alive() and (remaining := deadline - time.perf_counter()) > 0:
             _sample_rss(tool, peaks)
             reader.join(min(RSS_SAMPLE_S, remaining))
