@@ -73,7 +73,8 @@ def library_versions() -> dict[str, str | None]:
 
 
 def git_state(root: Path) -> dict[str, object]:
-    """Commit and dirty flag of the checkout at ``root`` (``None`` when it is not a git checkout)."""
+    """Commit and dirty flag of the checkout whose top is ``root`` (``None`` when it is not one: a wheel's folder
+    in a virtual environment inside some other repository must not read that repository's commit)."""
 
     def git(*args: str) -> str | None:
         try:
@@ -84,7 +85,7 @@ def git_state(root: Path) -> dict[str, object]:
             return None
         return done.stdout.strip()
 
-    commit = git("rev-parse", "HEAD")
+    commit = git("rev-parse", "HEAD") if (root / ".git").exists() else None
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
@@ -136,5 +137,5 @@ def capture() -> dict[str, object]:
         "cpu_isa": cpu_isa(),
         "hardware_fingerprint": fingerprint,
         "libraries": library_versions(),
-        "git": git_state(SOURCE_ROOT) if (SOURCE_ROOT / ".git").exists() else {"commit": None, "dirty": None},
+        "git": git_state(SOURCE_ROOT),
     }

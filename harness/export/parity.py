@@ -82,8 +82,11 @@ def _not_finite(features: np.ndarray, precision: str) -> str:
     rows = int(np.count_nonzero(~np.isfinite(features).all(axis=1)))
     if not rows:
         return ""
-    cause = ": fp16 holds no value above 65504 (a weight or activation overflowed); bf16 has fp32's range"
-    cause = cause if precision == "fp16" else ""
+    cause = (
+        ": fp16 holds no value above 65504 (a weight or activation overflowed); bf16 has fp32's range"
+        if precision == "fp16"
+        else ""
+    )
     return f"; the artifact's features hold NaN or inf for {rows} of {len(features)} photos{cause}"
 
 
