@@ -95,7 +95,9 @@ class TorchConfig:
     @property
     def fp32_reference(self) -> TorchConfig:
         """The module on the same device: the fp32 features every build's parity is checked against."""
-        return dataclasses.replace(self, artifact="module", compile=False, cuda_graphs=False)
+        return dataclasses.replace(
+            self, artifact="module", compile=False, compile_mode="default", cuda_graphs=False, aot_inductor_configs={}
+        )
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
@@ -115,6 +117,13 @@ class TorchConfig:
             )
         if not on_cuda and self.attention in CUDA_ONLY_KERNELS:
             raise ConfigError(f"backend.attention={self.attention} is a CUDA kernel; on the CPU: auto, flash or math")
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(
+                f"backend.compile_mode={self.compile_mode} has no effect without backend.compile=true "
+                "(the module would run eager)"
+            )
+        if self.aot_inductor_configs and self.artifact != "aoti":
+            raise ConfigError("backend.aot_inductor_configs set the AOTInductor build: they need backend.artifact=aoti")
         if self.artifact == "aoti" and self.compile:
             raise ConfigError(
                 "backend.artifact=aoti is compiled ahead of time by the build stage: set backend.compile=false"

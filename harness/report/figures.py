@@ -115,10 +115,14 @@ def short_name(key: str) -> str:
 
 
 def label_of(name: str, cells: dict[str, str]) -> str:
-    """``name`` and the first ``LABEL_SETTINGS`` of ``cells``: runs that differ in more are told apart by the
-    table, not by a legend."""
-    named = [f"{short_name(key)}={clipped(value or '-')}" for key, value in list(cells.items())[:LABEL_SETTINGS]]
-    more = [f"+{len(cells) - LABEL_SETTINGS} more"] if len(cells) > LABEL_SETTINGS else []
+    """``name`` and the first ``LABEL_SETTINGS`` of ``cells`` it does not show already (an MLflow run's name
+    carries its sweep's axes: ``... latency_us=200``): runs that differ in more are told apart by the table, not
+    by a legend."""
+    shown = set(name.split())
+    unshown = [(short_name(key), value or "-") for key, value in cells.items()]
+    unshown = [(key, value) for key, value in unshown if f"{key}={value}" not in shown]
+    named = [f"{key}={clipped(value)}" for key, value in unshown[:LABEL_SETTINGS]]
+    more = [f"+{len(unshown) - LABEL_SETTINGS} more"] if len(unshown) > LABEL_SETTINGS else []
     return clipped(" ".join([name, *named, *more]), LABEL_CHARS)
 
 

@@ -143,6 +143,18 @@ def test_many_runs_with_long_labels_keep_every_tick_label_and_title_inside_the_f
     plt.close(figure)
 
 
+def test_a_label_names_each_setting_once_when_the_run_name_carries_it() -> None:
+    # MLflow names a sweep's job by the axes its jobs differ in; a report from the store added them again:
+    # "tiny14_reg4-fp32-sleep-b1 latency_us=4400 latency_us=4400".
+    from harness.report.figures import label_of
+
+    cells = {"backend.latency_us": "4400", "perf.repeats": "5", "precision.name": "fp16"}
+    assert label_of("tiny-fp32-sleep-b1 latency_us=4400", cells) == (
+        "tiny-fp32-sleep-b1 latency_us=4400 repeats=5 precision=fp16"
+    )
+    assert label_of("job 3", cells) == "job 3 latency_us=4400 repeats=5 precision=fp16"
+
+
 def test_lines_that_share_a_colour_do_not_share_a_dash() -> None:
     # Past 10 curves matplotlib's colours come round again: curve 11 was drawn exactly as curve 1.
     import matplotlib.pyplot as plt

@@ -51,11 +51,21 @@ def images(count: int) -> np.ndarray:
         ({"attention": "efficient"}, "attention=efficient is a CUDA kernel"),
         ({"artifact": "aoti", "compile": True}, "compiled ahead of time by the build stage"),
         ({"device": "gpu0"}, "expected 'cpu', 'cuda' or 'cuda:N'"),
+        ({"compile_mode": "max-autotune"}, "compile_mode=max-autotune has no effect without backend.compile=true"),
+        ({"aot_inductor_configs": {"max_autotune": True}}, "they need backend.artifact=aoti"),
     ],
 )
 def test_configs_that_cannot_run_are_refused_naming_the_key(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         dataclasses.replace(CPU, **changes)
+
+
+def test_the_fp32_reference_of_a_compiled_or_aot_build_is_the_eager_module() -> None:
+    compiled = dataclasses.replace(CPU, compile=True, compile_mode="max-autotune-no-cudagraphs", attention="math")
+    aot = dataclasses.replace(CPU, artifact="aoti", aot_inductor_configs={"max_autotune": True})
+    assert compiled.fp32_reference == dataclasses.replace(CPU, attention="math")
+    assert aot.fp32_reference == CPU
+    assert aot.fp32_reference.runs == "eager module"
 
 
 def test_a_cuda_device_without_cuda_is_unavailable_not_a_crash() -> None:
