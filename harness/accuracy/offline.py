@@ -19,26 +19,31 @@ from harness.errors import DataError, unwritable_reason
 from harness.fileio import write_json_atomic
 
 
-def _load_matrix(path: Path, key: str | None = None) -> np.ndarray:
+def _load_matrix(path: Path, key: str | None = None, *, first: bool = False) -> np.ndarray:
+    """The array ``key`` of an ``.npz``; without ``key`` the array of an ``.npy`` or of a one-array ``.npz`` (with
+    ``first``, the first of several, as vamp's per-image files hold the descriptor first)."""
     try:
-        with np.load(path, allow_pickle=False) as loaded:
-            if isinstance(loaded, np.ndarray):
-                return loaded
-            names = list(loaded.files)
-            if not names:
-                raise DataError(f"{path}: holds no arrays")
-            if key is not None and key not in names:
-                raise DataError(f"{path}: no array {key!r} (has {names})")
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(f"{path}: cannot read descriptors ({error})") from None
+    if isinstance(loaded, np.ndarray):
+        if key is not None:
+            raise DataError(
+                f"{path}: one array (.npy), not an .npz holding {key!r}: pass .npy matrices as --query and --database"
+            )
+        return loaded
+    with loaded:
+        names = list(loaded.files)
+        if not names:
+            raise DataError(f"{path}: holds no arrays")
+        if key is not None and key not in names:
+            raise DataError(f"{path}: no array {key!r} (has {names})")
+        if key is None and len(names) > 1 and not first:
+            raise DataError(f"{path}: holds {names}, not one matrix: an .npz of both matrices goes to --features")
+        try:
             return np.asarray(loaded[key or names[0]])
-    except (OSError, ValueError, EOFError) as error:
-        raise DataError(f"{path}: cannot read descriptors ({error})") from None
-
-
-def load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise DataError(f"{path}: cannot read descriptors ({error})") from None
+        except (OSError, ValueError, EOFError) as error:
+            raise DataError(f"{path}: cannot read descriptors ({error})") from None
 
 
 def _from_folder(folder: Path, names: tuple[str, ...]) -> np.ndarray:
@@ -48,7 +53,7 @@ def _from_folder(folder: Path, names: tuple[str, ...]) -> np.ndarray:
     rows: list[np.ndarray] = []
     for name in names:
         path = folder / f"{name}.npz"
-        row = check_real(_load_matrix(path), source=str(path)).ravel()
+        row = check_real(_load_matrix(path, first=True), source=str(path)).ravel()
         if rows and row.size != rows[0].size:
             raise DataError(f"{path}: a descriptor of {row.size} values, {folder / names[0]}.npz has {rows[0].size}")
         rows.append(row.astype(np.float32))
@@ -64,7 +69,7 @@ def load_descriptors(
     if features is not None:
         return _load_matrix(features, "query"), _load_matrix(features, "database"), str(features)
     if query is not None and database is not None:
-        return load_npy(query), load_npy(database), f"{query} / {database}"
+        return _load_matrix(query), _load_matrix(database), f"{query} / {database}"
     raise DataError("give --features FILE.npz, or --query Q.npy --database DB.npy, or --folder DIR")
 
 

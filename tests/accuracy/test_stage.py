@@ -114,6 +114,15 @@ def test_descriptors_that_are_not_real_numbers_or_disagree_in_size_are_refused_n
     np.savez(tmp_path / "nothing.npz")
     with pytest.raises(DataError, match=r"nothing.npz: holds no arrays$"):
         evaluate_files(gnd, features=tmp_path / "nothing.npz")
+    # The wrong form for an option: a TypeError traceback from inside numpy's loader, or the wrong matrix used.
+    np.save(tmp_path / "query.npy", rows[:2])
+    np.save(tmp_path / "database.npy", rows[2:])
+    with pytest.raises(DataError, match=r"query.npy: one array \(.npy\), not an .npz holding 'query': pass .npy "):
+        evaluate_files(gnd, features=tmp_path / "query.npy")
+    with pytest.raises(DataError, match=r"text.npz: holds \['query', 'database'\], not one matrix: an .npz of both"):
+        evaluate_files(gnd, query=tmp_path / "text.npz", database=tmp_path / "database.npy")
+    np.savez(tmp_path / "one.npz", rows[:2])
+    assert evaluate_files(gnd, query=tmp_path / "one.npz", database=tmp_path / "database.npy")["warnings"] == []
     names = (*truth.qimlist, *truth.imlist)
     folder = tmp_path / "per_image"
     folder.mkdir()
