@@ -23,7 +23,7 @@ from harness.backends import check_backend, fp32_reference_backend, is_toolchain
 from harness.config.schema import RunConfig
 from harness.data.calibration import calibration_files
 from harness.environment import capture
-from harness.errors import DataError, HarnessError, MeasurementInvalid
+from harness.errors import ConfigError, DataError, HarnessError, MeasurementInvalid
 from harness.export.cache import prepare_cache_root
 from harness.fileio import write_text_atomic
 from harness.models.provenance import resolve_weights
@@ -33,7 +33,7 @@ from harness.perf.toolchain import run_toolchain_perf
 from harness.perf.vamp import VAMP_FILE, vamp_report
 from harness.processes import refuse_unguarded_main
 from harness.resolve import resolve_config
-from harness.result import SCHEMA_VERSION, RunError, RunResult, write_result
+from harness.result import RESULT_FILE, SCHEMA_VERSION, RunError, RunResult, write_result
 from harness.result.accuracy import AccuracyResult
 from harness.result.build import BuildResult, WeightsInfo
 from harness.result.perf import PerfResult
@@ -54,12 +54,18 @@ class _Finished:
 def run(config: RunConfig | dict[str, Any], *, run_dir: Path) -> RunResult:
     """Run the stages of ``config`` (a ``RunConfig``, or a composed mapping that is resolved first) in ``run_dir``.
 
-    A config that does not resolve raises ``ConfigError`` before anything is written: it is not a run.
+    A config that does not resolve, or a ``run_dir`` that holds an earlier run's ``result.json``, raises
+    ``ConfigError`` before anything is written: it is not a run.
     Harness errors after that end the run with ``status: failed``; any other exception is a bug: it is
     recorded the same way and then re-raised.
     """
     if not isinstance(config, RunConfig):
         config = resolve_config(config)
+    if (run_dir / RESULT_FILE).exists():
+        raise ConfigError(
+            f"run_dir={run_dir}: holds an earlier run ({RESULT_FILE}); a run writes a folder of its own, so that "
+            "one's results are kept: choose another run_dir, or remove the folder"
+        )
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
     finished = _Finished()

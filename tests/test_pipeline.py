@@ -95,6 +95,11 @@ def test_strict_perf_fails_a_measurement_that_falls_short_and_keeps_it(tmp_path:
         run_dir=tmp_path / "enough",
     )  # fmt: skip
     assert enough.status == "ok", enough.error
+    # The API writes into the folder it is given: a second run there replaced the first's result.json.
+    kept = (tmp_path / "loose" / "result.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"^run_dir=\S+loose: holds an earlier run \(result.json\); a run writes a "):
+        run(tiny(tmp_path, "backend=sleep", "stages=[perf]"), run_dir=tmp_path / "loose")
+    assert (tmp_path / "loose" / "result.json").read_bytes() == kept
 
 
 @pytest.mark.process

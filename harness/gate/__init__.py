@@ -192,7 +192,10 @@ def rerun_perf(candidate: Evidence, attempt: int) -> Evidence:
     saved.pop("preprocessing", None)
     saved["stages"] = ["build", "perf"]
     saved["tracking"]["enabled"] = False
-    result = run(resolve_config(saved), run_dir=run_dir / "gate-reruns" / str(attempt))
+    reruns = run_dir / "gate-reruns"
+    # Numbered after those of earlier gates, whose measurements are kept.
+    earlier = [int(folder.name) for folder in reruns.glob("*") if folder.name.isdigit()]
+    result = run(resolve_config(saved), run_dir=reruns / str(max(earlier, default=0) + 1))
     if result.status != "ok" or result.error is not None:
         raise HarnessError(f"{run_dir}: the gate's rerun {attempt} failed: {result.error and result.error.message}")
     measured = evidence_of(result, label=result.run_dir)

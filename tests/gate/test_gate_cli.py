@@ -104,6 +104,12 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     rerun = harness(tmp_path, "gate", few, "--baseline", str(baseline_file), "--rerun", "1", "tracking=off", *TOLERANT)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert (Path(few) / "gate-reruns" / "1" / "result.json").is_file() and "| 5/6 | pass |" in rerun.stdout
+    first = (Path(few) / "gate-reruns" / "1" / "result.json").read_bytes()
+    again = harness(tmp_path, "gate", few, "--baseline", str(baseline_file), "--rerun", "1", "tracking=off", *TOLERANT)
+    assert again.returncode == 0 and "| 5/6 | pass |" in again.stdout, again.stdout + again.stderr
+    # a later gate's rerun is a measurement of its own: the first one's stays
+    assert (Path(few) / "gate-reruns" / "1" / "result.json").read_bytes() == first
+    assert (Path(few) / "gate-reruns" / "2" / "result.json").is_file()
 
     entry["hardware_fingerprint"] = "0123456789ab"
     baseline_file.write_text(json.dumps({"schema_version": 1, "entries": [entry]}))
