@@ -1,5 +1,6 @@
 """Child processes the harness starts: perf workers and image decoders (always fresh, spawned interpreters),
-and external tools (vendor compilers and profilers) run to completion with their output and cost captured."""
+and external tools (vendor compilers and profilers) run to completion with their output and cost captured;
+and what processes leave behind: whether the one that left a record still runs, folders only one of them writes."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.context import SpawnContext
 from pathlib import Path
@@ -24,6 +29,48 @@ from harness.errors import ConfigError
 
 # linux/prctl.h: the signal a process gets when the thread that started it ends.
 PR_SET_PDEATHSIG = 1
+# psutil's process start time is the boot time (whole seconds) plus the start in clock ticks: up to a second off.
+PROCESS_START_SLACK_S = 2.0
+STAGING_PREFIX = ".staging-"
+
+
+def process_alive(pid: int, since: float) -> bool:
+    """Whether the process ``pid`` that left a record at ``since`` (epoch seconds) still runs: the pid exists and
+    was started before the record. A pid is reused once its process is gone, so a process started later is
+    another one."""
+    import psutil  # here, not at the top: the GPU device check imports this module without psutil installed
+
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+    return started <= since + PROCESS_START_SLACK_S
+
+
+@contextlib.contextmanager
+def staging_folder(parent: Path, name: str) -> Iterator[Path]:
+    """A fresh folder under ``parent`` for ``name`` that only this process writes (named after its host and pid),
+    to build something in before renaming it into place; removed afterwards.
+
+    The staging folders of ``name`` that a dead process of this host left (killed by SIGKILL or the OOM killer,
+    it never cleaned up: an artifact's copy of gigabytes each time) are removed first. Other hosts' are left:
+    a cache on a shared filesystem may be in use there.
+    """
+    host = socket.gethostname()
+    for stale in parent.glob(f"{STAGING_PREFIX}{name}-{host}-*"):
+        # Matched whole: host "node" must not take "node-5"'s folders for its own.
+        owner = re.fullmatch(r"(\d+)-[0-9a-f]{8}", stale.name.removeprefix(f"{STAGING_PREFIX}{name}-{host}-"))
+        with contextlib.suppress(OSError):
+            if owner and not process_alive(int(owner[1]), stale.stat().st_mtime):
+                shutil.rmtree(stale, ignore_errors=True)
+    staging = parent / f"{STAGING_PREFIX}{name}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def die_with_parent() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.processes import run_tool
+from harness.processes import run_tool, staging_folder
 from tests.conftest import REPO_ROOT
 
 
@@ -147,3 +149,16 @@ def test_perf_workers_end_with_the_harness_that_started_them(tmp_path: Path) -> 
         assert not alive, f"workers {alive} outlived the harness"
     finally:
         harness.kill()
+
+
+def test_a_staging_folder_of_a_live_process_or_of_another_host_is_kept(tmp_path: Path) -> None:
+    host = socket.gethostname()
+    live = tmp_path / f".staging-model-{host}-{os.getpid()}-0a1b2c3d"
+    elsewhere = tmp_path / f".staging-model-{host}.elsewhere-1-0a1b2c3d"  # pid 1 does not run there, or here
+    other_name = tmp_path / f".staging-model2-{host}-999999999-0a1b2c3d"
+    longer_host = tmp_path / f".staging-model-{host}-5-999999999-0a1b2c3d"  # host "<host>-5", pid 999999999
+    for folder in (live, elsewhere, other_name, longer_host):
+        folder.mkdir()
+    with staging_folder(tmp_path, "model") as own:
+        assert own.is_dir() and own.name.startswith(f".staging-model-{host}-{os.getpid()}-") and own != live
+    assert not own.exists() and all(folder.is_dir() for folder in (live, elsewhere, other_name, longer_host))

@@ -12,8 +12,6 @@ import io
 import math
 import os
 import pickle
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth
 from harness.data.photos import as_rgb, photo_loaders
 from harness.errors import ConfigError, DataError
+from harness.processes import staging_folder
 
 EASY_SURVIVAL = 0.5
 HARD_SURVIVAL = 0.2
@@ -98,17 +97,15 @@ def write_synthetic(root: Path, *, images: int = 60, queries: int = 5, seed: int
     if not gnd_path(root, name).exists():
         try:
             root.mkdir(parents=True, exist_ok=True)
-            staging = Path(root) / f".staging-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         except OSError as error:
             raise DataError(f"{root}: cannot create the dataset root ({error.strerror or error})") from None
         try:
-            _write_set(staging, name, images=images, queries=queries, seed=seed)
-            os.rename(staging / name, root / name)
+            with staging_folder(root, name) as staging:
+                _write_set(staging, name, images=images, queries=queries, seed=seed)
+                os.rename(staging / name, root / name)
         except OSError as error:
             if not gnd_path(root, name).exists():  # not a lost race with another job writing the same set
                 raise DataError(f"{root / name}: cannot write the synthetic set ({error.strerror or error})") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return load_checked(root, name)
 
 

@@ -16,8 +16,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
@@ -25,6 +24,7 @@ from typing import TypeVar
 from harness.config.convert import from_mapping
 from harness.errors import BuildError, ConfigError, unwritable_reason
 from harness.fileio import sha256_of, write_json_atomic
+from harness.processes import staging_folder
 from harness.result.build import ArtifactFile
 
 T = TypeVar("T")
@@ -79,17 +79,10 @@ def load_cached(folder: Path, manifest_type: type[T]) -> T | None:
     return manifest
 
 
-@contextmanager
-def staging_for(folder: Path) -> Iterator[Path]:
+def staging_for(folder: Path) -> AbstractContextManager[Path]:
     """An empty folder beside ``folder``, this process's own, to build an artifact in; removed afterwards
     (``publish`` has renamed it into place by then, unless the build failed)."""
-    staging = folder.with_name(f".staging-{folder.name}-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return staging_folder(folder.parent, folder.name)
 
 
 def artifact_files(staging: Path) -> tuple[ArtifactFile, ...]:

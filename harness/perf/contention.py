@@ -25,17 +25,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import psutil
-
 from harness.fileio import write_json_atomic
+from harness.processes import process_alive
 
 CLAIMS_FOLDER = ".perf-windows"
 STALE_AFTER_S = 7 * 24 * 3600.0
 # A claim is deleted only this long after the last window it could overlap opened: a run that takes its start
 # time just before another run lists the folder writes its claim just after.
 PRUNE_MARGIN_S = 60.0
-# psutil's process start time is the boot time (whole seconds) plus the start in clock ticks: up to a second off.
-PROCESS_START_SLACK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +105,7 @@ def _end(claim: WindowClaim) -> float | None:
     """When a claim's window ended: its end, the start of one whose process died without one, ``None`` while open."""
     if claim.end is not None:
         return claim.end
-    return None if _alive(claim.pid, claim.start) else claim.start
+    return None if process_alive(claim.pid, claim.start) else claim.start
 
 
 def _overlap(own: WindowClaim, other: WindowClaim) -> bool:
@@ -117,16 +114,3 @@ def _overlap(own: WindowClaim, other: WindowClaim) -> bool:
     own_end = own.end if own.end is not None else time.time()
     other_end = _end(other)
     return other.start < own_end and (own_end if other_end is None else other_end) > own.start
-
-
-def _alive(pid: int, claimed_at: float) -> bool:
-    """Whether the process that made a claim at ``claimed_at`` still runs: its pid exists, and was started before
-    the claim. A pid is reused once its process is gone: a claim left open by a run that died hours ago was
-    taken for live, and every run after it marked contended, whenever a new process happened to get its pid."""
-    try:
-        started = psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-    return started <= claimed_at + PROCESS_START_SLACK_S

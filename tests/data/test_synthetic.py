@@ -109,15 +109,43 @@ def test_an_unwritable_root_is_one_error_naming_it(tmp_path: Path) -> None:
         write_synthetic(blocker / "root", images=20, queries=2)
 
 
+def writing_a_large_set(root: Path) -> tuple[subprocess.Popen[str], Path]:
+    """``harness data synthetic`` started on a set that takes minutes, once it has written its first image; and
+    its staging folder."""
+    command = [sys.executable, "-m", "harness", "data", "synthetic", "--images", "5000", "--root", str(root)]
+    before = set(root.glob(".staging-*"))
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        staging = [path.parents[2] for path in root.glob(".staging-*/*/jpg/*.jpg") if path.parents[2] not in before]
+        if staging:
+            return process, staging[0]
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"no image written under {root} in 120 s")
+
+
+@pytest.mark.process
+def test_a_staging_folder_left_by_a_killed_process_is_removed_by_the_next_writer(tmp_path: Path) -> None:
+    # SIGKILL (the OOM killer, a scheduler's hard limit) leaves no chance to clean up: every killed build or
+    # dataset left its copy in the cache for good.
+    killed, left = writing_a_large_set(tmp_path)
+    killed.kill()
+    killed.communicate(timeout=60)
+    assert left.is_dir()
+    after, own = writing_a_large_set(tmp_path)
+    try:
+        assert not left.exists() and own.is_dir()
+    finally:
+        after.kill()
+        after.communicate(timeout=60)
+
+
 @pytest.mark.process
 def test_sigterm_stops_the_command_as_ctrl_c_does_leaving_no_half_written_set(tmp_path: Path) -> None:
     # ``timeout`` or ``kill`` ended the process where it stood: its staging folder stayed behind.
-    command = [sys.executable, "-m", "harness", "data", "synthetic", "--images", "5000", "--root", str(tmp_path)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process, _ = writing_a_large_set(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while not any(tmp_path.glob(".staging-*/*/jpg/*.jpg")) and time.monotonic() < deadline:
-            time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
     finally:
