@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.context import SpawnContext
 from pathlib import Path
@@ -80,13 +80,23 @@ def die_with_parent() -> None:
     (SIGKILL, the OOM killer) it went on loading the device for up to ``perf.max_duration_s``, unseen by the
     next run's contention check.
     """
-    parent = os.getppid()
+    _death_with(os.getppid())()
+
+
+def _death_with(parent: int) -> Callable[[], None]:
+    """What makes the calling process die with ``parent``: prctl looked up here, so that a forked child calls
+    it without loading a library (the child of a threaded parent must not take the loader's lock)."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError, TypeError):  # no libc to open (TypeError on Windows), or no prctl in it
-        return
-    if os.getppid() != parent:  # the parent ended before the request was made
-        os._exit(1)
+        return lambda: None
+
+    def request() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent ended before the request was made
+            os._exit(1)
+
+    return request
 
 
 def spawn_context() -> SpawnContext:
@@ -214,6 +224,8 @@ def run_tool(
     process = subprocess.Popen(
         list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
         env=None if env is None else dict(env), start_new_session=True,
+        # A SIGKILLed harness runs no cleanup: the tool would go on compiling for up to its hour-long timeout.
+        preexec_fn=_death_with(os.getpid()),
     )  # fmt: skip
     try:  # from the moment the tool exists: an interrupt a moment later (importing psutil) missed the kill
         assert process.stdout is not None

@@ -44,9 +44,12 @@ def test_a_tool_that_hangs_is_killed_with_its_children() -> None:
     assert time.perf_counter() - started < 10  # the grandchild holding the pipe open was killed too
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_a_tool_ends_with_the_harness_stopped_by_ctrl_c_or_sigterm(tmp_path: Path, stop: signal.Signals) -> None:
-    # The tool runs in a session of its own: Ctrl-C stopped the harness and the vendor's compile went on.
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_tool_ends_with_the_harness_stopped_by_ctrl_c_sigterm_or_sigkill(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    # The tool runs in a session of its own: Ctrl-C stopped the harness and the vendor's compile went on; a
+    # SIGKILLed harness, which runs no cleanup, left it running too.
     pid_file = tmp_path / "tool.pid"
     harness = (
         "import signal, sys\nfrom harness.processes import run_tool\n"
