@@ -59,13 +59,8 @@ import numpy as np
 import torch
 
 from harness.backends import BackendFactory, LoadTarget
-from harness.backends.torch_backend import (
-    CompileMode,
-    TorchBackend,
-    TorchConfig,
-    capture_cuda_graph,
-    torch_dtype,
-)
+from harness.backends.torch_backend import TorchBackend, capture_cuda_graph, torch_dtype
+from harness.backends.torch_config import CompileMode, TorchConfig
 from harness.config.schema import ModelConfig, Precision
 from harness.export.aoti_package import compile_package
 from harness.models.variants import get_variant

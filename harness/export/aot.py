@@ -22,7 +22,8 @@ import torch
 
 from harness import __version__
 from harness.backends import BackendFactory, LoadTarget, check_backend
-from harness.backends.torch_backend import AOTI_PACKAGE_SUFFIX, TorchConfig, torch_dtype
+from harness.backends.torch_backend import AOTI_PACKAGE_SUFFIX, torch_dtype
+from harness.backends.torch_config import TorchConfig
 from harness.config.schema import RunConfig
 from harness.data.photos import sample_photos
 from harness.environment import cpu_isa

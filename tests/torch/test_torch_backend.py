@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from harness.backends import LoadTarget, torch_backend
-from harness.backends.torch_backend import TorchBackend, TorchConfig
+from harness.backends.torch_backend import TorchBackend
+from harness.backends.torch_config import TorchConfig
 from harness.config.schema import ModelConfig
 from harness.errors import BackendUnavailable, ConfigError
 from harness.models.variants import get_variant
