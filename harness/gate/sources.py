@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.errors import DataError, HarnessError, counted, masked, unwritable_reason
 from harness.fileio import write_json_atomic
@@ -112,20 +112,31 @@ def read_baseline_file(path: Path) -> list[Evidence]:
             raise DataError(
                 f"{path}: baseline schema_version={data.get('schema_version')!r}, expected {BASELINE_SCHEMA}"
             )
-        return [
-            Evidence(
-                label=f"{path}:{entry['label']}",
-                config_hash=entry["config_hash"],
-                hardware_fingerprint=entry["hardware_fingerprint"],
-                metrics={name: tuple(float(value) for value in values) for name, values in entry["metrics"].items()},
-                config={str(key): str(value) for key, value in entry.get("config", {}).items()},
-            )
-            for entry in data["entries"]
-        ]
+        entries = data["entries"]
     except OSError as error:
         raise DataError(f"{path}: cannot read the baseline ({error.strerror or error})") from None
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise DataError(f"{path}: not a baseline file ({type(error).__name__}: {error})") from None
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: not a baseline file ('entries' is a {type(entries).__name__}, not a list)")
+    return [_baseline_entry(path, index, entry) for index, entry in enumerate(entries)]
+
+
+def _baseline_entry(path: Path, index: int, entry: Any) -> Evidence:
+    """Entry ``index`` of a baseline file (a reviewed, sometimes hand-edited file): an error names the entry and
+    what it lacks."""
+    try:
+        return Evidence(
+            label=f"{path}:{entry['label']}",
+            config_hash=str(entry["config_hash"]),
+            hardware_fingerprint=str(entry["hardware_fingerprint"]),
+            metrics={str(name): tuple(float(value) for value in values) for name, values in entry["metrics"].items()},
+            config={str(key): str(value) for key, value in entry.get("config", {}).items()},
+        )
+    except KeyError as error:
+        raise DataError(f"{path}: baseline entry {index} has no {error}") from None
+    except (ValueError, TypeError, AttributeError) as error:
+        raise DataError(f"{path}: baseline entry {index} is malformed ({type(error).__name__}: {error})") from None
 
 
 def entries_for(entries: list[Evidence], config_hash: str) -> list[Evidence]:

@@ -361,9 +361,10 @@ def test_a_result_written_over_the_one_logged_is_logged_again(tmp_path: Path, mo
     run(config, run_dir=tmp_path / "latest")
     first, logged = log_run_dir(store, tmp_path / "latest")
     assert logged and log_run_dir(store, tmp_path / "latest") == (first, False)
-    # The Python API writes where it is told: the same folder again. Its tracking.json named the first run, so
-    # the second result read "already logged" and its numbers went into no store.
-    second = run(run_config(tmp_path / "cache", *sleep_run, "perf.batch=2"), run_dir=tmp_path / "latest")
+    # Another run's result.json copied over the logged one (the API refuses to write into a run's folder). Its
+    # tracking.json named the first run, so the second result read "already logged" and went into no store.
+    second = run(run_config(tmp_path / "cache", *sleep_run, "perf.batch=2"), run_dir=tmp_path / "second")
+    shutil.copy(tmp_path / "second" / "result.json", tmp_path / "latest" / "result.json")
     assert tracking_record(tmp_path / "latest") is None  # until synced: a gate verdict must not tag the first run
     record, logged = log_run_dir(store, tmp_path / "latest")
     assert logged and record.run_id != first.run_id and record.run_uid == second.run_uid

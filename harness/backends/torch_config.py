@@ -1,0 +1,100 @@
+"""``backend=torch``'s settings (defaults in ``conf/backend/torch.yaml``), checked for what cannot run together
+before anything is loaded; the backend itself is in ``torch_backend`` (this module does not import torch)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from harness.errors import ConfigError
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+AttentionKernel = Literal["auto", "flash", "efficient", "cudnn", "math"]
+Artifact = Literal["module", "aoti"]
+# torch.compile modes that capture CUDA graphs themselves (a second capture around them is refused).
+GRAPHING_MODES = ("reduce-overhead", "max-autotune")
+CUDA_ONLY_KERNELS = ("efficient", "cudnn")
+
+
+@dataclass(frozen=True)
+class TorchConfig:
+    """``backend=torch`` (defaults in ``conf/backend/torch.yaml``).
+
+    Attributes:
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        compile: wrap the model in ``torch.compile``.
+        compile_mode: the ``torch.compile`` mode (``reduce-overhead`` and ``max-autotune`` capture CUDA graphs).
+        threads: CPU intra-op threads; 0 keeps torch's default.
+        attention: the scaled-dot-product-attention kernel (``auto`` lets torch choose per call).
+        cuda_graphs: capture one CUDA graph per batch size and replay it (CUDA only).
+        host_io: each call copies its input from pinned host memory and its features back (CUDA; the copies are
+            timed apart from the model time); ``false`` keeps the input on the device, as the timm anchor does.
+        artifact: ``module`` (the DINOv2 module built from the model config) or ``aoti`` (the AOTInductor package
+            the build stage compiles, loaded without recompiling).
+        aot_inductor_configs: Inductor settings for the AOTInductor build (e.g. ``max_autotune: true``).
+    """
+
+    name: Literal["torch"]
+    device: str
+    compile: bool
+    compile_mode: CompileMode
+    threads: int
+    attention: AttentionKernel
+    cuda_graphs: bool
+    host_io: bool
+    artifact: Artifact
+    aot_inductor_configs: dict[str, Any]
+
+    @property
+    def loads_artifact(self) -> bool:
+        """Only the AOTInductor package is built ahead; the module is built from the model config at load."""
+        return self.artifact == "aoti"
+
+    @property
+    def runs(self) -> str:
+        """What each call runs, in words: the summary's ``runtime`` line."""
+        parts = ["AOTInductor package" if self.artifact == "aoti" else "module"]
+        parts += [f"torch.compile mode={self.compile_mode}"] if self.compile else []
+        parts += ["one CUDA graph per batch size"] if self.cuda_graphs else []
+        parts += ["pinned host I/O on copy streams"] if self.host_io else []
+        parts += [f"{self.attention} attention"] if self.attention != "auto" else []
+        eager = self.artifact == "module" and not self.compile
+        return ("eager " if eager else "") + ", ".join(parts)
+
+    @property
+    def fp32_reference(self) -> TorchConfig:
+        """The module on the same device: the fp32 features every build's parity is checked against."""
+        return dataclasses.replace(
+            self, artifact="module", compile=False, compile_mode="default", cuda_graphs=False, aot_inductor_configs={}
+        )
+
+    def __post_init__(self) -> None:
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ConfigError(f"backend.device={self.device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+        on_cuda = self.device.startswith("cuda")
+        if self.cuda_graphs and not on_cuda:
+            raise ConfigError("backend.cuda_graphs=true needs backend.device=cuda (CUDA graphs are a CUDA feature)")
+        if self.host_io and not on_cuda:
+            raise ConfigError(
+                "backend.host_io=true needs backend.device=cuda (on the CPU the input is in host memory already: "
+                "there is no copy to time)"
+            )
+        if self.cuda_graphs and self.compile and self.compile_mode in GRAPHING_MODES:
+            raise ConfigError(
+                f"backend.cuda_graphs=true with backend.compile_mode={self.compile_mode}: that mode captures CUDA "
+                "graphs itself; use compile_mode=default or max-autotune-no-cudagraphs with cuda_graphs"
+            )
+        if not on_cuda and self.attention in CUDA_ONLY_KERNELS:
+            raise ConfigError(f"backend.attention={self.attention} is a CUDA kernel; on the CPU: auto, flash or math")
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(
+                f"backend.compile_mode={self.compile_mode} has no effect without backend.compile=true "
+                "(the module would run eager)"
+            )
+        if self.aot_inductor_configs and self.artifact != "aoti":
+            raise ConfigError("backend.aot_inductor_configs set the AOTInductor build: they need backend.artifact=aoti")
+        if self.artifact == "aoti" and self.compile:
+            raise ConfigError(
+                "backend.artifact=aoti is compiled ahead of time by the build stage: set backend.compile=false"
+            )

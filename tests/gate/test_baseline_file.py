@@ -1,0 +1,58 @@
+"""Baseline files are reviewed and sometimes edited by hand: each malformed one is an error naming the file and
+the entry, and a well-formed one reads back what was written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.errors import DataError
+from harness.gate.sources import read_baseline_file
+
+ENTRY = {
+    "label": "0",
+    "config_hash": "6e90b22bf206",
+    "hardware_fingerprint": "0123456789ab",
+    "metrics": {"throughput_qps": [474.3, 475.1], "map_medium": [95.42]},
+    "config": {"backend.latency_us": 2000.0},
+}
+
+
+def write(path: Path, entries: object, schema_version: int = 1) -> Path:
+    path.write_text(json.dumps({"schema_version": schema_version, "entries": entries}))
+    return path
+
+
+def test_an_entry_reads_back_as_written(tmp_path: Path) -> None:
+    (evidence,) = read_baseline_file(write(tmp_path / "base.json", [ENTRY]))
+    assert evidence.label == f"{tmp_path / 'base.json'}:0" and evidence.config_hash == "6e90b22bf206"
+    assert evidence.metrics == {"throughput_qps": (474.3, 475.1), "map_medium": (95.42,)}
+    assert evidence.config == {"backend.latency_us": "2000.0"}
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([ENTRY, {key: value for key, value in ENTRY.items() if key != "label"}], r"baseline entry 1 has no 'label'$"),
+        ([{**ENTRY, "metrics": {"throughput_qps": ["fast"]}}], r"baseline entry 0 is malformed \(ValueError: could n"),
+        ([{**ENTRY, "metrics": [474.3]}], r"baseline entry 0 is malformed \(AttributeError: "),
+        ([1], r"baseline entry 0 is malformed \(TypeError: "),
+        ({"0": ENTRY}, r"not a baseline file \('entries' is a dict, not a list\)$"),
+    ],
+)
+def test_a_malformed_entry_is_an_error_naming_the_file_and_the_entry(
+    tmp_path: Path, entries: object, message: str
+) -> None:
+    # Was "not a baseline file (KeyError: 'label')", whichever of a dozen entries lacked it.
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'base.json'}: {message}"):
+        read_baseline_file(write(tmp_path / "base.json", entries))
+
+
+def test_a_file_of_another_schema_or_no_json_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"base.json: baseline schema_version=2, expected 1$"):
+        read_baseline_file(write(tmp_path / "base.json", [ENTRY], schema_version=2))
+    (tmp_path / "cut.json").write_text('{"schema_version": 1, "entr')
+    with pytest.raises(DataError, match=r"cut.json: not a baseline file \(JSONDecodeError: "):
+        read_baseline_file(tmp_path / "cut.json")
