@@ -219,7 +219,7 @@ def _accuracy_rows(accuracy: AccuracyResult) -> list[Row]:
             + f" of {counted(accuracy.queries, 'query', 'queries')} (one whose image was skipped, or with no "
             "positive in a setup, is left out of that setup's means)",
         ))  # fmt: skip
-    return rows
+    return rows + [("warning", warning) for warning in accuracy.warnings]
 
 
 def _engine_precision(result: RunResult) -> str:

@@ -83,13 +83,16 @@ def check_descriptors(query: np.ndarray, database: np.ndarray, truth: GroundTrut
         raise DataError(f"{source}: query dimension {query.shape[1]} != database dimension {database.shape[1]}")
 
 
-def zero_descriptor_warnings(query: np.ndarray, database: np.ndarray, *, source: str) -> list[str]:
+def zero_descriptor_warnings(
+    query: np.ndarray, database: np.ndarray, *, source: str, skipped: tuple[set[int], set[int]] = (set(), set())
+) -> list[str]:
     """A warning per matrix with all-zero rows: such a descriptor has no direction, so it ties with every other
-    one and ranks in file order among them. The accuracy stage writes one for a skipped image; elsewhere it is
-    the mark of an extraction that lost an image."""
+    one and ranks in file order among them. The accuracy stage writes one for a skipped image (the rows in
+    ``skipped``, per matrix, which it reports itself); any other is the mark of an extraction that lost an
+    image, or of a build whose output is zero."""
     warnings = []
-    for label, matrix in (("query", query), ("database", database)):
-        zero = np.flatnonzero(~matrix.any(axis=1))
+    for (label, matrix), expected in zip((("query", query), ("database", database)), skipped, strict=True):
+        zero = np.array([row for row in np.flatnonzero(~matrix.any(axis=1)) if row not in expected], dtype=np.int64)
         if zero.size:
             warnings.append(
                 f"{source}: {label} descriptor {int(zero[0])} is all zeros ({counted(zero.size, 'row')}): it ties "
@@ -165,6 +168,12 @@ def run_accuracy(
     skipped_query_paths = set(skipped_queries)
     gnd = [{} if job.path in skipped_query_paths else entry for job, entry in zip(query_jobs, truth.gnd, strict=True)]
     metrics = setup_metrics(evaluate(query, database, gnd, normalization=config.accuracy.normalization))
+    skipped_rows = (_rows_of(query_jobs, skipped_queries), _rows_of(database_jobs, skipped_images))
+    warnings = zero_descriptor_warnings(
+        query, database, source=f"{config.precision.name} descriptors in {run_dir}", skipped=skipped_rows
+    )
+    for warning in warnings:
+        log.warning("accuracy: %s", warning)
     fp32 = None
     if config.accuracy.compare_fp32 and config.precision.name != "fp32":
         log.info("stage=accuracy extracting again in fp32 for comparison")
@@ -189,10 +198,17 @@ def run_accuracy(
         images_per_s=(len(query_jobs) + len(database_jobs)) / extraction_time_s,
         published=published,
         fp32=fp32,
+        warnings=tuple(warnings),
         **{setup: metrics[setup] for setup in SETUPS},
     )
     log.info("accuracy medium_map=%.2f hard_map=%.2f", result.medium.map, result.hard.map)
     return result
+
+
+def _rows_of(jobs: Sequence[ImageJob], paths: list[str]) -> set[int]:
+    """The rows of ``jobs`` whose image is one of ``paths``."""
+    wanted = set(paths)
+    return {row for row, job in enumerate(jobs) if job.path in wanted}
 
 
 def _extract_all(

@@ -67,3 +67,4 @@ class AccuracyResult:
     images_per_s: float
     published: tuple[Published, ...] = ()
     fp32: Fp32Comparison | None = None
+    warnings: tuple[str, ...] = ()

@@ -19,6 +19,7 @@ from harness.data.synthetic import synthetic_name, write_synthetic
 from harness.errors import ConfigError, DataError
 from harness.pipeline import run
 from harness.resolve import resolve_config
+from harness.result import load_result
 from harness.summary import format_summary
 from tests.conftest import REPO_ROOT, compose
 
@@ -203,6 +204,22 @@ def test_a_corrupt_image_fails_naming_it_or_is_skipped_and_listed(tmp_path: Path
         line.split(maxsplit=1) for line in format_summary(without_query).splitlines()
     ]  # fmt: skip
     assert "scored" not in format_summary(skipped)
+    assert skipped.accuracy.warnings == without_query.accuracy.warnings == ()  # their zero rows are reported above
+
+
+def test_descriptors_a_build_left_all_zero_are_scored_with_a_warning(tmp_path: Path) -> None:
+    # The sleep backend returns zeros, as a runtime that silently fails does: the mAP of file-order ties was
+    # printed beside no sign of it.
+    result = tiny_run(tmp_path, "backend=sleep", "stages=[accuracy]")
+    assert result.status == "ok" and result.accuracy is not None
+    source = f"fp32 descriptors in {tmp_path / 'run'}"
+    assert result.accuracy.warnings == tuple(
+        f"{source}: {label} descriptor 0 is all zeros ({rows}): it ties with every other one (as an image skipped "
+        "at extraction does), ranked in file order among them"
+        for label, rows in (("query", "2 rows"), ("database", "16 rows"))
+    )
+    assert [line.split(maxsplit=1)[0] for line in format_summary(result).splitlines()].count("warning") == 2
+    assert load_result(tmp_path / "run").accuracy == result.accuracy
 
 
 def test_vendor_vdsp_preprocessing_and_perf_shape_from_vdsp(tmp_path: Path) -> None:
