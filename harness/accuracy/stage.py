@@ -147,17 +147,7 @@ def run_accuracy(
     """
     root, name, truth = dataset_truth(config)
     params = config.vdsp_params
-    boxes: Sequence[tuple[float, float, float, float] | None] = [
-        tuple(np.asarray(entry["bbx"], dtype=np.float64).tolist())
-        if config.accuracy.crop_queries and "bbx" in entry
-        else None  # type: ignore[misc]
-        for entry in truth.gnd
-    ]
-    query_jobs = [
-        ImageJob(str(image_path(root, name, image)), box, params)
-        for image, box in zip(truth.qimlist, boxes, strict=True)
-    ]
-    database_jobs = [ImageJob(str(image_path(root, name, image)), None, params) for image in truth.imlist]
+    query_jobs, database_jobs = _image_jobs(config, root, name, truth)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log.info("stage=accuracy dataset=%s queries=%d images=%d", name, len(query_jobs), len(database_jobs))
@@ -203,6 +193,23 @@ def run_accuracy(
     )
     log.info("accuracy medium_map=%.2f hard_map=%.2f", result.medium.map, result.hard.map)
     return result
+
+
+def _image_jobs(config: RunConfig, root: Path, name: str, truth: GroundTruth) -> tuple[list[ImageJob], list[ImageJob]]:
+    """The query images (cropped to their boxes with ``accuracy.crop_queries``) and the database images, each
+    to be preprocessed with the run's vdsp params."""
+    params = config.vdsp_params
+    boxes: Sequence[tuple[float, float, float, float] | None] = [
+        tuple(np.asarray(entry["bbx"], dtype=np.float64).tolist())
+        if config.accuracy.crop_queries and "bbx" in entry
+        else None  # type: ignore[misc]
+        for entry in truth.gnd
+    ]
+    query_jobs = [
+        ImageJob(str(image_path(root, name, image)), box, params)
+        for image, box in zip(truth.qimlist, boxes, strict=True)
+    ]
+    return query_jobs, [ImageJob(str(image_path(root, name, image)), None, params) for image in truth.imlist]
 
 
 def _rows_of(jobs: Sequence[ImageJob], paths: list[str]) -> set[int]:
