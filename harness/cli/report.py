@@ -53,7 +53,7 @@ def report(arguments: list[str]) -> int:
             downloaded = download_runs(store, folder / "runs")
             runs += downloaded.runs
             found.unreadable.update(downloaded.unreadable)
-        runs = _once_each(runs)
+        given, runs = len(runs), _once_each(runs)
         if not runs and created:  # no report: no empty folder left behind either
             shutil.rmtree(folder, ignore_errors=True)
         if not runs and found.unreadable:
@@ -67,6 +67,11 @@ def report(arguments: list[str]) -> int:
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if given > len(runs):
+        print(
+            f"note: {counted(given - len(runs), 'run')} found again under another path (the same run_uid: a sweep "
+            "and its job, a folder and the store it was logged to, a copy) drawn and counted once"
+        )
     print(
         f"report: {written.index_md} ({counted(len(written.plots), 'plot')}, {counted(len(runs), 'run')}; "
         "index.html is self-contained)"

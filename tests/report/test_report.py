@@ -242,6 +242,8 @@ def test_a_run_named_twice_is_reported_once(runs: list[LabelledRun], tmp_path: P
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(", 2 runs; index.html is self-contained)"), done.stdout  # it said 4
+    # 30 folders given, "1 run" reported: why is said
+    assert "note: 1 run found again under another path (the same run_uid: a sweep and its job, " in done.stdout
     name = f"{folder.name}+{copy.name}+{runs[1].run_dir.name}"  # the folder once, by either path
     rows = [line for line in (tmp_path / "reports" / name / "index.md").read_text().splitlines() if line[:2] == "| "]
     assert len(rows) == 1 + 2  # the header and each run once
