@@ -6,6 +6,7 @@ Signals and locks: ``docs/tracking.md``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -21,6 +22,8 @@ from typing import Any, TypeVar
 from harness.config.schema import PathsConfig, TrackingConfig
 from harness.errors import TrackingError, masked
 from harness.tracking.records import shorten
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # MLflow opens an experiment of this kind as a classic machine-learning experiment (the runs table), not
@@ -168,6 +171,11 @@ class StoreClient:
         # MLflow prints a server's run and experiment URLs, with any password in the URI, for each run it ends:
         # the harness prints one line per run itself (``ui_hint``), without it.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        # MLflow's own "Creating initial MLflow database tables..." lines, in its own format amid the harness's:
+        # the harness says it once, in its log.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).expanduser().exists():
+            log.info("new MLflow store %s", uri)
         from mlflow.tracking import MlflowClient
 
         self.tracking = tracking

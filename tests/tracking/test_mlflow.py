@@ -206,6 +206,8 @@ def test_a_password_in_the_tracking_uri_is_masked_in_all_the_harness_shows_and_l
 def test_sweep_with_parallel_jobs_on_sqlite(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", *SWEEP, "hydra/launcher=parallel")
     assert done.returncode == 0, done.stderr
+    # the new store is named once in the harness's log, not by MLflow's own lines in its own format
+    assert "INFO mlflow" not in done.stdout + done.stderr and "new MLflow store sqlite:///" in done.stdout
     check_sweep(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", find_sweep_dir(tmp_path), expected_jobs=4)
     report = harness(tmp_path, "report", "mlflow", "--out", str(tmp_path / "from-mlflow"))
     assert report.returncode == 0, report.stderr
