@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -29,10 +31,20 @@ DEVICE_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 GPU_PACKAGE_HINT = "install onnxruntime-gpu in place of onnxruntime: pip install 'dinov2-deploy-harness[ort-gpu]'"
 TENSORRT = "TensorrtExecutionProvider"
 TRT_FP16_OPTION = "trt_fp16_enable"
+PROVIDER_SUFFIX = "ExecutionProvider"
 KNOWN_PROVIDERS = (
     "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "OpenVINOExecutionProvider",
     "DnnlExecutionProvider", "ROCMExecutionProvider", "CoreMLExecutionProvider", "QNNExecutionProvider",
 )  # fmt: skip
+
+
+def closest_provider(name: str, known: Sequence[str]) -> str | None:
+    """The provider of ``known`` whose name is closest to ``name``, compared without the ``ExecutionProvider`` they
+    all end in (which made 'FooExecutionProvider' close to 'QNNExecutionProvider'; a mistyped one too), ignoring
+    case ('cuda')."""
+    stems = {provider.removesuffix(PROVIDER_SUFFIX).lower(): provider for provider in known}
+    close = difflib.get_close_matches(re.sub(r"(?i)exec\w*$", "", name).lower(), list(stems), n=1)
+    return stems[close[0]] if close else None
 
 
 @dataclass(frozen=True)
@@ -148,9 +160,8 @@ class OrtBackend:
         available = onnxruntime.get_available_providers()
         for provider in self.config.providers:
             if provider not in available:
-                known = KNOWN_PROVIDERS if provider not in KNOWN_PROVIDERS else available
-                close = difflib.get_close_matches(provider, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close and close[0] != provider else ""
+                close = closest_provider(provider, KNOWN_PROVIDERS if provider not in KNOWN_PROVIDERS else available)
+                hint = f"; did you mean {close!r}?" if close and close != provider else ""
                 if provider in DEVICE_PROVIDERS:
                     hint = f"; {GPU_PACKAGE_HINT}"
                 raise BackendUnavailable(

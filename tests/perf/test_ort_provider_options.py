@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.backends import fp32_reference_backend
-from harness.backends.onnxruntime_backend import OrtConfig, session_provider_options
+from harness.backends.onnxruntime_backend import KNOWN_PROVIDERS, OrtConfig, closest_provider, session_provider_options
 from harness.errors import ConfigError
 from tests.conftest import run_config
 
@@ -74,3 +74,17 @@ def test_the_cpu_provider_is_given_no_options(cache_dir: Path) -> None:
 def test_a_provider_option_that_is_not_a_scalar_is_refused_naming_it(cache_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"backend.provider_options\[0\].device_id=\[0, 1\]: expected"):
         ort_config(cache_dir, "backend.provider_options=[{device_id:[0,1]}]")
+
+
+@pytest.mark.parametrize(
+    ("given", "suggested"),
+    [
+        ("FooExecutionProvider", None),  # was 'QNNExecutionProvider': every name shares the suffix
+        ("cuda", "CUDAExecutionProvider"),
+        ("TensorRTExecutionProvider", "TensorrtExecutionProvider"),
+        ("OpenVinoExecutionProvider", "OpenVINOExecutionProvider"),
+        ("CPUExecutionPovider", "CPUExecutionProvider"),
+    ],
+)
+def test_a_mistyped_provider_is_told_the_closest_known_one(given: str, suggested: str | None) -> None:
+    assert closest_provider(given, KNOWN_PROVIDERS) == suggested
