@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from harness.errors import DataError, HarnessError, counted, masked, unwritable_reason
-from harness.fileio import write_json_atomic
+from harness.fileio import locked, write_json_atomic
 from harness.gate.evidence import Evidence, evidence_of
 from harness.report import SWEEP_FILE, folder_kind, job_dirs, record_folder
 from harness.result import RESULT_FILE, RunResult, load_result
@@ -147,10 +147,20 @@ def entries_for(entries: list[Evidence], config_hash: str) -> list[Evidence]:
 def write_baseline_file(path: Path, evidence: list[Evidence]) -> None:
     """Add (or replace, per config hash and machine) entries in a baseline file; only runs that ended ``ok``."""
     check_promotable({item.label: why for item in evidence if (why := item.failure or item.perf_problem)})
-    entries = read_baseline_file(path) if path.exists() else []
-    replaced = {(item.config_hash, item.hardware_fingerprint) for item in evidence}
-    kept = [item for item in entries if (item.config_hash, item.hardware_fingerprint) not in replaced]
-    record = {
+    try:
+        # One promotion at a time: two at once (CI jobs promoting their runs into one file) each read the file
+        # before the other wrote it, and the later write dropped the earlier one's entries.
+        with locked(path):
+            entries = read_baseline_file(path) if path.exists() else []
+            replaced = {(item.config_hash, item.hardware_fingerprint) for item in evidence}
+            kept = [item for item in entries if (item.config_hash, item.hardware_fingerprint) not in replaced]
+            write_json_atomic(path, _baseline_record(path, [*kept, *evidence]))
+    except OSError as error:
+        raise DataError(f"{path}: cannot write the baseline ({unwritable_reason(path, error)})") from None
+
+
+def _baseline_record(path: Path, evidence: list[Evidence]) -> dict[str, object]:
+    return {
         "schema_version": BASELINE_SCHEMA,
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "entries": [
@@ -158,14 +168,9 @@ def write_baseline_file(path: Path, evidence: list[Evidence]) -> None:
                 "label": item.label.split(":", 1)[-1] if item.label.startswith(str(path)) else Path(item.label).name,
                 **{key: value for key, value in asdict(item).items() if key in BASELINE_FIELDS},
             }
-            for item in [*kept, *evidence]
+            for item in evidence
         ],
     }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, record)
-    except OSError as error:
-        raise DataError(f"{path}: cannot write the baseline ({unwritable_reason(path, error)})") from None
 
 
 def mlflow_baselines(store: Store, config_hash: str, *, candidates: frozenset[str] = frozenset()) -> list[Evidence]:

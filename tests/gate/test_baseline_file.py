@@ -3,12 +3,16 @@ the entry, and a well-formed one reads back what was written."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
 from harness.errors import DataError
+from harness.gate import sources
+from harness.gate.evidence import Evidence
 from harness.gate.sources import read_baseline_file
 
 ENTRY = {
@@ -56,3 +60,30 @@ def test_a_file_of_another_schema_or_no_json_is_named(tmp_path: Path) -> None:
     (tmp_path / "cut.json").write_text('{"schema_version": 1, "entr')
     with pytest.raises(DataError, match=r"cut.json: not a baseline file \(JSONDecodeError: "):
         read_baseline_file(tmp_path / "cut.json")
+
+
+def test_two_promotions_at_once_keep_both_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # CI jobs promoting their runs into one file at once: each read it before the other wrote, and the later
+    # write dropped the earlier one's entries.
+    path = write(tmp_path / "base.json", [ENTRY])
+    reading = threading.Barrier(2, timeout=2)
+    plain_read = sources.read_baseline_file
+
+    def slow_read(file: Path) -> list[Evidence]:
+        entries = plain_read(file)
+        with contextlib.suppress(threading.BrokenBarrierError):  # the other promotion waits for the lock instead
+            reading.wait()
+        return entries
+
+    monkeypatch.setattr(sources, "read_baseline_file", slow_read)
+    promoted = [
+        Evidence(label=f"run{index}", config_hash=f"hash{index}", hardware_fingerprint="0123456789ab",
+                 metrics={"map_medium": (90.0 + index,)})
+        for index in (1, 2)
+    ]  # fmt: skip
+    threads = [threading.Thread(target=sources.write_baseline_file, args=(path, [item])) for item in promoted]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(item.config_hash for item in read_baseline_file(path)) == ["6e90b22bf206", "hash1", "hash2"]
