@@ -165,7 +165,12 @@ def vamp_parse(arguments: list[str]) -> int:
                 text = path.read_text(errors="replace")
             except OSError as error:
                 raise HarnessError(f"{path}: cannot read ({error.strerror})") from None
-            parsed.append((path, perf_fields(parse_vamp(text, source=str(path)))))
+            vamp = parse_vamp(text, source=str(path))
+            if vamp.throughput_qps is None:  # logged, it was a run without numbers
+                raise HarnessError(
+                    f"{path}: no 'throughput (qps)' line: a report cut short (vamp stopped before its summary)"
+                )
+            parsed.append((path, perf_fields(vamp)))
         print(json.dumps([{"file": str(path), **report} for path, report in parsed], indent=2, ensure_ascii=False))
         if config is not None:
             from harness.tracking import log_vamp_file

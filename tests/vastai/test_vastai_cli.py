@@ -85,6 +85,18 @@ def test_vamp_parse_refuses_what_is_not_vamp_output(tmp_path: Path) -> None:
         done.stderr.strip()
         == f"error: {tmp_path / 'notes.txt'}: no 'number of instances in each device' line: not a vamp report"
     )
+    # A log cut short (vamp killed mid-run) was printed, and logged with --log, as a run with no numbers.
+    whole = (FIXTURES / "vamp-2.1.0-percentiles.txt").read_text()
+    (tmp_path / "cut.txt").write_text(whole[: whole.index("throughput")])
+    cut = harness_in(tmp_path, "vamp-parse", str(tmp_path / "cut.txt"))
+    assert (
+        cut.returncode == 1
+        and cut.stdout == ""
+        and cut.stderr.strip()
+        == (
+            f"error: {tmp_path / 'cut.txt'}: no 'throughput (qps)' line: a report cut short (vamp stopped before its summary)"
+        )
+    )
     missing = harness_in(tmp_path, "vamp-parse", str(tmp_path / "absent.txt"))
     assert (
         missing.returncode == 1
