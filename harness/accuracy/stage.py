@@ -96,7 +96,8 @@ def zero_descriptor_warnings(
         if zero.size:
             warnings.append(
                 f"{source}: {label} descriptor {int(zero[0])} is all zeros ({counted(zero.size, 'row')}): it ties "
-                "with every other one (as an image skipped at extraction does), ranked in file order among them"
+                "with every other one, ranked in file order among them (an image lost at extraction, or a runtime "
+                "that output nothing)"
             )
     return warnings
 
@@ -160,7 +161,7 @@ def run_accuracy(
     metrics = setup_metrics(evaluate(query, database, gnd, normalization=config.accuracy.normalization))
     skipped_rows = (_rows_of(query_jobs, skipped_queries), _rows_of(database_jobs, skipped_images))
     warnings = zero_descriptor_warnings(
-        query, database, source=f"{config.precision.name} descriptors in {run_dir}", skipped=skipped_rows
+        query, database, source=f"{config.precision.name} descriptors", skipped=skipped_rows
     )
     for warning in warnings:
         log.warning("accuracy: %s", warning)

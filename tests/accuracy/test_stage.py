@@ -94,8 +94,9 @@ def test_eval_features_reproduces_the_run(tmp_path: Path) -> None:
     (warning,) = evaluate_files(gnd, query=tmp_path / "run" / "features_query.npy", database=tmp_path / "zero.npy")[
         "warnings"
     ]
-    assert warning.endswith("zero.npy: database descriptor 7 is all zeros (1 row): it ties with every other one "
-                            "(as an image skipped at extraction does), ranked in file order among them")  # fmt: skip
+    assert warning.endswith("zero.npy: database descriptor 7 is all zeros (1 row): it ties with every other one, "
+                            "ranked in file order among them (an image lost at extraction, or a runtime that output "
+                            "nothing)")  # fmt: skip
     with pytest.raises(
         DataError, match=rf"^{tmp_path}: cannot write the metrics \(a folder: give the file to write\)$"
     ):
@@ -212,10 +213,9 @@ def test_descriptors_a_build_left_all_zero_are_scored_with_a_warning(tmp_path: P
     # printed beside no sign of it.
     result = tiny_run(tmp_path, "backend=sleep", "stages=[accuracy]")
     assert result.status == "ok" and result.accuracy is not None
-    source = f"fp32 descriptors in {tmp_path / 'run'}"
     assert result.accuracy.warnings == tuple(
-        f"{source}: {label} descriptor 0 is all zeros ({rows}): it ties with every other one (as an image skipped "
-        "at extraction does), ranked in file order among them"
+        f"fp32 descriptors: {label} descriptor 0 is all zeros ({rows}): it ties with every other one, ranked in file "
+        "order among them (an image lost at extraction, or a runtime that output nothing)"
         for label, rows in (("query", "2 rows"), ("database", "16 rows"))
     )
     assert [line.split(maxsplit=1)[0] for line in format_summary(result).splitlines()].count("warning") == 2
