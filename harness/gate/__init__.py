@@ -197,7 +197,9 @@ def rerun_perf(candidate: Evidence, attempt: int) -> Evidence:
     earlier = [int(folder.name) for folder in reruns.glob("*") if folder.name.isdigit()]
     result = run(resolve_config(saved), run_dir=reruns / str(max(earlier, default=0) + 1))
     if result.status != "ok" or result.error is not None:
-        raise HarnessError(f"{run_dir}: the gate's rerun {attempt} failed: {result.error and result.error.message}")
+        raise HarnessError(
+            f"{run_dir}: the gate's rerun {attempt} ({result.run_dir}) failed: {result.error and result.error.message}"
+        )
     measured = evidence_of(result, label=result.run_dir)
     return dataclasses.replace(
         measured, metrics={name: values for name, values in measured.metrics.items() if name in PER_REPEAT}
