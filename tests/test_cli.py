@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,8 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     done = harness(tmp_path, "--help")
     assert done.returncode == 0
     assert "run " in done.stdout and "build " in done.stdout
+    version = harness(tmp_path, "--version")  # was "error: command='--version': expected one of [...]"
+    assert version.returncode == 0 and version.stdout == f"harness {metadata.version('dinov2-deploy-harness')}\n"
 
 
 def test_a_commands_help_names_the_command_and_lists_bf16(tmp_path: Path) -> None:

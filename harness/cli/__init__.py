@@ -55,7 +55,7 @@ COMMANDS: dict[str, Command] = {
 
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: harness <command> [hydra overrides] [-m]", "", "commands:"]
+    lines = ["usage: harness <command> [hydra overrides] [-m]  |  harness --version", "", "commands:"]
     lines += [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
     lines += ["", "`harness run --help` shows the config groups and options."]
     return "\n".join(lines)
@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if arguments[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if arguments[0] in ("-V", "--version"):
+        from harness import __version__
+
+        print(f"harness {__version__}")
         return 0
     name, rest = arguments[0], arguments[1:]
     if name not in COMMANDS:
