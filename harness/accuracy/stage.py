@@ -92,7 +92,7 @@ def zero_descriptor_warnings(
     image, or of a build whose output is zero."""
     warnings = []
     for (label, matrix), expected in zip((("query", query), ("database", database)), skipped, strict=True):
-        zero = np.array([row for row in np.flatnonzero(~matrix.any(axis=1)) if row not in expected], dtype=np.int64)
+        zero = np.setdiff1d(np.flatnonzero(~matrix.any(axis=1)), list(expected))
         if zero.size:
             warnings.append(
                 f"{source}: {label} descriptor {int(zero[0])} is all zeros ({counted(zero.size, 'row')}): it ties "
@@ -156,10 +156,9 @@ def run_accuracy(
     query, database, skipped_queries, skipped_images = extract_all(artifact_path, config.precision.name, run_dir)
     check_descriptors(query, database, truth, source=f"{config.precision.name} descriptors in {run_dir}")
     extraction_time_s = time.perf_counter() - started
-    skipped_query_paths = set(skipped_queries)
-    gnd = [{} if job.path in skipped_query_paths else entry for job, entry in zip(query_jobs, truth.gnd, strict=True)]
-    metrics = setup_metrics(evaluate(query, database, gnd, normalization=config.accuracy.normalization))
     skipped_rows = (_rows_of(query_jobs, skipped_queries), _rows_of(database_jobs, skipped_images))
+    gnd = [{} if row in skipped_rows[0] else entry for row, entry in enumerate(truth.gnd)]
+    metrics = setup_metrics(evaluate(query, database, gnd, normalization=config.accuracy.normalization))
     warnings = zero_descriptor_warnings(
         query, database, source=f"{config.precision.name} descriptors", skipped=skipped_rows
     )

@@ -93,6 +93,11 @@ def runs_table_url(base: str, experiment_id: str) -> str:
 SQLITE_PREFIX = "sqlite:///"
 
 
+def sqlite_database(uri: str) -> Path | None:
+    """The database file of a SQLite store's URI; ``None`` for any other store."""
+    return Path(uri.removeprefix(SQLITE_PREFIX)).expanduser() if uri.startswith(SQLITE_PREFIX) else None
+
+
 def resolve_store(tracking: TrackingConfig, paths: PathsConfig) -> tuple[str, str | None]:
     """(tracking URI, artifact location for new experiments or ``None`` to let a server decide).
 
@@ -100,9 +105,9 @@ def resolve_store(tracking: TrackingConfig, paths: PathsConfig) -> tuple[str, st
     in whatever folder the command was started from.
     """
     uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri and uri.startswith(SQLITE_PREFIX):
-        database = Path(uri.removeprefix(SQLITE_PREFIX)).expanduser().resolve()
-        return uri, (database.parent / "mlartifacts").as_uri()
+    database = sqlite_database(uri or "")
+    if uri and database is not None:
+        return uri, (database.resolve().parent / "mlartifacts").as_uri()
     if uri:
         return uri, None
     outputs = paths.path("outputs").resolve()
@@ -174,7 +179,7 @@ class StoreClient:
         # MLflow's own "Creating initial MLflow database tables..." lines, in its own format amid the harness's:
         # the harness says it once, in its log.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-        if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).expanduser().exists():
+        if (database := sqlite_database(uri)) is not None and not database.exists():
             log.info("new MLflow store %s", uri)
         from mlflow.tracking import MlflowClient
 
@@ -203,7 +208,7 @@ def existing_store(uri: str, tracking: TrackingConfig, *, opened: StoreClient | 
     is gone is an error, not a new store."""
     if opened is not None and opened.uri == uri:
         return opened
-    if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).expanduser().exists():
+    if (database := sqlite_database(uri)) is not None and not database.exists():
         raise TrackingError(f"tracking store {masked(uri)}: the database file is gone")
     return StoreClient(uri, tracking)
 
