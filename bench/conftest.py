@@ -26,4 +26,4 @@ def vits_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, 
         input_size=(224, 224),
         progress=False,
     )
-    return config, build_artifact(config, model, weights).artifact_path
+    return config, str(build_artifact(config, model, weights).artifact[0])

@@ -20,6 +20,7 @@ from typing import Any
 
 from harness.accuracy.stage import check_dataset_present, run_accuracy
 from harness.backends import check_backend, fp32_reference_backend, is_toolchain
+from harness.backends.torch_config import checks_module
 from harness.config.schema import RunConfig
 from harness.data.calibration import calibration_files
 from harness.environment import capture
@@ -115,7 +116,9 @@ def _run_stages(config: RunConfig, run_dir: Path, finished: _Finished) -> None:
     )  # fmt: skip
     fp32_build: BuildResult | None = None
     compare_fp32 = "accuracy" in config.stages and config.accuracy.compare_fp32 and config.precision.name != "fp32"
-    if "build" in config.stages and config.backend.loads_artifact:
+    if "build" in config.stages and (
+        config.backend.loads_artifact or checks_module(config.backend, config.precision.name)
+    ):
         # Imported here: the build is the only stage that needs torch in this process (seconds to import).
         from harness.export.build import run_build
 

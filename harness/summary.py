@@ -24,7 +24,13 @@ def format_summary(result: RunResult) -> str:
     if result.weights and result.weights.kind == "random":
         rows.append(("note", "RANDOM weights: numbers show speed and numerics, not retrieval quality"))
     if "build" in result.stages and result.build is None and result.status == "ok":
-        rows.append(("artifact", f"none built: backend={result.config.backend['name']} runs no built artifact"))
+        backend = result.config.backend
+        why = (
+            "its eager fp32 module on the CPU is the torch fp32 reference itself"
+            if backend.get("artifact") == "module"
+            else "runs no built artifact"
+        )
+        rows.append(("artifact", f"none built: backend={backend['name']} {why}"))
     if result.build:
         rows += _build_rows(result.build)
     if result.perf:
@@ -41,14 +47,19 @@ def format_summary(result: RunResult) -> str:
 def _build_rows(build: BuildResult) -> list[Row]:
     """The artifact, whether it came from the cache, its parity check and how it was quantized."""
     parity = build.parity
+    checked = (
+        f"min cos {parity.min_cosine:.7f} (>= {parity.threshold_min_cosine}), "
+        f"max abs err {parity.max_abs_error:.2e} on {counted(len(parity.images), 'photo')}"
+    )
+    if build.manifest is None:
+        return [
+            ("artifact", "none: each worker builds the module in memory from the model config"),
+            ("parity", f"{checked}, the module as the workers build it"),
+        ]
     rows = [
-        ("artifact", build.artifact_path),
+        ("artifact", str(build.artifact_path)),
         ("cache", "hit" if build.cache_hit else f"built in {build.manifest.export_time_s:.1f} s"),
-        (
-            "parity",
-            f"min cos {parity.min_cosine:.7f} (>= {parity.threshold_min_cosine}), "
-            f"max abs err {parity.max_abs_error:.2e} on {counted(len(parity.images), 'photo')}",
-        ),
+        ("parity", checked),
     ]
     quantization = build.manifest.quantization
     if quantization:

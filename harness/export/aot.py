@@ -14,25 +14,22 @@ import copy
 import functools
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from harness import __version__
-from harness.backends import BackendFactory, LoadTarget, check_backend
+from harness.backends import LoadTarget, check_backend
 from harness.backends.torch_backend import AOTI_PACKAGE_SUFFIX, torch_dtype
 from harness.backends.torch_config import TorchConfig
 from harness.config.schema import RunConfig
-from harness.data.photos import sample_photos
 from harness.environment import cpu_isa
 from harness.export import aoti_package, cache
 from harness.export.aoti_package import compile_package
-from harness.export.parity import compare_features, reference_features
 from harness.export.stage import cached_or_built, new_manifest
+from harness.export.torch_module import torch_parity
 from harness.models import dinov2
-from harness.preprocess import batch_of
 from harness.result.build import BuildManifest, BuildResult, ParityResult, WeightsInfo
 
 log = logging.getLogger(__name__)
@@ -113,28 +110,10 @@ def _compile_into_cache(
 
 
 def package_parity(config: RunConfig, reference: dinov2.DinoVisionTransformer, package: Path) -> ParityResult:
-    """The parity photos through the package, loaded and run by the torch backend (padded to its batch), against
-    torch fp32 on the CPU; raises ``BuildError`` when a bound of the precision fails."""
-    backend = config.backend
-    assert isinstance(backend, TorchConfig)
-    photos = sample_photos(config.build.parity_images)
-    inputs = batch_of([image for _, image in photos], config.model.input_size)
-    expected = reference_features(reference, inputs)
+    """The parity photos through the package, loaded and run by the torch backend (which pads them to its batch),
+    against torch fp32 on the CPU; raises ``BuildError`` when a bound of the precision fails."""
     target = LoadTarget(
         artifact_path=str(package), model=config.model, precision=config.precision.name,
         cache_dir=str(config.paths.path("cache")),
     )  # fmt: skip
-    # Parity runs each batch as it is: no CUDA graph capture and no host staging for a handful of photos.
-    runner = BackendFactory(replace(backend, cuda_graphs=False, host_io=False), target)()
-    rows = []
-    try:
-        for start in range(0, len(inputs), config.perf.batch):
-            runner.prepare(inputs[start : start + config.perf.batch])
-            runner.infer()
-            rows.append(np.asarray(runner.outputs(), dtype=np.float32))
-    finally:
-        runner.close()
-    return compare_features(
-        np.concatenate(rows), expected, images=tuple(name for name, _ in photos), artifact=package.name,
-        precision=config.precision, runtime=f"torch {torch.__version__} AOTInductor on {backend.device}",
-    )  # fmt: skip
+    return torch_parity(config, reference, target, name=package.name, pad=False)

@@ -1,5 +1,6 @@
 """The build stage's choice of artifact: an ONNX build (quantized from a verified fp32 build for int8), an
-AOTInductor package for the torch backend, or a vendor toolchain's compile of the fp32 ONNX build.
+AOTInductor package for the torch backend, or a vendor toolchain's compile of the fp32 ONNX build; for the torch
+module, which each worker builds in memory, the module's parity check alone.
 
 Its own module because it is the only stage that needs the torch model in the run's process: the pipeline
 imports it only when the build stage runs, so a run without one never pays for torch's import.
@@ -12,10 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.backends import is_toolchain
+from harness.backends.torch_config import checks_module
 from harness.config.schema import RunConfig
 from harness.export.aot import build_aot_package, wants_aot_package
 from harness.export.device import compile_for_device
 from harness.export.stage import FLOAT_BASE, build_artifact
+from harness.export.torch_module import check_module
 from harness.models.variants import get_variant
 from harness.models.weights import backbone_from
 from harness.result.build import BuildResult, WeightsInfo
@@ -47,4 +50,6 @@ def run_build(
         return compile_for_device(config, model, fp32_build), fp32_build
     if wants_aot_package(config.backend):
         return build_aot_package(config, model, weights), fp32_build
+    if checks_module(config.backend, config.precision.name):
+        return check_module(config, model), fp32_build
     return build_artifact(config, model, weights, base=fp32_build), fp32_build

@@ -44,7 +44,7 @@ def compile_for_device(config: RunConfig, model: dinov2.DinoVisionTransformer, b
     versions = toolchain.versions()
     backend = {key: value for key, value in asdict(config.backend).items() if key not in NOT_BUILD_IDENTITY}
     fields = {
-        "base_artifact": base.manifest.cache_key,
+        "base_artifact": base.artifact[1].cache_key,
         "precision": config.precision.name,
         "batch": config.perf.batch,
         "input_size": list(config.model.input_size),
@@ -73,12 +73,13 @@ def _compile_into_cache(
     config: RunConfig, model: dinov2.DinoVisionTransformer, toolchain: Toolchain, base: BuildResult, *,
     fields: dict[str, object], key: str, spec_name: str, folder: Path, versions: dict[str, str],
 ) -> BuildManifest:  # fmt: skip
+    base_path, base_manifest = base.artifact
     log.info(
-        "build start artifact=%s compiler=%s base=%s", folder.name, config.backend.name, base.manifest.artifact_name
+        "build start artifact=%s compiler=%s base=%s", folder.name, config.backend.name, base_manifest.artifact_name
     )
     with cache.staging_for(folder) as staging:
         compiled = toolchain.compile(
-            Path(base.artifact_path), name=spec_name, input_name=INPUT_NAME, batch=config.perf.batch,
+            base_path, name=spec_name, input_name=INPUT_NAME, batch=config.perf.batch,
             shape=config.input_shape, precision=config.precision.name, workspace=staging,
         )  # fmt: skip
         parity = device_parity(config, model, toolchain, compiled.prefix)
@@ -93,7 +94,7 @@ def _compile_into_cache(
             export_time_s=compiled.run.wall_s,
             parity=parity,
             toolchain=ToolchainRecord(
-                base_artifact=base.manifest.artifact_name,
+                base_artifact=base_manifest.artifact_name,
                 model_prefix=prefix,
                 spec_file=f"{spec_name}.yaml",
                 spec=compiled.spec,

@@ -66,7 +66,7 @@ def quantized_key_fields(config: RunConfig, base: BuildResult, calibration: Cali
     quantization = asdict(config.precision.quantization)
     quantization["reduce_range"] = resolve_reduce_range(config.precision.quantization.reduce_range, cpu_isa())
     return {
-        "base_artifact": base.manifest.cache_key,
+        "base_artifact": base.artifact[1].cache_key,
         "precision": config.precision.name,
         "quantization": quantization,
         "calibration": None
@@ -206,9 +206,10 @@ def _quantize(
     config: RunConfig, base: BuildResult, calibration: CalibrationSet | None, path: Path
 ) -> tuple[bool, QuantizationRecord | None]:
     assert config.precision.quantization is not None
-    external = base.manifest.external_data
+    base_path, base_manifest = base.artifact
+    external = base_manifest.external_data
     record = quantize.quantize_onnx(
-        Path(base.artifact_path), path, base_artifact=base.manifest.artifact_name,
+        base_path, path, base_artifact=base_manifest.artifact_name,
         quantization=config.precision.quantization, calibration_config=config.calibration, calibration=calibration,
         external=external,
     )  # fmt: skip

@@ -143,6 +143,10 @@ class BuildManifest:
 class BuildResult:
     """The build stage's section of ``result.json``.
 
+    A torch module run (``backend=torch``, ``backend.artifact=module``) has no artifact: each worker builds the
+    module in memory, so ``artifact_path``, ``cache_hit`` and ``manifest`` are ``None`` and ``parity`` is the
+    module's.
+
     Attributes:
         artifact_path: absolute path of the model file to load (a toolchain build: the prefix its profiler loads).
         cache_hit: the artifact came from the cache (no export in this run).
@@ -151,13 +155,22 @@ class BuildResult:
         time_s: wall time of the stage, seconds.
     """
 
-    artifact_path: str
-    cache_hit: bool
-    manifest: BuildManifest
+    artifact_path: str | None
+    cache_hit: bool | None
+    manifest: BuildManifest | None
     parity: ParityResult
     time_s: float
 
     @property
-    def artifact_folder(self) -> Path:
-        """The cached artifact's folder (``build.json`` and every file of the manifest)."""
-        return Path(self.artifact_path).parents[len(Path(self.manifest.model_file).parts) - 1]
+    def artifact(self) -> tuple[Path, BuildManifest]:
+        """(the model file, its manifest) of a build that made an artifact (a module run made none)."""
+        assert self.artifact_path is not None and self.manifest is not None, "a torch module run has no artifact"
+        return Path(self.artifact_path), self.manifest
+
+    @property
+    def artifact_folder(self) -> Path | None:
+        """The cached artifact's folder (``build.json`` and every file of the manifest), ``None`` for a module."""
+        if self.manifest is None:
+            return None
+        path, manifest = self.artifact
+        return path.parents[len(Path(manifest.model_file).parts) - 1]

@@ -312,11 +312,11 @@ def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: RunResult) 
             for path in sorted((run_dir / ".hydra").glob("*.yaml")):
                 (Path(shown) / path.name).write_text(masked(path.read_text()))
             store.call(lambda: store.client.log_artifacts(run_id, shown, artifact_path="hydra"))
-    if result.build:
-        folder = result.build.artifact_folder
+    folder = result.build.artifact_folder if result.build else None
+    if result.build and folder is not None:  # a torch module run built nothing to attach
         cached: dict[Path, str | None] = {folder / "build.json": None}  # file -> its folder among the artifacts
         if store.tracking.log_model:
-            cached.update({folder / record.name: "model" for record in result.build.manifest.files})
+            cached.update({folder / record.name: "model" for record in result.build.artifact[1].files})
         gone = [path.name for path in cached if not path.exists()]
         if gone:
             # Synced later, or on another machine: the build cache is a cache. result.json keeps the manifest.

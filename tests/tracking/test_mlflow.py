@@ -105,6 +105,20 @@ def test_single_run_to_embedded_sqlite(tmp_path: Path) -> None:
     assert f"open the MLflow UI with `harness ui tracking.uri={uri} tracking.experiment=dinov2-deploy`" in done.stdout
 
 
+def test_a_torch_module_run_is_tracked_with_its_parity_and_no_artifact(tmp_path: Path) -> None:
+    done = harness(tmp_path, "run", "debug=tiny", "backend=torch", "precision=bf16", "stages=[build,perf]",
+                   "perf.iterations=4")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = load_result(Path(done.stdout.strip().splitlines()[-1]))
+    assert result.build is not None and result.build.manifest is None
+    (run,) = runs_of(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    assert run.data.metrics["parity_min_cos"] == pytest.approx(result.build.parity.min_cosine)
+    assert run.data.tags["harness.parity_passed"] == "true" and "harness.cache_hit" not in run.data.tags
+    artifacts = {item.path for item in MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+                 .list_artifacts(run.info.run_id)}  # fmt: skip
+    assert "result.json" in artifacts and "build.json" not in artifacts and "model" not in artifacts
+
+
 def test_a_failed_run_is_tracked_as_failed_with_its_log_saying_why(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "debug=tiny", "model.weights=/missing.pth")
     assert done.returncode == 1

@@ -1,0 +1,83 @@
+"""The torch module's build (backend.artifact=module): nothing exported or cached, but the module each worker
+builds is checked against torch fp32 on every run, at the run's batch when it is compiled."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from harness.backends.torch_config import checks_module
+from harness.pipeline import run
+from harness.result import load_result
+from harness.summary import format_summary
+from tests.conftest import run_config
+from tests.torch.test_torch_backend import CPU
+
+
+@pytest.mark.parametrize(
+    ("changes", "precision", "checked"),
+    [
+        ({}, "fp32", False),  # the reference itself
+        ({}, "bf16", True),
+        ({"compile": True}, "fp32", True),
+        ({"attention": "math"}, "fp32", True),
+        ({"device": "cuda"}, "fp32", True),
+        ({"artifact": "aoti"}, "fp16", False),  # an artifact: the AOT build checks the package
+    ],
+)
+def test_every_module_but_the_reference_itself_is_checked(changes: dict, precision: str, checked: bool) -> None:
+    assert checks_module(dataclasses.replace(CPU, **changes), precision) is checked
+
+
+def test_a_bf16_module_is_checked_against_fp32_and_nothing_is_cached(cache_dir: Path, tmp_path: Path) -> None:
+    config = run_config(
+        cache_dir, "backend=torch", "precision=bf16", "stages=[build,perf]", "perf.iterations=3", "tracking=off"
+    )
+    result = run(config, run_dir=tmp_path / "run")
+    assert result.status == "ok", result.error
+    build = result.build
+    assert build is not None and build.artifact_path is None and build.manifest is None and build.cache_hit is None
+    assert build.artifact_folder is None
+    # bf16 keeps 8 bits of mantissa: close to fp32, measurably not equal to it.
+    assert build.parity.passed and 0.999 <= build.parity.min_cosine < 0.999999
+    assert build.parity.runtime == f"torch {torch.__version__} eager module on cpu"
+    assert len(build.parity.images) == config.build.parity_images
+    assert not (cache_dir / "builds").exists()
+    rows = dict(line.split(maxsplit=1) for line in format_summary(result).splitlines())
+    assert rows["artifact"] == "none: each worker builds the module in memory from the model config"
+    assert rows["parity"].startswith(f"min cos {build.parity.min_cosine:.7f} (>= 0.999), max abs err ")
+    assert rows["parity"].endswith(" on 2 photos, the module as the workers build it")
+    assert load_result(tmp_path / "run") == result
+
+
+def test_a_module_that_drifts_from_fp32_fails_the_run_before_it_is_timed(cache_dir: Path, tmp_path: Path) -> None:
+    config = run_config(
+        cache_dir, "backend=torch", "precision=fp16", "precision.parity_min_cosine=1.0", "stages=[build,perf]",
+        "perf.iterations=3", "tracking=off",
+    )  # fmt: skip
+    result = run(config, run_dir=tmp_path / "run")
+    assert result.status == "failed" and result.error is not None and result.perf is None
+    assert result.error.type == "BuildError"
+    assert result.error.message.startswith(
+        "tiny14_reg4 eager module on cpu: parity with torch fp32 failed (fp16): min cosine 0.9999"
+    )
+
+
+@pytest.mark.slow
+def test_a_compiled_module_is_checked_with_the_one_graph_the_workers_time(cache_dir: Path, tmp_path: Path) -> None:
+    # 4 photos at batch 3: the last batch is filled up to 3, so one graph is compiled, not one for 3 and one for 1.
+    config = run_config(
+        cache_dir, "backend=torch", "backend.compile=true", "stages=[build]", "perf.batch=3", "build.parity_images=4",
+        "tracking=off",
+    )  # fmt: skip
+    torch._dynamo.reset()
+    counters.clear()
+    result = run(config, run_dir=tmp_path / "run")
+    assert result.status == "ok", result.error
+    assert result.build is not None and result.build.parity.passed and len(result.build.parity.images) == 4
+    assert result.build.parity.runtime.endswith("module, torch.compile mode=default on cpu")
+    assert counters["stats"]["unique_graphs"] == 1
