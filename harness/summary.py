@@ -26,7 +26,7 @@ def format_summary(result: RunResult) -> str:
     if "build" in result.stages and result.build is None and result.status == "ok":
         backend = result.config.backend
         why = (
-            "its eager fp32 module on the CPU is the torch fp32 reference itself"
+            "runs the eager fp32 module on the CPU, the torch fp32 reference itself"
             if backend.get("artifact") == "module"
             else "runs no built artifact"
         )

@@ -131,7 +131,7 @@ def test_a_torch_module_run_builds_nothing_it_would_not_run_and_says_so(tmp_path
     assert result.build is None and result.perf is not None and result.perf.backend == "torch"
     assert not (tmp_path / "cache" / "builds").exists()  # no ONNX export behind its back
     # The eager fp32 module on the CPU is what every parity check compares with: nothing to check either.
-    assert "none built: backend=torch its eager fp32 module on the CPU is the torch fp32 reference itself" in (
+    assert "none built: backend=torch runs the eager fp32 module on the CPU, the torch fp32 reference itself" in (
         format_summary(result)
     )
 
