@@ -116,9 +116,7 @@ def _run_stages(config: RunConfig, run_dir: Path, finished: _Finished) -> None:
     )  # fmt: skip
     fp32_build: BuildResult | None = None
     compare_fp32 = "accuracy" in config.stages and config.accuracy.compare_fp32 and config.precision.name != "fp32"
-    if "build" in config.stages and (
-        config.backend.loads_artifact or checks_module(config.backend, config.precision.name)
-    ):
+    if "build" in config.stages and (config.backend.loads_artifact or checks_module(config.backend)):
         # Imported here: the build is the only stage that needs torch in this process (seconds to import).
         from harness.export.build import run_build
 

@@ -24,13 +24,7 @@ def format_summary(result: RunResult) -> str:
     if result.weights and result.weights.kind == "random":
         rows.append(("note", "RANDOM weights: numbers show speed and numerics, not retrieval quality"))
     if "build" in result.stages and result.build is None and result.status == "ok":
-        backend = result.config.backend
-        why = (
-            "runs the eager fp32 module on the CPU, the torch fp32 reference itself"
-            if backend.get("artifact") == "module"
-            else "runs no built artifact"
-        )
-        rows.append(("artifact", f"none built: backend={backend['name']} {why}"))
+        rows.append(("artifact", f"none built: backend={result.config.backend['name']} runs no built artifact"))
     if result.build:
         rows += _build_rows(result.build)
     if result.perf:

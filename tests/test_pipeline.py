@@ -125,15 +125,15 @@ def test_a_run_with_nothing_to_build_records_its_weights_without_importing_torch
     assert weights["kind"] == "path" and weights["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
 
 
-def test_a_torch_module_run_builds_nothing_it_would_not_run_and_says_so(tmp_path: Path) -> None:
+def test_a_run_builds_nothing_it_would_not_run_and_says_so(tmp_path: Path) -> None:
     result = run(tiny(tmp_path, "backend=torch", "stages=[build,perf]", "perf.iterations=3"), run_dir=tmp_path / "run")
     assert result.status == "ok", result.error
-    assert result.build is None and result.perf is not None and result.perf.backend == "torch"
+    assert result.build is not None and result.build.artifact_path is None  # its module's parity only
+    assert result.perf is not None and result.perf.backend == "torch"
     assert not (tmp_path / "cache" / "builds").exists()  # no ONNX export behind its back
-    # The eager fp32 module on the CPU is what every parity check compares with: nothing to check either.
-    assert "none built: backend=torch runs the eager fp32 module on the CPU, the torch fp32 reference itself" in (
-        format_summary(result)
-    )
+    sleep = run(tiny(tmp_path, "backend=sleep", "stages=[build,perf]", "perf.iterations=3"), run_dir=tmp_path / "sleep")
+    assert sleep.status == "ok" and sleep.build is None
+    assert "none built: backend=sleep runs no built artifact" in format_summary(sleep)
 
     def startup(result: RunResult) -> list[list[str]]:
         return [line.split(maxsplit=1) for line in format_summary(result).splitlines() if line.startswith("  startup ")]

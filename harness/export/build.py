@@ -50,6 +50,6 @@ def run_build(
         return compile_for_device(config, model, fp32_build), fp32_build
     if wants_aot_package(config.backend):
         return build_aot_package(config, model, weights), fp32_build
-    if checks_module(config.backend, config.precision.name):
+    if checks_module(config.backend):
         return check_module(config, model), fp32_build
     return build_artifact(config, model, weights, base=fp32_build), fp32_build
