@@ -113,7 +113,8 @@ def pair(
             continue
         if base is None or cand is None:
             side, lacking = ("baseline", baseline) if base is None else ("candidate", candidate)
-            problems.append(f"metric {metric} missing in the {side}: {_why_missing(lacking, rule.kind, settings)}")
+            why = _why_missing(lacking, metric, rule.kind, settings, baseline=base is None)
+            problems.append(f"metric {metric} missing in the {side}: {why}")
             continue
         not_numbers = [(side, values) for side, values in (("baseline", base), ("candidate", cand))
                        if not np.isfinite(values).all()]  # fmt: skip
@@ -137,10 +138,17 @@ def pair(
 STAGE_OF_KIND = {"perf": "perf", "accuracy": "accuracy", "parity": "build"}
 
 
-def _why_missing(evidence: Evidence, kind: str, settings: GateConfig) -> str:
-    """Why one side lacks a ruled metric: it ran no stage that gives it, or (perf) the statistic was withheld."""
+def _why_missing(evidence: Evidence, metric: str, kind: str, settings: GateConfig, *, baseline: bool) -> str:
+    """Why one side lacks a ruled metric: it ran no stage that gives it, or (perf) the statistic was withheld; a
+    baseline may also predate the harness recording it for that backend (the torch module's parity)."""
     if not any(evidence.metrics.get(name) for name, rule in settings.rules.items() if rule.kind == kind):
-        return f"it ran no {STAGE_OF_KIND[kind]} stage (gate it against a baseline that ran the same stages)"
+        stage = STAGE_OF_KIND[kind]
+        if baseline:
+            return (
+                f"it ran no {stage} stage, or was measured by a harness that recorded no {metric} for its backend "
+                "(promote a baseline measured now with the candidate's stages)"
+            )
+        return f"it ran no {stage} stage (gate it against a baseline that ran the same stages)"
     return "withheld by that run (a percentile needs more samples than it measured)"
 
 

@@ -60,10 +60,12 @@ def test_accuracy_tolerance_edges(candidate: float, outcome: str) -> None:
     assert decision.outcome == outcome and decision.change == pytest.approx(candidate - 74.5)
 
 
+PARITY = GateRule(kind="parity", better="higher", threshold=1e-4)
+
+
 def test_parity_may_not_drop_by_more_than_its_tolerance() -> None:
-    rule = GateRule(kind="parity", better="higher", threshold=1e-4)
-    assert decide("parity_min_cos", rule, (0.99999,), (0.99990,), SETTINGS).outcome == "pass"
-    assert decide("parity_min_cos", rule, (0.99999,), (0.9998,), SETTINGS).outcome == "fail"
+    assert decide("parity_min_cos", PARITY, (0.99999,), (0.99990,), SETTINGS).outcome == "pass"
+    assert decide("parity_min_cos", PARITY, (0.99999,), (0.9998,), SETTINGS).outcome == "fail"
 
 
 def evidence(metrics: dict[str, tuple[float, ...]], *, fingerprint: str = "machine", config: str = "cfg") -> Evidence:
@@ -85,6 +87,13 @@ def test_pairing_needs_a_baseline_on_the_same_hardware_unless_allowed() -> None:
     assert missing.verdict == "unusable" and missing.problems == (
         "metric throughput_qps missing in the candidate: it ran no perf stage (gate it against a baseline that ran "
         "the same stages)",
+    )
+    # A baseline promoted before the harness checked the torch module's parity has none: not "no build stage" alone.
+    parity_rules = GateConfig(**{**SETTINGS.__dict__, "rules": {"parity_min_cos": PARITY}})
+    older = pair(evidence({"parity_min_cos": (0.9999,)}), [evidence({})], parity_rules, allow_hardware_mismatch=False)
+    assert older.verdict == "unusable" and older.problems == (
+        "metric parity_min_cos missing in the baseline: it ran no build stage, or was measured by a harness that "
+        "recorded no parity_min_cos for its backend (promote a baseline measured now with the candidate's stages)",
     )
     p99_rule = dataclasses.replace(THROUGHPUT, better="lower")
     with_p99 = GateConfig(**{**settings.__dict__, "rules": {**settings.rules, "e2e_latency_p99_ms": p99_rule}})
