@@ -333,6 +333,13 @@ class TorchBackend:
         self.runnable = self.slot = self.streams = self.collected = None
         self.slots = {}
         self.queued.clear()
+        if self.config.compile:
+            import torch
+
+            # torch.compile keeps at most 8 graphs per function for the whole process and then runs it eager,
+            # silently: the build's parity check and the accuracy stage run in the harness's own process, once per
+            # job of a sweep, so from a sweep's 9th compiled job on they would have checked the eager module.
+            torch._dynamo.reset()
 
     def _package(self, target: LoadTarget) -> Path:
         if target.artifact_path is None or not target.artifact_path.endswith(AOTI_PACKAGE_SUFFIX):

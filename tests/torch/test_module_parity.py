@@ -11,6 +11,9 @@ import torch
 from torch._dynamo.utils import counters
 
 from harness.backends.torch_config import checks_module
+from harness.export.torch_module import check_module
+from harness.models.variants import get_variant
+from harness.models.weights import backbone_from
 from harness.pipeline import run
 from harness.result import load_result
 from harness.summary import format_summary
@@ -80,3 +83,18 @@ def test_a_compiled_module_is_checked_with_the_one_graph_the_workers_time(cache_
     assert result.build is not None and result.build.parity.passed and len(result.build.parity.images) == 4
     assert result.build.parity.runtime.endswith("module, torch.compile mode=default on cpu")
     assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.slow
+def test_each_check_in_one_process_compiles_its_own_graph_past_torch_compiles_limit(cache_dir: Path) -> None:
+    # A sweep's jobs run in one process: past dynamo's recompile limit (8, here 2) the module would run eager.
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for batch in (1, 2, 3):
+            config = run_config(
+                cache_dir, "backend=torch", "backend.compile=true", f"perf.batch={batch}", "tracking=off"
+            )
+            model = backbone_from(get_variant(config.model.variant), checkpoint=None, seed=0, input_size=(224, 224))
+            assert check_module(config, model).parity.passed
+    assert counters["stats"]["unique_graphs"] == 3
