@@ -124,6 +124,7 @@ class TorchBackend:
         self.queued: collections.deque[tuple[_Slot, _Lane]] = collections.deque()
         self.collected: tuple[_Slot, _Lane] | None = None
         self.transfer: tuple[float, float] | None = None
+        self.threads_before: int | None = None
 
     def resolve(self, target: LoadTarget) -> dict[str, object]:
         found = self.check_environment()
@@ -167,6 +168,7 @@ class TorchBackend:
         import torch
 
         if self.config.threads:
+            self.threads_before = torch.get_num_threads()
             torch.set_num_threads(self.config.threads)
         self.dtype = torch_dtype(target.precision)
         if self.config.artifact == "aoti":
@@ -330,12 +332,17 @@ class TorchBackend:
         return np.array(lane.result[: slot.rows].float().cpu().numpy())
 
     def close(self) -> None:
+        import torch
+
         self.runnable = self.slot = self.streams = self.collected = None
         self.slots = {}
         self.queued.clear()
+        if self.threads_before is not None:
+            # The thread count is the process's: the parity check and the accuracy stage load in the harness's own
+            # process, where a sweep's next job with threads=0 would have run and reported this one's.
+            torch.set_num_threads(self.threads_before)
+            self.threads_before = None
         if self.config.compile:
-            import torch
-
             # torch.compile keeps at most 8 graphs per function for the whole process and then runs it eager,
             # silently: the build's parity check and the accuracy stage run in the harness's own process, once per
             # job of a sweep, so from a sweep's 9th compiled job on they would have checked the eager module.

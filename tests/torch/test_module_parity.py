@@ -98,3 +98,19 @@ def test_each_check_in_one_process_compiles_its_own_graph_past_torch_compiles_li
             model = backbone_from(get_variant(config.model.variant), checkpoint=None, seed=0, input_size=(224, 224))
             assert check_module(config, model).parity.passed
     assert counters["stats"]["unique_graphs"] == 3
+
+
+def test_a_jobs_thread_setting_does_not_outlive_it_in_the_harness_process(cache_dir: Path, tmp_path: Path) -> None:
+    # A sweep's jobs run one after another in one process; the second keeps torch's own thread count.
+    default = torch.get_num_threads()
+    pinned = 1 if default > 1 else 2
+    runs = []
+    for threads in (pinned, 0):
+        config = run_config(
+            cache_dir, "backend=torch", f"backend.threads={threads}", "stages=[build,perf]", "perf.iterations=3",
+            "tracking=off",
+        )  # fmt: skip
+        runs.append(run(config, run_dir=tmp_path / str(threads)))
+    assert [result.status for result in runs] == ["ok", "ok"]
+    assert [result.perf.backend_resolved["cpu_threads"] for result in runs if result.perf] == [pinned, default]
+    assert torch.get_num_threads() == default
