@@ -41,7 +41,7 @@ def check_module(config: RunConfig, model: dinov2.DinoVisionTransformer) -> Buil
         cache_dir=str(config.paths.path("cache")),
     )  # fmt: skip
     # A compiled module is specialised to one batch size (dynamic=False): the photos go in at the run's batch, so
-    # the graph checked is the graph timed, and its compilation is in Inductor's cache when the workers ask.
+    # the graph checked is the graph timed (and Inductor's on-disk cache can serve the workers' compile of it).
     parity = torch_parity(
         config, model, target, name=f"{model.spec.name} {backend.runs} on {backend.device}", pad=backend.compile
     )
