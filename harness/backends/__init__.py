@@ -7,7 +7,9 @@ runs that model in the tool's own processes; the stages read back what the tools
 
 A plugin is one config dataclass plus one class, bound by ``@register_backend(name, config=...)``. The config's
 ``loads_artifact`` says whether the backend runs the build stage's artifact; where it does not (the torch module,
-built from the model config at load; the sleep backend, which runs no model) the build stage has nothing to make. A
+built from the model config at load; the sleep backend, which runs no model) the build stage makes nothing (it
+checks the torch module's parity). A config may have ``precision_problem(precision)``: why its settings cannot run
+a precision the backend runs otherwise (the torch backend's CUDA flash attention and fp32), else ``None``. A
 config may also have ``fp32_reference``: the config that extracts the fp32 features a lower precision is compared
 with, when that is not the same backend on the fp32 build (the torch backend's AOTInductor package is compared with
 its eager fp32 module, so no fp32 package or ONNX build is made for it; ONNX Runtime's fp32 pass turns TensorRT's
@@ -264,6 +266,9 @@ def check_precision(entry: BackendEntry, config: Any, precision: str) -> None:
             ]
             why = f" (backend={' or backend='.join(running)} runs it)" if running else ""
         raise ConfigError(f"precision={precision}: backend {entry.name!r} runs {list(precisions)}{why}")
+    problem = getattr(config, "precision_problem", lambda _: None)(precision)
+    if problem:
+        raise ConfigError(problem)
 
 
 def is_toolchain(config: Any) -> bool:

@@ -15,6 +15,8 @@ Artifact = Literal["module", "aoti"]
 # torch.compile modes that capture CUDA graphs themselves (a second capture around them is refused).
 GRAPHING_MODES = ("reduce-overhead", "max-autotune")
 CUDA_ONLY_KERNELS = ("efficient", "cudnn")
+# Attention kernels that CUDA runs in fp16 and bf16 only (PyTorch's FlashAttention-2; cuDNN's SDPA).
+HALF_ONLY_CUDA_KERNELS = ("flash", "cudnn")
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,24 @@ class TorchConfig:
         eager = self.artifact == "module" and not self.compile
         return ("eager " if eager else "") + ", ".join(parts)
 
+    def precision_problem(self, precision: str) -> str | None:
+        """Why this config cannot run ``precision`` (``None`` when it can): an attention kernel restricted to one
+        that CUDA runs in half precision only would find no kernel at the first call."""
+        if self.device.startswith("cuda") and self.attention in HALF_ONLY_CUDA_KERNELS and precision == "fp32":
+            return (
+                f"backend.attention={self.attention} on CUDA runs fp16 and bf16 only, not precision=fp32: "
+                "choose precision=fp16 or bf16, or backend.attention=auto, efficient or math"
+            )
+        return None
+
     @property
     def fp32_reference(self) -> TorchConfig:
-        """The module on the same device: the fp32 features every build's parity is checked against."""
+        """The eager module on the same device, with the same attention kernel where that runs fp32 (flash and
+        cuDNN attention on CUDA do not: torch chooses): the fp32 features a lower precision's are compared with."""
         return dataclasses.replace(
-            self, artifact="module", compile=False, compile_mode="default", cuda_graphs=False, aot_inductor_configs={}
-        )
+            self, artifact="module", compile=False, compile_mode="default", cuda_graphs=False, aot_inductor_configs={},
+            attention="auto" if self.precision_problem("fp32") else self.attention,
+        )  # fmt: skip
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):

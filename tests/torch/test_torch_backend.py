@@ -17,6 +17,8 @@ from harness.config.schema import ModelConfig
 from harness.errors import BackendUnavailable, ConfigError
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
+from harness.resolve import resolve_config
+from tests.conftest import compose
 
 CPU = TorchConfig(
     name="torch", device="cpu", compile=False, compile_mode="default", threads=0, attention="auto",
@@ -67,6 +69,22 @@ def test_the_fp32_reference_of_a_compiled_or_aot_build_is_the_eager_module() -> 
     assert compiled.fp32_reference == dataclasses.replace(CPU, attention="math")
     assert aot.fp32_reference == CPU
     assert aot.fp32_reference.runs == "eager module"
+    # CUDA runs flash and cuDNN attention in half precision only: the fp32 reference of such a run lets torch choose.
+    for kernel in ("flash", "cudnn"):
+        half_only = dataclasses.replace(CUDA, attention=kernel)
+        assert half_only.precision_problem("bf16") is None and half_only.precision_problem("fp32")
+        assert half_only.fp32_reference == CUDA
+    assert dataclasses.replace(CPU, attention="flash").fp32_reference.attention == "flash"  # the CPU's runs fp32
+
+
+@pytest.mark.parametrize("kernel", ["flash", "cudnn"])
+def test_a_cuda_attention_kernel_without_fp32_is_refused_with_fp32(kernel: str) -> None:
+    overrides = ["backend=torch", "backend.device=cuda", f"backend.attention={kernel}"]
+    with pytest.raises(
+        ConfigError, match=rf"backend.attention={kernel} on CUDA runs fp16 and bf16 only, not precision=fp32"
+    ):
+        resolve_config(compose(overrides))
+    assert resolve_config(compose([*overrides, "precision=bf16"])).backend.attention == kernel
 
 
 def test_a_cuda_device_without_cuda_is_unavailable_not_a_crash() -> None:
