@@ -115,9 +115,12 @@ def extract(
     output: Path,
     on_bad_image: str,
     progress: bool = True,
+    pad: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """Run every image through ``backend`` (open; the caller closes it, so one instance serves the query and
-    the database lists); returns the memory-mapped features and the skipped files.
+    the database lists), ``batch`` at a time (a smaller last batch filled up with repeated images when ``pad``,
+    for a backend that compiles a program per batch size); returns the memory-mapped features and the skipped
+    files.
 
     Raises:
         DataError: a corrupt or missing image with ``on_bad_image=fail`` (the message names the file).
@@ -128,9 +131,10 @@ def extract(
 
     def flush() -> None:
         nonlocal features
-        backend.prepare(np.stack([tensor for _, tensor in pending]).astype(input_dtype))
+        inputs = np.stack([tensor for _, tensor in pending]).astype(input_dtype)
+        backend.prepare(np.resize(inputs, (batch, *inputs.shape[1:])) if pad else inputs)
         backend.infer()
-        outputs = np.asarray(backend.outputs(), dtype=np.float32)
+        outputs = np.asarray(backend.outputs(), dtype=np.float32)[: len(pending)]
         if features is None:
             # A new memmap reads as zeros, which is what skipped images keep.
             features = np.lib.format.open_memmap(

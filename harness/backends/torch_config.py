@@ -120,3 +120,10 @@ def checks_module(backend: object) -> bool:
     can drift from torch fp32 as any artifact can (the eager fp32 module on the CPU too: it shows the workers'
     module is the reference's)."""
     return isinstance(backend, TorchConfig) and backend.artifact == "module"
+
+
+def compiles_per_batch(backend: object) -> bool:
+    """``backend`` compiles one program per batch size (``torch.compile`` with ``dynamic=False``): a caller that
+    fills its last, smaller batch up to the full one (the parity photos, accuracy's image lists) makes one compile
+    instead of one more per size, and runs the program that perf times."""
+    return isinstance(backend, TorchConfig) and backend.artifact == "module" and backend.compile

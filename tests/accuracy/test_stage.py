@@ -381,3 +381,21 @@ def test_each_precision_loads_its_model_once_for_queries_and_database(
     assert len(loads) == 2, loads  # bf16, then its fp32 reference
     for name in ("features_query.npy", "features_database.npy"):
         assert np.load(tmp_path / "run" / name).any(axis=1).all()
+
+
+@pytest.mark.slow
+def test_a_compiled_module_describes_both_lists_with_one_graph_and_the_eager_features(tmp_path: Path) -> None:
+    # 2 queries and 16 images at batch 5 are batches of 2, 5 and 1 besides 5: each size would be a compile.
+    import torch
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    settings = ("stages=[accuracy]", "backend=torch", "accuracy.batch=5", "tracking=off")
+    compiled = tiny_run(tmp_path, *settings, "backend.compile=true", name="compiled")
+    assert compiled.status == "ok", compiled.error
+    assert counters["stats"]["unique_graphs"] == 1
+    eager = tiny_run(tmp_path, *settings, name="eager")
+    assert eager.status == "ok", eager.error
+    for name in ("features_query.npy", "features_database.npy"):
+        np.testing.assert_allclose(np.load(tmp_path / "compiled" / name), np.load(tmp_path / "eager" / name), atol=1e-5)
