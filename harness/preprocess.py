@@ -43,3 +43,9 @@ def batch_of(images: Sequence[Image.Image], size: tuple[int, int], params: VdspP
     """[N, 3, H, W] float32 batch (the default pipeline unless ``params`` are given)."""
     chosen = params or default_params(size)
     return np.stack([preprocess(image, chosen) for image in images])
+
+
+def filled_to(inputs: np.ndarray, rows: int) -> np.ndarray:
+    """``inputs`` ([N, ...], N <= ``rows``) filled up to ``rows`` with repeats of its own rows: one batch size for a
+    program compiled per size; the caller keeps the first N outputs."""
+    return np.resize(inputs, (rows, *inputs.shape[1:]))

@@ -19,6 +19,7 @@ from harness.backends import Backend, Toolchain
 from harness.config.schema import VdspParams
 from harness.errors import DataError
 from harness.fileio import progress_bar
+from harness.preprocess import filled_to
 from harness.processes import spawn_context
 from harness.vdsp import device_input, preprocess
 
@@ -132,7 +133,7 @@ def extract(
     def flush() -> None:
         nonlocal features
         inputs = np.stack([tensor for _, tensor in pending]).astype(input_dtype)
-        backend.prepare(np.resize(inputs, (batch, *inputs.shape[1:])) if pad else inputs)
+        backend.prepare(filled_to(inputs, batch) if pad else inputs)
         backend.infer()
         outputs = np.asarray(backend.outputs(), dtype=np.float32)[: len(pending)]
         if features is None:

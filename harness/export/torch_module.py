@@ -22,7 +22,7 @@ from harness.config.schema import RunConfig
 from harness.data.photos import sample_photos
 from harness.export.parity import compare_features, reference_features
 from harness.models import dinov2
-from harness.preprocess import batch_of
+from harness.preprocess import batch_of, filled_to
 from harness.result.build import BuildResult, ParityResult
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def torch_parity(
     try:
         for start in range(0, len(inputs), batch):
             part = inputs[start : start + batch]
-            runner.prepare(np.resize(part, (batch, *part.shape[1:])) if pad else part)
+            runner.prepare(filled_to(part, batch) if pad else part)
             runner.infer()
             rows.append(np.asarray(runner.outputs(), dtype=np.float32)[: len(part)])
     finally:
