@@ -72,6 +72,8 @@ def report(arguments: list[str]) -> int:
             f"note: {counted(given - len(runs), 'run')} found again under another path (the same run_uid: a sweep "
             "and its job, a folder and the store it was logged to, a copy) drawn and counted once"
         )
+    for caveat in written.caveats:
+        print(f"read with care: {caveat}")
     print(
         f"report: {written.index_md} ({counted(len(written.plots), 'plot')}, {counted(len(runs), 'run')}; "
         "index.html is self-contained)"

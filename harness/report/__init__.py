@@ -247,14 +247,3 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(row.get(name, "").replace("|", "/") for name in names) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def contention_warning(rows: list[dict[str, str]]) -> str | None:
-    """One line when jobs measured on one device at the same time, else ``None``."""
-    contended = [row["job"] for row in rows if row.get("contended") == "True"]
-    if not contended:
-        return None
-    return (
-        f"warning: jobs {', '.join(contended)} measured on one device at the same time: their timings are not "
-        "comparable (run perf sweeps one job per device, e.g. the basic launcher)"
-    )

@@ -12,15 +12,18 @@ from harness.errors import DataError, counted
 from harness.fileio import write_text_atomic
 from harness.report import blank_row, column_names, folder_kind, job_dirs, markdown_table, row_of, swept_settings
 from harness.report.plots import PLOTS, LabelledRun, Plot
-from harness.result import load_result
+from harness.result import RunResult, load_result
 
 
 @dataclass(frozen=True)
 class ReportFiles:
+    """What a report wrote, and its ``caveats``: what a reader must know before comparing its runs' numbers."""
+
     folder: Path
     index_md: Path
     index_html: Path
     plots: tuple[Plot, ...]
+    caveats: tuple[str, ...]
 
 
 @dataclass
@@ -91,6 +94,9 @@ def write_report(
         f"{_counts(runs, unreadable)}, written {created}. Empty cells: not measured or withheld.",
         "",
     ]
+    notes = caveats(runs)
+    if notes:
+        lines += ["## Read with care", "", *(f"- {note}" for note in notes), ""]
     for plot in plots:
         lines += [f"## {plot.title}", "", plot.caption, "", f"![{plot.title}]({plot.path.name})", ""]
         if plot.missing:
@@ -99,15 +105,68 @@ def write_report(
     index_md = folder / "index.md"
     write_text_atomic(index_md, "\n".join(lines))
     index_html = folder / "index.html"
-    write_text_atomic(index_html, _html(title, f"{_counts(runs, unreadable)}, written {created}", plots, rows))
-    return ReportFiles(folder, index_md, index_html, plots)
+    written = f"{_counts(runs, unreadable)}, written {created}"
+    write_text_atomic(index_html, _html(title, written, notes, plots, rows))
+    return ReportFiles(folder, index_md, index_html, plots, tuple(notes))
+
+
+def caveats(runs: list[LabelledRun]) -> list[str]:
+    """What the plots and table do not show and a reader comparing the runs must know, one sentence each naming
+    the runs: timings taken beside another run or declared invalid, timings from several machines, mAP from
+    random weights or the synthetic set, and what the accuracy stage warned about."""
+    timed = [run for run in runs if run.result.perf is not None]
+    scored = [run for run in runs if run.result.accuracy is not None]
+    notes = []
+    contended = [run.label for run in timed if run.result.perf and run.result.perf.contended_with]
+    if contended:
+        notes.append(
+            f"{_listed(contended)} measured on one device at the same time as another run: their timings are not "
+            "comparable (run perf sweeps one job per device, e.g. the basic launcher)"
+        )
+    for run in timed:
+        assert run.result.perf is not None
+        if not run.result.perf.validity.valid:
+            reasons = "; ".join(run.result.perf.validity.reasons)
+            notes.append(f"{run.label}: its perf measurement is invalid ({reasons}): its timings are not the build's")
+    machines: dict[str, list[str]] = {}
+    for run in timed:
+        machines.setdefault(_machine(run.result), []).append(run.label)
+    if len(machines) > 1:
+        where = "; ".join(f"{machine}: {_listed(labels)}" for machine, labels in machines.items())
+        notes.append(f"timed on {len(machines)} machines ({where}): timings across them compare machines as well")
+    random = [run.label for run in scored if run.result.weights and run.result.weights.kind == "random"]
+    if random:
+        notes.append(f"{_listed(random)} ran with RANDOM weights: their mAP shows numerics, not retrieval quality")
+    synthetic = [run.label for run in scored if run.result.accuracy and run.result.accuracy.dataset.startswith("synth")]
+    if synthetic:
+        notes.append(
+            f"{_listed(synthetic)} scored the synthetic set made from shipped photos: their mAP is not comparable "
+            "with Revisited Oxford / Paris results"
+        )
+    for run in scored:
+        assert run.result.accuracy is not None
+        notes += [f"{run.label}: {warning}" for warning in run.result.accuracy.warnings]
+    return notes
+
+
+def _listed(labels: list[str]) -> str:
+    return ", ".join(labels)
+
+
+def _machine(result: RunResult) -> str:
+    """The machine a run was timed on, in words, with its hardware fingerprint (what the gate pairs runs by)."""
+    environment = result.environment
+    gpus: list[dict[str, str]] = environment.get("gpus") or []  # type: ignore[assignment]
+    cores = environment.get("cpu_usable") or environment.get("cpu_count")
+    parts = [str(environment.get("cpu_model", "unknown CPU")), f"{cores} cores", *(gpu["name"] for gpu in gpus)]
+    return f"{' / '.join(parts)} [{environment.get('hardware_fingerprint', 'unknown')}]"
 
 
 def _counts(runs: list[LabelledRun], unreadable: dict[str, str] | None) -> str:
     return counted(len(runs), "run") + (f" ({len(unreadable)} more unreadable)" if unreadable else "")
 
 
-def _html(title: str, written: str, plots: tuple[Plot, ...], rows: list[dict[str, str]]) -> str:
+def _html(title: str, written: str, notes: list[str], plots: tuple[Plot, ...], rows: list[dict[str, str]]) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
@@ -115,6 +174,10 @@ def _html(title: str, written: str, plots: tuple[Plot, ...], rows: list[dict[str
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head><body>",
         f"<h1>{html.escape(title)}</h1><p>{html.escape(written)}. Empty cells: not measured or withheld.</p>",
     ]
+    if notes:
+        parts.append(
+            "<h2>Read with care</h2><ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>"
+        )
     for plot in plots:
         encoded = base64.b64encode(plot.path.read_bytes()).decode()
         parts.append(f"<h2>{html.escape(plot.title)}</h2><p>{html.escape(plot.caption)}</p>")

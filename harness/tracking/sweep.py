@@ -22,7 +22,7 @@ from harness.config.convert import from_mapping
 from harness.config.schema import PathsConfig
 from harness.config.store import expand_sweep, sweeper_settings
 from harness.errors import HarnessError, counted
-from harness.report import contention_warning, markdown_table, sweep_rows, write_summary
+from harness.report import markdown_table, sweep_rows, write_summary
 from harness.report.render import sweep_runs, write_report
 from harness.tracking import end_sweep, ensure_parent, finish_sweep, start_sweep
 from harness.tracking.store import Store, runs_table_url, store_overrides, sync_command
@@ -75,13 +75,12 @@ class SweepTracking(Callback):
         rows = sweep_rows(sweep_dir)
         files = write_summary(rows, sweep_dir)
         print(f"\nsweep summary ({sweep_dir}):\n{markdown_table(rows)}", flush=True)
-        warning = contention_warning(rows)
-        if warning:
-            print(warning, flush=True)
         found = sweep_runs(sweep_dir)
         report = write_report(
             found.runs, sweep_dir / "report", title=f"sweep {sweep_dir.name}", unreadable=found.unreadable
         )
+        for caveat in report.caveats:
+            print(f"read with care: {caveat}", flush=True)
         print(
             f"sweep report: {report.index_md} ({counted(len(report.plots), 'plot')}; index.html is self-contained)",
             flush=True,

@@ -257,6 +257,8 @@ def test_the_report_command_writes_under_reports_by_default(runs: list[LabelledR
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("(5 plots, 2 runs; index.html is self-contained)")  # one precision: no deltas
+    labels = ", ".join(run.run_dir.name for run in runs[:2])
+    assert f"read with care: {labels} ran with RANDOM weights: their mAP shows numerics" in done.stdout
     assert (tmp_path / "r" / "index.md").is_file()
     refused = subprocess.run(
         [sys.executable, "-m", "harness", "report", str(tmp_path), "tracking=off"], cwd=REPO_ROOT, capture_output=True,
@@ -318,6 +320,58 @@ def test_precision_deltas_compare_only_runs_alike_in_every_other_setting(tmp_pat
         "tiny14_reg4 onnxruntime b1 intra_op_threads=1 fp16",
         "tiny14_reg4 onnxruntime b1 intra_op_threads=2 fp16",
     ]  # once merged by variant, backend and batch alone: one row, fp16 of one thread count against fp32 of another
+
+
+def test_what_the_plots_cannot_show_is_said_above_them_naming_the_runs(runs: list[LabelledRun], tmp_path: Path) -> None:
+    # A throughput bar of a run timed beside another, or on another machine, looks like any other bar, and the mAP
+    # of random weights on the synthetic set like a retrieval result: the report said none of it.
+    import dataclasses
+
+    labels = [run.label for run in runs]
+    plain = write_report(runs, tmp_path / "plain", title="plain")
+    assert plain.caveats == (
+        f"{', '.join(labels)} ran with RANDOM weights: their mAP shows numerics, not retrieval quality",
+        f"{', '.join(labels)} scored the synthetic set made from shipped photos: their mAP is not comparable with "
+        "Revisited Oxford / Paris results",
+    )
+    contended, invalid, elsewhere, official = (run.result for run in runs)
+    assert contended.perf and invalid.perf and official.weights and official.accuracy
+    validity = dataclasses.replace(invalid.perf.validity, valid=False, reasons=("measured 0.5 s < 1 s",))
+    changed = [
+        dataclasses.replace(contended, perf=dataclasses.replace(contended.perf, contended_with=("/elsewhere/1",))),
+        dataclasses.replace(invalid, perf=dataclasses.replace(invalid.perf, validity=validity)),
+        dataclasses.replace(
+            elsewhere, environment={**elsewhere.environment, "cpu_model": "Other CPU", "hardware_fingerprint": "0ther"}
+        ),
+        dataclasses.replace(
+            official,
+            weights=dataclasses.replace(official.weights, kind="official"),
+            accuracy=dataclasses.replace(official.accuracy, dataset="roxford5k", warnings=("2 descriptors all zero",)),
+        ),
+    ]
+    report = write_report(
+        [dataclasses.replace(run, result=result) for run, result in zip(runs, changed, strict=True)],
+        tmp_path / "changed",
+        title="changed",
+    )
+    here = runs[0].result.environment
+    assert report.caveats == (
+        f"{labels[0]} measured on one device at the same time as another run: their timings are not comparable "
+        "(run perf sweeps one job per device, e.g. the basic launcher)",
+        f"{labels[1]}: its perf measurement is invalid (measured 0.5 s < 1 s): its timings are not the build's",
+        f"timed on 2 machines ({here['cpu_model']} / {here['cpu_usable']} cores [{here['hardware_fingerprint']}]: "
+        f"{', '.join(labels[:2] + labels[3:])}; Other CPU / {here['cpu_usable']} cores [0ther]: {labels[2]}): "
+        "timings across them compare machines as well",
+        f"{', '.join(labels[:3])} ran with RANDOM weights: their mAP shows numerics, not retrieval quality",
+        f"{', '.join(labels[:3])} scored the synthetic set made from shipped photos: their mAP is not comparable "
+        "with Revisited Oxford / Paris results",
+        f"{labels[3]}: 2 descriptors all zero",
+    )
+    index = report.index_md.read_text()
+    section = index[index.index("## Read with care") : index.index("## Throughput vs batch")]
+    assert section.splitlines()[2:-1] == [f"- {caveat}" for caveat in report.caveats]
+    page = report.index_html.read_text()
+    assert page.count("<li>") == len(report.caveats) and "<h2>Read with care</h2>" in page
 
 
 def test_server_runs_are_left_out_of_throughput_vs_batch(runs: list[LabelledRun], tmp_path: Path) -> None:

@@ -243,7 +243,9 @@ def test_parallel_perf_jobs_on_one_device_are_marked_contended(tmp_path: Path) -
         str((sweep / "0").resolve()),
     )
     assert any(warning.startswith("contended: 1 other perf run measured on cpu") for warning in first.validity.warnings)
-    assert "warning: jobs 0, 1 measured on one device at the same time" in done.stdout
+    caveat = "job 0, job 1 measured on one device at the same time as another run: their timings are not comparable"
+    assert f"read with care: {caveat}" in done.stdout
+    assert f"- {caveat}" in (sweep / "report" / "index.md").read_text()
     runs = [
         run
         for run in runs_of(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
