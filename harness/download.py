@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -138,9 +139,8 @@ def _stream_to_part(url: str, part: Path, *, timeout_s: float, progress: bool) -
         raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise DownloadError(
-            f"cannot download {url} ({reason}); fetch it by hand with `curl -L -C - -o {part.with_suffix('')} {url}`"
-        ) from None
+        by_hand = shlex.join(["curl", "-L", "-C", "-", "-o", str(part.with_suffix("")), url])
+        raise DownloadError(f"cannot download {url} ({reason}); fetch it by hand with `{by_hand}`") from None
     with response:
         if offset and response.status != 206:  # server ignored the range: start over
             offset, digest = 0, hashlib.sha256()

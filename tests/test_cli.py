@@ -385,6 +385,15 @@ def test_data_writes_where_a_run_of_the_same_overrides_reads(tmp_path: Path) -> 
     assert refused.stderr.strip() == "error: perf: unknown key (known: ['dataset', 'debug', 'experiment', 'paths'])"
 
 
+def test_a_missing_dataset_name_is_the_only_argument_called_required(tmp_path: Path) -> None:
+    # argparse counts a "*" positional without a default as required: it said "required: name, KEY=VALUE".
+    done = harness(tmp_path, "data", "download")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "harness data download: error: the following arguments are required: name"
+    )
+
+
 def test_data_download_offline_is_one_clear_error(tmp_path: Path) -> None:
     done = harness(tmp_path, "data", "download", "rparis6k", "--root", str(tmp_path / "data"))
     assert done.returncode == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -103,8 +104,13 @@ def test_reuse_verifies_and_a_corrupted_file_is_never_used(file_server: FileServ
 
 
 def test_unreachable_server_says_how_to_fetch_by_hand(tmp_path: Path) -> None:
-    with pytest.raises(DownloadError, match=r"cannot download http://127.0.0.1:9/x.pth .*curl -L -C - -o"):
-        download.fetch("http://127.0.0.1:9/x.pth", tmp_path / "x.pth", progress=False)
+    dest = tmp_path / "my weights" / "x.pth"  # a folder with a space: the command must still be one to paste
+    with pytest.raises(DownloadError, match=r"cannot download http://127.0.0.1:9/x.pth .*; fetch it by hand with `"):
+        download.fetch("http://127.0.0.1:9/x.pth", dest, progress=False)
+    with pytest.raises(DownloadError) as refused:
+        download.fetch("http://127.0.0.1:9/x.pth", dest, progress=False)
+    command = str(refused.value).split("`")[1]
+    assert shlex.split(command) == ["curl", "-L", "-C", "-", "-o", str(dest), "http://127.0.0.1:9/x.pth"]
 
 
 def test_http_error_names_the_url(file_server: FileServer, tmp_path: Path) -> None:

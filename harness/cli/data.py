@@ -81,6 +81,7 @@ def _data_parser(dataset_names: list[str]) -> argparse.ArgumentParser:
         action.add_argument(
             "overrides",
             nargs="*",
+            default=[],  # without a default argparse counts a "*" positional as required in its usage errors
             metavar="KEY=VALUE",
             help="dataset.* / paths.* overrides, debug=... or +experiment=...",
         )

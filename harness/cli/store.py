@@ -97,7 +97,9 @@ def ui(arguments: list[str]) -> int:
         "It opens on the runs table of the harness's experiment.",
     )
     parser.add_argument("--port", type=_port, default=5000, help="TCP port on 127.0.0.1 (default 5000)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. tracking.uri=...")
+    parser.add_argument(
+        "overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. tracking.uri=..."
+    )
     options = parser.parse_intermixed_args(arguments)
     config = config_or_exit(StoreCommandConfig, options.overrides)
     configs = config.tracking, config.paths
