@@ -261,13 +261,17 @@ def _load(perf: PerfResult) -> str:
     """How the load was offered: the closed loop's mode, or the open-loop scenario and its rate."""
     if perf.scenario == "server":
         offered = f"{perf.target_qps:.4g} qps offered" if perf.target_qps is not None else "no rate met the bound"
-        return f"server {offered} (latency from scheduled arrival)"
+        return f"server {offered} (latency from scheduled arrival{_filled(perf)})"
     if perf.scenario == "offline":
-        return "offline (all requests queued at the start)"
+        return f"offline (all requests queued at the start{_filled(perf)})"
     if perf.mode == "sync" or perf.samples_source == "vamp":  # how vamp serves its queue is its own business
         return perf.mode
     on_device = f"{perf.device_queue} at once on the device" if perf.device_queue > 1 else "served one at a time"
     return f"async {perf.queue_depth} in flight ({on_device})"
+
+
+def _filled(perf: PerfResult) -> str:
+    return f"; every call runs the full batch of {perf.batch}, one program" if perf.filled_batches else ""
 
 
 def _compiles(perf: PerfResult) -> str:

@@ -25,7 +25,7 @@ from harness.accuracy.features import ImageJob, extract, extract_on_toolchain
 from harness.accuracy.published import published_results
 from harness.accuracy.revisited import SETUPS, Setup, SetupResult, evaluate, normalize, similarity
 from harness.backends import LoadTarget, fp32_reference_backend, is_toolchain, open_backend, open_toolchain
-from harness.backends.torch_config import compiles_per_batch
+from harness.backends.torch_config import one_program_per_batch
 from harness.config.schema import Precision, RunConfig
 from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth
@@ -265,7 +265,7 @@ def _extract_all(
             instance = stack.enter_context(contextlib.closing(opened.factory()))
             extract_one = functools.partial(
                 extract, backend=instance, input_dtype=opened.input_dtype, batch=batch,
-                pad=compiles_per_batch(backend), **common,
+                pad=one_program_per_batch(backend), **common,
             )  # fmt: skip
         query, skipped_queries = extract_one(query_jobs, output=folder / "features_query.npy")
         database, skipped_images = extract_one(database_jobs, output=folder / "features_database.npy")

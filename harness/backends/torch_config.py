@@ -122,8 +122,9 @@ def checks_module(backend: object) -> bool:
     return isinstance(backend, TorchConfig) and backend.artifact == "module"
 
 
-def compiles_per_batch(backend: object) -> bool:
-    """``backend`` compiles one program per batch size (``torch.compile`` with ``dynamic=False``): a caller that
-    fills its last, smaller batch up to the full one (the parity photos, accuracy's image lists) makes one compile
-    instead of one more per size, and runs the program that perf times."""
-    return isinstance(backend, TorchConfig) and backend.compile  # an AOT package is never compiled (refused)
+def one_program_per_batch(backend: object) -> bool:
+    """``backend`` runs one program per batch size: ``torch.compile`` (``dynamic=False``), one CUDA graph per
+    size, or an AOTInductor package compiled for one. A caller whose batches vary fills each smaller one up to the
+    full batch (the parity photos' last, accuracy's lists', the open loop's calls): one program, the one perf
+    times, instead of a compile or capture per size (from the 9th, torch.compile runs the module eager)."""
+    return isinstance(backend, TorchConfig) and (backend.compile or backend.cuda_graphs or backend.artifact == "aoti")

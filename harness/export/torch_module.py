@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from harness.backends import BackendFactory, LoadTarget, check_backend
-from harness.backends.torch_config import TorchConfig, compiles_per_batch
+from harness.backends.torch_config import TorchConfig, one_program_per_batch
 from harness.config.schema import RunConfig
 from harness.data.photos import sample_photos
 from harness.export.parity import compare_features, reference_features
@@ -44,7 +44,7 @@ def check_module(config: RunConfig, model: dinov2.DinoVisionTransformer) -> Buil
     # the graph checked is the graph timed (and Inductor's on-disk cache can serve the workers' compile of it).
     parity = torch_parity(
         config, model, target, name=f"{model.spec.name} {backend.runs} on {backend.device}",
-        pad=compiles_per_batch(backend),
+        pad=one_program_per_batch(backend),
     )  # fmt: skip
     return BuildResult(
         artifact_path=None, cache_hit=None, manifest=None, parity=parity, time_s=time.perf_counter() - started

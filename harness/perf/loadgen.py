@@ -101,6 +101,9 @@ class LoadPlan:
         max_queue_delay_s: open loop: how long a request may wait for its batch to fill.
         until_stopped: closed loop with a stability rule: run until the parent says the throughput is stable
             (or ``max_duration_s``); iterations and minimum duration are the rule's business then.
+        fill_batches: open loop: every call runs the whole input batch, its requests and filler rows whose
+            outputs are dropped, for a backend that runs one program per batch size (a new size would compile or
+            capture inside the measured window).
     """
 
     mode: Literal["sync", "async"]
@@ -113,6 +116,7 @@ class LoadPlan:
     max_queue_delay_s: float = 0.0
     arrival_seed: int = 0
     until_stopped: bool = False
+    fill_batches: bool = False
 
     def arrivals(self, instance: int, count: int) -> np.ndarray:
         """Open loop: this instance's scheduled arrivals (seconds from its start), cut at ``max_duration_s``."""
@@ -251,8 +255,9 @@ class _Instance:
             self.signals.images[self.index] += len(self.task.inputs)
 
     def _run_batch(self, rows: int) -> float | None:
-        """One open-loop call on the first ``rows`` requests of the input batch (placed anew when it changes)."""
-        if rows != self.prepared_rows:
+        """One open-loop call on the first ``rows`` requests of the input batch (placed anew when it changes), or
+        on the whole batch when the plan fills batches."""
+        if rows != self.prepared_rows and not self.task.plan.fill_batches:
             self.backend.prepare(self.task.inputs[:rows])
             self.prepared_rows = rows
         device_us = self.backend.infer()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import BackendFactory, LoadTarget, OpenedBackend, open_backend
+from harness.backends.torch_config import one_program_per_batch
 from harness.config.perf import PerfConfig
 from harness.config.schema import RunConfig, VdspParams
 from harness.data.photos import sample_photos
@@ -59,7 +60,14 @@ def make_inputs(
     return np.random.default_rng(seed).standard_normal(batch_shape, dtype=np.float32).astype(dtype)
 
 
-def _tasks(perf: PerfConfig, factory: BackendFactory, inputs: np.ndarray, target_qps: float | None) -> list[WorkerTask]:
+def fills_batches(perf: PerfConfig, backend: object) -> bool:
+    """The open loop's calls all run the full ``perf.batch``: the backend runs one program per batch size."""
+    return perf.scenario != "closed" and one_program_per_batch(backend)
+
+
+def _tasks(
+    perf: PerfConfig, factory: BackendFactory, inputs: np.ndarray, target_qps: float | None, *, fill_batches: bool
+) -> list[WorkerTask]:
     """The instances dealt round-robin to ``perf.processes`` workers, the batch floor (closed loop) or the
     requests (open loop, each instance a Poisson stream at its share of ``target_qps``) split among them."""
     floor = perf.batches_floor if perf.scenario == "closed" else perf.open_loop_requests(target_qps)
@@ -71,7 +79,7 @@ def _tasks(perf: PerfConfig, factory: BackendFactory, inputs: np.ndarray, target
         max_duration_s=perf.max_duration_s, scenario=perf.scenario,
         rate_qps=target_qps / perf.instances if target_qps else None,
         max_queue_delay_s=perf.max_queue_delay_ms / 1e3, arrival_seed=perf.arrival_seed,
-        until_stopped=perf.stability,
+        until_stopped=perf.stability, fill_batches=fill_batches,
     )  # fmt: skip
     return [
         WorkerTask(
@@ -141,6 +149,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         efficiency_undefined=efficiency_undefined(config, artifact_path),
         stability=stabilities.get(f"repeat{measurements.index(median)}"),
         queue_depth=perf.queue_depth if perf.scenario == "closed" and perf.mode == "async" else 1,
+        filled_batches=fills_batches(perf, config.backend),
     )
 
 
@@ -334,7 +343,7 @@ def _measure_once(
         label, perf.scenario, config.backend.name, perf.instances, perf.processes, perf.batch, perf.mode, target_qps,
     )  # fmt: skip
     inputs = make_inputs(perf.inputs, batch_shape, opened.input_dtype, seed=seed, preprocessing=config.vdsp_params)
-    tasks = _tasks(perf, opened.factory, inputs, target_qps)
+    tasks = _tasks(perf, opened.factory, inputs, target_qps, fill_batches=fills_batches(perf, config.backend))
     watch = StabilityWatch(perf.stability_window_s, perf.stability_pct, perf.max_windows) if perf.stability else None
     host = HostSampler()
     device = NvmlSampler.open(str(opened.resolved.get("device", "cpu")))

@@ -31,6 +31,8 @@ from harness.perf.loadgen import Sampler, StopSignals, WorkerReport, WorkerTask,
 from harness.processes import die_with_parent, spawn_context
 
 STDERR_TAIL_BYTES = 4000
+# How long a worker that sent its report may take to exit before it is terminated.
+EXIT_GRACE_S = 10.0
 
 
 def _worker_main(
@@ -135,6 +137,7 @@ def run_workers(
             child_end.close()
             workers.append(_Worker(task, process, parent_end, stderr_path))
         watcher = None
+        reported = False
         try:
             _collect(workers, expect="ready", timeout_s=start_timeout_s)
             if stability is not None and signals is not None:
@@ -143,7 +146,9 @@ def run_workers(
             for sampler in samplers:
                 sampler.start([worker.process.pid for worker in workers])
             go.set()
-            return _collect(workers, expect="done", timeout_s=None)
+            reports = _collect(workers, expect="done", timeout_s=None)
+            reported = True
+            return reports
         finally:
             for sampler in samplers:
                 sampler.stop()
@@ -152,6 +157,11 @@ def run_workers(
                 if watcher is not None:
                     watcher.join()
             for worker in workers:
+                if reported:
+                    # A worker that reported is exiting by itself: a SIGTERM while it shuts down (torch.compile's
+                    # pool of compile processes) leaks its semaphores, and Python's resource tracker says so on
+                    # the harness's stderr as the harness exits.
+                    worker.process.join(timeout=EXIT_GRACE_S)
                 if worker.process.is_alive():
                     worker.process.terminate()
                 worker.process.join(timeout=10)

@@ -209,7 +209,9 @@ class PerfResult(Measurement):
     from per-batch samples, kept in ``samples_file``) or ``vamp`` (the summary the vendor profiler printed, kept
     verbatim in ``perf_vamp.txt``: its percentiles are the ones it printed, and its repeats are the evidence).
     ``queue_depth`` is the requests each instance kept in flight (``perf.queue_depth`` in the closed loop's async
-    mode, else 1).
+    mode, else 1). ``filled_batches``: every open-loop call ran the full ``batch`` (its requests, then filler rows
+    whose outputs were dropped), as the backend runs one program per batch size; its model time is the full
+    batch's.
     ``efficiency_undefined`` says why ``efficiency`` is null (``perf.efficiency=false``, or a load it is not
     defined for).
     """
@@ -240,3 +242,4 @@ class PerfResult(Measurement):
     stability: Stability | None = None
     samples_source: Literal["harness", "vamp"] = "harness"
     queue_depth: int = 1
+    filled_batches: bool = False

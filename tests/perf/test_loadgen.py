@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import re
 import time
@@ -12,12 +13,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from harness.backends import BackendFactory, LoadTarget
 from harness.config.schema import RunConfig
 from harness.environment import physical_cores, usable_cores
 from harness.errors import BackendUnavailable, ConfigError, MeasurementInvalid
-from harness.perf.loadgen import CompletionHistogram, SampleBuffer
+from harness.perf.loadgen import CompletionHistogram, LoadPlan, SampleBuffer, WorkerTask
 from harness.perf.stage import SAMPLES_FILE, run_perf
 from harness.perf.stats import latency_stats
+from harness.perf.workers import run_workers
 from harness.resolve import resolve_config
 from harness.result import load_result
 from harness.result.perf import PerfResult
@@ -268,6 +271,40 @@ def test_a_worker_error_travels_back_as_data(cache_dir: Path, tmp_path: Path) ->
         MeasurementInvalid, match=r"perf worker 0 failed: WeightsError: model.weights='/gone.pth': no such file"
     ):
         measure(config, tmp_path)
+
+
+class SlowToExit:
+    """A backend factory (picklable: the spawned worker imports this module) whose worker takes ``delay_s`` to
+    exit after its report, as one running torch.compile's pool of compile processes does, and then marks
+    ``marker`` to show it exited whole."""
+
+    def __init__(self, factory: BackendFactory, marker: Path, delay_s: float) -> None:
+        self.factory, self.marker, self.delay_s = factory, marker, delay_s
+
+    def __call__(self) -> object:
+        atexit.register(_exit_slowly, self.marker, self.delay_s)
+        return self.factory()
+
+
+def _exit_slowly(marker: Path, delay_s: float) -> None:
+    time.sleep(delay_s)
+    marker.write_text("exited")
+
+
+def test_a_worker_that_reported_is_left_to_exit_by_itself(cache_dir: Path, tmp_path: Path) -> None:
+    # Terminated as soon as it had reported, a worker shutting torch.compile's compile pool down leaked its
+    # semaphores, and Python's resource tracker printed a warning on the harness's stderr after the run.
+    config = sleep_config(cache_dir, "perf.iterations=4")
+    target = LoadTarget(artifact_path=None, model=config.model, precision="fp32", cache_dir=str(cache_dir))
+    marker = tmp_path / "exited"
+    task = WorkerTask(
+        worker=0, instances=(0,), iterations=(4,), factory=SlowToExit(BackendFactory(config.backend, target), marker, 1.0),  # type: ignore[arg-type]
+        inputs=np.zeros((1, 3, 224, 224), dtype=np.float32),
+        plan=LoadPlan(mode="sync", queue_depth=1, warmup=0, min_duration_s=0.0, max_duration_s=None),
+    )  # fmt: skip
+    (report,) = run_workers([task], start_timeout_s=60)
+    assert report.instances[0].calls == 4
+    assert marker.read_text() == "exited"
 
 
 def test_processes_above_instances_is_refused() -> None:

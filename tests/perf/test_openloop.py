@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import re
 import sys
@@ -14,13 +15,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from harness.backends import BackendFactory, LoadTarget
 from harness.config.perf import P99_MIN_SAMPLES
 from harness.errors import ConfigError
+from harness.perf.loadgen import LoadPlan, WorkerTask, run_instances
 from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_timer_slack, waiter
 from harness.perf.stats import MIN_SAMPLES
+from harness.resolve import resolve_config
 from harness.result import load_result
 from harness.result.perf import PerfResult
 from harness.tracking.records import metrics_of
+from tests.conftest import compose
 from tests.perf.test_loadgen import measure, sleep_config
 
 PR_GET_TIMERSLACK = 30  # prctl option, linux/prctl.h
@@ -237,6 +242,50 @@ def test_offline_scenario_serves_full_batches_back_to_back(cache_dir: Path, tmp_
     assert result.samples == 80 and result.batches == 20
     # All 80 requests are there at the start: the last waits for every call before its own.
     assert result.latency_us.e2e.max >= 20 * 2000.0
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_a_plan_that_fills_batches_runs_every_open_loop_call_at_the_full_batch(
+    cache_dir: Path, tmp_path: Path, fill: bool
+) -> None:
+    # A compiled module (or a CUDA graph, an AOT package) runs one batch size: an open-loop call of fewer requests
+    # compiled anew inside the measured window (tiny on the CPU, 3 sizes: e2e mean 148 ms instead of 9 ms).
+    latency_us, per_sample_us = 1000.0, 20000.0
+    config = sleep_config(cache_dir, f"backend.latency_us={latency_us}", f"backend.per_sample_us={per_sample_us}")
+    target = LoadTarget(artifact_path=None, model=config.model, precision="fp32", cache_dir=str(cache_dir))
+    task = WorkerTask(
+        worker=0, instances=(0,), iterations=(6,), factory=BackendFactory(config.backend, target),
+        inputs=np.zeros((4, 3, 224, 224), dtype=np.float32),
+        plan=LoadPlan(mode="sync", queue_depth=1, warmup=0, min_duration_s=0.0, max_duration_s=None,
+                      scenario="offline", fill_batches=fill),
+    )  # fmt: skip
+    (instance,) = run_instances(task).instances
+    model_us = instance.samples[:, 1]
+    assert instance.calls == 2 and model_us.size == 6  # 6 requests at the start: a call of 4, then one of 2
+    full = latency_us + 4 * per_sample_us
+    if fill:
+        assert model_us.min() >= full
+    else:
+        assert model_us[4:].max() < latency_us + 3 * per_sample_us <= full <= model_us[:4].min()
+
+
+def test_the_stage_fills_the_open_loop_batches_of_a_compiled_torch_module_only() -> None:
+    from harness.backends.torch_config import TorchConfig
+    from harness.perf.stage import fills_batches
+
+    eager = TorchConfig(
+        name="torch", device="cpu", compile=False, compile_mode="default", threads=0, attention="auto",
+        cuda_graphs=False, host_io=False, artifact="module", aot_inductor_configs={},
+    )  # fmt: skip
+    compiled, aot = dataclasses.replace(eager, compile=True), dataclasses.replace(eager, artifact="aoti")
+    graphed = dataclasses.replace(eager, device="cuda", cuda_graphs=True)
+    server = sleep_config(Path("."), "perf.scenario=server", "perf.target_qps=10").perf
+    closed = sleep_config(Path(".")).perf
+    onnxruntime = resolve_config(compose(["debug=tiny"])).backend
+    assert [fills_batches(server, backend) for backend in (eager, compiled, aot, graphed, onnxruntime)] == [
+        False, True, True, True, False,
+    ]  # fmt: skip
+    assert not fills_batches(closed, compiled)  # the closed loop's calls are all full already
 
 
 def test_peak_search_brackets_then_bisects_and_keeps_every_probe(cache_dir: Path, tmp_path: Path) -> None:

@@ -85,6 +85,26 @@ def test_a_compiled_module_is_checked_with_the_one_graph_the_workers_time(cache_
     assert counters["stats"]["unique_graphs"] == 1
 
 
+def test_a_compiled_module_serves_open_loop_calls_at_the_batch_it_was_compiled_for(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    config = run_config(
+        cache_dir, "backend=torch", "backend.compile=true", "stages=[build,perf]", "perf.batch=3",
+        "perf.scenario=server", "perf.target_qps=200", "perf.max_queue_delay_ms=2", "perf.iterations=30",
+        "tracking=off",
+    )  # fmt: skip
+    result = run(config, run_dir=tmp_path / "run")
+    assert result.status == "ok", result.error
+    assert result.perf is not None and result.perf.filled_batches
+    assert load_result(tmp_path / "run").perf.filled_batches  # type: ignore[union-attr]
+    perf_line = next(line for line in format_summary(result).splitlines() if line.startswith("  perf "))
+    assert "server 200 qps offered (latency from scheduled arrival; every call runs the full batch of 3, one " in (
+        perf_line
+    )
+    eager = run(dataclasses.replace(config, backend=CPU), run_dir=tmp_path / "eager")
+    assert eager.status == "ok" and eager.perf is not None and not eager.perf.filled_batches
+
+
 @pytest.mark.slow
 def test_each_check_in_one_process_compiles_its_own_graph_past_torch_compiles_limit(cache_dir: Path) -> None:
     # A sweep's jobs run in one process: past dynamo's recompile limit (8, here 2) the module would run eager.
