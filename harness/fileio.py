@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,15 @@ def sha256_of(path: Path, *, progress: bool = False) -> str:
             digest.update(chunk)
             bar.update(len(chunk))
     return digest.hexdigest()
+
+
+def progress_bars_in_this_process_only() -> None:
+    """Make tqdm's bars in this process share a thread lock. tqdm makes a multiprocessing lock at its first bar
+    (a disabled one too: torch.compile makes one while it waits for its kernels, checking a checkpoint makes
+    one), a semaphore that Python's resource tracker registers; a process terminated before it exits leaks it,
+    and the tracker warns about it on the harness's stderr when the harness exits. For processes whose bars
+    never cross into another process (a perf worker)."""
+    tqdm.set_lock(threading.RLock())
 
 
 def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool, **options: Any) -> tqdm:

@@ -27,12 +27,11 @@ from typing import Any
 import numpy as np
 
 from harness.errors import MeasurementInvalid
+from harness.fileio import progress_bars_in_this_process_only
 from harness.perf.loadgen import Sampler, StopSignals, WorkerReport, WorkerTask, run_instances
 from harness.processes import die_with_parent, spawn_context
 
 STDERR_TAIL_BYTES = 4000
-# How long a worker that sent its report may take to exit before it is terminated.
-EXIT_GRACE_S = 10.0
 
 
 def _worker_main(
@@ -53,6 +52,7 @@ def _worker_main(
     with open(stderr_path, "ab", buffering=0) as stderr_file:
         os.dup2(stderr_file.fileno(), 2)
     faulthandler.enable()
+    progress_bars_in_this_process_only()  # the parent terminates a worker that reported while it exits
     try:
         task = dataclasses.replace(task, inputs=np.load(inputs_file))
         report = run_instances(task, ready=lambda: connection.send(("ready", None)), go=go.wait, signals=signals)
@@ -137,7 +137,6 @@ def run_workers(
             child_end.close()
             workers.append(_Worker(task, process, parent_end, stderr_path))
         watcher = None
-        reported = False
         try:
             _collect(workers, expect="ready", timeout_s=start_timeout_s)
             if stability is not None and signals is not None:
@@ -146,9 +145,7 @@ def run_workers(
             for sampler in samplers:
                 sampler.start([worker.process.pid for worker in workers])
             go.set()
-            reports = _collect(workers, expect="done", timeout_s=None)
-            reported = True
-            return reports
+            return _collect(workers, expect="done", timeout_s=None)
         finally:
             for sampler in samplers:
                 sampler.stop()
@@ -157,11 +154,6 @@ def run_workers(
                 if watcher is not None:
                     watcher.join()
             for worker in workers:
-                if reported:
-                    # A worker that reported is exiting by itself: a SIGTERM while it shuts down (torch.compile's
-                    # pool of compile processes) leaks its semaphores, and Python's resource tracker says so on
-                    # the harness's stderr as the harness exits.
-                    worker.process.join(timeout=EXIT_GRACE_S)
                 if worker.process.is_alive():
                     worker.process.terminate()
                 worker.process.join(timeout=10)
