@@ -24,8 +24,14 @@ import numpy as np
 from harness.accuracy.features import ImageJob, extract, extract_on_toolchain
 from harness.accuracy.published import published_results
 from harness.accuracy.revisited import SETUPS, Setup, SetupResult, evaluate, normalize, similarity
-from harness.backends import LoadTarget, fp32_reference_backend, is_toolchain, open_backend, open_toolchain
-from harness.backends.torch_config import one_program_per_batch
+from harness.backends import (
+    LoadTarget,
+    fp32_reference_backend,
+    is_toolchain,
+    one_program_per_batch,
+    open_backend,
+    open_toolchain,
+)
 from harness.config.schema import Precision, RunConfig
 from harness.data.datasets import gnd_path, image_path, load_checked
 from harness.data.groundtruth import GroundTruth

@@ -9,8 +9,9 @@ A plugin is one config dataclass plus one class, bound by ``@register_backend(na
 ``loads_artifact`` says whether the backend runs the build stage's artifact; where it does not (the torch module,
 built from the model config at load; the sleep backend, which runs no model) the build stage makes nothing (it
 checks the torch module's parity). A config may have ``precision_problem(precision)``: why its settings cannot run
-a precision the backend runs otherwise (the torch backend's CUDA flash attention and fp32), else ``None``. A
-config may also have ``fp32_reference``: the config that extracts the fp32 features a lower precision is compared
+a precision the backend runs otherwise (the torch backend's CUDA flash attention and fp32), else ``None``; and
+``one_program_per_batch``: true where each batch size is a compile or an engine of its own (callers then fill
+smaller batches up to the full one). A config may also have ``fp32_reference``: the config that extracts the fp32 features a lower precision is compared
 with, when that is not the same backend on the fp32 build (the torch backend's AOTInductor package is compared with
 its eager fp32 module, so no fp32 package or ONNX build is made for it; ONNX Runtime's fp32 pass turns TensorRT's
 fp16 switch off). The plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked
@@ -283,6 +284,14 @@ def reference_backend() -> Any:
         name="onnxruntime", providers=("CPUExecutionProvider",), provider_options=(), intra_op_threads=0,
         inter_op_threads=0, graph_optimization="all", io_binding=False, trt_fp16=False, trt_engine_cache=None,
     )  # fmt: skip
+
+
+def one_program_per_batch(config: Any) -> bool:
+    """The backend ``config`` runs one program per batch size (its config's ``one_program_per_batch``: torch.compile,
+    CUDA graphs, an AOTInductor package, TensorRT's engine). A caller whose batches vary (the parity photos' last,
+    accuracy's lists', the open loop's calls) fills each up to the full batch: the one program perf times, instead
+    of a compile or an engine build per size."""
+    return bool(getattr(config, "one_program_per_batch", False))
 
 
 def fp32_reference_backend(config: Any) -> Any:

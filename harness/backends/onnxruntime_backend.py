@@ -105,6 +105,12 @@ class OrtConfig:
         return ", ".join(parts)
 
     @property
+    def one_program_per_batch(self) -> bool:
+        """TensorRT builds its engine for the input shapes the session has seen, and builds it again for a batch
+        size outside them (seconds to minutes each)."""
+        return self.providers[0] == TENSORRT
+
+    @property
     def fp32_reference(self) -> OrtConfig:
         """The same session with TensorRT's fp16 switch off, also where ``provider_options`` sets it: with it on,
         TensorRT runs the fp32 build in fp16 and the reference would not be fp32."""

@@ -75,6 +75,12 @@ class TorchConfig:
         return None
 
     @property
+    def one_program_per_batch(self) -> bool:
+        """``torch.compile`` (``dynamic=False``) compiles, and CUDA graphs capture, one program per batch size (from
+        the 9th size torch.compile runs the module eager); an AOTInductor package is compiled for one."""
+        return self.compile or self.cuda_graphs or self.artifact == "aoti"
+
+    @property
     def fp32_reference(self) -> TorchConfig:
         """The eager module on the same device, with the same attention kernel where that runs fp32 (flash and
         cuDNN attention on CUDA do not: torch chooses): the fp32 features a lower precision's are compared with."""
@@ -120,11 +126,3 @@ def checks_module(backend: object) -> bool:
     can drift from torch fp32 as any artifact can (the eager fp32 module on the CPU too: it shows the workers'
     module is the reference's)."""
     return isinstance(backend, TorchConfig) and backend.artifact == "module"
-
-
-def one_program_per_batch(backend: object) -> bool:
-    """``backend`` runs one program per batch size: ``torch.compile`` (``dynamic=False``), one CUDA graph per
-    size, or an AOTInductor package compiled for one. A caller whose batches vary fills each smaller one up to the
-    full batch (the parity photos' last, accuracy's lists', the open loop's calls): one program, the one perf
-    times, instead of a compile or capture per size (from the 9th, torch.compile runs the module eager)."""
-    return isinstance(backend, TorchConfig) and (backend.compile or backend.cuda_graphs or backend.artifact == "aoti")

@@ -16,8 +16,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from harness.backends import BackendFactory, LoadTarget, check_backend
-from harness.backends.torch_config import TorchConfig, one_program_per_batch
+from harness.backends import BackendFactory, LoadTarget, check_backend, one_program_per_batch
+from harness.backends.torch_config import TorchConfig
 from harness.config.schema import RunConfig
 from harness.data.photos import sample_photos
 from harness.export.parity import compare_features, reference_features

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backends import BackendFactory, LoadTarget, OpenedBackend, open_backend
-from harness.backends.torch_config import one_program_per_batch
+from harness.backends import BackendFactory, LoadTarget, OpenedBackend, one_program_per_batch, open_backend
 from harness.config.perf import PerfConfig
 from harness.config.schema import RunConfig, VdspParams
 from harness.data.photos import sample_photos
