@@ -99,6 +99,30 @@ def _death_with(parent: int) -> Callable[[], None]:
     return request
 
 
+# What a signal that ends a process usually means, for the message that reports it.
+SIGNAL_CAUSES = {
+    signal.SIGKILL: "the kernel's out-of-memory killer sends it when memory runs out (see `dmesg`), as does a "
+    "scheduler's hard limit",
+    signal.SIGSEGV: "a crash in native code (a runtime or a driver)",
+    signal.SIGABRT: "a native library aborted (its message is on stderr)",
+}
+
+
+def exit_description(code: int | None) -> str:
+    """How a process ended, in words: ``exited with status 3``, or ``was killed by SIGKILL (why that happens)``
+    for the negative codes Python gives a process that a signal ended."""
+    if code is None:
+        return "ended without an exit status"
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        killer = signal.Signals(-code)
+    except ValueError:
+        return f"was killed by signal {-code}"
+    cause = SIGNAL_CAUSES.get(killer)
+    return f"was killed by {killer.name}" + (f": {cause}" if cause else "")
+
+
 def spawn_context() -> SpawnContext:
     """The spawn context, usable from any parent process (see ``refuse_unguarded_main`` for the one it is not).
 

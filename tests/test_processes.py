@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.processes import run_tool, staging_folder
+from harness.processes import exit_description, run_tool, staging_folder
 from tests.conftest import REPO_ROOT
 
 
@@ -165,3 +165,11 @@ def test_a_staging_folder_of_a_live_process_or_of_another_host_is_kept(tmp_path:
     with staging_folder(tmp_path, "model") as own:
         assert own.is_dir() and own.name.startswith(f".staging-model-{host}-{os.getpid()}-") and own != live
     assert not own.exists() and all(folder.is_dir() for folder in (live, elsewhere, other_name, longer_host))
+
+
+def test_how_a_process_ended_is_said_in_words() -> None:
+    assert exit_description(0) == "exited with status 0" and exit_description(3) == "exited with status 3"
+    assert exit_description(-signal.SIGSEGV) == "was killed by SIGSEGV: a crash in native code (a runtime or a driver)"
+    assert exit_description(-signal.SIGTERM) == "was killed by SIGTERM"
+    assert exit_description(-200) == "was killed by signal 200"
+    assert exit_description(None) == "ended without an exit status"

@@ -1,15 +1,19 @@
 """Descriptors for a list of images through any backend, with decoding in worker processes.
 
-JPEG decoding and preprocessing run in a pool of spawned processes (ordered ``imap``) while the main
-process feeds the backend, so the model is not starved. Features are written straight into a
+JPEG decoding and preprocessing run in a pool of spawned processes, in order and a few images ahead, while the
+main process feeds the backend, so the model is not starved and decoded images do not pile up. Features are written straight into a
 memory-mapped ``.npy`` in the run folder (float32 [N, D]), so large sets never sit in memory twice.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +21,19 @@ from PIL import Image, UnidentifiedImageError
 
 from harness.backends import Backend, Toolchain
 from harness.config.schema import VdspParams
-from harness.errors import DataError
+from harness.errors import DataError, counted
 from harness.fileio import progress_bar
 from harness.preprocess import filled_to
-from harness.processes import spawn_context
+from harness.processes import die_with_parent, spawn_context
 from harness.vdsp import device_input, preprocess
 
 log = logging.getLogger(__name__)
+
+# Images a decoding worker decodes per call (one call per image costs more in messages than some decodes).
+DECODE_CHUNK = 4
+# Calls queued ahead of the caller per decoding worker: enough to keep each one busy, few enough that decoded
+# inputs (0.6 MB each at 224x224, 3.2 MB at 518x518) do not pile up while a slower model catches up.
+DECODE_AHEAD = 2
 
 Box = tuple[float, float, float, float]
 
@@ -50,12 +60,45 @@ def decode(job: ImageJob) -> tuple[str, np.ndarray | None, str | None]:
         return job.path, None, f"{type(error).__name__}: {error}"
 
 
+def _decode_all(jobs: Sequence[ImageJob]) -> list[tuple[str, np.ndarray | None, str | None]]:
+    return [decode(job) for job in jobs]
+
+
 def _decoded(jobs: Sequence[ImageJob], workers: int) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    """``decode`` of each job, in order, by ``workers`` processes (0: here), ``DECODE_CHUNK`` images a call and at
+    most ``DECODE_AHEAD`` calls a worker ahead of the caller; a worker that dies fails the extraction
+    (``DataError``) instead of hanging it."""
     if workers == 0:
         yield from map(decode, jobs)
         return
-    with spawn_context().Pool(workers) as pool:
-        yield from pool.imap(decode, jobs, chunksize=4)
+    # A process pool whose worker dies fails every call it had (multiprocessing.Pool waited for them for ever).
+    executor = ProcessPoolExecutor(workers, mp_context=spawn_context(), initializer=die_with_parent)
+    chunks = (jobs[start : start + DECODE_CHUNK] for start in range(0, len(jobs), DECODE_CHUNK))
+    pending = collections.deque(
+        (chunk, executor.submit(_decode_all, chunk)) for chunk in islice(chunks, DECODE_AHEAD * workers)
+    )
+    try:
+        while pending:
+            chunk, decoding = pending.popleft()
+            decoded = None
+            try:
+                decoded = decoding.result()
+                pending.extend((following, executor.submit(_decode_all, following)) for following in islice(chunks, 1))
+            except BrokenProcessPool:
+                # The pool breaks as a worker dies: at this call's result, or at the next submission.
+                waiting = [chunk] if decoded is None else []
+                unfinished = [job for queued in [*waiting, *(queued for queued, _ in pending)] for job in queued]
+                unfinished = unfinished or list(chunk)
+                raise DataError(
+                    f"{unfinished[0].path}: an image decoding worker died while decoding it or one of the "
+                    f"{counted(len(unfinished) - 1, 'image')} after it (killed: by the out-of-memory killer when memory "
+                    "runs out; or a crash in native decoding code); accuracy.workers=0 decodes in the harness's own "
+                    "process, one image at a time"
+                ) from None
+            yield from decoded
+    finally:
+        # On an error or an interrupt the queued images are dropped, not decoded first.
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _readable(

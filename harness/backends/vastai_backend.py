@@ -21,7 +21,7 @@ import yaml
 from harness.backends import CompiledModel, ProfileLoad, register_backend
 from harness.errors import BackendUnavailable, BuildError, ConfigError, DataError, HarnessError, ToolError, counted
 from harness.fileio import write_text_atomic
-from harness.processes import ToolRun, run_tool
+from harness.processes import ToolRun, exit_description, run_tool
 
 INSTALL_HINT = (
     "install the VastAI toolchain (the vendor's vamc compiler and vamp profiler, with the card's driver) and put "
@@ -240,5 +240,5 @@ def _check_run(run: ToolRun, what: str, timeout_s: float, timeout_key: str, erro
         raise error(f"{what} still running after {timeout_s:g} s ({timeout_key}): killed", details=run.tail())
     if run.returncode != 0:
         raise error(
-            f"{what} exited with status {run.returncode}; its last lines:\n{run.tail()}", details=run.output[-4000:]
+            f"{what} {exit_description(run.returncode)}; its last lines:\n{run.tail()}", details=run.output[-4000:]
         )

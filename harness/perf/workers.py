@@ -2,7 +2,7 @@
 
 Each worker process drives its share of the instances (``harness.perf.loadgen.run_instances``). The parent
 blocks on pipes and process sentinels, never spins: a worker that raises sends its error back as data; one
-that dies is reported with its exit code and the last lines it wrote to stderr (a runtime's crash message, or
+that dies is reported with how it ended (its exit status, or the signal that killed it) and the last lines it wrote to stderr (a runtime's crash message, or
 the Python traceback ``faulthandler`` prints on a fatal signal); either fails the run instead of hanging it.
 With a ``StabilityWatch`` the parent reads a shared per-instance image counter every window and stops the
 workers once the throughput is stable.
@@ -29,7 +29,7 @@ import numpy as np
 from harness.errors import MeasurementInvalid
 from harness.fileio import progress_bars_in_this_process_only
 from harness.perf.loadgen import Sampler, StopSignals, WorkerReport, WorkerTask, run_instances
-from harness.processes import die_with_parent, spawn_context
+from harness.processes import die_with_parent, exit_description, spawn_context
 
 STDERR_TAIL_BYTES = 4000
 
@@ -204,8 +204,8 @@ def _collect(workers: list[_Worker], *, expect: str, timeout_s: float | None) ->
                 except EOFError:
                     worker.process.join(timeout=5)
                     raise MeasurementInvalid(
-                        f"perf worker {worker.task.worker} (pid {worker.process.pid}) died with exit code "
-                        f"{worker.process.exitcode}",
+                        f"perf worker {worker.task.worker} (pid {worker.process.pid}) "
+                        f"{exit_description(worker.process.exitcode)}",
                         details=stderr_tail(worker.stderr_path) or None,
                     ) from None
                 if kind == "error":

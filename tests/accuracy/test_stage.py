@@ -399,3 +399,43 @@ def test_a_compiled_module_describes_both_lists_with_one_graph_and_the_eager_fea
     assert eager.status == "ok", eager.error
     for name in ("features_query.npy", "features_database.npy"):
         np.testing.assert_allclose(np.load(tmp_path / "compiled" / name), np.load(tmp_path / "eager" / name), atol=1e-5)
+
+
+def test_a_decoding_worker_that_dies_fails_the_extraction_instead_of_hanging_it(tmp_path: Path) -> None:
+    # multiprocessing.Pool never returned the images a killed worker held: the run waited for ever.
+    import os
+    import threading
+    import time
+
+    import psutil
+
+    from harness.accuracy.features import ImageJob, _decoded
+
+    params = resolve_config(compose(["debug=tiny"])).vdsp_params
+    never_written = tmp_path / "never-written.jpg"
+    os.mkfifo(never_written)  # opening it blocks the worker that decodes it until the worker is killed
+    jobs = [ImageJob(str(never_written), None, params)] * 6
+    outcome: list[object] = []
+
+    def decode_all() -> None:
+        try:
+            outcome.append(list(_decoded(jobs, workers=2)))
+        except BaseException as error:  # the outcome under test
+            outcome.append(error)
+
+    decoding = threading.Thread(target=decode_all, daemon=True)
+    decoding.start()
+    deadline = time.monotonic() + 60
+    workers: list[psutil.Process] = []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = [child for child in psutil.Process().children() if "spawn_main" in " ".join(child.cmdline())]
+        time.sleep(0.05)
+    time.sleep(1.0)  # both have started on an image
+    for worker in workers:
+        worker.kill()
+    decoding.join(timeout=60)
+    assert not decoding.is_alive(), "the extraction still waits on decoding workers that are gone"
+    (error,) = outcome
+    assert isinstance(error, DataError)
+    assert str(error).startswith(f"{never_written}: an image decoding worker died while decoding it or one of the ")
+    assert "accuracy.workers=0 decodes in the harness's own process" in str(error)
