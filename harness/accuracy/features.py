@@ -1,8 +1,9 @@
 """Descriptors for a list of images through any backend, with decoding in worker processes.
 
 JPEG decoding and preprocessing run in a pool of spawned processes, in order and a few images ahead, while the
-main process feeds the backend, so the model is not starved and decoded images do not pile up. Features are written straight into a
-memory-mapped ``.npy`` in the run folder (float32 [N, D]), so large sets never sit in memory twice.
+main process feeds the backend, so the model is not starved and decoded images do not pile up. Features are
+written straight into a memory-mapped ``.npy`` in the run folder (float32 [N, D]), so large sets never sit in
+memory twice.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ built from the model config at load; the sleep backend, which runs no model) the
 checks the torch module's parity). A config may have ``precision_problem(precision)``: why its settings cannot run
 a precision the backend runs otherwise (the torch backend's CUDA flash attention and fp32), else ``None``; and
 ``one_program_per_batch``: true where each batch size is a compile or an engine of its own (callers then fill
-smaller batches up to the full one). A config may also have ``fp32_reference``: the config that extracts the fp32 features a lower precision is compared
-with, when that is not the same backend on the fp32 build (the torch backend's AOTInductor package is compared with
-its eager fp32 module, so no fp32 package or ONNX build is made for it; ONNX Runtime's fp32 pass turns TensorRT's
-fp16 switch off). The plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked
+smaller batches up to the full one). A config may also have ``fp32_reference``: the config that extracts the fp32
+features a lower precision is compared with, when that is not the same backend on the fp32 build (the torch
+backend's AOTInductor package is compared with its eager fp32 module, so no fp32 package or ONNX build is made for
+it; ONNX Runtime's fp32 pass turns TensorRT's fp16 switch off). The plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked
 up; they import their runtimes (onnxruntime, torch, vendor tools) inside their methods, so looking a backend up is
 cheap.
 

@@ -2,8 +2,9 @@
 
 Each worker process drives its share of the instances (``harness.perf.loadgen.run_instances``). The parent
 blocks on pipes and process sentinels, never spins: a worker that raises sends its error back as data; one
-that dies is reported with how it ended (its exit status, or the signal that killed it) and the last lines it wrote to stderr (a runtime's crash message, or
-the Python traceback ``faulthandler`` prints on a fatal signal); either fails the run instead of hanging it.
+that dies is reported with how it ended (its exit status, or the signal that killed it) and the last lines it
+wrote to stderr (a runtime's crash message, or the Python traceback ``faulthandler`` prints on a fatal signal);
+either fails the run instead of hanging it.
 With a ``StabilityWatch`` the parent reads a shared per-instance image counter every window and stops the
 workers once the throughput is stable.
 """

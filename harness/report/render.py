@@ -114,43 +114,38 @@ def caveats(runs: list[LabelledRun]) -> list[str]:
     """What the plots and table do not show and a reader comparing the runs must know, one sentence each naming
     the runs: timings taken beside another run or declared invalid, timings from several machines, mAP from
     random weights or the synthetic set, and what the accuracy stage warned about."""
-    timed = [run for run in runs if run.result.perf is not None]
-    scored = [run for run in runs if run.result.accuracy is not None]
+    timed = [(run.label, run.result, run.result.perf) for run in runs if run.result.perf is not None]
+    scored = [(run.label, run.result, run.result.accuracy) for run in runs if run.result.accuracy is not None]
     notes = []
-    contended = [run.label for run in timed if run.result.perf and run.result.perf.contended_with]
+    contended = [label for label, _, perf in timed if perf.contended_with]
     if contended:
         notes.append(
-            f"{_listed(contended)} measured on one device at the same time as another run: their timings are not "
+            f"{', '.join(contended)} measured on one device at the same time as another run: their timings are not "
             "comparable (run perf sweeps one job per device, e.g. the basic launcher)"
         )
-    for run in timed:
-        assert run.result.perf is not None
-        if not run.result.perf.validity.valid:
-            reasons = "; ".join(run.result.perf.validity.reasons)
-            notes.append(f"{run.label}: its perf measurement is invalid ({reasons}): its timings are not the build's")
+    notes += [
+        f"{label}: its perf measurement is invalid ({'; '.join(perf.validity.reasons)}): its timings are not the "
+        "build's"
+        for label, _, perf in timed
+        if not perf.validity.valid
+    ]
     machines: dict[str, list[str]] = {}
-    for run in timed:
-        machines.setdefault(_machine(run.result), []).append(run.label)
+    for label, result, _ in timed:
+        machines.setdefault(_machine(result), []).append(label)
     if len(machines) > 1:
-        where = "; ".join(f"{machine}: {_listed(labels)}" for machine, labels in machines.items())
+        where = "; ".join(f"{machine}: {', '.join(labels)}" for machine, labels in machines.items())
         notes.append(f"timed on {len(machines)} machines ({where}): timings across them compare machines as well")
-    random = [run.label for run in scored if run.result.weights and run.result.weights.kind == "random"]
+    random = [label for label, result, _ in scored if result.weights and result.weights.kind == "random"]
     if random:
-        notes.append(f"{_listed(random)} ran with RANDOM weights: their mAP shows numerics, not retrieval quality")
-    synthetic = [run.label for run in scored if run.result.accuracy and run.result.accuracy.dataset.startswith("synth")]
+        notes.append(f"{', '.join(random)} ran with RANDOM weights: their mAP shows numerics, not retrieval quality")
+    synthetic = [label for label, _, accuracy in scored if accuracy.dataset.startswith("synthetic-")]
     if synthetic:
         notes.append(
-            f"{_listed(synthetic)} scored the synthetic set made from shipped photos: their mAP is not comparable "
+            f"{', '.join(synthetic)} scored the synthetic set made from shipped photos: their mAP is not comparable "
             "with Revisited Oxford / Paris results"
         )
-    for run in scored:
-        assert run.result.accuracy is not None
-        notes += [f"{run.label}: {warning}" for warning in run.result.accuracy.warnings]
+    notes += [f"{label}: {warning}" for label, _, accuracy in scored for warning in accuracy.warnings]
     return notes
-
-
-def _listed(labels: list[str]) -> str:
-    return ", ".join(labels)
 
 
 def _machine(result: RunResult) -> str:
