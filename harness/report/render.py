@@ -137,11 +137,11 @@ def caveats(runs: list[LabelledRun]) -> list[str]:
         notes.append(f"timed on {len(machines)} machines ({where}): timings across them compare machines as well")
     random = [label for label, result, _ in scored if result.weights and result.weights.kind == "random"]
     if random:
-        notes.append(f"{', '.join(random)} ran with RANDOM weights: their mAP shows numerics, not retrieval quality")
+        notes.append(f"{', '.join(random)} ran with RANDOM weights: the mAP shows numerics, not retrieval quality")
     synthetic = [label for label, _, accuracy in scored if accuracy.dataset.startswith("synthetic-")]
     if synthetic:
         notes.append(
-            f"{', '.join(synthetic)} scored the synthetic set made from shipped photos: their mAP is not comparable "
+            f"{', '.join(synthetic)} scored the synthetic set made from shipped photos: the mAP is not comparable "
             "with Revisited Oxford / Paris results"
         )
     notes += [f"{label}: {warning}" for label, _, accuracy in scored for warning in accuracy.warnings]

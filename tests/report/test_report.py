@@ -258,7 +258,7 @@ def test_the_report_command_writes_under_reports_by_default(runs: list[LabelledR
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("(5 plots, 2 runs; index.html is self-contained)")  # one precision: no deltas
     labels = ", ".join(run.run_dir.name for run in runs[:2])
-    assert f"read with care: {labels} ran with RANDOM weights: their mAP shows numerics" in done.stdout
+    assert f"read with care: {labels} ran with RANDOM weights: the mAP shows numerics" in done.stdout
     assert (tmp_path / "r" / "index.md").is_file()
     refused = subprocess.run(
         [sys.executable, "-m", "harness", "report", str(tmp_path), "tracking=off"], cwd=REPO_ROOT, capture_output=True,
@@ -330,8 +330,8 @@ def test_what_the_plots_cannot_show_is_said_above_them_naming_the_runs(runs: lis
     labels = [run.label for run in runs]
     plain = write_report(runs, tmp_path / "plain", title="plain")
     assert plain.caveats == (
-        f"{', '.join(labels)} ran with RANDOM weights: their mAP shows numerics, not retrieval quality",
-        f"{', '.join(labels)} scored the synthetic set made from shipped photos: their mAP is not comparable with "
+        f"{', '.join(labels)} ran with RANDOM weights: the mAP shows numerics, not retrieval quality",
+        f"{', '.join(labels)} scored the synthetic set made from shipped photos: the mAP is not comparable with "
         "Revisited Oxford / Paris results",
     )
     contended, invalid, elsewhere, official = (run.result for run in runs)
@@ -362,8 +362,8 @@ def test_what_the_plots_cannot_show_is_said_above_them_naming_the_runs(runs: lis
         f"timed on 2 machines ({here['cpu_model']} / {here['cpu_usable']} cores [{here['hardware_fingerprint']}]: "
         f"{', '.join(labels[:2] + labels[3:])}; Other CPU / {here['cpu_usable']} cores [0ther]: {labels[2]}): "
         "timings across them compare machines as well",
-        f"{', '.join(labels[:3])} ran with RANDOM weights: their mAP shows numerics, not retrieval quality",
-        f"{', '.join(labels[:3])} scored the synthetic set made from shipped photos: their mAP is not comparable "
+        f"{', '.join(labels[:3])} ran with RANDOM weights: the mAP shows numerics, not retrieval quality",
+        f"{', '.join(labels[:3])} scored the synthetic set made from shipped photos: the mAP is not comparable "
         "with Revisited Oxford / Paris results",
         f"{labels[3]}: 2 descriptors all zero",
     )
