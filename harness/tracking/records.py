@@ -202,6 +202,8 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
         else f"sm {resolved['sm_clock_max_mhz']}, memory {resolved.get('memory_clock_max_mhz')}",
         "harness.perf_valid": _flag(perf, "validity", "valid"),
         "harness.contended": _flag(perf, "contended_with"),
+        # An open-loop run of a one-program-per-batch backend: its model time is the full batch's.
+        "harness.filled_batches": _flag(perf, "filled_batches"),
         "harness.parity_passed": _flag(result.get("build"), "parity", "passed"),
         "harness.cache_hit": _flag(result.get("build"), "cache_hit"),
         "run_dir": result["run_dir"],

@@ -17,6 +17,7 @@ from harness.models.weights import backbone_from
 from harness.pipeline import run
 from harness.result import load_result
 from harness.summary import format_summary
+from harness.tracking.records import tags_of
 from tests.conftest import run_config
 from tests.torch.test_torch_backend import CPU
 
@@ -97,6 +98,7 @@ def test_a_compiled_module_serves_open_loop_calls_at_the_batch_it_was_compiled_f
     assert result.status == "ok", result.error
     assert result.perf is not None and result.perf.filled_batches
     assert load_result(tmp_path / "run").perf.filled_batches  # type: ignore[union-attr]
+    assert tags_of(result.to_dict())["harness.filled_batches"] == "true"
     perf_line = next(line for line in format_summary(result).splitlines() if line.startswith("  perf "))
     assert "server 200 qps offered (latency from scheduled arrival; every call runs the full batch of 3, one " in (
         perf_line
