@@ -81,25 +81,30 @@ def _decoded(jobs: Sequence[ImageJob], workers: int) -> Iterator[tuple[str, np.n
     try:
         while pending:
             chunk, decoding = pending.popleft()
-            decoded = None
+            # The pool breaks as a worker dies: at this call's result, or at the next submission.
             try:
                 decoded = decoding.result()
-                pending.extend((following, executor.submit(_decode_all, following)) for following in islice(chunks, 1))
             except BrokenProcessPool:
-                # The pool breaks as a worker dies: at this call's result, or at the next submission.
-                waiting = [chunk] if decoded is None else []
-                unfinished = [job for queued in [*waiting, *(queued for queued, _ in pending)] for job in queued]
-                unfinished = unfinished or list(chunk)
-                raise DataError(
-                    f"{unfinished[0].path}: an image decoding worker died while decoding it or one of the "
-                    f"{counted(len(unfinished) - 1, 'image')} after it (killed: by the out-of-memory killer when memory "
-                    "runs out; or a crash in native decoding code); accuracy.workers=0 decodes in the harness's own "
-                    "process, one image at a time"
-                ) from None
+                raise _decoder_died([chunk, *(queued for queued, _ in pending)]) from None
+            for following in islice(chunks, 1):
+                try:
+                    pending.append((following, executor.submit(_decode_all, following)))
+                except BrokenProcessPool:
+                    raise _decoder_died([*(queued for queued, _ in pending), following]) from None
             yield from decoded
     finally:
         # On an error or an interrupt the queued images are dropped, not decoded first.
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _decoder_died(unfinished: list[Sequence[ImageJob]]) -> DataError:
+    """The error of a decoding pool that lost a worker while these chunks of images were not decoded yet."""
+    jobs = [job for chunk in unfinished for job in chunk]
+    return DataError(
+        f"{jobs[0].path}: an image decoding worker died while decoding it or one of the "
+        f"{counted(len(jobs) - 1, 'image')} after it (killed: by the out-of-memory killer when memory runs out; or a "
+        "crash in native decoding code); accuracy.workers=0 decodes in the harness's own process, one image at a time"
+    )
 
 
 def _readable(

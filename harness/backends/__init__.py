@@ -14,9 +14,9 @@ a precision the backend runs otherwise (the torch backend's CUDA flash attention
 smaller batches up to the full one). A config may also have ``fp32_reference``: the config that extracts the fp32
 features a lower precision is compared with, when that is not the same backend on the fp32 build (the torch
 backend's AOTInductor package is compared with its eager fp32 module, so no fp32 package or ONNX build is made for
-it; ONNX Runtime's fp32 pass turns TensorRT's fp16 switch off). The plugin modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked
-up; they import their runtimes (onnxruntime, torch, vendor tools) inside their methods, so looking a backend up is
-cheap.
+it; ONNX Runtime's fp32 pass turns TensorRT's fp16 switch off). The plugin modules are listed in
+``PLUGIN_MODULES`` and imported only when a backend is looked up; they import their runtimes (onnxruntime, torch,
+vendor tools) inside their methods, so looking a backend up is cheap.
 
 ``open_backend`` is the only place a backend is built for a target: it resolves it (what is installed),
 checks the input it accepts against the shape and batch asked for, and hands back a picklable factory

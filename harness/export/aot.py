@@ -110,10 +110,10 @@ def _compile_into_cache(
 
 
 def package_parity(config: RunConfig, reference: dinov2.DinoVisionTransformer, package: Path) -> ParityResult:
-    """The parity photos through the package, loaded and run by the torch backend (which pads them to its batch),
-    against torch fp32 on the CPU; raises ``BuildError`` when a bound of the precision fails."""
+    """The parity photos through the package, loaded and run by the torch backend (filled up to its batch), against
+    torch fp32 on the CPU; raises ``BuildError`` when a bound of the precision fails."""
     target = LoadTarget(
         artifact_path=str(package), model=config.model, precision=config.precision.name,
         cache_dir=str(config.paths.path("cache")),
     )  # fmt: skip
-    return torch_parity(config, reference, target, name=package.name, pad=False)
+    return torch_parity(config, reference, target, name=package.name)

@@ -40,23 +40,19 @@ def check_module(config: RunConfig, model: dinov2.DinoVisionTransformer) -> Buil
         artifact_path=None, model=config.model, precision=config.precision.name,
         cache_dir=str(config.paths.path("cache")),
     )  # fmt: skip
-    # A compiled module is specialised to one batch size (dynamic=False): the photos go in at the run's batch, so
-    # the graph checked is the graph timed (and Inductor's on-disk cache can serve the workers' compile of it).
-    parity = torch_parity(
-        config, model, target, name=f"{model.spec.name} {backend.runs} on {backend.device}",
-        pad=one_program_per_batch(backend),
-    )  # fmt: skip
+    parity = torch_parity(config, model, target, name=f"{model.spec.name} {backend.runs} on {backend.device}")
     return BuildResult(
         artifact_path=None, cache_hit=None, manifest=None, parity=parity, time_s=time.perf_counter() - started
     )
 
 
 def torch_parity(
-    config: RunConfig, reference: dinov2.DinoVisionTransformer, target: LoadTarget, *, name: str, pad: bool
+    config: RunConfig, reference: dinov2.DinoVisionTransformer, target: LoadTarget, *, name: str
 ) -> ParityResult:
     """The parity photos through the torch backend loading ``target`` as a worker does, ``perf.batch`` at a time
-    (the last batch filled up with repeated photos when ``pad``), against torch fp32 ``reference`` on the CPU;
-    raises ``BuildError`` naming ``name`` when a bound of the precision fails."""
+    (the last batch filled up with repeated photos where the backend runs one program per batch size, so the
+    program checked is the one timed, and Inductor's on-disk cache can serve the workers' compile of it), against
+    torch fp32 ``reference`` on the CPU; raises ``BuildError`` naming ``name`` when a bound of the precision fails."""
     backend = config.backend
     assert isinstance(backend, TorchConfig)
     photos = sample_photos(config.build.parity_images)
@@ -65,6 +61,7 @@ def torch_parity(
     # Parity runs each batch as it is: no CUDA graph capture and no host staging for a handful of photos.
     runner = BackendFactory(replace(backend, cuda_graphs=False, host_io=False), target)()
     batch = config.perf.batch
+    pad = one_program_per_batch(backend)
     rows = []
     try:
         for start in range(0, len(inputs), batch):
