@@ -6,7 +6,9 @@ time of each call is measured with CUDA events on the compute stream; with ``hos
 its input from pinned host memory and its features back, on the copy streams, timed with events too
 (``last_transfer_us``), so the end-to-end time is what a server sees. An instance keeps up to
 ``PIPELINE_DEPTH`` calls queued (``Pipelined``: async mode), each in its own lane of buffers and events, so
-one call's copies and launches overlap the other's compute; instances in one process overlap the same way.
+one call's copies and launches overlap the other's compute; instances in one process overlap the same way. A
+module compiled in a mode that captures its own CUDA graphs (``reduce-overhead``, ``max-autotune``) keeps one:
+its next call frees the outputs of the last.
 ``cuda_graphs`` captures one CUDA graph per batch size and lane (after a warm-up on a side stream) into that
 lane's input buffer, and replays it: the cure for launch-bound batch-1 latency.
 
@@ -29,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from harness.backends import InputSignature, LoadTarget, register_backend
-from harness.backends.torch_config import TorchConfig
+from harness.backends.torch_config import GRAPHING_MODES, TorchConfig
 from harness.errors import BackendUnavailable, ConfigError, counted
 from harness.nvml import device_info
 
@@ -196,7 +198,11 @@ class TorchBackend:
             self.streams = (torch.cuda.Stream(device), torch.cuda.Stream(device), torch.cuda.Stream(device))
 
     def max_in_flight(self) -> int:
-        return PIPELINE_DEPTH if self.on_cuda else 1
+        # torch.compile's own CUDA graphs (CUDAGraph Trees) start a new generation at each call and free the previous
+        # call's outputs: a second call queued before the first is collected would overwrite its features, and
+        # reading them raises "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run".
+        graphs_own_outputs = self.config.compile and self.config.compile_mode in GRAPHING_MODES
+        return PIPELINE_DEPTH if self.on_cuda and not graphs_own_outputs else 1
 
     def prepare(self, batch: np.ndarray) -> None:
         import torch

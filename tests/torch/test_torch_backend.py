@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from harness.backends import LoadTarget, torch_backend
+from harness.backends import BackendFactory, LoadTarget, torch_backend
 from harness.backends.torch_backend import TorchBackend
-from harness.backends.torch_config import TorchConfig
+from harness.backends.torch_config import CompileMode, TorchConfig
 from harness.config.schema import ModelConfig
 from harness.errors import BackendUnavailable, ConfigError
 from harness.models.variants import get_variant
 from harness.models.weights import load_backbone
+from harness.perf.loadgen import LoadPlan, WorkerTask, run_instances
 from harness.resolve import resolve_config
 from tests.conftest import compose
 
@@ -182,6 +183,20 @@ def test_on_the_cpu_a_call_runs_when_submitted_and_nothing_is_queued_beyond_it(t
     np.testing.assert_allclose(backend.outputs(), reference(tmp_path, batch), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("compile_mode", "depth"),
+    [("default", 2), ("max-autotune-no-cudagraphs", 2), ("reduce-overhead", 1), ("max-autotune", 1)],
+)
+def test_a_module_whose_compile_mode_captures_its_own_cuda_graphs_queues_one_call(
+    compile_mode: CompileMode, depth: int
+) -> None:
+    # CUDAGraph Trees free a call's outputs when the next call starts: with two queued, reading the first call's
+    # features raised "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run".
+    backend = TorchBackend(dataclasses.replace(CUDA, compile=True, compile_mode=compile_mode))
+    assert backend.max_in_flight() == depth
+    assert TorchBackend(dataclasses.replace(CUDA, cuda_graphs=True)).max_in_flight() == 2  # a graph per lane
+
+
 def test_bf16_runs_on_the_cpu_close_to_fp32(tmp_path: Path) -> None:
     backend = TorchBackend(CPU)
     backend.load(target(tmp_path, "bf16"))
@@ -236,3 +251,16 @@ def test_two_queued_calls_each_give_the_features_of_a_lone_call(tmp_path: Path, 
         backend.submit()  # into the lane just collected, while the other call runs
     backend.collect()
     np.testing.assert_array_equal(backend.outputs(), alone)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_an_async_run_of_a_module_compiled_with_its_own_cuda_graphs_reads_every_calls_features(tmp_path: Path) -> None:
+    config = dataclasses.replace(CUDA, compile=True, compile_mode="reduce-overhead")
+    task = WorkerTask(
+        worker=0, instances=(0,), iterations=(8,), factory=BackendFactory(config, target(tmp_path, "fp16")),
+        inputs=images(2),
+        plan=LoadPlan(mode="async", queue_depth=2, warmup=2, min_duration_s=0.0, max_duration_s=None),
+    )  # fmt: skip
+    (instance,) = run_instances(task).instances
+    assert instance.calls == 8 and instance.device_queue == 1
