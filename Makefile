@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench gate baseline clean
+.PHONY: demo test lint bench gate baseline device-bundle clean
 CI_SWEEP := outputs/ci-gate
 CI_BASELINE := reports/baselines/ci.json
 
@@ -49,6 +49,13 @@ baseline: $(STAMP)
 	rm -rf $(CI_SWEEP)
 	$(BIN)/harness run -m +experiment=ci_accuracy,ci_perf hydra.sweep.dir=$(CI_SWEEP) tracking=off
 	$(BIN)/harness gate --promote $(CI_SWEEP) --baseline $(CI_BASELINE) tracking=off
+
+# What the device check needs beyond torch and timm, for a GPU machine that cannot install packages: NVML's
+# Python binding (nvidia-ml-py, one pure-Python module), copied into .device/ to travel beside the checkout
+# (run there with PYTHONPATH=.device).
+device-bundle: $(STAMP)
+	rm -rf .device && mkdir .device
+	$(BIN)/python -c "import shutil, pynvml; shutil.copy(pynvml.__file__, '.device')"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -380,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     environment = TorchBackend(base_config(args.device)).check_environment()
     report = Report(environment, args.out, started)
     print(f"device: {', '.join(f'{key} {value}' for key, value in environment.items())}, pid {os.getpid()}", flush=True)
+    if on_gpu and "driver" not in environment:
+        print(
+            "NVML: not available (nvidia-ml-py not importable, or no driver): the rows carry no device telemetry; "
+            "`make device-bundle` copies it into .device/ for PYTHONPATH=.device",
+            flush=True,
+        )
     dtypes = ["fp16", "bf16"] if on_gpu else ["fp32"]
     for variant in args.parity:
         try:
