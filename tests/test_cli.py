@@ -298,18 +298,39 @@ def test_hydra_folders_the_harness_cannot_keep_its_runs_in_are_refused_before_a_
     )
 
 
-@pytest.mark.parametrize("sweep", [[], ["-m", "perf.batch=1,2"]])
-def test_outputs_that_cannot_be_created_are_one_line_and_no_run(tmp_path: Path, sweep: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("sweep", "key", "failure"),
+    [
+        ([], "paths.outputs", "cannot create the run folders there"),
+        (["-m", "perf.batch=1,2"], "paths.outputs", "cannot create the run folders there"),
+        ([], "hydra.run.dir", "cannot create the run folder"),
+        (["-m", "perf.batch=1,2"], "hydra.sweep.dir", "cannot create the sweep folder"),
+    ],
+)
+def test_outputs_that_cannot_be_created_are_one_line_and_no_run(
+    tmp_path: Path, sweep: list[str], key: str, failure: str
+) -> None:
     blocker = tmp_path / "a-file"
-    blocker.write_text("paths.outputs under a file: Hydra's own folder creation failed with a chain of tracebacks")
+    blocker.write_text("a folder under a file: Hydra's own folder creation failed with a chain of tracebacks")
+    outputs = tmp_path / "outputs"
     done = subprocess.run(
-        [sys.executable, "-m", "harness", "run", *sweep, "debug=tiny", "tracking=off", f"paths.outputs={blocker / 'out'}"],
+        [sys.executable, "-m", "harness", "run", *sweep, "debug=tiny", "tracking=off", f"paths.outputs={outputs}",
+         f"{key}={blocker / 'out'}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip() == (
-        f"error: paths.outputs={blocker / 'out'}: cannot create the run folders there ({blocker} is a file, not a folder)"
-    )
+    assert done.stderr.strip() == f"error: {key}={blocker / 'out'}: {failure} ({blocker} is a file, not a folder)"
+    assert not outputs.exists() or not any(outputs.rglob("result.json"))
+
+
+def test_the_run_folder_probed_before_hydra_makes_it_is_not_left_behind(tmp_path: Path) -> None:
+    # Its default name holds the time to the microsecond, which Hydra reads again when it creates the folder.
+    outputs = tmp_path / "outputs"
+    done = harness(tmp_path, "run", "debug=tiny", "backend=sleep", "stages=[perf]", "tracking=off")
+    assert done.returncode == 0, done.stderr
+    (day,) = (outputs / "run").iterdir()
+    (run_dir,) = day.iterdir()
+    assert (run_dir / "result.json").is_file()
 
 
 def test_a_tracking_store_mlflow_cannot_open_is_a_warning_and_the_result_is_kept(tmp_path: Path) -> None:

@@ -257,8 +257,8 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
     if not multirun:
         composed, hydra = compose_with_hydra(overrides, config_name)
         outputs = resolve_config(composed).paths.path("outputs")
-        _check_hydra_folders(hydra, multirun=False)
         _check_outputs(outputs)
+        _check_hydra_folders(hydra, multirun=False)
         return
     plan = sweep_plan(overrides, config_name)
     if plan is None:
@@ -277,9 +277,9 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
         raise ConfigError(
             f"{len(invalid)} of {len(plan.jobs)} sweep jobs are invalid, nothing was run:\n  " + "\n  ".join(invalid)
         )
-    _check_hydra_folders(hydra, multirun=True)  # the sweep's folder, as any of its jobs composes it
     for folder in sorted(every_outputs):
         _check_outputs(folder)
+    _check_hydra_folders(hydra, multirun=True)  # the sweep's folder, as any of its jobs composes it
 
 
 # Where a sweep's jobs go: every command that reads a sweep (its summary, sync, gate, report) finds job N there.
@@ -321,16 +321,24 @@ def _check_hydra_folders(hydra: Any, *, multirun: bool) -> None:
             f"{key}={folder}: holds an earlier {what} ({record}); a {what} writes a folder of its own, so that "
             f"one's results are kept: choose another {key}, or remove the folder"
         )
+    # Its name may hold the time, which Hydra reads again when it creates the folder: the one made here goes.
+    _create_folder(folder, f"{key}={folder}: cannot create the {what} folder", keep=False)
 
 
 def _check_outputs(folder: Path) -> None:
-    """Create ``paths.outputs`` now, where a failure is one line: Hydra creates the run folder under it before
-    any harness code runs, and its failure there is a chain of tracebacks."""
+    _create_folder(folder, f"paths.outputs={folder}: cannot create the run folders there", keep=True)
+
+
+def _create_folder(folder: Path, failure: str, *, keep: bool) -> None:
+    """Create ``folder`` now, where a failure is one line (``failure``, then why): Hydra creates the run or sweep
+    folder before any harness code runs, and its failure there was a chain of tracebacks. Without ``keep`` it is
+    removed again if it was not there before (its parents stay: Hydra makes them next)."""
     from harness.errors import ConfigError, unwritable_reason
 
+    existed = folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(
-            f"paths.outputs={folder}: cannot create the run folders there ({unwritable_reason(folder, error, folder=True)})"
-        ) from None
+        raise ConfigError(f"{failure} ({unwritable_reason(folder, error, folder=True)})") from None
+    if not keep and not existed:
+        folder.rmdir()
