@@ -424,6 +424,13 @@ def test_data_download_offline_is_one_clear_error(tmp_path: Path) -> None:
     )
 
 
+def test_a_synthetic_set_the_photos_cannot_make_is_a_bad_argument(tmp_path: Path) -> None:
+    done = harness(tmp_path, "data", "synthetic", "--root", str(tmp_path / "data"), "--queries", "20")
+    assert done.returncode == 2  # as `harness run` refuses it: a config that does not resolve
+    assert done.stderr.strip() == "error: dataset.synthetic_queries=20: expected 1 to 14 (photos shipped: 15)"
+    assert not (tmp_path / "data").exists()
+
+
 def test_data_synthetic_into_a_root_that_cannot_exist_is_one_line(tmp_path: Path) -> None:
     done = harness(tmp_path, "data", "synthetic", "--root", "/proc/nope")
     assert done.returncode == 1

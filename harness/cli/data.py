@@ -20,8 +20,8 @@ def data(arguments: list[str]) -> int:
     from harness.config.commands import DataCommandConfig
     from harness.config.store import OVERLAY_GROUPS
     from harness.data.datasets import DATASETS, download_dataset
-    from harness.data.synthetic import dataset_location, write_synthetic
-    from harness.errors import HarnessError, counted
+    from harness.data.synthetic import check_synthetic_set, dataset_location, write_synthetic
+    from harness.errors import ConfigError, HarnessError, counted
 
     parser = _data_parser(sorted(DATASETS))
     # Overrides anywhere, also after an option (argparse takes them only before).
@@ -36,6 +36,13 @@ def data(arguments: list[str]) -> int:
             if getattr(options, flag) is not None
         ]
     config = config_or_exit(DataCommandConfig, overrides, overlays=OVERLAY_GROUPS)
+    if options.action == "synthetic":
+        dataset = config.dataset
+        try:  # a size the photos cannot make is a bad argument (exit 2), as for `harness run`
+            check_synthetic_set(dataset.synthetic_images, dataset.synthetic_queries, dataset.synthetic_seed)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     root, name = dataset_location(config.dataset, config.paths)
     root = options.root or root
     try:
