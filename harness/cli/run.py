@@ -257,8 +257,7 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
     if not multirun:
         composed, hydra = compose_with_hydra(overrides, config_name)
         outputs = resolve_config(composed).paths.path("outputs")
-        _check_outputs(outputs)
-        _check_hydra_folders(hydra, multirun=False)
+        _check_hydra_folders(hydra, multirun=False, outputs=[outputs])
         return
     plan = sweep_plan(overrides, config_name)
     if plan is None:
@@ -277,22 +276,21 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
         raise ConfigError(
             f"{len(invalid)} of {len(plan.jobs)} sweep jobs are invalid, nothing was run:\n  " + "\n  ".join(invalid)
         )
-    for folder in sorted(every_outputs):
-        _check_outputs(folder)
-    _check_hydra_folders(hydra, multirun=True)  # the sweep's folder, as any of its jobs composes it
+    _check_hydra_folders(hydra, multirun=True, outputs=sorted(every_outputs))  # the sweep's, as any job composes it
 
 
 # Where a sweep's jobs go: every command that reads a sweep (its summary, sync, gate, report) finds job N there.
 JOB_SUBDIR = "${hydra.job.num}"
 
 
-def _check_hydra_folders(hydra: Any, *, multirun: bool) -> None:
+def _check_hydra_folders(hydra: Any, *, multirun: bool, outputs: list[Path]) -> None:
     """Refuse a run folder that holds a finished run's ``result.json`` (a sweep folder, a sweep's ``sweep.json``):
     only a fixed ``hydra.run.dir`` / ``hydra.sweep.dir`` can, and the new run would write over that result while
     the earlier run's ``tracking.json`` made it pass for logged: "tracked" named the MLflow run holding the
     earlier numbers, and the new ones were in no store. Refuse a sweep's job folders named otherwise than by
     number too (its jobs ran, and the sweep called every one of them missing), and a job that changes into its
-    run folder (``paths`` relative to it put a store in every run folder)."""
+    run folder (``paths`` relative to it put a store in every run folder). Then create the ``outputs`` folders
+    and try the run (sweep) folder, each failure one line."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -321,12 +319,13 @@ def _check_hydra_folders(hydra: Any, *, multirun: bool) -> None:
             f"{key}={folder}: holds an earlier {what} ({record}); a {what} writes a folder of its own, so that "
             f"one's results are kept: choose another {key}, or remove the folder"
         )
+    # Nothing is created before every refusal above: a refused run leaves no folder behind.
+    for outputs_folder in outputs:
+        _create_folder(
+            outputs_folder, f"paths.outputs={outputs_folder}: cannot create the run folders there", keep=True
+        )
     # Its name may hold the time, which Hydra reads again when it creates the folder: the one made here goes.
     _create_folder(folder, f"{key}={folder}: cannot create the {what} folder", keep=False)
-
-
-def _check_outputs(folder: Path) -> None:
-    _create_folder(folder, f"paths.outputs={folder}: cannot create the run folders there", keep=True)
 
 
 def _create_folder(folder: Path, failure: str, *, keep: bool) -> None:
