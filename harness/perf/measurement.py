@@ -203,17 +203,23 @@ def _shortfalls(
     """Why a measurement falls short of the minimums it was asked for (each makes it invalid)."""
     reasons = []
     bound = f" (stopped at perf.max_duration_s={perf.max_duration_s})" if perf.max_duration_s is not None else ""
-    if stability is not None:
-        if not stability.stable:
-            watched = len(stability.window_throughput_qps)
-            reasons.append(
-                f"throughput not stable within perf.stability_pct={perf.stability_pct}% after {watched} windows{bound}"
-            )
-    elif forward_time_s < perf.min_duration_s:
-        reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}{bound}")
+    if stability is not None and not stability.stable:
+        watched = len(stability.window_throughput_qps)
+        reasons.append(
+            f"throughput not stable within perf.stability_pct={perf.stability_pct}% after {watched} windows{bound}"
+        )
+    scheduled = perf.open_loop_requests(target_qps) if perf.scenario != "closed" else 0
+    if stability is None and forward_time_s < perf.min_duration_s:
+        # The offline queue is sized by the batch floor alone: served in full, it can end before the minimum.
+        why = (
+            f": the offline scenario serves its {scheduled} requests ({perf.batches_floor} batches of {perf.batch}: "
+            "perf.iterations, perf.min_samples) once; raise perf.iterations"
+            if perf.scenario == "offline" and requests >= scheduled
+            else bound
+        )
+        reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}{why}")
     if perf.scenario == "closed" and stability is None and batches < perf.batches_floor:
         reasons.append(f"{batches} batches < {perf.batches_floor} (perf.iterations, perf.min_samples){bound}")
-    scheduled = perf.open_loop_requests(target_qps) if perf.scenario != "closed" else 0
     if requests < scheduled:
         reasons.append(f"{requests} requests served < {scheduled} scheduled{bound}")
     return reasons

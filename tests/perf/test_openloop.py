@@ -244,6 +244,22 @@ def test_offline_scenario_serves_full_batches_back_to_back(cache_dir: Path, tmp_
     assert result.latency_us.e2e.max >= 20 * 2000.0
 
 
+def test_an_offline_queue_served_before_the_minimum_duration_says_so_not_that_the_bound_stopped_it(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    config = sleep_config(
+        cache_dir, "backend.latency_us=2000", "perf.scenario=offline", "perf.batch=4", "perf.iterations=10",
+        "perf.min_samples=10", "perf.min_duration_s=5",
+    )  # fmt: skip
+    result = measure(config, tmp_path)
+    assert result.batches == 10 and result.forward_time_s < 1.0
+    # It said "(stopped at perf.max_duration_s=600.0)": the run was nowhere near it.
+    assert result.validity.reasons == (
+        f"forward time {result.forward_time_s:.3f} s < perf.min_duration_s=5.0: the offline scenario serves its 40 "
+        "requests (10 batches of 4: perf.iterations, perf.min_samples) once; raise perf.iterations",
+    )
+
+
 @pytest.mark.parametrize("fill", [False, True])
 def test_a_plan_that_fills_batches_runs_every_open_loop_call_at_the_full_batch(
     cache_dir: Path, tmp_path: Path, fill: bool
