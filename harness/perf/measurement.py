@@ -205,8 +205,9 @@ def _shortfalls(
     bound = f" (stopped at perf.max_duration_s={perf.max_duration_s})" if perf.max_duration_s is not None else ""
     if stability is not None and not stability.stable:
         watched = len(stability.window_throughput_qps)
+        ended = f" (perf.max_windows={perf.max_windows})" if watched >= perf.max_windows else bound
         reasons.append(
-            f"throughput not stable within perf.stability_pct={perf.stability_pct}% after {watched} windows{bound}"
+            f"throughput not stable within perf.stability_pct={perf.stability_pct}% after {watched} windows{ended}"
         )
     scheduled = perf.open_loop_requests(target_qps) if perf.scenario != "closed" else 0
     if stability is None and forward_time_s < perf.min_duration_s:
