@@ -96,7 +96,8 @@ class PerfConfig:
 
     def open_loop_requests(self, target_qps: float | None) -> int:
         """Open loop: requests (one image each) over all instances. Server: the batch floor, and enough to
-        fill ``min_duration_s`` at ``target_qps`` (and p99's 662 when searching); offline: floor x batch."""
+        fill ``min_duration_s`` at ``target_qps`` (and p99's 662 when searching); offline: at least floor x batch
+        (each instance adds what lasts ``min_duration_s`` at its warm-up's rate)."""
         if self.scenario == "offline":
             return self.batches_floor * self.batch
         assert target_qps is not None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import math
 import os
 import resource
 import sys
@@ -38,6 +39,9 @@ from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_time
 
 CHUNK_SAMPLES = 65536
 COMPLETION_BIN_S = 0.001
+# The offline queue is sized from the warm-up's fastest call to last this much longer than ``min_duration_s``: the
+# window's calls run about as fast (a mean over the warm-up, early calls included, was 11% slow: too few requests).
+OFFLINE_DURATION_MARGIN = 1.1
 
 
 class Sampler(Protocol):
@@ -98,7 +102,8 @@ class LoadPlan:
         max_duration_s: ...but stops here whatever is unmet (``None``: no bound).
         scenario: ``closed`` (the loops above), or open loop (``harness.perf.openloop``): ``server`` (Poisson
             arrivals at ``rate_qps`` per instance, seeded with ``arrival_seed`` + the instance number) or
-            ``offline`` (every request there at the start); ``iterations`` then counts requests (one image each).
+            ``offline`` (every request there at the start, as many as last ``min_duration_s`` at the warm-up's
+            fastest call); ``iterations`` then counts requests (one image each), offline the least of them.
         max_queue_delay_s: open loop: how long a request may wait for its batch to fill.
         until_stopped: closed loop with a stability rule: run until the parent says the throughput is stable
             (or ``max_duration_s``); iterations and minimum duration are the rule's business then.
@@ -212,6 +217,7 @@ class _Instance:
         self.dispatch_delay_us = np.zeros(0, dtype=np.float32)
         self.device_queue = 1
         self.arrivals_s = np.zeros(0)
+        self.warm_call_s = 0.0
 
     def prepare(self) -> None:
         started = time.perf_counter()
@@ -222,9 +228,24 @@ class _Instance:
         self.backend.infer()
         self.backend.outputs()
         self.first_call_us = (time.perf_counter() - started) * 1e6
+        self.warm_call_s = self.first_call_us / 1e6
         for _ in range(self.task.plan.warmup):
+            started = time.perf_counter()
             self.backend.infer()
             self.backend.outputs()
+            self.warm_call_s = min(self.warm_call_s, time.perf_counter() - started)
+
+    def offline_requests(self) -> int:
+        """The offline queue: at least this instance's share of the batch floor, and enough full batches to last
+        ``min_duration_s`` at the warm-up's fastest call (MLPerf's Offline scenario sizes its one query from an
+        expected rate the same way), but not past ``max_duration_s``."""
+        plan, batch = self.task.plan, len(self.task.inputs)
+        if self.warm_call_s <= 0:
+            return self.iterations
+        lasting = math.ceil(plan.min_duration_s * OFFLINE_DURATION_MARGIN / self.warm_call_s)
+        if plan.max_duration_s is not None:
+            lasting = min(lasting, math.floor(plan.max_duration_s / self.warm_call_s))
+        return max(self.iterations, lasting * batch)
 
     def _keep_going(self, done: int) -> bool:
         """Both minimums extend the run; the upper bound ends it whatever is unmet (judged by the stage).
@@ -274,7 +295,8 @@ class _Instance:
     def _run_open_loop(self) -> None:
         plan = self.task.plan
         tighten_timer_slack()
-        arrivals = plan.arrivals(self.index, self.iterations)
+        requests = self.offline_requests() if plan.scenario == "offline" else self.iterations
+        arrivals = plan.arrivals(self.index, requests)
         if plan.scenario == "server":
             self.arrivals_s = arrivals
         served = serve_schedule(

@@ -19,6 +19,7 @@ from harness.backends import BackendFactory, LoadTarget
 from harness.config.perf import P99_MIN_SAMPLES
 from harness.errors import ConfigError
 from harness.perf.loadgen import LoadPlan, WorkerTask, run_instances
+from harness.perf.measurement import _shortfalls
 from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_timer_slack, waiter
 from harness.perf.stats import MIN_SAMPLES
 from harness.resolve import resolve_config
@@ -244,20 +245,37 @@ def test_offline_scenario_serves_full_batches_back_to_back(cache_dir: Path, tmp_
     assert result.latency_us.e2e.max >= 20 * 2000.0
 
 
-def test_an_offline_queue_served_before_the_minimum_duration_says_so_not_that_the_bound_stopped_it(
-    cache_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(("min_duration_s", "max_duration_s"), [(0.5, 600.0), (5.0, 0.3)])
+def test_the_offline_queue_is_sized_to_last_the_minimum_duration_up_to_the_bound(
+    cache_dir: Path, tmp_path: Path, min_duration_s: float, max_duration_s: float
 ) -> None:
+    # Sized by the batch floor alone (10 batches of 4 here, 20 ms) it ended long before the minimum, and the run was
+    # invalid "(stopped at perf.max_duration_s=600.0)", a bound it was nowhere near.
     config = sleep_config(
         cache_dir, "backend.latency_us=2000", "perf.scenario=offline", "perf.batch=4", "perf.iterations=10",
-        "perf.min_samples=10", "perf.min_duration_s=5",
+        "perf.min_samples=10", f"perf.min_duration_s={min_duration_s}", f"perf.max_duration_s={max_duration_s}",
     )  # fmt: skip
     result = measure(config, tmp_path)
-    assert result.batches == 10 and result.forward_time_s < 1.0
-    # It said "(stopped at perf.max_duration_s=600.0)": the run was nowhere near it.
-    assert result.validity.reasons == (
-        f"forward time {result.forward_time_s:.3f} s < perf.min_duration_s=5.0: the offline scenario serves its 40 "
-        "requests (10 batches of 4: perf.iterations, perf.min_samples) once; raise perf.iterations",
-    )
+    lasting = min(min_duration_s, max_duration_s)
+    assert result.samples == 4 * result.batches and result.batches > 10
+    assert lasting * 0.8 < result.forward_time_s < lasting * 1.3
+    if min_duration_s <= max_duration_s:
+        assert result.forward_time_s >= min_duration_s and result.validity.valid
+    else:
+        assert result.validity.reasons == (
+            f"forward time {result.forward_time_s:.3f} s < perf.min_duration_s=5.0 (stopped at perf.max_duration_s=0.3)",
+        )
+
+
+def test_an_offline_queue_served_before_the_minimum_says_its_warm_up_was_too_short() -> None:
+    perf = resolve_config(
+        compose(["perf.scenario=offline", "perf.batch=4", "perf.iterations=10", "perf.min_duration_s=1"])
+    ).perf
+    reasons = _shortfalls(perf, stability=None, forward_time_s=0.8, batches=250, requests=1000, target_qps=None)
+    assert reasons == [
+        "forward time 0.800 s < perf.min_duration_s=1.0: the offline queue of 1000 requests, sized to last that long "
+        "at the warm-up's fastest call, was served faster (a short warm-up: raise perf.warmup, or perf.iterations)"
+    ]
 
 
 @pytest.mark.parametrize("fill", [False, True])
