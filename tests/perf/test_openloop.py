@@ -258,7 +258,7 @@ def test_the_offline_queue_is_sized_to_last_the_minimum_duration_up_to_the_bound
     result = measure(config, tmp_path)
     lasting = min(min_duration_s, max_duration_s)
     assert result.samples == 4 * result.batches and result.batches > 10
-    assert lasting * 0.8 < result.forward_time_s < lasting * 1.3
+    assert lasting * 0.8 < result.forward_time_s < lasting * 2  # sized near it, not to the batch floor (20 ms)
     if min_duration_s <= max_duration_s:
         assert result.forward_time_s >= min_duration_s and result.validity.valid
     else:
