@@ -263,7 +263,8 @@ def _load(perf: PerfResult) -> str:
         offered = f"{perf.target_qps:.4g} qps offered" if perf.target_qps is not None else "no rate met the bound"
         return f"server {offered} (latency from scheduled arrival{_filled(perf)})"
     if perf.scenario == "offline":
-        return f"offline (all requests queued at the start{_filled(perf)})"
+        # The count: each instance sizes its queue from its warm-up, so it says how long the queue was made to last.
+        return f"offline (all {counted(perf.samples, 'request')} queued at the start{_filled(perf)})"
     if perf.mode == "sync" or perf.samples_source == "vamp":  # how vamp serves its queue is its own business
         return perf.mode
     on_device = f"{perf.device_queue} at once on the device" if perf.device_queue > 1 else "served one at a time"

@@ -278,6 +278,11 @@ def test_the_summary_says_how_an_async_load_was_served(tmp_path: Path) -> None:
         lines.append(next(line for line in format_summary(result).splitlines() if line.strip().startswith("perf ")))
     assert "async 3 in flight (2 at once on the device)" in lines[0]
     assert "async 3 in flight (served one at a time)" in lines[1]
+    offline = run(
+        tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.scenario=offline", "perf.batch=2", "perf.iterations=3"),
+        run_dir=tmp_path / "offline",
+    )
+    assert "sleep b2 i1 p1 offline (all 6 requests queued at the start): " in format_summary(offline)
 
 
 @pytest.mark.process
