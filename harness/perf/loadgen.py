@@ -3,7 +3,8 @@
 Layout (vamp's): ``instances`` model copies are dealt round-robin to ``processes`` OS processes (spawned
 fresh, so nothing is shared but the artifact file: ``harness.perf.workers``); inside a process each instance
 has its own thread, and runtimes release the GIL while they compute. Every instance loads, makes one cold
-call and warms up; the process then reports ready and, once released, measures.
+call and warms up; the process then collects and freezes its heap (``startup_heap_frozen``), reports ready and,
+once released, measures.
 
 As in MLPerf LoadGen, the load generator never touches the model or the data: it receives a ready
 backend factory (the system under test) and ready input batches (the sample library).
