@@ -11,6 +11,9 @@ from harness.errors import ConfigError
 
 # Samples p99 needs to be reported (at most 1% of them above it, with 99% confidence; harness.perf.stats).
 P99_MIN_SAMPLES = 662
+# The offline queue is sized from the warm-up's fastest call to last this much longer than ``min_duration_s``: the
+# window's calls run about as fast (a mean over the warm-up, early calls included, was 11% slow: too few requests).
+OFFLINE_DURATION_MARGIN = 1.1
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,13 @@ class PerfConfig:
     def batches_floor(self) -> int:
         """Batches a measurement runs at least: ``iterations`` and ``min_samples``, whichever is more."""
         return max(self.iterations or 0, self.min_samples)
+
+    @property
+    def offline_queue_s(self) -> float:
+        """How long each instance's offline queue is sized to last at its warm-up's fastest call:
+        ``min_duration_s`` and a margin, within ``max_duration_s``."""
+        lasting = self.min_duration_s * OFFLINE_DURATION_MARGIN
+        return lasting if self.max_duration_s is None else min(lasting, self.max_duration_s)
 
     def open_loop_requests(self, target_qps: float | None) -> int:
         """Open loop: requests (one image each) over all instances. Server: the batch floor, and enough to

@@ -40,9 +40,6 @@ from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_time
 
 CHUNK_SAMPLES = 65536
 COMPLETION_BIN_S = 0.001
-# The offline queue is sized from the warm-up's fastest call to last this much longer than ``min_duration_s``: the
-# window's calls run about as fast (a mean over the warm-up, early calls included, was 11% slow: too few requests).
-OFFLINE_DURATION_MARGIN = 1.1
 
 
 class Sampler(Protocol):
@@ -103,7 +100,7 @@ class LoadPlan:
         max_duration_s: ...but stops here whatever is unmet (``None``: no bound).
         scenario: ``closed`` (the loops above), or open loop (``harness.perf.openloop``): ``server`` (Poisson
             arrivals at ``rate_qps`` per instance, seeded with ``arrival_seed`` + the instance number) or
-            ``offline`` (every request there at the start, as many as last ``min_duration_s`` at the warm-up's
+            ``offline`` (every request there at the start, as many as last ``offline_queue_s`` at the warm-up's
             fastest call); ``iterations`` then counts requests (one image each), offline the least of them.
         max_queue_delay_s: open loop: how long a request may wait for its batch to fill.
         until_stopped: closed loop with a stability rule: run until the parent says the throughput is stable
@@ -111,6 +108,7 @@ class LoadPlan:
         fill_batches: open loop: every call runs the whole input batch, its requests and filler rows whose
             outputs are dropped, for a backend that runs one program per batch size (a new size would compile or
             capture inside the measured window).
+        offline_queue_s: offline: how long each instance's queue is sized to last (``PerfConfig.offline_queue_s``).
     """
 
     mode: Literal["sync", "async"]
@@ -124,6 +122,7 @@ class LoadPlan:
     arrival_seed: int = 0
     until_stopped: bool = False
     fill_batches: bool = False
+    offline_queue_s: float = 0.0
 
     def arrivals(self, instance: int, count: int) -> np.ndarray:
         """Open loop: this instance's scheduled arrivals (seconds from its start), cut at ``max_duration_s``."""
@@ -238,15 +237,12 @@ class _Instance:
 
     def offline_requests(self) -> int:
         """The offline queue: at least this instance's share of the batch floor, and enough full batches to last
-        ``min_duration_s`` at the warm-up's fastest call (MLPerf's Offline scenario sizes its one query from an
-        expected rate the same way), but not past ``max_duration_s``."""
-        plan, batch = self.task.plan, len(self.task.inputs)
+        ``plan.offline_queue_s`` at the warm-up's fastest call (MLPerf's Offline scenario sizes its one query from
+        an expected rate the same way)."""
         if self.warm_call_s <= 0:
             return self.iterations
-        lasting = math.ceil(plan.min_duration_s * OFFLINE_DURATION_MARGIN / self.warm_call_s)
-        if plan.max_duration_s is not None:
-            lasting = min(lasting, math.floor(plan.max_duration_s / self.warm_call_s))
-        return max(self.iterations, lasting * batch)
+        calls = math.ceil(self.task.plan.offline_queue_s / self.warm_call_s)
+        return max(self.iterations, calls * len(self.task.inputs))
 
     def _keep_going(self, done: int) -> bool:
         """Both minimums extend the run; the upper bound ends it whatever is unmet (judged by the stage).

@@ -16,7 +16,7 @@ from harness.config.schema import RunConfig
 from harness.nvml import NvmlSampler, device_telemetry
 from harness.perf import stats
 from harness.perf.host import HostSampler, host_telemetry
-from harness.perf.loadgen import COMPLETION_BIN_S, OFFLINE_DURATION_MARGIN, InstanceSamples, WorkerReport
+from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, WorkerReport
 from harness.perf.workers import StabilityWatch
 from harness.result.perf import (
     HostTelemetry,
@@ -213,7 +213,7 @@ def _shortfalls(
     if stability is None and forward_time_s < perf.min_duration_s:
         # The offline queue is sized from the warm-up's fastest call (up to the bound): served in full, it ends
         # early only when the window's calls ran faster still.
-        capped = perf.max_duration_s is not None and perf.max_duration_s < perf.min_duration_s * OFFLINE_DURATION_MARGIN
+        capped = perf.offline_queue_s < perf.min_duration_s
         why = (
             f": the offline queue of {requests} requests, sized to last that long at the warm-up's fastest call, was "
             "served faster (a short warm-up: raise perf.warmup, or perf.iterations)"

@@ -78,7 +78,7 @@ def _tasks(
         max_duration_s=perf.max_duration_s, scenario=perf.scenario,
         rate_qps=target_qps / perf.instances if target_qps else None,
         max_queue_delay_s=perf.max_queue_delay_ms / 1e3, arrival_seed=perf.arrival_seed,
-        until_stopped=perf.stability, fill_batches=fill_batches,
+        until_stopped=perf.stability, fill_batches=fill_batches, offline_queue_s=perf.offline_queue_s,
     )  # fmt: skip
     return [
         WorkerTask(
