@@ -5,14 +5,19 @@ reader)."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 import shlex
+import typing
 from pathlib import Path
 
 import pytest
 
+from harness.config.schema import RunConfig
 from harness.config.store import compose, compose_sweep_settings, sweep_plan
+from harness.environment import capture as capture_environment
 from harness.resolve import resolve_config
+from harness.result import RunResult
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMAND = re.compile(r"^harness (run|build) (.*)$")
@@ -87,3 +92,31 @@ def test_the_readme_python_example_compiles_and_composes_a_config_that_resolves(
         assert calls, f"README:{line}: no harness.compose call"
         for overrides in calls:
             resolve_config(compose(ast.literal_eval(overrides)))
+
+
+def result_json_section() -> set[str]:
+    """Every identifier inside backticks in the README's `result.json` and `build.json` (its `build.manifest`) schemas."""
+    text = README.read_text()
+    section = text[text.index("## `result.json`") : text.index("## Development")]
+    return {word for quoted in re.findall(r"`([^`]+)`", section) for word in re.findall(r"\w+", quoted)}
+
+
+def result_fields(kind: type, prefix: str, seen: set[type]) -> list[str]:
+    """Dotted names of every field of ``kind`` and of the result dataclasses it holds (the resolved config
+    excepted: the README points at `conf/` for it)."""
+    if not dataclasses.is_dataclass(kind) or kind in seen or kind is RunConfig:
+        return [name for arg in typing.get_args(kind) for name in result_fields(arg, prefix, seen)]
+    seen.add(kind)
+    hints = typing.get_type_hints(kind)
+    return [
+        name
+        for field in dataclasses.fields(kind)
+        for name in (f"{prefix}{field.name}", *result_fields(hints[field.name], f"{prefix}{field.name}.", seen))
+    ]
+
+
+def test_every_result_json_field_is_in_the_readme_schema() -> None:
+    documented = result_json_section()
+    fields = result_fields(RunResult, "", set()) + [f"environment.{key}" for key in capture_environment()]
+    assert len(fields) > 100, fields  # the walk reached the nested results
+    assert [name for name in fields if name.rsplit(".", 1)[-1] not in documented] == []
