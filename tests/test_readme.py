@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.backends import backend_names, get_backend
 from harness.config.schema import RunConfig
 from harness.config.store import compose, compose_sweep_settings, sweep_plan
 from harness.environment import capture as capture_environment
@@ -101,17 +102,20 @@ def result_json_section() -> set[str]:
     return {word for quoted in re.findall(r"`([^`]+)`", section) for word in re.findall(r"\w+", quoted)}
 
 
-def result_fields(kind: type, prefix: str, seen: set[type]) -> list[str]:
-    """Dotted names of every field of ``kind`` and of the result dataclasses it holds (the resolved config
-    excepted: the README points at `conf/` for it)."""
-    if not dataclasses.is_dataclass(kind) or kind in seen or kind is RunConfig:
-        return [name for arg in typing.get_args(kind) for name in result_fields(arg, prefix, seen)]
+def result_fields(kind: type, prefix: str, seen: set[type], *, config: bool = False) -> list[str]:
+    """Dotted names of every field of ``kind`` and of the dataclasses it holds; the resolved config's only when
+    ``config`` (a result's schema points at `conf/` for it)."""
+    if not dataclasses.is_dataclass(kind) or kind in seen or (kind is RunConfig and not config):
+        return [name for arg in typing.get_args(kind) for name in result_fields(arg, prefix, seen, config=config)]
     seen.add(kind)
     hints = typing.get_type_hints(kind)
     return [
         name
         for field in dataclasses.fields(kind)
-        for name in (f"{prefix}{field.name}", *result_fields(hints[field.name], f"{prefix}{field.name}.", seen))
+        for name in (
+            f"{prefix}{field.name}",
+            *result_fields(hints[field.name], f"{prefix}{field.name}.", seen, config=config),
+        )
     ]
 
 
@@ -120,3 +124,30 @@ def test_every_result_json_field_is_in_the_readme_schema() -> None:
     fields = result_fields(RunResult, "", set()) + [f"environment.{key}" for key in capture_environment()]
     assert len(fields) > 100, fields  # the walk reached the nested results
     assert [name for name in fields if name.rsplit(".", 1)[-1] not in documented] == []
+
+
+def test_every_config_key_is_in_the_readme_configuration_table() -> None:
+    text = README.read_text()
+    section = text[text.index("## Configuration") : text.index("## The pipeline")]
+    documented = {word for quoted in re.findall(r"`([^`]+)`", section) for word in re.findall(r"\w+", quoted)}
+    # `task` is the entry config's own name; `preprocessing` is what the vdsp group resolves to (documented there).
+    derived = {"task", "preprocessing"}
+    keys = [name for name in result_fields(RunConfig, "", set(), config=True) if name.split(".")[0] not in derived]
+    assert len(keys) > 80, keys
+    assert [name for name in keys if name.rsplit(".", 1)[-1] not in documented] == []
+
+
+def test_every_backend_and_its_keys_are_in_the_readme() -> None:
+    text = README.read_text()
+    options = re.search(r"^\| `backend/` \| (.*?) \|", text, flags=re.MULTILINE)
+    assert options is not None, "the configuration table has no backend/ row"
+    section = text[text.index("## Backends") : text.index("## Performance measurement")]
+    documented = {word for quoted in re.findall(r"`([^`]+)`", section) for word in re.findall(r"\w+", quoted)}
+    assert sorted(set(backend_names()) - set(re.findall(r"`(\w+)`", options.group(1)))) == []
+    undocumented = [
+        f"{name}.{field.name}"
+        for name in backend_names()
+        for field in dataclasses.fields(get_backend(name).config_type)
+        if field.name not in documented
+    ]
+    assert undocumented == []
