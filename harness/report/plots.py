@@ -121,7 +121,7 @@ def latency_percentiles(runs: list[LabelledRun], path: Path) -> Plot | None:
         lambda index, name: _percentile_ms(measured[index], name), rotation=30,
     )  # fmt: skip
     axes.set_ylabel("end-to-end latency (ms)")
-    axes.set_title("Latency percentiles (n/a: too few samples for that percentile)")
+    axes.set_title("Latency percentiles" + (" (n/a: too few samples for that percentile)" if missing else ""))
     axes.grid(axis="y", alpha=0.3)
     save(figure, path)
     caption = "End-to-end latency percentiles per run (MLPerf early-stopping rule: p99 needs 662 samples)."

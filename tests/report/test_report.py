@@ -205,6 +205,26 @@ def test_withheld_percentiles_are_drawn_as_missing_never_as_zero(runs: list[Labe
     assert "Missing (drawn as n/a or left out, never as zero)" in report.index_md.read_text()
 
 
+def test_the_percentile_title_explains_n_a_only_when_a_percentile_is_withheld(
+    runs: list[LabelledRun], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from harness.report import plots
+
+    saved = {}
+    monkeypatch.setattr(plots, "save", lambda figure, path: saved.setdefault(path.name, figure))
+    plots.latency_percentiles(runs, tmp_path / "withheld.png")
+    perf = runs[0].result.perf
+    assert perf is not None
+    e2e = dataclasses.replace(perf.latency_us.e2e, p90=2000.0, p95=2500.0, p99=3000.0)
+    complete = dataclasses.replace(perf, latency_us=dataclasses.replace(perf.latency_us, e2e=e2e))
+    measured = dataclasses.replace(runs[0], result=dataclasses.replace(runs[0].result, perf=complete))
+    plots.latency_percentiles([measured], tmp_path / "complete.png")
+    assert "n/a" in saved["withheld.png"].axes[0].get_title()
+    assert saved["complete.png"].axes[0].get_title() == "Latency percentiles"
+
+
 def test_the_pareto_front_keeps_only_runs_nothing_beats_on_both_axes() -> None:
     assert pareto_front([(10.0, 80.0), (20.0, 70.0), (15.0, 60.0), (20.0, 80.0), (5.0, 90.0)]) == {3, 4}
 
