@@ -32,10 +32,16 @@ def print_row(row: dict) -> None:
         return "-" if value is None else format(value, form)
 
     device = row.get("telemetry", {})
+    # "?": the GEMM-only timing was disturbed (the row's efficiency_note, printed under the targets)
+    efficiency = (
+        "?"
+        if "efficiency_note" in row
+        else shown(None if row["efficiency"] is None else 100 * row["efficiency"], ".0f")
+    )
     copies = f"{row['h2d_ms_p50']:.2f}/{row['d2h_ms_p50']:.2f}" if "h2d_ms_p50" in row else "-"
     print(
         f"{row['case']:<16} {row['mode']:<14} {row['img_s']:>9.1f} {shown(row['p50_ms'], '.3f'):>8} "
-        f"{shown(row['p99_ms'], '.3f'):>8} {shown(None if row['efficiency'] is None else 100 * row['efficiency'], '.0f'):>5} "
+        f"{shown(row['p99_ms'], '.3f'):>8} {efficiency:>5} "
         f"{row['samples']:>7} {row['first_call_s']:>10.1f} {row['wall_s']:>6.1f} "
         f"{shown(device.get('ai_utilize_pct'), '.0f'):>6} {shown(device.get('card_power_w'), '.0f'):>5} "
         f"{shown(device.get('images_per_joule'), '.2f'):>6} {shown(device.get('sm_clock_mhz'), '.0f'):>6} "

@@ -25,6 +25,7 @@ from harness.models.variants import get_variant
 from harness.nvml import NvmlSampler
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
 from harness.perf.efficiency import (
+    EFFICIENCY_CEILING,
     GemmRuntime,
     efficiency_undefined,
     flops_per_image,
@@ -43,9 +44,6 @@ from harness.result.perf import Efficiency, Measurement, PerfResult, Probe, Stab
 log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "perf_samples.npz"
-# GEMMs alone cannot take longer than the model that runs them; past this (timing noise allowed) the GEMM-only
-# time is taken again, and if it is still past it, the warnings call that timing disturbed.
-EFFICIENCY_CEILING = 1.05
 
 
 def make_inputs(
