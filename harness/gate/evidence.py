@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from harness.errors import counted
 from harness.result import RunResult
 from harness.result.perf import Measurement
 from harness.tracking.records import config_hash, identity_params
@@ -122,11 +123,19 @@ def config_difference(candidate: Evidence, others: list[Evidence], *, shown: int
     nearest = min(
         comparable, key=lambda item: (item.hardware_fingerprint != candidate.hardware_fingerprint, len(differing(item)))
     )
-    keys = differing(nearest)
+    # A section set on one side and null on the other (fp32's `precision.quantization` against int8's) is one
+    # change, not the null against each of its settings.
+    changed = differing(nearest)
+    keys = [key for key in changed if not any(key.startswith(parent + ".") for parent in changed)]
     if not keys:
         return ""
-    changes = [
-        f"{key}: {nearest.config.get(key, '(absent)')} -> {candidate.config.get(key, '(absent)')}" for key in keys
-    ]
+
+    def value_in(config: dict[str, str], key: str) -> str:
+        if key in config:
+            return config[key]
+        settings = sum(other.startswith(key + ".") for other in config)
+        return f"{{{counted(settings, 'setting')}}}" if settings else "(absent)"
+
+    changes = [f"{key}: {value_in(nearest.config, key)} -> {value_in(candidate.config, key)}" for key in keys]
     more = f", and {len(keys) - shown} more" if len(keys) > shown else ""
     return f"nearest baseline {nearest.label} differs in {', '.join(changes[:shown])}{more}"

@@ -135,6 +135,14 @@ def test_a_candidate_without_a_baseline_is_told_how_it_differs_from_the_nearest(
     assert config_difference(candidate, [elsewhere]) == ""  # the same settings: nothing to say
     absent = configured("absent", **{"perf.batch": "8"})
     assert config_difference(candidate, [absent]).endswith("backend.intra_op_threads: (absent) -> 1")
+    # fp32's null quantization section against int8's settings: one change, not one per setting
+    shared = {"perf.batch": "8", "backend.intra_op_threads": "1"}
+    section = {"precision.quantization.mode": "static", "precision.quantization.per_channel": "True"}
+    quantized = configured("quantized", **shared, **section)
+    unquantized = configured("unquantized", **shared, **{"precision.quantization": "None"})
+    assert config_difference(quantized, [unquantized]) == (
+        "nearest baseline unquantized differs in precision.quantization: None -> {2 settings}"
+    )
     many = configured("many", **{f"key{index}": "x" for index in range(6)})
     assert config_difference(candidate, [many]).endswith(", and 4 more")
     old = Evidence("old", "hash-old", "machine", {})
