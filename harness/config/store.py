@@ -207,13 +207,22 @@ class SweepPlan:
         return " ".join(item for item in self.jobs[job] if item.split("=", 1)[0].lstrip("+~") in self.swept)
 
 
+def _overrides_parser() -> Any:
+    """Hydra's override parser as its basic sweeper makes it: with a config loader on ``conf/``, which
+    ``glob(...)`` over a group's options (``model=glob(vit*)``) needs."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+    return OverridesParser.create(config_loader=loader)
+
+
 def sweep_plan(overrides: list[str], config_name: str = "run") -> SweepPlan | None:
     """Expand a sweep's command-line overrides (``hydra.sweeper.params`` included) into its jobs, exactly as
     the basic sweeper does; ``None`` when another sweeper (e.g. an optimiser) decides the jobs as it goes."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = _overrides_parser().parse_overrides(overrides)
     except Exception as error:  # Hydra's override grammar errors
         raise ConfigError(str(error).strip().splitlines()[0]) from None
     fixed = [str(item.input_line) for item in parsed if not item.is_sweep_override()]
@@ -224,12 +233,11 @@ def sweep_plan(overrides: list[str], config_name: str = "run") -> SweepPlan | No
 def expand_sweep(overrides: list[str], *, sweeper: str, params: list[str]) -> SweepPlan | None:
     """The jobs of a sweep given its composed sweeper settings (``_target_``, ``params`` as ``key=v1,v2``)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if sweeper != BASIC_SWEEPER:
         return None
     try:
-        parsed = OverridesParser.create().parse_overrides([*params, *overrides])
+        parsed = _overrides_parser().parse_overrides([*params, *overrides])
         jobs = BasicSweeper.split_arguments(parsed, None)[0]
     except Exception as error:  # Hydra's override grammar errors
         raise ConfigError(str(error).strip().splitlines()[0]) from None

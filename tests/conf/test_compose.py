@@ -200,3 +200,20 @@ def test_a_machines_local_file_is_plain_overrides_of_the_whole_config(local_over
     from harness.config.store import command_config
 
     assert command_config(GateCommandConfig, [], "gate").tracking.experiment == "mine"
+
+
+def test_a_sweep_over_a_glob_of_group_options_expands_as_hydra_does() -> None:
+    # `model=glob(tiny*_reg4)` is Hydra's sweep over a group's options; the harness's check of every job before
+    # the sweep said only "error: ConfigLoader is not set" and ran nothing.
+    from harness.config.store import sweep_plan
+
+    plan = sweep_plan(["debug=tiny", "model=glob(tiny*_reg4)", "perf.batch=1,2"])
+    assert plan is not None and plan.swept == {"model", "perf.batch"}
+    assert [job[1:] for job in plan.jobs] == [
+        ("model=tiny14_reg4", "perf.batch=1"), ("model=tiny14_reg4", "perf.batch=2"),
+        ("model=tinyg14_reg4", "perf.batch=1"), ("model=tinyg14_reg4", "perf.batch=2"),
+    ]  # fmt: skip
+    assert sweep_plan(["hydra/launcher=glob(slurm*)"]).jobs == (  # type: ignore[union-attr]
+        ("hydra/launcher=slurm",),
+        ("hydra/launcher=slurm_gpus",),
+    )
