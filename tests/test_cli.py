@@ -189,6 +189,19 @@ def test_a_deprecated_key_is_folded_and_said_once_per_run(tmp_path: Path) -> Non
         assert perf is not None and perf.min_duration_s == 0.2 and perf.forward_time_s >= 0.2
 
 
+def test_overrides_before_and_after_a_hydra_flag_are_all_taken(tmp_path: Path) -> None:
+    # Hydra's parser takes overrides in one stretch: `-m` between them was "unrecognized arguments: perf.batch=1,2".
+    done = harness(tmp_path, "run", "debug=tiny", "stages=[perf]", "backend=sleep", "-m", "perf.batch=1,2",
+                   "perf.min_duration_s=0", "tracking=off")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    jobs = sorted((tmp_path / "outputs").rglob("result.json"))
+    assert [load_result(path).config.perf.batch for path in jobs] == [1, 2]
+    shown = harness(tmp_path, "run", "debug=tiny", "--cfg", "job", "perf.batch=3", "--resolve")
+    assert shown.returncode == 0 and "  batch: 3\n" in shown.stdout, shown.stderr
+    refused = harness(tmp_path, "run", "--info", "perf.batch=2")  # what Hydra's parser refuses, it still says
+    assert refused.returncode == 2 and "argument --info/-i: invalid choice: 'perf.batch=2'" in refused.stderr
+
+
 def test_a_sweep_with_one_bad_job_runs_nothing(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "-m", "debug=tiny", "perf.batch=1,abc")
     assert done.returncode == 2

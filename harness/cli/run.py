@@ -12,7 +12,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 @dataclass
@@ -94,6 +94,7 @@ def hydra_command(config_name: str, task: Callable[[Any], None], arguments: list
     from harness.config.store import CONF_DIR, register_schema
     from harness.errors import ConfigError, counted
 
+    arguments = _flags_first(arguments)
     refused = _refused_flags(arguments) or _refused_stages(config_name, arguments)
     if refused:
         print(f"error: {refused}", file=sys.stderr)
@@ -129,6 +130,34 @@ def hydra_command(config_name: str, task: Callable[[Any], None], arguments: list
         print(f"error: {counted(len(unsuccessful), 'job')} did not succeed: {jobs}", file=sys.stderr)
         return 1
     return 0
+
+
+def _flags_first(arguments: list[str]) -> list[str]:
+    """Hydra's flags (with their values) before its overrides, each group in the order given.
+
+    Hydra's parser takes its overrides in one stretch: `harness run model=vitl14 -m perf.batch=1,8` stopped with
+    "unrecognized arguments: perf.batch=1,8". Arguments its parser refuses are left as they are, for Hydra to
+    say why.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def refuse(message: str) -> NoReturn:
+        raise ValueError(message)
+
+    parser.error = refuse  # type: ignore[method-assign]
+    try:
+        overrides = parser.parse_intermixed_args(arguments).overrides
+    except ValueError:
+        return arguments
+    flags, pending = [], list(overrides)
+    for argument in arguments:
+        if pending and argument == pending[0]:
+            pending.pop(0)
+        else:
+            flags.append(argument)
+    return [*flags, *overrides]
 
 
 def _refused_flags(arguments: list[str]) -> str | None:
