@@ -168,8 +168,9 @@ def parse_vdsp(data: dict[str, Any], *, source: str = "vdsp params") -> VdspPara
 
 def load_vdsp(path: Path) -> VdspParams:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        # utf-8-sig: a vendor JSON saved by a Windows editor starts with a byte-order mark, which json refuses
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not text (UnicodeDecodeError)
         raise DataError(f"{path}: cannot read vdsp params ({error})") from None
     return parse_vdsp(data, source=str(path))
 

@@ -35,3 +35,14 @@ def test_load_result_names_a_bad_file(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(DataError, match=r"result.json: cannot read result"):
         load_result(path)
+    path.write_bytes(b'{"schema_version": \x93')  # not text at all (a disk error, a file written over): was a traceback
+    with pytest.raises(DataError, match=r"result.json: cannot read result \('utf-8' codec can't decode byte 0x93"):
+        load_result(path)
+
+
+def test_a_sweep_record_that_is_not_text_is_named(tmp_path: Path) -> None:
+    from harness.report import read_sweep_record
+
+    (tmp_path / "sweep.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(DataError, match=r"sweep.json: cannot read the sweep record \('utf-8' codec"):
+        read_sweep_record(tmp_path)

@@ -77,6 +77,18 @@ def test_malformed_files_name_the_problem(tmp_path: Path) -> None:
     broken.write_text("{")
     with pytest.raises(DataError, match=r"broken\.json: cannot read vdsp params"):
         load_vdsp(broken)
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"OpType": "caf\u00e9"}'.encode("latin-1"))  # was a UnicodeDecodeError traceback
+    with pytest.raises(DataError, match=r"latin1\.json: cannot read vdsp params \('utf-8' codec can't decode"):
+        load_vdsp(latin1)
+
+
+def test_a_vendor_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    # Windows editors start UTF-8 files with a BOM, which json.loads refuses ("Unexpected UTF-8 BOM").
+    official = FIXTURES / "official-dinov2_vitl14_reg4-vdsp_params.json"
+    marked = tmp_path / "vdsp_params.json"
+    marked.write_bytes(b"\xef\xbb\xbf" + official.read_bytes())
+    assert load_vdsp(marked) == load_vdsp(official)
 
 
 def official_with(**changes: object) -> dict[str, object]:

@@ -178,7 +178,7 @@ def read_sweep_record(sweep_dir: Path) -> dict[str, object]:
     """``<sweep_dir>/sweep.json``: the sweep's identity, its planned jobs and how it ended."""
     try:
         return json.loads((sweep_dir / SWEEP_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not text (UnicodeDecodeError)
         raise DataError(f"{sweep_dir / SWEEP_FILE}: cannot read the sweep record ({error})") from None
 
 

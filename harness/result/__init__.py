@@ -84,7 +84,7 @@ def load_result(path: Path | str) -> RunResult:
         path = path / RESULT_FILE
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not text (UnicodeDecodeError)
         raise DataError(f"{path}: cannot read result ({error})") from None
     try:
         return RunResult.from_dict(data)
