@@ -98,7 +98,7 @@ def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool =
         try:
             return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
         except Exception as error:  # Hydra and OmegaConf raise many types; each becomes one named message
-            named = _named_error(error, reads)
+            named = _named_error(error, reads) or _unreadable_config_file(error)
             if named is not None:
                 raise named from None
             culprit = _first_failing_override(overrides, config_name)
@@ -121,6 +121,27 @@ def _override_group(override: str) -> str:
 def _config_groups(reads: type) -> list[str]:
     """The config groups a command composes: the fields of ``reads`` that have a folder in ``conf/``."""
     return [item.name for item in dataclasses.fields(typing.cast(Any, reads)) if (CONF_DIR / item.name).is_dir()]
+
+
+def _unreadable_config_file(error: BaseException) -> ConfigError | None:
+    """A YAML file under ``conf/`` (``local/default.yaml``, written by hand, most likely) that is not YAML or not
+    UTF-8 text, named: Hydra's message does not name it, and every composition fails on it, so the first
+    override would otherwise be blamed."""
+    import yaml
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, yaml.MarkedYAMLError) and cause.problem_mark is not None:
+            mark = cause.problem_mark
+            return ConfigError(f"{mark.name}, line {mark.line + 1}: not YAML ({cause.problem or cause.context})")
+        if isinstance(cause, UnicodeDecodeError):
+            for path in sorted(CONF_DIR.rglob("*.yaml")):
+                try:
+                    path.read_text(encoding="utf-8")
+                except UnicodeDecodeError as undecodable:
+                    return ConfigError(f"{path}: not UTF-8 text ({undecodable})")
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _first_failing_override(overrides: list[str], config_name: str) -> str | None:
@@ -247,7 +268,7 @@ def expand_sweep(overrides: list[str], *, sweeper: str, params: list[str]) -> Sw
 
 def composition_error(error: BaseException, reads: type = RunConfig) -> ConfigError:
     """Hydra's or OmegaConf's error as a one-line ``ConfigError`` naming the key (a field of ``reads``)."""
-    return _named_error(error, reads) or ConfigError(_first_line(error))
+    return _named_error(error, reads) or _unreadable_config_file(error) or ConfigError(_first_line(error))
 
 
 def _named_error(error: BaseException, reads: type) -> ConfigError | None:

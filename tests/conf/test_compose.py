@@ -202,6 +202,30 @@ def test_a_machines_local_file_is_plain_overrides_of_the_whole_config(local_over
     assert command_config(GateCommandConfig, [], "gate").tracking.experiment == "mine"
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"tracking: [\n", ", line 2: not YAML (expected the node content, but found '<stream end>')"),
+        (b"tracking:\n  uri: caf\xe9\n", ": not UTF-8 text ('utf-8' codec can't decode byte 0xe9 in position 20"),
+    ],
+    ids=["not-yaml", "latin-1"],
+)
+def test_a_local_file_that_cannot_be_read_is_named_not_the_first_override(
+    local_overrides: Path, content: bytes, message: str
+) -> None:
+    # Every composition fails on it, so the first override was blamed: "error: debug=tiny: while parsing a flow node".
+    from harness.config.commands import GateCommandConfig
+    from harness.config.store import command_config
+
+    local_overrides.write_bytes(content)
+    with pytest.raises(ConfigError) as refused:
+        compose(["debug=tiny", "perf.batch=2"])
+    assert str(refused.value).startswith(f"{local_overrides}{message}")
+    with pytest.raises(ConfigError) as refused_too:  # the other commands' configs
+        command_config(GateCommandConfig, [], "gate")
+    assert str(refused_too.value) == str(refused.value)
+
+
 def test_a_sweep_over_a_glob_of_group_options_expands_as_hydra_does() -> None:
     # `model=glob(tiny*_reg4)` is Hydra's sweep over a group's options; the harness's check of every job before
     # the sweep said only "error: ConfigLoader is not set" and ran nothing.
