@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config.schema import CalibrationConfig
-from harness.errors import DataError
+from harness.errors import DataError, counted
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -21,8 +21,8 @@ def calibration_files(config: CalibrationConfig) -> list[Path]:
     files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < config.images:
         raise DataError(
-            f"calibration.folder={folder}: {len(files)} images ({', '.join(IMAGE_SUFFIXES)}), "
-            f"calibration.images={config.images}"
+            f"calibration.folder={folder} holds {counted(len(files), 'image')} ({', '.join(IMAGE_SUFFIXES)}), fewer "
+            f"than calibration.images={config.images}: add images, or lower calibration.images"
         )
     chosen = np.random.default_rng(config.seed).choice(len(files), size=config.images, replace=False)
     return [files[int(index)] for index in sorted(chosen)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,11 @@ def test_a_corrupt_calibration_folder_image_fails_the_build_naming_it(cache_dir:
     )
     with pytest.raises(DataError, match=rf"{folder}/b.jpg: not a readable image"):
         build(config)
+    from harness.data.calibration import calibration_files
+
+    with pytest.raises(DataError) as too_few:
+        calibration_files(dataclasses.replace(config.calibration, images=3))
+    assert str(too_few.value) == (
+        f"calibration.folder={folder} holds 2 images (.jpg, .jpeg, .png), fewer than calibration.images=3: add "
+        "images, or lower calibration.images"
+    )
