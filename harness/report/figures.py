@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 FIGURE_SIZE_IN = (8.0, 5.0)
@@ -25,6 +25,8 @@ SHORT_NAMES = {"model.variant": "variant", "precision.name": "precision", "backe
 # Colours in matplotlib's default cycle, and the dashes that tell its rounds apart.
 COLOURS = 10
 LINE_STYLES = ("-", "--", ":", "-.")
+# An axis from zero ends this far past its largest value (a marker drawn there stays whole).
+ZERO_BASED_HEADROOM = 1.08
 
 
 def new_figure():  # type: ignore[no-untyped-def]
@@ -46,6 +48,15 @@ def legend(axes) -> None:  # type: ignore[no-untyped-def]
         axes.legend(fontsize=8)
 
 
+def from_zero(axes, *, x: Sequence[float] = (), y: Sequence[float] = ()) -> None:  # type: ignore[no-untyped-def]
+    """Start the axes given values at zero (distances from it read as ratios), with room past the largest value:
+    the autoscaled end left a margin of the values' own narrow range, so the highest point was cut in half."""
+    if x:
+        axes.set_xlim(0, max(axes.get_xlim()[1], ZERO_BASED_HEADROOM * max(x)))
+    if y:
+        axes.set_ylim(0, max(axes.get_ylim()[1], ZERO_BASED_HEADROOM * max(y)))
+
+
 def save(figure, path: Path) -> None:  # type: ignore[no-untyped-def]
     """Lay ``figure`` out, write it to ``path`` as PNG and free it."""
     import matplotlib.pyplot as plt
@@ -61,11 +72,12 @@ def save(figure, path: Path) -> None:  # type: ignore[no-untyped-def]
 
 def grouped_bars(  # type: ignore[no-untyped-def]
     axes, labels: list[str], series: tuple[str, ...], value_of: Callable[[int, str], float | None], *, rotation: int,
-    value_labels: bool = False,
+    value_labels: bool = False, least_extent: float = 0.0,
 ) -> list[str]:  # fmt: skip
     """Bars grouped per label, one colour per series, each series in the legend; a missing value is an "n/a" mark
     in its bar's place, never a zero bar. ``value_labels`` writes each bar's value at its end, so that a zero
-    (a bar with no height) reads as measured. Returns the missing values as ``"<label> <series>"``."""
+    (a bar with no height) reads as measured, and the axis spans at least ``least_extent`` either side of zero.
+    Returns the missing values as ``"<label> <series>"``."""
     from matplotlib.patches import Patch
 
     width = 0.8 / len(series)
@@ -91,7 +103,7 @@ def grouped_bars(  # type: ignore[no-untyped-def]
         # is sticky: matplotlib's margins leave none there).
         low, high = min(0.0, *drawn), max(0.0, *drawn)
         pad = 0.15 * ((high - low) or 1.0)
-        axes.set_ylim(low - pad, high + pad)
+        axes.set_ylim(min(low - pad, -least_extent), max(high + pad, least_extent))
     # Every series, drawn or not, so that each n/a mark can be read off by its place in the group.
     axes.legend(handles=[Patch(color=f"C{offset}", label=name) for offset, name in enumerate(series)], fontsize=8)
     longest = max(map(len, labels))

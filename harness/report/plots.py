@@ -17,11 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from harness.report import setting_cells, swept_settings
-from harness.report.figures import grouped_bars, label_of, legend, line_style, new_figure, save
+from harness.report.figures import from_zero, grouped_bars, label_of, legend, line_style, new_figure, save
 from harness.result import RunResult
 
 PERCENTILE_NAMES = ("p50", "p90", "p99")
 LOAD_KEYS = ("batch", "instances", "processes", "queue_depth", "mode", "scenario", "target_qps")
+# The precision-deltas axis spans at least this either side of zero: about the gate's tolerances in its units
+# (0.5 mAP points, 1e-4 in cosine = 1 x 1e4), so a smaller change does not fill the plot.
+DELTAS_LEAST_EXTENT = 1.0
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ def throughput_vs_batch(runs: list[LabelledRun], path: Path) -> Plot | None:
         batches, values, lows, highs = (np.asarray(column, dtype=np.float64) for column in zip(*points, strict=True))
         axes.errorbar(batches, values, yerr=[values - lows, highs - values], marker="o", capsize=3, label=name,
                       linestyle=line_style(index))  # fmt: skip
-    axes.set_ylim(bottom=0)  # heights read as ratios: a cut axis made 12 against 15 img/s look like 1 to 4
+    # heights read as ratios: a cut axis made 12 against 15 img/s look like 1 to 4
+    from_zero(axes, y=[high for points in series.values() for *_, high in points])
     axes.set_xscale("log", base=2)
     ticks = sorted({run.result.perf.batch for run in measured})  # type: ignore[union-attr]
     axes.set_xticks(ticks, [str(batch) for batch in ticks])
@@ -183,15 +187,17 @@ def accuracy_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     if not points:
         return None
     front = pareto_front([(speed, quality) for _, speed, quality in points])
-    middle = (min(speed for _, speed, _ in points) + max(speed for _, speed, _ in points)) / 2
     # Neighbours in throughput take turns above and below their points: runs of one mAP sit on one line.
     rank = {index: order for order, index in enumerate(sorted(range(len(points)), key=lambda item: points[item][1]))}
     figure, axes = new_figure()
-    for index, (label, speed, quality) in enumerate(points):
+    for index, (_, speed, quality) in enumerate(points):
         on_front = index in front
         axes.scatter(
             speed, quality, marker="*" if on_front else "o", s=120 if on_front else 40, color="C3" if on_front else "C0"
         )
+    from_zero(axes, x=[speed for _, speed, _ in points])  # as far apart as their ratio, not as the range's ends
+    middle = sum(axes.get_xlim()) / 2
+    for index, (label, speed, quality) in enumerate(points):
         # Right of the points in the left half, left of those in the right half: no label runs off the axes.
         right_half = speed > middle
         axes.annotate(
@@ -241,7 +247,7 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
     figure, axes = new_figure()
     missing = grouped_bars(
         axes, [label for label, _ in rows], names, lambda index, name: rows[index][1][name], rotation=20,
-        value_labels=True,
+        value_labels=True, least_extent=DELTAS_LEAST_EXTENT,
     )  # fmt: skip
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_ylabel("minus fp32 (mAP points; parity cosine x 1e4; % top-10)")
@@ -250,7 +256,9 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
     save(figure, path)
     caption = (
         "mAP (points) and parity minimum cosine (x 1e4) of each lower precision minus fp32, same variant, backend and "
-        "batch; and the share of top-10 database neighbours the run lost against the fp32 build on the same images (%)."
+        "batch; and the share of top-10 database neighbours the run lost against the fp32 build on the same images (%). "
+        f"The axis spans at least +-{DELTAS_LEAST_EXTENT:g}, so that a change below the gate's tolerances (0.5 mAP "
+        "points, 1e-4 in cosine) draws as small as it is."
     )
     return Plot(path, "Precision deltas against fp32", caption, missing)
 
@@ -309,8 +317,9 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
             if points:
                 points.sort()
                 axes.plot(*zip(*points, strict=True), style, color=f"C{colour}", label=f"{key} e2e {name}")
-    axes.set_xlim(left=0)
-    axes.set_ylim(bottom=0)  # a cut axis made 1.09 against 0.90 ms look like a fall to nothing
+    drawn = [point for line in axes.get_lines() for point in line.get_xydata()]
+    # a cut axis made 1.09 against 0.90 ms look like a fall to nothing
+    from_zero(axes, x=[float(x) for x, _ in drawn], y=[float(y) for _, y in drawn])
     axes.set_xlabel("throughput (images/s)")
     axes.set_ylabel("end-to-end latency (ms)")
     bounds = {run.result.perf.latency_bound_ms for run in measured if run.result.perf.probes}  # type: ignore[union-attr]

@@ -178,11 +178,16 @@ def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the
     plots.throughput_vs_batch(runs, tmp_path / "throughput.png")
     plots.accuracy_vs_throughput(runs, tmp_path / "accuracy.png")
     plots.latency_vs_throughput(runs, tmp_path / "latency.png")
+    fastest = max(max(run.result.perf.throughput_qps_repeats) for run in runs)  # type: ignore[union-attr]
     (throughput_axes,) = saved["throughput.png"].axes
-    assert throughput_axes.get_ylim()[0] == 0  # heights read as ratios
+    # heights read as ratios; the highest point (its bar's top) is drawn whole, not cut in half by the frame
+    low, high = throughput_axes.get_ylim()
+    assert low == 0 and high >= 1.05 * fastest
     (latency_axes,) = saved["latency.png"].axes
     assert latency_axes.get_xlim()[0] == 0 and latency_axes.get_ylim()[0] == 0
     figure = saved["accuracy.png"]
+    low, high = figure.axes[0].get_xlim()  # throughputs as far apart as their ratio, as in the other plots
+    assert low == 0 and high >= 1.05 * max(run.result.perf.throughput_qps for run in runs)  # type: ignore[union-attr]
     figure.tight_layout()
     figure.canvas.draw()
     (axes,) = figure.axes
@@ -192,6 +197,23 @@ def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the
     }
     inside = axes.get_window_extent()
     assert all(inside.x0 <= box.x0 and box.x1 <= inside.x1 for box in labels.values()), labels
+
+
+def test_a_precision_delta_below_the_gates_tolerances_draws_small(
+    runs: list[LabelledRun], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fp16's parity 2.6e-7 below fp32 (-0.0026 x 1e4) filled the whole plot, as large as any real loss would.
+    from harness.report import plots
+
+    saved = {}
+    monkeypatch.setattr(plots, "save", lambda figure, path: saved.setdefault(path.name, figure))
+    plot = plots.precision_deltas(runs, tmp_path / "deltas.png")
+    assert plot is not None and "at least +-1" in plot.caption
+    (axes,) = saved["deltas.png"].axes
+    heights = [abs(patch.get_height()) for patch in axes.patches]
+    assert heights and max(heights) < 0.5  # the tiny model's deltas, all within the tolerances
+    low, high = axes.get_ylim()
+    assert low <= -1 and high >= 1
 
 
 def test_withheld_percentiles_are_drawn_as_missing_never_as_zero(runs: list[LabelledRun], tmp_path: Path) -> None:
