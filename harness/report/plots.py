@@ -141,11 +141,13 @@ def _percentile_ms(run: LabelledRun, name: str) -> float | None:
 def latency_cdf(runs: list[LabelledRun], path: Path) -> Plot | None:
     """The distribution of every end-to-end latency sample of each run's headline repeat."""
     curves = []
+    units = set()  # what one sample is: a batch in the closed loop, a request of one image in the open loop
     settings = _swept(runs, per_run=True)
     for run in runs:
         samples = _headline_samples(run)
         if samples is not None and samples.size:
             curves.append((_with_settings(run.label, run, settings), np.sort(samples) / 1000.0))
+            units.add("batches" if run.result.perf.scenario == "closed" else "requests")  # type: ignore[union-attr]
     if not curves:
         return None
     figure, axes = new_figure()
@@ -153,7 +155,9 @@ def latency_cdf(runs: list[LabelledRun], path: Path) -> Plot | None:
         axes.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=f"{label} (n={values.size})",
                   linestyle=line_style(index))  # fmt: skip
     axes.set_xlabel("end-to-end latency (ms)")
-    axes.set_ylabel("fraction of batches")
+    axes.set_ylabel(
+        f"fraction of {units.pop()}" if len(units) == 1 else "fraction of samples (closed loop: batches; else requests)"
+    )
     axes.set_title("Latency CDF (raw samples of the median repeat)")
     axes.grid(alpha=0.3)
     legend(axes)

@@ -216,6 +216,29 @@ def test_a_precision_delta_below_the_gates_tolerances_draws_small(
     assert low <= -1 and high >= 1
 
 
+def test_the_latency_cdf_counts_what_its_samples_are(
+    runs: list[LabelledRun], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server run's samples are requests of one image; the axis said "fraction of batches" for every run.
+    from harness.report import plots
+
+    served = tmp_path / "served"
+    composed = compose(
+        ["debug=tiny", "stages=[perf]", "backend=sleep", "perf.scenario=server", "perf.target_qps=400",
+         "perf.min_duration_s=0.2", f"paths.outputs={tmp_path / 'outputs'}", "tracking=off"]
+    )  # fmt: skip
+    assert run(composed, run_dir=served).status == "ok"
+    (server_run,) = folder_runs([served]).runs
+    saved = {}
+    monkeypatch.setattr(plots, "save", lambda figure, path: saved.setdefault(path.name, figure))
+    plots.latency_cdf(runs, tmp_path / "closed.png")
+    plots.latency_cdf([server_run], tmp_path / "server.png")
+    plots.latency_cdf([*runs, server_run], tmp_path / "both.png")
+    assert saved["closed.png"].axes[0].get_ylabel() == "fraction of batches"
+    assert saved["server.png"].axes[0].get_ylabel() == "fraction of requests"
+    assert saved["both.png"].axes[0].get_ylabel() == "fraction of samples (closed loop: batches; else requests)"
+
+
 def test_withheld_percentiles_are_drawn_as_missing_never_as_zero(runs: list[LabelledRun], tmp_path: Path) -> None:
     report = write_report(runs, tmp_path / "report", title="tiny sweep")
     (percentiles,) = [plot for plot in report.plots if plot.path.name == "latency_percentiles.png"]
