@@ -288,7 +288,8 @@ class CaseEfficiency:
             return {
                 "efficiency": None,
                 "efficiency_note": f"disturbed: the GEMMs alone took {self.gemm_us / model_us:.2f}x the whole "
-                f"model's {model_us:.0f} us, timed twice (was the machine busy?)",
+                f"model's {model_us:.0f} us, timed twice (a busy device or host, or this build's GEMMs faster than "
+                "torch.matmul's)",
             }
         return {"efficiency": None if self.gemm_us is None else self.gemm_us / model_us}
 
