@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -71,6 +72,11 @@ def progress_bars_in_this_process_only() -> None:
     and the tracker warns about it on the harness's stderr when the harness exits. For processes whose bars
     never cross into another process (a perf worker)."""
     tqdm.set_lock(threading.RLock())
+
+
+def draws_progress(enabled: bool) -> bool:
+    """Whether ``progress_bar(enabled=enabled)`` draws: only on a terminal."""
+    return enabled and sys.stderr.isatty()
 
 
 def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool, **options: Any) -> tqdm:

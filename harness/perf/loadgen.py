@@ -282,6 +282,8 @@ class _Instance:
         device_us = self.backend.infer()
         self.backend.outputs()
         self._record_transfer()
+        if self.signals is not None:
+            self.signals.images[self.index] += rows
         return device_us
 
     def _record_transfer(self) -> None:
@@ -355,8 +357,9 @@ class _Instance:
 
 @dataclass(frozen=True)
 class StopSignals:
-    """Shared with the workers of a measurement watched for stability: images completed per instance (each
-    slot written by its own instance only) and the parent's stop."""
+    """Shared with the workers of a watched measurement (for stability, or a progress bar): images completed per
+    instance (each slot written by its own instance only) and the parent's stop (obeyed with
+    ``plan.until_stopped`` only)."""
 
     images: Any  # multiprocessing RawArray of int64, one slot per instance
     stop: Any  # multiprocessing Event

@@ -21,6 +21,7 @@ from harness.config.schema import RunConfig, VdspParams
 from harness.data.photos import sample_photos
 from harness.environment import cpu_model, gpus, hardware_fingerprint, usable_cores
 from harness.errors import counted
+from harness.fileio import draws_progress
 from harness.models.variants import get_variant
 from harness.nvml import NvmlSampler
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
@@ -37,7 +38,7 @@ from harness.perf.efficiency import (
 from harness.perf.host import HostSampler
 from harness.perf.loadgen import LoadPlan, Sampler, WorkerTask
 from harness.perf.measurement import perf_result, summarise
-from harness.perf.workers import StabilityWatch, run_workers
+from harness.perf.workers import ProgressWatch, StabilityWatch, run_workers
 from harness.preprocess import batch_of
 from harness.result.perf import Efficiency, Measurement, PerfResult, Probe, Stability  # fmt: skip
 
@@ -345,7 +346,10 @@ def _measure_once(
     host = HostSampler()
     device = NvmlSampler.open(str(opened.resolved.get("device", "cpu")))
     samplers: list[Sampler] = [host] if device is None else [host, device]
-    reports = run_workers(tasks, start_timeout_s=perf.start_timeout_s, stability=watch, samplers=samplers)
+    progress = ProgressWatch(f"perf {label}") if draws_progress(config.progress) else None
+    reports = run_workers(
+        tasks, start_timeout_s=perf.start_timeout_s, stability=watch, samplers=samplers, progress=progress
+    )
     measurement, samples = summarise(perf, reports, target_qps=target_qps, stability=watch, host=host, device=device)
     if watch is not None and stabilities is not None:
         stabilities[label] = Stability(

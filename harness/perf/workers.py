@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import MeasurementInvalid
-from harness.fileio import progress_bars_in_this_process_only
+from harness.fileio import progress_bar, progress_bars_in_this_process_only
 from harness.perf.loadgen import Sampler, StopSignals, WorkerReport, WorkerTask, run_instances
 from harness.processes import die_with_parent, exit_description, spawn_context
 
@@ -94,22 +94,40 @@ class StabilityWatch:
                 signals.stop.set()
 
 
+@dataclass(frozen=True)
+class ProgressWatch:
+    """A terminal bar of the images the workers have completed, redrawn every ``interval_s`` from the counters
+    they share with the parent (made only for a watched measurement: one written to a log file shares none)."""
+
+    label: str
+    interval_s: float = 0.5
+
+    def watch(self, signals: StopSignals) -> None:
+        with progress_bar(enabled=True, desc=self.label, unit=" img") as bar:
+            while not signals.stop.wait(self.interval_s):
+                bar.update(sum(signals.images) - bar.n)
+            bar.update(sum(signals.images) - bar.n)  # the whole count, as the window ended
+            bar.refresh()
+
+
 def run_workers(
     tasks: list[WorkerTask],
     *,
     start_timeout_s: float,
     stability: StabilityWatch | None = None,
     samplers: Sequence[Sampler] = (),
+    progress: ProgressWatch | None = None,
 ) -> list[WorkerReport]:
     """Run ``tasks`` in fresh processes, load them all, release them together, return their reports.
 
     With ``stability`` the workers run until it says the throughput is stable (or is out of windows); the
-    ``samplers`` (host, device telemetry) sample from the release until the workers are done.
+    ``samplers`` (host, device telemetry) sample from the release until the workers are done; ``progress``
+    draws the images completed meanwhile.
     """
     context = spawn_context()
     go = context.Event()
     signals = None
-    if stability is not None:
+    if stability is not None or progress is not None:
         instances = sum(len(task.instances) for task in tasks)
         signals = StopSignals(images=context.RawArray("q", instances), stop=context.Event())
     workers = []
@@ -137,12 +155,13 @@ def run_workers(
             process.start()
             child_end.close()
             workers.append(_Worker(task, process, parent_end, stderr_path))
-        watcher = None
+        watchers: list[threading.Thread] = []
         try:
             _collect(workers, expect="ready", timeout_s=start_timeout_s)
-            if stability is not None and signals is not None:
-                watcher = threading.Thread(target=stability.watch, args=(signals,), name="stability", daemon=True)
-                watcher.start()
+            for name, watch in (("stability", stability), ("progress", progress)):
+                if watch is not None and signals is not None:
+                    watchers.append(threading.Thread(target=watch.watch, args=(signals,), name=name, daemon=True))
+                    watchers[-1].start()
             for sampler in samplers:
                 sampler.start([worker.process.pid for worker in workers])
             go.set()
@@ -151,8 +170,8 @@ def run_workers(
             for sampler in samplers:
                 sampler.stop()
             if signals is not None:
-                signals.stop.set()  # a run that ended otherwise (its bound, an error) ends the watch too
-                if watcher is not None:
+                signals.stop.set()  # a run that ended otherwise (its bound, an error) ends the watches too
+                for watcher in watchers:
                     watcher.join()
             for worker in workers:
                 if worker.process.is_alive():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import io
 import multiprocessing.util
 import re
 import subprocess
@@ -49,6 +50,38 @@ def sleep_config(cache_dir: Path, *overrides: str) -> RunConfig:
 
 def measure(config: RunConfig, run_dir: Path, artifact: str | None = None) -> PerfResult:
     return run_perf(config, artifact_path=artifact, run_dir=run_dir)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    "load", [("perf.batch=2", "perf.iterations=40"), ("perf.scenario=server", "perf.target_qps=150")],
+    ids=["closed", "server"],
+)  # fmt: skip
+def test_a_terminal_shows_the_images_completed_as_the_window_runs(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load: tuple[str, ...]
+) -> None:
+    # A default run of ViT-L on a CPU measures 1024 batches, many minutes, and the terminal showed nothing.
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    result = measure(sleep_config(cache_dir, "perf.min_duration_s=0.6", *load), tmp_path)
+    frames = [int(count) for count in re.findall(r"perf repeat0: (\d+) img", terminal.getvalue())]
+    assert len(frames) >= 2 and frames == sorted(frames) and frames[-1] == result.samples, (frames, result.samples)
+
+
+def test_a_log_file_gets_no_bar_and_the_workers_share_no_counter(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.perf import workers
+
+    shared = []
+    monkeypatch.setattr(workers, "StopSignals", lambda **parts: shared.append(parts))
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert measure(sleep_config(cache_dir, "perf.iterations=8"), tmp_path).samples == 8
+    assert shared == [] and sys.stderr.getvalue() == ""
 
 
 def test_a_steady_run_of_few_batches_reads_steady_and_too_short_windows_are_not_judged(
