@@ -109,7 +109,27 @@ def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool =
                 raise ConfigError(
                     f"{culprit}: {group!r} is not a config group of this command (its groups: {groups})"
                 ) from None
+            null = _null_parent(overrides, culprit, config_name) if culprit else None
+            if null is not None:
+                # OmegaConf's "Unexpected type for root: NoneType": a key set inside a node that is null here.
+                raise ConfigError(f"{culprit}: {null} is null in this config, so it has no keys to set") from None
             raise ConfigError(f"{culprit}: {_first_line(error)}" if culprit else _first_line(error)) from None
+
+
+def _null_parent(overrides: list[str], culprit: str, config_name: str) -> str | None:
+    """The null node (``precision.quantization`` of fp32) inside which ``culprit`` sets a key, composed with the
+    overrides before it; ``None`` when it sets no key inside a null node."""
+    from hydra import compose as hydra_compose
+    from omegaconf import OmegaConf
+
+    key = culprit.split("=", 1)[0].lstrip("+~")
+    parts = key.split(".")
+    composed = hydra_compose(config_name=config_name, overrides=overrides[: overrides.index(culprit)])
+    for depth in range(1, len(parts)):
+        prefix = ".".join(parts[:depth])
+        if OmegaConf.select(composed, prefix, default="absent") is None:
+            return prefix
+    return None
 
 
 def _override_group(override: str) -> str:
@@ -247,7 +267,21 @@ def sweep_plan(overrides: list[str], config_name: str = "run") -> SweepPlan | No
     except Exception as error:  # Hydra's override grammar errors
         raise ConfigError(str(error).strip().splitlines()[0]) from None
     fixed = [str(item.input_line) for item in parsed if not item.is_sweep_override()]
-    sweeper, params = compose_sweep_settings(fixed, config_name)
+    try:
+        sweeper, params = compose_sweep_settings(fixed, config_name)
+    except ConfigError as error:
+        swept_groups = [
+            str(item.input_line) for item in parsed if item.is_sweep_override() and "." not in item.key_or_group
+        ]
+        if not swept_groups:
+            raise
+        # Hydra composes a sweep's fixed overrides with the defaults, before any job's swept groups.
+        culprit = next((item for item in fixed if str(error).startswith(f"{item}:")), "KEY=VALUE")
+        key, _, value = culprit.partition("=")
+        raise ConfigError(
+            f"{error} (a sweep's fixed overrides are applied before its swept groups ({', '.join(swept_groups)}): to "
+            f"set it in each job instead, sweep it with its one value: '{key}=choice({value})')"
+        ) from None
     return expand_sweep(overrides, sweeper=sweeper, params=params)
 
 
@@ -271,9 +305,14 @@ def composition_error(error: BaseException, reads: type = RunConfig) -> ConfigEr
     return _named_error(error, reads) or _unreadable_config_file(error) or ConfigError(_first_line(error))
 
 
+# Hydra's message for an override it could not merge, followed by the override.
+MERGING = "Error merging override "
+
+
 def _named_error(error: BaseException, reads: type) -> ConfigError | None:
     """``composition_error``'s message where the error names a key or a config option, else ``None``."""
     from hydra.errors import MissingConfigException
+    from omegaconf import ListConfig
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
     chain: list[BaseException] = []
@@ -297,11 +336,19 @@ def _named_error(error: BaseException, reads: type) -> ConfigError | None:
                 return ConfigError(unknown_key_message(str(key), name, known))
         hint = hint_at(reads, str(key))
         value = _offending_value(item)
+        # A mapping given for a list (or a list for a mapping) has no value in OmegaConf's error: the override has.
+        given = next(
+            (str(cause)[len(MERGING) :].split("=", 1)[1] for cause in chain if str(cause).startswith(MERGING)), None
+        )
         if hint is not None:
             try:
-                convert_value(hint, value, str(key))
+                convert_value(hint, given if value is None and given is not None else value, str(key))
             except ConfigError as converted:
                 return converted
+        if "Cannot merge" in str(item) and given is not None:  # a plugin's key, typed by its YAML default only
+            listed = isinstance(getattr(item, "parent_node", None), ListConfig)
+            expected = "a list in brackets ([...])" if listed else "a mapping ({k: v})"
+            return ConfigError(f"{key}={given}: expected {expected}")
         return ConfigError(f"{key}: {_first_line(item)}")
     return None
 

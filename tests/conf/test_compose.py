@@ -132,6 +132,23 @@ def test_defaults_are_typed() -> None:
             "model=tiny14 model.weights=official",
             r"model.weights=official: variant 'tiny14' has no official checkpoint \(variants with one: \['vits14', ",
         ),
+        # A mapping for a list, a list for a mapping: "Cannot merge DictConfig with ListConfig", or "=None"
+        (
+            "backend.provider_options={device_id:0}",
+            r"^backend.provider_options=\{device_id:0\}: expected a list in brackets",
+        ),
+        (
+            "backend=torch backend.aot_inductor_configs=[1,2]",
+            r"^backend.aot_inductor_configs=\[1,2\]: expected a mapping",
+        ),
+        (
+            "model.input_size={a:1}",
+            r"^model.input_size='\{a:1\}': expected a list in brackets \(model.input_size=\[...\]\)",
+        ),
+        (  # OmegaConf's "Unexpected type for root: NoneType"
+            "precision=fp32 precision.quantization.per_channel=false",
+            r"^precision.quantization.per_channel=false: precision.quantization is null in this config, so it has no",
+        ),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
@@ -224,6 +241,24 @@ def test_a_local_file_that_cannot_be_read_is_named_not_the_first_override(
     with pytest.raises(ConfigError) as refused_too:  # the other commands' configs
         command_config(GateCommandConfig, [], "gate")
     assert str(refused_too.value) == str(refused.value)
+
+
+def test_a_sweeps_fixed_override_that_only_its_swept_groups_make_valid_is_told_to_sweep_it() -> None:
+    # Hydra composes the fixed overrides before the swept groups: every job here is int8, yet the sweep stopped
+    # on "Unexpected type for root: NoneType". A key swept with its one value is set in each job.
+    from harness.config.store import sweep_plan
+
+    with pytest.raises(ConfigError) as refused:
+        sweep_plan(["debug=tiny", "precision=int8,int8_dynamic", "precision.quantization.per_channel=false"])
+    assert str(refused.value).endswith(
+        "(a sweep's fixed overrides are applied before its swept groups (precision=int8,int8_dynamic): to set it in "
+        "each job instead, sweep it with its one value: 'precision.quantization.per_channel=choice(false)')"
+    )
+    plan = sweep_plan(["debug=tiny", "precision=int8,int8_dynamic", "precision.quantization.per_channel=choice(false)"])
+    assert plan is not None
+    for job in plan.jobs:
+        quantization = resolve_config(compose(list(job))).precision.quantization
+        assert quantization is not None and quantization.per_channel is False
 
 
 def test_a_sweep_over_a_glob_of_group_options_expands_as_hydra_does() -> None:
