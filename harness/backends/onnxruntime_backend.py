@@ -81,6 +81,9 @@ class OrtConfig:
     def __post_init__(self) -> None:
         if not self.providers:
             raise ConfigError("backend.providers=[]: expected at least one execution provider")
+        repeated = sorted({name for name in self.providers if self.providers.count(name) > 1})
+        if repeated:  # ONNX Runtime drops the repeat with a warning: the same run under another config hash
+            raise ConfigError(f"backend.providers={list(self.providers)}: {', '.join(repeated)} listed more than once")
         if self.provider_options and len(self.provider_options) != len(self.providers):
             raise ConfigError(
                 f"backend.provider_options: {counted(len(self.provider_options), 'entry', 'entries')} "

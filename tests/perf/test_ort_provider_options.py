@@ -88,3 +88,9 @@ def test_a_provider_option_that_is_not_a_scalar_is_refused_naming_it(cache_dir: 
 )
 def test_a_mistyped_provider_is_told_the_closest_known_one(given: str, suggested: str | None) -> None:
     assert closest_provider(given, KNOWN_PROVIDERS) == suggested
+
+
+def test_a_provider_listed_twice_is_refused(cache_dir: Path) -> None:
+    # ONNX Runtime ignored the repeat with a warning: the same session under a config hash of its own.
+    with pytest.raises(ConfigError, match=r"CPUExecutionProvider listed more than once$"):
+        ort_config(cache_dir, "backend.providers=[CPUExecutionProvider,CPUExecutionProvider]")
