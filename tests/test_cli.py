@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import queue
@@ -253,6 +254,45 @@ def test_unknown_group_option_fails_before_running(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "vitx14" in done.stderr and "vits14" in done.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def on_a_terminal(tmp_path: Path, *arguments: str) -> str:
+    """What ``harness`` writes to stderr when stderr is a terminal (a pseudo-terminal 150 columns wide)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))
+    written: list[bytes] = []
+
+    def drain() -> None:  # a full terminal buffer would block the writer
+        with contextlib.suppress(OSError):  # EIO once every writer has closed it
+            while chunk := os.read(leader, 65536):
+                written.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    command = [sys.executable, "-m", "harness", *arguments, f"paths.outputs={tmp_path / 'outputs'}"]
+    try:
+        subprocess.run(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
+                       timeout=300, check=True)  # fmt: skip
+    finally:
+        os.close(follower)
+        reader.join(timeout=30)
+        os.close(leader)
+    return b"".join(written).decode(errors="replace")
+
+
+def test_jobs_that_run_at_once_draw_no_progress_bars_on_the_terminal_they_share(tmp_path: Path) -> None:
+    # With hydra/launcher=parallel two jobs' bars overwrote each other on one line of the terminal.
+    load = ["debug=tiny", "stages=[perf]", "backend=sleep", "perf.min_duration_s=1.2", "tracking=off"]
+    alone = on_a_terminal(tmp_path / "alone", "run", *load)
+    assert "perf repeat0: " in alone and " img/s]" in alone  # one job draws its bar
+    side_by_side = on_a_terminal(tmp_path / "parallel", "run", "-m", "hydra/launcher=parallel", *load, "perf.batch=1,2")
+    assert "perf repeat0: " not in side_by_side
 
 
 def test_sweep_with_a_failing_job_goes_on_and_fails_at_the_end(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import sys
 import threading
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -65,6 +65,9 @@ def pipeline_task(cfg: Any) -> None:
     config = resolve_config(plain(cfg))
     run_dir = Path(hydra_config.runtime.output_dir)
     multirun = hydra_config.mode == RunMode.MULTIRUN
+    if multirun and SIDE_BY_SIDE_LAUNCHER in str(hydra_config.launcher.get("_target_", "")):
+        # Its jobs run at once and write to the terminal they share: their bars overwrote each other on one line.
+        config = replace(config, progress=False)
     sweep_dir = Path(hydra_config.sweep.dir) if multirun else None  # type: ignore[arg-type]
     _session.sweep_dir, _session.run_dir, _session.config = sweep_dir, run_dir, config
     try:
@@ -83,6 +86,9 @@ def pipeline_task(cfg: Any) -> None:
     if result.error and not multirun:
         raise SystemExit(1)
 
+
+# The launcher whose jobs run at once on this machine, each with the terminal's stderr (`hydra/launcher=parallel`).
+SIDE_BY_SIDE_LAUNCHER = "JoblibLauncher"
 
 # Hydra's flags that each make a mode of their own (a run, a sweep, a config print, ...): one at a time.
 HYDRA_MODES = ("-r", "--run", "-m", "--multirun", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
