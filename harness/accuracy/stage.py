@@ -33,7 +33,7 @@ from harness.backends import (
     open_toolchain,
 )
 from harness.config.schema import Precision, RunConfig
-from harness.data.datasets import gnd_path, image_path, load_checked
+from harness.data.datasets import gnd_path, image_path, load_checked, unofficial_size
 from harness.data.groundtruth import GroundTruth
 from harness.data.synthetic import dataset_location, write_synthetic
 from harness.errors import ConfigError, DataError, counted
@@ -166,7 +166,9 @@ def run_accuracy(
     skipped_rows = (_rows_of(query_jobs, skipped_queries), _rows_of(database_jobs, skipped_images))
     gnd = [{} if row in skipped_rows[0] else entry for row, entry in enumerate(truth.gnd)]
     metrics = setup_metrics(evaluate(query, database, gnd, normalization=config.accuracy.normalization))
-    warnings = zero_descriptor_warnings(
+    unofficial = unofficial_size(name, truth)
+    warnings = [unofficial] if unofficial else []
+    warnings += zero_descriptor_warnings(
         query, database, source=f"{config.precision.name} descriptors", skipped=skipped_rows
     )
     for warning in warnings:
@@ -179,7 +181,7 @@ def run_accuracy(
         fp32 = _compare(config, (query, database), reference[:2], gnd, metrics, fp32_artifact_path)
     published = (
         tuple(published_results(config.model.variant, name))
-        if weights_kind == "official" and config.dataset.name != "synthetic"
+        if weights_kind == "official" and config.dataset.name != "synthetic" and unofficial is None
         else ()
     )
     result = AccuracyResult(

@@ -27,10 +27,13 @@ GND_BASE_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets"
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A revisitop dataset: ground-truth URL and the archives holding its images."""
+    """A revisitop dataset: ground-truth URL, the archives holding its images, and the size of its official
+    ground truth (database images and queries: Radenović et al., CVPR 2018, Table 1)."""
 
     name: str
     archives: tuple[str, ...]
+    images: int
+    queries: int
 
     @property
     def gnd_url(self) -> str:
@@ -38,15 +41,35 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "roxford5k": DatasetSpec("roxford5k", ("https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz",)),
+    "roxford5k": DatasetSpec(
+        "roxford5k",
+        ("https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz",),
+        images=4993,
+        queries=70,
+    ),
     "rparis6k": DatasetSpec(
         "rparis6k",
         (
             "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/paris_1-v1.tgz",
             "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/paris_2-v1.tgz",
         ),
+        images=6322,
+        queries=70,
     ),
 }
+
+
+def unofficial_size(name: str, truth: GroundTruth) -> str | None:
+    """Why ``truth``, read as revisitop dataset ``name``, is not its official ground truth (another number of
+    database images or queries: a file cut down, or another set under its name); ``None`` when its size is the
+    official one, or ``name`` is not a revisitop dataset."""
+    spec = DATASETS.get(name)
+    if spec is None or (len(truth.imlist), len(truth.qimlist)) == (spec.images, spec.queries):
+        return None
+    return (
+        f"gnd_{name}.pkl lists {counted(len(truth.imlist), 'database image')} and {counted(len(truth.qimlist), 'query', 'queries')}, "
+        f"the official {name} {spec.images} and {spec.queries}: its mAP is not comparable with published {name} results"
+    )
 
 
 def dataset_spec(name: str) -> DatasetSpec:

@@ -284,6 +284,31 @@ def test_published_numbers_are_shown_for_official_backbones_only() -> None:
     assert published_results("tiny14", "roxford5k") == []
 
 
+def test_a_revisitop_ground_truth_of_another_size_is_scored_with_a_warning(tmp_path: Path) -> None:
+    # A cut-down (or another) set under the name roxford5k was scored as roxford5k, without a word.
+    import shutil
+
+    from harness.data.datasets import unofficial_size
+    from harness.data.groundtruth import GroundTruth
+
+    synthetic = tmp_path / "data" / TINY_SET
+    write_synthetic(tmp_path / "data", images=16, queries=2, seed=0)
+    fake = tmp_path / "fake" / "roxford5k"
+    shutil.copytree(synthetic / "jpg", fake / "jpg")
+    shutil.copy(gnd_path(tmp_path / "data", TINY_SET), gnd_path(tmp_path / "fake", "roxford5k"))
+    result = tiny_run(tmp_path, "dataset=roxford5k", f"dataset.root={tmp_path / 'fake'}")
+    assert result.status == "ok" and result.accuracy is not None, result.error
+    expected = (
+        "gnd_roxford5k.pkl lists 16 database images and 2 queries, the official roxford5k 4993 and 70: its mAP is "
+        "not comparable with published roxford5k results"
+    )
+    assert result.accuracy.warnings == (expected,)
+    assert f"  warning    {expected}" in format_summary(result)
+    official = GroundTruth(imlist=("x",) * 6322, qimlist=("q",) * 70, gnd=())
+    assert unofficial_size("rparis6k", official) is None and unofficial_size("roxford5k", official) is not None
+    assert unofficial_size(TINY_SET, official) is None  # not a revisitop set: no official size
+
+
 def test_query_cropping_and_boxes_checked_against_the_images(tmp_path: Path) -> None:
     uncropped = tiny_run(tmp_path, name="plain")
     cropped = tiny_run(tmp_path, "accuracy.crop_queries=true", name="cropped")

@@ -47,7 +47,8 @@ def test_download_lays_out_the_revisitop_folder_and_resumes(
     file_server.files["/images/tiny.tgz"] = tar_bytes(images)
     file_server.truncate_next["/images/tiny.tgz"] = 500
     monkeypatch.setattr(datasets, "GND_BASE_URL", f"{file_server.base_url}/gnd")
-    monkeypatch.setitem(datasets.DATASETS, "tiny5k", DatasetSpec("tiny5k", (file_server.url("/images/tiny.tgz"),)))
+    spec = DatasetSpec("tiny5k", (file_server.url("/images/tiny.tgz"),), images=2, queries=1)
+    monkeypatch.setitem(datasets.DATASETS, "tiny5k", spec)
     with pytest.raises(DownloadError, match="truncated at 500"):
         download_dataset("tiny5k", tmp_path, progress=False)
     truth = download_dataset("tiny5k", tmp_path, progress=False)
