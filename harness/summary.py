@@ -96,8 +96,8 @@ def _measurement_rows(perf: PerfResult) -> list[Row]:
         rows.append(
             (
                 "startup",
-                f"model load {_duration(perf.load_time_s)}, cold first call {_duration(perf.first_call_us / 1e6)} "
-                f"per instance{_compiles(perf)}: before the measured window",
+                f"runtime and model load {_duration(perf.load_time_s)}, cold first call "
+                f"{_duration(perf.first_call_us / 1e6)} per instance{_compiles(perf)}: before the measured window",
             )
         )
     rows.append(("validity", "valid" if perf.validity.valid else "INVALID: " + "; ".join(perf.validity.reasons)))

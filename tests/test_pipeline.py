@@ -144,7 +144,10 @@ def test_a_run_builds_nothing_it_would_not_run_and_says_so(tmp_path: Path) -> No
     perf = result.perf
     load, first_call = duration(perf.load_time_s), duration(perf.first_call_us / 1e6)  # type: ignore[arg-type,operator]
     assert startup(result) == [
-        ["startup", f"model load {load}, cold first call {first_call} per instance: before the measured window"]
+        [
+            "startup",
+            f"runtime and model load {load}, cold first call {first_call} per instance: before the measured window",
+        ]
     ]
     compiled = dataclasses.replace(perf, backend_resolved={**perf.backend_resolved, "runs": "module, torch.compile"})
     assert startup(dataclasses.replace(result, perf=compiled))[0][1].endswith(

@@ -78,7 +78,8 @@ class Measurement:
         forward_time_s: release of all workers to the last completion.
         throughput_qps: samples / forward_time_s (images per second).
         latency_us: end-to-end and model latency statistics, microseconds.
-        load_time_s: mean model load time per instance (``None``: a vendor profiler that does not report it).
+        load_time_s: mean load time per instance, importing the runtime in the fresh worker and loading the model
+            (``None``: a vendor profiler that does not report it).
         first_call_us: mean cold first-call time per instance, apart from the steady state (``None`` likewise).
         window_throughput_qps: throughput in ``perf.windows`` equal time slices (empty from a profiler's summary).
         window_cv: coefficient of variation of those (``None`` without them, or when a slice is under 20 ms); in
