@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from harness.backends import check_precision, get_backend
+from harness.backends import check_precision, get_backend, shared_process_problem
 from harness.config.convert import from_mapping
 from harness.config.perf import PerfConfig
 from harness.config.schema import PathsConfig, RunConfig, VdspParams
@@ -40,6 +40,13 @@ def resolve_config(composed: dict[str, Any]) -> RunConfig:
     check_precision(entry, backend_config, config.precision.name)
     if entry.toolchain:
         _check_toolchain_load(config.perf, entry.name)
+    shared = shared_process_problem(backend_config)
+    if shared and "perf" in config.stages and config.perf.instances > config.perf.processes:
+        raise ConfigError(
+            f"perf.instances={config.perf.instances} with perf.processes={config.perf.processes}: {shared}; run one "
+            f"instance per process (perf.processes={config.perf.instances}), or compile_mode=default with "
+            "backend.cuda_graphs=true (the harness's own capture, one graph per instance)"
+        )
     if backend_config.loads_artifact and {"perf", "accuracy"} & set(config.stages) and "build" not in config.stages:
         raise ConfigError(
             f"stages={list(config.stages)}: backend={entry.name} runs the artifact the build stage makes: add build"

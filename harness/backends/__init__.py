@@ -14,7 +14,9 @@ a precision the backend runs otherwise (the torch backend's CUDA flash attention
 smaller batches up to the full one). A config may also have ``fp32_reference``: the config that extracts the fp32
 features a lower precision is compared with, when that is not the same backend on the fp32 build (the torch
 backend's AOTInductor package is compared with its eager fp32 module, so no fp32 package or ONNX build is made for
-it; ONNX Runtime's fp32 pass turns TensorRT's fp16 switch off). The plugin modules are listed in
+it; ONNX Runtime's fp32 pass turns TensorRT's fp16 switch off), and ``shared_process_problem``: why its
+instances cannot share a worker process (each instance runs in a thread of its own), else ``None``. The plugin
+modules are listed in
 ``PLUGIN_MODULES`` and imported only when a backend is looked up; they import their runtimes (onnxruntime, torch,
 vendor tools) inside their methods, so looking a backend up is cheap.
 
@@ -292,6 +294,12 @@ def one_program_per_batch(config: Any) -> bool:
     accuracy's lists', the open loop's calls) fills each up to the full batch: the one program perf times, instead
     of a compile or an engine build per size."""
     return bool(getattr(config, "one_program_per_batch", False))
+
+
+def shared_process_problem(config: Any) -> str | None:
+    """Why instances of the backend ``config`` cannot share a worker process (its config's
+    ``shared_process_problem``: torch.compile's own CUDA graphs keep their state per thread), else ``None``."""
+    return getattr(config, "shared_process_problem", None)
 
 
 def fp32_reference_backend(config: Any) -> Any:

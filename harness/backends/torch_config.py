@@ -49,6 +49,18 @@ class TorchConfig:
     aot_inductor_configs: dict[str, Any]
 
     @property
+    def shared_process_problem(self) -> str | None:
+        """Why two instances cannot run in threads of one process: a mode that captures its own CUDA graphs keeps
+        their state (CUDAGraph Trees) for the thread that compiled first; another instance's thread fails in
+        ``cudagraph_trees`` (measured on an H200, torch 2.11: ``assert torch._C._is_key_in_tls``)."""
+        if self.device.startswith("cuda") and self.compile and self.compile_mode in GRAPHING_MODES:
+            return (
+                f"backend.compile_mode={self.compile_mode} on CUDA keeps its CUDA graphs' state for one thread, and "
+                "each instance of a process runs in a thread of its own"
+            )
+        return None
+
+    @property
     def loads_artifact(self) -> bool:
         """Only the AOTInductor package is built ahead; the module is built from the model config at load."""
         return self.artifact == "aoti"

@@ -197,6 +197,24 @@ def test_a_module_whose_compile_mode_captures_its_own_cuda_graphs_queues_one_cal
     assert TorchBackend(dataclasses.replace(CUDA, cuda_graphs=True)).max_in_flight() == 2  # a graph per lane
 
 
+@pytest.mark.parametrize("compile_mode", ["reduce-overhead", "max-autotune"])
+def test_instances_sharing_a_process_are_refused_for_a_compile_mode_that_captures_its_own_graphs(
+    compile_mode: CompileMode,
+) -> None:
+    # On an H200 (torch 2.11) a second such module, called from another instance's thread, stopped in
+    # cudagraph_trees (assert torch._C._is_key_in_tls): after the build and the parity check, in the perf workers.
+    torch_cuda = ["debug=tiny", "backend=torch", "backend.device=cuda", "backend.compile=true",
+                  f"backend.compile_mode={compile_mode}"]  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"^perf.instances=2 with perf.processes=1: backend.compile_mode=.* one thread"
+    ):
+        resolve_config(compose([*torch_cuda, "perf.instances=2"]))
+    assert resolve_config(compose([*torch_cuda, "perf.instances=2", "perf.processes=2"])).perf.instances == 2
+    assert resolve_config(compose([*torch_cuda, "perf.instances=2", "stages=[build,accuracy]"])).perf.instances == 2
+    default = ["debug=tiny", "backend=torch", "backend.device=cuda", "backend.compile=true", "backend.cuda_graphs=true"]
+    assert resolve_config(compose([*default, "perf.instances=2"])).perf.instances == 2  # one graph per instance
+
+
 def test_bf16_runs_on_the_cpu_close_to_fp32(tmp_path: Path) -> None:
     backend = TorchBackend(CPU)
     backend.load(target(tmp_path, "bf16"))
