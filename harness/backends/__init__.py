@@ -16,9 +16,8 @@ features a lower precision is compared with, when that is not the same backend o
 backend's AOTInductor package is compared with its eager fp32 module, so no fp32 package or ONNX build is made for
 it; ONNX Runtime's fp32 pass turns TensorRT's fp16 switch off), and ``shared_process_problem``: why its
 instances cannot share a worker process (each instance runs in a thread of its own), else ``None``. The plugin
-modules are listed in
-``PLUGIN_MODULES`` and imported only when a backend is looked up; they import their runtimes (onnxruntime, torch,
-vendor tools) inside their methods, so looking a backend up is cheap.
+modules are listed in ``PLUGIN_MODULES`` and imported only when a backend is looked up; they import their
+runtimes (onnxruntime, torch, vendor tools) inside their methods, so looking a backend up is cheap.
 
 ``open_backend`` is the only place a backend is built for a target: it resolves it (what is installed),
 checks the input it accepts against the shape and batch asked for, and hands back a picklable factory
