@@ -107,6 +107,9 @@ def pair(
     for metric, rule in settings.rules.items():
         base, cand = baseline.metrics.get(metric), candidate.metrics.get(metric)
         if base is None and cand is None:
+            if all(_ran_the_stage_of(side, rule.kind, settings) for side in (baseline, candidate)):
+                # Withheld on both sides (a p99 of too few samples): a rule asked for and never decided is said.
+                notes.append(f"{metric} not decided: withheld by both runs (a percentile needs more samples)")
             continue
         if rule.kind == "perf" and candidate.perf_problem:
             problems.append(f"{metric}: the candidate's perf is no evidence ({candidate.perf_problem})")
@@ -138,10 +141,15 @@ def pair(
 STAGE_OF_KIND = {"perf": "perf", "accuracy": "accuracy", "parity": "build"}
 
 
+def _ran_the_stage_of(evidence: Evidence, kind: str, settings: GateConfig) -> bool:
+    """Whether ``evidence`` has any ruled metric of ``kind``: it ran the stage such metrics come from."""
+    return any(evidence.metrics.get(name) for name, rule in settings.rules.items() if rule.kind == kind)
+
+
 def _why_missing(evidence: Evidence, metric: str, kind: str, settings: GateConfig, *, baseline: bool) -> str:
     """Why one side lacks a ruled metric: it ran no stage that gives it, or (perf) the statistic was withheld; a
     baseline may also predate the harness recording it for that backend (the torch module's parity)."""
-    if not any(evidence.metrics.get(name) for name, rule in settings.rules.items() if rule.kind == kind):
+    if not _ran_the_stage_of(evidence, kind, settings):
         stage = STAGE_OF_KIND[kind]
         if baseline:
             return (

@@ -103,6 +103,13 @@ def test_pairing_needs_a_baseline_on_the_same_hardware_unless_allowed() -> None:
         "metric e2e_latency_p99_ms missing in the candidate: withheld by that run (a percentile needs more samples "
         "than it measured)",
     )
+    # Withheld on both sides, the rule decided nothing and the gate passed without a word.
+    both = pair(
+        candidate, [evidence({"throughput_qps": noisy(100.0, seed=3)})], with_p99, allow_hardware_mismatch=False
+    )
+    assert both.verdict == "pass" and both.problems == ()
+    assert "e2e_latency_p99_ms not decided: withheld by both runs (a percentile needs more samples)" in both.notes
+    assert not pair(evidence({}), [evidence({})], with_p99, allow_hardware_mismatch=False).notes  # no perf stage at all
 
 
 def test_a_value_that_is_not_a_number_is_unusable_not_within_tolerance() -> None:
