@@ -66,9 +66,10 @@ def unofficial_size(name: str, truth: GroundTruth) -> str | None:
     spec = DATASETS.get(name)
     if spec is None or (len(truth.imlist), len(truth.qimlist)) == (spec.images, spec.queries):
         return None
+    listed = f"{counted(len(truth.imlist), 'database image')} and {counted(len(truth.qimlist), 'query', 'queries')}"
     return (
-        f"gnd_{name}.pkl lists {counted(len(truth.imlist), 'database image')} and {counted(len(truth.qimlist), 'query', 'queries')}, "
-        f"the official {name} {spec.images} and {spec.queries}: its mAP is not comparable with published {name} results"
+        f"gnd_{name}.pkl lists {listed}, the official {name} {spec.images} and {spec.queries}: its mAP is not "
+        f"comparable with published {name} results"
     )
 
 

@@ -260,8 +260,8 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
     save(figure, path)
     caption = (
         "mAP (points) and parity minimum cosine (x 1e4) of each lower precision minus fp32, same variant, backend and "
-        "batch; and the share of top-10 database neighbours the run lost against the fp32 build on the same images (%). "
-        f"The axis spans at least +-{DELTAS_LEAST_EXTENT:g}, so that a change below the gate's tolerances (0.5 mAP "
+        "batch; and the share of top-10 database neighbours the run lost against the fp32 build on the same images "
+        f"(%). The axis spans at least +-{DELTAS_LEAST_EXTENT:g}, so that a change below the gate's tolerances (0.5 mAP "
         "points, 1e-4 in cosine) draws as small as it is."
     )
     return Plot(path, "Precision deltas against fp32", caption, missing)
@@ -305,6 +305,7 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
         return None
     figure, axes = new_figure()
     missing = []
+    drawn: list[tuple[float, float]] = []
     series: dict[tuple[str, str], list[LabelledRun]] = defaultdict(list)
     settings = _swept(measured, along=tuple(f"perf.{key}" for key in LOAD_KEYS))
     for run in measured:
@@ -321,9 +322,9 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
             if points:
                 points.sort()
                 axes.plot(*zip(*points, strict=True), style, color=f"C{colour}", label=f"{key} e2e {name}")
-    drawn = [point for line in axes.get_lines() for point in line.get_xydata()]
+                drawn += points
     # a cut axis made 1.09 against 0.90 ms look like a fall to nothing
-    from_zero(axes, x=[float(x) for x, _ in drawn], y=[float(y) for _, y in drawn])
+    from_zero(axes, x=[x for x, _ in drawn], y=[y for _, y in drawn])
     axes.set_xlabel("throughput (images/s)")
     axes.set_ylabel("end-to-end latency (ms)")
     bounds = {run.result.perf.latency_bound_ms for run in measured if run.result.perf.probes}  # type: ignore[union-attr]

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -42,6 +43,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[LabelledRun]:
             assert result.status == "ok", result.error
             made.append(run_dir)
     return folder_runs(made).runs
+
+
+@pytest.fixture
+def saved(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The figures the plot functions draw, by file name, kept open instead of written."""
+    from harness.report import plots
+
+    figures: dict[str, Any] = {}
+    monkeypatch.setattr(plots, "save", lambda figure, path: figures.setdefault(path.name, figure))
+    return figures
 
 
 def test_every_plot_and_index_is_written_and_the_table_equals_the_runs(runs: list[LabelledRun], tmp_path: Path) -> None:
@@ -169,12 +180,10 @@ def test_lines_that_share_a_colour_do_not_share_a_dash() -> None:
 
 
 def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the_axes(
-    runs: list[LabelledRun], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runs: list[LabelledRun], tmp_path: Path, saved: dict[str, Any]
 ) -> None:
     from harness.report import plots
 
-    saved = {}
-    monkeypatch.setattr(plots, "save", lambda figure, path: saved.setdefault(path.name, figure))
     plots.throughput_vs_batch(runs, tmp_path / "throughput.png")
     plots.accuracy_vs_throughput(runs, tmp_path / "accuracy.png")
     plots.latency_vs_throughput(runs, tmp_path / "latency.png")
@@ -200,13 +209,11 @@ def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the
 
 
 def test_a_precision_delta_below_the_gates_tolerances_draws_small(
-    runs: list[LabelledRun], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runs: list[LabelledRun], tmp_path: Path, saved: dict[str, Any]
 ) -> None:
     # fp16's parity 2.6e-7 below fp32 (-0.0026 x 1e4) filled the whole plot, as large as any real loss would.
     from harness.report import plots
 
-    saved = {}
-    monkeypatch.setattr(plots, "save", lambda figure, path: saved.setdefault(path.name, figure))
     plot = plots.precision_deltas(runs, tmp_path / "deltas.png")
     assert plot is not None and "at least +-1" in plot.caption
     (axes,) = saved["deltas.png"].axes
@@ -217,7 +224,7 @@ def test_a_precision_delta_below_the_gates_tolerances_draws_small(
 
 
 def test_the_latency_cdf_counts_what_its_samples_are(
-    runs: list[LabelledRun], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runs: list[LabelledRun], tmp_path: Path, saved: dict[str, Any]
 ) -> None:
     # A server run's samples are requests of one image; the axis said "fraction of batches" for every run.
     from harness.report import plots
@@ -229,8 +236,6 @@ def test_the_latency_cdf_counts_what_its_samples_are(
     )  # fmt: skip
     assert run(composed, run_dir=served).status == "ok"
     (server_run,) = folder_runs([served]).runs
-    saved = {}
-    monkeypatch.setattr(plots, "save", lambda figure, path: saved.setdefault(path.name, figure))
     plots.latency_cdf(runs, tmp_path / "closed.png")
     plots.latency_cdf([server_run], tmp_path / "server.png")
     plots.latency_cdf([*runs, server_run], tmp_path / "both.png")
@@ -251,14 +256,12 @@ def test_withheld_percentiles_are_drawn_as_missing_never_as_zero(runs: list[Labe
 
 
 def test_the_percentile_title_explains_n_a_only_when_a_percentile_is_withheld(
-    runs: list[LabelledRun], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runs: list[LabelledRun], tmp_path: Path, saved: dict[str, Any]
 ) -> None:
     import dataclasses
 
     from harness.report import plots
 
-    saved = {}
-    monkeypatch.setattr(plots, "save", lambda figure, path: saved.setdefault(path.name, figure))
     plots.latency_percentiles(runs, tmp_path / "withheld.png")
     perf = runs[0].result.perf
     assert perf is not None
