@@ -60,12 +60,22 @@ class TrackingError(HarnessError):
     """The experiment tracker could not be reached or refused a write."""
 
 
+def as_written(value: object) -> str:
+    """A value in a ``key=value`` message: ``null``, ``true`` and ``false`` as YAML and Hydra overrides spell them
+    (Python's ``None`` is not what the user typed), anything else as its ``repr`` (a string keeps its quotes)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
+
+
 def unknown_name_message(key: str, value: object, known: object) -> str:
     """One-line message for an unknown name: the allowed names and the closest one (``difflib``)."""
     names = sorted(str(name) for name in known)  # type: ignore[attr-defined]
     close = difflib.get_close_matches(str(value), names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{key}={value!r}: expected one of {names}{hint}"
+    return f"{key}={as_written(value)}: expected one of {names}{hint}"
 
 
 def unknown_key_message(dotted_key: str, name: str, known: object) -> str:

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar, get_args, get_origin
 
-from harness.errors import ConfigError, unknown_key_message, unknown_name_message
+from harness.errors import ConfigError, as_written, unknown_key_message, unknown_name_message
 
 T = TypeVar("T")
 
@@ -69,14 +69,14 @@ def _convert(hint: Any, value: object, key: str) -> object:
                 return _convert(option, value, key)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={value!r}: expected {_describe(hint)}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={as_written(value)}: expected {_describe(hint)}")
     if origin is tuple:
         return _convert_sequence(hint, value, key)
     if origin is list:
         return list(_convert_sequence(tuple.__class_getitem__((get_args(hint)[0], ...)), value, key))
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}={value!r}: expected a mapping")
+            raise ConfigError(f"{key}={as_written(value)}: expected a mapping")
         value_hint = get_args(hint)[1]
         return {str(name): _convert(value_hint, item, f"{key}.{name}") for name, item in value.items()}
     return _convert_scalar(hint, value, key)
@@ -86,7 +86,7 @@ def _convert_dataclass(cls: type, value: object, key: str) -> object:
     if dataclasses.is_dataclass(value) and isinstance(value, cls):
         return value
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{key or cls.__name__}={value!r}: expected a mapping of {cls.__name__} fields")
+        raise ConfigError(f"{key or cls.__name__}={as_written(value)}: expected a mapping of {cls.__name__} fields")
     hints = typing.get_type_hints(cls)
     fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
     for name in value:
@@ -107,7 +107,9 @@ def _convert_dataclass(cls: type, value: object, key: str) -> object:
 
 def _convert_sequence(hint: Any, value: object, key: str) -> tuple[object, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, typing.Sequence):
-        raise ConfigError(f"{key}={value!r}: expected a list in brackets ({key}=[...]) of {_describe_items(hint)}")
+        raise ConfigError(
+            f"{key}={as_written(value)}: expected a list in brackets ({key}=[...]) of {_describe_items(hint)}"
+        )
     args = get_args(hint)
     if len(args) == 2 and args[1] is Ellipsis:
         return tuple(_convert(args[0], item, f"{key}[{index}]") for index, item in enumerate(value))
@@ -123,10 +125,10 @@ def _convert_scalar(hint: Any, value: object, key: str) -> object:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r}: expected an int")
+        raise ConfigError(f"{key}={as_written(value)}: expected an int")
     if isinstance(hint, type) and isinstance(value, hint):
         return value
-    raise ConfigError(f"{key}={value!r}: expected {_describe(hint)}")
+    raise ConfigError(f"{key}={as_written(value)}: expected {_describe(hint)}")
 
 
 def _describe_items(hint: Any) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from harness.config.convert import check_seed
-from harness.errors import ConfigError
+from harness.errors import ConfigError, as_written
 
 # Samples p99 needs to be reported (at most 1% of them above it, with 99% confidence; harness.perf.stats).
 P99_MIN_SAMPLES = 662
@@ -148,7 +148,7 @@ class PerfConfig:
             needs = "perf.search=peak needs a rate > 0 to start from" if self.search == "peak" else (
                 "perf.scenario=server needs an arrival rate > 0"
             )  # fmt: skip
-            raise ConfigError(f"perf.target_qps={self.target_qps}: {needs}")
+            raise ConfigError(f"perf.target_qps={as_written(self.target_qps)}: {needs}")
         if self.max_queue_delay_ms < 0:
             raise ConfigError(f"perf.max_queue_delay_ms={self.max_queue_delay_ms}: expected >= 0")
         if self.scenario != "closed" and self.mode != "sync":
@@ -184,7 +184,7 @@ class PerfConfig:
                 )
             if self.latency_bound_ms is None or self.latency_bound_ms <= 0:
                 raise ConfigError(
-                    f"perf.latency_bound_ms={self.latency_bound_ms}: perf.search=peak needs a p99 bound > 0"
+                    f"perf.latency_bound_ms={as_written(self.latency_bound_ms)}: perf.search=peak needs a p99 bound > 0"
                 )
             if not 0 < self.search_tolerance < 1 or self.max_probes < 2:
                 raise ConfigError(

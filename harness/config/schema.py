@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 from harness.config.convert import check_seed
 from harness.config.perf import PerfConfig
-from harness.errors import ConfigError, masked, unknown_name_message
+from harness.errors import ConfigError, as_written, masked, unknown_name_message
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int8_dynamic"]
 # Precisions that are ONNX Runtime quantizations of the fp32 ONNX build (float input and output).
@@ -132,7 +132,9 @@ class CalibrationConfig:
         if not 0.0 < self.percentile <= 100.0:
             raise ConfigError(f"calibration.percentile={self.percentile}: expected a value in (0, 100]")
         if (self.source == "folder") != bool(self.folder):
-            raise ConfigError(f"calibration.folder={self.folder!r}: required exactly when calibration.source=folder")
+            raise ConfigError(
+                f"calibration.folder={as_written(self.folder)}: required exactly when calibration.source=folder"
+            )
 
 
 @dataclass(frozen=True)

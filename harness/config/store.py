@@ -307,6 +307,8 @@ def composition_error(error: BaseException, reads: type = RunConfig) -> ConfigEr
 
 # Hydra's message for an override it could not merge, followed by the override.
 MERGING = "Error merging override "
+# OmegaConf's message for null set on a key whose type has no null ("field 'perf.batch' is not Optional").
+NOT_OPTIONAL = "is not Optional"
 
 
 def _named_error(error: BaseException, reads: type) -> ConfigError | None:
@@ -340,6 +342,8 @@ def _named_error(error: BaseException, reads: type) -> ConfigError | None:
         given = next(
             (str(cause)[len(MERGING) :].split("=", 1)[1] for cause in chain if str(cause).startswith(MERGING)), None
         )
+        if NOT_OPTIONAL in _first_line(item):  # null for a key that takes none: the value quoted is the key's name
+            value = given = None
         if hint is not None:
             try:
                 convert_value(hint, given if value is None and given is not None else value, str(key))

@@ -300,7 +300,7 @@ def _search_peak(
             )
         )  # fmt: skip
         measured[rate] = measurement
-        log.info("peak search probe %d: %.2f qps offered, p99 %s ms: %s", len(probes), rate, probes[-1].p99_ms, passed)
+        log.info("peak search probe %d: %.2f qps offered: %s", len(probes), rate, _probe_verdict(measurement, bound_us))
         return passed
 
     low: float | None = None
@@ -321,6 +321,16 @@ def _search_peak(
             high = middle
     best = measured[low] if low is not None else measured[probes[-1].target_qps]
     return best, probes
+
+
+def _probe_verdict(measurement: Measurement, bound_us: float) -> str:
+    """Why a peak-search probe passed or failed, for the log of a search that takes minutes."""
+    p99 = measurement.latency_us.e2e.p99
+    if not measurement.validity.valid:
+        return "fail: invalid (" + "; ".join(measurement.validity.reasons) + ")"
+    if p99 is None:
+        return f"fail: p99 withheld ({measurement.samples} samples)"
+    return f"{'pass' if p99 <= bound_us else 'fail'}: p99 {p99 / 1e3:.2f} ms, bound {bound_us / 1e3:g} ms"
 
 
 def _measure_once(

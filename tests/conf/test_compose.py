@@ -93,6 +93,15 @@ def test_defaults_are_typed() -> None:
             r"^gate=default: 'gate' is not a config group of this command \(its groups: \['backend', 'dataset', 'debug', ",
         ),
         ("build.parity_images=two", r"build.parity_images='two': expected int"),
+        # null on a key that has none: OmegaConf quotes the key's name where the value goes; Python's None and
+        # True are not what was typed
+        ("perf.batch=null", r"^perf.batch=null: expected int$"),
+        ("model.weights=null", r"^model.weights=null: expected str$"),
+        ("backend=torch backend.device=null", r"^backend.device=null: expected str$"),
+        ("perf.mode=null", r"^perf.mode=null: expected one of \['async', 'sync'\]$"),
+        ("perf.batch=true", r"^perf.batch=true: expected an int$"),
+        ("precision=int8 calibration.source=folder", r"^calibration.folder=null: required exactly when"),
+        ("perf.scenario=server", r"^perf.target_qps=null: perf.scenario=server needs an arrival rate > 0$"),
         (  # MLflow 3.17 refuses it only at the first write, after the run
             "tracking.uri=file:///tmp/mlruns",
             r"tracking.uri='file:///tmp/mlruns': MLflow's file store is in maintenance mode and refuses new runs; use",

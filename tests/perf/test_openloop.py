@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
+import logging
 import re
 import sys
 import threading
@@ -163,13 +164,13 @@ def test_requests_are_batched_up_to_the_batch_within_the_queue_delay() -> None:
 
 
 def test_open_loop_settings_are_checked_when_the_config_resolves(cache_dir: Path) -> None:
-    with pytest.raises(ConfigError, match=r"perf.target_qps=None: perf.scenario=server needs an arrival rate > 0"):
+    with pytest.raises(ConfigError, match=r"perf.target_qps=null: perf.scenario=server needs an arrival rate > 0"):
         sleep_config(cache_dir, "perf.scenario=server")
-    with pytest.raises(ConfigError, match=r"perf.target_qps=None: perf.search=peak needs a rate > 0 to start from"):
+    with pytest.raises(ConfigError, match=r"perf.target_qps=null: perf.search=peak needs a rate > 0 to start from"):
         sleep_config(cache_dir, "perf.scenario=server", "perf.search=peak", "perf.latency_bound_ms=5")
     with pytest.raises(ConfigError, match=r"perf.search=peak: searches the server scenario's rate"):
         sleep_config(cache_dir, "perf.search=peak", "perf.latency_bound_ms=5")
-    with pytest.raises(ConfigError, match=r"perf.latency_bound_ms=None: perf.search=peak needs a p99 bound"):
+    with pytest.raises(ConfigError, match=r"perf.latency_bound_ms=null: perf.search=peak needs a p99 bound"):
         sleep_config(cache_dir, "perf.scenario=server", "perf.target_qps=10", "perf.search=peak")
     for scenario, rate in (("server", ["perf.target_qps=10"]), ("offline", [])):
         with pytest.raises(ConfigError, match=rf"perf.mode=async: .* perf.scenario={scenario} issues them itself"):
@@ -323,7 +324,10 @@ def test_the_stage_fills_the_open_loop_batches_of_backends_that_run_one_program_
     assert not fills_batches(closed, compiled)  # the closed loop's calls are all full already
 
 
-def test_peak_search_brackets_then_bisects_and_keeps_every_probe(cache_dir: Path, tmp_path: Path) -> None:
+def test_peak_search_brackets_then_bisects_and_keeps_every_probe(
+    cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="harness.perf.stage")
     config = sleep_config(
         cache_dir, "backend.latency_us=500", "perf.scenario=server", "perf.search=peak", "perf.target_qps=400",
         "perf.latency_bound_ms=5", "perf.min_duration_s=0", "perf.iterations=null", "perf.search_tolerance=0.1",
@@ -343,6 +347,13 @@ def test_peak_search_brackets_then_bisects_and_keeps_every_probe(cache_dir: Path
     assert result.peak_qps < 2000.0
     saved = np.load(tmp_path / "perf_samples.npz")
     assert {f"probe{index}_e2e_us" for index in range(len(rates))} <= set(saved.files)
+    # A search runs for minutes: the log says of each probe why it passed or failed, in milliseconds.
+    verdicts = [record.getMessage() for record in caplog.records if record.getMessage().startswith("peak search")]
+    assert verdicts == [
+        f"peak search probe {number}: {probe.target_qps:.2f} qps offered: {'pass' if probe.passed else 'fail'}: "
+        f"p99 {probe.p99_ms:.2f} ms, bound 5 ms"
+        for number, probe in enumerate(result.probes, start=1)
+    ]
 
 
 def test_a_peak_search_is_kept_in_result_json_and_as_stepped_metrics(cache_dir: Path, tmp_path: Path) -> None:
