@@ -8,7 +8,7 @@ from harness.perf.host import SAMPLE_INTERVAL_S
 from harness.result import RunResult
 from harness.result.accuracy import AccuracyResult
 from harness.result.build import BuildResult
-from harness.result.perf import DeviceTelemetry, PerfResult
+from harness.result.perf import DeviceTelemetry, PerfResult, server_tails
 
 Row = tuple[str, str]
 
@@ -248,12 +248,16 @@ def _runtime(perf: PerfResult) -> str:
 
 
 def _repeats(perf: PerfResult) -> str:
-    """The spread behind a headline that is the median of several repeats (of an even count, the slower of
-    the middle two: the headline is one real measurement, never an average of two)."""
+    """The spread behind a headline that is the median of several repeats by what its scenario answers (of an
+    even count, the worse of the middle two: the headline is one real measurement, never an average of two)."""
     repeats = perf.throughput_qps_repeats
     if len(repeats) < 2:
         return ""
     which = "the median" if len(repeats) % 2 else "the slower middle one"
+    if perf.scenario == "server":
+        percentile, tails = server_tails(perf.repeats)
+        spread = f"{min(tails) / 1e3:.2f} to {max(tails) / 1e3:.2f} ms"
+        return f", {which} by e2e {percentile} of {len(repeats)} repeats ({spread})"
     return f", {which} of {len(repeats)} repeats ({min(repeats):.2f} to {max(repeats):.2f} img/s)"
 
 

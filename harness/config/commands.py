@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from harness.config.convert import check_seed
+from harness.config.perf import Scenario
 from harness.config.schema import DatasetConfig, PathsConfig, TrackingConfig
 from harness.errors import ConfigError
 
@@ -21,15 +22,25 @@ class GateRule:
         better: ``higher`` or ``lower``.
         threshold: perf: the relative change tolerated in the bad direction (0.05 = 5%); accuracy: points of
             mAP / mP; parity: cosine.
+        scenarios: the load scenarios (``perf.scenario``) of the runs it decides; ``None``: every run. A metric
+            means something only under some loads: an offline run's end-to-end latency is how long its queue
+            took to drain (it answers throughput only), and the p99 is what a server is bounded by.
     """
 
     kind: Literal["perf", "accuracy", "parity"]
     better: Literal["higher", "lower"]
     threshold: float
+    scenarios: tuple[Scenario, ...] | None = None  # a default: rules added on the command line rarely need it
 
     def __post_init__(self) -> None:
         if self.threshold < 0:
             raise ConfigError(f"gate rule threshold={self.threshold}: expected >= 0")
+        if self.scenarios is not None and not self.scenarios:
+            raise ConfigError("gate rule scenarios=[]: expected the scenarios it decides, or null for every run")
+
+    def decides(self, scenario: str) -> bool:
+        """Whether the rule applies to a run of load scenario ``scenario``."""
+        return self.scenarios is None or scenario in self.scenarios
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ P99_MIN_SAMPLES = 662
 # window's calls run about as fast (a mean over the warm-up, early calls included, was 11% slow: too few requests).
 OFFLINE_DURATION_MARGIN = 1.1
 
+# How load is offered (README "Load scenarios"): closed loop, open-loop Poisson arrivals, all queued at once.
+Scenario = Literal["closed", "server", "offline"]
+
 
 @dataclass(frozen=True)
 class PerfConfig:
@@ -78,7 +81,7 @@ class PerfConfig:
     windows: int
     max_window_cv: float
     start_timeout_s: float
-    scenario: Literal["closed", "server", "offline"]
+    scenario: Scenario
     target_qps: float | None
     max_queue_delay_ms: float
     arrival_seed: int

@@ -104,7 +104,11 @@ def pair(
         problem = f"no baseline for config hash {candidate.config_hash}" + (f": {difference}" if difference else "")
         return Pairing(candidate, None, (), (problem,), ())
     decisions, problems = [], []
+    # Identity params name the scenario; a run recorded without one predates the open-loop scenarios: closed.
+    scenario = candidate.config.get("perf.scenario", "closed")
     for metric, rule in settings.rules.items():
+        if not rule.decides(scenario):
+            continue
         base, cand = baseline.metrics.get(metric), candidate.metrics.get(metric)
         if base is None and cand is None:
             if all(_ran_the_stage_of(side, rule.kind, settings) for side in (baseline, candidate)):

@@ -37,7 +37,7 @@ from harness.perf.efficiency import (
 )
 from harness.perf.host import HostSampler
 from harness.perf.loadgen import LoadPlan, Sampler, WorkerTask
-from harness.perf.measurement import perf_result, summarise
+from harness.perf.measurement import headline_index, perf_result, summarise
 from harness.perf.workers import ProgressWatch, StabilityWatch, run_workers
 from harness.preprocess import batch_of
 from harness.result.perf import Efficiency, Measurement, PerfResult, Probe, Stability  # fmt: skip
@@ -115,8 +115,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
             measurements = [median]
         else:
             measurements = _measure_repeats(config, opened, batch_shape, raw, stabilities)
-            ordered = sorted(measurements, key=lambda measurement: measurement.throughput_qps)
-            median = ordered[(len(ordered) - 1) // 2]
+            median = measurements[headline_index(measurements, perf.scenario)]
     run_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run_dir / SAMPLES_FILE, allow_pickle=False, **raw)
     peak = max((probe.target_qps for probe in probes if probe.passed), default=None)

@@ -20,7 +20,7 @@ from harness.config.schema import RunConfig
 from harness.errors import ConfigError, DataError, ToolError
 from harness.perf.contention import CLAIMS_FOLDER, claimed_window
 from harness.perf.efficiency import efficiency_undefined
-from harness.perf.measurement import perf_result
+from harness.perf.measurement import headline_index, perf_result
 from harness.perf.stats import latency_bound_notes
 from harness.perf.vamp import VAMP_FILE, VAMP_REPEAT_FILE, VampReport, parse_vamp, telemetry_from_report
 from harness.processes import ToolRun
@@ -140,10 +140,9 @@ def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: 
             _profile_once(toolchain, Path(model_prefix), load, perf, vdsp_params=vdsp, run_dir=run_dir, repeat=repeat)
             for repeat in range(perf.repeats)
         ]
-    ordered = sorted(measured, key=lambda item: item[0].throughput_qps)
-    median, report, output = ordered[(len(ordered) - 1) // 2]
-    shutil.copyfile(output, run_dir / VAMP_FILE)
     measurements = [measurement for measurement, _, _ in measured]
+    median, report, output = measured[headline_index(measurements, perf.scenario)]
+    shutil.copyfile(output, run_dir / VAMP_FILE)
     warnings = median.validity.warnings
     unprinted = [f"p{value}" for value in config.backend.percentiles if f"p{value}" not in report.e2e_latency_us]
     if unprinted:

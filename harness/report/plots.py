@@ -170,9 +170,8 @@ def _headline_samples(run: LabelledRun) -> np.ndarray | None:
     perf = run.result.perf
     if perf is None or not perf.samples_file or not (run.run_dir / perf.samples_file).exists():
         return None
-    repeat = (perf.throughput_qps_repeats or (perf.throughput_qps,)).index(perf.throughput_qps)
     with np.load(run.run_dir / perf.samples_file) as samples:
-        key = f"repeat{repeat}_e2e_us"
+        key = f"repeat{perf.headline_repeat}_e2e_us"
         return samples[key] if key in samples.files else None
 
 

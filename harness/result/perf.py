@@ -3,6 +3,8 @@ the run's headline with its repeats, peak-search probes, efficiency and stabilit
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -200,6 +202,15 @@ class Probe:
     passed: bool
 
 
+def server_tails(measurements: Sequence[Measurement]) -> tuple[str, list[float]]:
+    """Which end-to-end percentile ranks server repeats (``p99``, or ``p50`` where a repeat withholds its p99)
+    and each repeat's, in microseconds (a repeat with no sample at all ranks worst)."""
+    latencies = [measurement.latency_us.e2e for measurement in measurements]
+    which = "p99" if all(e2e.p99 is not None for e2e in latencies) else "p50"
+    values = [getattr(e2e, which) for e2e in latencies]
+    return which, [math.inf if value is None else value for value in values]
+
+
 @dataclass(frozen=True, kw_only=True)
 class PerfResult(Measurement):
     """The perf section of ``result.json``: the median repeat's measurement, the load, and every repeat.
@@ -244,3 +255,16 @@ class PerfResult(Measurement):
     samples_source: Literal["harness", "vamp"] = "harness"
     queue_depth: int = 1
     filled_batches: bool = False
+
+    @property
+    def headline_repeat(self) -> int:
+        """The index in ``repeats`` of the measurement the headline is (0 without repeats: the one there is).
+        Found by its numbers, not its throughput alone: a server's repeats all serve about the rate offered."""
+        return next(
+            (
+                index
+                for index, repeat in enumerate(self.repeats)
+                if repeat.throughput_qps == self.throughput_qps and repeat.latency_us == self.latency_us
+            ),
+            0,
+        )

@@ -112,6 +112,58 @@ def test_pairing_needs_a_baseline_on_the_same_hardware_unless_allowed() -> None:
     assert not pair(evidence({}), [evidence({})], with_p99, allow_hardware_mismatch=False).notes  # no perf stage at all
 
 
+def default_rules(*overrides: str) -> GateConfig:
+    from harness.config.commands import GateCommandConfig
+    from harness.config.store import command_config
+
+    return command_config(GateCommandConfig, list(overrides), "gate").gate
+
+
+def test_the_default_rules_decide_each_load_scenario_on_what_it_answers() -> None:
+    settings = default_rules()
+
+    def run(scenario: str | None, e2e_p50: float, e2e_p99: float | None) -> Evidence:
+        metrics = {
+            "throughput_qps": noisy(100.0),
+            "model_latency_p50_ms": noisy(10.0),
+            "e2e_latency_p50_ms": noisy(e2e_p50),
+        }
+        if e2e_p99 is not None:
+            metrics["e2e_latency_p99_ms"] = noisy(e2e_p99, seed=1)
+        return Evidence(
+            "run", "cfg", "machine", metrics, config={} if scenario is None else {"perf.scenario": scenario}
+        )
+
+    def decided(scenario: str | None, base: Evidence, cand: Evidence) -> dict[str, str]:
+        pairing = pair(cand, [base], settings, allow_hardware_mismatch=False)
+        assert pairing.problems == () and pairing.notes == ()
+        return {decision.metric: decision.outcome for decision in pairing.decisions}
+
+    # A server is bounded by its p99: a tail that grew 30% at the same median and rate is a regression.
+    assert decided("server", run("server", 20.0, 40.0), run("server", 20.0, 52.0)) == {
+        "throughput_qps": "pass", "e2e_latency_p50_ms": "pass", "e2e_latency_p99_ms": "fail",
+        "model_latency_p50_ms": "pass",
+    }  # fmt: skip
+    # An offline run's end-to-end latency is how long its queue took to drain: not a regression of the build.
+    assert decided("offline", run("offline", 500.0, 990.0), run("offline", 800.0, 1500.0)) == {
+        "throughput_qps": "pass", "model_latency_p50_ms": "pass",
+    }  # fmt: skip
+    # A closed loop withholds its p99 in short runs: no rule asks for it, so nothing is said of it.
+    closed = {"throughput_qps": "pass", "e2e_latency_p50_ms": "pass", "model_latency_p50_ms": "pass"}
+    assert decided("closed", run("closed", 10.0, None), run("closed", 10.0, None)) == closed
+    assert decided(None, run(None, 10.0, None), run(None, 10.0, None)) == closed  # recorded before scenarios
+    assert settings.rules["e2e_latency_p99_ms"].scenarios == ("server",)
+    # A rule added on the command line decides every run unless it names its scenarios.
+    added = default_rules("+gate.rules.model_latency_p99_ms={kind:perf,better:lower,threshold:0.1}")
+    assert added.rules["model_latency_p99_ms"].scenarios is None
+    with pytest.raises(
+        ConfigError, match=r"scenarios\[0\]='sever': expected one of \['closed', 'offline', 'server'\]; did"
+    ):
+        default_rules("gate.rules.e2e_latency_p99_ms.scenarios=[sever]")
+    with pytest.raises(ConfigError, match=r"scenarios=\[\]: expected the scenarios it decides, or null for every run"):
+        default_rules("gate.rules.e2e_latency_p99_ms.scenarios=[]")
+
+
 def test_a_value_that_is_not_a_number_is_unusable_not_within_tolerance() -> None:
     medium = GateRule(kind="accuracy", better="higher", threshold=0.5)
     settings = GateConfig(**{**SETTINGS.__dict__, "rules": {"map_medium": medium, "throughput_qps": THROUGHPUT}})

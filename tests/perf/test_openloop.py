@@ -20,12 +20,12 @@ from harness.backends import BackendFactory, LoadTarget
 from harness.config.perf import P99_MIN_SAMPLES
 from harness.errors import ConfigError
 from harness.perf.loadgen import LoadPlan, WorkerTask, run_instances
-from harness.perf.measurement import _shortfalls
+from harness.perf.measurement import _shortfalls, headline_index
 from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_timer_slack, waiter
 from harness.perf.stats import MIN_SAMPLES
 from harness.resolve import resolve_config
 from harness.result import load_result
-from harness.result.perf import PerfResult
+from harness.result.perf import Measurement, PerfResult
 from harness.tracking.records import metrics_of
 from tests.conftest import compose
 from tests.perf.test_loadgen import measure, sleep_config
@@ -354,6 +354,46 @@ def test_peak_search_brackets_then_bisects_and_keeps_every_probe(
         f"p99 {probe.p99_ms:.2f} ms, bound 5 ms"
         for number, probe in enumerate(result.probes, start=1)
     ]
+
+
+def test_a_server_run_reports_the_repeat_of_median_tail_latency(cache_dir: Path, tmp_path: Path) -> None:
+    from harness.pipeline import run
+    from harness.summary import format_summary
+
+    config = sleep_config(
+        cache_dir, "backend.latency_us=500", "perf.scenario=server", "perf.target_qps=400", "perf.repeats=3",
+        "perf.min_duration_s=1.7", "perf.iterations=null",  # 680 requests: enough for a p99
+    )  # fmt: skip
+    result = run(config, run_dir=tmp_path).perf
+    assert result is not None and len(result.repeats) == 3
+    tails = sorted(repeat.latency_us.e2e.p99 for repeat in result.repeats)  # type: ignore[type-var]
+    assert result.latency_us.e2e.p99 == tails[1]
+    # The report's latency CDF draws the headline repeat's samples: found by its numbers, not its throughput.
+    assert result.repeats[result.headline_repeat].latency_us.e2e.p99 == tails[1]
+    identical_rates = dataclasses.replace(
+        result, repeats=tuple(dataclasses.replace(repeat, throughput_qps=400.0) for repeat in result.repeats),
+        throughput_qps=400.0,
+    )  # fmt: skip
+    assert identical_rates.repeats[identical_rates.headline_repeat].latency_us.e2e.p99 == tails[1]
+    assert f", the median by e2e p99 of 3 repeats ({tails[0] / 1e3:.2f} to {tails[2] / 1e3:.2f} ms)" in format_summary(
+        load_result(tmp_path)
+    )
+    # Every repeat of a server that keeps up serves the offered rate: the throughput cannot rank them.
+    repeat = result.repeats[0]
+
+    def served(rate: float, p50_ms: float, p99_ms: float | None) -> Measurement:
+        e2e = dataclasses.replace(repeat.latency_us.e2e, p50=p50_ms * 1e3, p99=None if p99_ms is None else p99_ms * 1e3)
+        latency = dataclasses.replace(repeat.latency_us, e2e=e2e)
+        return dataclasses.replace(repeat, throughput_qps=rate, latency_us=latency)
+
+    # The 2026-12-07 run on this VM: the median by throughput was a repeat whose queue had grown.
+    repeats = [served(299.9, 1.3, 5.0), served(299.9, 1.3, 3.9), served(299.8, 255.0, 1162.4),
+               served(299.9, 326.1, 764.3), served(299.9, 1.2, 3.6)]  # fmt: skip
+    assert headline_index(repeats, "server") == 0
+    assert headline_index(repeats[:4], "server") == 3  # an even count: the worse of the middle two
+    assert headline_index([served(299.9, 9.0, None), served(299.9, 2.0, None), served(299.9, 5.0, None)], "server") == 2
+    loaded = [served(100.0, 9.0, 20.0), served(300.0, 3.0, 5.0), served(200.0, 1.0, 90.0)]
+    assert headline_index(loaded, "closed") == 2 and headline_index(loaded, "offline") == 2  # by throughput
 
 
 def test_a_peak_search_is_kept_in_result_json_and_as_stepped_metrics(cache_dir: Path, tmp_path: Path) -> None:
