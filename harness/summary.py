@@ -148,10 +148,13 @@ def _host(perf: PerfResult) -> str | None:
     """The host's CPU and the workers' memory over the window, or why it was not sampled."""
     if perf.host:
         host = perf.host
+        beside = "" if host.other_cpu_pct is None else f"; other processes {host.other_cpu_pct:.0f}%"
+        if host.steal_pct:
+            beside += f", hypervisor steal {host.steal_pct:.0f}%"
         return (
             f"CPU {host.cpu_util_pct:.0f}% (per core "
             + ", ".join(f"{value:.0f}" for value in host.cpu_util_per_core_pct)
-            + f"), workers' RSS {host.rss_mean_bytes / 2**20:.0f} MiB (peak {host.rss_peak_bytes / 2**20:.0f} "
+            + f"{beside}), workers' RSS {host.rss_mean_bytes / 2**20:.0f} MiB (peak {host.rss_peak_bytes / 2**20:.0f} "
             f"MiB), {counted(host.samples, 'sample')}"
         )
     if perf.samples_source == "harness":

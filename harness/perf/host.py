@@ -27,12 +27,20 @@ SAMPLE_INTERVAL_S = 0.05
 
 @dataclass(frozen=True)
 class HostSample:
-    """CPU use of each core over ``[since, at]`` (perf_counter seconds), and the workers' RSS at ``at``."""
+    """CPU use of each core over ``[since, at]`` (perf_counter seconds), and the workers' RSS at ``at``.
+
+    ``busy_cpu_s``: CPU seconds the machine's cores were busy over the interval, all cores together (steal
+    included); ``steal_cpu_s``: of those, the seconds the hypervisor gave this VM's cores to others; ``own_cpu_s``:
+    the CPU seconds of the harness's process, its perf workers and their children over the interval.
+    """
 
     since: float
     at: float
     cpu_pct: tuple[float, ...]
     rss_bytes: int
+    busy_cpu_s: float = 0.0
+    steal_cpu_s: float = 0.0
+    own_cpu_s: float = 0.0
 
 
 class HostSampler:
@@ -46,9 +54,11 @@ class HostSampler:
 
     def start(self, pids: Sequence[int]) -> None:
         processes = [psutil.Process(pid) for pid in pids]
-        reference = (time.perf_counter(), psutil.cpu_times(percpu=True))
+        # Not this process's other children: a sweep's parallel jobs, anything a caller started beside the run.
+        own = [psutil.Process(), *_with_children(processes)]
+        reference = (time.perf_counter(), psutil.cpu_times(percpu=True), _cpu_seconds(own, {}))
         self._thread = threading.Thread(
-            target=self._sample, args=(processes, reference), name="host-telemetry", daemon=True
+            target=self._sample, args=(processes, own, reference), name="host-telemetry", daemon=True
         )
         self._thread.start()
 
@@ -57,10 +67,14 @@ class HostSampler:
         if self._thread is not None:
             self._thread.join()
 
-    def _sample(self, processes: list[psutil.Process], reference: tuple[float, list[Any]]) -> None:
-        since, before = reference
+    def _sample(
+        self, processes: list[psutil.Process], own: list[psutil.Process], reference: tuple[float, list[Any], float]
+    ) -> None:
+        since, before, own_before = reference
+        last_read: dict[int, float] = {}
         while not self._stop.wait(self.interval_s):
             after = psutil.cpu_times(percpu=True)
+            own_after = _cpu_seconds(own, last_read)
             at = time.perf_counter()
             cpu = busy_pct(before, after)
             if cpu is None:
@@ -69,8 +83,49 @@ class HostSampler:
             for process in processes:
                 with contextlib.suppress(psutil.Error):  # a worker that has finished holds no memory
                     rss += process.memory_info().rss
-            self.samples.append(HostSample(since=since, at=at, cpu_pct=cpu, rss_bytes=rss))
-            since, before = at, after
+            self.samples.append(
+                HostSample(
+                    since=since, at=at, cpu_pct=cpu, rss_bytes=rss, busy_cpu_s=_busy_seconds(before, after),
+                    steal_cpu_s=_steal_seconds(before, after), own_cpu_s=own_after - own_before,
+                )
+            )  # fmt: skip
+            since, before, own_before = at, after, own_after
+
+
+def _with_children(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """``processes`` and every process they started (a compiler's worker pool): their CPU is the run's, not
+    other load on the machine."""
+    found = {process.pid: process for process in processes}
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            found.update((child.pid, child) for child in process.children(recursive=True))
+    return list(found.values())
+
+
+def _cpu_seconds(processes: list[psutil.Process], last_read: dict[int, float]) -> float:
+    """User + system CPU seconds of ``processes`` so far; one that has exited counts with its last reading
+    (``last_read``, updated here), so the total never runs backwards."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            last_read[process.pid] = times.user + times.system
+    return sum(last_read.get(process.pid, 0.0) for process in processes)
+
+
+def _busy_seconds(before: Sequence[Any], after: Sequence[Any]) -> float:
+    """CPU seconds the cores were busy between two ``psutil.cpu_times(percpu=True)`` readings, all together."""
+    return sum(max(0.0, _busy(end) - _busy(start)) for start, end in zip(before, after, strict=True))
+
+
+def _busy(times: Any) -> float:
+    return sum(times) - _guest_time(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def _steal_seconds(before: Sequence[Any], after: Sequence[Any]) -> float:
+    return sum(
+        max(0.0, getattr(end, "steal", 0.0) - getattr(start, "steal", 0.0))
+        for start, end in zip(before, after, strict=True)
+    )
 
 
 def busy_pct(before: Sequence[Any], after: Sequence[Any]) -> tuple[float, ...] | None:
@@ -100,6 +155,10 @@ def host_telemetry(
         return None
     per_core = np.mean([sample.cpu_pct for sample in inside], axis=0)
     rss = np.array([sample.rss_bytes for sample in inside], dtype=np.float64)
+    capacity_s = sum(sample.at - sample.since for sample in inside) * len(per_core)
+    busy_s, steal_s, own_s = (
+        sum(getattr(sample, name) for sample in inside) for name in ("busy_cpu_s", "steal_cpu_s", "own_cpu_s")
+    )
     return HostTelemetry(
         cpu_util_pct=float(per_core.mean()),
         cpu_util_per_core_pct=tuple(float(value) for value in per_core),
@@ -107,4 +166,7 @@ def host_telemetry(
         rss_peak_bytes=int(rss.max()),
         samples=len(inside),
         interval_s=interval_s,
+        # Process CPU times tick in 10 ms steps and the machine's per core: a few ticks either way, so never < 0.
+        other_cpu_pct=max(0.0, 100.0 * (busy_s - steal_s - own_s) / capacity_s),
+        steal_pct=100.0 * steal_s / capacity_s,
     )

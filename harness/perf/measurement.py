@@ -41,6 +41,10 @@ KEEP_UP_SHARE = 0.9
 # at each edge, a share bin / window of it: shorter windows than this are not known to within 5%, and the
 # throughput CV over them is not judged (null).
 MIN_WINDOW_S = 20 * COMPLETION_BIN_S
+# Above this share of the machine's CPU, work other than the harness's (other processes, or the hypervisor's
+# other guests: steal time) during the window is called out: the timings were taken beside it. An idle VM here
+# reads about 1%.
+OTHER_LOAD_PCT = 10.0
 
 
 def headline_index(measurements: Sequence[Measurement], scenario: str) -> int:
@@ -139,9 +143,11 @@ def summarise(
         perf, stability=stability, forward_time_s=forward_time_s, batches=batches, requests=int(e2e_us.size),
         target_qps=target_qps,
     )  # fmt: skip
-    validity = _validity(perf, reasons, latency=latency, dispatch=dispatch, instances=instances, window_cv=window_cv)
-    cpu_s = sum(report.cpu_s for report in reports)
     host_block, peak_rss_bytes = _host_memory(reports, host, start=start, end=end)
+    validity = _validity(
+        perf, reasons, latency=latency, dispatch=dispatch, instances=instances, window_cv=window_cv, host=host_block
+    )
+    cpu_s = sum(report.cpu_s for report in reports)
     device_peaks = [report.peak_device_bytes for report in reports if report.peak_device_bytes is not None]
     measurement = Measurement(
         samples=images,
@@ -175,7 +181,7 @@ def summarise(
 
 def _validity(
     perf: PerfConfig, reasons: list[str], *, latency: LatencyBlock, dispatch: LatencyStats | None,
-    instances: list[InstanceSamples], window_cv: float | None,
+    instances: list[InstanceSamples], window_cv: float | None, host: HostTelemetry | None,
 ) -> Validity:  # fmt: skip
     """The measurement's verdict: its shortfalls (``reasons``) and a missed latency bound make it invalid;
     withheld percentiles, an unjudged bound and the load's cautions are warnings."""
@@ -185,6 +191,7 @@ def _validity(
         missed, unjudged = stats.latency_bound_notes(bound, latency.e2e.p99, unknown="the e2e p99 was withheld")
         reasons, warnings = reasons + missed, warnings + unjudged
     warnings += _cautions(perf, latency=latency, dispatch=dispatch, instances=instances, window_cv=window_cv)
+    warnings += _other_load(host)
     return Validity(valid=not reasons, reasons=tuple(reasons), warnings=tuple(warnings))
 
 
@@ -269,6 +276,24 @@ def _cautions(
         what = "served / offered" if perf.scenario == "server" else "throughput"
         warnings.append(
             f"{what} CV across {perf.windows} windows is {window_cv:.3f} > perf.max_window_cv={perf.max_window_cv}"
+        )
+    return warnings
+
+
+def _other_load(host: HostTelemetry | None) -> list[str]:
+    """Warnings for CPU work beside the harness's during the window: other processes, the hypervisor's steal."""
+    if host is None or host.other_cpu_pct is None or host.steal_pct is None:
+        return []
+    warnings = []
+    if host.other_cpu_pct > OTHER_LOAD_PCT:
+        warnings.append(
+            f"other processes used {host.other_cpu_pct:.0f}% of the machine's CPU during the window (the harness "
+            f"and its workers not counted): the timings were taken beside that work"
+        )
+    if host.steal_pct > OTHER_LOAD_PCT:
+        warnings.append(
+            f"the hypervisor gave {host.steal_pct:.0f}% of this VM's CPU to other guests during the window (steal "
+            "time): the timings were taken on a shared machine"
         )
     return warnings
 

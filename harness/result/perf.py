@@ -52,6 +52,9 @@ class HostTelemetry:
         cpu_util_per_core_pct: mean use of each core, percent.
         rss_mean_bytes, rss_peak_bytes: the perf workers' resident memory summed, mean and largest sample.
         samples: samples inside the window.
+        other_cpu_pct: CPU use of every process but the harness, its perf workers and their children, percent of
+            the machine (100: every core busy with other work); ``None`` in results written before it was kept.
+        steal_pct: the share of the machine's CPU the hypervisor gave to other guests (steal time), percent.
     """
 
     cpu_util_pct: float
@@ -60,6 +63,8 @@ class HostTelemetry:
     rss_peak_bytes: int
     samples: int
     interval_s: float
+    other_cpu_pct: float | None = None
+    steal_pct: float | None = None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ MEASUREMENTS = (
     "perf.host.cpu_util_per_core_pct",
     "perf.host.rss_mean_bytes",
     "perf.host.rss_peak_bytes",
+    "perf.host.other_cpu_pct",
+    "perf.host.steal_pct",
     "accuracy.easy.*",
     "accuracy.medium.*",
     "accuracy.hard.*",

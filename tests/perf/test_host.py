@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -29,6 +30,53 @@ def test_the_window_keeps_samples_whose_interval_it_holds() -> None:
     assert host.cpu_util_pct == pytest.approx(host.cpu_util_per_core_pct[0] / 2)
     assert (host.rss_mean_bytes, host.rss_peak_bytes) == (8500, 12000)
     assert host_telemetry(samples, start=4.0, end=4.9, interval_s=1.0) is None
+
+
+def test_the_cpu_beside_the_run_is_the_busy_time_less_its_own_and_the_hypervisors() -> None:
+    # 2 cores, 1 s intervals: busy 1.5 core-s each (0.1 of it stolen), the run's processes 1.0.
+    samples = [
+        HostSample(
+            since=n - 1.0,
+            at=float(n),
+            cpu_pct=(75.0, 75.0),
+            rss_bytes=1,
+            busy_cpu_s=1.5,
+            steal_cpu_s=0.1,
+            own_cpu_s=1.0,
+        )
+        for n in range(1, 11)
+    ]
+    host = host_telemetry(samples, start=2.0, end=10.0, interval_s=1.0)
+    assert host is not None and host.samples == 8
+    assert host.other_cpu_pct == pytest.approx(20.0) and host.steal_pct == pytest.approx(5.0)
+    # Process times tick in 10 ms steps: a run busy alone can read a tick above the machine, never below 0%.
+    alone = [dataclasses.replace(sample, busy_cpu_s=1.0, steal_cpu_s=0.0, own_cpu_s=1.01) for sample in samples]
+    assert host_telemetry(alone, start=2.0, end=10.0, interval_s=1.0).other_cpu_pct == 0.0  # type: ignore[union-attr]
+
+
+def test_a_busy_process_beside_the_measurement_is_named(cache_dir: Path, tmp_path: Path) -> None:
+    """Started by the test (the harness's own process here), it is still not the run's: only the perf workers'
+    children are."""
+    config = sleep_config(cache_dir, "perf.iterations=null", "perf.min_duration_s=1")
+    alone = measure(config, tmp_path / "alone")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # the interpreter has started and spins
+        beside = measure(config, tmp_path / "beside")
+    finally:
+        busy.kill()
+        busy.wait()
+    assert alone.host is not None and beside.host is not None
+    assert alone.host.other_cpu_pct is not None and beside.host.other_cpu_pct is not None
+    # One spinning process is one core of the machine's; the sleep backend leaves it that core.
+    assert beside.host.other_cpu_pct > alone.host.other_cpu_pct + 100 / (os.cpu_count() or 1) / 2
+    named = [warning for warning in beside.validity.warnings if warning.startswith("other processes used")]
+    assert named == [
+        f"other processes used {beside.host.other_cpu_pct:.0f}% of the machine's CPU during the window (the harness "
+        "and its workers not counted): the timings were taken beside that work"
+    ]
+    assert beside.validity.valid  # a warning: the numbers are kept, and said to be taken beside other work
+    assert alone.host.steal_pct is not None and alone.host.steal_pct >= 0
 
 
 def test_every_sample_covers_only_its_own_interval() -> None:
