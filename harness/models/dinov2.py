@@ -124,7 +124,8 @@ def resize_positional_table(
         antialias: antialiased bicubic (register models).
 
     Returns:
-        [1, 1 + grid_height * grid_width, D] float32. The official code maps the width-derived size to the
+        [1, 1 + grid_height * grid_width, D] float32: the table unchanged at the pretraining grid (518 x 518
+        for patch 14), as the official code returns it there. The official code maps the width-derived size to the
         first spatial axis; for square inputs (every DINOv2 deployment) that is the identity, and we keep the
         official order so non-square results equal the official ones too.
     """
@@ -134,6 +135,10 @@ def resize_positional_table(
     side = math.isqrt(patch_pos.shape[1])
     if side * side != patch_pos.shape[1]:
         raise ValueError(f"pos_embed has {patch_pos.shape[1]} patch positions, not a square number")
+    if grid_height == grid_width == side:
+        # As the official code does for an input of the pretraining grid: the table itself. Resampled, the
+        # non-register models' offset (a scale factor of 37.1 / 37) would move every row.
+        return table
     first, second = grid_width, grid_height
     grid = patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2)
     if offset:

@@ -36,6 +36,8 @@ def _checkpoint_file(spec: VariantSpec, weights: str, *, cache_dir: Path, progre
         return path, WeightsInfo(kind="official", source=url, sha256=record.sha256, digest=record.sha256)
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise WeightsError(f"model.weights={weights!r}: no such file (expected 'official', 'random' or a .pth path)")
+        raise WeightsError(
+            f"model.weights={weights!r}: no such file (expected 'official', 'random' or a .pth / .safetensors path)"
+        )
     digest = sha256_of(path)
     return path, WeightsInfo(kind="path", source=str(path.resolve()), sha256=digest, digest=digest)

@@ -2,8 +2,9 @@
 ``harness.models.provenance`` for where each comes from).
 
 ``model.weights`` is ``official`` (downloaded into ``<paths.cache>/weights`` and verified), ``random``
-(seeded, tagged as such everywhere) or a path to a ``.pth`` state dict. Checkpoints are read with
-``torch.load(weights_only=True)``: a pickle that wants to run code is refused.
+(seeded, tagged as such everywhere) or a path to a state dict: ``.pth`` (read with
+``torch.load(weights_only=True)``: a pickle that wants to run code is refused) or ``.safetensors`` (which holds
+tensors only), in DINOv2's layout or timm's (``harness.models.layouts``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from harness.errors import ConfigError, WeightsError
 from harness.models.dinov2 import DinoVisionTransformer
+from harness.models.layouts import to_dinov2_layout
 from harness.models.provenance import resolve_weights
 from harness.models.variants import VariantSpec
 from harness.result.build import WeightsInfo
@@ -45,6 +47,10 @@ def backbone_from(
     """
     # Read first: a bad checkpoint fails before a large model is allocated.
     state = read_checkpoint(checkpoint) if checkpoint is not None else None
+    if state is not None:
+        state, layout = to_dinov2_layout(state, spec, source=str(checkpoint))
+        if layout != "dinov2":
+            log.info("checkpoint %s is in %s's layout: mapped onto DINOv2's", checkpoint, layout)
     with torch.device("meta"):
         model = DinoVisionTransformer(spec)
     if state is None:
@@ -63,20 +69,22 @@ def backbone_from(
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict with ``weights_only=True``; anything else is a ``WeightsError`` naming the file."""
+    """Read a state dict (``torch.save``'s formats with ``weights_only=True``, or safetensors); anything else is a
+    ``WeightsError`` naming the file."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(4)
+            head = handle.read(9)
     except OSError as error:
         raise WeightsError(f"{path}: cannot read ({error.strerror or error})") from None
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
-        raise WeightsError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise WeightsError(f"{path}: {_refusal(error)}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as error:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    state: object
+    if _is_safetensors(head):
+        state = _read_safetensors(path)
+    elif head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        state = _read_torch_save(path)
+    else:
+        raise WeightsError(
+            f"{path}: not a model checkpoint (neither torch.save's zip format, a pickle nor safetensors)"
+        )
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     if not all(isinstance(value, torch.Tensor) for value in state.values()):
@@ -89,6 +97,30 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             if bad:
                 raise WeightsError(f"{path}: {name} holds NaN or inf ({bad} of {tensor.numel()} values)")
     return state
+
+
+def _is_safetensors(head: bytes) -> bool:
+    """safetensors' header: its JSON's length (8 bytes, little-endian), then the JSON object itself."""
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100 * 2**20
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise WeightsError(f"{path}: not a readable safetensors file ({type(error).__name__}: {error})") from None
+
+
+def _read_torch_save(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise WeightsError(f"{path}: {_refusal(error)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as error:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
 
 
 def _not_flat(state: dict[str, object], path: Path) -> str:

@@ -79,6 +79,17 @@ def test_non_register_resize_uses_the_offset_scale_factor(pos_embed: torch.Tenso
     assert np.abs(exact_size.permute(0, 2, 3, 1).reshape(1, 256, 32).numpy() - expected[:, 1:]).max() > 1e-2
 
 
+@pytest.mark.parametrize(("offset", "antialias"), [(0.1, False), (0.0, True)], ids=["non-register", "register"])
+def test_the_pretraining_grid_keeps_the_table_itself(pos_embed: torch.Tensor, offset: float, antialias: bool) -> None:
+    """The official ``interpolate_pos_encoding`` returns ``pos_embed`` when the input has its grid (518 x 518):
+    resampled with the non-register models' offset (scale 37.1 / 37), every row moved, and the features of a
+    518 x 518 input differed from DINOv2's (and timm's) by 1e-3 of their size (tests/models/test_layouts.py)."""
+    table = resize_positional_table(pos_embed, grid_height=37, grid_width=37, offset=offset, antialias=antialias)
+    assert torch.equal(table, pos_embed)
+    resampled = official_non_register_table(pos_embed.numpy(), 37)
+    assert np.abs(resampled - pos_embed.numpy()).max() > 1e-2  # what the offset path would have made of it
+
+
 def test_register_resize_is_antialiased_bicubic(pos_embed: torch.Tensor) -> None:
     table = resize_positional_table(pos_embed, grid_height=16, grid_width=16, offset=0.0, antialias=True)
     np.testing.assert_allclose(table.numpy(), pil_register_table(pos_embed.numpy(), 16), atol=2e-5)

@@ -186,7 +186,10 @@ def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(tmp_path: P
     path.write_bytes(b"these are not model weights\n" * 40)
     with pytest.raises(WeightsError) as refused:
         load_backbone(get_variant("tiny14"), weights=str(path), seed=0, cache_dir=cache_dir, input_size=(224, 224))
-    assert str(refused.value) == f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)"
+    assert (
+        str(refused.value)
+        == f"{path}: not a model checkpoint (neither torch.save's zip format, a pickle nor safetensors)"
+    )
     assert "weights_only" not in str(refused.value)
 
 

@@ -1,0 +1,100 @@
+"""Checkpoints in timm's layout (and as safetensors) give timm's own features; other files are refused by name.
+
+``tests/fixtures/timm/reference.json`` was written by ``bench/timm_reference.py`` with timm itself: per test
+variant, timm's model of that shape, its key names and shapes, the seeds of every tensor and of the inputs, and
+the features timm computed. The tensors are drawn again here from the same seeds, so the check is against timm's
+forward pass, not against an inverse of the harness's own mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bench.timm_reference import seeded_images, seeded_state
+from harness.errors import WeightsError
+from harness.models.dinov2 import DinoVisionTransformer
+from harness.models.variants import get_variant
+from harness.models.weights import backbone_from, read_checkpoint
+
+REFERENCE = json.loads((Path(__file__).parents[1] / "fixtures" / "timm" / "reference.json").read_text())
+
+
+def timm_state(variant: str) -> dict[str, torch.Tensor]:
+    case = REFERENCE["variants"][variant]
+    keys = [(name, shape) for name, shape in case["keys"]]
+    return {name: torch.from_numpy(values) for name, values in seeded_state(keys, case["weights_seed"]).items()}
+
+
+def features(checkpoint: Path, variant: str) -> np.ndarray:
+    size = REFERENCE["image_size"]
+    model = backbone_from(get_variant(variant), checkpoint=checkpoint, seed=0, input_size=(size, size))
+    with torch.inference_mode():
+        images = torch.from_numpy(seeded_images(REFERENCE["variants"][variant]["images_seed"]))
+        return model(images).numpy()
+
+
+@pytest.mark.parametrize("variant", ["tiny14", "tiny14_reg4", "tinyg14_reg4"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_a_timm_checkpoint_gives_timms_features(variant: str, suffix: str, tmp_path: Path) -> None:
+    path = tmp_path / f"timm{suffix}"
+    state = timm_state(variant)
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+    expected = np.asarray(REFERENCE["variants"][variant]["features"], dtype=np.float32)
+    got = features(path, variant)
+    assert got.shape == expected.shape == (2, 64)
+    # Same arithmetic in another order (timm's attention and feed-forward modules): float32 rounding only.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * float(np.abs(expected).max()))
+
+
+def test_the_class_tokens_positional_row_folded_in_by_timm_is_restored_as_zero(tmp_path: Path) -> None:
+    state = timm_state("tiny14_reg4")
+    save_file(state, tmp_path / "timm.safetensors")
+    model = backbone_from(
+        get_variant("tiny14_reg4"), checkpoint=tmp_path / "timm.safetensors", seed=0, input_size=(224, 224)
+    )
+    assert torch.equal(model.pos_embed[:, 0], torch.zeros(1, 64))
+    assert torch.equal(model.pos_embed[:, 1:], state["pos_embed"]) and torch.equal(model.cls_token, state["cls_token"])
+    assert torch.equal(model.register_tokens, state["reg_token"])
+
+
+def test_a_dinov2_checkpoint_saved_as_safetensors_loads_unchanged(tmp_path: Path) -> None:
+    spec = get_variant("tinyg14_reg4")
+    reference = DinoVisionTransformer(spec)
+    reference.init_random(3)
+    save_file(reference.state_dict(), tmp_path / "dinov2.safetensors")
+    loaded = read_checkpoint(tmp_path / "dinov2.safetensors")
+    assert loaded.keys() == reference.state_dict().keys()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in reference.state_dict().items())
+    model = backbone_from(spec, checkpoint=tmp_path / "dinov2.safetensors", seed=0, input_size=(224, 224))
+    assert torch.equal(model.mask_token, reference.mask_token)
+
+
+def test_a_truncated_or_foreign_checkpoint_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "cut.safetensors"
+    save_file(timm_state("tiny14"), path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(WeightsError, match=r"cut.safetensors: not a readable safetensors file \(SafetensorError: "):
+        read_checkpoint(path)
+    # Hugging Face transformers' Dinov2Model: a layout the harness does not map, said as such.
+    transformers = {
+        "embeddings.cls_token": torch.zeros(1, 1, 64),
+        "encoder.layer.0.attention.attention.query.weight": torch.zeros(64, 64),
+    }
+    save_file(transformers, tmp_path / "model.safetensors")
+    with pytest.raises(WeightsError) as refused:
+        backbone_from(get_variant("tiny14"), checkpoint=tmp_path / "model.safetensors", seed=0, input_size=(224, 224))
+    assert str(refused.value) == (
+        f"{tmp_path / 'model.safetensors'}: a Hugging Face transformers checkpoint (Dinov2Model: embeddings.*, "
+        "encoder.layer.*), whose layout is not mapped: use DINOv2's own checkpoint (model.weights=official) or "
+        "timm's (timm/vit_*_patch14*_dinov2.lvd142m)"
+    )
+    # timm's checkpoint of another variant: the mismatch is named in DINOv2's terms.
+    save_file(timm_state("tiny14_reg4"), tmp_path / "reg4.safetensors")
+    with pytest.raises(WeightsError, match=r"reg4.safetensors does not fit tiny14: unexpected \(1\): register_tokens"):
+        backbone_from(get_variant("tiny14"), checkpoint=tmp_path / "reg4.safetensors", seed=0, input_size=(224, 224))
