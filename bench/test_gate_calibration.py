@@ -119,9 +119,9 @@ def test_the_decision_rule_on_noise_fitted_to_this_machine(
             return scale * rng.lognormal(0.0, sigma, (SYNTHETIC_TRIALS, A_SIDE))  # noqa: B023 - used at once
 
         started = time.perf_counter()
-        aa = rates(draw(1.0), draw(1.0), GateRule(kind="perf", better="higher", threshold=0.05))
-        slower = rates(draw(1.0), draw(0.8), GateRule(kind="perf", better="higher", threshold=0.05))
-        slight = rates(draw(1.0), draw(0.95), GateRule(kind="perf", better="higher", threshold=0.03))
+        aa = rates(draw(1.0), draw(1.0), GateRule(kind="perf", better="higher", threshold=0.05, scenarios=None))
+        slower = rates(draw(1.0), draw(0.8), GateRule(kind="perf", better="higher", threshold=0.05, scenarios=None))
+        slight = rates(draw(1.0), draw(0.95), GateRule(kind="perf", better="higher", threshold=0.03, scenarios=None))
         per_decision_ms = (time.perf_counter() - started) / (3 * SYNTHETIC_TRIALS) * 1000
         lines.append(
             f"| {name} | {sigma:.4f} | {aa['fail']:.2%} | {slower['fail']:.2%} | {slight['pass']:.2%} | {per_decision_ms:.2f} |"
@@ -138,7 +138,7 @@ def test_the_decision_rule_on_noise_fitted_to_this_machine(
 
 def repeats_needed(sigma: float, rng: np.random.Generator, trials: int = 2000) -> str:
     """The fewest repeats a side (of a few candidates) whose 20%-slowdown fail rate reaches 95% at this noise."""
-    rule = GateRule(kind="perf", better="higher", threshold=0.05)
+    rule = GateRule(kind="perf", better="higher", threshold=0.05, scenarios=None)
     for repeats in (10, 20, 30, 50, 80):
         baseline = rng.lognormal(0.0, sigma, (trials, repeats))
         candidate = 0.8 * rng.lognormal(0.0, sigma, (trials, repeats))
@@ -148,7 +148,7 @@ def repeats_needed(sigma: float, rng: np.random.Generator, trials: int = 2000) -
 
 
 def test_the_gate_on_real_repeats(measurements: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    rule = GateRule(kind="perf", better="higher", threshold=0.05)
+    rule = GateRule(kind="perf", better="higher", threshold=0.05, scenarios=None)
     missed: list[str] = []
     lines = ["| system | measured slowdown | A/A fail (of 20) | slowdown fail (of 20) |", "|---|---|---|---|"]
     for name, (same, slowed) in measurements.items():

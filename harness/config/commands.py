@@ -30,7 +30,7 @@ class GateRule:
     kind: Literal["perf", "accuracy", "parity"]
     better: Literal["higher", "lower"]
     threshold: float
-    scenarios: tuple[Scenario, ...] | None = None  # a default: rules added on the command line rarely need it
+    scenarios: tuple[Scenario, ...] | None
 
     def __post_init__(self) -> None:
         if self.threshold < 0:

@@ -15,8 +15,8 @@ from harness.gate.decide import decide
 from harness.gate.evidence import Evidence, config_difference
 
 SETTINGS = GateConfig(rules={}, min_repeats=5, alpha=0.01, confidence=0.95, bootstrap_resamples=4000, seed=0)
-THROUGHPUT = GateRule(kind="perf", better="higher", threshold=0.05)
-LATENCY = GateRule(kind="perf", better="lower", threshold=0.05)
+THROUGHPUT = GateRule(kind="perf", better="higher", threshold=0.05, scenarios=None)
+LATENCY = GateRule(kind="perf", better="lower", threshold=0.05, scenarios=None)
 
 
 def noisy(center: float, repeats: int = 5, cv: float = 0.01, seed: int = 0) -> tuple[float, ...]:
@@ -55,12 +55,12 @@ def test_too_few_repeats_is_inconclusive_whatever_the_numbers() -> None:
 
 @pytest.mark.parametrize(("candidate", "outcome"), [(74.5, "pass"), (74.0, "pass"), (73.99, "fail"), (80.0, "pass")])
 def test_accuracy_tolerance_edges(candidate: float, outcome: str) -> None:
-    rule = GateRule(kind="accuracy", better="higher", threshold=0.5)
+    rule = GateRule(kind="accuracy", better="higher", threshold=0.5, scenarios=None)
     decision = decide("map_medium", rule, (74.5,), (candidate,), SETTINGS)
     assert decision.outcome == outcome and decision.change == pytest.approx(candidate - 74.5)
 
 
-PARITY = GateRule(kind="parity", better="higher", threshold=1e-4)
+PARITY = GateRule(kind="parity", better="higher", threshold=1e-4, scenarios=None)
 
 
 def test_parity_may_not_drop_by_more_than_its_tolerance() -> None:
@@ -153,9 +153,11 @@ def test_the_default_rules_decide_each_load_scenario_on_what_it_answers() -> Non
     assert decided("closed", run("closed", 10.0, None), run("closed", 10.0, None)) == closed
     assert decided(None, run(None, 10.0, None), run(None, 10.0, None)) == closed  # recorded before scenarios
     assert settings.rules["e2e_latency_p99_ms"].scenarios == ("server",)
-    # A rule added on the command line decides every run unless it names its scenarios.
-    added = default_rules("+gate.rules.model_latency_p99_ms={kind:perf,better:lower,threshold:0.1}")
+    # A rule added on the command line says which runs it decides (null: every run), as the YAML's do.
+    added = default_rules("+gate.rules.model_latency_p99_ms={kind:perf,better:lower,threshold:0.1,scenarios:null}")
     assert added.rules["model_latency_p99_ms"].scenarios is None
+    with pytest.raises(ConfigError, match=r"^gate.rules.model_latency_p99_ms.scenarios: missing required value"):
+        default_rules("+gate.rules.model_latency_p99_ms={kind:perf,better:lower,threshold:0.1}")
     with pytest.raises(
         ConfigError, match=r"scenarios\[0\]='sever': expected one of \['closed', 'offline', 'server'\]; did"
     ):
@@ -165,7 +167,7 @@ def test_the_default_rules_decide_each_load_scenario_on_what_it_answers() -> Non
 
 
 def test_a_value_that_is_not_a_number_is_unusable_not_within_tolerance() -> None:
-    medium = GateRule(kind="accuracy", better="higher", threshold=0.5)
+    medium = GateRule(kind="accuracy", better="higher", threshold=0.5, scenarios=None)
     settings = GateConfig(**{**SETTINGS.__dict__, "rules": {"map_medium": medium, "throughput_qps": THROUGHPUT}})
     baseline = evidence({"map_medium": (60.0,), "throughput_qps": noisy(100.0)})
     scored_no_query = evidence({"map_medium": (float("nan"),), "throughput_qps": noisy(100.0, seed=1)})
