@@ -1,16 +1,19 @@
-"""Checkpoint layouts: DINOv2's own key names, and timm's for the same networks, mapped onto DINOv2's.
+"""Checkpoint layouts: DINOv2's own key names, and timm's and Hugging Face transformers' for the same networks,
+mapped onto DINOv2's (docs/dinov2.md, "Other libraries' layouts").
 
-timm publishes DINOv2's weights under its own names (the Hugging Face hub's ``timm/vit_*_patch14*_dinov2.lvd142m``,
-as ``.safetensors``). Its layout differs from DINOv2's in four ways (docs/dinov2.md, "timm's layout"):
+timm (the hub's ``timm/vit_*_patch14*_dinov2.lvd142m``) differs from DINOv2 in four ways:
 
 - no ``mask_token`` (used only by DINOv2's masked training; the features never read it);
 - the registers are ``reg_token``, not ``register_tokens``;
 - the register models (timm's ``no_embed_class``) have no positional row for the class token: its row is added
-  into ``cls_token`` instead, and ``pos_embed`` holds the patch grid only;
+  into ``cls_token`` instead, and ``pos_embed`` holds the patch grid only. Mapped back, the row is zero and
+  ``cls_token`` keeps the sum: DINOv2 adds that row to the class token unchanged at any input size (only the
+  patch rows are resized), so the features are the same;
 - the SwiGLU feed-forward of ViT-g is ``mlp.fc1`` / ``mlp.fc2`` where DINOv2 has ``mlp.w12`` / ``mlp.w3``.
 
-Mapped back, the class token's row is zero and ``cls_token`` keeps the sum: DINOv2 adds that row to the class
-token unchanged at any input size (only the patch rows are interpolated), so the features are the same.
+transformers (the hub's ``facebook/dinov2-*``, ``Dinov2Model`` / ``Dinov2WithRegistersModel`` as transformers 4
+names them) renames every module and splits the attention's input projection into query, key and value, which
+DINOv2 holds as one ``qkv`` matrix (query rows first).
 """
 
 from __future__ import annotations
@@ -23,34 +26,56 @@ import torch
 from harness.errors import WeightsError
 from harness.models.variants import VariantSpec
 
-Layout = Literal["dinov2", "timm"]
+Layout = Literal["dinov2", "timm", "transformers"]
 TIMM_FEED_FORWARD = re.compile(r"^(blocks\.\d+\.mlp\.)(fc1|fc2)(\.(?:weight|bias))$")
 SWIGLU_NAMES = {"fc1": "w12", "fc2": "w3"}
-
-
-# Hugging Face transformers' Dinov2Model: separate query / key / value projections under other module names.
-TRANSFORMERS_PREFIXES = ("embeddings.", "encoder.layer.")
+# transformers' names outside the blocks, and inside block N (``encoder.layer.N.``), as DINOv2's.
+TRANSFORMERS_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.mask_token": "mask_token",
+    "embeddings.register_tokens": "register_tokens",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+TRANSFORMERS_BLOCK = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attention.output.dense": "attn.proj",
+    "layer_scale1.lambda1": "ls1.gamma",
+    "layer_scale2.lambda1": "ls2.gamma",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "mlp.weights_in": "mlp.w12",
+    "mlp.weights_out": "mlp.w3",
+}
+TRANSFORMERS_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+?)(?:\.(weight|bias))?$")
+QKV = ("query", "key", "value")
 
 
 def layout_of(state: dict[str, torch.Tensor]) -> Layout:
-    """Which layout a state dict is in: timm's lacks ``mask_token``, which every DINOv2 checkpoint holds."""
+    """Which layout a state dict is in: transformers' by its module names, timm's by its missing ``mask_token``
+    (which every DINOv2 checkpoint holds)."""
+    if "embeddings.cls_token" in state:
+        return "transformers"
     return "timm" if "cls_token" in state and "mask_token" not in state else "dinov2"
 
 
 def to_dinov2_layout(
     state: dict[str, torch.Tensor], spec: VariantSpec, *, source: str
 ) -> tuple[dict[str, torch.Tensor], Layout]:
-    """``state`` under DINOv2's key names (unchanged when it already is), and the layout it came in; a
-    ``WeightsError`` naming ``source`` for Hugging Face transformers' layout, which is not mapped."""
-    if any(name.startswith(TRANSFORMERS_PREFIXES) for name in state):
-        raise WeightsError(
-            f"{source}: a Hugging Face transformers checkpoint (Dinov2Model: embeddings.*, encoder.layer.*), whose "
-            "layout is not mapped: use DINOv2's own checkpoint (model.weights=official) or timm's "
-            "(timm/vit_*_patch14*_dinov2.lvd142m)"
-        )
+    """``state`` under DINOv2's key names (unchanged when it already is), and the layout it came in."""
     layout = layout_of(state)
-    if layout == "dinov2":
-        return state, layout
+    if layout == "timm":
+        return _from_timm(state, spec), layout
+    if layout == "transformers":
+        return _from_transformers(state, source=source), layout
+    return state, layout
+
+
+def _from_timm(state: dict[str, torch.Tensor], spec: VariantSpec) -> dict[str, torch.Tensor]:
     mapped = dict(state)
     if "reg_token" in mapped:
         mapped["register_tokens"] = mapped.pop("reg_token")
@@ -64,9 +89,39 @@ def to_dinov2_layout(
     cls_token = mapped["cls_token"]
     # Unused by the features (DINOv2 initialises it to zeros too); present so that the state fits the model.
     mapped["mask_token"] = cls_token.new_zeros(1, cls_token.shape[-1])
-    return mapped, layout
+    return mapped
 
 
 def _swiglu_name(name: str) -> str:
     match = TIMM_FEED_FORWARD.match(name)
     return f"{match[1]}{SWIGLU_NAMES[match[2]]}{match[3]}" if match else name
+
+
+def _from_transformers(state: dict[str, torch.Tensor], *, source: str) -> dict[str, torch.Tensor]:
+    mapped: dict[str, torch.Tensor] = {}
+    projections: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    unknown = []
+    for name, tensor in state.items():
+        if name in TRANSFORMERS_TOP:
+            mapped[TRANSFORMERS_TOP[name]] = tensor
+            continue
+        match = TRANSFORMERS_LAYER.match(name)
+        module = match[2] if match else ""
+        if match and module.startswith("attention.attention.") and module.rpartition(".")[2] in QKV:
+            projections.setdefault((int(match[1]), match[3]), {})[module.rpartition(".")[2]] = tensor
+        elif match and module in TRANSFORMERS_BLOCK:
+            mapped[f"blocks.{match[1]}.{TRANSFORMERS_BLOCK[module]}" + (f".{match[3]}" if match[3] else "")] = tensor
+        else:
+            unknown.append(name)
+    if unknown:
+        shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise WeightsError(
+            f"{source}: a Hugging Face transformers checkpoint with keys this harness does not map ({len(unknown)}: "
+            f"{shown}); it maps Dinov2Model and Dinov2WithRegistersModel as the hub's facebook/dinov2-* files name "
+            "them (transformers 4)"
+        )
+    for (block, kind), parts in projections.items():
+        if set(parts) != set(QKV):
+            raise WeightsError(f"{source}: block {block}'s attention {kind} lacks {sorted(set(QKV) - set(parts))}")
+        mapped[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts[name] for name in QKV], dim=0)
+    return mapped

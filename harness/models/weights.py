@@ -4,7 +4,7 @@
 ``model.weights`` is ``official`` (downloaded into ``<paths.cache>/weights`` and verified), ``random``
 (seeded, tagged as such everywhere) or a path to a state dict: ``.pth`` (read with
 ``torch.load(weights_only=True)``: a pickle that wants to run code is refused) or ``.safetensors`` (which holds
-tensors only), in DINOv2's layout or timm's (``harness.models.layouts``).
+tensors only), in DINOv2's layout, timm's or transformers' (``harness.models.layouts``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Checkpoints in timm's layout (and as safetensors) give timm's own features; other files are refused by name.
+"""Checkpoints in timm's and transformers' layouts (and as safetensors) give those libraries' own features;
+other files are refused by name.
 
-``tests/fixtures/timm/reference.json`` was written by ``bench/timm_reference.py`` with timm itself: per test
-variant, timm's model of that shape, its key names and shapes, the seeds of every tensor and of the inputs, and
-the features timm computed. The tensors are drawn again here from the same seeds, so the check is against timm's
-forward pass, not against an inverse of the harness's own mapping.
+``tests/fixtures/layouts/reference.json`` was written by ``bench/layout_reference.py`` with timm 1.0.31 and
+transformers 4.57.6 themselves: per library and test variant, its model of that shape, the key names and shapes,
+the seeds of every tensor and of the inputs, and the features it computed. The tensors are drawn again here from
+the same seeds, so the check is against the library's forward pass, not against an inverse of the harness's own
+mapping.
 """
 
 from __future__ import annotations
@@ -16,40 +18,47 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bench.timm_reference import seeded_images, seeded_state
+from bench.layout_reference import seeded_images, seeded_state
 from harness.errors import WeightsError
 from harness.models.dinov2 import DinoVisionTransformer
 from harness.models.variants import get_variant
 from harness.models.weights import backbone_from, read_checkpoint
 
-REFERENCE = json.loads((Path(__file__).parents[1] / "fixtures" / "timm" / "reference.json").read_text())
+REFERENCE = json.loads((Path(__file__).parents[1] / "fixtures" / "layouts" / "reference.json").read_text())
 
 
-def timm_state(variant: str) -> dict[str, torch.Tensor]:
-    case = REFERENCE["variants"][variant]
+def library_state(library: str, variant: str) -> dict[str, torch.Tensor]:
+    case = REFERENCE[library][variant]
     keys = [(name, shape) for name, shape in case["keys"]]
     return {name: torch.from_numpy(values) for name, values in seeded_state(keys, case["weights_seed"]).items()}
 
 
-def features(checkpoint: Path, variant: str) -> np.ndarray:
+def timm_state(variant: str) -> dict[str, torch.Tensor]:
+    return library_state("timm", variant)
+
+
+def features(checkpoint: Path, library: str, variant: str) -> np.ndarray:
     size = REFERENCE["image_size"]
     model = backbone_from(get_variant(variant), checkpoint=checkpoint, seed=0, input_size=(size, size))
     with torch.inference_mode():
-        images = torch.from_numpy(seeded_images(REFERENCE["variants"][variant]["images_seed"]))
+        images = torch.from_numpy(seeded_images(REFERENCE[library][variant]["images_seed"]))
         return model(images).numpy()
 
 
+@pytest.mark.parametrize("library", ["timm", "transformers"])
 @pytest.mark.parametrize("variant", ["tiny14", "tiny14_reg4", "tinyg14_reg4"])
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-def test_a_timm_checkpoint_gives_timms_features(variant: str, suffix: str, tmp_path: Path) -> None:
-    path = tmp_path / f"timm{suffix}"
-    state = timm_state(variant)
+def test_a_library_checkpoint_gives_that_librarys_features(
+    library: str, variant: str, suffix: str, tmp_path: Path
+) -> None:
+    path = tmp_path / f"{library}{suffix}"
+    state = library_state(library, variant)
     save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
-    expected = np.asarray(REFERENCE["variants"][variant]["features"], dtype=np.float32)
-    got = features(path, variant)
+    expected = np.asarray(REFERENCE[library][variant]["features"], dtype=np.float32)
+    got = features(path, library, variant)
     assert got.shape == expected.shape == (2, 64)
-    # Same arithmetic in another order (timm's attention and feed-forward modules): float32 rounding only.
-    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * float(np.abs(expected).max()))
+    # Same arithmetic in another order (the libraries' attention and feed-forward modules): float32 rounding.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
 
 
 def test_the_class_tokens_positional_row_folded_in_by_timm_is_restored_as_zero(tmp_path: Path) -> None:
@@ -81,18 +90,18 @@ def test_a_truncated_or_foreign_checkpoint_is_named(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(WeightsError, match=r"cut.safetensors: not a readable safetensors file \(SafetensorError: "):
         read_checkpoint(path)
-    # Hugging Face transformers' Dinov2Model: a layout the harness does not map, said as such.
-    transformers = {
+    # transformers' later module names (its version 5: q_proj, ...): not mapped, and said so.
+    renamed = {
         "embeddings.cls_token": torch.zeros(1, 1, 64),
-        "encoder.layer.0.attention.attention.query.weight": torch.zeros(64, 64),
+        "encoder.layer.0.attention.q_proj.weight": torch.zeros(64, 64),
     }
-    save_file(transformers, tmp_path / "model.safetensors")
+    save_file(renamed, tmp_path / "model.safetensors")
     with pytest.raises(WeightsError) as refused:
         backbone_from(get_variant("tiny14"), checkpoint=tmp_path / "model.safetensors", seed=0, input_size=(224, 224))
     assert str(refused.value) == (
-        f"{tmp_path / 'model.safetensors'}: a Hugging Face transformers checkpoint (Dinov2Model: embeddings.*, "
-        "encoder.layer.*), whose layout is not mapped: use DINOv2's own checkpoint (model.weights=official) or "
-        "timm's (timm/vit_*_patch14*_dinov2.lvd142m)"
+        f"{tmp_path / 'model.safetensors'}: a Hugging Face transformers checkpoint with keys this harness does not "
+        "map (1: encoder.layer.0.attention.q_proj.weight); it maps Dinov2Model and Dinov2WithRegistersModel as the "
+        "hub's facebook/dinov2-* files name them (transformers 4)"
     )
     # timm's checkpoint of another variant: the mismatch is named in DINOv2's terms.
     save_file(timm_state("tiny14_reg4"), tmp_path / "reg4.safetensors")
