@@ -103,6 +103,8 @@ def pair(
         difference = config_difference(candidate, others())
         problem = f"no baseline for config hash {candidate.config_hash}" + (f": {difference}" if difference else "")
         return Pairing(candidate, None, (), (problem,), ())
+    if candidate.beside:
+        notes.append(f"the candidate was {candidate.beside}: a regression may be that work's")
     decisions, problems = [], []
     # Identity params name the scenario; a run recorded without one predates the open-loop scenarios: closed.
     scenario = candidate.config.get("perf.scenario", "closed")

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.errors import counted
+from harness.perf.measurement import OTHER_LOAD_PCT
 from harness.result import RunResult
-from harness.result.perf import Measurement
+from harness.result.perf import Measurement, PerfResult
 from harness.tracking.records import config_hash, identity_params
 
 
@@ -33,6 +34,8 @@ class Evidence:
         perf_problem: why its perf values are no evidence (an invalid measurement, or one taken beside another
             job on the same device); empty when they are.
         tracked: (tracking URI, run id) of the MLflow run it is, or was logged to; ``None`` when untracked.
+        beside: the most CPU other work took beside a perf repeat, where that was over ``OTHER_LOAD_PCT`` (other
+            processes, the hypervisor's steal): its numbers are still evidence, but the table's notes say so.
     """
 
     label: str
@@ -44,6 +47,7 @@ class Evidence:
     failure: str = ""
     perf_problem: str = ""
     tracked: tuple[str, str] | None = None
+    beside: str = ""
 
     def merged(self, other: Evidence) -> Evidence:
         """This evidence with ``other``'s repeats added (a rerun of the same config on the same machine)."""
@@ -54,7 +58,7 @@ class Evidence:
             metrics=metrics, run_dirs=self.run_dirs + other.run_dirs, config=self.config,
             failure=self.failure or other.failure,
             perf_problem="; ".join(problem for problem in (self.perf_problem, other.perf_problem) if problem),
-            tracked=self.tracked,
+            tracked=self.tracked, beside="; ".join(note for note in (self.beside, other.beside) if note),
         )  # fmt: skip
 
 
@@ -101,7 +105,19 @@ def evidence_of(result: RunResult, *, label: str) -> Evidence:
         if result.status == "ok"
         else f"the run ended {result.status}" + (f": {result.error.message}" if result.error else ""),
         perf_problem="; ".join(dict.fromkeys(perf_problems)),
+        beside=beside_note(result.perf) if result.perf is not None else "",
     )
+
+
+def beside_note(perf: PerfResult) -> str:
+    """The most CPU that other processes, and the hypervisor, took beside any repeat, over ``OTHER_LOAD_PCT``."""
+    hosts = [repeat.host for repeat in perf.repeats or (perf,) if repeat.host is not None]
+    loads = {
+        "other processes": max((host.other_cpu_pct or 0.0 for host in hosts), default=0.0),
+        "hypervisor steal": max((host.steal_pct or 0.0 for host in hosts), default=0.0),
+    }
+    over = [f"{what} up to {pct:.0f}%" for what, pct in loads.items() if pct > OTHER_LOAD_PCT]
+    return f"measured beside other work ({', '.join(over)} of the CPU in a repeat)" if over else ""
 
 
 def config_difference(candidate: Evidence, others: list[Evidence], *, shown: int = 4) -> str:

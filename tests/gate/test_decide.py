@@ -112,6 +112,21 @@ def test_pairing_needs_a_baseline_on_the_same_hardware_unless_allowed() -> None:
     assert not pair(evidence({}), [evidence({})], with_p99, allow_hardware_mismatch=False).notes  # no perf stage at all
 
 
+def test_a_candidate_measured_beside_other_work_is_decided_and_said_to_be() -> None:
+    settings = GateConfig(**{**SETTINGS.__dict__, "rules": {"throughput_qps": THROUGHPUT}})
+    baseline = evidence({"throughput_qps": noisy(100.0)})
+    slower = dataclasses.replace(
+        evidence({"throughput_qps": noisy(60.0, seed=1)}),
+        beside="measured beside other work (other processes up to 26% of the CPU in a repeat)",
+    )
+    pairing = pair(slower, [baseline], settings, allow_hardware_mismatch=False)
+    assert pairing.verdict == "fail" and pairing.notes == (
+        "the candidate was measured beside other work (other processes up to 26% of the CPU in a repeat): a "
+        "regression may be that work's",
+    )
+    assert pair(baseline, [baseline], settings, allow_hardware_mismatch=False).notes == ()
+
+
 def default_rules(*overrides: str) -> GateConfig:
     from harness.config.commands import GateCommandConfig
     from harness.config.store import command_config

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.gate.evidence import beside_note
 from harness.perf.host import SAMPLE_INTERVAL_S, HostSample, HostSampler, host_telemetry
 from harness.resolve import resolve_config
 from tests.conftest import compose
@@ -76,6 +77,10 @@ def test_a_busy_process_beside_the_measurement_is_named(cache_dir: Path, tmp_pat
         "and its workers not counted): the timings were taken beside that work"
     ]
     assert beside.validity.valid  # a warning: the numbers are kept, and said to be taken beside other work
+    # The gate keeps them as evidence and says so in its notes.
+    assert beside_note(beside) == (
+        f"measured beside other work (other processes up to {beside.host.other_cpu_pct:.0f}% of the CPU in a repeat)"
+    )
     assert alone.host.steal_pct is not None and alone.host.steal_pct >= 0
 
 
