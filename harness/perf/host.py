@@ -117,10 +117,6 @@ def _busy_seconds(before: Sequence[Any], after: Sequence[Any]) -> float:
     return sum(max(0.0, _busy(end) - _busy(start)) for start, end in zip(before, after, strict=True))
 
 
-def _busy(times: Any) -> float:
-    return sum(times) - _guest_time(times) - times.idle - getattr(times, "iowait", 0.0)
-
-
 def _steal_seconds(before: Sequence[Any], after: Sequence[Any]) -> float:
     return sum(
         max(0.0, getattr(end, "steal", 0.0) - getattr(start, "steal", 0.0))
@@ -133,12 +129,19 @@ def busy_pct(before: Sequence[Any], after: Sequence[Any]) -> tuple[float, ...] |
     wait count as not busy, as in psutil's ``cpu_percent``); ``None`` when a core's counters did not move."""
     shares = []
     for start, end in zip(before, after, strict=True):
-        idle = [end.idle - start.idle, getattr(end, "iowait", 0.0) - getattr(start, "iowait", 0.0)]
-        total = sum(end) - sum(start) - _guest_time(end) + _guest_time(start)
+        total = _total(end) - _total(start)
         if total <= 0:
             return None
-        shares.append(min(100.0, max(0.0, 100.0 * (total - sum(idle)) / total)))
+        shares.append(min(100.0, max(0.0, 100.0 * (_busy(end) - _busy(start)) / total)))
     return tuple(shares)
+
+
+def _total(times: Any) -> float:
+    return sum(times) - _guest_time(times)
+
+
+def _busy(times: Any) -> float:
+    return _total(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def _guest_time(times: Any) -> float:
