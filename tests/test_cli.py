@@ -178,6 +178,24 @@ def test_the_hydra_node_resolved_alone_points_to_the_whole_config(tmp_path: Path
     assert whole.returncode == 0 and f"dir: {tmp_path / 'outputs'}/run/" in whole.stdout
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["perf.batch=abc"], "error: perf.batch='abc': expected int"),
+        # Hydra's own --cfg printed a traceback for this one.
+        (["model=null"], "error: model=null: expected one of ['tiny14', 'tiny14_reg4', 'tinyg14_reg4', 'vitb14',"),
+    ],
+)
+def test_a_config_shown_with_cfg_that_does_not_compose_is_one_line(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    done = harness(tmp_path, "run", *overrides, "--cfg", "job")
+    assert done.returncode == 2 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1, done.stderr
+    # Composing is all --cfg asks: a config that composes but does not resolve is still shown.
+    shown = harness(tmp_path, "run", "backend=vastai", "--cfg", "job")
+    assert shown.returncode == 0 and "name: vastai" in shown.stdout, shown.stderr
+
+
 def test_a_deprecated_key_is_folded_and_said_once_per_run(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", "-m", "debug=tiny", "backend=sleep", "stages=[perf]", "perf.iterations=4",
                    "perf.duration_s=0.2", "backend.latency_us=100,200", "tracking=off")  # fmt: skip

@@ -145,6 +145,22 @@ def _flags_first(arguments: list[str]) -> list[str]:
     "unrecognized arguments: perf.batch=1,8". Arguments its parser refuses are left as they are, for Hydra to
     say why.
     """
+    parsed = _parsed(arguments)
+    if parsed is None:
+        return arguments
+    overrides = parsed.overrides
+    flags, pending = [], list(overrides)
+    for argument in arguments:
+        if pending and argument == pending[0]:
+            pending.pop(0)
+        else:
+            flags.append(argument)
+    return [*flags, *overrides]
+
+
+def _parsed(arguments: list[str]) -> Any | None:
+    """Hydra's own reading of the command line (its flags, and ``overrides``), or ``None`` where its parser
+    refuses it (Hydra then says why)."""
     from hydra._internal.utils import get_args_parser
 
     parser = get_args_parser()
@@ -154,16 +170,9 @@ def _flags_first(arguments: list[str]) -> list[str]:
 
     parser.error = refuse  # type: ignore[method-assign]
     try:
-        overrides = parser.parse_intermixed_args(arguments).overrides
+        return parser.parse_intermixed_args(arguments)
     except ValueError:
-        return arguments
-    flags, pending = [], list(overrides)
-    for argument in arguments:
-        if pending and argument == pending[0]:
-            pending.pop(0)
-        else:
-            flags.append(argument)
-    return [*flags, *overrides]
+        return None
 
 
 def _refused_flags(arguments: list[str]) -> str | None:
@@ -288,6 +297,11 @@ def _check_jobs(config_name: str, arguments: list[str]) -> None:
     multirun = any(argument in ("-m", "--multirun") for argument in arguments)
     overrides = [argument for argument in arguments if argument not in ("-m", "--multirun")]
     if any(argument.startswith("-") for argument in overrides):
+        parsed = _parsed(arguments)
+        if parsed is not None and parsed.cfg is not None:
+            # What --cfg shows must compose: Hydra's own report of one that does not is several lines and exit 1
+            # (a traceback for `model=null`). Composing only: --cfg also shows a config that does not resolve.
+            compose_with_hydra(parsed.overrides, config_name)
         return
     if not multirun:
         composed, hydra = compose_with_hydra(overrides, config_name)

@@ -96,6 +96,7 @@ def test_defaults_are_typed() -> None:
         # null on a key that has none: OmegaConf quotes the key's name where the value goes; Python's None and
         # True are not what was typed
         ("perf.batch=null", r"^perf.batch=null: expected int$"),
+        ("model=null", r"^model=null: expected one of \['tiny14', .*'vits14_reg4'\]$"),  # Hydra: "Got NoneType"
         ("model.weights=null", r"^model.weights=null: expected str$"),
         ("backend=torch backend.device=null", r"^backend.device=null: expected str$"),
         ("perf.mode=null", r"^perf.mode=null: expected one of \['async', 'sync'\]$"),
