@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.errors import counted
-from harness.perf.measurement import OTHER_LOAD_PCT
+from harness.perf.measurement import beside_note
 from harness.result import RunResult
-from harness.result.perf import Measurement, PerfResult
+from harness.result.perf import Measurement
 from harness.tracking.records import config_hash, identity_params
 
 
@@ -107,17 +107,6 @@ def evidence_of(result: RunResult, *, label: str) -> Evidence:
         perf_problem="; ".join(dict.fromkeys(perf_problems)),
         beside=beside_note(result.perf) if result.perf is not None else "",
     )
-
-
-def beside_note(perf: PerfResult) -> str:
-    """The most CPU that other processes, and the hypervisor, took beside any repeat, over ``OTHER_LOAD_PCT``."""
-    hosts = [repeat.host for repeat in perf.repeats or (perf,) if repeat.host is not None]
-    loads = {
-        "other processes": max((host.other_cpu_pct or 0.0 for host in hosts), default=0.0),
-        "hypervisor steal": max((host.steal_pct or 0.0 for host in hosts), default=0.0),
-    }
-    over = [f"{what} up to {pct:.0f}%" for what, pct in loads.items() if pct > OTHER_LOAD_PCT]
-    return f"measured beside other work ({', '.join(over)} of the CPU in a repeat)" if over else ""
 
 
 def config_difference(candidate: Evidence, others: list[Evidence], *, shown: int = 4) -> str:

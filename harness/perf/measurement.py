@@ -298,6 +298,17 @@ def _other_load(host: HostTelemetry | None) -> list[str]:
     return warnings
 
 
+def beside_note(perf: PerfResult) -> str:
+    """The most CPU that other processes, and the hypervisor, took beside any repeat, over ``OTHER_LOAD_PCT``."""
+    hosts = [repeat.host for repeat in perf.repeats or (perf,) if repeat.host is not None]
+    loads = {
+        "other processes": max((host.other_cpu_pct or 0.0 for host in hosts), default=0.0),
+        "hypervisor steal": max((host.steal_pct or 0.0 for host in hosts), default=0.0),
+    }
+    over = [f"{what} up to {pct:.0f}%" for what, pct in loads.items() if pct > OTHER_LOAD_PCT]
+    return f"measured beside other work ({', '.join(over)} of the CPU in a repeat)" if over else ""
+
+
 def _window_cv(windows: np.ndarray, instances: list[InstanceSamples], *, start: float, end: float) -> float | None:
     """How much the throughput moved across the windows: its CV, or in the server scenario the CV of each
     window's throughput over the rate its scheduled arrivals offered it. Poisson arrivals alone spread a

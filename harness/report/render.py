@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.errors import DataError, counted
 from harness.fileio import write_text_atomic
+from harness.perf.measurement import beside_note
 from harness.report import blank_row, column_names, folder_kind, job_dirs, markdown_table, row_of, swept_settings
 from harness.report.plots import PLOTS, LabelledRun, Plot
 from harness.result import RunResult, load_result
@@ -128,6 +129,11 @@ def caveats(runs: list[LabelledRun]) -> list[str]:
         "build's"
         for label, _, perf in timed
         if not perf.validity.valid
+    ]
+    notes += [
+        f"{label} was {note}: its timings are not the build's alone"
+        for label, _, perf in timed
+        if (note := beside_note(perf))
     ]
     machines: dict[str, list[str]] = {}
     for label, result, _ in timed:

@@ -19,6 +19,8 @@ from harness.pipeline import run
 from harness.report.figures import DPI, FIGURE_SIZE_IN
 from harness.report.plots import LabelledRun, pareto_front
 from harness.report.render import folder_runs, write_report
+from harness.result import RunResult
+from harness.result.perf import HostTelemetry
 from tests.conftest import REPO_ROOT, compose
 
 PLOT_FILES = {
@@ -395,6 +397,19 @@ def test_what_the_plots_cannot_show_is_said_above_them_naming_the_runs(runs: lis
     # of random weights on the synthetic set like a retrieval result: the report said none of it.
     import dataclasses
 
+    def on_a_machine(result: RunResult, other_pct: float) -> RunResult:
+        """The run as if measured beside other work taking ``other_pct`` of the CPU (0: a quiet machine; the
+        fixture's runs were measured on whatever this machine was doing)."""
+        perf = result.perf
+        assert perf is not None
+        host = HostTelemetry(
+            cpu_util_pct=100.0, cpu_util_per_core_pct=(100.0, 100.0), rss_mean_bytes=2**26, rss_peak_bytes=2**26,
+            samples=20, interval_s=0.05, other_cpu_pct=other_pct, steal_pct=0.0,
+        )  # fmt: skip
+        repeats = tuple(dataclasses.replace(repeat, host=host) for repeat in perf.repeats)
+        return dataclasses.replace(result, perf=dataclasses.replace(perf, host=host, repeats=repeats))
+
+    runs = [dataclasses.replace(run, result=on_a_machine(run.result, 0.0)) for run in runs]
     labels = [run.label for run in runs]
     plain = write_report(runs, tmp_path / "plain", title="plain")
     assert plain.caveats == (
@@ -409,7 +424,8 @@ def test_what_the_plots_cannot_show_is_said_above_them_naming_the_runs(runs: lis
         dataclasses.replace(contended, perf=dataclasses.replace(contended.perf, contended_with=("/elsewhere/1",))),
         dataclasses.replace(invalid, perf=dataclasses.replace(invalid.perf, validity=validity)),
         dataclasses.replace(
-            elsewhere, environment={**elsewhere.environment, "cpu_model": "Other CPU", "hardware_fingerprint": "0ther"}
+            on_a_machine(elsewhere, 26.0),
+            environment={**elsewhere.environment, "cpu_model": "Other CPU", "hardware_fingerprint": "0ther"},
         ),
         dataclasses.replace(
             official,
@@ -427,6 +443,8 @@ def test_what_the_plots_cannot_show_is_said_above_them_naming_the_runs(runs: lis
         f"{labels[0]} measured on one device at the same time as another run: their timings are not comparable "
         "(run perf sweeps one job per device, e.g. the basic launcher)",
         f"{labels[1]}: its perf measurement is invalid (measured 0.5 s < 1 s): its timings are not the build's",
+        f"{labels[2]} was measured beside other work (other processes up to 26% of the CPU in a repeat): its "
+        "timings are not the build's alone",
         f"timed on 2 machines ({here['cpu_model']} / {here['cpu_usable']} cores [{here['hardware_fingerprint']}]: "
         f"{', '.join(labels[:2] + labels[3:])}; Other CPU / {here['cpu_usable']} cores [0ther]: {labels[2]}): "
         "timings across them compare machines as well",
