@@ -171,8 +171,11 @@ def _html(title: str, written: str, notes: list[str], plots: tuple[Plot, ...], r
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
+        # The runs' table has a column per result field and swept setting (20 and more): it scrolls in its own box
+        # rather than widening the page past the plots.
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:12px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head><body>",
+        ".runs{overflow-x:auto}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}img{max-width:100%}"
+        "</style></head><body>",
         f"<h1>{html.escape(title)}</h1><p>{html.escape(written)}. Empty cells: not measured or withheld.</p>",
     ]
     if notes:
@@ -186,9 +189,13 @@ def _html(title: str, written: str, notes: list[str], plots: tuple[Plot, ...], r
         if plot.missing:
             parts.append(f"<p>Missing (n/a, never zero): {html.escape(', '.join(plot.missing))}.</p>")
     names = column_names(rows)
-    parts.append("<h2>Runs</h2><table><tr>" + "".join(f"<th>{html.escape(name)}</th>" for name in names) + "</tr>")
+    parts.append(
+        "<h2>Runs</h2><div class='runs'><table><tr>"
+        + "".join(f"<th>{html.escape(name)}</th>" for name in names)
+        + "</tr>"
+    )
     parts += [
         "<tr>" + "".join(f"<td>{html.escape(row.get(name, ''))}</td>" for name in names) + "</tr>" for row in rows
     ]
-    parts.append("</table></body></html>")
+    parts.append("</table></div></body></html>")
     return "\n".join(parts)

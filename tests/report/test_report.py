@@ -458,6 +458,8 @@ def test_what_the_plots_cannot_show_is_said_above_them_naming_the_runs(runs: lis
     assert section.splitlines()[2:-1] == [f"- {caveat}" for caveat in report.caveats]
     page = report.index_html.read_text()
     assert page.count("<li>") == len(report.caveats) and "<h2>Read with care</h2>" in page
+    # The runs' table (a column per field and setting) scrolls in its own box instead of widening the page.
+    assert "<div class='runs'><table>" in page and ".runs{overflow-x:auto}" in page
 
 
 def test_server_runs_are_left_out_of_throughput_vs_batch(runs: list[LabelledRun], tmp_path: Path) -> None:
