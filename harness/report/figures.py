@@ -22,6 +22,8 @@ BAR_GROUP_IN = 0.45
 MAX_FIGURE_WIDTH_IN = 20.0
 SHORT_NAMES = {"model.variant": "variant", "precision.name": "precision", "backend.name": "backend",
                "dataset.name": "dataset"}  # fmt: skip
+# The settings an MLflow run's name shows as a part of its first word, and how (harness.tracking's run names).
+NAMED_PARTS = {"variant": "{}", "model": "{}", "precision": "{}", "backend": "{}", "batch": "b{}"}
 # Colours in matplotlib's default cycle, and the dashes that tell its rounds apart.
 COLOURS = 10
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -128,11 +130,18 @@ def short_name(key: str) -> str:
 
 def label_of(name: str, cells: dict[str, str]) -> str:
     """``name`` and the first ``LABEL_SETTINGS`` of ``cells`` it does not show already (an MLflow run's name
-    carries its sweep's axes: ``... latency_us=200``): runs that differ in more are told apart by the table, not
-    by a legend."""
+    carries its sweep's axes, ``... latency_us=200``, and its variant, precision, backend and batch as the parts
+    of ``tiny14_reg4-fp16-onnxruntime-b1``): runs that differ in more are told apart by the table, not by a
+    legend."""
     shown = set(name.split())
+    parts = {part for token in shown for part in token.split("-")}
+
+    def in_name(key: str, value: str) -> bool:
+        in_parts = NAMED_PARTS.get(key)
+        return f"{key}={value}" in shown or (in_parts is not None and in_parts.format(value) in parts)
+
     unshown = [(short_name(key), value or "-") for key, value in cells.items()]
-    unshown = [(key, value) for key, value in unshown if f"{key}={value}" not in shown]
+    unshown = [(key, value) for key, value in unshown if not in_name(key, value)]
     named = [f"{key}={clipped(value)}" for key, value in unshown[:LABEL_SETTINGS]]
     more = [f"+{len(unshown) - LABEL_SETTINGS} more"] if len(unshown) > LABEL_SETTINGS else []
     return clipped(" ".join([name, *named, *more]), LABEL_CHARS)

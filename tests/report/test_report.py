@@ -166,6 +166,10 @@ def test_a_label_names_each_setting_once_when_the_run_name_carries_it() -> None:
         "tiny-fp32-sleep-b1 latency_us=4400 repeats=5 precision=fp16"
     )
     assert label_of("job 3", cells) == "job 3 latency_us=4400 repeats=5 precision=fp16"
+    # The run name's parts are its variant, precision, backend and batch: "...-fp16-... precision=fp16" said one twice.
+    swept = {"precision.name": "fp16", "perf.batch": "8", "backend.intra_op_threads": "2"}
+    assert label_of("tiny14_reg4-fp16-onnxruntime-b8", swept) == "tiny14_reg4-fp16-onnxruntime-b8 intra_op_threads=2"
+    assert label_of("job 1", swept) == "job 1 precision=fp16 batch=8 intra_op_threads=2"
 
 
 def test_lines_that_share_a_colour_do_not_share_a_dash() -> None:
