@@ -149,7 +149,7 @@ def _host(perf: PerfResult) -> str | None:
     if perf.host:
         host = perf.host
         beside = "" if host.other_cpu_pct is None else f"; other processes {host.other_cpu_pct:.0f}%"
-        if host.steal_pct:
+        if host.steal_pct is not None and round(host.steal_pct):  # a VM's steal, where there is any to speak of
             beside += f", hypervisor steal {host.steal_pct:.0f}%"
         return (
             f"CPU {host.cpu_util_pct:.0f}% (per core "

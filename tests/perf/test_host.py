@@ -58,15 +58,20 @@ def test_the_cpu_beside_the_run_is_the_busy_time_less_its_own_and_the_hypervisor
 def test_a_busy_process_beside_the_measurement_is_named(cache_dir: Path, tmp_path: Path) -> None:
     """Started by the test (the harness's own process here), it is still not the run's: only the perf workers'
     children are."""
+    from harness.pipeline import run
+    from harness.summary import format_summary
+
     config = sleep_config(cache_dir, "perf.iterations=null", "perf.min_duration_s=1")
     alone = measure(config, tmp_path / "alone")
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)  # the interpreter has started and spins
-        beside = measure(config, tmp_path / "beside")
+        result = run(config, run_dir=tmp_path / "beside")
     finally:
         busy.kill()
         busy.wait()
+    beside = result.perf
+    assert beside is not None
     assert alone.host is not None and beside.host is not None
     assert alone.host.other_cpu_pct is not None and beside.host.other_cpu_pct is not None
     # One spinning process is one core of the machine's; the sleep backend leaves it that core.
@@ -82,6 +87,12 @@ def test_a_busy_process_beside_the_measurement_is_named(cache_dir: Path, tmp_pat
         f"measured beside other work (other processes up to {beside.host.other_cpu_pct:.0f}% of the CPU in a repeat)"
     )
     assert alone.host.steal_pct is not None and alone.host.steal_pct >= 0
+    # The summary's host line says it; a VM's steal only where it rounds to a percent or more.
+    steal = beside.host.steal_pct or 0.0
+    said = f"; other processes {beside.host.other_cpu_pct:.0f}%" + (
+        f", hypervisor steal {steal:.0f}%" if round(steal) else ""
+    )
+    assert f"{said}), workers' RSS" in format_summary(result)
 
 
 def test_every_sample_covers_only_its_own_interval() -> None:
