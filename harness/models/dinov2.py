@@ -129,7 +129,7 @@ def resize_positional_table(
         first spatial axis; for square inputs (every DINOv2 deployment) that is the identity, and we keep the
         official order so non-square results equal the official ones too.
     """
-    table = pos_embed.float()
+    table = pos_embed.detach().float()
     class_pos, patch_pos = table[:, :1], table[:, 1:]
     dim = table.shape[-1]
     side = math.isqrt(patch_pos.shape[1])
@@ -137,8 +137,9 @@ def resize_positional_table(
         raise ValueError(f"pos_embed has {patch_pos.shape[1]} patch positions, not a square number")
     if grid_height == grid_width == side:
         # As the official code does for an input of the pretraining grid: the table itself. Resampled, the
-        # non-register models' offset (a scale factor of 37.1 / 37) would move every row.
-        return table
+        # non-register models' offset (a scale factor of 37.1 / 37) would move every row. A copy: the model keeps
+        # it as a buffer of its own, not as a second name for its pos_embed parameter.
+        return table.clone()
     first, second = grid_width, grid_height
     grid = patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2)
     if offset:

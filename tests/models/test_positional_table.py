@@ -86,6 +86,13 @@ def test_the_pretraining_grid_keeps_the_table_itself(pos_embed: torch.Tensor, of
     518 x 518 input differed from DINOv2's (and timm's) by 1e-3 of their size (tests/models/test_layouts.py)."""
     table = resize_positional_table(pos_embed, grid_height=37, grid_width=37, offset=offset, antialias=antialias)
     assert torch.equal(table, pos_embed)
+    # Baked, it stays a buffer of its own: the parameter itself, returned, became a second parameter of the model.
+    model = DinoVisionTransformer(get_variant("tiny14" if offset else "tiny14_reg4"))
+    model.init_random(0)
+    model.bake_positional_table(518, 518)
+    assert "baked_pos_embed" in dict(model.named_buffers()) and "baked_pos_embed" not in dict(model.named_parameters())
+    assert torch.equal(model.baked_pos_embed, model.pos_embed.detach())
+    assert model.baked_pos_embed.data_ptr() != model.pos_embed.data_ptr()
     resampled = official_non_register_table(pos_embed.numpy(), 37)
     assert np.abs(resampled - pos_embed.numpy()).max() > 1e-2  # what the offset path would have made of it
 
