@@ -109,11 +109,11 @@ def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool =
                 raise ConfigError(
                     f"{culprit}: {group!r} is not a config group of this command (its groups: {groups})"
                 ) from None
-            group = (culprit or "").split("=", 1)[0].lstrip("+~").split("@", 1)[0]
-            if "Config group override must be" in str(error) and "/" not in group and (CONF_DIR / group).is_dir():
-                # `model=null`: Hydra's "must be a string or a list. Got NoneType" names neither the group's options.
-                options = [path.stem for path in (CONF_DIR / group).glob("*.yaml")]
-                raise ConfigError(unknown_name_message(group, None, options)) from None
+            key = (culprit or "").split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+            if "Config group override must be" in str(error) and "/" not in key and (CONF_DIR / key).is_dir():
+                # `model=null`: Hydra's "must be a string or a list. Got NoneType" names none of the group's options.
+                options = [path.stem for path in (CONF_DIR / key).glob("*.yaml")]
+                raise ConfigError(unknown_name_message(key, None, options)) from None
             null = _null_parent(overrides, culprit, config_name) if culprit else None
             if null is not None:
                 # OmegaConf's "Unexpected type for root: NoneType": a key set inside a node that is null here.

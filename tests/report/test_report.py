@@ -207,9 +207,9 @@ def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the
     figure.canvas.draw()
     (axes,) = figure.axes
     labels = {text.get_text(): text.get_window_extent() for text in axes.texts}
-    assert set(labels) == {
-        f"{run.label} precision={run.result.config.precision.name} batch={run.result.config.perf.batch}" for run in runs
-    }
+    # The runs are named fp32-b1, fp16-b2, ...: their names show the precision and the batch the sweep varied.
+    assert set(labels) == {run.label for run in runs}
+    assert all(f"{run.result.config.precision.name}-b{run.result.config.perf.batch}" == run.label for run in runs)
     inside = axes.get_window_extent()
     assert all(inside.x0 <= box.x0 and box.x1 <= inside.x1 for box in labels.values()), labels
 
@@ -254,10 +254,8 @@ def test_withheld_percentiles_are_drawn_as_missing_never_as_zero(runs: list[Labe
     report = write_report(runs, tmp_path / "report", title="tiny sweep")
     (percentiles,) = [plot for plot in report.plots if plot.path.name == "latency_percentiles.png"]
     assert sorted(percentiles.missing) == sorted(
-        f"{run.label} precision={run.result.config.precision.name} batch={run.result.config.perf.batch} {name}"
-        for run in runs
-        for name in ("p90", "p99")
-    )  # each bar named as its tick is: the run, then what tells it from the others
+        f"{run.label} {name}" for run in runs for name in ("p90", "p99")
+    )  # each bar named as its tick is: the run (fp16-b2: its name shows what tells it from the others)
     assert "Missing (drawn as n/a or left out, never as zero)" in report.index_md.read_text()
 
 
