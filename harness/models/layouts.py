@@ -13,11 +13,13 @@ timm (the hub's ``timm/vit_*_patch14*_dinov2.lvd142m``) differs from DINOv2 in f
 
 transformers (the hub's ``facebook/dinov2-*``, ``Dinov2Model`` / ``Dinov2WithRegistersModel`` as transformers 4
 names them) renames every module and splits the attention's input projection into query, key and value, which
-DINOv2 holds as one ``qkv`` matrix (query rows first).
+DINOv2 holds as one ``qkv`` matrix (query rows first); its image classifier holds the same backbone under
+``dinov2.``, beside a head that is left out.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Literal
 
@@ -25,6 +27,8 @@ import torch
 
 from harness.errors import WeightsError
 from harness.models.variants import VariantSpec
+
+log = logging.getLogger(__name__)
 
 Layout = Literal["dinov2", "timm", "transformers"]
 TIMM_FEED_FORWARD = re.compile(r"^(blocks\.\d+\.mlp\.)(fc1|fc2)(\.(?:weight|bias))$")
@@ -52,13 +56,17 @@ TRANSFORMERS_BLOCK = {
     "mlp.weights_out": "mlp.w3",
 }
 TRANSFORMERS_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+?)(?:\.(weight|bias))?$")
+# Dinov2ForImageClassification (the hub's facebook/dinov2-*-imagenet1k-1-layer): the backbone under this prefix,
+# beside a linear head on its features (``classifier``) that retrieval does not use.
+TRANSFORMERS_BACKBONE = "dinov2."
+TRANSFORMERS_HEAD = "classifier."
 QKV = ("query", "key", "value")
 
 
 def layout_of(state: dict[str, torch.Tensor]) -> Layout:
     """Which layout a state dict is in: transformers' by its module names, timm's by its missing ``mask_token``
     (which every DINOv2 checkpoint holds)."""
-    if "embeddings.cls_token" in state:
+    if "embeddings.cls_token" in state or f"{TRANSFORMERS_BACKBONE}embeddings.cls_token" in state:
         return "transformers"
     return "timm" if "cls_token" in state and "mask_token" not in state else "dinov2"
 
@@ -98,6 +106,14 @@ def _swiglu_name(name: str) -> str:
 
 
 def _from_transformers(state: dict[str, torch.Tensor], *, source: str) -> dict[str, torch.Tensor]:
+    if f"{TRANSFORMERS_BACKBONE}embeddings.cls_token" in state:
+        head = [name for name in state if name.startswith(TRANSFORMERS_HEAD)]
+        log.info("%s: the backbone of an image classifier; its head (%s) is left out", source, ", ".join(head))
+        state = {
+            name.removeprefix(TRANSFORMERS_BACKBONE): tensor
+            for name, tensor in state.items()
+            if not name.startswith(TRANSFORMERS_HEAD)
+        }
     mapped: dict[str, torch.Tensor] = {}
     projections: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     unknown = []

@@ -61,6 +61,16 @@ def test_a_library_checkpoint_gives_that_librarys_features(
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
 
 
+def test_the_backbone_of_a_transformers_image_classifier_is_taken_without_its_head(tmp_path: Path) -> None:
+    # Dinov2ForImageClassification (the hub's facebook/dinov2-*-imagenet1k-1-layer): dinov2.* and classifier.*.
+    state = {f"dinov2.{name}": tensor for name, tensor in library_state("transformers", "tiny14_reg4").items()}
+    state |= {"classifier.weight": torch.ones(10, 128), "classifier.bias": torch.zeros(10)}
+    save_file(state, tmp_path / "classifier.safetensors")
+    expected = np.asarray(REFERENCE["transformers"]["tiny14_reg4"]["features"], dtype=np.float32)
+    got = features(tmp_path / "classifier.safetensors", "transformers", "tiny14_reg4")
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
+
+
 def test_the_class_tokens_positional_row_folded_in_by_timm_is_restored_as_zero(tmp_path: Path) -> None:
     state = timm_state("tiny14_reg4")
     save_file(state, tmp_path / "timm.safetensors")
