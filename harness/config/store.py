@@ -109,7 +109,7 @@ def _hydra_compose(overrides: list[str], config_name: str, *, with_hydra: bool =
                 raise ConfigError(
                     f"{culprit}: {group!r} is not a config group of this command (its groups: {groups})"
                 ) from None
-            key = (culprit or "").split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+            key = _override_key(culprit or "").split("@", 1)[0]
             if "Config group override must be" in str(error) and "/" not in key and (CONF_DIR / key).is_dir():
                 # `model=null`: Hydra's "must be a string or a list. Got NoneType" names none of the group's options.
                 options = [path.stem for path in (CONF_DIR / key).glob("*.yaml")]
@@ -127,14 +127,19 @@ def _null_parent(overrides: list[str], culprit: str, config_name: str) -> str | 
     from hydra import compose as hydra_compose
     from omegaconf import OmegaConf
 
-    key = culprit.split("=", 1)[0].lstrip("+~")
-    parts = key.split(".")
+    parts = _override_key(culprit).split(".")
     composed = hydra_compose(config_name=config_name, overrides=overrides[: overrides.index(culprit)])
     for depth in range(1, len(parts)):
         prefix = ".".join(parts[:depth])
         if OmegaConf.select(composed, prefix, default="absent") is None:
             return prefix
     return None
+
+
+def _override_key(override: str) -> str:
+    """The key an override sets, without its ``+`` / ``~``: ``precision.quantization.mode`` of
+    ``+precision.quantization.mode=static``."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _override_group(override: str) -> str:

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.errors import counted
-from harness.perf.measurement import beside_note
 from harness.result import RunResult
-from harness.result.perf import Measurement
+from harness.result.perf import Measurement, beside_note
 from harness.tracking.records import config_hash, identity_params
 
 

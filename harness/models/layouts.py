@@ -61,6 +61,7 @@ TRANSFORMERS_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+?)(?:\.(weight|bias
 TRANSFORMERS_BACKBONE = "dinov2."
 TRANSFORMERS_HEAD = "classifier."
 QKV = ("query", "key", "value")
+QKV_MODULES = {f"attention.attention.{name}": name for name in QKV}
 
 
 def layout_of(state: dict[str, torch.Tensor]) -> Layout:
@@ -87,7 +88,7 @@ def _from_timm(state: dict[str, torch.Tensor], spec: VariantSpec) -> dict[str, t
     mapped = dict(state)
     if "reg_token" in mapped:
         mapped["register_tokens"] = mapped.pop("reg_token")
-    grid = (spec.pretrain_img_size // spec.patch_size) ** 2
+    grid = spec.pretrain_grid**2
     positions = mapped.get("pos_embed")
     if positions is not None and positions.ndim == 3 and positions.shape[1] == grid:
         # timm's no_embed_class: the class token's row already added into cls_token.
@@ -123,8 +124,8 @@ def _from_transformers(state: dict[str, torch.Tensor], *, source: str) -> dict[s
             continue
         match = TRANSFORMERS_LAYER.match(name)
         module = match[2] if match else ""
-        if match and module.startswith("attention.attention.") and module.rpartition(".")[2] in QKV:
-            projections.setdefault((int(match[1]), match[3]), {})[module.rpartition(".")[2]] = tensor
+        if match and module in QKV_MODULES:
+            projections.setdefault((int(match[1]), match[3]), {})[QKV_MODULES[module]] = tensor
         elif match and module in TRANSFORMERS_BLOCK:
             mapped[f"blocks.{match[1]}.{TRANSFORMERS_BLOCK[module]}" + (f".{match[3]}" if match[3] else "")] = tensor
         else:

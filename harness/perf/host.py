@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +85,8 @@ class HostSampler:
                     rss += process.memory_info().rss
             self.samples.append(
                 HostSample(
-                    since=since, at=at, cpu_pct=cpu, rss_bytes=rss, busy_cpu_s=_busy_seconds(before, after),
-                    steal_cpu_s=_steal_seconds(before, after), own_cpu_s=own_after - own_before,
+                    since=since, at=at, cpu_pct=cpu, rss_bytes=rss, busy_cpu_s=_core_seconds(before, after, _busy),
+                    steal_cpu_s=_core_seconds(before, after, _steal), own_cpu_s=own_after - own_before,
                 )
             )  # fmt: skip
             since, before, own_before = at, after, own_after
@@ -112,16 +112,14 @@ def _cpu_seconds(processes: list[psutil.Process], last_read: dict[int, float]) -
     return sum(last_read.get(process.pid, 0.0) for process in processes)
 
 
-def _busy_seconds(before: Sequence[Any], after: Sequence[Any]) -> float:
-    """CPU seconds the cores were busy between two ``psutil.cpu_times(percpu=True)`` readings, all together."""
-    return sum(max(0.0, _busy(end) - _busy(start)) for start, end in zip(before, after, strict=True))
+def _core_seconds(before: Sequence[Any], after: Sequence[Any], reading: Callable[[Any], float]) -> float:
+    """CPU seconds of ``reading`` (busy, steal) between two ``psutil.cpu_times(percpu=True)`` readings, all cores
+    together."""
+    return sum(max(0.0, reading(end) - reading(start)) for start, end in zip(before, after, strict=True))
 
 
-def _steal_seconds(before: Sequence[Any], after: Sequence[Any]) -> float:
-    return sum(
-        max(0.0, getattr(end, "steal", 0.0) - getattr(start, "steal", 0.0))
-        for start, end in zip(before, after, strict=True)
-    )
+def _steal(times: Any) -> float:
+    return getattr(times, "steal", 0.0)
 
 
 def busy_pct(before: Sequence[Any], after: Sequence[Any]) -> tuple[float, ...] | None:

@@ -19,6 +19,7 @@ from harness.perf.host import HostSampler, host_telemetry
 from harness.perf.loadgen import COMPLETION_BIN_S, InstanceSamples, WorkerReport
 from harness.perf.workers import StabilityWatch
 from harness.result.perf import (
+    OTHER_LOAD_PCT,
     HostTelemetry,
     LatencyBlock,
     LatencyStats,
@@ -41,10 +42,6 @@ KEEP_UP_SHARE = 0.9
 # at each edge, a share bin / window of it: shorter windows than this are not known to within 5%, and the
 # throughput CV over them is not judged (null).
 MIN_WINDOW_S = 20 * COMPLETION_BIN_S
-# Above this share of the machine's CPU, work other than the harness's (other processes, or the hypervisor's
-# other guests: steal time) during the window is called out: the timings were taken beside it. An idle VM here
-# reads about 1%.
-OTHER_LOAD_PCT = 10.0
 
 
 def headline_index(measurements: Sequence[Measurement], scenario: str) -> int:
@@ -296,17 +293,6 @@ def _other_load(host: HostTelemetry | None) -> list[str]:
             "time): the timings were taken on a shared machine"
         )
     return warnings
-
-
-def beside_note(perf: PerfResult) -> str:
-    """The most CPU that other processes, and the hypervisor, took beside any repeat, over ``OTHER_LOAD_PCT``."""
-    hosts = [repeat.host for repeat in perf.repeats or (perf,) if repeat.host is not None]
-    loads = {
-        "other processes": max((host.other_cpu_pct or 0.0 for host in hosts), default=0.0),
-        "hypervisor steal": max((host.steal_pct or 0.0 for host in hosts), default=0.0),
-    }
-    over = [f"{what} up to {pct:.0f}%" for what, pct in loads.items() if pct > OTHER_LOAD_PCT]
-    return f"measured beside other work ({', '.join(over)} of the CPU in a repeat)" if over else ""
 
 
 def _window_cv(windows: np.ndarray, instances: list[InstanceSamples], *, start: float, end: float) -> float | None:

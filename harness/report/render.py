@@ -10,10 +10,10 @@ from pathlib import Path
 
 from harness.errors import DataError, counted
 from harness.fileio import write_text_atomic
-from harness.perf.measurement import beside_note
 from harness.report import blank_row, column_names, folder_kind, job_dirs, markdown_table, row_of, swept_settings
 from harness.report.plots import PLOTS, LabelledRun, Plot
 from harness.result import RunResult, load_result
+from harness.result.perf import beside_note
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+# Above this share of the machine's CPU, work other than the harness's (other processes, or the hypervisor's
+# other guests: steal time) during the window is called out: the timings were taken beside it. An idle VM here
+# reads about 1%.
+OTHER_LOAD_PCT = 10.0
+
 
 @dataclass(frozen=True)
 class LatencyStats:
@@ -273,3 +278,14 @@ class PerfResult(Measurement):
             ),
             0,
         )
+
+
+def beside_note(perf: PerfResult) -> str:
+    """The most CPU that other processes, and the hypervisor, took beside any repeat, over ``OTHER_LOAD_PCT``."""
+    hosts = [repeat.host for repeat in perf.repeats or (perf,) if repeat.host is not None]
+    loads = {
+        "other processes": max((host.other_cpu_pct or 0.0 for host in hosts), default=0.0),
+        "hypervisor steal": max((host.steal_pct or 0.0 for host in hosts), default=0.0),
+    }
+    over = [f"{what} up to {pct:.0f}%" for what, pct in loads.items() if pct > OTHER_LOAD_PCT]
+    return f"measured beside other work ({', '.join(over)} of the CPU in a repeat)" if over else ""

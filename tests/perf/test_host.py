@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from harness.perf.host import SAMPLE_INTERVAL_S, HostSample, HostSampler, host_telemetry
-from harness.perf.measurement import beside_note
 from harness.resolve import resolve_config
+from harness.result.perf import beside_note
 from tests.conftest import compose
 from tests.perf.test_loadgen import measure, sleep_config
 
