@@ -5,8 +5,11 @@ Both publish DINOv2's weights under their own key names (on the Hugging Face hub
 and ``facebook/dinov2-*``, as ``.safetensors``); the harness maps them onto DINOv2's (``harness.models.layouts``).
 To check that mapping against the libraries themselves rather than against its own inverse, this script builds
 each library's model of each test variant's shape, sets every tensor from ``seeded_state`` (seeded, so the test
-recreates the same tensors without the library), and records the features it computes for seeded inputs. Run
-where timm and transformers (4.x: the hub's files use its key names) are installed:
+recreates the same tensors without the library), and records the features it computes for seeded inputs.
+transformers 4 (whose names the hub's files use, and which transformers 5's ``save_pretrained`` still writes)
+and transformers 5 (whose modules, and so a ``state_dict()`` saved with ``torch.save``, have other names) cannot
+be installed together: run it once where timm and transformers 4 are installed, once where transformers 5 is,
+each run replacing the libraries it recorded:
 
     python -m bench.layout_reference --out tests/fixtures/layouts/reference.json
 
@@ -30,20 +33,24 @@ TIMM_SHAPE = {"embed_dim": 64, "depth": 2, "num_heads": 2, "init_values": 1.0}
 TRANSFORMERS_SHAPE = {
     "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "layerscale_value": 1.0, "patch_size": 14,
 }  # fmt: skip
+TRANSFORMERS_MODELS = {
+    "tiny14": ("Dinov2Model", {**TRANSFORMERS_SHAPE, "mlp_ratio": 4}),
+    "tiny14_reg4": ("Dinov2WithRegistersModel", {**TRANSFORMERS_SHAPE, "mlp_ratio": 4, "num_register_tokens": 4}),
+    "tinyg14_reg4": (
+        "Dinov2WithRegistersModel",
+        {**TRANSFORMERS_SHAPE, "mlp_ratio": 3, "num_register_tokens": 4, "use_swiglu_ffn": True},
+    ),
+}
+# Recorded in this order: each case's seeds come from its place in it, so a run that records some libraries
+# leaves the others' seeds as they were.
 MODELS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "timm": {
         "tiny14": ("vit_small_patch14_dinov2", TIMM_SHAPE),
         "tiny14_reg4": ("vit_small_patch14_reg4_dinov2", TIMM_SHAPE),
         "tinyg14_reg4": ("vit_giant_patch14_reg4_dinov2", {**TIMM_SHAPE, "mlp_ratio": 4.0}),
     },
-    "transformers": {
-        "tiny14": ("Dinov2Model", {**TRANSFORMERS_SHAPE, "mlp_ratio": 4}),
-        "tiny14_reg4": ("Dinov2WithRegistersModel", {**TRANSFORMERS_SHAPE, "mlp_ratio": 4, "num_register_tokens": 4}),
-        "tinyg14_reg4": (
-            "Dinov2WithRegistersModel",
-            {**TRANSFORMERS_SHAPE, "mlp_ratio": 3, "num_register_tokens": 4, "use_swiglu_ffn": True},
-        ),
-    },
+    "transformers": TRANSFORMERS_MODELS,
+    "transformers5": TRANSFORMERS_MODELS,
 }
 # DINOv2's pretraining resolution, where no positional interpolation happens (the libraries' and DINOv2's
 # resize paths differ).
@@ -93,7 +100,7 @@ def reference(library: str, variant: str, seed: int) -> dict:
     model.load_state_dict(state, strict=True)
     with torch.inference_mode():
         features = features_of(library, model, torch.from_numpy(seeded_images(seed + 1)))
-    return {
+    case = {
         "model": name,
         "arguments": arguments,
         "keys": keys,
@@ -101,31 +108,63 @@ def reference(library: str, variant: str, seed: int) -> dict:
         "images_seed": seed + 1,
         "features": features.tolist(),
     }
+    if library != "timm":
+        case["saved_keys"] = saved_keys(model)
+    return case
+
+
+def saved_keys(model: Any) -> list[str]:
+    """The key names ``save_pretrained`` writes, which need not be the model's own (transformers 5 converts)."""
+    import tempfile
+
+    from safetensors import safe_open
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        with safe_open(str(Path(folder) / "model.safetensors"), "pt") as saved:
+            return sorted(saved.keys())
+
+
+def installed_libraries() -> dict[str, str]:
+    """The libraries of ``MODELS`` this environment has, with their versions: timm if installed, and transformers
+    under its major version's name."""
+    import importlib.util
+
+    versions = {}
+    if importlib.util.find_spec("timm"):
+        import timm
+
+        versions["timm"] = timm.__version__
+    if importlib.util.find_spec("transformers"):
+        import transformers
+
+        major = int(transformers.__version__.split(".")[0])
+        versions["transformers" if major == 4 else f"transformers{major}"] = transformers.__version__
+    return {library: version for library, version in versions.items() if library in MODELS}
 
 
 def main() -> None:
-    import timm
     import torch
-    import transformers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     arguments = parser.parse_args()
-    record: dict[str, Any] = {
-        "versions": {"timm": timm.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
-        "image_size": IMAGE_SIZE,
-    }
+    libraries = installed_libraries()
+    if not libraries:
+        raise SystemExit(f"none of {', '.join(MODELS)} is installed")
+    record: dict[str, Any] = json.loads(arguments.out.read_text()) if arguments.out.exists() else {"versions": {}}
+    record["image_size"] = IMAGE_SIZE
     seed = 0
     for library, variants in MODELS.items():
-        record[library] = {}
-        for variant in variants:
-            record[library][variant] = reference(library, variant, seed)
-            seed += 2
+        if library in libraries:
+            record["versions"][library] = f"{libraries[library]} (torch {torch.__version__})"
+            record[library] = {
+                variant: reference(library, variant, seed + 2 * index) for index, variant in enumerate(variants)
+            }
+        seed += 2 * len(variants)
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(
-        f"{arguments.out}: {', '.join(f'{library} {len(variants)} variants' for library, variants in MODELS.items())}"
-    )
+    print(f"{arguments.out}: {', '.join(f'{library} {version}' for library, version in libraries.items())}")
 
 
 if __name__ == "__main__":

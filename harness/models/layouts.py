@@ -11,10 +11,13 @@ timm (the hub's ``timm/vit_*_patch14*_dinov2.lvd142m``) differs from DINOv2 in f
   patch rows are resized), so the features are the same;
 - the SwiGLU feed-forward of ViT-g is ``mlp.fc1`` / ``mlp.fc2`` where DINOv2 has ``mlp.w12`` / ``mlp.w3``.
 
-transformers (the hub's ``facebook/dinov2-*``, ``Dinov2Model`` / ``Dinov2WithRegistersModel`` as transformers 4
-names them) renames every module and splits the attention's input projection into query, key and value, which
-DINOv2 holds as one ``qkv`` matrix (query rows first); its image classifier holds the same backbone under
-``dinov2.``, beside a head that is left out.
+transformers (the hub's ``facebook/dinov2-*``, ``Dinov2Model`` / ``Dinov2WithRegistersModel``) renames every
+module and splits the attention's input projection into query, key and value, which DINOv2 holds as one ``qkv``
+matrix (query rows first); its image classifier holds the same backbone under ``dinov2.``, beside a head that is
+left out. Its files (the hub's, and what transformers 5's ``save_pretrained`` still writes) use transformers 4's
+module names; transformers 5's modules have names of their own (``q_proj``, ``o_proj``; ViT-g's first
+feed-forward layer split into ``gate_proj`` and ``up_proj``), which a ``state_dict()`` saved with ``torch.save``
+keeps: both are mapped.
 """
 
 from __future__ import annotations
@@ -48,20 +51,34 @@ TRANSFORMERS_BLOCK = {
     "norm1": "norm1",
     "norm2": "norm2",
     "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
     "layer_scale1.lambda1": "ls1.gamma",
     "layer_scale2.lambda1": "ls2.gamma",
     "mlp.fc1": "mlp.fc1",
     "mlp.fc2": "mlp.fc2",
     "mlp.weights_in": "mlp.w12",
     "mlp.weights_out": "mlp.w3",
+    "mlp.down_proj": "mlp.w3",
+}
+# Matrices transformers holds apart that DINOv2 holds as one, stacked in this order: the attention's input
+# projection (transformers 4's names, then 5's) and ViT-g's first feed-forward layer (transformers 5's names: 4
+# holds it whole as ``mlp.weights_in``), whose first half goes through SiLU in both.
+TRANSFORMERS_STACKED: dict[str, list[tuple[str, ...]]] = {
+    "attn.qkv": [
+        ("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+        ("attention.q_proj", "attention.k_proj", "attention.v_proj"),
+    ],
+    "mlp.w12": [("mlp.gate_proj", "mlp.up_proj")],
+}
+# Each part's stacked matrix.
+TRANSFORMERS_PARTS = {
+    part: stacked for stacked, orders in TRANSFORMERS_STACKED.items() for parts in orders for part in parts
 }
 TRANSFORMERS_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+?)(?:\.(weight|bias))?$")
 # Dinov2ForImageClassification (the hub's facebook/dinov2-*-imagenet1k-1-layer): the backbone under this prefix,
 # beside a linear head on its features (``classifier``) that retrieval does not use.
 TRANSFORMERS_BACKBONE = "dinov2."
 TRANSFORMERS_HEAD = "classifier."
-QKV = ("query", "key", "value")
-QKV_MODULES = {f"attention.attention.{name}": name for name in QKV}
 
 
 def layout_of(state: dict[str, torch.Tensor]) -> Layout:
@@ -116,7 +133,8 @@ def _from_transformers(state: dict[str, torch.Tensor], *, source: str) -> dict[s
             if not name.startswith(TRANSFORMERS_HEAD)
         }
     mapped: dict[str, torch.Tensor] = {}
-    projections: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    # (block, stacked matrix, weight or bias) -> the parts found, by module name.
+    split: dict[tuple[int, str, str], dict[str, torch.Tensor]] = {}
     unknown = []
     for name, tensor in state.items():
         if name in TRANSFORMERS_TOP:
@@ -124,8 +142,8 @@ def _from_transformers(state: dict[str, torch.Tensor], *, source: str) -> dict[s
             continue
         match = TRANSFORMERS_LAYER.match(name)
         module = match[2] if match else ""
-        if match and module in QKV_MODULES:
-            projections.setdefault((int(match[1]), match[3]), {})[QKV_MODULES[module]] = tensor
+        if match and module in TRANSFORMERS_PARTS:
+            split.setdefault((int(match[1]), TRANSFORMERS_PARTS[module], match[3]), {})[module] = tensor
         elif match and module in TRANSFORMERS_BLOCK:
             mapped[f"blocks.{match[1]}.{TRANSFORMERS_BLOCK[module]}" + (f".{match[3]}" if match[3] else "")] = tensor
         else:
@@ -135,10 +153,13 @@ def _from_transformers(state: dict[str, torch.Tensor], *, source: str) -> dict[s
         raise WeightsError(
             f"{source}: a Hugging Face transformers checkpoint with keys this harness does not map ({len(unknown)}: "
             f"{shown}); it maps Dinov2Model and Dinov2WithRegistersModel as the hub's facebook/dinov2-* files name "
-            "them (transformers 4)"
+            "them (transformers 4 and 5)"
         )
-    for (block, kind), parts in projections.items():
-        if set(parts) != set(QKV):
-            raise WeightsError(f"{source}: block {block}'s attention {kind} lacks {sorted(set(QKV) - set(parts))}")
-        mapped[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts[name] for name in QKV], dim=0)
+    for (block, stacked, kind), parts in split.items():
+        # The names these parts are closest to, for the message when some are missing or mixed.
+        order = max(TRANSFORMERS_STACKED[stacked], key=lambda names: len(set(names) & set(parts)))
+        if set(parts) != set(order):
+            found, wanted = ", ".join(sorted(parts)), ", ".join(order)
+            raise WeightsError(f"{source}: block {block}'s {kind} has {found} where {wanted} go together")
+        mapped[f"blocks.{block}.{stacked}.{kind}"] = torch.cat([parts[name] for name in order], dim=0)
     return mapped

@@ -1,8 +1,8 @@
 """Checkpoints in timm's and transformers' layouts (and as safetensors) give those libraries' own features;
 other files are refused by name.
 
-``tests/fixtures/layouts/reference.json`` was written by ``bench/layout_reference.py`` with timm 1.0.31 and
-transformers 4.57.6 themselves: per library and test variant, its model of that shape, the key names and shapes,
+``tests/fixtures/layouts/reference.json`` was written by ``bench/layout_reference.py`` with timm 1.0.31,
+transformers 4.57.6 and transformers 5.25.0 themselves: per library and test variant, its model of that shape, the key names and shapes,
 the seeds of every tensor and of the inputs, and the features it computed. The tensors are drawn again here from
 the same seeds, so the check is against the library's forward pass, not against an inverse of the harness's own
 mapping.
@@ -45,7 +45,7 @@ def features(checkpoint: Path, library: str, variant: str) -> np.ndarray:
         return model(images).numpy()
 
 
-@pytest.mark.parametrize("library", ["timm", "transformers"])
+@pytest.mark.parametrize("library", ["timm", "transformers", "transformers5"])
 @pytest.mark.parametrize("variant", ["tiny14", "tiny14_reg4", "tinyg14_reg4"])
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_a_library_checkpoint_gives_that_librarys_features(
@@ -59,6 +59,15 @@ def test_a_library_checkpoint_gives_that_librarys_features(
     assert got.shape == expected.shape == (2, 64)
     # Same arithmetic in another order (the libraries' attention and feed-forward modules): float32 rounding.
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("variant", ["tiny14", "tiny14_reg4", "tinyg14_reg4"])
+def test_transformers_5_saves_transformers_4s_names(variant: str) -> None:
+    # Recorded from save_pretrained itself: the files users share have the names the transformers layout maps,
+    # whichever version wrote them; transformers 5's own names reach a file only through torch.save.
+    version_4, version_5 = REFERENCE["transformers"][variant], REFERENCE["transformers5"][variant]
+    assert version_5["saved_keys"] == version_4["saved_keys"] == sorted(name for name, _ in version_4["keys"])
+    assert {name for name, _ in version_5["keys"]} != set(version_5["saved_keys"])
 
 
 def test_the_backbone_of_a_transformers_image_classifier_is_taken_without_its_head(tmp_path: Path) -> None:
@@ -100,18 +109,25 @@ def test_a_truncated_or_foreign_checkpoint_is_named(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(WeightsError, match=r"cut.safetensors: not a readable safetensors file \(SafetensorError: "):
         read_checkpoint(path)
-    # transformers' later module names (its version 5: q_proj, ...): not mapped, and said so.
-    renamed = {
-        "embeddings.cls_token": torch.zeros(1, 1, 64),
-        "encoder.layer.0.attention.q_proj.weight": torch.zeros(64, 64),
-    }
-    save_file(renamed, tmp_path / "model.safetensors")
+    # A transformers checkpoint with a module neither version has: named, with what is mapped.
+    foreign = library_state("transformers", "tiny14") | {"encoder.layer.0.attention.rotary.weight": torch.zeros(8)}
+    save_file(foreign, tmp_path / "model.safetensors")
     with pytest.raises(WeightsError) as refused:
         backbone_from(get_variant("tiny14"), checkpoint=tmp_path / "model.safetensors", seed=0, input_size=(224, 224))
     assert str(refused.value) == (
         f"{tmp_path / 'model.safetensors'}: a Hugging Face transformers checkpoint with keys this harness does not "
-        "map (1: encoder.layer.0.attention.q_proj.weight); it maps Dinov2Model and Dinov2WithRegistersModel as the "
-        "hub's facebook/dinov2-* files name them (transformers 4)"
+        "map (1: encoder.layer.0.attention.rotary.weight); it maps Dinov2Model and Dinov2WithRegistersModel as the "
+        "hub's facebook/dinov2-* files name them (transformers 4 and 5)"
+    )
+    # Parts of one matrix missing, or mixed from both versions' names: which block, and what goes together.
+    mixed = library_state("transformers5", "tiny14")
+    mixed["encoder.layer.1.attention.attention.key.weight"] = mixed.pop("encoder.layer.1.attention.k_proj.weight")
+    save_file(mixed, tmp_path / "mixed.safetensors")
+    with pytest.raises(WeightsError) as refused:
+        backbone_from(get_variant("tiny14"), checkpoint=tmp_path / "mixed.safetensors", seed=0, input_size=(224, 224))
+    assert str(refused.value).endswith(
+        "block 1's weight has attention.attention.key, attention.q_proj, attention.v_proj where attention.q_proj, "
+        "attention.k_proj, attention.v_proj go together"
     )
     # timm's checkpoint of another variant: the mismatch is named in DINOv2's terms.
     save_file(timm_state("tiny14_reg4"), tmp_path / "reg4.safetensors")
