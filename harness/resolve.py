@@ -17,7 +17,7 @@ from typing import Any
 from harness.backends import check_precision, get_backend, shared_process_problem
 from harness.config.convert import from_mapping
 from harness.config.perf import PerfConfig
-from harness.config.schema import PathsConfig, RunConfig, VdspParams
+from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER, PathsConfig, RunConfig, VdspParams
 from harness.data.synthetic import check_synthetic_set, dataset_location
 from harness.errors import ConfigError, DataError
 from harness.models.variants import get_variant
@@ -35,6 +35,8 @@ def resolve_config(composed: dict[str, Any]) -> RunConfig:
     if not isinstance(backend, dict) or "name" not in backend:
         raise ConfigError(f"backend={backend!r}: expected a mapping with a 'name'")
     entry = get_backend(str(backend["name"]))
+    added_later = BACKEND_SETTINGS_ADDED_LATER.get(entry.name, {})
+    backend = {**{key: unchanged[0] for key, unchanged in added_later.items()}, **backend}
     backend_config: Any = from_mapping(entry.config_type, backend, key="backend")
     config = from_mapping(RunConfig, {**composed, "backend": backend_config, "preprocessing": None})
     check_precision(entry, backend_config, config.precision.name)

@@ -284,6 +284,7 @@ def reference_backend() -> Any:
     return get_backend("onnxruntime").config_type(
         name="onnxruntime", providers=("CPUExecutionProvider",), provider_options=(), intra_op_threads=0,
         inter_op_threads=0, graph_optimization="all", io_binding=False, trt_fp16=False, trt_engine_cache=None,
+        session_config=None,
     )  # fmt: skip
 
 

@@ -1,5 +1,9 @@
 """ONNX Runtime backend: execution providers and session options from config, IO binding on devices.
 
+Session config entries (``SessionOptions.add_session_config_entry``) are accepted by ONNX Runtime whatever their
+key, so a mistyped one would change nothing without a word. The keys it reads are string constants compiled into
+its Python extension: a key that is not among them is refused, with the closest one it reads.
+
 The CUDA and TensorRT providers come with ``onnxruntime-gpu`` (the ``ort-gpu`` extra), which replaces the CPU
 ``onnxruntime`` package. TensorRT's fp16 switch and engine cache folder come from config and are merged into its
 provider options (explicit ``provider_options`` win). ONNX Runtime silently falls back to the next provider
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -32,6 +37,9 @@ GPU_PACKAGE_HINT = "install onnxruntime-gpu in place of onnxruntime: pip install
 TENSORRT = "TensorrtExecutionProvider"
 TRT_FP16_OPTION = "trt_fp16_enable"
 PROVIDER_SUFFIX = "ExecutionProvider"
+# How ONNX Runtime's session config keys are spelled (onnxruntime_session_options_config_keys.h): a prefix, dotted
+# lower-case words; NUL-terminated as C string constants in its binary.
+SESSION_CONFIG_KEY = re.compile(rb"(?<![\w.])(?:session|optimization|ep|mlas)\.[a-z0-9_.]*[a-z0-9_](?=\x00)")
 KNOWN_PROVIDERS = (
     "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "OpenVINOExecutionProvider",
     "DnnlExecutionProvider", "ROCMExecutionProvider", "CoreMLExecutionProvider", "QNNExecutionProvider",
@@ -63,6 +71,9 @@ class OrtConfig:
         trt_fp16: let TensorRT build fp16 engines (``trt_fp16_enable``).
         trt_engine_cache: folder TensorRT keeps its built engines in (``trt_engine_cache_path``); ``null`` is
             ``<paths.cache>/tensorrt``.
+        session_config: session config entries (``add_session_config_entry``), e.g.
+            ``{session.intra_op.allow_spinning: 0}``, or ``null`` for none (not ``{}``: Hydra adds no key to an
+            existing mapping without a ``+``); ONNX Runtime gets every value as a string.
     """
 
     # It runs the build stage's ONNX artifact.
@@ -77,6 +88,7 @@ class OrtConfig:
     io_binding: bool
     trt_fp16: bool
     trt_engine_cache: str | None
+    session_config: dict[str, str | int | float] | None
 
     def __post_init__(self) -> None:
         if not self.providers:
@@ -105,7 +117,13 @@ class OrtConfig:
         parts += ["IO binding"] if self.io_binding and self.providers[0] in DEVICE_PROVIDERS else []
         parts += ["TensorRT fp16 engines"] if self.trt_fp16 else []
         parts += [f"graph optimization {self.graph_optimization}"] if self.graph_optimization != "all" else []
-        return ", ".join(parts)
+        entries = ", ".join(f"{key}={value}" for key, value in self.session_entries.items())
+        return ", ".join(parts) + (f" ({entries})" if entries else "")
+
+    @property
+    def session_entries(self) -> dict[str, str]:
+        """``session_config`` as ONNX Runtime takes it: string values."""
+        return {key: str(value) for key, value in (self.session_config or {}).items()}
 
     @property
     def one_program_per_batch(self) -> bool:
@@ -139,6 +157,28 @@ def session_provider_options(config: OrtConfig, cache_dir: str) -> list[dict[str
             }
         merged.append({**derived, **{key: str(value) for key, value in options.items()}})
     return merged
+
+
+@functools.cache
+def session_config_keys() -> tuple[str, ...]:
+    """The session config keys the installed ONNX Runtime reads: the key constants in its Python extension."""
+    from onnxruntime.capi import onnxruntime_pybind11_state
+
+    binary = Path(onnxruntime_pybind11_state.__file__).read_bytes()
+    return tuple(sorted({key.decode() for key in SESSION_CONFIG_KEY.findall(binary)}))
+
+
+def check_session_config(keys: Sequence[str], version: str) -> None:
+    """Refuse session config keys ``session_config_keys`` does not list (ONNX Runtime would ignore them)."""
+    known = session_config_keys()
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"backend.session_config: onnxruntime {version} reads no session config key {key!r}{hint} (it would "
+                "ignore it without a word)"
+            )
 
 
 def _device_id(config: OrtConfig) -> int:
@@ -177,6 +217,7 @@ class OrtBackend:
                     f"backend.providers: {provider!r} is not available in onnxruntime {onnxruntime.__version__} "
                     f"(installed: {available}){hint}"
                 )
+        check_session_config(list(self.config.session_entries), onnxruntime.__version__)
         found: dict[str, object] = {
             "onnxruntime": onnxruntime.__version__,
             "providers": list(self.config.providers),
@@ -228,6 +269,8 @@ class OrtBackend:
         }[self.config.graph_optimization]
         if self.config.inter_op_threads:
             options.execution_mode = onnxruntime.ExecutionMode.ORT_PARALLEL
+        for key, value in self.config.session_entries.items():
+            options.add_session_config_entry(key, value)
         self.session = onnxruntime.InferenceSession(
             str(self._artifact(target)), sess_options=options, providers=list(self.config.providers),
             provider_options=session_provider_options(self.config, target.cache_dir),

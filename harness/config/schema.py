@@ -33,6 +33,10 @@ STAGES: tuple[str, ...] = get_args(Stage)
 MIN_OPSET = 18
 # Fields that ``harness.resolve`` fills in: not part of the composed config, so not in Hydra's schema.
 RESOLVED = {"resolved": True}
+# Backend settings added after runs were first saved, with the values that run as runs ran before the setting
+# existed: a config at one of them hashes as it did then (``harness.tracking.records.config_hash``), and a saved
+# config without the setting gets the first (``harness gate --rerun`` of an earlier run).
+BACKEND_SETTINGS_ADDED_LATER: dict[str, dict[str, tuple[object, ...]]] = {"onnxruntime": {"session_config": (None, {})}}
 
 
 @dataclass(frozen=True)

@@ -185,12 +185,14 @@ Runner = Callable[[Gemm, np.ndarray, np.ndarray], Callable[[int], object]]
 
 
 @contextlib.contextmanager
-def _onnxruntime_runner(threads: int | None, dtype: str, device: str) -> Iterator[Runner]:
+def _onnxruntime_runner(threads: int | None, dtype: str, session_config: dict[str, str]) -> Iterator[Runner]:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    for key, value in session_config.items():
+        options.add_session_config_entry(key, value)
 
     def runner(gemm: Gemm, left: np.ndarray, right: np.ndarray) -> Callable[[int], object]:
         session = onnxruntime.InferenceSession(
@@ -242,17 +244,16 @@ def _torch_runner(threads: int | None, dtype: str, device: str) -> Iterator[Runn
         torch.set_num_threads(previous_threads)
 
 
-RUNNERS = {"onnxruntime": _onnxruntime_runner, "torch": _torch_runner}
-
-
 def time_gemms(
     gemms: Counter[Gemm], *, runtime: Literal["onnxruntime", "torch"], dtype: str, threads: int | None,
-    cache_dir: Path, fingerprint: str, device: str = "cpu", reuse: bool = True,
+    cache_dir: Path, fingerprint: str, device: str = "cpu", session_config: dict[str, str] | None = None,
+    reuse: bool = True,
 ) -> GemmTiming:  # fmt: skip
     """The GEMM-only time of ``gemms`` through ``runtime`` (a MatMul-only ONNX graph per shape in ONNX Runtime's
-    CPU provider, or ``torch.matmul`` on ``device``) with ``threads`` intra-op threads: the fastest of
-    ``GEMM_TIMING_ROUNDS`` rounds per shape, so a busy moment does not get cached as the machine's speed;
-    cached per hardware fingerprint and settings (``reuse=False`` times them again and replaces the cached one)."""
+    CPU provider, with the backend's ``session_config`` entries, or ``torch.matmul`` on ``device``) with
+    ``threads`` intra-op threads: the fastest of ``GEMM_TIMING_ROUNDS`` rounds per shape, so a busy moment does
+    not get cached as the machine's speed; cached per hardware fingerprint and settings (``reuse=False`` times
+    them again and replaces the cached one)."""
     import onnxruntime
     import torch
 
@@ -262,6 +263,8 @@ def time_gemms(
         "dtype": dtype, "threads": threads, "runtime": runtime, "version": versions[runtime], "device": device,
         "fingerprint": fingerprint, "method": TIMING_METHOD,
     }  # fmt: skip
+    if session_config:  # absent when empty: the key of timings cached before the setting existed
+        key_fields["session_config"] = session_config
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_dir / "gemm" / f"{fingerprint}-{key}.json"
     if reuse and cached.exists():
@@ -271,7 +274,12 @@ def time_gemms(
             # A cache is a shortcut, never a reason to lose the run's measurement: a file cut short outside the
             # harness, or written by a version with other fields, is timed again and replaced.
             log.warning("GEMM timing cache %s unreadable (%s): timing the GEMMs again", cached, error)
-    with RUNNERS[runtime](threads, dtype, device) as make_run:
+    runner = (
+        _torch_runner(threads, dtype, device)
+        if runtime == "torch"
+        else _onnxruntime_runner(threads, dtype, session_config or {})
+    )
+    with runner as make_run:
         total_us = _time_each(gemms, make_run, dtype)
     timing = GemmTiming(
         gemm_time_us=total_us, flops=sum(gemm.flops * count for gemm, count in gemms.items()), threads=threads,
@@ -304,12 +312,14 @@ def _time_each(gemms: Counter[Gemm], make_run: Runner, dtype: str) -> float:
 
 @dataclass(frozen=True)
 class GemmRuntime:
-    """Where a run's GEMMs are timed alone: the backend's runtime, dtype, threads and device."""
+    """Where a run's GEMMs are timed alone: the backend's runtime, dtype, threads and device, and ONNX Runtime's
+    session config entries."""
 
     runtime: Literal["onnxruntime", "torch"]
     dtype: str
     threads: int | None
     device: str
+    session_config: dict[str, str]
     label: str
 
 
@@ -350,11 +360,15 @@ def gemm_runtime(config: RunConfig, artifact_path: str | None) -> GemmRuntime | 
     if backend.name == "torch":
         threads = backend.threads or None
         return GemmRuntime(
-            "torch", dtype, threads, backend.device, f"torch {backend.device}, {_threads(threads)}, {dtype}"
+            "torch", dtype, threads, backend.device, {}, f"torch {backend.device}, {_threads(threads)}, {dtype}"
         )
     threads = backend.intra_op_threads or None
-    label = f"onnxruntime CPUExecutionProvider, {_threads(threads, 'intra-op thread')}, {dtype}"
-    return GemmRuntime("onnxruntime", dtype, threads, "cpu", label)
+    entries = backend.session_entries
+    label = ", ".join(
+        ["onnxruntime CPUExecutionProvider", _threads(threads, "intra-op thread"), dtype]
+        + [f"{key}={value}" for key, value in entries.items()]
+    )
+    return GemmRuntime("onnxruntime", dtype, threads, "cpu", entries, label)
 
 
 def _threads(threads: int | None, noun: str = "thread") -> str:

@@ -230,6 +230,7 @@ def _efficiency(config: RunConfig, artifact_path: str | None, measured: Measurem
     timing_of = functools.partial(
         time_gemms, model_gemms(spec, batch, size), runtime=timed.runtime, dtype=timed.dtype, threads=timed.threads,
         cache_dir=config.paths.path("cache"), fingerprint=fingerprint, device=timed.device,
+        session_config=timed.session_config,
     )  # fmt: skip
     timing = timing_of()
     model_time_us = _time_per_batch_us(measured, config.perf.instances)

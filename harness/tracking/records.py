@@ -19,6 +19,7 @@ import json
 import math
 
 from harness.config.convert import flatten
+from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER
 
 MAX_VALUE_LENGTH = 6000
 # Dotted paths (fnmatch patterns) of the result fields that are measurements.
@@ -159,6 +160,12 @@ def _identity(config: dict[str, object]) -> dict[str, object]:
             node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(key, None)
+    backend = identity.get("backend")
+    if isinstance(backend, dict):
+        # A setting added since, at a value that runs as before: hashed as before, so older baselines still match.
+        for key, unchanged in BACKEND_SETTINGS_ADDED_LATER.get(str(backend.get("name")), {}).items():
+            if key in backend and backend[key] in unchanged:
+                del backend[key]
     return identity
 
 
