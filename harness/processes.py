@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.fileio import progress_bar
 
 # linux/prctl.h: the signal a process gets when the thread that started it ends.
 PR_SET_PDEATHSIG = 1
@@ -236,10 +237,13 @@ def _kill_group(leader: int) -> None:
 
 
 def run_tool(
-    argv: Sequence[str], *, timeout_s: float, cwd: Path | None = None, env: Mapping[str, str] | None = None
-) -> ToolRun:
+    argv: Sequence[str], *, timeout_s: float, cwd: Path | None = None, env: Mapping[str, str] | None = None,
+    progress: str | None = None,
+) -> ToolRun:  # fmt: skip
     """Run ``argv`` to completion (killed with its process group after ``timeout_s``), capturing its output, its
-    own CPU time (``wait4`` reports it for exactly this child) and its sampled peak memory."""
+    own CPU time (``wait4`` reports it for exactly this child) and its sampled peak memory. ``progress`` says what
+    the tool is doing; on a terminal it is drawn with the time the tool has taken so far (a vendor compile takes
+    minutes, and its output is kept for the run's record, not shown as it comes)."""
     import psutil  # here, not at the top: the GPU device check imports this module without psutil installed
 
     chunks: list[bytes] = []
@@ -256,9 +260,13 @@ def run_tool(
         reader = threading.Thread(target=lambda: chunks.extend(iter(process.stdout.read1, b"")), daemon=True)  # type: ignore[union-attr]
         reader.start()
         tool, deadline = psutil.Process(process.pid), started + timeout_s
-        while reader.is_alive() and (remaining := deadline - time.perf_counter()) > 0:
-            _sample_rss(tool, peaks)
-            reader.join(min(RSS_SAMPLE_S, remaining))
+        with progress_bar(
+            enabled=progress is not None, desc=progress, bar_format="{desc}: {elapsed}", mininterval=1.0
+        ) as ticker:
+            while reader.is_alive() and (remaining := deadline - time.perf_counter()) > 0:
+                _sample_rss(tool, peaks)
+                reader.join(min(RSS_SAMPLE_S, remaining))
+                ticker.update(0)  # redrawn at most every tqdm.mininterval: the elapsed time moves on
     except BaseException:
         # Ctrl-C or SIGTERM stopping the harness: the tool's session of its own keeps the terminal's signal from
         # it, and a vendor compile went on for up to its hour-long timeout after the harness had ended.

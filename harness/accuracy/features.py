@@ -146,7 +146,7 @@ def extract_on_toolchain(
             yield Path(jobs[index].path).stem, image
 
     outputs = toolchain.run_images(
-        prefix, named(), vdsp_params=vdsp_params, workdir=output.with_suffix(""), batch=batch
+        prefix, named(), vdsp_params=vdsp_params, workdir=output.with_suffix(""), batch=batch, progress=progress
     )  # fmt: skip
     rows = [outputs[Path(jobs[index].path).stem] for index in indices]
     features = np.lib.format.open_memmap(output, mode="w+", dtype=np.float32, shape=(len(jobs), rows[0].size))

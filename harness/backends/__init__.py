@@ -159,6 +159,7 @@ class Toolchain(Protocol):
     writes the build spec into ``workspace`` and checks the files the compiler promises exist; ``profile``
     drives a closed-loop load and returns the profiler's raw report; ``run_images`` runs decoded images
     (uint8 [3, H, W], as the device's preprocessing reads them) and returns one output per image name.
+    With ``progress``, each shows on a terminal what its tool is doing and for how long (config ``progress``).
     Tool failures (non-zero exit, timeout, missing outputs) raise ``ToolError`` with the tool's last lines.
     """
 
@@ -170,12 +171,15 @@ class Toolchain(Protocol):
     def versions(self) -> dict[str, str]: ...
     def compile(
         self, onnx_path: Path, *, name: str, input_name: str, batch: int, shape: tuple[int, int, int],
-        precision: str, workspace: Path,
+        precision: str, workspace: Path, progress: bool,
     ) -> CompiledModel: ...  # fmt: skip
-    def profile(self, prefix: Path, load: ProfileLoad, *, vdsp_params: Path, output: Path) -> ToolRun: ...
+    def profile(
+        self, prefix: Path, load: ProfileLoad, *, vdsp_params: Path, output: Path, progress: bool
+    ) -> ToolRun: ...
     def run_images(
-        self, prefix: Path, images: Iterable[tuple[str, np.ndarray]], *, vdsp_params: Path, workdir: Path, batch: int
-    ) -> dict[str, np.ndarray]: ...
+        self, prefix: Path, images: Iterable[tuple[str, np.ndarray]], *, vdsp_params: Path, workdir: Path, batch: int,
+        progress: bool,
+    ) -> dict[str, np.ndarray]: ...  # fmt: skip
 
 
 @dataclass(frozen=True)

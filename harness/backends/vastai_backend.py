@@ -137,7 +137,7 @@ class VastaiToolchain:
 
     def compile(
         self, onnx_path: Path, *, name: str, input_name: str, batch: int, shape: tuple[int, int, int],
-        precision: str, workspace: Path,
+        precision: str, workspace: Path, progress: bool,
     ) -> CompiledModel:  # fmt: skip
         spec = self.build_spec(
             onnx_path, name=name, input_name=input_name, batch=batch, shape=shape, precision=precision,
@@ -145,7 +145,10 @@ class VastaiToolchain:
         )  # fmt: skip
         spec_path = workspace / f"{name}.yaml"
         write_text_atomic(spec_path, yaml.safe_dump(spec, sort_keys=False))
-        run = run_tool([self._tool("vamc"), "compile", str(spec_path)], timeout_s=self.config.compile_timeout_s)
+        run = run_tool(
+            [self._tool("vamc"), "compile", str(spec_path)], timeout_s=self.config.compile_timeout_s,
+            progress=f"vamc compile {name}" if progress else None,
+        )  # fmt: skip
         _check_run(run, "vamc compile", self.config.compile_timeout_s, "backend.compile_timeout_s", BuildError)
         prefix = workspace / name / "mod"
         files = tuple(prefix.parent / file for file in self.config.compiled_files)
@@ -176,17 +179,20 @@ class VastaiToolchain:
         ]
         return argv
 
-    def profile(self, prefix: Path, load: ProfileLoad, *, vdsp_params: Path, output: Path) -> ToolRun:
+    def profile(self, prefix: Path, load: ProfileLoad, *, vdsp_params: Path, output: Path, progress: bool) -> ToolRun:
+        shown = f"vamp b{load.batch} i{load.instances} p{load.processes} {load.mode}"
         run = run_tool(
-            self.profile_argv(prefix, load, vdsp_params=vdsp_params), timeout_s=self.config.profile_timeout_s
-        )
+            self.profile_argv(prefix, load, vdsp_params=vdsp_params), timeout_s=self.config.profile_timeout_s,
+            progress=shown if progress else None,
+        )  # fmt: skip
         write_text_atomic(output, run.output)
         _check_run(run, "vamp", self.config.profile_timeout_s, "backend.profile_timeout_s", ToolError)
         return run
 
     def run_images(
-        self, prefix: Path, images: Iterable[tuple[str, np.ndarray]], *, vdsp_params: Path, workdir: Path, batch: int
-    ) -> dict[str, np.ndarray]:
+        self, prefix: Path, images: Iterable[tuple[str, np.ndarray]], *, vdsp_params: Path, workdir: Path, batch: int,
+        progress: bool,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
         """Each image written as one npz (``backend.input_key``), listed in a datalist, run with
         ``--path_output``; the first array of each ``<name>.npz`` vamp writes is that image's output (read as
         ``harness eval-features --folder`` reads them). The inputs are removed once vamp has run on them."""
@@ -212,7 +218,8 @@ class VastaiToolchain:
             "-b", str(batch), "-s", _listed(shape), "-d", str(self.config.device_ids[0]),
             "--datalist", str(datalist), "--path_output", str(outputs),
         ]  # fmt: skip
-        run = run_tool(argv, timeout_s=self.config.profile_timeout_s)
+        shown = f"vamp --datalist, {counted(len(names), 'image')}"
+        run = run_tool(argv, timeout_s=self.config.profile_timeout_s, progress=shown if progress else None)
         write_text_atomic(workdir / "vamp_output.txt", run.output)
         _check_run(run, "vamp --datalist", self.config.profile_timeout_s, "backend.profile_timeout_s", ToolError)
         missing = [name for name in names if not (outputs / f"{name}.npz").is_file()]

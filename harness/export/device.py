@@ -80,7 +80,7 @@ def _compile_into_cache(
     with cache.staging_for(folder) as staging:
         compiled = toolchain.compile(
             base_path, name=spec_name, input_name=INPUT_NAME, batch=config.perf.batch,
-            shape=config.input_shape, precision=config.precision.name, workspace=staging,
+            shape=config.input_shape, precision=config.precision.name, workspace=staging, progress=config.progress,
         )  # fmt: skip
         parity = device_parity(config, model, toolchain, compiled.prefix)
         prefix = str(compiled.prefix.relative_to(staging))
@@ -121,6 +121,7 @@ def device_parity(
         outputs = toolchain.run_images(
             prefix, ((name, device_input(image, params)) for name, (_, image) in zip(names, photos, strict=True)),
             vdsp_params=vdsp_params_file(config.vdsp, params, workdir), workdir=workdir, batch=config.perf.batch,
+            progress=config.progress,
         )  # fmt: skip
     expected = reference_features(model, batch_of([image for _, image in photos], params.output_size, params))
     actual = np.stack([outputs[name] for name in names])

@@ -105,12 +105,13 @@ def _profile_once(
     vdsp_params: Path,
     run_dir: Path,
     repeat: int,
+    progress: bool,
 ) -> tuple[Measurement, VampReport, Path]:
     """Repeat ``repeat``'s vamp call on the compiled model at ``prefix``: its measurement, its parsed report and
     its output file (in ``run_dir``)."""
     output = run_dir / VAMP_REPEAT_FILE.format(repeat)
     log.info("stage=perf repeat%d vamp instances=%d batch=%d", repeat, perf.instances, perf.batch)
-    run = toolchain.profile(prefix, load, vdsp_params=vdsp_params, output=output)
+    run = toolchain.profile(prefix, load, vdsp_params=vdsp_params, output=output, progress=progress)
     try:
         report = parse_vamp(run.output, source=f"vamp output {output}")
     except DataError as error:
@@ -137,7 +138,16 @@ def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: 
         config.paths.path("outputs") / CLAIMS_FOLDER, run_dir=run_dir, device=toolchain.device
     ) as claim:
         measured = [
-            _profile_once(toolchain, Path(model_prefix), load, perf, vdsp_params=vdsp, run_dir=run_dir, repeat=repeat)
+            _profile_once(
+                toolchain,
+                Path(model_prefix),
+                load,
+                perf,
+                vdsp_params=vdsp,
+                run_dir=run_dir,
+                repeat=repeat,
+                progress=config.progress,
+            )
             for repeat in range(perf.repeats)
         ]
     measurements = [measurement for measurement, _, _ in measured]

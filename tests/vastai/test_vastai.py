@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from harness.pipeline import run
 from harness.processes import ToolRun
 from harness.result.perf import Validity
 from tests.conftest import run_config
+from tests.perf.test_loadgen import Terminal
 from tests.vastai.conftest import FIXTURE_LOAD, FakeTools
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vastai"
@@ -114,6 +117,26 @@ def test_a_run_builds_profiles_and_scores_through_the_tools(
     assert len(fake_tools.calls("vamc")) == 1 and again.build.parity.passed
     assert again.accuracy is not None
     assert all(getattr(again.accuracy, setup) == getattr(accuracy, setup) for setup in SETUPS)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_terminal_shows_each_tool_and_how_long_it_has_run(
+    cache_dir: Path, tmp_path: Path, fake_tools: FakeTools, monkeypatch: pytest.MonkeyPatch, progress: bool
+) -> None:
+    # A vendor compile of ViT-L takes minutes, its output kept for the record: the terminal showed nothing.
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    config = run_config(cache_dir, *VASTAI, "stages=[build,perf,accuracy]", *FIXTURE_LOAD, f"progress={progress}")
+    assert run(config, run_dir=tmp_path / "run").status == "ok"
+    shown = set(re.findall(r"((?:vamc|vamp) [^:\r]+): \d\d:\d\d", terminal.getvalue()))
+    # The parity photos at build, the profile, then the synthetic set's queries and database.
+    images = (config.build.parity_images, config.dataset.synthetic_queries, config.dataset.synthetic_images)
+    expected = {
+        "vamc compile tiny14_reg4_fp16",
+        "vamp b8 i3 p1 sync",
+        *(f"vamp --datalist, {count} images" for count in images),
+    }
+    assert shown == (expected if progress else set())
 
 
 def test_profile_command_lines(cache_dir: Path, fake_tools: FakeTools) -> None:
