@@ -2,7 +2,7 @@
 
 Session config entries (``SessionOptions.add_session_config_entry``) are accepted by ONNX Runtime whatever their
 key, so a mistyped one would change nothing without a word. The keys it reads are string constants compiled into
-its Python extension: a key that is not among them is refused, with the closest one it reads.
+its Python extension: a key that is not among its strings is refused, with the closest key it holds.
 
 The CUDA and TensorRT providers come with ``onnxruntime-gpu`` (the ``ort-gpu`` extra), which replaces the CPU
 ``onnxruntime`` package. TensorRT's fp16 switch and engine cache folder come from config and are merged into its
@@ -37,8 +37,9 @@ GPU_PACKAGE_HINT = "install onnxruntime-gpu in place of onnxruntime: pip install
 TENSORRT = "TensorrtExecutionProvider"
 TRT_FP16_OPTION = "trt_fp16_enable"
 PROVIDER_SUFFIX = "ExecutionProvider"
-# How ONNX Runtime's session config keys are spelled (onnxruntime_session_options_config_keys.h): a prefix, dotted
-# lower-case words; NUL-terminated as C string constants in its binary.
+# How ONNX Runtime's session config keys are spelled (onnxruntime_session_options_config_keys.h): an area, dotted
+# lower-case words; NUL-terminated as C string constants in its binary. The areas in use are listed to find the
+# key a mistyped one meant; a key of another area is accepted when its binary holds it.
 SESSION_CONFIG_KEY = re.compile(rb"(?<![\w.])(?:session|optimization|ep|mlas)\.[a-z0-9_.]*[a-z0-9_](?=\x00)")
 KNOWN_PROVIDERS = (
     "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "OpenVINOExecutionProvider",
@@ -160,20 +161,32 @@ def session_provider_options(config: OrtConfig, cache_dir: str) -> list[dict[str
 
 
 @functools.cache
-def session_config_keys() -> tuple[str, ...]:
-    """The session config keys the installed ONNX Runtime reads: the key constants in its Python extension."""
+def _runtime_binary() -> bytes:
+    """The installed ONNX Runtime's Python extension, which holds the session config keys it reads."""
     from onnxruntime.capi import onnxruntime_pybind11_state
 
-    binary = Path(onnxruntime_pybind11_state.__file__).read_bytes()
-    return tuple(sorted({key.decode() for key in SESSION_CONFIG_KEY.findall(binary)}))
+    return Path(onnxruntime_pybind11_state.__file__).read_bytes()
+
+
+def session_config_keys() -> tuple[str, ...]:
+    """The session config keys of the usual areas that the installed ONNX Runtime holds."""
+    return tuple(sorted({key.decode() for key in SESSION_CONFIG_KEY.findall(_runtime_binary())}))
+
+
+def _holds_whole(binary: bytes, text: bytes) -> bool:
+    """``binary`` holds ``text`` as a whole NUL-terminated string, not the tail of a longer word or dotted name
+    (``allow_spinning`` is the tail of a key, not a key)."""
+    found = binary.find(text + b"\x00")
+    while found > 0 and (chr(binary[found - 1]).isalnum() or binary[found - 1] in b"._"):
+        found = binary.find(text + b"\x00", found + 1)
+    return found >= 0
 
 
 def check_session_config(keys: Sequence[str], version: str) -> None:
-    """Refuse session config keys ``session_config_keys`` does not list (ONNX Runtime would ignore them)."""
-    known = session_config_keys()
+    """Refuse session config keys the installed ONNX Runtime does not hold as a string (it would ignore them)."""
     for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+        if not ("." in key and _holds_whole(_runtime_binary(), key.encode())):
+            close = difflib.get_close_matches(key, session_config_keys(), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
                 f"backend.session_config: onnxruntime {version} reads no session config key {key!r}{hint} (it would "

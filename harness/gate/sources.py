@@ -24,7 +24,7 @@ from harness.gate.evidence import Evidence, evidence_of
 from harness.report import SWEEP_FILE, folder_kind, job_dirs, record_folder
 from harness.result import RESULT_FILE, RunResult, load_result
 from harness.tracking import TRACKING_FILE, TrackingRecord
-from harness.tracking.records import is_identity_param
+from harness.tracking.records import identity_of_params
 from harness.tracking.store import Store, StoreClient
 
 if TYPE_CHECKING:
@@ -196,7 +196,7 @@ def every_mlflow_baseline(store: Store, *, candidates: frozenset[str] = frozense
             config_hash=run.data.tags.get("harness.config_hash", "unknown"),
             hardware_fingerprint=run.data.tags.get("hardware.fingerprint", "unknown"),
             metrics={},
-            config={key: value for key, value in run.data.params.items() if is_identity_param(key)},
+            config=identity_of_params(run.data.params),
         )
         for run in runs
         if run.info.run_id not in candidates

@@ -179,9 +179,20 @@ def identity_params(config: dict[str, object]) -> dict[str, str]:
     return params_of(_identity(config))
 
 
-def is_identity_param(key: str) -> bool:
-    """Whether a tracker param (a dotted config key) is one of the settings ``config_hash`` hashes."""
-    return not any(key == dotted or key.startswith(dotted + ".") for dotted in NOT_IDENTITY)
+def identity_of_params(params: dict[str, str]) -> dict[str, str]:
+    """Of the tracker params a run was logged with (``params_of`` its config), those ``config_hash`` hashes: its
+    ``identity_params``."""
+    added_later = BACKEND_SETTINGS_ADDED_LATER.get(params.get("backend.name", ""), {})
+    # As params: null is "null", and an empty mapping no param at all.
+    unchanged = {
+        f"backend.{key}": {params_of({key: value}).get(key) for value in values} for key, values in added_later.items()
+    }
+    return {
+        key: value
+        for key, value in params.items()
+        if not any(key == dotted or key.startswith(dotted + ".") for dotted in NOT_IDENTITY)
+        and value not in unchanged.get(key, ())
+    }
 
 
 def tags_of(result: dict[str, object]) -> dict[str, str]:

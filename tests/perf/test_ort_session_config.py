@@ -15,7 +15,7 @@ from harness.backends.onnxruntime_backend import OrtBackend, check_session_confi
 from harness.config.store import compose
 from harness.errors import ConfigError
 from harness.resolve import resolve_config
-from harness.tracking.records import config_hash
+from harness.tracking.records import config_hash, identity_of_params, identity_params, params_of
 from tests.conftest import run_config
 from tests.export.test_onnx_build import build
 from tests.perf.test_loadgen import measure
@@ -65,6 +65,12 @@ def test_a_key_the_runtime_does_not_read_is_refused_with_the_closest_it_does(cac
     )
     with pytest.raises(ConfigError, match=r"reads no session config key 'color'\ \(it would"):
         check_session_config(["color"], "1.32.0")
+    # The tail of a key the runtime holds is not a key.
+    with pytest.raises(
+        ConfigError, match=r"key 'intra_op.allow_spinning'; did you mean 'session.intra_op.allow_spinning'"
+    ):
+        check_session_config(["intra_op.allow_spinning"], "1.32.0")
+    check_session_config(list(keys), "1.32.0")  # every key found is taken
     # A boolean would reach ONNX Runtime as 'True', which its switches (0 or 1) do not read.
     with pytest.raises(ConfigError, match=r"^backend.session_config.session.intra_op.allow_spinning=true: expected"):
         run_config(cache_dir, "backend.session_config={session.intra_op.allow_spinning:true}")
@@ -79,6 +85,12 @@ def test_an_unset_session_config_leaves_the_config_hash_of_earlier_runs(cache_di
     empty["backend"]["session_config"] = {}
     assert config_hash(current) == config_hash(earlier) == config_hash(empty)
     assert config_hash(compose(["debug=tiny", NO_SPINNING])) != config_hash(current)
+    # A baseline read back from MLflow's params is told apart from a candidate by the same settings.
+    for config in (current, empty, compose(["debug=tiny", NO_SPINNING]), compose(["debug=tiny", "backend=sleep"])):
+        assert identity_of_params(params_of(config)) == identity_params(config)
+    assert "backend.session_config.session.intra_op.allow_spinning" in identity_params(
+        compose(["debug=tiny", NO_SPINNING])
+    )
     # Measured again (harness gate --rerun resolves the saved config), the earlier run runs as it ran.
     assert resolve_config(earlier) == resolve_config(current)
     assert resolve_config(earlier).backend.session_config is None
