@@ -99,9 +99,11 @@ def _queue_states(job_ids: list[str]) -> dict[str, str] | None:
 
 
 def _wait(jobs: list[Any]) -> dict[str, str]:
-    """Wait until every job has ended; return the SLURM state of those that ended without a result file."""
+    """Wait until every job has ended (saying so as their count or states change: a sweep can wait hours in the
+    queue); return the SLURM state of those that ended without a result file."""
     waiting = {job.job_id: job for job in jobs}
     endings: dict[str, str] = {}
+    shown = ""
     while waiting:
         states = _queue_states(list(waiting))
         for job_id, job in list(waiting.items()):
@@ -114,9 +116,23 @@ def _wait(jobs: list[Any]) -> dict[str, str]:
             if state in ENDED_STATES or state == FORGOTTEN:
                 endings[job_id] = state
                 del waiting[job_id]
+        # Said when it changes (not when squeue did not answer: the states would read unknown, then back).
+        if (states is not None or not waiting) and (progress := _progress(len(jobs), waiting, states)) != shown:
+            log.info(progress)
+            shown = progress
         if waiting:
             time.sleep(POLL_S)
     return endings
+
+
+def _progress(total: int, waiting: dict[str, Any], states: dict[str, str] | None) -> str:
+    """``SLURM sweep: 1 of 3 jobs ended; 1 running, 1 pending``: the states squeue gave those still waiting."""
+    counts: dict[str, int] = {}
+    for job_id in waiting:
+        state = (states or {}).get(job_id, FORGOTTEN).split()[0].rstrip("+").lower()
+        counts[state] = counts.get(state, 0) + 1
+    still = "; " + ", ".join(f"{count} {state}" for state, count in sorted(counts.items())) if counts else ""
+    return f"SLURM sweep: {total - len(waiting)} of {total} jobs ended{still}"
 
 
 def _job_return(job: Any, overrides: list[str], number: int, ending: str | None, sweep_dir: Path) -> JobReturn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,6 +45,10 @@ def test_a_sweep_runs_through_sbatch_and_logs_a_parent_and_children(
     assert {result.perf.backend for result in results} == {"sleep", "onnxruntime"}  # type: ignore[union-attr]
     assert list((folder / ".submitit").rglob("*_log.out"))  # the jobs ran through sbatch
     assert "Bypassing sacct error" not in done.stderr and done.stderr.count("SLURM accounting (sacct) is off") <= 1
+    # The wait is said as it goes: the count of ended jobs, and the states of the others.
+    said = re.findall(r"SLURM sweep: (\d) of 2 jobs ended(.*)", done.stdout + done.stderr)
+    assert said[-1] == ("2", "") and all(ended in "012" for ended, _ in said)
+    assert len(said) == len(set(said))  # said when it changes, not at every poll
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("dinov2-deploy")
     assert experiment is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -220,6 +221,7 @@ def test_a_password_in_the_tracking_uri_is_masked_in_all_the_harness_shows_and_l
 def test_sweep_with_parallel_jobs_on_sqlite(tmp_path: Path) -> None:
     done = harness(tmp_path, "run", *SWEEP, "hydra/launcher=parallel")
     assert done.returncode == 0, done.stderr
+    assert re.search(r"\[Parallel\(n_jobs=2\)\]: Done +4 out of +4 \| elapsed", done.stderr)  # jobs' progress
     # the new store is named once in the harness's log, not by MLflow's own lines in its own format
     assert "INFO mlflow" not in done.stdout + done.stderr and "new MLflow store sqlite:///" in done.stdout
     check_sweep(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", find_sweep_dir(tmp_path), expected_jobs=4)
