@@ -23,6 +23,7 @@ from harness.fileio import locked, write_json_atomic
 from harness.gate.evidence import Evidence, evidence_of
 from harness.report import SWEEP_FILE, folder_kind, job_dirs, record_folder
 from harness.result import RESULT_FILE, RunResult, load_result
+from harness.result.perf import OTHER_LOAD_PCT
 from harness.tracking import TRACKING_FILE, TrackingRecord
 from harness.tracking.records import identity_of_params
 from harness.tracking.store import Store, StoreClient
@@ -146,7 +147,9 @@ def entries_for(entries: list[Evidence], config_hash: str) -> list[Evidence]:
 
 def write_baseline_file(path: Path, evidence: list[Evidence]) -> None:
     """Add (or replace, per config hash and machine) entries in a baseline file; only runs that ended ``ok``."""
-    check_promotable({item.label: why for item in evidence if (why := item.failure or item.perf_problem)})
+    check_promotable(
+        {item.label: why for item in evidence if (why := item.failure or item.perf_problem or item.beside)}
+    )
     try:
         # One promotion at a time: two at once (CI jobs promoting their runs into one file) each read the file
         # before the other wrote it, and the later write dropped the earlier one's entries.
@@ -255,16 +258,20 @@ def _why_no_baseline(tags: dict[str, str]) -> str:
         return "its perf measurement is invalid"
     if tags.get("harness.contended") == "true":
         return "its perf was measured beside another job on one device"
+    if tags.get("harness.beside_other_work"):
+        return f"its perf was {tags['harness.beside_other_work']}"
     return ""
 
 
 def check_promotable(failures: dict[str, str]) -> None:
     """A ``DataError`` naming every run (label -> why) that is no baseline: one that did not end ``ok``, or whose
-    perf measurement is invalid or was taken beside another job on its device."""
+    perf measurement is invalid or was taken beside another job on its device or other work (a baseline slowed by
+    it would let a slower candidate pass)."""
     if failures:
         named = "; ".join(f"{label} ({why})" for label, why in failures.items())
         raise DataError(
-            f"only runs that ended ok with a valid, uncontended measurement can be a baseline, and {len(failures)} "
+            "only runs that ended ok with a valid measurement, taken with no other perf run on their device and no "
+            f"other work over {OTHER_LOAD_PCT:g}% of the CPU, can be a baseline, and {len(failures)} "
             f"{'is' if len(failures) == 1 else 'are'} not: {named} (promote the others by their run folders, or run "
             "them again)"
         )

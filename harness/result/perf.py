@@ -283,9 +283,15 @@ class PerfResult(Measurement):
 def beside_note(perf: PerfResult) -> str:
     """The most CPU that other processes, and the hypervisor, took beside any repeat, over ``OTHER_LOAD_PCT``."""
     hosts = [repeat.host for repeat in perf.repeats or (perf,) if repeat.host is not None]
-    loads = {
-        "other processes": max((host.other_cpu_pct or 0.0 for host in hosts), default=0.0),
-        "hypervisor steal": max((host.steal_pct or 0.0 for host in hosts), default=0.0),
+    return other_work_note([(host.other_cpu_pct, host.steal_pct) for host in hosts])
+
+
+def other_work_note(loads: list[tuple[float | None, float | None]]) -> str:
+    """``beside_note`` of each repeat's (other processes', hypervisor steal's) share of the CPU; ``None`` where a
+    repeat did not sample it."""
+    worst = {
+        "other processes": max((other or 0.0 for other, _ in loads), default=0.0),
+        "hypervisor steal": max((steal or 0.0 for _, steal in loads), default=0.0),
     }
-    over = [f"{what} up to {pct:.0f}%" for what, pct in loads.items() if pct > OTHER_LOAD_PCT]
+    over = [f"{what} up to {pct:.0f}%" for what, pct in worst.items() if pct > OTHER_LOAD_PCT]
     return f"measured beside other work ({', '.join(over)} of the CPU in a repeat)" if over else ""

@@ -20,6 +20,7 @@ import math
 
 from harness.config.convert import flatten
 from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER
+from harness.result.perf import other_work_note
 
 MAX_VALUE_LENGTH = 6000
 # Dotted paths (fnmatch patterns) of the result fields that are measurements.
@@ -222,6 +223,7 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
         else f"sm {resolved['sm_clock_max_mhz']}, memory {resolved.get('memory_clock_max_mhz')}",
         "harness.perf_valid": _flag(perf, "validity", "valid"),
         "harness.contended": _flag(perf, "contended_with"),
+        "harness.beside_other_work": _beside_other_work(perf) or None,
         # An open-loop run of a one-program-per-batch backend: its model time is the full batch's.
         "harness.filled_batches": _flag(perf, "filled_batches"),
         "harness.parity_passed": _flag(result.get("build"), "parity", "passed"),
@@ -233,6 +235,14 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
     if result.get("error"):
         tags["harness.error"] = shorten(json.dumps(result["error"]), 5000)
     return {key: shorten(str(value), 5000) for key, value in tags.items()}
+
+
+def _beside_other_work(perf: dict | None) -> str:
+    """``beside_note`` of a result's perf block as written (a result of an older version has fewer fields)."""
+    if not isinstance(perf, dict):
+        return ""
+    hosts = [repeat.get("host") or {} for repeat in perf.get("repeats") or [perf]]
+    return other_work_note([(host.get("other_cpu_pct"), host.get("steal_pct")) for host in hosts])
 
 
 def _text(value: object) -> str | None:

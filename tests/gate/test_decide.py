@@ -244,9 +244,16 @@ def test_a_run_that_did_not_end_ok_is_no_evidence_and_no_baseline(tmp_path: Path
     settings = GateConfig(**{**SETTINGS.__dict__, "rules": {"throughput_qps": THROUGHPUT}})
     judged = pair(invalid, [evidence({"throughput_qps": noisy(100.0)})], settings, allow_hardware_mismatch=False)
     assert judged.problems == ("throughput_qps: the candidate's perf is no evidence (invalid: too short)",)
-    with pytest.raises(DataError, match=r"can be a baseline, and 2 are not: a \(the run ended failed: boom\); b "
-                                        r"\(invalid: too short\) \(promote the others"):  # fmt: skip
-        write_baseline_file(tmp_path / "baseline.json", [evidence({}), failed, invalid])
+    # A baseline slowed by other work would let a slower candidate pass.
+    beside = "measured beside other work (other processes up to 26% of the CPU in a repeat)"
+    slowed = dataclasses.replace(evidence({"throughput_qps": noisy(100.0)}), label="c", beside=beside)
+    refused = (
+        r"no other work over 10% of the CPU, can be a baseline, and 3 are not: a \(the run ended failed: boom\); "
+        r"b \(invalid: too short\); c \(measured beside other work \(other processes up to 26% of the CPU in a "
+        r"repeat\)\) \(promote the others"
+    )
+    with pytest.raises(DataError, match=refused):
+        write_baseline_file(tmp_path / "baseline.json", [evidence({}), failed, invalid, slowed])
     assert not (tmp_path / "baseline.json").exists()
 
 

@@ -179,6 +179,17 @@ def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_ver
     assert gated.returncode == 1, gated.stdout + gated.stderr
     assert "gate verdict: **fail** (exit 1)" in gated.stdout and "| throughput_qps |" in gated.stdout
     assert "error: gate fail" in gated.stderr
+    # Measured beside the busy loops, it is decided (and said to be) but never made a baseline.
+    assert "the candidate was measured beside other work (other processes up to" in gated.stdout
+    slowed_id = json.loads((Path(slowed) / "tracking.json").read_text())["run_id"]
+    for store in ("mlflow", str(tmp_path / "slowed.json")):
+        refused = harness(tmp_path, "gate", "--promote", slowed, "--baseline", store)
+        assert refused.returncode == 4 and "can be a baseline, and 1 is not" in refused.stderr, refused.stderr
+        assert "measured beside other work (other processes up to" in refused.stderr
+    assert not (tmp_path / "slowed.json").exists()
+    slowed_tags = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}").get_run(slowed_id).data.tags
+    assert slowed_tags["harness.beside_other_work"].startswith("measured beside other work (other processes up to")
+    assert slowed_tags.get("harness.baseline") != "true"
     broken = harness(tmp_path, "run", "debug=tiny", "stages=[build]", "model.weights=/no/such.pth")
     assert broken.returncode == 1
     refused = harness(tmp_path, "gate", "--promote", str(Path(broken.stdout.strip().splitlines()[-1]).parent),

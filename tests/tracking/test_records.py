@@ -67,6 +67,18 @@ def test_tags_identify_code_machine_config_and_weights() -> None:
     assert (tags_of(result)["git.commit"], tags_of(result)["git.dirty"]) == ("unknown", "unknown")  # was "none"
 
 
+def test_a_run_measured_beside_other_work_is_tagged_so() -> None:
+    result = {"run_uid": "abc", "status": "ok", "run_dir": "/r", "config": {}, "environment": {}}
+    quiet = {"host": {"other_cpu_pct": 0.4, "steal_pct": 0.0}}
+    busy = {"host": {"other_cpu_pct": 26.3, "steal_pct": None}}  # steal unknown off a VM
+    tagged = tags_of({**result, "perf": {**quiet, "repeats": [quiet, busy, quiet]}})
+    assert tagged["harness.beside_other_work"] == (
+        "measured beside other work (other processes up to 26% of the CPU in a repeat)"
+    )
+    assert "harness.beside_other_work" not in tags_of({**result, "perf": {**quiet, "repeats": [quiet, quiet]}})
+    assert "harness.beside_other_work" not in tags_of({**result, "perf": {"throughput_qps": 1.0}})  # an older result
+
+
 def test_the_config_hash_ignores_where_a_run_is_kept_but_not_what_it_measured() -> None:
     base = {"model": {"variant": "vits14"}, "perf": {"batch": 8}, "paths": {"outputs": "/a"}, "tracking": {"uri": None},
             "dataset": {"name": "synthetic", "root": "/data"}, "stages": ["build", "perf"]}  # fmt: skip
