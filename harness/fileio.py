@@ -65,6 +65,10 @@ def sha256_of(path: Path, *, progress: bool = False) -> str:
     return digest.hexdigest()
 
 
+# How often an elapsed-time line is redrawn: it shows whole seconds.
+TICK_S = 1.0
+
+
 def progress_bars_in_this_process_only() -> None:
     """Make tqdm's bars in this process share a thread lock. tqdm makes a multiprocessing lock at its first bar
     (a disabled one too: torch.compile makes one while it waits for its kernels, checking a checkpoint makes
@@ -83,6 +87,29 @@ def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool, **option
     """A tqdm bar, drawn only when ``enabled`` and stderr is a terminal: redrawn into a log file (CI, SLURM),
     every update is another line fragment."""
     return tqdm(iterable, disable=None if enabled else True, leave=False, **options)
+
+
+@contextmanager
+def elapsed_ticker(desc: str, enabled: bool) -> Iterator[None]:
+    """``desc`` and the time taken so far, redrawn every second while the block runs: for work that reports no
+    progress of its own (an export, a compile, a vendor tool), drawn as ``progress_bar`` draws."""
+    if not draws_progress(enabled):
+        yield
+        return
+    done = threading.Event()
+    with progress_bar(enabled=enabled, desc=desc, bar_format="{desc}: {elapsed}") as bar:
+
+        def tick() -> None:
+            while not done.wait(TICK_S):
+                bar.refresh()
+
+        ticker = threading.Thread(target=tick, name="elapsed-ticker", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
 
 
 def byte_progress(total: int | None, desc: str, enabled: bool, initial: int = 0) -> tqdm:

@@ -26,7 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.fileio import progress_bar
+from harness.fileio import elapsed_ticker
 
 # linux/prctl.h: the signal a process gets when the thread that started it ends.
 PR_SET_PDEATHSIG = 1
@@ -260,13 +260,10 @@ def run_tool(
         reader = threading.Thread(target=lambda: chunks.extend(iter(process.stdout.read1, b"")), daemon=True)  # type: ignore[union-attr]
         reader.start()
         tool, deadline = psutil.Process(process.pid), started + timeout_s
-        with progress_bar(
-            enabled=progress is not None, desc=progress, bar_format="{desc}: {elapsed}", mininterval=1.0
-        ) as ticker:
+        with elapsed_ticker(progress or "", enabled=progress is not None):
             while reader.is_alive() and (remaining := deadline - time.perf_counter()) > 0:
                 _sample_rss(tool, peaks)
                 reader.join(min(RSS_SAMPLE_S, remaining))
-                ticker.update(0)  # redrawn at most every tqdm.mininterval: the elapsed time moves on
     except BaseException:
         # Ctrl-C or SIGTERM stopping the harness: the tool's session of its own keeps the terminal's signal from
         # it, and a vendor compile went on for up to its hour-long timeout after the harness had ended.

@@ -29,6 +29,7 @@ from harness.export import aoti_package, cache
 from harness.export.aoti_package import compile_package
 from harness.export.stage import cached_or_built, new_manifest
 from harness.export.torch_module import torch_parity
+from harness.fileio import elapsed_ticker
 from harness.models import dinov2
 from harness.result.build import BuildManifest, BuildResult, ParityResult, WeightsInfo
 
@@ -88,7 +89,7 @@ def _compile_into_cache(
     backend = config.backend
     assert isinstance(backend, TorchConfig)
     log.info("build start artifact=%s compiler=AOTInductor device=%s", folder.name, backend.device)
-    with cache.staging_for(folder) as staging:
+    with cache.staging_for(folder) as staging, elapsed_ticker(f"build {folder.name}", config.progress):
         path = staging / f"{folder.name}{AOTI_PACKAGE_SUFFIX}"
         compile_started = time.perf_counter()
         compile_package(

@@ -25,6 +25,7 @@ from harness.environment import cpu_isa
 from harness.export import cache, onnx_export, quantize
 from harness.export.parity import check_parity
 from harness.export.quantize import CalibrationSet, calibration_set, resolve_reduce_range
+from harness.fileio import elapsed_ticker
 from harness.models import dinov2
 from harness.result.build import (  # fmt: skip
     BuildManifest,
@@ -153,7 +154,7 @@ def _build_into_cache(
 ) -> BuildManifest:
     name = folder.name
     log.info("build start artifact=%s exporter=%s opset=%d", name, config.build.exporter, config.build.opset)
-    with cache.staging_for(folder) as staging:
+    with cache.staging_for(folder) as staging, elapsed_ticker(f"build {name}", config.progress):
         model_path = staging / f"{name}.onnx"
         export_started = time.perf_counter()
         external, quantization = produce(model_path)

@@ -21,6 +21,7 @@ from harness.backends.torch_config import TorchConfig
 from harness.config.schema import RunConfig
 from harness.data.photos import sample_photos
 from harness.export.parity import compare_features, reference_features
+from harness.fileio import elapsed_ticker
 from harness.models import dinov2
 from harness.preprocess import batch_of, filled_to
 from harness.result.build import BuildResult, ParityResult
@@ -40,7 +41,9 @@ def check_module(config: RunConfig, model: dinov2.DinoVisionTransformer) -> Buil
         artifact_path=None, model=config.model, precision=config.precision.name,
         cache_dir=str(config.paths.path("cache")),
     )  # fmt: skip
-    parity = torch_parity(config, model, target, name=f"{model.spec.name} {backend.runs} on {backend.device}")
+    name = f"{model.spec.name} {backend.runs} on {backend.device}"
+    with elapsed_ticker(f"build check of {name}", config.progress):
+        parity = torch_parity(config, model, target, name=name)
     return BuildResult(
         artifact_path=None, cache_hit=None, manifest=None, parity=parity, time_s=time.perf_counter() - started
     )
