@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -92,12 +93,13 @@ def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool, **option
 @contextmanager
 def elapsed_ticker(desc: str, enabled: bool) -> Iterator[None]:
     """``desc`` and the time taken so far, redrawn every second while the block runs: for work that reports no
-    progress of its own (an export, a compile, a vendor tool), drawn as ``progress_bar`` draws."""
+    progress of its own (an export, a compile, a vendor tool), drawn as ``progress_bar`` draws. The block's log
+    lines are printed above it (they were run into the line)."""
     if not draws_progress(enabled):
         yield
         return
     done = threading.Event()
-    with progress_bar(enabled=enabled, desc=desc, bar_format="{desc}: {elapsed}") as bar:
+    with progress_bar(enabled=enabled, desc=desc, bar_format="{desc}: {elapsed}") as bar, logging_redirect_tqdm():
 
         def tick() -> None:
             while not done.wait(TICK_S):

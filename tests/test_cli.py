@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import queue
+import re
 import shlex
 import signal
 import socket
@@ -274,8 +275,9 @@ def test_unknown_group_option_fails_before_running(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()
 
 
-def on_a_terminal(tmp_path: Path, *arguments: str) -> str:
-    """What ``harness`` writes to stderr when stderr is a terminal (a pseudo-terminal 150 columns wide)."""
+def on_a_terminal(tmp_path: Path, *arguments: str, stdout_too: bool = False) -> str:
+    """What ``harness`` writes to stderr when stderr is a terminal (a pseudo-terminal 150 columns wide); with
+    ``stdout_too``, stdout on the same terminal, as a shell has them."""
     import fcntl
     import os
     import pty
@@ -295,8 +297,9 @@ def on_a_terminal(tmp_path: Path, *arguments: str) -> str:
     reader.start()
     command = [sys.executable, "-m", "harness", *arguments, f"paths.outputs={tmp_path / 'outputs'}"]
     try:
-        subprocess.run(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
-                       timeout=300, check=True)  # fmt: skip
+        stdout = follower if stdout_too else subprocess.DEVNULL
+        subprocess.run(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=stdout, stderr=follower, timeout=300,
+                       check=True)  # fmt: skip
     finally:
         os.close(follower)
         reader.join(timeout=30)
@@ -311,6 +314,15 @@ def test_jobs_that_run_at_once_draw_no_progress_bars_on_the_terminal_they_share(
     assert "perf repeat0: " in alone and " img/s]" in alone  # one job draws its bar
     side_by_side = on_a_terminal(tmp_path / "parallel", "run", "-m", "hydra/launcher=parallel", *load, "perf.batch=1,2")
     assert "perf repeat0: " not in side_by_side
+
+
+def test_a_builds_time_is_shown_on_the_terminal_and_its_log_lines_above_it(tmp_path: Path) -> None:
+    shown = on_a_terminal(tmp_path, "run", "debug=tiny", "stages=[build]", "tracking=off",
+                          f"paths.cache={tmp_path / 'cache'}", stdout_too=True)  # fmt: skip
+    assert re.search(r"build tiny14_reg4-224x224-fp32-onnx-\w+: 00:0\d", shown)
+    # The parity check's log line, printed while the line is drawn, starts a line of its own.
+    assert re.search(r"(^|[\r\n])\[[-\d :,]+\]\[harness\.export\.parity\]\[INFO\] - parity images=2", shown)
+    assert not re.search(r"\d\d:\d\d\[\d{4}-", shown)
 
 
 def test_sweep_with_a_failing_job_goes_on_and_fails_at_the_end(tmp_path: Path) -> None:
