@@ -35,6 +35,7 @@ GRAPH_OPTIMIZATION = Literal["disable", "basic", "extended", "all"]
 DEVICE_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 GPU_PACKAGE_HINT = "install onnxruntime-gpu in place of onnxruntime: pip install 'dinov2-deploy-harness[ort-gpu]'"
 TENSORRT = "TensorrtExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
 TRT_FP16_OPTION = "trt_fp16_enable"
 PROVIDER_SUFFIX = "ExecutionProvider"
 # How ONNX Runtime's session config keys are spelled (onnxruntime_session_options_config_keys.h): an area, dotted
@@ -102,6 +103,14 @@ class OrtConfig:
                 f"backend.provider_options: {counted(len(self.provider_options), 'entry', 'entries')} "
                 f"for {counted(len(self.providers), 'provider')}"
             )
+        for provider, options in zip(self.providers, self.provider_options, strict=False):
+            if provider == CPU_PROVIDER and options:
+                # Checked on onnxruntime 1.32: the session's get_provider_options() shows none of them taken.
+                raise ConfigError(
+                    f"backend.provider_options: {CPU_PROVIDER} takes no provider options, and ONNX Runtime ignores "
+                    f"{dict(options)} without a word: its settings are backend.intra_op_threads, inter_op_threads, "
+                    "graph_optimization and session_config ({} holds its place beside other providers' options)"
+                )
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ConfigError("backend.intra_op_threads / inter_op_threads: expected >= 0 (0 = runtime default)")
         tensorrt_only = [key for key in ("trt_fp16", "trt_engine_cache") if getattr(self, key)]

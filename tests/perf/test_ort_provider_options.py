@@ -10,6 +10,7 @@ from harness.backends import fp32_reference_backend
 from harness.backends.onnxruntime_backend import KNOWN_PROVIDERS, OrtConfig, closest_provider, session_provider_options
 from harness.errors import ConfigError
 from tests.conftest import run_config
+from tests.export.test_onnx_build import build
 
 
 def ort_config(cache: Path, *overrides: str) -> OrtConfig:
@@ -69,6 +70,28 @@ def test_the_cpu_provider_is_given_no_options(cache_dir: Path) -> None:
         match=r"backend.trt_fp16: only TensorrtExecutionProvider reads it, and backend.providers=\['CPUExecutionProvider'\]",
     ):
         ort_config(cache_dir, "backend.trt_fp16=true")  # would do nothing: the CPU session stays fp32
+
+
+def test_options_for_the_cpu_provider_are_refused_since_onnx_runtime_ignores_them(cache_dir: Path) -> None:
+    import onnxruntime
+
+    # The premise, on the installed runtime: a session given CPU provider options takes none of them.
+    config = run_config(cache_dir, "stages=[build]")
+    artifact = build(config).artifact_path
+    session = onnxruntime.InferenceSession(
+        artifact, providers=["CPUExecutionProvider"], provider_options=[{"device_id": "0", "use_arena": "0"}]
+    )
+    assert session.get_provider_options() == {"CPUExecutionProvider": {}}
+    with pytest.raises(ConfigError) as refused:
+        ort_config(cache_dir, "backend.provider_options=[{device_id:0}]")
+    assert str(refused.value) == (
+        "backend.provider_options: CPUExecutionProvider takes no provider options, and ONNX Runtime ignores "
+        "{'device_id': 0} without a word: its settings are backend.intra_op_threads, inter_op_threads, "
+        "graph_optimization and session_config ({} holds its place beside other providers' options)"
+    )
+    beside = ort_config(cache_dir, "backend.providers=[CUDAExecutionProvider,CPUExecutionProvider]",
+                        "backend.provider_options=[{device_id:1},{}]")  # fmt: skip
+    assert beside.provider_options == ({"device_id": 1}, {})
 
 
 def test_a_provider_option_that_is_not_a_scalar_is_refused_naming_it(cache_dir: Path) -> None:
