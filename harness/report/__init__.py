@@ -74,6 +74,7 @@ MAPPING_SETTINGS = (
     "backend.provider_options",
     "backend.aot_inductor_configs",
     "backend.compile_options",
+    "backend.session_config",
 )
 LONGEST_SETTING = 40
 

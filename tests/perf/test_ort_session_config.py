@@ -6,6 +6,7 @@ word), and out of the config hash while unset, so that baselines measured before
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,10 @@ from harness.backends import LoadTarget
 from harness.backends.onnxruntime_backend import OrtBackend, check_session_config, session_config_keys
 from harness.config.store import compose
 from harness.errors import ConfigError
+from harness.pipeline import run
+from harness.report import setting_cells, swept_settings
 from harness.resolve import resolve_config
+from harness.result import RunResult
 from harness.tracking.records import config_hash, identity_of_params, identity_params, params_of
 from tests.conftest import run_config
 from tests.export.test_onnx_build import build
@@ -96,3 +100,18 @@ def test_an_unset_session_config_leaves_the_config_hash_of_earlier_runs(cache_di
     assert resolve_config(earlier).backend.session_config is None
     sleep = compose(["debug=tiny", "backend=sleep"])
     assert "session_config" not in sleep["backend"] and resolve_config(sleep).backend.name == "sleep"
+
+
+def test_a_report_shows_the_entries_as_one_setting_and_unset_as_before(cache_dir: Path, tmp_path: Path) -> None:
+    build_only = ["debug=tiny", "stages=[build]", "tracking=off", f"paths.cache={cache_dir}"]
+    plain = run(compose(build_only), run_dir=tmp_path / "plain")
+    entries = run(compose([*build_only, "backend.session_config={session.intra_op.allow_spinning:0}"]),
+                  run_dir=tmp_path / "entries")  # fmt: skip
+    assert swept_settings([plain, entries]) == ["backend.session_config"]  # one column, not one per key
+    assert [setting_cells(result, ["backend.session_config"]) for result in (plain, entries)] == [
+        {"backend.session_config": ""}, {"backend.session_config": '{"session.intra_op.allow_spinning": 0}'}
+    ]  # fmt: skip
+    # A result written before the setting existed does not differ from one that leaves it unset.
+    saved = json.loads((tmp_path / "plain" / "result.json").read_text())
+    del saved["config"]["backend"]["session_config"]
+    assert swept_settings([RunResult.from_dict(saved), plain]) == []
