@@ -56,9 +56,12 @@ class HostSampler:
         processes = [psutil.Process(pid) for pid in pids]
         # Not this process's other children: a sweep's parallel jobs, anything a caller started beside the run.
         own = [psutil.Process(), *_with_children(processes)]
-        reference = (time.perf_counter(), psutil.cpu_times(percpu=True), _cpu_seconds(own, {}))
+        # Each process's last CPU reading, kept from the first: one that exits before the first sample still
+        # counts with what it had used, so the harness's own CPU never runs backwards.
+        last_read: dict[int, float] = {}
+        reference = (time.perf_counter(), psutil.cpu_times(percpu=True), _cpu_seconds(own, last_read))
         self._thread = threading.Thread(
-            target=self._sample, args=(processes, own, reference), name="host-telemetry", daemon=True
+            target=self._sample, args=(processes, own, last_read, reference), name="host-telemetry", daemon=True
         )
         self._thread.start()
 
@@ -68,10 +71,10 @@ class HostSampler:
             self._thread.join()
 
     def _sample(
-        self, processes: list[psutil.Process], own: list[psutil.Process], reference: tuple[float, list[Any], float]
-    ) -> None:
+        self, processes: list[psutil.Process], own: list[psutil.Process], last_read: dict[int, float],
+        reference: tuple[float, list[Any], float],
+    ) -> None:  # fmt: skip
         since, before, own_before = reference
-        last_read: dict[int, float] = {}
         while not self._stop.wait(self.interval_s):
             after = psutil.cpu_times(percpu=True)
             own_after = _cpu_seconds(own, last_read)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -112,12 +113,13 @@ def _wait(jobs: list[Any]) -> dict[str, str]:
                 continue
             if states is None:
                 continue  # squeue did not answer this time: ask again, never guess
-            state = states.get(job_id, FORGOTTEN).split()[0].rstrip("+")
+            state = _state(states, job_id)
             if state in ENDED_STATES or state == FORGOTTEN:
                 endings[job_id] = state
                 del waiting[job_id]
         # Said when it changes (not when squeue did not answer: the states would read unknown, then back).
-        if (states is not None or not waiting) and (progress := _progress(len(jobs), waiting, states)) != shown:
+        still = [_state(states or {}, job_id) for job_id in waiting]
+        if (states is not None or not waiting) and (progress := _progress(len(jobs), still)) != shown:
             log.info(progress)
             shown = progress
         if waiting:
@@ -125,12 +127,14 @@ def _wait(jobs: list[Any]) -> dict[str, str]:
     return endings
 
 
-def _progress(total: int, waiting: dict[str, Any], states: dict[str, str] | None) -> str:
-    """``SLURM sweep: 1 of 3 jobs ended; 1 running, 1 pending``: the states squeue gave those still waiting."""
-    counts: dict[str, int] = {}
-    for job_id in waiting:
-        state = (states or {}).get(job_id, FORGOTTEN).split()[0].rstrip("+").lower()
-        counts[state] = counts.get(state, 0) + 1
+def _state(states: dict[str, str], job_id: str) -> str:
+    """A job's state as squeue gave it (``COMPLETING`` of ``COMPLETING+``), ``FORGOTTEN`` where it lists none."""
+    return states.get(job_id, FORGOTTEN).split()[0].rstrip("+")
+
+
+def _progress(total: int, waiting: list[str]) -> str:
+    """``SLURM sweep: 1 of 3 jobs ended; 1 running, 1 pending``, from the states of the jobs still waiting."""
+    counts = Counter(state.lower() for state in waiting)
     still = "; " + ", ".join(f"{count} {state}" for state, count in sorted(counts.items())) if counts else ""
     return f"SLURM sweep: {total - len(waiting)} of {total} jobs ended{still}"
 
