@@ -117,7 +117,11 @@ def writing_a_large_set(root: Path) -> tuple[subprocess.Popen[str], Path]:
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        staging = [path.parents[2] for path in root.glob(".staging-*/*/jpg/*.jpg") if path.parents[2] not in before]
+        try:
+            images = list(root.glob(".staging-*/*/jpg/*.jpg"))
+        except FileNotFoundError:  # a folder removed while listed: the new writer clearing a killed one's staging
+            images = []
+        staging = [path.parents[2] for path in images if path.parents[2] not in before]
         if staging:
             return process, staging[0]
         time.sleep(0.05)
