@@ -124,6 +124,26 @@ def test_defaults_are_typed() -> None:
         ("perf.windows=1", r"perf.windows=1, perf.max_window_cv=0.1: expected >= 2 windows"),
         ("perf.max_window_cv=-1", r"perf.windows=8, perf.max_window_cv=-1.0: expected .* a CV >= 0"),
         ("perf.arrival_seed=-1", r"perf.arrival_seed=-1: expected a seed >= 0"),
+        # A setting of a feature the config leaves off: it changed nothing measured, yet was recorded and hashed.
+        (
+            "perf.queue_depth=4",
+            r"^perf.queue_depth=4: only perf.mode=async uses it, and this config has perf.mode=sync \(set "
+            r"perf.mode=async, or leave it unset\)$",
+        ),
+        (
+            "perf.scenario=offline perf.arrival_seed=3",
+            r"^perf.arrival_seed=3: only perf.scenario=server uses it, and this config has perf.scenario=offline",
+        ),
+        (
+            "perf.search_tolerance=0.1 perf.max_probes=3",
+            r"^perf.search_tolerance=0.1, perf.max_probes=3: only perf.search=peak uses them, and this config has "
+            r"perf.search=none \(set perf.search=peak, or leave them unset\)$",
+        ),
+        (
+            "perf.stability_window_s=0.5 perf.max_windows=20",
+            r"^perf.stability_window_s=0.5, perf.max_windows=20: only perf.stability=true uses them, and this config "
+            r"has perf.stability=false",
+        ),
         ("calibration.seed=-2", r"calibration.seed=-2: expected a seed >= 0"),
         ("dataset.synthetic_seed=-3", r"dataset.synthetic_seed=-3: expected a seed >= 0"),
         (
