@@ -40,6 +40,9 @@ class SleepConfig:
     and with its thread awake, as a computing runtime's would: a thread that slept wakes late and runs its
     next steps slowly on a busy host, and those steps are the load generator's. It holds the GIL while it
     spins: for one instance per process.
+
+    ``warming_calls`` > 0 makes an instance's first calls (the cold one included) ``warming_us`` slower: a
+    runtime still warming up when its warm-up ends, whose warm-up times say it is slower than it is.
     """
 
     # It runs no model, so the build stage has nothing to make for it.
@@ -53,10 +56,13 @@ class SleepConfig:
     spin_us: float
     copy_us: float
     in_flight: int
+    warming_calls: int
+    warming_us: float
 
     def __post_init__(self) -> None:
-        if min(self.latency_us, self.per_sample_us, self.spin_us, self.copy_us) < 0:
-            raise ConfigError("backend.latency_us / per_sample_us / spin_us / copy_us: expected >= 0")
+        for name in ("latency_us", "per_sample_us", "spin_us", "copy_us", "warming_us", "warming_calls"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"backend.{name}={getattr(self, name)}: expected >= 0")
         if self.in_flight < 1:
             raise ConfigError(f"backend.in_flight={self.in_flight}: expected >= 1 (calls queued at once)")
 
@@ -71,9 +77,9 @@ class SleepBackend:
         self.compute_s = 0.0
         self.calls = 0
         self.result = np.zeros((0, config.feature_dim), dtype=np.float32)
-        # When each engine is next free, and when each queued call completes (perf_counter seconds).
+        # When each engine is next free (perf_counter seconds); each queued call's completion and compute time.
         self.copy_free_at = self.compute_free_at = 0.0
-        self.queued: collections.deque[float] = collections.deque()
+        self.queued: collections.deque[tuple[float, float]] = collections.deque()
 
     def check_environment(self) -> dict[str, object]:
         return {"latency_us": self.config.latency_us, "per_sample_us": self.config.per_sample_us}
@@ -103,15 +109,16 @@ class SleepBackend:
             os.write(2, f"sleep backend: simulated runtime crash on call {self.calls}\n".encode())
             os._exit(CRASH_EXIT_CODE)
         self.copy_free_at = max(time.perf_counter(), self.copy_free_at) + self.config.copy_us / 1e6
-        self.compute_free_at = max(self.copy_free_at, self.compute_free_at) + self.compute_s
-        self.queued.append(self.compute_free_at)
+        compute_s = self.compute_s + (self.config.warming_us / 1e6 if self.calls <= self.config.warming_calls else 0)
+        self.compute_free_at = max(self.copy_free_at, self.compute_free_at) + compute_s
+        self.queued.append((self.compute_free_at, compute_s))
 
     def collect(self) -> float:
-        deadline = self.queued.popleft()
+        deadline, compute_s = self.queued.popleft()
         time.sleep(max(0.0, deadline - time.perf_counter() - self.config.spin_us / 1e6))
         while time.perf_counter() < deadline:
             pass
-        return self.compute_s * 1e6
+        return compute_s * 1e6
 
     def infer(self) -> float | None:
         self.submit()

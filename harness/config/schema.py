@@ -36,7 +36,10 @@ RESOLVED = {"resolved": True}
 # Backend settings added after runs were first saved, with the values that run as runs ran before the setting
 # existed: a config at one of them hashes as it did then (``harness.tracking.records.config_hash``), and a saved
 # config without the setting gets the first (``harness gate --rerun`` of an earlier run).
-BACKEND_SETTINGS_ADDED_LATER: dict[str, dict[str, tuple[object, ...]]] = {"onnxruntime": {"session_config": (None, {})}}
+BACKEND_SETTINGS_ADDED_LATER: dict[str, dict[str, tuple[object, ...]]] = {
+    "onnxruntime": {"session_config": (None, {})},
+    "sleep": {"warming_calls": (0,), "warming_us": (0.0,)},
+}
 
 
 @dataclass(frozen=True)

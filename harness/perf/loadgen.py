@@ -109,6 +109,8 @@ class LoadPlan:
             outputs are dropped, for a backend that runs one program per batch size (a new size would compile or
             capture inside the measured window).
         offline_queue_s: offline: how long each instance's queue is sized to last (``PerfConfig.offline_queue_s``).
+        offline_call_s: offline: the time of one call to size the queue by, in place of the warm-up's fastest
+            (``None``): a measurement again, of a queue the warm-up sized too short, sized by the rate it served.
     """
 
     mode: Literal["sync", "async"]
@@ -123,6 +125,7 @@ class LoadPlan:
     until_stopped: bool = False
     fill_batches: bool = False
     offline_queue_s: float = 0.0
+    offline_call_s: float | None = None
 
     def arrivals(self, instance: int, count: int) -> np.ndarray:
         """Open loop: this instance's scheduled arrivals (seconds from its start), cut at ``max_duration_s``."""
@@ -237,11 +240,12 @@ class _Instance:
 
     def offline_requests(self) -> int:
         """The offline queue: at least this instance's share of the batch floor, and enough full batches to last
-        ``plan.offline_queue_s`` at the warm-up's fastest call (MLPerf's Offline scenario sizes its one query from
-        an expected rate the same way)."""
-        if self.warm_call_s <= 0:
+        ``plan.offline_queue_s`` at the warm-up's fastest call, or at ``plan.offline_call_s`` (MLPerf's Offline
+        scenario sizes its one query from an expected rate the same way)."""
+        call_s = self.task.plan.offline_call_s or self.warm_call_s
+        if call_s <= 0:
             return self.iterations
-        calls = math.ceil(self.task.plan.offline_queue_s / self.warm_call_s)
+        calls = math.ceil(self.task.plan.offline_queue_s / call_s)
         return max(self.iterations, calls * len(self.task.inputs))
 
     def _keep_going(self, done: int) -> bool:

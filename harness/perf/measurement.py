@@ -213,6 +213,17 @@ def _transfer_split(transfer_us: np.ndarray) -> TransferSplit | None:
     return TransferSplit(h2d=stats.latency_stats(transfer_us[:, 0]), d2h=stats.latency_stats(transfer_us[:, 1]))
 
 
+def offline_queue_served_early(perf: PerfConfig, *, forward_time_s: float, requests: int) -> bool:
+    """An offline queue served in full before ``perf.min_duration_s``, sized long enough (not cut by
+    ``perf.max_duration_s``): the call time it was sized by was slower than the window's calls."""
+    return (
+        perf.scenario == "offline"
+        and forward_time_s < perf.min_duration_s
+        and requests >= perf.open_loop_requests(None)
+        and perf.offline_queue_s >= perf.min_duration_s
+    )
+
+
 def _shortfalls(
     perf: PerfConfig,
     *,
@@ -233,13 +244,10 @@ def _shortfalls(
         )
     scheduled = perf.open_loop_requests(target_qps) if perf.scenario != "closed" else 0
     if stability is None and forward_time_s < perf.min_duration_s:
-        # The offline queue is sized from the warm-up's fastest call (up to the bound): served in full, it ends
-        # early only when the window's calls ran faster still.
-        capped = perf.offline_queue_s < perf.min_duration_s
         why = (
-            f": the offline queue of {requests} requests, sized to last that long at the warm-up's fastest call, was "
-            "served faster (a short warm-up: raise perf.warmup, or perf.iterations)"
-            if perf.scenario == "offline" and requests >= scheduled and not capped
+            f": the offline queue of {requests} requests, sized to last that long by the call time of the warm-up "
+            "and of a first measurement, was served faster (still warming up: raise perf.warmup, or perf.iterations)"
+            if offline_queue_served_early(perf, forward_time_s=forward_time_s, requests=requests)
             else bound
         )
         reasons.append(f"forward time {forward_time_s:.3f} s < perf.min_duration_s={perf.min_duration_s}{why}")
