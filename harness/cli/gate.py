@@ -116,7 +116,7 @@ def _promote(candidates: list[str], baseline: str, store: Store | None, *, min_r
     """Make the candidates the baseline: tag their MLflow runs, or write their entries into a baseline file.
     A run with fewer perf repeats than the gate decides on is promoted with a warning saying so."""
     from harness.errors import counted
-    from harness.gate.evidence import PER_REPEAT
+    from harness.gate.evidence import PERF_METRICS
     from harness.gate.sources import candidate_evidence, promote_in_mlflow, write_baseline_file
 
     evidence = [item for candidate in candidates for item in candidate_evidence(candidate, store)]
@@ -130,7 +130,7 @@ def _promote(candidates: list[str], baseline: str, store: Store | None, *, min_r
         write_baseline_file(Path(baseline), evidence)
         print(f"baseline: {counted(len(evidence), 'entry', 'entries')} written to {baseline}")
     for item in evidence:
-        repeats = max((len(item.metrics.get(name, ())) for name in PER_REPEAT), default=0)
+        repeats = max((len(item.metrics.get(name, ())) for name in PERF_METRICS), default=0)
         if 0 < repeats < min_repeats:
             print(
                 f"warning: {item.label}: {counted(repeats, 'perf repeat')}; the gate decides speed with >= "

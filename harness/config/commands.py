@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from harness.config.convert import check_seed
-from harness.config.perf import Scenario
 from harness.config.schema import DatasetConfig, PathsConfig, TrackingConfig
 from harness.errors import ConfigError
+
+# What a gate rule is chosen by: the load scenario (``Scenario``'s values), or a peak search (a server run
+# searching its peak rate).
+GatedLoad = Literal["closed", "server", "offline", "peak"]
 
 
 @dataclass(frozen=True)
@@ -22,15 +25,17 @@ class GateRule:
         better: ``higher`` or ``lower``.
         threshold: perf: the relative change tolerated in the bad direction (0.05 = 5%); accuracy: points of
             mAP / mP; parity: cosine.
-        scenarios: the load scenarios (``perf.scenario``) of the runs it decides; ``None``: every run. A metric
-            means something only under some loads: an offline run's end-to-end latency is how long its queue
-            took to drain (it answers throughput only), and the p99 is what a server is bounded by.
+        scenarios: the loads of the runs it decides: a ``perf.scenario``, or ``peak`` (a server run searching its
+            peak rate, ``perf.search=peak``); ``None``: every run. A metric means something only under some
+            loads: an offline run's end-to-end latency is how long its queue took to drain (it answers throughput
+            only), the p99 is what a server is bounded by, and a peak search's latencies are each at a rate of its
+            own (it answers its peak).
     """
 
     kind: Literal["perf", "accuracy", "parity"]
     better: Literal["higher", "lower"]
     threshold: float
-    scenarios: tuple[Scenario, ...] | None
+    scenarios: tuple[GatedLoad, ...] | None
 
     def __post_init__(self) -> None:
         if self.threshold < 0:
@@ -38,9 +43,15 @@ class GateRule:
         if self.scenarios is not None and not self.scenarios:
             raise ConfigError("gate rule scenarios=[]: expected the scenarios it decides, or null for every run")
 
-    def decides(self, scenario: str) -> bool:
-        """Whether the rule applies to a run of load scenario ``scenario``."""
-        return self.scenarios is None or scenario in self.scenarios
+    def decides(self, load: str) -> bool:
+        """Whether the rule applies to a run of ``load`` (a scenario, or ``peak``: ``gated_load``)."""
+        return self.scenarios is None or load in self.scenarios
+
+
+def gated_load(params: dict[str, str]) -> str:
+    """What a run's gate rules are chosen by, from its identity params: ``peak`` for a peak search, else its
+    scenario (``closed`` for a run recorded before the open-loop scenarios, which has none)."""
+    return "peak" if params.get("perf.search") == "peak" else params.get("perf.scenario", "closed")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ class PerfConfig:
         mode: ``sync`` (one request at a time per instance) or ``async`` (a queue of ``queue_depth`` per instance).
         queue_depth: requests in flight per instance in async mode.
         inputs: ``random`` (seeded normal) or ``photos`` (real photos, preprocessed).
-        repeats: independent runs, each in fresh processes; the median is the headline.
+        repeats: independent runs, each in fresh processes; the median is the headline (with ``search=peak``:
+            independent searches, the median peak the headline).
         min_duration_s: the run goes on until it has measured at least this long (as MLPerf LoadGen does)...
         min_samples: ...and completed at least this many batches (and ``iterations``).
         max_duration_s: it stops here even if a minimum is not met, and is then invalid (``null``: no bound).
@@ -183,8 +184,6 @@ class PerfConfig:
                     f"perf.max_windows={self.max_windows}: expected a window > 0, a percentage > 0, >= 3 windows"
                 )
         if self.search == "peak":
-            if self.repeats != 1:
-                raise ConfigError(f"perf.repeats={self.repeats}: perf.search=peak measures each probe once (use 1)")
             if self.scenario != "server":
                 raise ConfigError(
                     f"perf.search=peak: searches the server scenario's rate, got perf.scenario={self.scenario}"

@@ -23,10 +23,10 @@ from typing import Literal
 
 import numpy as np
 
-from harness.config.commands import GateConfig
+from harness.config.commands import GateConfig, gated_load
 from harness.errors import HarnessError, counted
 from harness.gate.decide import Decision, decide
-from harness.gate.evidence import PER_REPEAT, Evidence, config_difference, evidence_of
+from harness.gate.evidence import PEAK_METRIC, PERF_METRICS, Evidence, config_difference, evidence_of
 from harness.report import FLOAT_FORMATS
 from harness.result import load_result
 
@@ -106,10 +106,9 @@ def pair(
     if candidate.beside:
         notes.append(f"the candidate was {candidate.beside}: a regression may be that work's")
     decisions, problems = [], []
-    # Identity params name the scenario; a run recorded without one predates the open-loop scenarios: closed.
-    scenario = candidate.config.get("perf.scenario", "closed")
+    load = gated_load(candidate.config)
     for metric, rule in settings.rules.items():
-        if not rule.decides(scenario):
+        if not rule.decides(load):
             continue
         base, cand = baseline.metrics.get(metric), candidate.metrics.get(metric)
         if base is None and cand is None:
@@ -163,6 +162,8 @@ def _why_missing(evidence: Evidence, metric: str, kind: str, settings: GateConfi
                 "(promote a baseline measured now with the candidate's stages)"
             )
         return f"it ran no {stage} stage (gate it against a baseline that ran the same stages)"
+    if metric == PEAK_METRIC:
+        return "none of its searches kept p99 within perf.latency_bound_ms"
     return "withheld by that run (a percentile needs more samples than it measured)"
 
 
@@ -224,7 +225,7 @@ def rerun_perf(candidate: Evidence, attempt: int) -> Evidence:
         )
     measured = evidence_of(result, label=result.run_dir)
     return dataclasses.replace(
-        measured, metrics={name: values for name, values in measured.metrics.items() if name in PER_REPEAT}
+        measured, metrics={name: values for name, values in measured.metrics.items() if name in PERF_METRICS}
     )
 
 

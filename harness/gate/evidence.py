@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from harness.errors import counted
 from harness.result import RunResult
-from harness.result.perf import Measurement, beside_note
+from harness.result.perf import Measurement, beside_note, search_peaks
 from harness.tracking.records import config_hash, identity_params
 
 
@@ -74,6 +74,12 @@ PER_REPEAT: dict[str, Callable[[Measurement], float | None]] = {
 }
 
 
+# A peak search's metric: each search's peak rate (``perf.repeats`` searches).
+PEAK_METRIC = "peak_qps"
+# Every perf metric the gate reads, each with a value per repeat.
+PERF_METRICS = (*PER_REPEAT, PEAK_METRIC)
+
+
 def evidence_of(result: RunResult, *, label: str) -> Evidence:
     """The gate's view of one run: each repeat's perf values, and its accuracy and parity."""
     metrics: dict[str, tuple[float, ...]] = {}
@@ -84,6 +90,9 @@ def evidence_of(result: RunResult, *, label: str) -> Evidence:
             values = tuple(value for value in map(extract, repeats) if value is not None)
             if values:
                 metrics[name] = values
+        peaks = [peak for peak in search_peaks(result.perf.probes) if peak is not None]
+        if peaks:  # a peak search's: the highest rate each search kept within the bound
+            metrics[PEAK_METRIC] = tuple(peaks)
         perf_problems += [f"invalid: {reason}" for repeat in repeats for reason in repeat.validity.reasons]
         if result.perf.contended_with:
             perf_problems.append(f"measured beside {', '.join(result.perf.contended_with)} on one device")

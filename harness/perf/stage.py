@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from harness.perf.loadgen import LoadPlan, Sampler, WorkerTask
 from harness.perf.measurement import headline_index, offline_queue_served_early, perf_result, summarise
 from harness.perf.workers import ProgressWatch, StabilityWatch, run_workers
 from harness.preprocess import batch_of
-from harness.result.perf import Efficiency, Measurement, PerfResult, Probe, Stability  # fmt: skip
+from harness.result.perf import Efficiency, Measurement, PerfResult, Probe, Stability, search_peaks  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +119,23 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
     stabilities: dict[str, Stability] = {}
     with claimed_window(claims, run_dir=run_dir, device=device) as contention:
         if perf.search == "peak":
-            median, probes = _search_peak(config, opened, batch_shape, raw)
-            measurements = [median]
+            measurements = [
+                _search_peak(config, opened, batch_shape, raw, probes, repeat) for repeat in range(perf.repeats)
+            ]
+            peaks = search_peaks(probes)
+            headline = peak_headline_index(peaks)
         else:
             measurements = _measure_repeats(config, opened, batch_shape, raw, stabilities)
-            median = measurements[headline_index(measurements, perf.scenario)]
+            peaks, headline = [], headline_index(measurements, perf.scenario)
+    median = measurements[headline]
     run_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run_dir / SAMPLES_FILE, allow_pickle=False, **raw)
-    peak = max((probe.target_qps for probe in probes if probe.passed), default=None)
-    missed = (
-        (f"no probe kept p99 within perf.latency_bound_ms={perf.latency_bound_ms}",) if probes and peak is None else ()
+    peak = peaks[headline] if peaks else None
+    missed = tuple(
+        f"{f'search {repeat + 1} of {len(peaks)}: ' if len(peaks) > 1 else ''}no probe kept p99 within "
+        f"perf.latency_bound_ms={perf.latency_bound_ms}"
+        for repeat, found in enumerate(peaks)
+        if found is None
     )
     efficiency = _efficiency(config, artifact_path, median)
     warnings = median.validity.warnings + _run_cautions(
@@ -151,7 +159,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
         probes=tuple(probes),
         efficiency=efficiency,
         efficiency_undefined=efficiency_undefined(config, artifact_path),
-        stability=stabilities.get(f"repeat{measurements.index(median)}"),
+        stability=stabilities.get(f"repeat{headline}"),
         queue_depth=perf.queue_depth if perf.scenario == "closed" and perf.mode == "async" else 1,
         filled_batches=fills_batches(perf, config.backend),
     )
@@ -283,18 +291,24 @@ def _time_per_batch_us(measured: Measurement, instances: int) -> float:
 
 
 def _search_peak(
-    config: RunConfig, opened: OpenedBackend, batch_shape: tuple[int, ...], raw: dict[str, np.ndarray]
-) -> tuple[Measurement, list[Probe]]:
+    config: RunConfig,
+    opened: OpenedBackend,
+    batch_shape: tuple[int, ...],
+    raw: dict[str, np.ndarray],
+    probes: list[Probe],
+    repeat: int,
+) -> Measurement:
     """The highest server rate whose p99 meets ``perf.latency_bound_ms``: double or halve from ``target_qps``
     until one rate passes and one fails, then bisect until the bracket is within ``search_tolerance``.
 
-    Returns the measurement of the best passing probe (the last probe when none passed) and every probe.
+    Adds its probes to ``probes`` (numbered on from those there, its raw samples under ``probe<n>_``) and returns
+    the measurement of its best passing probe (its last probe when none passed).
     """
     perf = config.perf
     assert perf.target_qps is not None and perf.latency_bound_ms is not None  # checked by PerfConfig
     bound_us = perf.latency_bound_ms * 1e3
-    probes: list[Probe] = []
     measured: dict[float, Measurement] = {}
+    first = len(probes)
 
     def passes(rate: float) -> bool:
         measurement = _measure_once(config, opened, batch_shape, f"probe{len(probes)}", raw, seed=0, target_qps=rate)
@@ -303,31 +317,42 @@ def _search_peak(
         probes.append(
             Probe(
                 target_qps=rate, throughput_qps=measurement.throughput_qps, p50_ms=None if p50 is None else p50 / 1e3,
-                p99_ms=None if p99 is None else p99 / 1e3, samples=measurement.samples, passed=passed,
+                p99_ms=None if p99 is None else p99 / 1e3, samples=measurement.samples, passed=passed, repeat=repeat,
             )
         )  # fmt: skip
         measured[rate] = measurement
-        log.info("peak search probe %d: %.2f qps offered: %s", len(probes), rate, _probe_verdict(measurement, bound_us))
+        search = f" {repeat + 1} of {perf.repeats}" if perf.repeats > 1 else ""
+        log.info(
+            "peak search%s probe %d: %.2f qps offered: %s",
+            search, len(probes) - first, rate, _probe_verdict(measurement, bound_us),
+        )  # fmt: skip
         return passed
 
     low: float | None = None
     high: float | None = None
     rate = perf.target_qps
-    while len(probes) < perf.max_probes and (low is None or high is None):
+    while len(probes) - first < perf.max_probes and (low is None or high is None):
         if passes(rate):
             low, rate = rate, rate * 2
         else:
             high, rate = rate, rate / 2
     while low is not None and high is not None and high - low > perf.search_tolerance * low:
-        if len(probes) >= perf.max_probes:
+        if len(probes) - first >= perf.max_probes:
             break
         middle = (low + high) / 2
         if passes(middle):
             low = middle
         else:
             high = middle
-    best = measured[low] if low is not None else measured[probes[-1].target_qps]
-    return best, probes
+    return measured[low] if low is not None else measured[probes[-1].target_qps]
+
+
+def peak_headline_index(peaks: list[float | None]) -> int:
+    """Which search a run reports as its own: the median peak, of an even count the lower of the middle two (a
+    search that found none ranks lowest), as ``headline_index`` ranks other repeats."""
+    ranks = [-math.inf if peak is None else peak for peak in peaks]
+    ordered = sorted(range(len(peaks)), key=lambda index: ranks[index])
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _probe_verdict(measurement: Measurement, bound_us: float) -> str:

@@ -202,7 +202,8 @@ class DeviceTelemetry:
 @dataclass(frozen=True)
 class Probe:
     """One measurement of a peak-rate search: the offered rate, what was achieved, and whether p99 met the bound
-    (``p99_ms`` is ``None`` when the probe had too few samples for a p99, which then does not pass)."""
+    (``p99_ms`` is ``None`` when the probe had too few samples for a p99, which then does not pass); ``repeat``:
+    which of the ``perf.repeats`` searches it belongs to."""
 
     target_qps: float
     throughput_qps: float
@@ -210,6 +211,16 @@ class Probe:
     p99_ms: float | None
     samples: int
     passed: bool
+    repeat: int = 0
+
+
+def search_peaks(probes: Sequence[Probe]) -> list[float | None]:
+    """Each search's peak, in order: the highest rate among its probes that passed (``None`` where none did)."""
+    searches = max((probe.repeat for probe in probes), default=-1) + 1
+    return [
+        max((probe.target_qps for probe in probes if probe.repeat == repeat and probe.passed), default=None)
+        for repeat in range(searches)
+    ]
 
 
 def server_tails(measurements: Sequence[Measurement]) -> tuple[str, list[float]]:

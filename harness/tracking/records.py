@@ -54,6 +54,7 @@ MEASUREMENTS = (
     "perf.probes.throughput_qps",
     "perf.probes.p50_ms",
     "perf.probes.p99_ms",
+    "perf.probes.repeat",
     "perf.telemetry.*",
     "perf.dispatch_delay_us.*",
     "perf.transfer_us.h2d.*",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 
-from harness.config.commands import GateConfig, GateRule
+from harness.config.commands import GateConfig, GatedLoad, GateRule
+from harness.config.perf import Scenario
 from harness.errors import ConfigError
 from harness.gate import pair, run_gate
 from harness.gate.decide import decide
@@ -168,13 +170,22 @@ def test_the_default_rules_decide_each_load_scenario_on_what_it_answers() -> Non
     assert decided("closed", run("closed", 10.0, None), run("closed", 10.0, None)) == closed
     assert decided(None, run(None, 10.0, None), run(None, 10.0, None)) == closed  # recorded before scenarios
     assert settings.rules["e2e_latency_p99_ms"].scenarios == ("server",)
+    # A peak search answers its peak rate; each search's latencies are at a rate of its own, so a candidate whose
+    # peak is 25% lower fails on that alone, and a higher p99 at its own best rate is not judged.
+    searched = {"perf.scenario": "server", "perf.search": "peak"}
+    base, cand = (
+        Evidence("run", "cfg", "machine", {**run("server", 4.0, p99).metrics, "peak_qps": noisy(peak)}, config=searched)
+        for p99, peak in ((8.0, 400.0), (9.5, 300.0))
+    )  # fmt: skip
+    assert decided("server", base, cand) == {"peak_qps": "fail"}
+    assert set(get_args(GatedLoad)) == {*get_args(Scenario), "peak"}
     # A rule added on the command line says which runs it decides (null: every run), as the YAML's do.
     added = default_rules("+gate.rules.model_latency_p99_ms={kind:perf,better:lower,threshold:0.1,scenarios:null}")
     assert added.rules["model_latency_p99_ms"].scenarios is None
     with pytest.raises(ConfigError, match=r"^gate.rules.model_latency_p99_ms.scenarios: missing required value"):
         default_rules("+gate.rules.model_latency_p99_ms={kind:perf,better:lower,threshold:0.1}")
     with pytest.raises(
-        ConfigError, match=r"scenarios\[0\]='sever': expected one of \['closed', 'offline', 'server'\]; did"
+        ConfigError, match=r"scenarios\[0\]='sever': expected one of \['closed', 'offline', 'peak', 'server'\]; did"
     ):
         default_rules("gate.rules.e2e_latency_p99_ms.scenarios=[sever]")
     with pytest.raises(ConfigError, match=r"scenarios=\[\]: expected the scenarios it decides, or null for every run"):

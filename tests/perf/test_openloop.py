@@ -22,10 +22,11 @@ from harness.errors import ConfigError
 from harness.perf.loadgen import LoadPlan, WorkerTask, run_instances
 from harness.perf.measurement import _shortfalls, headline_index
 from harness.perf.openloop import poisson_arrivals, serve_schedule, tighten_timer_slack, waiter
+from harness.perf.stage import peak_headline_index
 from harness.perf.stats import MIN_SAMPLES
 from harness.resolve import resolve_config
 from harness.result import load_result
-from harness.result.perf import Measurement, PerfResult
+from harness.result.perf import Measurement, PerfResult, search_peaks
 from harness.tracking.records import metrics_of
 from tests.conftest import compose
 from tests.perf.test_loadgen import measure, sleep_config
@@ -387,6 +388,76 @@ def test_peak_search_brackets_then_bisects_and_keeps_every_probe(
         f"p99 {probe.p99_ms:.2f} ms, bound 5 ms"
         for number, probe in enumerate(result.probes, start=1)
     ]
+
+
+def test_repeated_peak_searches_each_search_in_full_and_report_the_median_peak(
+    cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A search was one measurement, refused with perf.repeats > 1, so its peak could not be gated: the gate
+    # decides over >= 5 repeats a side, and told the user to measure with perf.repeats=5.
+    from harness.gate.evidence import evidence_of
+    from harness.pipeline import run
+    from harness.summary import format_summary
+
+    caplog.set_level(logging.INFO, logger="harness.perf.stage")
+    config = sleep_config(
+        cache_dir, "backend.latency_us=500", "perf.scenario=server", "perf.search=peak", "perf.target_qps=400",
+        "perf.latency_bound_ms=5", "perf.min_duration_s=0", "perf.iterations=null", "perf.max_probes=2",
+        "perf.repeats=2",
+    )  # fmt: skip
+    result = run(config, run_dir=tmp_path).perf
+    assert result is not None
+    # perf.max_probes bounds each search: its second probe doubles or halves the rate of its first.
+    assert [probe.repeat for probe in result.probes] == [0, 0, 1, 1]
+    for first, second in (result.probes[:2], result.probes[2:]):
+        assert first.target_qps == 400.0 and second.target_qps == (800.0 if first.passed else 200.0)
+    peaks = search_peaks(result.probes)
+    assert len(peaks) == 2 and all(peak is not None for peak in peaks)  # 0.5 ms a request: 200 or 400 pass
+    lower = min(peaks)  # type: ignore[type-var]
+    assert result.peak_qps == lower and result.target_qps == lower  # of two, the lower middle one
+    assert len(result.repeats) == 2 and result.validity.valid
+    saved = np.load(tmp_path / "perf_samples.npz")
+    assert {f"probe{index}_e2e_us" for index in range(4)} <= set(saved.files)
+    said = [record.getMessage() for record in caplog.records if record.getMessage().startswith("peak search")]
+    assert [line.split(":")[0] for line in said] == [
+        "peak search 1 of 2 probe 1", "peak search 1 of 2 probe 2", "peak search 2 of 2 probe 1",
+        "peak search 2 of 2 probe 2",
+    ]  # fmt: skip
+    summary = format_summary(load_result(tmp_path))
+    for repeat, probes in enumerate((result.probes[:2], result.probes[2:])):
+        verdicts = ", ".join(f"{probe.target_qps:.4g} {'pass' if probe.passed else 'fail'}" for probe in probes)
+        line = f"search {repeat + 1} of 2: {peaks[repeat]:.4g} img/s with p99 <= 5.0 ms (2 probes: {verdicts})"
+        assert line in summary
+    highest = max(peaks)  # type: ignore[type-var]
+    assert f"peak        {lower:.4g} img/s: the median of 2 searches ({lower:.4g} to {highest:.4g})" in summary
+    assert ", the best probe of the lower middle search by peak rate of 2" in summary
+    # The gate reads each search's peak, as it reads each repeat's throughput.
+    assert evidence_of(load_result(tmp_path), label="run").metrics["peak_qps"] == tuple(peaks)
+    stored = json.loads((tmp_path / "result.json").read_text())
+    assert metrics_of(stored)["perf.probes.repeat"] == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_a_search_that_kept_no_rate_within_the_bound_says_which(cache_dir: Path, tmp_path: Path) -> None:
+    # Every request takes 2 ms, the bound is 1 ms: no rate passes (a batch of 64 a call serves 4000 qps in 0.2 s).
+    config = sleep_config(
+        cache_dir, "backend.latency_us=2000", "perf.batch=64", "perf.scenario=server", "perf.search=peak",
+        "perf.target_qps=4000", "perf.latency_bound_ms=1", "perf.min_duration_s=0", "perf.iterations=null",
+        "perf.max_probes=2", "perf.repeats=2",
+    )  # fmt: skip
+    result = measure(config, tmp_path)
+    assert len(result.probes) == 4 and not any(probe.passed for probe in result.probes)
+    assert result.peak_qps is None and search_peaks(result.probes) == [None, None]
+    assert result.validity.reasons[-2:] == (
+        "search 1 of 2: no probe kept p99 within perf.latency_bound_ms=1.0",
+        "search 2 of 2: no probe kept p99 within perf.latency_bound_ms=1.0",
+    )
+
+
+def test_the_headline_search_is_the_median_peak_and_one_that_found_none_ranks_lowest() -> None:
+    assert peak_headline_index([300.0, None, 400.0]) == 0
+    assert peak_headline_index([None, 500.0, None]) in (0, 2)  # the median search found none
+    assert peak_headline_index([400.0, 300.0]) == 1  # an even count: the lower of the middle two
+    assert peak_headline_index([250.0]) == 0
 
 
 def test_a_server_run_reports_the_repeat_of_median_tail_latency(cache_dir: Path, tmp_path: Path) -> None:
