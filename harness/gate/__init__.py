@@ -111,13 +111,18 @@ def pair(
         if not rule.decides(load):
             continue
         base, cand = baseline.metrics.get(metric), candidate.metrics.get(metric)
+        if rule.kind == "perf" and candidate.perf_problem:
+            problems.append(f"{metric}: the candidate's perf is no evidence ({candidate.perf_problem})")
+            continue  # withheld on both sides too: an invalid run passes nothing
         if base is None and cand is None:
             if all(_ran_the_stage_of(side, rule.kind, settings) for side in (baseline, candidate)):
                 # Withheld on both sides (a p99 of too few samples): a rule asked for and never decided is said.
-                notes.append(f"{metric} not decided: withheld by both runs (a percentile needs more samples)")
-            continue
-        if rule.kind == "perf" and candidate.perf_problem:
-            problems.append(f"{metric}: the candidate's perf is no evidence ({candidate.perf_problem})")
+                why = (
+                    "neither run's searches kept p99 within perf.latency_bound_ms"
+                    if metric == PEAK_METRIC
+                    else "withheld by both runs (a percentile needs more samples)"
+                )
+                notes.append(f"{metric} not decided: {why}")
             continue
         if base is None or cand is None:
             side, lacking = ("baseline", baseline) if base is None else ("candidate", candidate)

@@ -178,6 +178,16 @@ def test_the_default_rules_decide_each_load_scenario_on_what_it_answers() -> Non
         for p99, peak in ((8.0, 400.0), (9.5, 300.0))
     )  # fmt: skip
     assert decided("server", base, cand) == {"peak_qps": "fail"}
+    unfound = [dataclasses.replace(side, metrics={"throughput_qps": noisy(100.0)}) for side in (base, cand)]
+    assert pair(unfound[1], unfound[:1], settings, allow_hardware_mismatch=False).notes == (
+        "peak_qps not decided: neither run's searches kept p99 within perf.latency_bound_ms",
+    )
+    # Such a run is invalid: with nothing ruled left to decide, it passed the gate.
+    invalid = dataclasses.replace(unfound[1], perf_problem="invalid: no probe kept p99 within the bound")
+    pairing = pair(invalid, unfound[:1], settings, allow_hardware_mismatch=False)
+    assert pairing.verdict == "unusable" and pairing.problems == (
+        "peak_qps: the candidate's perf is no evidence (invalid: no probe kept p99 within the bound)",
+    )
     assert set(get_args(GatedLoad)) == {*get_args(Scenario), "peak"}
     # A rule added on the command line says which runs it decides (null: every run), as the YAML's do.
     added = default_rules("+gate.rules.model_latency_p99_ms={kind:perf,better:lower,threshold:0.1,scenarios:null}")
