@@ -18,6 +18,7 @@ from scipy import stats
 
 from harness.backends import BackendFactory, LoadTarget
 from harness.config.perf import P99_MIN_SAMPLES
+from harness.config.schema import RunConfig
 from harness.errors import ConfigError
 from harness.perf.loadgen import LoadPlan, WorkerTask, run_instances
 from harness.perf.measurement import _shortfalls, headline_index
@@ -358,15 +359,19 @@ def test_the_stage_fills_the_open_loop_batches_of_backends_that_run_one_program_
     assert not fills_batches(closed, compiled)  # the closed loop's calls are all full already
 
 
+def peak_search_config(cache_dir: Path, *overrides: str) -> RunConfig:
+    """A peak search of the sleep backend at 0.5 ms a request for a p99 within 5 ms, from 400 qps."""
+    return sleep_config(
+        cache_dir, "backend.latency_us=500", "perf.scenario=server", "perf.search=peak", "perf.target_qps=400",
+        "perf.latency_bound_ms=5", "perf.min_duration_s=0", "perf.iterations=null", *overrides,
+    )  # fmt: skip
+
+
 def test_peak_search_brackets_then_bisects_and_keeps_every_probe(
     cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="harness.perf.stage")
-    config = sleep_config(
-        cache_dir, "backend.latency_us=500", "perf.scenario=server", "perf.search=peak", "perf.target_qps=400",
-        "perf.latency_bound_ms=5", "perf.min_duration_s=0", "perf.iterations=null", "perf.search_tolerance=0.1",
-        "perf.max_probes=6",
-    )  # fmt: skip
+    config = peak_search_config(cache_dir, "perf.search_tolerance=0.1", "perf.max_probes=6")
     result = measure(config, tmp_path)
     rates = [probe.target_qps for probe in result.probes]
     assert rates[0] == 400.0 and rates[1] == (800.0 if result.probes[0].passed else 200.0)
@@ -400,11 +405,7 @@ def test_repeated_peak_searches_each_search_in_full_and_report_the_median_peak(
     from harness.summary import format_summary
 
     caplog.set_level(logging.INFO, logger="harness.perf.stage")
-    config = sleep_config(
-        cache_dir, "backend.latency_us=500", "perf.scenario=server", "perf.search=peak", "perf.target_qps=400",
-        "perf.latency_bound_ms=5", "perf.min_duration_s=0", "perf.iterations=null", "perf.max_probes=2",
-        "perf.repeats=2",
-    )  # fmt: skip
+    config = peak_search_config(cache_dir, "perf.max_probes=2", "perf.repeats=2")
     result = run(config, run_dir=tmp_path).perf
     assert result is not None
     # perf.max_probes bounds each search: its second probe doubles or halves the rate of its first.
@@ -503,10 +504,7 @@ def test_a_server_run_reports_the_repeat_of_median_tail_latency(cache_dir: Path,
 def test_a_peak_search_is_kept_in_result_json_and_as_stepped_metrics(cache_dir: Path, tmp_path: Path) -> None:
     from harness.pipeline import run
 
-    config = sleep_config(
-        cache_dir, "backend.latency_us=500", "perf.scenario=server", "perf.search=peak", "perf.target_qps=800",
-        "perf.latency_bound_ms=5", "perf.min_duration_s=0", "perf.iterations=null", "perf.max_probes=2",
-    )  # fmt: skip
+    config = peak_search_config(cache_dir, "perf.target_qps=800", "perf.max_probes=2")
     result = run(config, run_dir=tmp_path)
     stored = load_result(tmp_path)
     assert stored.perf is not None and stored.perf.probes == result.perf.probes and len(stored.perf.probes) == 2  # type: ignore[union-attr]
