@@ -19,6 +19,7 @@ import numpy as np
 from harness.report import setting_cells, swept_settings
 from harness.report.figures import from_zero, grouped_bars, label_of, legend, line_style, new_figure, save
 from harness.result import RunResult
+from harness.result.perf import search_peaks
 
 PERCENTILE_NAMES = ("p50", "p90", "p99")
 LOAD_KEYS = ("batch", "instances", "processes", "queue_depth", "mode", "scenario", "target_qps")
@@ -286,13 +287,18 @@ def _deltas(reference: RunResult, other: RunResult) -> dict[str, float | None]:
     }
 
 
-def _load_points(run: LabelledRun, name: str) -> list[tuple[float, float | None]]:
-    """(throughput, e2e latency ms) of a run, or of each probe of its peak-rate search."""
+def _load_points(run: LabelledRun, name: str) -> list[list[tuple[float, float | None]]]:
+    """(throughput, e2e latency ms) of a run's load, or of each probe of each of its peak-rate searches (one list
+    per search: ``perf.repeats`` searches probe the same rates, each a curve of its own)."""
     perf = run.result.perf
     assert perf is not None
-    if perf.probes:
-        return [(probe.throughput_qps, getattr(probe, f"{name}_ms")) for probe in perf.probes]
-    return [(perf.throughput_qps, _percentile_ms(run, name))]
+    searches = range(len(search_peaks(perf.probes)))
+    if searches:
+        return [
+            [(probe.throughput_qps, getattr(probe, f"{name}_ms")) for probe in perf.probes if probe.repeat == search]
+            for search in searches
+        ]
+    return [[(perf.throughput_qps, _percentile_ms(run, name))]]
 
 
 def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
@@ -311,17 +317,21 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
         series[_series_key(_series_name(run), run, settings)].append(run)
     for colour, ((key, _), members) in enumerate(sorted(series.items())):
         for name, style in (("p50", "o-"), ("p99", "s--")):
-            points = []
+            curves: list[list[tuple[float, float]]] = [[]]  # the runs' loads joined, then each search apart
             for run in members:
-                for throughput, value in _load_points(run, name):
-                    if value is None:
-                        missing.append(f"{run.label} {name} at {throughput:.4g} img/s")
-                        continue
-                    points.append((throughput, value))
-            if points:
-                points.sort()
-                axes.plot(*zip(*points, strict=True), style, color=f"C{colour}", label=f"{key} e2e {name}")
-                drawn += points
+                searched = bool(run.result.perf.probes)  # type: ignore[union-attr]
+                for points in _load_points(run, name):
+                    kept = [(throughput, value) for throughput, value in points if value is not None]
+                    missing += [f"{run.label} {name} at {throughput:.4g} img/s" for throughput, value in points
+                                if value is None]  # fmt: skip
+                    if searched:
+                        curves.append(kept)
+                    else:
+                        curves[0] += kept
+            label: str | None = f"{key} e2e {name}"
+            for curve in (sorted(curve) for curve in curves if curve):
+                axes.plot(*zip(*curve, strict=True), style, color=f"C{colour}", label=label)
+                label, drawn = None, drawn + curve
     # a cut axis made 1.09 against 0.90 ms look like a fall to nothing
     from_zero(axes, x=[x for x, _ in drawn], y=[y for _, y in drawn])
     axes.set_xlabel("throughput (images/s)")
@@ -336,8 +346,8 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     return Plot(
         path,
         "Latency vs throughput",
-        "Each point is one run's load, or one probe of a peak-rate search (latency from the scheduled arrival); "
-        "withheld percentiles are left out and listed.",
+        "Each point is one run's load, or one probe of a peak-rate search, each search a line of its own (latency "
+        "from the scheduled arrival); withheld percentiles are left out and listed.",
         missing,
     )
 

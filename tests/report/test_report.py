@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from harness.report.figures import DPI, FIGURE_SIZE_IN
 from harness.report.plots import LabelledRun, pareto_front
 from harness.report.render import folder_runs, write_report
 from harness.result import RunResult
-from harness.result.perf import HostTelemetry
+from harness.result.perf import HostTelemetry, Probe
 from tests.conftest import REPO_ROOT, compose
 
 PLOT_FILES = {
@@ -212,6 +213,31 @@ def test_throughput_starts_at_zero_and_each_point_names_its_precision_inside_the
     assert all(f"{run.result.config.precision.name}-b{run.result.config.perf.batch}" == run.label for run in runs)
     inside = axes.get_window_extent()
     assert all(inside.x0 <= box.x0 and box.x1 <= inside.x1 for box in labels.values()), labels
+
+
+def test_each_search_of_a_repeated_peak_search_is_a_line_of_its_own(
+    runs: list[LabelledRun], tmp_path: Path, saved: dict[str, Any]
+) -> None:
+    # Drawn as one line through every probe sorted by throughput, two searches' probes zig-zagged between them.
+    from harness.report import plots
+
+    def probe(repeat: int, rate: float, p99_ms: float) -> Probe:
+        return Probe(target_qps=rate, throughput_qps=rate, p50_ms=p99_ms / 3, p99_ms=p99_ms, samples=700,
+                     passed=p99_ms <= 5.0, repeat=repeat)  # fmt: skip
+
+    probes = (probe(0, 400, 2.0), probe(0, 800, 9.0), probe(0, 600, 4.0), probe(1, 400, 3.0), probe(1, 800, 12.0))
+    perf = dataclasses.replace(runs[0].result.perf, scenario="server", latency_bound_ms=5.0, probes=probes)  # type: ignore[arg-type]
+    searched = dataclasses.replace(runs[0], result=dataclasses.replace(runs[0].result, perf=perf))
+    plot = plots.latency_vs_throughput([searched], tmp_path / "latency.png")
+    assert plot is not None and "each search a line of its own" in plot.caption
+    (axes,) = saved["latency.png"].axes
+    drawn = [(line.get_linestyle(), list(line.get_xdata()), list(line.get_ydata())) for line in axes.get_lines()]
+    assert drawn[:4] == [
+        ("-", [400, 600, 800], [2.0 / 3, 4.0 / 3, 3.0]), ("-", [400, 800], [1.0, 4.0]),
+        ("--", [400, 600, 800], [2.0, 4.0, 9.0]), ("--", [400, 800], [3.0, 12.0]),
+    ]  # fmt: skip
+    assert [text.get_text() for text in axes.get_legend().get_texts()][-1] == "p99 bound 5 ms"
+    assert len(axes.get_legend().get_texts()) == 3  # p50, p99 and the bound: each percentile named once
 
 
 def test_a_precision_delta_below_the_gates_tolerances_draws_small(
