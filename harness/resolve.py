@@ -16,7 +16,7 @@ from typing import Any
 
 from harness.backends import check_precision, get_backend, shared_process_problem
 from harness.config.convert import from_mapping
-from harness.config.perf import PerfConfig
+from harness.config.perf import LOAD_GENERATOR_SETTINGS, PerfConfig
 from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER, PathsConfig, RunConfig, VdspParams
 from harness.data.synthetic import check_synthetic_set, dataset_location
 from harness.errors import ConfigError, DataError
@@ -75,7 +75,8 @@ def _folded(perf: PerfConfig) -> PerfConfig:
 
 def _check_toolchain_load(perf: PerfConfig, backend: str) -> None:
     """A vendor profiler drives its own closed loop: the harness's open-loop scenarios, peak search and
-    stability windows are not something it can be asked for."""
+    stability windows are not something it can be asked for, nor how the harness's own loop queues, feeds and
+    times its calls (taken silently, such a setting read in result.json as if vamp had run by it)."""
     asked = {
         "perf.scenario": (perf.scenario, "closed"), "perf.search": (perf.search, "none"),
         "perf.stability": (perf.stability, False),
@@ -86,6 +87,13 @@ def _check_toolchain_load(perf: PerfConfig, backend: str) -> None:
                 f"{key}={value}: backend={backend} measures with its vendor profiler's closed loop only "
                 f"({key}={supported})"
             )
+    if changed := perf.set_among(LOAD_GENERATOR_SETTINGS):
+        them = "them" if len(changed) > 1 else "it"
+        raise ConfigError(
+            f"{perf.written(changed)}: {'settings' if len(changed) > 1 else 'a setting'} of the harness's own load "
+            f"generator; backend={backend} measures with its vendor profiler, which has no flag for {them} (leave "
+            f"{them} unset)"
+        )
 
 
 def _check_calibration(config: RunConfig) -> None:

@@ -15,14 +15,24 @@ P99_MIN_SAMPLES = 662
 # window's calls run about as fast (a mean over the warm-up, early calls included, was 11% slow: too few requests).
 OFFLINE_DURATION_MARGIN = 1.1
 
-# The settings of a feature a run may leave off, by the switch and value that turn it on, each with the value it has
-# when unset (conf/perf/default.yaml's): set otherwise without the feature, they are refused.
-SETTINGS_OF_FEATURES: dict[tuple[str, object], dict[str, object]] = {
-    ("mode", "async"): {"queue_depth": 2},
-    ("scenario", "server"): {"target_qps": None, "max_queue_delay_ms": 0.0, "arrival_seed": 0},
-    ("search", "peak"): {"search_tolerance": 0.05, "max_probes": 12},
-    ("stability", True): {"stability_window_s": 1.0, "stability_pct": 10.0, "max_windows": 10},
+# The values of the settings below when left unset (conf/perf/default.yaml's; a test keeps them equal).
+UNSET: dict[str, object] = {
+    "queue_depth": 2, "target_qps": None, "max_queue_delay_ms": 0.0, "arrival_seed": 0, "search_tolerance": 0.05,
+    "max_probes": 12, "stability_window_s": 1.0, "stability_pct": 10.0, "max_windows": 10, "inputs": "random",
+    "max_duration_s": 600.0, "start_timeout_s": 900.0, "windows": 8, "max_window_cv": 0.1,
+}  # fmt: skip
+# The settings of a feature a run may leave off, by the switch and value that turn it on: set without the feature,
+# they are refused.
+SETTINGS_OF_FEATURES: dict[tuple[str, object], tuple[str, ...]] = {
+    ("mode", "async"): ("queue_depth",),
+    ("scenario", "server"): ("target_qps", "max_queue_delay_ms", "arrival_seed"),
+    ("search", "peak"): ("search_tolerance", "max_probes"),
+    ("stability", True): ("stability_window_s", "stability_pct", "max_windows"),
 }
+# How the harness's own load generator runs and is judged, beside the load itself: a vendor profiler that drives its
+# own loop has no flag for them (it queues, feeds and times itself). Its warm-up too, but perf.warmup is left out:
+# the debug presets set it for every backend.
+LOAD_GENERATOR_SETTINGS = ("queue_depth", "inputs", "max_duration_s", "start_timeout_s", "windows", "max_window_cv")
 
 # How load is offered (README "Load scenarios"): closed loop, open-loop Poisson arrivals, all queued at once.
 Scenario = Literal["closed", "server", "offline"]
@@ -202,15 +212,22 @@ class PerfConfig:
         # Taken silently, such a value changed nothing measured, yet read in result.json and MLflow as if it had,
         # and gave the run a config hash of its own (so a baseline measured without it did not pair).
         for (switch, on), settings in SETTINGS_OF_FEATURES.items():
-            changed = [name for name, unset in settings.items() if getattr(self, name) != unset]
+            changed = self.set_among(settings)
             if getattr(self, switch) != on and changed:
-                values = ", ".join(f"perf.{name}={as_written(getattr(self, name))}" for name in changed)
                 them = "them" if len(changed) > 1 else "it"
                 feature, left_off = (f"perf.{switch}={_as_override(value)}" for value in (on, getattr(self, switch)))
                 raise ConfigError(
-                    f"{values}: only {feature} uses {them}, and this config has {left_off} "
+                    f"{self.written(changed)}: only {feature} uses {them}, and this config has {left_off} "
                     f"(set {feature}, or leave {them} unset)"
                 )
+
+    def set_among(self, names: tuple[str, ...]) -> list[str]:
+        """Those of the settings ``names`` (all in ``UNSET``) whose value is not their unset one."""
+        return [name for name in names if getattr(self, name) != UNSET[name]]
+
+    def written(self, names: list[str]) -> str:
+        """The settings ``names`` as ``perf.<name>=<value>`` overrides, comma-separated."""
+        return ", ".join(f"perf.{name}={as_written(getattr(self, name))}" for name in names)
 
 
 def _as_override(value: object) -> str:

@@ -52,6 +52,16 @@ def test_every_backend_resolves_to_its_config_dataclass(backend: str) -> None:
     assert isinstance(config.backend, get_backend(backend).config_type)
 
 
+def test_the_unset_perf_settings_are_the_perf_groups_defaults() -> None:
+    # A setting is refused where nothing would run by it only when it differs from its unset value.
+    import yaml
+
+    from harness.config.perf import UNSET
+
+    defaults = yaml.safe_load((CONF / "perf" / "default.yaml").read_text())
+    assert {name: defaults[name] for name in UNSET} == UNSET
+
+
 def test_defaults_are_typed() -> None:
     config = resolve_config(compose(["debug=tiny"]))
     assert config.model.input_size == (224, 224)

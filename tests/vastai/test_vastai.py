@@ -271,6 +271,15 @@ def test_what_the_toolchain_cannot_do_is_refused_before_anything_runs(cache_dir:
         run_config(cache_dir, *VASTAI, "perf.scenario=server", "perf.target_qps=10")
     with pytest.raises(ConfigError, match=r"stages=\['perf'\]: backend=vastai runs the artifact the build stage makes"):
         run_config(cache_dir, *VASTAI, "stages=[perf]")
+    # vamp has no flag for these: taken silently, an async depth of 8 read in result.json as if vamp had kept it.
+    with pytest.raises(
+        ConfigError,
+        match=r"^perf.queue_depth=8, perf.inputs='photos', perf.max_duration_s=30.0: settings of the harness's own load "
+        r"generator; backend=vastai measures with its vendor profiler, which has no flag for them \(leave them unset\)$",
+    ):
+        run_config(cache_dir, *VASTAI, "perf.mode=async", "perf.queue_depth=8", "perf.inputs=photos",
+                   "perf.max_duration_s=30")  # fmt: skip
+    assert run_config(cache_dir, *VASTAI, "perf.mode=async", "perf.warmup=3").perf.mode == "async"
     # A switch, not a hard-coded limit: a toolchain build that has int8 says so in backend.precisions.
     assert run_config(
         cache_dir, "backend=vastai", "precision=int8", "backend.precisions=[fp16,int8]"
