@@ -8,7 +8,7 @@ from harness.perf.host import SAMPLE_INTERVAL_S
 from harness.result import RunResult
 from harness.result.accuracy import AccuracyResult
 from harness.result.build import BuildResult
-from harness.result.perf import DeviceTelemetry, PerfResult, search_peaks, server_tails
+from harness.result.perf import DeviceTelemetry, PerfResult, search_peaks, search_prefix, searches, server_tails
 
 Row = tuple[str, str]
 
@@ -182,10 +182,9 @@ def _verdict_rows(perf: PerfResult) -> list[Row]:
         rows.append(("efficiency", f"not measured: {perf.efficiency_undefined}"))
     rows += [("warning", warning) for warning in perf.validity.warnings]
     peaks = search_peaks(perf.probes)
-    for repeat, found in enumerate(peaks):
-        probes = [probe for probe in perf.probes if probe.repeat == repeat]
+    for repeat, (probes, found) in enumerate(zip(searches(perf.probes), peaks, strict=True)):
         verdicts = ", ".join(f"{probe.target_qps:.4g} {'pass' if probe.passed else 'fail'}" for probe in probes)
-        search = f"search {repeat + 1} of {len(peaks)}: " if len(peaks) > 1 else ""
+        search = search_prefix(repeat, len(peaks))
         peak = f"{found:.4g} img/s" if found is not None else "none"
         rows.append(
             ("peak", f"{search}{peak} with p99 <= {perf.latency_bound_ms} ms ({len(probes)} probes: {verdicts})")

@@ -41,7 +41,7 @@ from harness.perf.loadgen import LoadPlan, Sampler, WorkerTask
 from harness.perf.measurement import headline_index, offline_queue_served_early, perf_result, summarise
 from harness.perf.workers import ProgressWatch, StabilityWatch, run_workers
 from harness.preprocess import batch_of
-from harness.result.perf import Efficiency, Measurement, PerfResult, Probe, Stability, search_peaks  # fmt: skip
+from harness.result.perf import Efficiency, Measurement, PerfResult, Probe, Stability, search_peaks, search_prefix
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,7 @@ def run_perf(config: RunConfig, *, artifact_path: str | None, run_dir: Path) -> 
     np.savez_compressed(run_dir / SAMPLES_FILE, allow_pickle=False, **raw)
     peak = peaks[headline] if peaks else None
     missed = tuple(
-        f"{f'search {repeat + 1} of {len(peaks)}: ' if len(peaks) > 1 else ''}no probe kept p99 within "
-        f"perf.latency_bound_ms={perf.latency_bound_ms}"
+        f"{search_prefix(repeat, len(peaks))}no probe kept p99 within perf.latency_bound_ms={perf.latency_bound_ms}"
         for repeat, found in enumerate(peaks)
         if found is None
     )

@@ -19,7 +19,7 @@ import numpy as np
 from harness.report import setting_cells, swept_settings
 from harness.report.figures import from_zero, grouped_bars, label_of, legend, line_style, new_figure, save
 from harness.result import RunResult
-from harness.result.perf import search_peaks
+from harness.result.perf import searches
 
 PERCENTILE_NAMES = ("p50", "p90", "p99")
 LOAD_KEYS = ("batch", "instances", "processes", "queue_depth", "mode", "scenario", "target_qps")
@@ -292,11 +292,10 @@ def _load_points(run: LabelledRun, name: str) -> list[list[tuple[float, float | 
     per search: ``perf.repeats`` searches probe the same rates, each a curve of its own)."""
     perf = run.result.perf
     assert perf is not None
-    searches = range(len(search_peaks(perf.probes)))
-    if searches:
+    if perf.probes:
         return [
-            [(probe.throughput_qps, getattr(probe, f"{name}_ms")) for probe in perf.probes if probe.repeat == search]
-            for search in searches
+            [(probe.throughput_qps, getattr(probe, f"{name}_ms")) for probe in search]
+            for search in searches(perf.probes)
         ]
     return [[(perf.throughput_qps, _percentile_ms(run, name))]]
 

@@ -214,13 +214,20 @@ class Probe:
     repeat: int = 0
 
 
+def searches(probes: Sequence[Probe]) -> list[list[Probe]]:
+    """A run's peak-rate searches in order (``perf.repeats`` of them; none without a search), each its probes."""
+    count = max((probe.repeat for probe in probes), default=-1) + 1
+    return [[probe for probe in probes if probe.repeat == repeat] for repeat in range(count)]
+
+
 def search_peaks(probes: Sequence[Probe]) -> list[float | None]:
     """Each search's peak, in order: the highest rate among its probes that passed (``None`` where none did)."""
-    searches = max((probe.repeat for probe in probes), default=-1) + 1
-    return [
-        max((probe.target_qps for probe in probes if probe.repeat == repeat and probe.passed), default=None)
-        for repeat in range(searches)
-    ]
+    return [max((probe.target_qps for probe in search if probe.passed), default=None) for search in searches(probes)]
+
+
+def search_prefix(repeat: int, count: int) -> str:
+    """``search 2 of 5: `` before what is said of one of several searches; nothing when there is one."""
+    return f"search {repeat + 1} of {count}: " if count > 1 else ""
 
 
 def server_tails(measurements: Sequence[Measurement]) -> tuple[str, list[float]]:
