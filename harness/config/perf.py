@@ -19,7 +19,8 @@ OFFLINE_DURATION_MARGIN = 1.1
 UNSET: dict[str, object] = {
     "queue_depth": 2, "target_qps": None, "max_queue_delay_ms": 0.0, "arrival_seed": 0, "search_tolerance": 0.05,
     "max_probes": 12, "stability_window_s": 1.0, "stability_pct": 10.0, "max_windows": 10, "inputs": "random",
-    "max_duration_s": 600.0, "start_timeout_s": 900.0, "windows": 8, "max_window_cv": 0.1,
+    "max_duration_s": 600.0, "start_timeout_s": 900.0, "windows": 8, "max_window_cv": 0.1, "iterations": 1024,
+    "min_duration_s": 1.0, "min_samples": 64,
 }  # fmt: skip
 # The settings of a feature a run may leave off, by the switch and value that turn it on: set without the feature,
 # they are refused.
@@ -29,6 +30,8 @@ SETTINGS_OF_FEATURES: dict[tuple[str, object], tuple[str, ...]] = {
     ("search", "peak"): ("search_tolerance", "max_probes"),
     ("stability", True): ("stability_window_s", "stability_pct", "max_windows"),
 }
+# How long a closed-loop run measures, unless perf.stability's rule decides it.
+MINIMUMS = ("iterations", "min_duration_s", "min_samples")
 # How the harness's own load generator runs and is judged, beside the load itself: a vendor profiler that drives its
 # own loop has no flag for them (it queues, feeds and times itself). Its warm-up too, but perf.warmup is left out:
 # the debug presets set it for every backend.
@@ -220,6 +223,18 @@ class PerfConfig:
                     f"{self.written(changed)}: only {feature} uses {them}, and this config has {left_off} "
                     f"(set {feature}, or leave {them} unset)"
                 )
+
+    def minimums_left_to_stability(self) -> str | None:
+        """A warning when ``stability`` is on and a minimum is set away from its default: the windows' rule then
+        decides how long the run measures, and that minimum is not used. Warned, not refused: a preset such as
+        ``debug=tiny`` sets the minimums for every run, stability or not."""
+        unused = self.set_among(MINIMUMS) if self.stability else []
+        if not unused:
+            return None
+        return (
+            f"{self.written(unused)} not used: perf.stability=true measures until the throughput of its last 3 "
+            "windows agrees (perf.stability_pct), or perf.max_windows have passed, whatever the minimums"
+        )
 
     def set_among(self, names: tuple[str, ...]) -> list[str]:
         """Those of the settings ``names`` (all in ``UNSET``) whose value is not their unset one."""

@@ -189,9 +189,12 @@ def _run_cautions(
     resolved: dict[str, object],
     efficiency: Efficiency | None,
 ) -> tuple[str, ...]:
-    """What the whole run's circumstances say about its timings: other perf runs on the same device, more CPU
-    threads than cores, a runtime that leaves the cores it was given, a GEMM timing that was disturbed."""
+    """What the whole run's circumstances say about its timings: minimums the stability rule leaves unused, other
+    perf runs on the same device, more CPU threads than cores, a runtime that leaves the cores it was given, a GEMM
+    timing that was disturbed."""
     warnings: tuple[str, ...] = ()
+    if unused_minimums := config.perf.minimums_left_to_stability():
+        warnings += (unused_minimums,)
     if contended_with:
         warnings += (
             f"contended: {counted(len(contended_with), 'other perf run')} measured on {device} of this host at the "

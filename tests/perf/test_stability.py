@@ -31,6 +31,20 @@ def test_a_steady_load_stops_once_stable(cache_dir: Path, tmp_path: Path) -> Non
     # It stopped on the rule, long before its 100000 iterations, and is valid without them.
     assert result.batches < 100000 and result.validity.valid
     assert result.forward_time_s == pytest.approx(stability.windows * 0.2, abs=0.2)
+    # Said, where it was taken silently: the minimums written (here and by debug=tiny) did not decide its length.
+    assert (
+        "perf.iterations=100000, perf.min_duration_s=0.0, perf.min_samples=1 not used: perf.stability=true measures "
+        "until the throughput of its last 3 windows agrees (perf.stability_pct), or perf.max_windows have passed, "
+        "whatever the minimums"
+    ) in result.validity.warnings
+
+
+def test_only_minimums_set_away_from_their_defaults_are_warned_unused_under_stability(cache_dir: Path) -> None:
+    defaults = ("perf.iterations=1024", "perf.min_duration_s=1.0", "perf.min_samples=64")
+    assert sleep_config(cache_dir, "perf.stability=true", *defaults).perf.minimums_left_to_stability() is None
+    assert sleep_config(cache_dir, *defaults, "perf.min_samples=5000").perf.minimums_left_to_stability() is None
+    unused = sleep_config(cache_dir, "perf.stability=true", *defaults, "perf.min_duration_s=30")
+    assert unused.perf.minimums_left_to_stability().startswith("perf.min_duration_s=30.0 not used: ")
 
 
 def test_a_run_that_never_settles_is_invalid_and_says_so(cache_dir: Path, tmp_path: Path) -> None:
