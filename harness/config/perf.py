@@ -76,7 +76,8 @@ class PerfConfig:
         search: ``none``, or ``peak``: the highest ``target_qps`` whose p99 latency stays within
             ``latency_bound_ms``, by bracketing then bisection; every probe is kept.
         latency_bound_ms: the p99 end-to-end bound: a peak search's criterion; otherwise a measurement whose
-            p99 exceeds it is invalid (MLPerf's server rule), and one whose p99 is withheld is warned unjudged.
+            p99 exceeds it is invalid (MLPerf's server rule), and one whose p99 is withheld is warned unjudged;
+            refused offline.
         search_tolerance: peak search stops when the bracket is narrower than this share of its low end.
         max_probes: peak search: most probes (each one a measurement of its own).
         efficiency: closed loop, ONNX Runtime on CPU, fp32/fp16: also time the model's GEMMs alone (cached per
@@ -186,6 +187,14 @@ class PerfConfig:
             )
         if self.latency_bound_ms is not None and self.latency_bound_ms <= 0:
             raise ConfigError(f"perf.latency_bound_ms={self.latency_bound_ms}: expected a p99 bound > 0 (or null)")
+        if self.scenario == "offline" and self.latency_bound_ms is not None:
+            # Its e2e latency is how long a request waited in the queue queued at the start: p99 is about the whole
+            # run, so a measurement long enough for a p99 was invalid by construction.
+            raise ConfigError(
+                f"perf.latency_bound_ms={self.latency_bound_ms}: perf.scenario=offline queues every request at the "
+                "start, so its e2e p99 is about the length of the run, not a service latency (MLPerf's Offline "
+                "scenario has no bound): leave it unset, or bound perf.scenario=closed or server"
+            )
 
     def _check_watch_and_search(self) -> None:
         if self.stability:

@@ -154,6 +154,12 @@ def test_defaults_are_typed() -> None:
             r"^perf.stability_window_s=0.5, perf.max_windows=20: only perf.stability=true uses them, and this config "
             r"has perf.stability=false",
         ),
+        (  # every request queued at the start: its e2e p99 is the run's length, so a p99 was always over the bound
+            "perf.scenario=offline perf.latency_bound_ms=100",
+            r"^perf.latency_bound_ms=100.0: perf.scenario=offline queues every request at the start, so its e2e p99 "
+            r"is about the length of the run, not a service latency \(MLPerf's Offline scenario has no bound\): leave "
+            r"it unset, or bound perf.scenario=closed or server$",
+        ),
         ("calibration.seed=-2", r"calibration.seed=-2: expected a seed >= 0"),
         ("dataset.synthetic_seed=-3", r"dataset.synthetic_seed=-3: expected a seed >= 0"),
         (
