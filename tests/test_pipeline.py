@@ -78,6 +78,7 @@ def test_a_bug_in_a_stage_is_recorded_logged_with_its_traceback_and_raised(
     assert logged.levelname == "ERROR" and logged.exc_info is not None  # the traceback is in the run's log file
 
 
+@pytest.mark.usefixtures("quiet_host")
 def test_strict_perf_fails_a_measurement_that_falls_short_and_keeps_it(tmp_path: Path) -> None:
     loose = run(tiny(tmp_path, "backend=sleep", "stages=[perf]"), run_dir=tmp_path / "loose")
     assert loose.status == "ok" and loose.perf is not None and loose.perf.validity.warnings  # 16 batches: no p90
@@ -89,17 +90,38 @@ def test_strict_perf_fails_a_measurement_that_falls_short_and_keeps_it(tmp_path:
     assert strict.status == "failed" and strict.error is not None and strict.error.type == "MeasurementInvalid"
     assert strict.error.message.startswith("perf.strict=true and the measurement falls short: p90, p95, p99 withheld")
     assert strict.perf is not None and strict.perf.batches == 16  # the measurement is kept beside the verdict
-    enough = run(
-        tiny(tmp_path, "backend=sleep", "stages=[perf]", "perf.strict=true", "perf.min_samples=700",
-             "backend.latency_us=200", "perf.max_window_cv=1.0"),
-        run_dir=tmp_path / "enough",
-    )  # fmt: skip
+    enough = strict_run(tmp_path / "enough", "perf.min_samples=700", "backend.latency_us=200", "perf.max_window_cv=1.0")
     assert enough.status == "ok", enough.error
     # The API writes into the folder it is given: a second run there replaced the first's result.json.
     kept = (tmp_path / "loose" / "result.json").read_bytes()
     with pytest.raises(ConfigError, match=r"^run_dir=\S+loose: holds an earlier run \(result.json\); a run writes a "):
         run(tiny(tmp_path, "backend=sleep", "stages=[perf]"), run_dir=tmp_path / "loose")
     assert (tmp_path / "loose" / "result.json").read_bytes() == kept
+
+
+@pytest.fixture
+def quiet_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other work on this shared VM (the hypervisor's steal reaches 15-20% of it under load) is not judged: it fails
+    a strict run, as it should, but is not what the tests using this fixture are about."""
+    monkeypatch.setattr("harness.perf.measurement.OTHER_LOAD_PCT", 100.0)
+
+
+def strict_run(run_dir: Path, *overrides: str) -> RunResult:
+    return run(tiny(run_dir, "backend=sleep", "stages=[perf]", "perf.strict=true", *overrides), run_dir=run_dir)
+
+
+@pytest.mark.usefixtures("quiet_host")
+def test_minimums_a_stability_run_leaves_unused_are_noted_without_failing_a_strict_run(tmp_path: Path) -> None:
+    # debug=tiny's minimums (16 iterations, 0 s, 1 sample): the note says they were not used, and the measurement,
+    # long enough for its p99, meets perf.strict.
+    stable = strict_run(
+        tmp_path / "stable", "perf.stability=true", "perf.stability_window_s=0.4", "perf.stability_pct=50",
+        "backend.latency_us=200", "perf.max_window_cv=1.0",
+    )  # fmt: skip
+    assert stable.status == "ok", stable.error
+    assert stable.perf is not None and stable.perf.stability is not None and stable.perf.stability.stable
+    assert any(warning.startswith("perf.iterations=16, perf.min_duration_s=0.0, perf.min_samples=1 not used: ")
+               for warning in stable.perf.validity.warnings)  # fmt: skip
 
 
 @pytest.mark.process

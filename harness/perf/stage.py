@@ -425,6 +425,9 @@ def _measure_once(
     return measurement
 
 
-def strict_problems(perf: PerfResult) -> list[str]:
-    """Why a measurement does not meet ``perf.strict``: invalid, a withheld percentile, an unstable window CV."""
-    return [*perf.validity.reasons, *perf.validity.warnings]
+def strict_problems(perf: PerfResult, settings: PerfConfig) -> list[str]:
+    """Why a measurement does not meet ``perf.strict``: invalid, a withheld percentile, an unstable window CV, work
+    beside it. Not the note on minimums ``perf.stability`` left unused: that is on the config, not the measurement
+    (and ``debug=tiny`` sets them)."""
+    config_note = settings.minimums_left_to_stability()
+    return [problem for problem in (*perf.validity.reasons, *perf.validity.warnings) if problem != config_note]
