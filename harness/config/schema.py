@@ -110,6 +110,13 @@ class PrecisionConfig:
             )
 
 
+# The calibration node's values when left unset (conf/run.yaml's; a test keeps them equal): a run that does not
+# calibrate (anything but static int8) is hashed with these, whatever it was given.
+CALIBRATION_UNSET: dict[str, object] = {
+    "method": "minmax", "percentile": 99.999, "images": 32, "seed": 1000, "source": "views", "folder": None,
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class CalibrationConfig:
     """``calibration`` node: the images static int8 builds take their activation ranges from.

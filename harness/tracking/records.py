@@ -19,7 +19,7 @@ import json
 import math
 
 from harness.config.convert import flatten
-from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER
+from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER, CALIBRATION_UNSET
 from harness.result.perf import other_work_note
 
 MAX_VALUE_LENGTH = 6000
@@ -168,7 +168,23 @@ def _identity(config: dict[str, object]) -> dict[str, object]:
         for key, unchanged in BACKEND_SETTINGS_ADDED_LATER.get(str(backend.get("name")), {}).items():
             if key in backend and backend[key] in unchanged:
                 del backend[key]
+    calibration = identity.get("calibration")
+    if isinstance(calibration, dict):
+        precision = identity.get("precision")
+        quantization = precision.get("quantization") if isinstance(precision, dict) else None
+        static = isinstance(quantization, dict) and quantization.get("mode") == "static"
+        unused = _calibration_unused(static, calibration.get("method"))
+        calibration.update({key: CALIBRATION_UNSET[key] for key in unused if key in calibration})
     return identity
+
+
+def _calibration_unused(static: bool, method: object) -> tuple[str, ...]:
+    """The calibration settings a run does not use: all of them unless it is static int8 (so a sweep such as
+    ``-m precision=fp32,int8 calibration.images=256`` hashes its fp32 job as a default fp32 run), and the percentile
+    unless the method is ``percentile``. Hashed at their unset values, they pair with the runs that left them so."""
+    if not static:
+        return tuple(CALIBRATION_UNSET)
+    return () if method == "percentile" else ("percentile",)
 
 
 def config_hash(config: dict[str, object]) -> str:
@@ -181,9 +197,15 @@ def identity_params(config: dict[str, object]) -> dict[str, str]:
     return params_of(_identity(config))
 
 
+_CALIBRATION_UNSET_PARAMS = params_of({"calibration": CALIBRATION_UNSET})
+
+
 def identity_of_params(params: dict[str, str]) -> dict[str, str]:
     """Of the tracker params a run was logged with (``params_of`` its config), those ``config_hash`` hashes: its
     ``identity_params``."""
+    static = params.get("precision.quantization.mode") == "static"
+    unused = [f"calibration.{key}" for key in _calibration_unused(static, params.get("calibration.method"))]
+    params = {**params, **{key: _CALIBRATION_UNSET_PARAMS[key] for key in unused if key in params}}
     added_later = BACKEND_SETTINGS_ADDED_LATER.get(params.get("backend.name", ""), {})
     # As params: null is "null", and an empty mapping no param at all.
     unchanged = {

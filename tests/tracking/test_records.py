@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 
 from harness.errors import TrackingError, masked
-from harness.tracking.records import config_hash, metrics_of, params_of, shorten, tags_of
+from harness.tracking.records import (
+    config_hash,
+    identity_of_params,
+    identity_params,
+    metrics_of,
+    params_of,
+    shorten,
+    tags_of,
+)
 from harness.tracking.store import StoreClient
 from tests.conftest import run_config
 
@@ -87,6 +97,40 @@ def test_the_config_hash_ignores_where_a_run_is_kept_but_not_what_it_measured() 
     assert config_hash(base) == config_hash(moved)
     assert config_hash(base) != config_hash({**base, "perf": {"batch": 16}})
     assert base["paths"] == {"outputs": "/a"}  # the caller's mapping is left as it was
+
+
+def recorded_config(tmp_path: Path, *overrides: str) -> dict[str, object]:
+    """The config as ``result.json`` records it."""
+    return json.loads(json.dumps(dataclasses.asdict(run_config(tmp_path, *overrides).portable())))
+
+
+def test_calibration_settings_a_run_does_not_use_are_hashed_at_their_unset_values(tmp_path: Path) -> None:
+    # A sweep `-m precision=fp32,int8 calibration.images=64` hashed its fp32 job apart from every default fp32 run,
+    # so a baseline promoted from one paired with neither (the calibration set is static int8's alone).
+    def hashed(*overrides: str) -> tuple[str, dict[str, str]]:
+        config = recorded_config(tmp_path, *overrides)
+        return config_hash(config), identity_of_params(params_of(config))
+
+    for precision in ("fp32", "fp16", "int8_dynamic"):
+        default = hashed(f"precision={precision}")
+        assert hashed(f"precision={precision}", "calibration.images=64", "calibration.method=entropy") == default
+    static = hashed("precision=int8")
+    assert hashed("precision=int8", "calibration.images=64")[0] != static[0]
+    assert hashed("precision=int8", "calibration.method=entropy")[0] != static[0]
+    # The percentile is read by method=percentile only.
+    assert hashed("precision=int8", "calibration.percentile=99.9") == static
+    percentile = hashed("precision=int8", "calibration.method=percentile")
+    assert hashed("precision=int8", "calibration.method=percentile", "calibration.percentile=99.9")[0] != percentile[0]
+    # An MLflow baseline's params say the same as the hashed config.
+    for overrides in (("precision=fp16", "calibration.seed=7"), ("precision=int8", "calibration.percentile=99.9")):
+        config = recorded_config(tmp_path, *overrides)
+        assert identity_of_params(params_of(config)) == identity_params(config)
+
+
+def test_the_unset_calibration_settings_are_the_run_configs_defaults(tmp_path: Path) -> None:
+    from harness.config.schema import CALIBRATION_UNSET
+
+    assert recorded_config(tmp_path)["calibration"] == CALIBRATION_UNSET
 
 
 def test_a_cuda_run_is_tagged_with_its_device_driver_cuda_and_clocks_and_logs_its_telemetry() -> None:
