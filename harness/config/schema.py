@@ -13,6 +13,7 @@ Image sizes are (H, W) everywhere, shapes [C, H, W] or [N, C, H, W].
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -40,6 +41,29 @@ BACKEND_SETTINGS_ADDED_LATER: dict[str, dict[str, tuple[object, ...]]] = {
     "onnxruntime": {"session_config": (None, {})},
     "sleep": {"warming_calls": (0,), "warming_us": (0.0,)},
 }
+# Values of settings only some runs use, when left unset (conf/run.yaml's; a test keeps them equal).
+CALIBRATION_UNSET: dict[str, object] = {
+    "method": "minmax", "percentile": 99.999, "images": 32, "seed": 1000, "source": "views", "folder": None,
+}  # fmt: skip
+IO_DTYPE_UNSET = "fp32"
+
+
+def unused_settings(setting: Callable[[str], object]) -> dict[str, object]:
+    """The settings a run does not use, by dotted key, with their unset values: ``setting`` reads a dotted key of
+    its config (a string value as itself). The config hash takes them at those values, so the fp32 job of a sweep
+    such as ``-m precision=fp32,int8 calibration.images=64`` pairs with a default fp32 run.
+
+    The calibration set is static int8's alone (its percentile only ``method=percentile``'s); the I/O dtype is
+    only ONNX Runtime's fp16 build's (fp32 and the quantizations take fp32; the vendor toolchain compiles the fp32
+    build; torch builds no ONNX)."""
+    unused: dict[str, object] = {}
+    if setting("precision.quantization.mode") != "static":
+        unused.update({f"calibration.{key}": value for key, value in CALIBRATION_UNSET.items()})
+    elif setting("calibration.method") != "percentile":
+        unused["calibration.percentile"] = CALIBRATION_UNSET["percentile"]
+    if (setting("precision.name"), setting("backend.name")) != ("fp16", "onnxruntime"):
+        unused["build.io_dtype"] = IO_DTYPE_UNSET
+    return unused
 
 
 @dataclass(frozen=True)
@@ -108,13 +132,6 @@ class PrecisionConfig:
                 f"precision.quantization.mode={self.quantization.mode}: precision {self.name} is "
                 f"{'dynamic' if self.name == 'int8_dynamic' else 'static'}"
             )
-
-
-# The calibration node's values when left unset (conf/run.yaml's; a test keeps them equal): a run that does not
-# calibrate (anything but static int8) is hashed with these, whatever it was given.
-CALIBRATION_UNSET: dict[str, object] = {
-    "method": "minmax", "percentile": 99.999, "images": 32, "seed": 1000, "source": "views", "folder": None,
-}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ values never look equal.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import math
 
 from harness.config.convert import flatten
-from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER, CALIBRATION_UNSET
+from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER, unused_settings
 from harness.result.perf import other_work_note
 
 MAX_VALUE_LENGTH = 6000
@@ -168,23 +169,20 @@ def _identity(config: dict[str, object]) -> dict[str, object]:
         for key, unchanged in BACKEND_SETTINGS_ADDED_LATER.get(str(backend.get("name")), {}).items():
             if key in backend and backend[key] in unchanged:
                 del backend[key]
-    calibration = identity.get("calibration")
-    if isinstance(calibration, dict):
-        precision = identity.get("precision")
-        quantization = precision.get("quantization") if isinstance(precision, dict) else None
-        static = isinstance(quantization, dict) and quantization.get("mode") == "static"
-        unused = _calibration_unused(static, calibration.get("method"))
-        calibration.update({key: CALIBRATION_UNSET[key] for key in unused if key in calibration})
+    for dotted, unset in unused_settings(functools.partial(_setting, identity)).items():
+        *parents, key = dotted.split(".")
+        node = _setting(identity, ".".join(parents))
+        if isinstance(node, dict) and key in node:
+            node[key] = unset
     return identity
 
 
-def _calibration_unused(static: bool, method: object) -> tuple[str, ...]:
-    """The calibration settings a run does not use: all of them unless it is static int8 (so a sweep such as
-    ``-m precision=fp32,int8 calibration.images=256`` hashes its fp32 job as a default fp32 run), and the percentile
-    unless the method is ``percentile``. Hashed at their unset values, they pair with the runs that left them so."""
-    if not static:
-        return tuple(CALIBRATION_UNSET)
-    return () if method == "percentile" else ("percentile",)
+def _setting(config: dict[str, object], dotted: str) -> object:
+    """The value at ``dotted`` in a nested config (``None`` where a level is missing)."""
+    node: object = config
+    for key in dotted.split(".") if dotted else ():
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
 
 
 def config_hash(config: dict[str, object]) -> str:
@@ -197,15 +195,11 @@ def identity_params(config: dict[str, object]) -> dict[str, str]:
     return params_of(_identity(config))
 
 
-_CALIBRATION_UNSET_PARAMS = params_of({"calibration": CALIBRATION_UNSET})
-
-
 def identity_of_params(params: dict[str, str]) -> dict[str, str]:
     """Of the tracker params a run was logged with (``params_of`` its config), those ``config_hash`` hashes: its
     ``identity_params``."""
-    static = params.get("precision.quantization.mode") == "static"
-    unused = [f"calibration.{key}" for key in _calibration_unused(static, params.get("calibration.method"))]
-    params = {**params, **{key: _CALIBRATION_UNSET_PARAMS[key] for key in unused if key in params}}
+    unused = params_of(dict(unused_settings(params.get)))  # as params: null is "null"
+    params = {**params, **{key: value for key, value in unused.items() if key in params}}
     added_later = BACKEND_SETTINGS_ADDED_LATER.get(params.get("backend.name", ""), {})
     # As params: null is "null", and an empty mapping no param at all.
     unchanged = {

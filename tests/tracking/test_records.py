@@ -104,9 +104,10 @@ def recorded_config(tmp_path: Path, *overrides: str) -> dict[str, object]:
     return json.loads(json.dumps(dataclasses.asdict(run_config(tmp_path, *overrides).portable())))
 
 
-def test_calibration_settings_a_run_does_not_use_are_hashed_at_their_unset_values(tmp_path: Path) -> None:
+def test_settings_a_run_does_not_use_are_hashed_at_their_unset_values(tmp_path: Path) -> None:
     # A sweep `-m precision=fp32,int8 calibration.images=64` hashed its fp32 job apart from every default fp32 run,
-    # so a baseline promoted from one paired with neither (the calibration set is static int8's alone).
+    # so a baseline promoted from one paired with neither (the calibration set is static int8's alone); the same
+    # for `-m precision=fp32,fp16 build.io_dtype=native`.
     def hashed(*overrides: str) -> tuple[str, dict[str, str]]:
         config = recorded_config(tmp_path, *overrides)
         return config_hash(config), identity_of_params(params_of(config))
@@ -121,16 +122,22 @@ def test_calibration_settings_a_run_does_not_use_are_hashed_at_their_unset_value
     assert hashed("precision=int8", "calibration.percentile=99.9") == static
     percentile = hashed("precision=int8", "calibration.method=percentile")
     assert hashed("precision=int8", "calibration.method=percentile", "calibration.percentile=99.9")[0] != percentile[0]
+    # The I/O dtype is ONNX Runtime's fp16 build's alone.
+    for overrides in (("precision=fp32",), ("precision=int8",), ("precision=fp16", "backend=torch")):
+        assert hashed(*overrides, "build.io_dtype=native") == hashed(*overrides)
+    assert hashed("precision=fp16", "build.io_dtype=native")[0] != hashed("precision=fp16")[0]
     # An MLflow baseline's params say the same as the hashed config.
-    for overrides in (("precision=fp16", "calibration.seed=7"), ("precision=int8", "calibration.percentile=99.9")):
+    for overrides in (("precision=fp16", "calibration.seed=7"), ("precision=int8", "calibration.percentile=99.9"),
+                      ("precision=fp32", "build.io_dtype=native"), ("precision=fp16", "build.io_dtype=native")):  # fmt: skip
         config = recorded_config(tmp_path, *overrides)
         assert identity_of_params(params_of(config)) == identity_params(config)
 
 
-def test_the_unset_calibration_settings_are_the_run_configs_defaults(tmp_path: Path) -> None:
-    from harness.config.schema import CALIBRATION_UNSET
+def test_the_unset_values_of_settings_some_runs_use_are_the_run_configs_defaults(tmp_path: Path) -> None:
+    from harness.config.schema import CALIBRATION_UNSET, IO_DTYPE_UNSET
 
-    assert recorded_config(tmp_path)["calibration"] == CALIBRATION_UNSET
+    config = recorded_config(tmp_path)
+    assert config["calibration"] == CALIBRATION_UNSET and config["build"]["io_dtype"] == IO_DTYPE_UNSET  # type: ignore[index]
 
 
 def test_a_cuda_run_is_tagged_with_its_device_driver_cuda_and_clocks_and_logs_its_telemetry() -> None:
