@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from harness.config.convert import check_seed
-from harness.config.perf import PerfConfig
+from harness.config.perf import MINIMUMS, PerfConfig
+from harness.config.perf import UNSET as PERF_UNSET
 from harness.errors import ConfigError, as_written, masked, unknown_name_message
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int8_dynamic"]
@@ -55,8 +56,11 @@ def unused_settings(setting: Callable[[str], object]) -> dict[str, object]:
 
     The calibration set is static int8's alone (its percentile only ``method=percentile``'s); the I/O dtype is
     only ONNX Runtime's fp16 build's (fp32 and the quantizations take fp32; the vendor toolchain compiles the fp32
-    build; torch builds no ONNX)."""
+    build; torch builds no ONNX); the perf minimums are not used under ``perf.stability``, whose rule decides how
+    long the run measures."""
     unused: dict[str, object] = {}
+    if setting("perf.stability") in (True, "true"):  # a params value is a string
+        unused.update({f"perf.{key}": PERF_UNSET[key] for key in MINIMUMS})
     if setting("precision.quantization.mode") != "static":
         unused.update({f"calibration.{key}": value for key, value in CALIBRATION_UNSET.items()})
     elif setting("calibration.method") != "percentile":

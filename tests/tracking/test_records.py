@@ -126,9 +126,14 @@ def test_settings_a_run_does_not_use_are_hashed_at_their_unset_values(tmp_path: 
     for overrides in (("precision=fp32",), ("precision=int8",), ("precision=fp16", "backend=torch")):
         assert hashed(*overrides, "build.io_dtype=native") == hashed(*overrides)
     assert hashed("precision=fp16", "build.io_dtype=native")[0] != hashed("precision=fp16")[0]
+    # perf.stability's rule, not the minimums, decides how long a run measures.
+    stable = ("perf.stability=true", "perf.iterations=1024", "perf.min_duration_s=1.0", "perf.min_samples=64")
+    assert hashed(*stable, "perf.iterations=16", "perf.min_duration_s=30", "perf.min_samples=1") == hashed(*stable)
+    assert hashed("perf.min_duration_s=30")[0] != hashed("perf.min_duration_s=1.0")[0]
     # An MLflow baseline's params say the same as the hashed config.
     for overrides in (("precision=fp16", "calibration.seed=7"), ("precision=int8", "calibration.percentile=99.9"),
-                      ("precision=fp32", "build.io_dtype=native"), ("precision=fp16", "build.io_dtype=native")):  # fmt: skip
+                      ("precision=fp32", "build.io_dtype=native"), ("precision=fp16", "build.io_dtype=native"),
+                      ("perf.stability=true",), ("perf.stability=false",)):  # fmt: skip
         config = recorded_config(tmp_path, *overrides)
         assert identity_of_params(params_of(config)) == identity_params(config)
 
