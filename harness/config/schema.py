@@ -42,11 +42,12 @@ BACKEND_SETTINGS_ADDED_LATER: dict[str, dict[str, tuple[object, ...]]] = {
     "onnxruntime": {"session_config": (None, {})},
     "sleep": {"warming_calls": (0,), "warming_us": (0.0,)},
 }
-# Values of settings only some runs use, when left unset (conf/run.yaml's; a test keeps them equal).
-CALIBRATION_UNSET: dict[str, object] = {
-    "method": "minmax", "percentile": 99.999, "images": 32, "seed": 1000, "source": "views", "folder": None,
+# Values of settings only some runs use, by dotted key, when left unset (conf/run.yaml's; a test keeps them equal).
+SOME_RUNS_SETTINGS_UNSET: dict[str, object] = {
+    "calibration.method": "minmax", "calibration.percentile": 99.999, "calibration.images": 32,
+    "calibration.seed": 1000, "calibration.source": "views", "calibration.folder": None, "build.io_dtype": "fp32",
+    "accuracy.compare_fp32": True, **{f"perf.{key}": PERF_UNSET[key] for key in MINIMUMS},
 }  # fmt: skip
-IO_DTYPE_UNSET = "fp32"
 
 
 def unused_settings(setting: Callable[[str], object]) -> dict[str, object]:
@@ -56,18 +57,20 @@ def unused_settings(setting: Callable[[str], object]) -> dict[str, object]:
 
     The calibration set is static int8's alone (its percentile only ``method=percentile``'s); the I/O dtype is
     only ONNX Runtime's fp16 build's (fp32 and the quantizations take fp32; the vendor toolchain compiles the fp32
-    build; torch builds no ONNX); the perf minimums are not used under ``perf.stability``, whose rule decides how
-    long the run measures."""
-    unused: dict[str, object] = {}
-    if setting("perf.stability") in (True, "true"):  # a params value is a string
-        unused.update({f"perf.{key}": PERF_UNSET[key] for key in MINIMUMS})
+    build; torch builds no ONNX); an fp32 run has no fp32 build to compare its features with; the perf minimums
+    are not used under ``perf.stability``, whose rule decides how long the run measures."""
+    unused: list[str] = []
     if setting("precision.quantization.mode") != "static":
-        unused.update({f"calibration.{key}": value for key, value in CALIBRATION_UNSET.items()})
+        unused += [key for key in SOME_RUNS_SETTINGS_UNSET if key.startswith("calibration.")]
     elif setting("calibration.method") != "percentile":
-        unused["calibration.percentile"] = CALIBRATION_UNSET["percentile"]
+        unused.append("calibration.percentile")
     if (setting("precision.name"), setting("backend.name")) != ("fp16", "onnxruntime"):
-        unused["build.io_dtype"] = IO_DTYPE_UNSET
-    return unused
+        unused.append("build.io_dtype")
+    if setting("precision.name") == "fp32":
+        unused.append("accuracy.compare_fp32")
+    if setting("perf.stability") in (True, "true"):  # a params value is a string
+        unused += [f"perf.{key}" for key in MINIMUMS]
+    return {key: SOME_RUNS_SETTINGS_UNSET[key] for key in unused}
 
 
 @dataclass(frozen=True)

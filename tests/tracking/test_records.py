@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import TrackingError, masked
+from harness.resolve import resolve_config
 from harness.tracking.records import (
     config_hash,
     identity_of_params,
@@ -20,7 +21,7 @@ from harness.tracking.records import (
     tags_of,
 )
 from harness.tracking.store import StoreClient
-from tests.conftest import run_config
+from tests.conftest import compose, run_config
 
 
 def test_long_values_are_cut_with_a_hash_of_the_whole() -> None:
@@ -126,6 +127,9 @@ def test_settings_a_run_does_not_use_are_hashed_at_their_unset_values(tmp_path: 
     for overrides in (("precision=fp32",), ("precision=int8",), ("precision=fp16", "backend=torch")):
         assert hashed(*overrides, "build.io_dtype=native") == hashed(*overrides)
     assert hashed("precision=fp16", "build.io_dtype=native")[0] != hashed("precision=fp16")[0]
+    # An fp32 run has no fp32 build to compare its features with.
+    assert hashed("precision=fp32", "accuracy.compare_fp32=false") == hashed("precision=fp32")
+    assert hashed("precision=fp16", "accuracy.compare_fp32=false")[0] != hashed("precision=fp16")[0]
     # perf.stability's rule, not the minimums, decides how long a run measures.
     stable = ("perf.stability=true", "perf.iterations=1024", "perf.min_duration_s=1.0", "perf.min_samples=64")
     assert hashed(*stable, "perf.iterations=16", "perf.min_duration_s=30", "perf.min_samples=1") == hashed(*stable)
@@ -139,10 +143,11 @@ def test_settings_a_run_does_not_use_are_hashed_at_their_unset_values(tmp_path: 
 
 
 def test_the_unset_values_of_settings_some_runs_use_are_the_run_configs_defaults(tmp_path: Path) -> None:
-    from harness.config.schema import CALIBRATION_UNSET, IO_DTYPE_UNSET
+    from harness.config.schema import SOME_RUNS_SETTINGS_UNSET
 
-    config = recorded_config(tmp_path)
-    assert config["calibration"] == CALIBRATION_UNSET and config["build"]["io_dtype"] == IO_DTYPE_UNSET  # type: ignore[index]
+    config = resolve_config(compose([f"paths.cache={tmp_path}"]))  # no debug preset: conf/'s own defaults
+    defaults = params_of(json.loads(json.dumps(dataclasses.asdict(config.portable()))))
+    assert {key: defaults[key] for key in SOME_RUNS_SETTINGS_UNSET} == params_of(SOME_RUNS_SETTINGS_UNSET)
 
 
 def test_a_cuda_run_is_tagged_with_its_device_driver_cuda_and_clocks_and_logs_its_telemetry() -> None:
