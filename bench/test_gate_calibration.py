@@ -32,7 +32,9 @@ from harness.perf.stage import run_perf
 from harness.resolve import resolve_config
 from tests.conftest import compose
 
-SETTINGS = GateConfig(rules={}, min_repeats=5, alpha=0.01, confidence=0.95, bootstrap_resamples=4000, seed=0)
+SETTINGS = GateConfig(
+    rules={}, min_repeats=5, alpha=0.01, confidence=0.95, bootstrap_resamples=4000, seed=0, max_other_load_pct=10.0
+)
 SYNTHETIC_TRIALS = 10_000
 REAL_TRIALS = 20
 A_SIDE = 5

@@ -50,7 +50,7 @@ def gate(arguments: list[str]) -> int:
         run_ids = [candidate for candidate in candidates if candidate_kind(candidate) == "mlflow"]
         store = Store(config.tracking, config.paths) if options.baseline == "mlflow" or run_ids else None
         if options.promote:
-            _promote(candidates, options.baseline, store, min_repeats=config.gate.min_repeats)
+            _promote(candidates, options.baseline, store, config.gate)
             return 0
         result = _decide(candidates, options, config.gate, store)
     except HarnessError as error:
@@ -112,7 +112,7 @@ def _once_each(candidates: list[str]) -> list[str]:
     return list(first.values())
 
 
-def _promote(candidates: list[str], baseline: str, store: Store | None, *, min_repeats: int) -> None:
+def _promote(candidates: list[str], baseline: str, store: Store | None, settings: GateConfig) -> None:
     """Make the candidates the baseline: tag their MLflow runs, or write their entries into a baseline file.
     A run with fewer perf repeats than the gate decides on is promoted with a warning saying so."""
     from harness.errors import counted
@@ -123,19 +123,19 @@ def _promote(candidates: list[str], baseline: str, store: Store | None, *, min_r
     if baseline == "mlflow":
         assert store is not None  # opened for an MLflow baseline
         for candidate in candidates:
-            promoted = promote_in_mlflow(store, candidate)
+            promoted = promote_in_mlflow(store, candidate, max_other_load_pct=settings.max_other_load_pct)
             runs = "run" if len(promoted) == 1 else "runs"
             print(f"baseline: MLflow {runs} {', '.join(promoted)} tagged harness.baseline=true")
     else:
-        write_baseline_file(Path(baseline), evidence)
+        write_baseline_file(Path(baseline), evidence, max_other_load_pct=settings.max_other_load_pct)
         print(f"baseline: {counted(len(evidence), 'entry', 'entries')} written to {baseline}")
     for item in evidence:
         repeats = max((len(item.metrics.get(name, ())) for name in PERF_METRICS), default=0)
-        if 0 < repeats < min_repeats:
+        if 0 < repeats < settings.min_repeats:
             print(
                 f"warning: {item.label}: {counted(repeats, 'perf repeat')}; the gate decides speed with >= "
-                f"{min_repeats} a side (gate.min_repeats), so against it speed gates inconclusive: measure the "
-                f"baseline with perf.repeats={min_repeats}",
+                f"{settings.min_repeats} a side (gate.min_repeats), so against it speed gates inconclusive: measure "
+                f"the baseline with perf.repeats={settings.min_repeats}",
                 file=sys.stderr,
             )
 

@@ -65,6 +65,8 @@ class GateConfig:
         confidence: level of the bootstrap interval of the ratio of medians.
         bootstrap_resamples: resamples for that interval.
         seed: seed of the bootstrap (a decision is reproducible).
+        max_other_load_pct: a run measured beside more other work than this share of the machine's CPU (other
+            processes, or the hypervisor's steal) is no baseline, and as a candidate is decided with a note saying so.
     """
 
     rules: dict[str, GateRule]
@@ -73,6 +75,7 @@ class GateConfig:
     confidence: float
     bootstrap_resamples: int
     seed: int
+    max_other_load_pct: float
 
     def __post_init__(self) -> None:
         if self.min_repeats < 2 or not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
@@ -81,6 +84,8 @@ class GateConfig:
                 "expected min_repeats >= 2 and alpha, confidence in (0, 1)"
             )
         check_seed("gate.seed", self.seed)
+        if not 0 <= self.max_other_load_pct <= 100:
+            raise ConfigError(f"gate.max_other_load_pct={self.max_other_load_pct}: expected a percentage in [0, 100]")
 
 
 @dataclass(frozen=True)

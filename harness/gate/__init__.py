@@ -103,8 +103,8 @@ def pair(
         difference = config_difference(candidate, others())
         problem = f"no baseline for config hash {candidate.config_hash}" + (f": {difference}" if difference else "")
         return Pairing(candidate, None, (), (problem,), ())
-    if candidate.beside:
-        notes.append(f"the candidate was {candidate.beside}: a regression may be that work's")
+    if beside := candidate.beside(settings.max_other_load_pct):
+        notes.append(f"the candidate was {beside}: a regression may be that work's")
     decisions, problems = [], []
     load = gated_load(candidate.config)
     for metric, rule in settings.rules.items():

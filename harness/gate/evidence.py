@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from harness.errors import counted
 from harness.result import RunResult
-from harness.result.perf import Measurement, beside_note, search_peaks
+from harness.result.perf import Measurement, other_work_note, search_peaks, worst_other_work
 from harness.tracking.records import config_hash, identity_params
 
 
@@ -33,8 +33,9 @@ class Evidence:
         perf_problem: why its perf values are no evidence (an invalid measurement, or one taken beside another
             job on the same device); empty when they are.
         tracked: (tracking URI, run id) of the MLflow run it is, or was logged to; ``None`` when untracked.
-        beside: the most CPU other work took beside a perf repeat, where that was over ``OTHER_LOAD_PCT`` (other
-            processes, the hypervisor's steal): its numbers are still evidence, but the table's notes say so.
+        other_work: the most CPU other work took beside a perf repeat (``worst_other_work``: other processes, the
+            hypervisor's steal): over ``gate.max_other_load_pct`` its numbers are still evidence, but the table's
+            notes say so, and it is no baseline.
     """
 
     label: str
@@ -46,7 +47,11 @@ class Evidence:
     failure: str = ""
     perf_problem: str = ""
     tracked: tuple[str, str] | None = None
-    beside: str = ""
+    other_work: dict[str, float] = field(default_factory=dict)
+
+    def beside(self, limit_pct: float) -> str:
+        """Whether other work took more than ``limit_pct`` of the CPU beside a perf repeat, in words (empty if not)."""
+        return other_work_note(self.other_work, limit_pct)
 
     def merged(self, other: Evidence) -> Evidence:
         """This evidence with ``other``'s repeats added (a rerun of the same config on the same machine)."""
@@ -57,7 +62,11 @@ class Evidence:
             metrics=metrics, run_dirs=self.run_dirs + other.run_dirs, config=self.config,
             failure=self.failure or other.failure,
             perf_problem="; ".join(problem for problem in (self.perf_problem, other.perf_problem) if problem),
-            tracked=self.tracked, beside="; ".join(note for note in (self.beside, other.beside) if note),
+            tracked=self.tracked,
+            other_work={
+                what: max(self.other_work.get(what, 0.0), other.other_work.get(what, 0.0))
+                for what in {**self.other_work, **other.other_work}
+            },
         )  # fmt: skip
 
 
@@ -113,7 +122,7 @@ def evidence_of(result: RunResult, *, label: str) -> Evidence:
         if result.status == "ok"
         else f"the run ended {result.status}" + (f": {result.error.message}" if result.error else ""),
         perf_problem="; ".join(dict.fromkeys(perf_problems)),
-        beside=beside_note(result.perf) if result.perf is not None else "",
+        other_work=worst_other_work(result.perf) if result.perf is not None else {},
     )
 
 

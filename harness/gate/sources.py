@@ -23,9 +23,9 @@ from harness.fileio import locked, write_json_atomic
 from harness.gate.evidence import Evidence, evidence_of
 from harness.report import SWEEP_FILE, folder_kind, job_dirs, record_folder
 from harness.result import RESULT_FILE, RunResult, load_result
-from harness.result.perf import OTHER_LOAD_PCT
+from harness.result.perf import other_work_note
 from harness.tracking import TRACKING_FILE, TrackingRecord
-from harness.tracking.records import identity_of_params
+from harness.tracking.records import OTHER_WORK_TAG, identity_of_params
 from harness.tracking.store import Store, StoreClient
 
 if TYPE_CHECKING:
@@ -145,10 +145,16 @@ def entries_for(entries: list[Evidence], config_hash: str) -> list[Evidence]:
     return [item for item in entries if item.config_hash == config_hash]
 
 
-def write_baseline_file(path: Path, evidence: list[Evidence]) -> None:
-    """Add (or replace, per config hash and machine) entries in a baseline file; only runs that ended ``ok``."""
+def write_baseline_file(path: Path, evidence: list[Evidence], *, max_other_load_pct: float) -> None:
+    """Add (or replace, per config hash and machine) entries in a baseline file; only runs that ended ``ok``, with
+    a valid perf measurement taken beside no more than ``max_other_load_pct`` of other work."""
     check_promotable(
-        {item.label: why for item in evidence if (why := item.failure or item.perf_problem or item.beside)}
+        {
+            item.label: why
+            for item in evidence
+            if (why := item.failure or item.perf_problem or item.beside(max_other_load_pct))
+        },
+        max_other_load_pct,
     )
     try:
         # One promotion at a time: two at once (CI jobs promoting their runs into one file) each read the file
@@ -231,13 +237,19 @@ def tag_verdicts(clients: Callable[[str], StoreClient], result: GateResult, *, b
     return failures
 
 
-def promote_in_mlflow(store: Store, candidate: str) -> list[str]:
-    """Tag the candidate's MLflow runs as the baseline (the previous baseline of the same config and machine loses it)."""
+def promote_in_mlflow(store: Store, candidate: str, *, max_other_load_pct: float) -> list[str]:
+    """Tag the candidate's MLflow runs as the baseline (the previous baseline of the same config and machine loses it);
+    only runs ``write_baseline_file`` would write."""
     run_ids = [_run_id_of(item, store) for item in _run_sources(candidate)]
     client = store.client
     tags_of_run = {run_id: store.call(partial(client.get_run, run_id)).data.tags for run_id in run_ids}
     check_promotable(
-        {f"mlflow run {run_id}": why for run_id, tags in tags_of_run.items() if (why := _why_no_baseline(tags))}
+        {
+            f"mlflow run {run_id}": why
+            for run_id, tags in tags_of_run.items()
+            if (why := _why_no_baseline(tags, max_other_load_pct))
+        },
+        max_other_load_pct,
     )
     for run_id, tags in tags_of_run.items():
         query = (
@@ -250,7 +262,7 @@ def promote_in_mlflow(store: Store, candidate: str) -> list[str]:
     return run_ids
 
 
-def _why_no_baseline(tags: dict[str, str]) -> str:
+def _why_no_baseline(tags: dict[str, str], max_other_load_pct: float) -> str:
     """Why an MLflow run cannot be a baseline, read from its tags (empty when it can)."""
     if tags.get("harness.status") != "ok":
         return f"the run ended {tags.get('harness.status')}"
@@ -258,12 +270,16 @@ def _why_no_baseline(tags: dict[str, str]) -> str:
         return "its perf measurement is invalid"
     if tags.get("harness.contended") == "true":
         return "its perf was measured beside another job on one device"
-    if tags.get("harness.beside_other_work"):
-        return f"its perf was {tags['harness.beside_other_work']}"
+    if OTHER_WORK_TAG in tags:
+        beside = other_work_note(json.loads(tags[OTHER_WORK_TAG]), max_other_load_pct)
+    else:  # logged before the numbers were: its note, over the measurement's own 10%
+        beside = tags.get("harness.beside_other_work", "")
+    if beside:
+        return f"its perf was {beside}"
     return ""
 
 
-def check_promotable(failures: dict[str, str]) -> None:
+def check_promotable(failures: dict[str, str], max_other_load_pct: float) -> None:
     """A ``DataError`` naming every run (label -> why) that is no baseline: one that did not end ``ok``, or whose
     perf measurement is invalid or was taken beside another job on its device or other work (a baseline slowed by
     it would let a slower candidate pass)."""
@@ -271,7 +287,8 @@ def check_promotable(failures: dict[str, str]) -> None:
         named = "; ".join(f"{label} ({why})" for label, why in failures.items())
         raise DataError(
             "only runs that ended ok with a valid measurement, taken with no other perf run on their device and no "
-            f"other work over {OTHER_LOAD_PCT:g}% of the CPU, can be a baseline, and {len(failures)} "
+            f"other work over {max_other_load_pct:g}% of the CPU (gate.max_other_load_pct), can be a baseline, and "
+            f"{len(failures)} "
             f"{'is' if len(failures) == 1 else 'are'} not: {named} (promote the others by their run folders, or run "
             "them again)"
         )

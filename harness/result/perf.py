@@ -300,16 +300,29 @@ class PerfResult(Measurement):
 
 def beside_note(perf: PerfResult) -> str:
     """The most CPU that other processes, and the hypervisor, took beside any repeat, over ``OTHER_LOAD_PCT``."""
+    return other_work_note(worst_other_work(perf))
+
+
+def worst_other_work(perf: PerfResult) -> dict[str, float]:
+    """The most of the machine's CPU other processes, and the hypervisor's steal, took during any repeat's window
+    (``"other processes"``, ``"hypervisor steal"``: percent); empty when no repeat sampled it."""
     hosts = [repeat.host for repeat in perf.repeats or (perf,) if repeat.host is not None]
-    return other_work_note([(host.other_cpu_pct, host.steal_pct) for host in hosts])
+    return worst_of_loads([(host.other_cpu_pct, host.steal_pct) for host in hosts])
 
 
-def other_work_note(loads: list[tuple[float | None, float | None]]) -> str:
-    """``beside_note`` of each repeat's (other processes', hypervisor steal's) share of the CPU; ``None`` where a
-    repeat did not sample it."""
-    worst = {
-        "other processes": max((other or 0.0 for other, _ in loads), default=0.0),
-        "hypervisor steal": max((steal or 0.0 for _, steal in loads), default=0.0),
+def worst_of_loads(loads: list[tuple[float | None, float | None]]) -> dict[str, float]:
+    """``worst_other_work`` of each repeat's (other processes', hypervisor steal's) share of the CPU; ``None``
+    where a repeat did not sample it."""
+    sampled = [(other, steal) for other, steal in loads if other is not None or steal is not None]
+    if not sampled:
+        return {}
+    return {
+        "other processes": max(other or 0.0 for other, _ in sampled),
+        "hypervisor steal": max(steal or 0.0 for _, steal in sampled),
     }
-    over = [f"{what} up to {pct:.0f}%" for what, pct in worst.items() if pct > OTHER_LOAD_PCT]
+
+
+def other_work_note(worst: dict[str, float], limit_pct: float = OTHER_LOAD_PCT) -> str:
+    """What ``worst_other_work`` says over ``limit_pct``, in words; empty when nothing is over it."""
+    over = [f"{what} up to {pct:.0f}%" for what, pct in worst.items() if pct > limit_pct]
     return f"measured beside other work ({', '.join(over)} of the CPU in a repeat)" if over else ""

@@ -21,7 +21,7 @@ import math
 
 from harness.config.convert import flatten
 from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER, unused_settings
-from harness.result.perf import other_work_note
+from harness.result.perf import other_work_note, worst_of_loads
 
 MAX_VALUE_LENGTH = 6000
 # Dotted paths (fnmatch patterns) of the result fields that are measurements.
@@ -139,6 +139,8 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# Tag of the most CPU other work took beside a perf repeat (``worst_other_work``, JSON).
+OTHER_WORK_TAG = "harness.other_work_pct"
 # Config keys that say where and how a run is kept or judged, not what is measured: left out of the config hash, so a
 # baseline matches a candidate run on another machine, folder or tracking store.
 NOT_IDENTITY = (
@@ -220,6 +222,7 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
     weights: dict = result.get("weights") or {}  # type: ignore[assignment]
     perf: dict = result.get("perf") or {}  # type: ignore[assignment]
     resolved: dict = perf.get("backend_resolved") or {}
+    worst = _worst_other_work(perf)
     tags = {
         "harness.run_uid": result["run_uid"],
         "harness.status": result["status"],
@@ -240,7 +243,9 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
         else f"sm {resolved['sm_clock_max_mhz']}, memory {resolved.get('memory_clock_max_mhz')}",
         "harness.perf_valid": _flag(perf, "validity", "valid"),
         "harness.contended": _flag(perf, "contended_with"),
-        "harness.beside_other_work": _beside_other_work(perf) or None,
+        "harness.beside_other_work": other_work_note(worst) or None,
+        # The numbers behind it, which `harness gate --promote` judges against gate.max_other_load_pct.
+        OTHER_WORK_TAG: json.dumps(worst) if worst else None,
         # An open-loop run of a one-program-per-batch backend: its model time is the full batch's.
         "harness.filled_batches": _flag(perf, "filled_batches"),
         "harness.parity_passed": _flag(result.get("build"), "parity", "passed"),
@@ -254,12 +259,10 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
     return {key: shorten(str(value), 5000) for key, value in tags.items()}
 
 
-def _beside_other_work(perf: dict | None) -> str:
-    """``beside_note`` of a result's perf block as written (a result of an older version has fewer fields)."""
-    if not isinstance(perf, dict):
-        return ""
-    hosts = [repeat.get("host") or {} for repeat in perf.get("repeats") or [perf]]
-    return other_work_note([(host.get("other_cpu_pct"), host.get("steal_pct")) for host in hosts])
+def _worst_other_work(perf: dict) -> dict[str, float]:
+    """``worst_other_work`` of a result's perf block as written (a result of an older version has fewer fields)."""
+    hosts = [repeat.get("host") or {} for repeat in perf.get("repeats") or [perf]] if perf else []
+    return worst_of_loads([(host.get("other_cpu_pct"), host.get("steal_pct")) for host in hosts])
 
 
 def _text(value: object) -> str | None:

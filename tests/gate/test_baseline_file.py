@@ -81,7 +81,10 @@ def test_two_promotions_at_once_keep_both_entries(tmp_path: Path, monkeypatch: p
                  metrics={"map_medium": (90.0 + index,)})
         for index in (1, 2)
     ]  # fmt: skip
-    threads = [threading.Thread(target=sources.write_baseline_file, args=(path, [item])) for item in promoted]
+    threads = [
+        threading.Thread(target=sources.write_baseline_file, args=(path, [item]), kwargs={"max_other_load_pct": 10})
+        for item in promoted
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

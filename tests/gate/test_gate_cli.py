@@ -36,6 +36,9 @@ harness = harness_in
 TOLERANT = [
     f"gate.rules.{metric}.threshold=0.5" for metric in ("throughput_qps", "e2e_latency_p50_ms", "model_latency_p50_ms")
 ]
+# The same for promotion: this VM's hypervisor steal passes 10% under load now and then, which rightly makes a run no
+# baseline by default; tests of the plumbing promote whatever ran beside them (the CPU-hog test keeps the default).
+BUSY_HOST_BASELINE = "gate.max_other_load_pct=100"
 
 
 def run_folder(done: subprocess.CompletedProcess[str]) -> str:
@@ -48,7 +51,7 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     baseline_file = tmp_path / "baselines" / "sleep.json"
     # Named twice (its folder, then the result.json a run prints): one run, one entry (it wrote two).
     promoted = harness(tmp_path, "gate", "--promote", baseline, str(Path(baseline) / "result.json"), "--baseline",
-                       str(baseline_file), "tracking=off")  # fmt: skip
+                       str(baseline_file), "tracking=off", BUSY_HOST_BASELINE)  # fmt: skip
     assert promoted.returncode == 0 and "1 entry written" in promoted.stdout and promoted.stderr == ""
     entry = json.loads(baseline_file.read_text())["entries"][0]
     assert len(entry["metrics"]["throughput_qps"]) == 5 and "map_medium" not in entry["metrics"]
@@ -211,13 +214,26 @@ def test_a_candidate_slowed_by_cpu_hogs_is_a_regression_and_mlflow_holds_the_ver
         tags["harness.gate.map_medium" if "harness.gate.map_medium" in tags else "harness.gate.parity_min_cos"]
         == "pass"
     )
+    # Where that much other work is routine, its owner raises the limit, and the run is a baseline (from its
+    # tagged numbers in MLflow, from its result.json in a file).
+    for store in ("mlflow", str(tmp_path / "slowed.json")):
+        tolerant = harness(tmp_path, "gate", "--promote", slowed, "--baseline", store, BUSY_HOST_BASELINE)
+        assert tolerant.returncode == 0, tolerant.stderr
+    assert (
+        MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}").get_run(slowed_id).data.tags["harness.baseline"]
+        == "true"
+    )
+    assert json.loads((tmp_path / "slowed.json").read_text())["entries"][0]["label"].endswith(Path(slowed).name)
 
 
 def test_a_verdict_is_tagged_in_the_store_its_run_was_logged_to(tmp_path: Path) -> None:
     elsewhere = tmp_path / "team" / "mlflow.db"
     logged = run_folder(harness(tmp_path, *SLEEP_RUN, "perf.repeats=5", f"tracking.uri=sqlite:///{elsewhere}"))
     baseline_file = tmp_path / "sleep.json"
-    assert harness(tmp_path, "gate", "--promote", logged, "--baseline", str(baseline_file)).returncode == 0
+    assert (
+        harness(tmp_path, "gate", "--promote", logged, "--baseline", str(baseline_file), BUSY_HOST_BASELINE).returncode
+        == 0
+    )
     gated = harness(tmp_path, "gate", logged, "--baseline", str(baseline_file), *TOLERANT)  # the default store
     assert gated.returncode == 0 and gated.stderr == "", gated.stdout + gated.stderr
     run_id = json.loads((Path(logged) / "tracking.json").read_text())["run_id"]

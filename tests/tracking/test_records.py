@@ -86,6 +86,8 @@ def test_a_run_measured_beside_other_work_is_tagged_so() -> None:
     assert tagged["harness.beside_other_work"] == (
         "measured beside other work (other processes up to 26% of the CPU in a repeat)"
     )
+    # The numbers behind it, which `harness gate --promote` judges against its own limit.
+    assert json.loads(tagged["harness.other_work_pct"]) == {"other processes": 26.3, "hypervisor steal": 0.0}
     assert "harness.beside_other_work" not in tags_of({**result, "perf": {**quiet, "repeats": [quiet, quiet]}})
     assert "harness.beside_other_work" not in tags_of({**result, "perf": {"throughput_qps": 1.0}})  # an older result
 
