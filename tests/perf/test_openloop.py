@@ -405,7 +405,8 @@ def test_repeated_peak_searches_each_search_in_full_and_report_the_median_peak(
     from harness.summary import format_summary
 
     caplog.set_level(logging.INFO, logger="harness.perf.stage")
-    config = peak_search_config(cache_dir, "perf.max_probes=2", "perf.repeats=2")
+    # A bound of 25 ms, 50 times the service time: 5 ms was missed at 200 qps when this VM's steal reached 24%.
+    config = peak_search_config(cache_dir, "perf.max_probes=2", "perf.repeats=2", "perf.latency_bound_ms=25")
     result = run(config, run_dir=tmp_path).perf
     assert result is not None
     # perf.max_probes bounds each search: its second probe doubles or halves the rate of its first.
@@ -413,7 +414,7 @@ def test_repeated_peak_searches_each_search_in_full_and_report_the_median_peak(
     for first, second in (result.probes[:2], result.probes[2:]):
         assert first.target_qps == 400.0 and second.target_qps == (800.0 if first.passed else 200.0)
     peaks = search_peaks(result.probes)
-    assert len(peaks) == 2 and all(peak is not None for peak in peaks)  # 0.5 ms a request: 200 or 400 pass
+    assert len(peaks) == 2 and all(peak is not None for peak in peaks)  # 0.5 ms a request: 400 or 800 pass
     lower = min(peaks)  # type: ignore[type-var]
     assert result.peak_qps == lower and result.target_qps == lower  # of two, the lower middle one
     assert len(result.repeats) == 2 and result.validity.valid
@@ -427,7 +428,7 @@ def test_repeated_peak_searches_each_search_in_full_and_report_the_median_peak(
     summary = format_summary(load_result(tmp_path))
     for repeat, probes in enumerate((result.probes[:2], result.probes[2:])):
         verdicts = ", ".join(f"{probe.target_qps:.4g} {'pass' if probe.passed else 'fail'}" for probe in probes)
-        line = f"search {repeat + 1} of 2: {peaks[repeat]:.4g} img/s with p99 <= 5.0 ms (2 probes: {verdicts})"
+        line = f"search {repeat + 1} of 2: {peaks[repeat]:.4g} img/s with p99 <= 25.0 ms (2 probes: {verdicts})"
         assert line in summary
     highest = max(peaks)  # type: ignore[type-var]
     assert f"peak        {lower:.4g} img/s: the median of 2 searches ({lower:.4g} to {highest:.4g})" in summary
