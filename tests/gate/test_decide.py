@@ -335,3 +335,20 @@ def test_a_baseline_with_too_few_repeats_is_not_rerun_against_and_says_what_to_d
 def test_a_negative_bootstrap_seed_is_refused_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"gate.seed=-1: expected a seed >= 0"):
         dataclasses.replace(SETTINGS, seed=-1)
+
+
+def test_an_mlflow_run_is_judged_by_its_tagged_numbers_against_the_limit_and_an_older_one_by_its_note() -> None:
+    from harness.gate.sources import _why_no_baseline  # what --promote reads of an MLflow run: its tags
+
+    quiet = {"harness.status": "ok", "harness.perf_valid": "true", "harness.contended": "false"}
+    numbers = {"harness.other_work_pct": json.dumps({"other processes": 1.0, "hypervisor steal": 18.0})}
+    assert _why_no_baseline({**quiet, **numbers}, 10.0) == (
+        "its perf was measured beside other work (hypervisor steal up to 18% of the CPU in a repeat)"
+    )
+    assert _why_no_baseline({**quiet, **numbers}, 25.0) == ""
+    # Logged before the numbers were tagged: its note, made at the measurement's 10%, is all there is.
+    note = {
+        "harness.beside_other_work": "measured beside other work (hypervisor steal up to 18% of the CPU in a repeat)"
+    }
+    assert _why_no_baseline({**quiet, **note}, 25.0).startswith("its perf was measured beside other work")
+    assert _why_no_baseline(quiet, 10.0) == ""
