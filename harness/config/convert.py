@@ -157,6 +157,14 @@ def flatten(tree: object, prefix: str = "") -> Iterator[tuple[str, object]]:
         yield prefix, tree
 
 
+def dotted_value(tree: dict[str, object], dotted: str) -> object:
+    """The value at ``dotted`` (``a.b.c``) in nested dicts; ``None`` where a level is missing."""
+    node: object = tree
+    for key in dotted.split(".") if dotted else ():
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
 def check_seed(key: str, seed: int) -> None:
     """Seeds feed numpy's generators, which take non-negative integers only."""
     if seed < 0:

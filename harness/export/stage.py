@@ -20,7 +20,8 @@ import onnxruntime
 import torch
 
 from harness import __version__
-from harness.config.schema import PrecisionConfig, RunConfig
+from harness.config.convert import dotted_value
+from harness.config.schema import PrecisionConfig, RunConfig, unused_settings
 from harness.environment import cpu_isa
 from harness.export import cache, onnx_export, quantize
 from harness.export.parity import check_parity
@@ -60,6 +61,14 @@ def cache_key_fields(config: RunConfig, model: dinov2.DinoVisionTransformer, wei
     }
 
 
+def _calibration_read(config: RunConfig) -> dict[str, object]:
+    """The calibration settings, those the quantizer does not read at their unset values (the percentile of a method
+    other than ``percentile``): they make the same artifact, so they are a cache hit."""
+    settings = asdict(config.calibration)
+    unused = unused_settings(functools.partial(dotted_value, asdict(config)))
+    return {key: unused.get(f"calibration.{key}", value) for key, value in settings.items()}
+
+
 def quantized_key_fields(config: RunConfig, base: BuildResult, calibration: CalibrationSet | None) -> dict[str, object]:
     """Everything that determines an int8 artifact's bytes: its fp32 base, the quantizer's settings as
     resolved for this CPU, and the calibration set's identity and model inputs."""
@@ -72,7 +81,7 @@ def quantized_key_fields(config: RunConfig, base: BuildResult, calibration: Cali
         "quantization": quantization,
         "calibration": None
         if calibration is None
-        else {**asdict(config.calibration), "inputs_sha256": calibration.inputs_sha256},
+        else {**_calibration_read(config), "inputs_sha256": calibration.inputs_sha256},
         "versions": {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "harness": __version__},
         "source_sha256": cache.source_digest(quantize),
     }

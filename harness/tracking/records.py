@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 
-from harness.config.convert import flatten
+from harness.config.convert import dotted_value, flatten
 from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER, unused_settings
 from harness.result.perf import other_work_note, worst_of_loads
 
@@ -171,20 +171,12 @@ def _identity(config: dict[str, object]) -> dict[str, object]:
         for key, unchanged in BACKEND_SETTINGS_ADDED_LATER.get(str(backend.get("name")), {}).items():
             if key in backend and backend[key] in unchanged:
                 del backend[key]
-    for dotted, unset in unused_settings(functools.partial(_setting, identity)).items():
+    for dotted, unset in unused_settings(functools.partial(dotted_value, identity)).items():
         *parents, key = dotted.split(".")
-        node = _setting(identity, ".".join(parents))
+        node = dotted_value(identity, ".".join(parents))
         if isinstance(node, dict) and key in node:
             node[key] = unset
     return identity
-
-
-def _setting(config: dict[str, object], dotted: str) -> object:
-    """The value at ``dotted`` in a nested config (``None`` where a level is missing)."""
-    node: object = config
-    for key in dotted.split(".") if dotted else ():
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
 
 
 def config_hash(config: dict[str, object]) -> str:

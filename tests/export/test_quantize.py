@@ -119,6 +119,10 @@ def test_cache_key_changes_with_the_calibration_set(cache_dir: Path) -> None:
     for override in ("calibration.seed=1001", "calibration.images=5", "calibration.method=percentile"):
         other = build(run_config(cache_dir, "precision=int8", "calibration.images=4", override))
         assert not other.cache_hit and other.artifact_path != first.artifact_path, override
+    # The percentile is read by method=percentile alone: with minmax it makes the same artifact.
+    assert build(
+        run_config(cache_dir, "precision=int8", "calibration.images=4", "calibration.percentile=99.9")
+    ).cache_hit
     assert (
         first.manifest.key_fields["calibration"]["inputs_sha256"]
         == first.manifest.quantization.calibration.inputs_sha256
