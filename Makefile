@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint bench gate baseline device-bundle clean
 CI_SWEEP := outputs/ci-gate
 CI_BASELINE := reports/baselines/ci.json
+# Against the committed baseline (another day, often another host), the sleep backend's throughput moved from x0.93
+# to x1.02 on this shared VM over one day's CI runs while its p50 latencies stayed within 1%: throughput is a mean, and
+# takes the hypervisor's preemptions, which vary by day and host. CI gates it at 15%; the p50s keep the 5% rule.
+CI_GATE_RULES := gate.rules.throughput_qps.threshold=0.15
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +46,7 @@ gate: $(STAMP)
 	rm -rf $(CI_SWEEP)
 	$(BIN)/harness run -m +experiment=ci_accuracy,ci_perf hydra.sweep.dir=$(CI_SWEEP) tracking=off
 	$(BIN)/harness gate $(CI_SWEEP) --baseline $(CI_BASELINE) --rerun 1 --allow-hardware-mismatch \
-		--report $(CI_SWEEP)/gate.md tracking=off
+		--report $(CI_SWEEP)/gate.md tracking=off $(CI_GATE_RULES)
 
 # Re-measure the CI experiment and make it the committed baseline (review the diff before committing).
 baseline: $(STAMP)
