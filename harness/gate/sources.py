@@ -288,9 +288,8 @@ def check_promotable(failures: dict[str, str], max_other_load_pct: float) -> Non
         raise DataError(
             "only runs that ended ok with a valid measurement, taken with no other perf run on their device and no "
             f"other work over {max_other_load_pct:g}% of the CPU (gate.max_other_load_pct), can be a baseline, and "
-            f"{len(failures)} "
-            f"{'is' if len(failures) == 1 else 'are'} not: {named} (promote the others by their run folders, or run "
-            "them again)"
+            f"{len(failures)} {'is' if len(failures) == 1 else 'are'} not: {named} (promote the others by their run "
+            "folders, or run them again)"
         )
 
 

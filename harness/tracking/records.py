@@ -192,7 +192,7 @@ def identity_params(config: dict[str, object]) -> dict[str, str]:
 def identity_of_params(params: dict[str, str]) -> dict[str, str]:
     """Of the tracker params a run was logged with (``params_of`` its config), those ``config_hash`` hashes: its
     ``identity_params``."""
-    unused = params_of(dict(unused_settings(params.get)))  # as params: null is "null"
+    unused = params_of(unused_settings(params.get))  # as params: null is "null"
     params = {**params, **{key: value for key, value in unused.items() if key in params}}
     added_later = BACKEND_SETTINGS_ADDED_LATER.get(params.get("backend.name", ""), {})
     # As params: null is "null", and an empty mapping no param at all.
