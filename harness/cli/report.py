@@ -39,7 +39,6 @@ def report(arguments: list[str]) -> int:
     tracking, paths = config.tracking, config.paths
     try:
         found = folder_runs([Path(source) for source in sources if source != "mlflow"])  # a typo opens no store
-        runs = list(found.runs)
         store = Store(tracking, paths) if "mlflow" in sources else None
         name = _report_name(sources, tracking.experiment)
         folder = options.out or Path("reports") / name
@@ -50,10 +49,8 @@ def report(arguments: list[str]) -> int:
             why = unwritable_reason(folder, error, folder=True)
             raise DataError(f"{folder}: cannot write the report there ({why})") from None
         if store is not None:
-            downloaded = download_runs(store, folder / "runs")
-            runs += downloaded.runs
-            found.unreadable.update(downloaded.unreadable)
-        given, runs = len(runs), _once_each(runs)
+            download_runs(store, folder / "runs", found=found)
+        given, runs = len(found.runs), _once_each(found.runs)
         if not runs and created:  # no report: no empty folder left behind either
             shutil.rmtree(folder, ignore_errors=True)
         if not runs and found.unreadable:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,14 +35,22 @@ class RunSet:
 
     runs: list[LabelledRun] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)
+    # Each label asked for: the distinct of the run that holds it bare, None once runs share it
+    asked: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     def add(self, label: str, run_dir: Path, *, distinct: str | None = None) -> None:
-        """Add the run in ``run_dir`` as ``label``; a label already taken (two MLflow runs of one name, two
-        folders ``0`` of two sweeps) gets ``distinct`` (default: the folder's parent) beside it, since plots
-        and tables tell runs apart by label alone."""
+        """Add the run in ``run_dir`` as ``label``; where runs share a label (two MLflow runs of one name, two
+        folders ``0`` of two sweeps) each of them gets its ``distinct`` (default: the folder's parent) beside
+        it, the first one too, since plots and tables tell runs apart by label alone."""
+        distinct = distinct or f"{run_dir.parent.name}/{run_dir.name}"
+        if label not in self.asked:
+            self.asked[label] = distinct
+        else:
+            if (holder := self.asked[label]) is not None:
+                self._relabel(label, f"{label} ({holder})")
+                self.asked[label] = None
+            label = f"{label} ({distinct})"
         taken = {run.label for run in self.runs} | set(self.unreadable)
-        if label in taken:
-            label = f"{label} ({distinct or f'{run_dir.parent.name}/{run_dir.name}'})"
         unique, count = label, 1
         while unique in taken:
             count += 1
@@ -51,10 +60,16 @@ class RunSet:
         except DataError as error:
             self.unreadable[unique] = str(error)
 
+    def _relabel(self, label: str, new_label: str) -> None:
+        self.runs = [dataclasses.replace(run, label=new_label) if run.label == label else run for run in self.runs]
+        if label in self.unreadable:
+            self.unreadable = {new_label if key == label else key: why for key, why in self.unreadable.items()}
 
-def sweep_runs(sweep_dir: Path, *, prefix: str = "") -> RunSet:
-    """The finished jobs of a sweep, labelled by job number (after ``prefix``)."""
-    found = RunSet()
+
+def sweep_runs(sweep_dir: Path, *, prefix: str = "", found: RunSet | None = None) -> RunSet:
+    """The finished jobs of a sweep, labelled by job number (after ``prefix``), added to ``found`` (default: a
+    new set)."""
+    found = RunSet() if found is None else found
     for job in job_dirs(sweep_dir):
         found.add(f"{prefix}job {job.name}", job)
     return found
@@ -66,9 +81,7 @@ def folder_runs(folders: list[Path]) -> RunSet:
     for folder in folders:
         if folder_kind(folder) == "sweep":
             # The sweep's name before each job only where it tells runs of several folders apart.
-            jobs = sweep_runs(folder, prefix=f"{folder.name}/" if len(folders) > 1 else "")
-            found.runs += jobs.runs
-            found.unreadable.update(jobs.unreadable)
+            sweep_runs(folder, prefix=f"{folder.name}/" if len(folders) > 1 else "", found=found)
         else:
             found.add(folder.name, folder)
     return found
@@ -121,7 +134,7 @@ def caveats(runs: list[LabelledRun]) -> list[str]:
     contended = [label for label, _, perf in timed if perf.contended_with]
     if contended:
         notes.append(
-            f"{', '.join(contended)} measured on one device at the same time as another run: their timings are not "
+            f"{_which(contended, runs)} measured on one device at the same time as another run: their timings are not "
             "comparable (run perf sweeps one job per device, e.g. the basic launcher)"
         )
     notes += [
@@ -143,15 +156,21 @@ def caveats(runs: list[LabelledRun]) -> list[str]:
         notes.append(f"timed on {len(machines)} machines ({where}): timings across them compare machines as well")
     random = [label for label, result, _ in scored if result.weights and result.weights.kind == "random"]
     if random:
-        notes.append(f"{', '.join(random)} ran with RANDOM weights: the mAP shows numerics, not retrieval quality")
+        notes.append(f"{_which(random, runs)} ran with RANDOM weights: the mAP shows numerics, not retrieval quality")
     synthetic = [label for label, _, accuracy in scored if accuracy.dataset.startswith("synthetic-")]
     if synthetic:
         notes.append(
-            f"{', '.join(synthetic)} scored the synthetic set made from shipped photos: the mAP is not comparable "
+            f"{_which(synthetic, runs)} scored the synthetic set made from shipped photos: the mAP is not comparable "
             "with Revisited Oxford / Paris results"
         )
     notes += [f"{label}: {warning}" for label, _, accuracy in scored for warning in accuracy.warnings]
     return notes
+
+
+def _which(labels: list[str], runs: list[LabelledRun]) -> str:
+    """The runs a caveat is about: their labels, or "all N runs" where they are every run of more than two (a
+    sweep of 48 jobs is one short sentence, not 48 names)."""
+    return f"all {len(runs)} runs" if len(labels) == len(runs) > 2 else ", ".join(labels)
 
 
 def _machine(result: RunResult) -> str:

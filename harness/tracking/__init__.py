@@ -326,11 +326,11 @@ def _log_artifacts(store: Store, run_id: str, run_dir: Path, result: RunResult) 
                 store.call(partial(store.client.log_artifact, run_id, str(path), artifact_path=artifact_path))
 
 
-def download_runs(store: Store, folder: Path, *, progress: bool = True) -> RunSet:
+def download_runs(store: Store, folder: Path, *, progress: bool = True, found: RunSet | None = None) -> RunSet:
     """Every run (not sweep parents) of the store's experiment, with its ``result.json`` and raw perf samples
-    downloaded into ``<folder>/<run id>/``; returns them as the report's runs (a result that cannot be read is
-    named among the set's unreadable)."""
-    found = RunSet()
+    downloaded into ``<folder>/<run id>/``; returns them as the report's runs, added to ``found`` (default: a new
+    set; a result that cannot be read is named among the set's unreadable)."""
+    found = RunSet() if found is None else found
     runs = store.search("tags.`harness.run_uid` != ''")
     for run in progress_bar(runs, enabled=progress, desc="downloading runs", unit="run"):
         target = folder / run.info.run_id

@@ -19,7 +19,7 @@ from PIL import Image
 from harness.pipeline import run
 from harness.report.figures import DPI, FIGURE_SIZE_IN
 from harness.report.plots import LabelledRun, pareto_front
-from harness.report.render import folder_runs, write_report
+from harness.report.render import RunSet, folder_runs, write_report
 from harness.result import RunResult
 from harness.result.perf import HostTelemetry, Probe
 from tests.conftest import REPO_ROOT, compose
@@ -440,10 +440,13 @@ def test_what_the_plots_cannot_show_is_said_above_them_naming_the_runs(runs: lis
     runs = [dataclasses.replace(run, result=on_a_machine(run.result, 0.0)) for run in runs]
     labels = [run.label for run in runs]
     plain = write_report(runs, tmp_path / "plain", title="plain")
-    assert plain.caveats == (
-        f"{', '.join(labels)} ran with RANDOM weights: the mAP shows numerics, not retrieval quality",
-        f"{', '.join(labels)} scored the synthetic set made from shipped photos: the mAP is not comparable with "
+    assert plain.caveats == (  # every run of a 48-job sweep was 48 names, in each sentence
+        "all 4 runs ran with RANDOM weights: the mAP shows numerics, not retrieval quality",
+        "all 4 runs scored the synthetic set made from shipped photos: the mAP is not comparable with "
         "Revisited Oxford / Paris results",
+    )
+    assert write_report(runs[:2], tmp_path / "two", title="two").caveats[0] == (
+        f"{labels[0]}, {labels[1]} ran with RANDOM weights: the mAP shows numerics, not retrieval quality"
     )
     contended, invalid, elsewhere, official = (run.result for run in runs)
     assert contended.perf and invalid.perf and official.weights and official.accuracy
@@ -515,9 +518,15 @@ def test_runs_of_one_name_keep_apart_in_a_report(runs: list[LabelledRun], tmp_pa
     shutil.copytree(runs[1].run_dir, second)
     (tmp_path / "c" / "0").mkdir(parents=True)
     found = folder_runs([first, second])
-    assert [run.label for run in found.runs] == ["0", "0 (b/0)"]
+    assert [run.label for run in found.runs] == ["0 (a/0)", "0 (b/0)"]  # the first was "0": which of the two?
     found.add("0", tmp_path / "c" / "0", distinct="c0ffee12")  # no result there: unreadable, under its own label
     assert list(found.unreadable) == ["0 (c0ffee12)"]
+    unreadable_first = RunSet()
+    unreadable_first.add("run", tmp_path / "c" / "0", distinct="c0ffee12")
+    unreadable_first.add("run", first, distinct="a0a0a0a0")
+    unreadable_first.add("other", second, distinct="b0b0b0b0")
+    assert list(unreadable_first.unreadable) == ["run (c0ffee12)"]
+    assert [run.label for run in unreadable_first.runs] == ["run (a0a0a0a0)", "other"]
 
 
 def test_jobs_without_a_result_are_rows_saying_how_they_ended(tmp_path: Path) -> None:
