@@ -20,7 +20,7 @@ UNSET: dict[str, object] = {
     "queue_depth": 2, "target_qps": None, "max_queue_delay_ms": 0.0, "arrival_seed": 0, "search_tolerance": 0.05,
     "max_probes": 12, "stability_window_s": 1.0, "stability_pct": 10.0, "max_windows": 10, "inputs": "random",
     "max_duration_s": 600.0, "start_timeout_s": 900.0, "windows": 8, "max_window_cv": 0.1, "iterations": 1024,
-    "min_duration_s": 1.0, "min_samples": 64,
+    "min_duration_s": 1.0, "min_samples": 64, "warmup": 8,
 }  # fmt: skip
 # The settings of a feature a run may leave off, by the switch and value that turn it on: set without the feature,
 # they are refused.
@@ -33,8 +33,8 @@ SETTINGS_OF_FEATURES: dict[tuple[str, object], tuple[str, ...]] = {
 # How long a closed-loop run measures, unless perf.stability's rule decides it.
 MINIMUMS = ("iterations", "min_duration_s", "min_samples")
 # How the harness's own load generator runs and is judged, beside the load itself: a vendor profiler that drives its
-# own loop has no flag for them (it queues, feeds and times itself). Its warm-up too, but perf.warmup is left out:
-# the debug presets set it for every backend.
+# own loop has no flag for them (it queues, feeds and times itself). Its warm-up too, but perf.warmup is left out
+# (warned, not refused: the debug presets set it for every backend).
 LOAD_GENERATOR_SETTINGS = ("queue_depth", "inputs", "max_duration_s", "start_timeout_s", "windows", "max_window_cv")
 
 # How load is offered (README "Load scenarios"): closed loop, open-loop Poisson arrivals, all queued at once.
@@ -233,17 +233,20 @@ class PerfConfig:
                     f"(set {feature}, or leave {them} unset)"
                 )
 
-    def minimums_left_to_stability(self) -> str | None:
-        """A warning when ``stability`` is on and a minimum is set away from its default: the windows' rule then
-        decides how long the run measures, and that minimum is not used. Warned, not refused: a preset such as
-        ``debug=tiny`` sets the minimums for every run, stability or not."""
-        unused = self.set_among(MINIMUMS) if self.stability else []
-        if not unused:
-            return None
-        return (
-            f"{self.written(unused)} not used: perf.stability=true measures until the throughput of its last 3 "
-            "windows agrees (perf.stability_pct), or perf.max_windows have passed, whatever the minimums"
-        )
+    def unused_notes(self, *, profiler: bool) -> tuple[str, ...]:
+        """Warnings for settings set away from their defaults that the run does not use: the minimums under
+        ``stability`` (the windows' rule decides how long the run measures), the warm-up where a vendor
+        ``profiler`` measures (it has no flag for one). Warned, not refused: a preset such as ``debug=tiny`` sets
+        them for every run, stability or not, whatever the backend."""
+        notes: tuple[str, ...] = ()
+        if self.stability and (minimums := self.set_among(MINIMUMS)):
+            notes += (
+                f"{self.written(minimums)} not used: perf.stability=true measures until the throughput of its last "
+                "3 windows agrees (perf.stability_pct), or perf.max_windows have passed, whatever the minimums",
+            )
+        if profiler and self.set_among(("warmup",)):
+            notes += (f"{self.written(['warmup'])} not used: the vendor profiler has no flag for a warm-up",)
+        return notes
 
     def set_among(self, names: tuple[str, ...]) -> list[str]:
         """Those of the settings ``names`` (all in ``UNSET``) whose value is not their unset one."""

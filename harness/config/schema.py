@@ -47,6 +47,7 @@ SOME_RUNS_SETTINGS_UNSET: dict[str, object] = {
     "calibration.method": "minmax", "calibration.percentile": 99.999, "calibration.images": 32,
     "calibration.seed": 1000, "calibration.source": "views", "calibration.folder": None, "build.io_dtype": "fp32",
     "accuracy.compare_fp32": True, **{f"perf.{key}": PERF_UNSET[key] for key in MINIMUMS},
+    "perf.warmup": PERF_UNSET["warmup"],
 }  # fmt: skip
 
 
@@ -58,7 +59,8 @@ def unused_settings(setting: Callable[[str], object]) -> dict[str, object]:
     The calibration set is static int8's alone (its percentile only ``method=percentile``'s); the I/O dtype is
     only ONNX Runtime's fp16 build's (fp32 and the quantizations take fp32; the vendor toolchain compiles the fp32
     build; torch builds no ONNX); an fp32 run has no fp32 build to compare its features with; the perf minimums
-    are not used under ``perf.stability``, whose rule decides how long the run measures."""
+    are not used under ``perf.stability``, whose rule decides how long the run measures; the vendor profiler has
+    no flag for the warm-up."""
     unused: list[str] = []
     if setting("precision.quantization.mode") != "static":
         unused += [key for key in SOME_RUNS_SETTINGS_UNSET if key.startswith("calibration.")]
@@ -70,6 +72,8 @@ def unused_settings(setting: Callable[[str], object]) -> dict[str, object]:
         unused.append("accuracy.compare_fp32")
     if setting("perf.stability") in (True, "true"):  # a params value is a string
         unused += [f"perf.{key}" for key in MINIMUMS]
+    if setting("backend.name") == "vastai":
+        unused.append("perf.warmup")
     return {key: SOME_RUNS_SETTINGS_UNSET[key] for key in unused}
 
 

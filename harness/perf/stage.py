@@ -192,9 +192,7 @@ def _run_cautions(
     """What the whole run's circumstances say about its timings: minimums the stability rule leaves unused, other
     perf runs on the same device, more CPU threads than cores, a runtime that leaves the cores it was given, a GEMM
     timing that was disturbed."""
-    warnings: tuple[str, ...] = ()
-    if unused_minimums := config.perf.minimums_left_to_stability():
-        warnings += (unused_minimums,)
+    warnings = config.perf.unused_notes(profiler=False)
     if contended_with:
         warnings += (
             f"contended: {counted(len(contended_with), 'other perf run')} measured on {device} of this host at the "
@@ -425,9 +423,8 @@ def _measure_once(
     return measurement
 
 
-def strict_problems(perf: PerfResult, settings: PerfConfig) -> list[str]:
+def strict_problems(perf: PerfResult, settings_notes: tuple[str, ...]) -> list[str]:
     """Why a measurement does not meet ``perf.strict``: invalid, a withheld percentile, an unstable window CV, work
-    beside it. Not the note on minimums ``perf.stability`` left unused: that is on the config, not the measurement
-    (and ``debug=tiny`` sets them)."""
-    config_note = settings.minimums_left_to_stability()
-    return [problem for problem in (*perf.validity.reasons, *perf.validity.warnings) if problem != config_note]
+    beside it. Not the ``settings_notes`` on settings the run left unused (``PerfConfig.unused_notes``): they are on
+    the config, not the measurement (and ``debug=tiny`` sets those settings)."""
+    return [problem for problem in (*perf.validity.reasons, *perf.validity.warnings) if problem not in settings_notes]

@@ -153,7 +153,7 @@ def run_toolchain_perf(config: RunConfig, *, model_prefix: str | None, run_dir: 
     measurements = [measurement for measurement, _, _ in measured]
     median, report, output = measured[headline_index(measurements, perf.scenario)]
     shutil.copyfile(output, run_dir / VAMP_FILE)
-    warnings = median.validity.warnings
+    warnings = median.validity.warnings + perf.unused_notes(profiler=True)
     unprinted = [f"p{value}" for value in config.backend.percentiles if f"p{value}" not in report.e2e_latency_us]
     if unprinted:
         warnings += (f"vamp printed no {', '.join(unprinted)} latency (asked with --percentiles)",)

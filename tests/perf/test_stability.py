@@ -41,10 +41,11 @@ def test_a_steady_load_stops_once_stable(cache_dir: Path, tmp_path: Path) -> Non
 
 def test_only_minimums_set_away_from_their_defaults_are_warned_unused_under_stability(cache_dir: Path) -> None:
     defaults = ("perf.iterations=1024", "perf.min_duration_s=1.0", "perf.min_samples=64")
-    assert sleep_config(cache_dir, "perf.stability=true", *defaults).perf.minimums_left_to_stability() is None
-    assert sleep_config(cache_dir, *defaults, "perf.min_samples=5000").perf.minimums_left_to_stability() is None
+    assert sleep_config(cache_dir, "perf.stability=true", *defaults).perf.unused_notes(profiler=False) == ()
+    assert sleep_config(cache_dir, *defaults, "perf.min_samples=5000").perf.unused_notes(profiler=False) == ()
     unused = sleep_config(cache_dir, "perf.stability=true", *defaults, "perf.min_duration_s=30")
-    assert unused.perf.minimums_left_to_stability().startswith("perf.min_duration_s=30.0 not used: ")
+    (note,) = unused.perf.unused_notes(profiler=False)
+    assert note.startswith("perf.min_duration_s=30.0 not used: ")
 
 
 def test_a_run_that_never_settles_is_invalid_and_says_so(cache_dir: Path, tmp_path: Path) -> None:

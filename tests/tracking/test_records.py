@@ -136,10 +136,14 @@ def test_settings_a_run_does_not_use_are_hashed_at_their_unset_values(tmp_path: 
     stable = ("perf.stability=true", "perf.iterations=1024", "perf.min_duration_s=1.0", "perf.min_samples=64")
     assert hashed(*stable, "perf.iterations=16", "perf.min_duration_s=30", "perf.min_samples=1") == hashed(*stable)
     assert hashed("perf.min_duration_s=30")[0] != hashed("perf.min_duration_s=1.0")[0]
+    # The vendor profiler has no flag for a warm-up.
+    vendor = ("backend=vastai", "precision=fp16")
+    assert hashed(*vendor, "perf.warmup=1") == hashed(*vendor, "perf.warmup=8") == hashed(*vendor, "perf.warmup=50")
+    assert hashed("perf.warmup=1")[0] != hashed("perf.warmup=8")[0]
     # An MLflow baseline's params say the same as the hashed config.
     for overrides in (("precision=fp16", "calibration.seed=7"), ("precision=int8", "calibration.percentile=99.9"),
                       ("precision=fp32", "build.io_dtype=native"), ("precision=fp16", "build.io_dtype=native"),
-                      ("perf.stability=true",), ("perf.stability=false",)):  # fmt: skip
+                      ("perf.stability=true",), ("perf.stability=false",), (*vendor, "perf.warmup=3")):  # fmt: skip
         config = recorded_config(tmp_path, *overrides)
         assert identity_of_params(params_of(config)) == identity_params(config)
 

@@ -18,6 +18,7 @@ from harness.accuracy.revisited import SETUPS
 from harness.backends import ProfileLoad
 from harness.backends.vastai_backend import VastaiToolchain
 from harness.errors import BackendUnavailable, ConfigError
+from harness.perf.stage import strict_problems
 from harness.perf.toolchain import measurement_from_report
 from harness.perf.vamp import VAMP_FILE, parse_vamp
 from harness.pipeline import run
@@ -117,6 +118,26 @@ def test_a_run_builds_profiles_and_scores_through_the_tools(
     assert len(fake_tools.calls("vamc")) == 1 and again.build.parity.passed
     assert again.accuracy is not None
     assert all(getattr(again.accuracy, setup) == getattr(accuracy, setup) for setup in SETUPS)
+
+
+def test_a_warm_up_vamp_has_no_flag_for_is_said_not_passed_and_not_failed_by_strict(
+    cache_dir: Path, tmp_path: Path, fake_tools: FakeTools
+) -> None:
+    # result.json recorded perf.warmup=3 for a vamp run as if vamp had warmed up 3 calls; the toolchain has no flag.
+    config = run_config(cache_dir, *VASTAI, "stages=[build,perf]", *FIXTURE_LOAD, "perf.warmup=3")
+    result = run(config, run_dir=tmp_path / "run")
+    assert result.status == "ok", result.error
+    assert result.perf is not None and result.perf.validity.valid
+    note = "perf.warmup=3 not used: the vendor profiler has no flag for a warm-up"
+    assert note in result.perf.validity.warnings
+    assert not [flag for call in fake_tools.calls("vamp") for flag in call if "warm" in flag and flag.startswith("-")]
+    # perf.strict fails on the measurement's own shortfalls (this vamp printed no percentiles), not on the note.
+    notes = config.perf.unused_notes(profiler=True)
+    assert notes == (note,) and strict_problems(result.perf, notes) == [
+        "vamp printed no p50, p90, p95, p99 latency (asked with --percentiles)"
+    ]
+    assert run_config(cache_dir, *VASTAI, "perf.warmup=8").perf.unused_notes(profiler=True) == ()
+    assert config.perf.unused_notes(profiler=False) == ()  # the harness's own loop warms up
 
 
 @pytest.mark.parametrize("progress", [True, False])
