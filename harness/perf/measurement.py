@@ -245,8 +245,8 @@ def _shortfalls(
     scheduled = perf.open_loop_requests(target_qps) if perf.scenario != "closed" else 0
     if stability is None and forward_time_s < perf.min_duration_s:
         why = (
-            f": the offline queue of {requests} requests, sized to last that long by the call time of the warm-up "
-            "and of a first measurement, was served faster (still warming up: raise perf.warmup, or perf.iterations)"
+            f": the offline queue of {requests} requests, sized to last that long by the call time a measurement "
+            "before it was served at, was served faster (still warming up: raise perf.warmup, or perf.iterations)"
             if offline_queue_served_early(perf, forward_time_s=forward_time_s, requests=requests)
             else bound
         )

@@ -171,14 +171,25 @@ def _measure_repeats(
     raw: dict[str, np.ndarray],
     stabilities: dict[str, Stability],
 ) -> list[Measurement]:
-    """``perf.repeats`` measurements of the configured load, each with inputs drawn from its own seed."""
-    return [
-        _measure_once(
+    """``perf.repeats`` measurements of the configured load, each with inputs drawn from its own seed. An offline
+    queue after the first is sized by the call time the repeat before it was served at: the warm-up's fastest call
+    of fresh workers sized each repeat as short as the first, and each was measured again."""
+    measurements: list[Measurement] = []
+    served_call_s: float | None = None
+    for repeat in range(config.perf.repeats):
+        measurement = _measure_once(
             config, opened, batch_shape, f"repeat{repeat}", raw, seed=repeat,
-            target_qps=config.perf.target_qps, stabilities=stabilities,
-        )
-        for repeat in range(config.perf.repeats)
-    ]  # fmt: skip
+            target_qps=config.perf.target_qps, stabilities=stabilities, offline_call_s=served_call_s,
+        )  # fmt: skip
+        measurements.append(measurement)
+        if config.perf.scenario == "offline" and measurement.batches:
+            served_call_s = _served_call_s(measurement, config.perf.instances)
+    return measurements
+
+
+def _served_call_s(measurement: Measurement, instances: int) -> float:
+    """The time of one call in a measured window: each instance served its share of the batches in it."""
+    return measurement.forward_time_s * instances / measurement.batches
 
 
 def _run_cautions(
@@ -376,12 +387,14 @@ def _measure_once(
     target_qps: float | None,
     stabilities: dict[str, Stability] | None = None,
     offline_call_s: float | None = None,
+    measured_again: bool = False,
 ) -> Measurement:
     """One measurement in fresh worker processes; its raw samples are added to ``raw`` under ``<label>_``.
 
-    An offline queue the warm-up sized too short (served before ``perf.min_duration_s``) is measured again, once,
-    sized by the call time it was served at: a short warm-up's fastest call can be several times the steady one
-    (the tiny model on ONNX Runtime, ``perf.warmup=1``: 0.81 ms against 0.45 ms)."""
+    An offline queue sized too short (served before ``perf.min_duration_s``) by the warm-up's fastest call, or by
+    ``offline_call_s``, is measured again, once, sized by the call time it was served at: a short warm-up's fastest
+    call can be several times the steady one (the tiny model on ONNX Runtime, ``perf.warmup=1``: 0.81 ms against
+    0.45 ms)."""
     perf = config.perf
     log.info(
         "stage=perf %s scenario=%s backend=%s instances=%d processes=%d batch=%d mode=%s target_qps=%s",
@@ -409,16 +422,17 @@ def _measure_once(
     raw.update({f"{label}_{name}": values for name, values in samples.items()})
     log.info("perf %s throughput_qps=%.2f valid=%s", label, measurement.throughput_qps, measurement.validity.valid)
     short = offline_queue_served_early(perf, forward_time_s=measurement.forward_time_s, requests=measurement.samples)
-    if short and offline_call_s is None:
-        call_s = measurement.forward_time_s * perf.instances / measurement.batches
+    if short and not measured_again:
+        call_s = _served_call_s(measurement, perf.instances)
+        sized_by = "the warm-up's fastest call" if offline_call_s is None else "the call time of the repeat before"
         log.info(
-            "perf %s: the offline queue of %d requests, sized by the warm-up's fastest call, was served in %.3f s "
-            "< perf.min_duration_s=%s: measuring again with it sized by the call time served (%.3f ms)",
-            label, measurement.samples, measurement.forward_time_s, perf.min_duration_s, call_s * 1e3,
+            "perf %s: the offline queue of %d requests, sized by %s, was served in %.3f s < perf.min_duration_s=%s: "
+            "measuring again with it sized by the call time served (%.3f ms)",
+            label, measurement.samples, sized_by, measurement.forward_time_s, perf.min_duration_s, call_s * 1e3,
         )  # fmt: skip
         return _measure_once(
             config, opened, batch_shape, label, raw, seed=seed, target_qps=target_qps, stabilities=stabilities,
-            offline_call_s=call_s,
+            offline_call_s=call_s, measured_again=True,
         )  # fmt: skip
     return measurement
 

@@ -302,6 +302,24 @@ def test_an_offline_queue_the_warm_up_sized_too_short_is_measured_again_sized_by
     assert np.load(tmp_path / "perf_samples.npz")["repeat0_e2e_us"].size == result.samples
 
 
+def test_offline_repeats_after_the_first_are_sized_by_the_call_time_the_one_before_was_served_at(
+    cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each repeat's fresh workers sized its queue by their own slow warm-up, so every repeat was measured twice.
+    config = sleep_config(
+        cache_dir, "backend.latency_us=1000", "backend.spin_us=1000", "backend.warming_calls=2",
+        "backend.warming_us=4000", "perf.scenario=offline", "perf.warmup=1", "perf.iterations=null",
+        "perf.min_samples=10", "perf.min_duration_s=0.3", "perf.repeats=3",
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="harness.perf.stage"):
+        result = measure(config, tmp_path)
+    again = [record.getMessage() for record in caplog.records if "measuring again" in record.getMessage()]
+    assert [said.split(":")[0] for said in again] == ["perf repeat0"]
+    assert result.validity.valid and len(result.repeats) == 3
+    for repeat in result.repeats:
+        assert repeat.forward_time_s >= 0.3 and 0.3 / 1.2e-3 < repeat.samples < 0.33 / 1e-3 + 1
+
+
 def test_an_offline_queue_served_before_the_minimum_says_its_warm_up_was_too_short() -> None:
     perf = resolve_config(
         compose(["perf.scenario=offline", "perf.batch=4", "perf.iterations=10", "perf.min_duration_s=1"])
@@ -309,7 +327,7 @@ def test_an_offline_queue_served_before_the_minimum_says_its_warm_up_was_too_sho
     reasons = _shortfalls(perf, stability=None, forward_time_s=0.8, batches=250, requests=1000, target_qps=None)
     assert reasons == [
         "forward time 0.800 s < perf.min_duration_s=1.0: the offline queue of 1000 requests, sized to last that long "
-        "by the call time of the warm-up and of a first measurement, was served faster (still warming up: raise "
+        "by the call time a measurement before it was served at, was served faster (still warming up: raise "
         "perf.warmup, or perf.iterations)"
     ]
 
