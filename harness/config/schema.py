@@ -42,26 +42,32 @@ BACKEND_SETTINGS_ADDED_LATER: dict[str, dict[str, tuple[object, ...]]] = {
     "onnxruntime": {"session_config": (None, {})},
     "sleep": {"warming_calls": (0,), "warming_us": (0.0,)},
 }
-# Values of settings only some runs use, by dotted key, when left unset (conf/run.yaml's; a test keeps them equal).
+# Settings that bound or force a run's work but never change its numbers: a forced rebuild makes the same artifact,
+# a timeout only fails a run that overruns it (the vendor tools' are backend.vastai's).
+NEVER_CHANGE_NUMBERS = ("build.force", "perf.start_timeout_s", "backend.compile_timeout_s", "backend.profile_timeout_s")
+# Values of settings only some runs use, and of those above, by dotted key, when left unset (conf/'s; a test keeps
+# them equal).
 SOME_RUNS_SETTINGS_UNSET: dict[str, object] = {
     "calibration.method": "minmax", "calibration.percentile": 99.999, "calibration.images": 32,
     "calibration.seed": 1000, "calibration.source": "views", "calibration.folder": None, "build.io_dtype": "fp32",
     "accuracy.compare_fp32": True, **{f"perf.{key}": PERF_UNSET[key] for key in MINIMUMS},
-    "perf.warmup": PERF_UNSET["warmup"],
+    "perf.warmup": PERF_UNSET["warmup"], "build.force": False, "perf.start_timeout_s": PERF_UNSET["start_timeout_s"],
+    "backend.compile_timeout_s": 3600.0, "backend.profile_timeout_s": 1800.0,
 }  # fmt: skip
 
 
 def unused_settings(setting: Callable[[str], object]) -> dict[str, object]:
-    """The settings a run does not use, by dotted key, with their unset values: ``setting`` reads a dotted key of
-    its config (a string value as itself). The config hash takes them at those values, so the fp32 job of a sweep
-    such as ``-m precision=fp32,int8 calibration.images=64`` pairs with a default fp32 run.
+    """The settings a run does not use, or that never change its numbers (``NEVER_CHANGE_NUMBERS``), by dotted key,
+    with their unset values: ``setting`` reads a dotted key of its config (a string value as itself). The config
+    hash takes them at those values, so the fp32 job of a sweep such as ``-m precision=fp32,int8
+    calibration.images=64`` pairs with a default fp32 run, and a run with ``build.force=true`` with its baseline.
 
     The calibration set is static int8's alone (its percentile only ``method=percentile``'s); the I/O dtype is
     only ONNX Runtime's fp16 build's (fp32 and the quantizations take fp32; the vendor toolchain compiles the fp32
     build; torch builds no ONNX); an fp32 run has no fp32 build to compare its features with; the perf minimums
     are not used under ``perf.stability``, whose rule decides how long the run measures; the vendor profiler has
     no flag for the warm-up."""
-    unused: list[str] = []
+    unused = list(NEVER_CHANGE_NUMBERS)
     if setting("precision.quantization.mode") != "static":
         unused += [key for key in SOME_RUNS_SETTINGS_UNSET if key.startswith("calibration.")]
     elif setting("calibration.method") != "percentile":

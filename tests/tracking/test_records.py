@@ -140,10 +140,15 @@ def test_settings_a_run_does_not_use_are_hashed_at_their_unset_values(tmp_path: 
     vendor = ("backend=vastai", "precision=fp16")
     assert hashed(*vendor, "perf.warmup=1") == hashed(*vendor, "perf.warmup=8") == hashed(*vendor, "perf.warmup=50")
     assert hashed("perf.warmup=1")[0] != hashed("perf.warmup=8")[0]
+    # What bounds or forces the work but never changes its numbers: a forced rebuild, the timeouts.
+    assert hashed("build.force=true", "perf.start_timeout_s=60") == hashed()
+    timeouts = ("backend.compile_timeout_s=60", "backend.profile_timeout_s=30")
+    assert hashed(*vendor, *timeouts, "build.force=true") == hashed(*vendor)
     # An MLflow baseline's params say the same as the hashed config.
     for overrides in (("precision=fp16", "calibration.seed=7"), ("precision=int8", "calibration.percentile=99.9"),
                       ("precision=fp32", "build.io_dtype=native"), ("precision=fp16", "build.io_dtype=native"),
-                      ("perf.stability=true",), ("perf.stability=false",), (*vendor, "perf.warmup=3")):  # fmt: skip
+                      ("perf.stability=true",), ("perf.stability=false",), (*vendor, "perf.warmup=3"),
+                      (*vendor, *timeouts, "build.force=true")):  # fmt: skip
         config = recorded_config(tmp_path, *overrides)
         assert identity_of_params(params_of(config)) == identity_params(config)
 
@@ -151,8 +156,10 @@ def test_settings_a_run_does_not_use_are_hashed_at_their_unset_values(tmp_path: 
 def test_the_unset_values_of_settings_some_runs_use_are_the_run_configs_defaults(tmp_path: Path) -> None:
     from harness.config.schema import SOME_RUNS_SETTINGS_UNSET
 
-    config = resolve_config(compose([f"paths.cache={tmp_path}"]))  # no debug preset: conf/'s own defaults
-    defaults = params_of(json.loads(json.dumps(dataclasses.asdict(config.portable()))))
+    defaults: dict[str, str] = {}
+    for backend in ("onnxruntime", "vastai"):  # no debug preset: conf/'s own defaults
+        config = resolve_config(compose([f"paths.cache={tmp_path}", f"backend={backend}", "precision=fp16"]))
+        defaults |= params_of(json.loads(json.dumps(dataclasses.asdict(config.portable()))))
     assert {key: defaults[key] for key in SOME_RUNS_SETTINGS_UNSET} == params_of(SOME_RUNS_SETTINGS_UNSET)
 
 
