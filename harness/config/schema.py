@@ -42,9 +42,14 @@ BACKEND_SETTINGS_ADDED_LATER: dict[str, dict[str, tuple[object, ...]]] = {
     "onnxruntime": {"session_config": (None, {})},
     "sleep": {"warming_calls": (0,), "warming_us": (0.0,)},
 }
-# Settings that bound or force a run's work but never change its numbers: a forced rebuild makes the same artifact,
-# a timeout only fails a run that overruns it (the vendor tools' are backend.vastai's).
-NEVER_CHANGE_NUMBERS = ("build.force", "perf.start_timeout_s", "backend.compile_timeout_s", "backend.profile_timeout_s")
+# Settings that say where a tool or cache is, or bound or force the work, but not what a run measures: a forced
+# rebuild makes the same artifact, a timeout only fails a run that overruns it, TensorRT's engine folder and the
+# vendor tools' paths are places (like paths.*; the tools' versions are recorded with the build). Hashed at their
+# unset values rather than left out, so that a config at them keeps the hash it had.
+NOT_WHAT_IS_MEASURED = (
+    "build.force", "perf.start_timeout_s", "backend.compile_timeout_s", "backend.profile_timeout_s",
+    "backend.trt_engine_cache", "backend.vamc", "backend.vamp",
+)  # fmt: skip
 # Values of settings only some runs use, and of those above, by dotted key, when left unset (conf/'s; a test keeps
 # them equal).
 SOME_RUNS_SETTINGS_UNSET: dict[str, object] = {
@@ -52,12 +57,13 @@ SOME_RUNS_SETTINGS_UNSET: dict[str, object] = {
     "calibration.seed": 1000, "calibration.source": "views", "calibration.folder": None, "build.io_dtype": "fp32",
     "accuracy.compare_fp32": True, **{f"perf.{key}": PERF_UNSET[key] for key in MINIMUMS},
     "perf.warmup": PERF_UNSET["warmup"], "build.force": False, "perf.start_timeout_s": PERF_UNSET["start_timeout_s"],
-    "backend.compile_timeout_s": 3600.0, "backend.profile_timeout_s": 1800.0,
+    "backend.compile_timeout_s": 3600.0, "backend.profile_timeout_s": 1800.0, "backend.trt_engine_cache": None,
+    "backend.vamc": None, "backend.vamp": None,
 }  # fmt: skip
 
 
 def unused_settings(setting: Callable[[str], object]) -> dict[str, object]:
-    """The settings a run does not use, or that never change its numbers (``NEVER_CHANGE_NUMBERS``), by dotted key,
+    """The settings a run does not use, or that do not say what it measures (``NOT_WHAT_IS_MEASURED``), by dotted key,
     with their unset values: ``setting`` reads a dotted key of its config (a string value as itself). The config
     hash takes them at those values, so the fp32 job of a sweep such as ``-m precision=fp32,int8
     calibration.images=64`` pairs with a default fp32 run, and a run with ``build.force=true`` with its baseline.
@@ -67,7 +73,7 @@ def unused_settings(setting: Callable[[str], object]) -> dict[str, object]:
     build; torch builds no ONNX); an fp32 run has no fp32 build to compare its features with; the perf minimums
     are not used under ``perf.stability``, whose rule decides how long the run measures; the vendor profiler has
     no flag for the warm-up."""
-    unused = list(NEVER_CHANGE_NUMBERS)
+    unused = list(NOT_WHAT_IS_MEASURED)
     if setting("precision.quantization.mode") != "static":
         unused += [key for key in SOME_RUNS_SETTINGS_UNSET if key.startswith("calibration.")]
     elif setting("calibration.method") != "percentile":

@@ -140,9 +140,11 @@ def test_settings_a_run_does_not_use_are_hashed_at_their_unset_values(tmp_path: 
     vendor = ("backend=vastai", "precision=fp16")
     assert hashed(*vendor, "perf.warmup=1") == hashed(*vendor, "perf.warmup=8") == hashed(*vendor, "perf.warmup=50")
     assert hashed("perf.warmup=1")[0] != hashed("perf.warmup=8")[0]
-    # What bounds or forces the work but never changes its numbers: a forced rebuild, the timeouts.
+    # Where a tool or cache is, and what bounds or forces the work: a forced rebuild, the timeouts, the places.
     assert hashed("build.force=true", "perf.start_timeout_s=60") == hashed()
-    timeouts = ("backend.compile_timeout_s=60", "backend.profile_timeout_s=30")
+    tensorrt = "backend.providers=[TensorrtExecutionProvider,CPUExecutionProvider]"
+    assert hashed(tensorrt, "backend.trt_engine_cache=/fast/trt") == hashed(tensorrt)
+    timeouts = ("backend.compile_timeout_s=60", "backend.profile_timeout_s=30", "backend.vamp=/opt/vastai/bin/vamp")
     assert hashed(*vendor, *timeouts, "build.force=true") == hashed(*vendor)
     # An MLflow baseline's params say the same as the hashed config.
     for overrides in (("precision=fp16", "calibration.seed=7"), ("precision=int8", "calibration.percentile=99.9"),
