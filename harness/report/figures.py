@@ -74,22 +74,23 @@ def save(figure, path: Path) -> None:  # type: ignore[no-untyped-def]
 
 def grouped_bars(  # type: ignore[no-untyped-def]
     axes, labels: list[str], series: tuple[str, ...], value_of: Callable[[int, str], float | None], *, rotation: int,
-    value_labels: bool = False, least_extent: float = 0.0,
+    value_labels: bool = False, least_extent: float = 0.0, groups: str = "runs",
 ) -> list[str]:  # fmt: skip
     """Bars grouped per label, one colour per series, each series in the legend; a missing value is an "n/a" mark
     in its bar's place, never a zero bar. ``value_labels`` writes each bar's value at its end, so that a zero
     (a bar with no height) reads as measured, and the axis spans at least ``least_extent`` either side of zero.
-    Returns the missing values as ``"<label> <series>"``."""
+    Returns the missing values per series, ``"<series> of <label>, <label>"``, or ``"<series> of all N <groups>"``
+    where more than two labels all miss it (48 runs' withheld p99s are one phrase, not 48 names)."""
     from matplotlib.patches import Patch
 
     width = 0.8 / len(series)
-    missing = []
+    missing: dict[str, list[str]] = {}
     for offset, name in enumerate(series):
         for index, label in enumerate(labels):
             value = value_of(index, name)
             x = index + (offset - (len(series) - 1) / 2) * width
             if value is None:
-                missing.append(f"{label} {name}")
+                missing.setdefault(name, []).append(label)
                 # Near the bottom of the axes whatever the values' sign, so a mark never runs into the title.
                 axes.text(
                     x, 0.01, "n/a", transform=axes.get_xaxis_transform(), ha="center", va="bottom", rotation=90,
@@ -120,7 +121,12 @@ def grouped_bars(  # type: ignore[no-untyped-def]
         min(MAX_FIGURE_WIDTH_IN, max(FIGURE_SIZE_IN[0], BAR_GROUP_IN * len(labels) + 2.0)),
         FIGURE_SIZE_IN[1] + longest_in,
     )
-    return missing
+    return [f"{name} of {named(found, among=len(labels), noun=groups)}" for name, found in missing.items()]
+
+
+def named(labels: list[str], *, among: int, noun: str = "runs") -> str:
+    """``labels`` joined, or ``"all N <noun>"`` where they are every one of ``among`` and more than two."""
+    return f"all {among} {noun}" if len(labels) == among > 2 else ", ".join(labels)
 
 
 def short_name(key: str) -> str:

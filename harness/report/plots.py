@@ -251,7 +251,7 @@ def precision_deltas(runs: list[LabelledRun], path: Path) -> Plot | None:
     figure, axes = new_figure()
     missing = grouped_bars(
         axes, [label for label, _ in rows], names, lambda index, name: rows[index][1][name], rotation=20,
-        value_labels=True, least_extent=DELTAS_LEAST_EXTENT,
+        value_labels=True, least_extent=DELTAS_LEAST_EXTENT, groups="rows",
     )  # fmt: skip
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_ylabel("minus fp32 (mAP points; parity cosine x 1e4; % top-10)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from harness.errors import DataError, counted
 from harness.fileio import write_text_atomic
 from harness.report import blank_row, column_names, folder_kind, job_dirs, markdown_table, row_of, swept_settings
+from harness.report.figures import named
 from harness.report.plots import PLOTS, LabelledRun, Plot
 from harness.result import RunResult, load_result
 from harness.result.perf import beside_note
@@ -114,7 +115,7 @@ def write_report(
     for plot in plots:
         lines += [f"## {plot.title}", "", plot.caption, "", f"![{plot.title}]({plot.path.name})", ""]
         if plot.missing:
-            lines += [f"Missing (drawn as n/a or left out, never as zero): {', '.join(plot.missing)}.", ""]
+            lines += [f"Missing (drawn as n/a or left out, never as zero): {'; '.join(plot.missing)}.", ""]
     lines += ["## Runs", "", markdown_table(rows)]
     index_md = folder / "index.md"
     write_text_atomic(index_md, "\n".join(lines))
@@ -134,8 +135,8 @@ def caveats(runs: list[LabelledRun]) -> list[str]:
     contended = [label for label, _, perf in timed if perf.contended_with]
     if contended:
         notes.append(
-            f"{_which(contended, runs)} measured on one device at the same time as another run: their timings are not "
-            "comparable (run perf sweeps one job per device, e.g. the basic launcher)"
+            f"{named(contended, among=len(runs))} measured on one device at the same time as another run: their "
+            "timings are not comparable (run perf sweeps one job per device, e.g. the basic launcher)"
         )
     notes += [
         f"{label}: its perf measurement is invalid ({'; '.join(perf.validity.reasons)}): its timings are not the "
@@ -156,21 +157,17 @@ def caveats(runs: list[LabelledRun]) -> list[str]:
         notes.append(f"timed on {len(machines)} machines ({where}): timings across them compare machines as well")
     random = [label for label, result, _ in scored if result.weights and result.weights.kind == "random"]
     if random:
-        notes.append(f"{_which(random, runs)} ran with RANDOM weights: the mAP shows numerics, not retrieval quality")
+        notes.append(
+            f"{named(random, among=len(runs))} ran with RANDOM weights: the mAP shows numerics, not retrieval quality"
+        )
     synthetic = [label for label, _, accuracy in scored if accuracy.dataset.startswith("synthetic-")]
     if synthetic:
         notes.append(
-            f"{_which(synthetic, runs)} scored the synthetic set made from shipped photos: the mAP is not comparable "
-            "with Revisited Oxford / Paris results"
+            f"{named(synthetic, among=len(runs))} scored the synthetic set made from shipped photos: the mAP is not "
+            "comparable with Revisited Oxford / Paris results"
         )
     notes += [f"{label}: {warning}" for label, _, accuracy in scored for warning in accuracy.warnings]
     return notes
-
-
-def _which(labels: list[str], runs: list[LabelledRun]) -> str:
-    """The runs a caveat is about: their labels, or "all N runs" where they are every run of more than two (a
-    sweep of 48 jobs is one short sentence, not 48 names)."""
-    return f"all {len(runs)} runs" if len(labels) == len(runs) > 2 else ", ".join(labels)
 
 
 def _machine(result: RunResult) -> str:
@@ -206,7 +203,7 @@ def _html(title: str, written: str, notes: list[str], plots: tuple[Plot, ...], r
         parts.append(f"<h2>{html.escape(plot.title)}</h2><p>{html.escape(plot.caption)}</p>")
         parts.append(f"<img alt='{html.escape(plot.title)}' src='data:image/png;base64,{encoded}'>")
         if plot.missing:
-            parts.append(f"<p>Missing (n/a, never zero): {html.escape(', '.join(plot.missing))}.</p>")
+            parts.append(f"<p>Missing (n/a, never zero): {html.escape('; '.join(plot.missing))}.</p>")
     names = column_names(rows)
     parts.append(
         "<h2>Runs</h2><div class='runs'><table><tr>"
