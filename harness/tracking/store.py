@@ -39,6 +39,8 @@ EXPERIMENT_TAGS = {
     ),
 }
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Runs per search call: MLflow's own default and most (SEARCH_MAX_RESULTS_DEFAULT), asked for by name.
+SEARCH_PAGE_SIZE = 1000
 _holding = False  # an outermost ``held_interrupts`` block is open in the main thread
 
 
@@ -241,14 +243,14 @@ class Store(StoreClient):
         return runs[0] if runs else None
 
     def search(self, filter_string: str, *, order_by: list[str] | None = None) -> list[Any]:
-        """Every run of the experiment that matches, page after page (MLflow returns 1000 at most per call)."""
+        """Every run of the experiment that matches, page after page (``SEARCH_PAGE_SIZE`` runs a call)."""
         runs: list[Any] = []
         token = None
         while True:
             page = self.call(
                 partial(
                     self.client.search_runs, [self.experiment_id], filter_string=filter_string, order_by=order_by,
-                    page_token=token,
+                    max_results=SEARCH_PAGE_SIZE, page_token=token,
                 )
             )  # fmt: skip
             runs += page
