@@ -314,7 +314,11 @@ def test_offline_repeats_after_the_first_are_sized_by_the_call_time_the_one_befo
     with caplog.at_level(logging.INFO, logger="harness.perf.stage"):
         result = measure(config, tmp_path)
     again = [record.getMessage() for record in caplog.records if "measuring again" in record.getMessage()]
-    assert [said.split(":")[0] for said in again] == ["perf repeat0"]
+    assert again[0].startswith("perf repeat0: ") and "sized by the warm-up's fastest call" in again[0]
+    # Each later repeat was sized by its own warm-up's 5 ms calls as well, and measured again; now it is measured
+    # again only where it was served over 10% faster than the repeat before it (this VM's steal varies that much).
+    assert all(" sized by the call time of the repeat before, " in said for said in again[1:]), again
+    assert len({said.split(":")[0] for said in again}) == len(again)  # once each at most
     assert result.validity.valid and len(result.repeats) == 3
     for repeat in result.repeats:
         assert repeat.forward_time_s >= 0.3 and 0.3 / 1.2e-3 < repeat.samples < 0.33 / 1e-3 + 1
