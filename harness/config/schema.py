@@ -50,9 +50,9 @@ NOT_WHAT_IS_MEASURED = (
     "build.force", "perf.start_timeout_s", "backend.compile_timeout_s", "backend.profile_timeout_s",
     "backend.trt_engine_cache", "backend.vamc", "backend.vamp",
 )  # fmt: skip
-# Values of settings only some runs use, and of those above, by dotted key, when left unset (conf/'s; a test keeps
-# them equal).
-SOME_RUNS_SETTINGS_UNSET: dict[str, object] = {
+# Values of the settings ``unmeasured_settings`` may name (those only some runs use, and those above), by dotted key,
+# when left unset (conf/'s; a test keeps them equal).
+UNMEASURED_SETTINGS_UNSET: dict[str, object] = {
     "calibration.method": "minmax", "calibration.percentile": 99.999, "calibration.images": 32,
     "calibration.seed": 1000, "calibration.source": "views", "calibration.folder": None, "build.io_dtype": "fp32",
     "accuracy.compare_fp32": True, **{f"perf.{key}": PERF_UNSET[key] for key in MINIMUMS},
@@ -62,7 +62,7 @@ SOME_RUNS_SETTINGS_UNSET: dict[str, object] = {
 }  # fmt: skip
 
 
-def unused_settings(setting: Callable[[str], object]) -> dict[str, object]:
+def unmeasured_settings(setting: Callable[[str], object]) -> dict[str, object]:
     """The settings a run does not use, or that do not say what it measures (``NOT_WHAT_IS_MEASURED``), by dotted key,
     with their unset values: ``setting`` reads a dotted key of its config (a string value as itself). The config
     hash takes them at those values, so the fp32 job of a sweep such as ``-m precision=fp32,int8
@@ -73,20 +73,20 @@ def unused_settings(setting: Callable[[str], object]) -> dict[str, object]:
     build; torch builds no ONNX); an fp32 run has no fp32 build to compare its features with; the perf minimums
     are not used under ``perf.stability``, whose rule decides how long the run measures; the vendor profiler has
     no flag for the warm-up."""
-    unused = list(NOT_WHAT_IS_MEASURED)
+    unmeasured = list(NOT_WHAT_IS_MEASURED)
     if setting("precision.quantization.mode") != "static":
-        unused += [key for key in SOME_RUNS_SETTINGS_UNSET if key.startswith("calibration.")]
+        unmeasured += [key for key in UNMEASURED_SETTINGS_UNSET if key.startswith("calibration.")]
     elif setting("calibration.method") != "percentile":
-        unused.append("calibration.percentile")
+        unmeasured.append("calibration.percentile")
     if (setting("precision.name"), setting("backend.name")) != ("fp16", "onnxruntime"):
-        unused.append("build.io_dtype")
+        unmeasured.append("build.io_dtype")
     if setting("precision.name") == "fp32":
-        unused.append("accuracy.compare_fp32")
+        unmeasured.append("accuracy.compare_fp32")
     if setting("perf.stability") in (True, "true"):  # a params value is a string
-        unused += [f"perf.{key}" for key in MINIMUMS]
+        unmeasured += [f"perf.{key}" for key in MINIMUMS]
     if setting("backend.name") == "vastai":
-        unused.append("perf.warmup")
-    return {key: SOME_RUNS_SETTINGS_UNSET[key] for key in unused}
+        unmeasured.append("perf.warmup")
+    return {key: UNMEASURED_SETTINGS_UNSET[key] for key in unmeasured}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch
 
 from harness import __version__
 from harness.config.convert import dotted_value
-from harness.config.schema import PrecisionConfig, RunConfig, unused_settings
+from harness.config.schema import PrecisionConfig, RunConfig, unmeasured_settings
 from harness.environment import cpu_isa
 from harness.export import cache, onnx_export, quantize
 from harness.export.parity import check_parity
@@ -65,7 +65,7 @@ def _calibration_read(config: RunConfig) -> dict[str, object]:
     """The calibration settings, those the quantizer does not read at their unset values (the percentile of a method
     other than ``percentile``): they make the same artifact, so they are a cache hit."""
     settings = asdict(config.calibration)
-    unused = unused_settings(functools.partial(dotted_value, asdict(config)))
+    unused = unmeasured_settings(functools.partial(dotted_value, asdict(config)))
     return {key: unused.get(f"calibration.{key}", value) for key, value in settings.items()}
 
 

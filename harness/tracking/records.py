@@ -20,7 +20,7 @@ import json
 import math
 
 from harness.config.convert import dotted_value, flatten
-from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER, unused_settings
+from harness.config.schema import BACKEND_SETTINGS_ADDED_LATER, unmeasured_settings
 from harness.result.perf import other_work_note, worst_of_loads
 
 MAX_VALUE_LENGTH = 6000
@@ -171,7 +171,7 @@ def _identity(config: dict[str, object]) -> dict[str, object]:
         for key, unchanged in BACKEND_SETTINGS_ADDED_LATER.get(str(backend.get("name")), {}).items():
             if key in backend and backend[key] in unchanged:
                 del backend[key]
-    for dotted, unset in unused_settings(functools.partial(dotted_value, identity)).items():
+    for dotted, unset in unmeasured_settings(functools.partial(dotted_value, identity)).items():
         *parents, key = dotted.split(".")
         node = dotted_value(identity, ".".join(parents))
         if isinstance(node, dict) and key in node:
@@ -192,7 +192,7 @@ def identity_params(config: dict[str, object]) -> dict[str, str]:
 def identity_of_params(params: dict[str, str]) -> dict[str, str]:
     """Of the tracker params a run was logged with (``params_of`` its config), those ``config_hash`` hashes: its
     ``identity_params``."""
-    unused = params_of(unused_settings(params.get))  # as params: null is "null"
+    unused = params_of(unmeasured_settings(params.get))  # as params: null is "null"
     params = {**params, **{key: value for key, value in unused.items() if key in params}}
     added_later = BACKEND_SETTINGS_ADDED_LATER.get(params.get("backend.name", ""), {})
     # As params: null is "null", and an empty mapping no param at all.

@@ -156,13 +156,13 @@ def test_settings_a_run_does_not_use_are_hashed_at_their_unset_values(tmp_path: 
 
 
 def test_the_unset_values_of_settings_some_runs_use_are_the_run_configs_defaults(tmp_path: Path) -> None:
-    from harness.config.schema import SOME_RUNS_SETTINGS_UNSET
+    from harness.config.schema import UNMEASURED_SETTINGS_UNSET
 
     defaults: dict[str, str] = {}
     for backend in ("onnxruntime", "vastai"):  # no debug preset: conf/'s own defaults
         config = resolve_config(compose([f"paths.cache={tmp_path}", f"backend={backend}", "precision=fp16"]))
         defaults |= params_of(json.loads(json.dumps(dataclasses.asdict(config.portable()))))
-    assert {key: defaults[key] for key in SOME_RUNS_SETTINGS_UNSET} == params_of(SOME_RUNS_SETTINGS_UNSET)
+    assert {key: defaults[key] for key in UNMEASURED_SETTINGS_UNSET} == params_of(UNMEASURED_SETTINGS_UNSET)
 
 
 def test_a_cuda_run_is_tagged_with_its_device_driver_cuda_and_clocks_and_logs_its_telemetry() -> None:
