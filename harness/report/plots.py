@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.report import setting_cells, swept_settings
-from harness.report.figures import from_zero, grouped_bars, label_of, legend, line_style, new_figure, save
+from harness.report.figures import from_zero, grouped_bars, label_of, legend, line_style, named, new_figure, save
 from harness.result import RunResult
 from harness.result.perf import searches
 
@@ -308,7 +308,10 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     if len(loads) < 2 and not any(len(run.result.perf.probes) > 1 for run in measured):  # type: ignore[union-attr]
         return None
     figure, axes = new_figure()
-    missing = []
+    # A run's one load without a percentile is said per percentile ("p99 of all 24 runs"), a search's probes per
+    # search with their rates: a sweep of 24 loads listed 24 "job N p99 at X img/s".
+    unmeasured: dict[str, list[str]] = defaultdict(list)
+    unprobed: list[str] = []
     drawn: list[tuple[float, float]] = []
     series: dict[tuple[str, str], list[LabelledRun]] = defaultdict(list)
     settings = _swept(measured, along=tuple(f"perf.{key}" for key in LOAD_KEYS))
@@ -321,12 +324,15 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
                 searched = bool(run.result.perf.probes)  # type: ignore[union-attr]
                 for points in _load_points(run, name):
                     kept = [(throughput, value) for throughput, value in points if value is not None]
-                    missing += [f"{run.label} {name} at {throughput:.4g} img/s" for throughput, value in points
-                                if value is None]  # fmt: skip
+                    lacking = [f"{throughput:.4g}" for throughput, value in points if value is None]
                     if searched:
                         curves.append(kept)
+                        if lacking:
+                            unprobed.append(f"{run.label} {name} at {', '.join(lacking)} img/s")
                     else:
                         curves[0] += kept
+                        if lacking:
+                            unmeasured[name].append(run.label)
             label: str | None = f"{key} e2e {name}"
             for curve in (sorted(curve) for curve in curves if curve):
                 axes.plot(*zip(*curve, strict=True), style, color=f"C{colour}", label=label)
@@ -347,7 +353,7 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
         "Latency vs throughput",
         "Each point is one run's load, or one probe of a peak-rate search, each search a line of its own (latency "
         "from the scheduled arrival); withheld percentiles are left out and listed.",
-        missing,
+        [f"{name} of {named(labels, among=len(measured))}" for name, labels in unmeasured.items()] + unprobed,
     )
 
 

@@ -15,7 +15,7 @@ from harness.report import blank_row, column_names, folder_kind, job_dirs, markd
 from harness.report.figures import named
 from harness.report.plots import PLOTS, LabelledRun, Plot
 from harness.result import RunResult, load_result
-from harness.result.perf import beside_note
+from harness.result.perf import OTHER_LOAD_PCT, PerfResult, other_work_note, worst_other_work
 
 
 @dataclass(frozen=True)
@@ -144,11 +144,7 @@ def caveats(runs: list[LabelledRun]) -> list[str]:
         for label, _, perf in timed
         if not perf.validity.valid
     ]
-    notes += [
-        f"{label} was {note}: its timings are not the build's alone"
-        for label, _, perf in timed
-        if (note := beside_note(perf))
-    ]
+    notes += _beside_other_work(timed, among=len(runs))
     machines: dict[str, list[str]] = {}
     for label, result, _ in timed:
         machines.setdefault(_machine(result), []).append(label)
@@ -167,6 +163,25 @@ def caveats(runs: list[LabelledRun]) -> list[str]:
             "comparable with Revisited Oxford / Paris results"
         )
     notes += [f"{label}: {warning}" for label, _, accuracy in scored for warning in accuracy.warnings]
+    return notes
+
+
+def _beside_other_work(timed: list[tuple[str, RunResult, PerfResult]], *, among: int) -> list[str]:
+    """The runs measured beside other work, one sentence per kind of it (other processes, hypervisor steal, or
+    both) with the most any of them saw: a sweep on a busy VM had a sentence per job."""
+    runs_by_kind: dict[tuple[str, ...], list[tuple[str, dict[str, float]]]] = {}
+    for label, _, perf in timed:
+        over = {what: pct for what, pct in worst_other_work(perf).items() if pct > OTHER_LOAD_PCT}
+        if over:
+            runs_by_kind.setdefault(tuple(over), []).append((label, over))
+    notes = []
+    for kinds, members in runs_by_kind.items():
+        note = other_work_note({what: max(over[what] for _, over in members) for what in kinds})
+        if len(members) == 1:
+            notes.append(f"{members[0][0]} was {note}: its timings are not the build's alone")
+        else:
+            labels = [label for label, _ in members]
+            notes.append(f"{named(labels, among=among)} were {note}: their timings are not the builds' alone")
     return notes
 
 

@@ -298,11 +298,6 @@ class PerfResult(Measurement):
         )
 
 
-def beside_note(perf: PerfResult) -> str:
-    """The most CPU that other processes, and the hypervisor, took beside any repeat, over ``OTHER_LOAD_PCT``."""
-    return other_work_note(worst_other_work(perf))
-
-
 def worst_other_work(perf: PerfResult) -> dict[str, float]:
     """The most of the machine's CPU other processes, and the hypervisor's steal, took during any repeat's window
     (``"other processes"``, ``"hypervisor steal"``: percent); empty when no repeat sampled it."""

@@ -14,7 +14,7 @@ import pytest
 
 from harness.perf.host import SAMPLE_INTERVAL_S, HostSample, HostSampler, host_telemetry
 from harness.resolve import resolve_config
-from harness.result.perf import beside_note
+from harness.result.perf import other_work_note, worst_other_work
 from tests.conftest import compose
 from tests.perf.test_loadgen import measure, sleep_config
 
@@ -83,7 +83,7 @@ def test_a_busy_process_beside_the_measurement_is_named(cache_dir: Path, tmp_pat
     ]
     assert beside.validity.valid  # a warning: the numbers are kept, and said to be taken beside other work
     # The gate keeps them as evidence and says so in its notes.
-    assert beside_note(beside) == (
+    assert other_work_note(worst_other_work(beside)) == (
         f"measured beside other work (other processes up to {beside.host.other_cpu_pct:.0f}% of the CPU in a repeat)"
     )
     assert alone.host.steal_pct is not None and alone.host.steal_pct >= 0

@@ -285,10 +285,25 @@ def test_withheld_percentiles_are_drawn_as_missing_never_as_zero(runs: list[Labe
     assert f"Missing (drawn as n/a or left out, never as zero): p90 of all {len(runs)} runs; p99 of all " in (
         report.index_md.read_text()
     )
+    # The latency-vs-throughput plot listed each run's point: "fp32-b1 p99 at 1234 img/s; ..." for all 4 (of a
+    # 24-job sweep, 24 of them).
+    (loads,) = [plot for plot in report.plots if plot.path.name == "latency_vs_throughput.png"]
+    assert loads.missing == [f"p99 of all {len(runs)} runs"]
     two = write_report(runs[:2], tmp_path / "two", title="two runs")
     (percentiles,) = [plot for plot in two.plots if plot.path.name == "latency_percentiles.png"]
     labels = ", ".join(run.label for run in runs[:2])  # each bar named as its tick is
     assert percentiles.missing == [f"p90 of {labels}", f"p99 of {labels}"]
+    # A search's probes are each at a rate of their own: those without a p99 are named with their rates.
+    short = Probe(target_qps=400, throughput_qps=400, p50_ms=1.0, p99_ms=None, samples=300, passed=False, repeat=0)
+    probes = (short, dataclasses.replace(short, target_qps=800, throughput_qps=800), dataclasses.replace(
+        short, target_qps=200, throughput_qps=200, p99_ms=3.0, samples=700, passed=True))  # fmt: skip
+    perf = dataclasses.replace(runs[0].result.perf, scenario="server", latency_bound_ms=5.0, probes=probes)  # type: ignore[arg-type]
+    searched = dataclasses.replace(runs[0], result=dataclasses.replace(runs[0].result, perf=perf))
+    (loads,) = [plot for plot in write_report([searched, *runs[1:3]], tmp_path / "searched", title="searched").plots
+                if plot.path.name == "latency_vs_throughput.png"]  # fmt: skip
+    unsearched, probed = loads.missing  # the runs named in the order their series are drawn
+    assert sorted(unsearched.removeprefix("p99 of ").split(", ")) == sorted([runs[1].label, runs[2].label])
+    assert probed == f"{runs[0].label} p99 at 400, 800 img/s"
 
 
 def test_the_percentile_title_explains_n_a_only_when_a_percentile_is_withheld(
@@ -495,6 +510,20 @@ def test_what_the_plots_cannot_show_is_said_above_them_naming_the_runs(runs: lis
     assert page.count("<li>") == len(report.caveats) and "<h2>Read with care</h2>" in page
     # The runs' table (a column per field and setting) scrolls in its own box instead of widening the page.
     assert "<div class='runs'><table>" in page and ".runs{overflow-x:auto}" in page
+    # A sweep on a busy VM had a sentence per job: runs beside the same kind of work are one, with the most seen.
+    loads = (12.0, 26.0, 0.0, 18.0)
+    busy = [
+        dataclasses.replace(run, result=on_a_machine(run.result, pct)) for run, pct in zip(runs, loads, strict=True)
+    ]
+    assert write_report(busy, tmp_path / "busy", title="busy").caveats[0] == (
+        f"{labels[0]}, {labels[1]}, {labels[3]} were measured beside other work (other processes up to 26% of the "
+        "CPU in a repeat): their timings are not the builds' alone"
+    )
+    busy = [dataclasses.replace(run, result=on_a_machine(run.result, 30)) for run in runs]
+    assert write_report(busy, tmp_path / "all busy", title="all busy").caveats[0] == (
+        "all 4 runs were measured beside other work (other processes up to 30% of the CPU in a repeat): their "
+        "timings are not the builds' alone"
+    )
 
 
 def test_server_runs_are_left_out_of_throughput_vs_batch(runs: list[LabelledRun], tmp_path: Path) -> None:
