@@ -91,6 +91,11 @@ def counted(count: int, noun: str, plural: str | None = None) -> str:
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
+def named(labels: list[str], *, among: int, noun: str = "runs") -> str:
+    """``labels`` joined, or ``"all N <noun>"`` where they are every one of ``among`` and more than two."""
+    return f"all {among} {noun}" if len(labels) == among > 2 else ", ".join(labels)
+
+
 def unwritable_reason(path: Path, error: OSError, *, folder: bool = False) -> str:
     """Why ``path`` (a file, or a ``folder``) could not be written, in words: what is in the way where the system
     says only "File exists" or "Not a directory", else its own reason."""

@@ -115,7 +115,7 @@ def _once_each(candidates: list[str]) -> list[str]:
 def _promote(candidates: list[str], baseline: str, store: Store | None, settings: GateConfig) -> None:
     """Make the candidates the baseline: tag their MLflow runs, or write their entries into a baseline file.
     A run with fewer perf repeats than the gate decides on is promoted with a warning saying so."""
-    from harness.errors import counted
+    from harness.errors import counted, named
     from harness.gate.evidence import PERF_METRICS
     from harness.gate.sources import candidate_evidence, promote_in_mlflow, write_baseline_file
 
@@ -129,15 +129,19 @@ def _promote(candidates: list[str], baseline: str, store: Store | None, settings
     else:
         write_baseline_file(Path(baseline), evidence, max_other_load_pct=settings.max_other_load_pct)
         print(f"baseline: {counted(len(evidence), 'entry', 'entries')} written to {baseline}")
+    runs_with: dict[int, list[str]] = {}  # perf repeats -> the runs measured with that few: one warning each
     for item in evidence:
         repeats = max((len(item.metrics.get(name, ())) for name in PERF_METRICS), default=0)
         if 0 < repeats < settings.min_repeats:
-            print(
-                f"warning: {item.label}: {counted(repeats, 'perf repeat')}; the gate decides speed with >= "
-                f"{settings.min_repeats} a side (gate.min_repeats), so against it speed gates inconclusive: measure "
-                f"the baseline with perf.repeats={settings.min_repeats}",
-                file=sys.stderr,
-            )
+            runs_with.setdefault(repeats, []).append(item.label)
+    for repeats, labels in runs_with.items():
+        each, them = (" each", "them") if len(labels) > 1 else ("", "it")
+        print(
+            f"warning: {named(labels, among=len(evidence))}: {counted(repeats, 'perf repeat')}{each}; the gate "
+            f"decides speed with >= {settings.min_repeats} a side (gate.min_repeats), so against {them} speed gates "
+            f"inconclusive: measure the baseline with perf.repeats={settings.min_repeats}",
+            file=sys.stderr,
+        )
 
 
 def _decide(

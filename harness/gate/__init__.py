@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from harness.config.commands import GateConfig, gated_load
-from harness.errors import HarnessError, counted
+from harness.errors import HarnessError, counted, named
 from harness.gate.decide import Decision, decide
 from harness.gate.evidence import PEAK_METRIC, PERF_METRICS, Evidence, config_difference, evidence_of
 from harness.report import FLOAT_FORMATS
@@ -235,14 +235,17 @@ def rerun_perf(candidate: Evidence, attempt: int) -> Evidence:
 
 
 def markdown(result: GateResult) -> str:
-    """The gate's table: one row per metric of each candidate, then one line per problem."""
+    """The gate's table: one row per metric of each candidate, then one line per note or problem, naming the
+    candidates it is said of."""
     lines = [
         f"gate verdict: **{result.verdict}** (exit {result.exit_code})",
         "",
         "| candidate | metric | baseline | candidate | change | interval | p | repeats | verdict | why |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    notes = []
+    # A note said of several candidates is one line naming them: a 24-job sweep against a baseline of one repeat
+    # each had the same sentence 24 times.
+    candidates_of: dict[str, list[str]] = {}
     for pairing in result.pairings:
         label = Path(pairing.candidate.label).name or pairing.candidate.label
         for decision in pairing.decisions:
@@ -255,6 +258,8 @@ def markdown(result: GateResult) -> str:
                 f"{decision.candidate:{value_format}} | {change} | "
                 f"{interval} | {p_value} | {decision.repeats[0]}/{decision.repeats[1]} | {decision.outcome} | {decision.reason} |"
             )
-        notes += [f"- {label}: unusable: {problem}" for problem in pairing.problems]
-        notes += [f"- {label}: {note}" for note in pairing.notes]
+        for note in (*(f"unusable: {problem}" for problem in pairing.problems), *pairing.notes):
+            candidates_of.setdefault(note, []).append(label)
+    among = len(result.pairings)
+    notes = [f"- {named(labels, among=among, noun='candidates')}: {note}" for note, labels in candidates_of.items()]
     return "\n".join([*lines, *([""] if notes else []), *notes]) + "\n"

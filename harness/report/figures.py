@@ -8,6 +8,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from harness.errors import named
+
 FIGURE_SIZE_IN = (8.0, 5.0)
 DPI = 100
 LABEL_SETTINGS = 3
@@ -122,11 +124,6 @@ def grouped_bars(  # type: ignore[no-untyped-def]
         FIGURE_SIZE_IN[1] + longest_in,
     )
     return [f"{name} of {named(found, among=len(labels), noun=groups)}" for name, found in missing.items()]
-
-
-def named(labels: list[str], *, among: int, noun: str = "runs") -> str:
-    """``labels`` joined, or ``"all N <noun>"`` where they are every one of ``among`` and more than two."""
-    return f"all {among} {noun}" if len(labels) == among > 2 else ", ".join(labels)
 
 
 def short_name(key: str) -> str:

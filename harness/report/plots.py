@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.errors import named
 from harness.report import setting_cells, swept_settings
-from harness.report.figures import from_zero, grouped_bars, label_of, legend, line_style, named, new_figure, save
+from harness.report.figures import from_zero, grouped_bars, label_of, legend, line_style, new_figure, save
 from harness.result import RunResult
 from harness.result.perf import searches
 

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.errors import DataError, counted
+from harness.errors import DataError, counted, named
 from harness.fileio import write_text_atomic
 from harness.report import blank_row, column_names, folder_kind, job_dirs, markdown_table, row_of, swept_settings
-from harness.report.figures import named
 from harness.report.plots import PLOTS, LabelledRun, Plot
 from harness.result import RunResult, load_result
 from harness.result.perf import OTHER_LOAD_PCT, PerfResult, other_work_note, worst_other_work

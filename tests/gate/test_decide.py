@@ -13,7 +13,7 @@ import pytest
 from harness.config.commands import GateConfig, GatedLoad, GateRule
 from harness.config.perf import Scenario
 from harness.errors import ConfigError
-from harness.gate import pair, run_gate
+from harness.gate import markdown, pair, run_gate
 from harness.gate.decide import decide
 from harness.gate.evidence import Evidence, config_difference
 
@@ -330,6 +330,20 @@ def test_a_baseline_with_too_few_repeats_is_not_rerun_against_and_says_what_to_d
         settings,
     )
     assert full.pairings[0].notes == ()
+    # A sweep's jobs against such baselines: the note once, naming them, where each job had a line of its own.
+    jobs = [dataclasses.replace(evidence({"throughput_qps": noisy(100.0, repeats=1, seed=job)}), label=f"/sweep/{job}")
+            for job in range(4)]  # fmt: skip
+    sweep = run_gate(jobs, lambda _: [short_baseline], settings)
+    notes = [line for line in markdown(sweep).splitlines() if line.startswith("- ")]
+    assert notes == [f"- all 4 candidates: {result.pairings[0].notes[0]}"]
+    unusable = dataclasses.replace(jobs[3], metrics={})
+    notes = [line for line in markdown(run_gate([*jobs[:2], unusable], lambda _: [short_baseline], settings)).splitlines()
+             if line.startswith("- ")]  # fmt: skip
+    assert notes == [
+        f"- 0, 1: {result.pairings[0].notes[0]}",
+        "- 3: unusable: metric throughput_qps missing in the candidate: it ran no perf stage (gate it against a "
+        "baseline that ran the same stages)",
+    ]
 
 
 def test_a_negative_bootstrap_seed_is_refused_naming_the_key() -> None:

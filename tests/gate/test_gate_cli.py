@@ -86,6 +86,13 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
         f"warning: {few}: 2 perf repeats; the gate decides speed with >= 5 a side (gate.min_repeats), so against it "
         "speed gates inconclusive: measure the baseline with perf.repeats=5"
     )
+    # Several such runs are one warning naming them (a 24-job sweep printed the same sentence 24 times).
+    copy = shutil.copytree(few, tmp_path / "few copy")
+    warned = harness(tmp_path, "gate", "--promote", few, copy, "--baseline", str(tmp_path / "two.json"), "tracking=off")
+    assert warned.returncode == 0 and warned.stderr.strip() == (
+        f"warning: {few}, {copy}: 2 perf repeats each; the gate decides speed with >= 5 a side (gate.min_repeats), "
+        "so against them speed gates inconclusive: measure the baseline with perf.repeats=5"
+    )
     assert (
         f"nearest baseline {baseline_file}:{Path(baseline).name} differs in backend.latency_us: 2000.0 -> 2500.0\n"
         in (unmatched.stdout)
