@@ -20,7 +20,7 @@ from typing import Any
 from harness.cli.data import data, eval_features, vamp_parse
 from harness.cli.gate import gate
 from harness.cli.report import report
-from harness.cli.run import hydra_command, interrupt, pipeline_task
+from harness.cli.run import hydra_command, interrupt, pipeline_task, rerun_command
 from harness.cli.store import sync, ui
 
 
@@ -40,6 +40,10 @@ COMMANDS: dict[str, Command] = {
     "build": Command(
         "build and parity-check the deployable artifact only",
         functools.partial(hydra_command, "build", pipeline_task),
+    ),
+    "rerun": Command(
+        "run a run's saved config again (from its result.json), with overrides after it; --print: the command only",
+        rerun_command,
     ),
     "eval-features": Command(
         "revisitop metrics for precomputed descriptors (.npy/.npz or per-image .npz folder)", eval_features

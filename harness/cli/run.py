@@ -87,6 +87,43 @@ def pipeline_task(cfg: Any) -> None:
         raise SystemExit(1)
 
 
+def rerun_command(arguments: list[str]) -> int:
+    """``harness rerun RUN [overrides] [-m] [--print]``: a run's saved config composed again (the overrides that
+    give it back, checked setting by setting), with the user's overrides after them, run as ``harness run`` runs
+    it; ``--print`` prints the command and runs nothing."""
+    import dataclasses
+    import json
+    import shlex
+
+    from harness.config.reproduce import reproducing_overrides, with_own_overrides
+    from harness.errors import HarnessError
+    from harness.report import folder_kind, record_folder
+    from harness.result import RESULT_FILE, load_result
+
+    if not arguments or arguments[0].startswith("-"):
+        print("usage: harness rerun RUN [KEY=VALUE ...] [-m] [--print]  (RUN: a run folder or its result.json)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    folder, own = record_folder(Path(arguments[0])), [item for item in arguments[1:] if item != "--print"]
+    try:
+        if folder_kind(folder) == "sweep":
+            raise HarnessError(f"{folder}: a sweep: rerun one of its jobs ({folder}/N), or the sweep with harness run")
+        result = load_result(folder)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        saved = reproducing_overrides(json.loads(json.dumps(dataclasses.asdict(result.config))), result.config.task)
+    except HarnessError as error:
+        print(f"error: {folder / RESULT_FILE}: its config cannot be run again: {error}", file=sys.stderr)
+        return 2
+    overrides = with_own_overrides(saved, own)
+    print(f"rerun of {folder / RESULT_FILE}: harness {result.config.task} {shlex.join(overrides)}", flush=True)
+    if "--print" in arguments:
+        return 0
+    return hydra_command(result.config.task, pipeline_task, overrides)
+
+
 # The launcher whose jobs run at once on this machine, each with the terminal's stderr (`hydra/launcher=parallel`).
 SIDE_BY_SIDE_LAUNCHER = "JoblibLauncher"
 

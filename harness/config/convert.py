@@ -75,6 +75,10 @@ def _convert(hint: Any, value: object, key: str) -> object:
     if origin is list:
         return list(_convert_sequence(tuple.__class_getitem__((get_args(hint)[0], ...)), value, key))
     if origin is dict:
+        if value is None:
+            # The conf files write an empty mapping as null: Hydra adds no key to a `{}` (its config is closed to new
+            # keys), so `backend.aot_inductor_configs={max_autotune:true}` was refused, where a null is replaced.
+            return {}
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}={as_written(value)}: expected a mapping")
         value_hint = get_args(hint)[1]

@@ -47,7 +47,10 @@ def _omegaconf_type(hint: Any) -> Any:
     if origin is tuple:
         return list[_omegaconf_type(get_args(hint)[0])]  # type: ignore[misc]
     if origin is dict:
-        return dict[str, Any]
+        # A free-form mapping (vdsp params) is Any to OmegaConf: set on the command line (`vdsp.params={...}`) over
+        # a typed null mapping, OmegaConf 2.3's merge fails ("'NoneType' object has no attribute 'get'"). Its type
+        # is still checked, when the config is resolved.
+        return Any
     if dataclasses.is_dataclass(hint):
         return _schema_class(typing.cast(type, hint))
     return hint

@@ -52,6 +52,23 @@ def test_every_backend_resolves_to_its_config_dataclass(backend: str) -> None:
     assert isinstance(config.backend, get_backend(backend).config_type)
 
 
+def test_mappings_set_on_the_command_line_replace_the_defaults() -> None:
+    # `vdsp.params={...}` failed inside OmegaConf ("'NoneType' object has no attribute 'get'"), and
+    # `backend.aot_inductor_configs={max_autotune:true}` (the README's example) was an unknown key of `{}`.
+    import yaml
+
+    from harness.config.reproduce import override_value
+
+    official = yaml.safe_load((CONF / "vdsp" / "official_dinov2.yaml").read_text())["params"]
+    inline = resolve_config(compose([f"vdsp.params={override_value(official)}"]))
+    assert inline.preprocessing == resolve_config(compose(["vdsp=official_dinov2"])).preprocessing
+    assert inline.preprocessing != resolve_config(compose([])).preprocessing
+    aot = ["backend=torch", "backend.artifact=aoti", "stages=[build,perf]"]
+    tuned = resolve_config(compose([*aot, "backend.aot_inductor_configs={max_autotune:true}"]))
+    assert tuned.backend.aot_inductor_configs == {"max_autotune": True}  # type: ignore[union-attr]
+    assert resolve_config(compose(aot)).backend.aot_inductor_configs == {}  # type: ignore[union-attr]
+
+
 def test_the_unset_perf_settings_are_the_perf_groups_defaults() -> None:
     # A setting is refused where nothing would run by it only when it differs from its unset value.
     import yaml
@@ -185,7 +202,7 @@ def test_defaults_are_typed() -> None:
         ),
         (
             "backend=torch backend.aot_inductor_configs=[1,2]",
-            r"^backend.aot_inductor_configs=\[1,2\]: expected a mapping",
+            r"^backend.aot_inductor_configs=\[1, 2\]: expected a mapping",
         ),
         (
             "model.input_size={a:1}",
