@@ -129,3 +129,5 @@ def test_a_rerun_runs_the_saved_config_with_the_overrides_given(tmp_path: Path) 
     missing = harness_in(tmp_path, "rerun", "outputs/nowhere")
     assert missing.returncode == 2 and missing.stderr == "error: outputs/nowhere: no such folder\n"
     assert harness_in(tmp_path, "rerun").returncode == 2
+    helped = harness_in(tmp_path, "rerun", "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: harness rerun RUN [KEY=VALUE ...]")

@@ -100,9 +100,16 @@ def rerun_command(arguments: list[str]) -> int:
     from harness.report import folder_kind, record_folder
     from harness.result import RESULT_FILE, load_result
 
+    usage = (
+        "usage: harness rerun RUN [KEY=VALUE ...] [-m] [--print]\n\nRuns a run again: the config its result.json "
+        "saved (RUN: the run folder or that file), composed as harness run overrides and checked to give every saved "
+        "setting back, with your overrides after it. --print prints the command and runs nothing."
+    )
+    if arguments[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
     if not arguments or arguments[0].startswith("-"):
-        print("usage: harness rerun RUN [KEY=VALUE ...] [-m] [--print]  (RUN: a run folder or its result.json)",
-              file=sys.stderr)  # fmt: skip
+        print(usage, file=sys.stderr)
         return 2
     folder, own = record_folder(Path(arguments[0])), [item for item in arguments[1:] if item != "--print"]
     try:
