@@ -49,6 +49,14 @@ def test_the_overrides_compose_the_saved_config_again(overrides: list[str]) -> N
     assert config_hash(again) == config_hash(saved)  # the gate pairs a rerun with the run it reran
 
 
+def test_a_setting_at_its_default_is_no_override() -> None:
+    # The torch backend's Inductor settings are null in conf/ and {} once resolved: every torch rerun printed
+    # `backend.aot_inductor_configs={}`.
+    assert reproducing_overrides(saved_config(["backend=torch"]), "run") == [
+        "model=vits14_reg4", "precision=fp32", "backend=torch", "dataset=synthetic",
+    ]  # fmt: skip
+
+
 def test_a_build_runs_config_is_composed_with_the_build_command() -> None:
     saved = saved_config(["debug=tiny", "build.opset=19"], config_name="build")
     assert measured(saved_config(reproducing_overrides(saved, "build"), config_name="build")) == measured(saved)

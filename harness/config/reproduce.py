@@ -109,7 +109,10 @@ def _shown(value: Any) -> str:
 
 
 def _same(left: Any, right: Any) -> bool:
-    """Equal as JSON values (1 and 1.0 alike, a tuple as its list), NaN equal to NaN."""
+    """Equal as JSON values (1 and 1.0 alike, a tuple as its list), NaN equal to NaN, and null equal to an empty
+    mapping: a conf file writes an empty mapping setting as null, which resolving makes ``{}``."""
+    if {type(left), type(right)} == {type(None), dict} and not (left or right):
+        return True
     if isinstance(left, float) and isinstance(right, float) and math.isnan(left) and math.isnan(right):
         return True
     if isinstance(left, list | tuple) and isinstance(right, list | tuple):
