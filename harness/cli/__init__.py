@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from harness.cli.cache import cache
 from harness.cli.data import data, eval_features, vamp_parse
 from harness.cli.gate import gate
 from harness.cli.report import report
@@ -52,6 +53,7 @@ COMMANDS: dict[str, Command] = {
     "data": Command("download Revisited Oxford/Paris, or write the synthetic dataset (revisitop layout)", data),
     "gate": Command("regression gate: compare runs with their baseline (statistics over repeats for perf)", gate),
     "report": Command("plots and an index (md + self-contained html) over run folders, sweeps or MLflow", report),
+    "cache": Command("list the build cache; --remove-unused DAYS removes the builds no run has used since", cache),
     "sync": Command("log run or sweep folders that are not tracked yet (idempotent)", sync),
     "ui": Command("start the MLflow UI on the configured store (127.0.0.1, --port N)", ui),
 }

@@ -97,6 +97,13 @@ class StoreCommandConfig:
 
 
 @dataclass(frozen=True)
+class CacheCommandConfig:
+    """What ``harness cache`` reads: where the build cache is."""
+
+    paths: PathsConfig
+
+
+@dataclass(frozen=True)
 class DataCommandConfig:
     """What ``harness data`` reads: where datasets live, and the synthetic set's size and seed."""
 

@@ -10,6 +10,7 @@ their recorded sha256 is deleted and rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -17,14 +18,14 @@ import logging
 import os
 import shutil
 from contextlib import AbstractContextManager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from harness.config.convert import from_mapping
 from harness.errors import BuildError, ConfigError, unwritable_reason
 from harness.fileio import sha256_of, write_json_atomic
-from harness.processes import staging_folder
+from harness.processes import STAGING_PREFIX, staging_folder
 from harness.result.build import ArtifactFile
 
 T = TypeVar("T")
@@ -74,9 +75,52 @@ def load_cached(folder: Path, manifest_type: type[T]) -> T | None:
                 raise ValueError(f"{record.name} does not match its recorded size and sha256")
     except (OSError, ValueError, ConfigError) as error:
         log.warning("corrupt cached artifact path=%s reason=%s: rebuilding", folder, error)
-        shutil.rmtree(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # it may be gone already: `harness cache --remove-unused`
         return None
+    # Its manifest's time is when it was last used (``harness cache`` removes what has not been for long). A cache
+    # others share may be read-only here: the artifact is used all the same.
+    with contextlib.suppress(OSError):
+        os.utime(folder / MANIFEST_NAME)
     return manifest
+
+
+@dataclass(frozen=True)
+class CachedBuild:
+    """One artifact folder of the build cache, as ``harness cache`` lists it.
+
+    Attributes:
+        folder: ``<paths.cache>/builds/<name>``.
+        size_bytes: every file in it.
+        created_at: when it was built (its manifest's ``created_at``); ``None`` where the manifest is unreadable.
+        last_used: when a run last used it (or built it), seconds since the epoch: its manifest's time.
+        versions: the libraries it was built with (harness, torch, onnx...), from its key.
+    """
+
+    folder: Path
+    size_bytes: int
+    created_at: str | None
+    last_used: float
+    versions: dict[str, str]
+
+
+def cached_builds(cache_root: Path) -> list[CachedBuild]:
+    """Every artifact folder under ``cache_root`` (``<paths.cache>/builds``), least recently used first; a build
+    still being written (a staging folder) is not one."""
+    builds = []
+    for folder in sorted(cache_root.iterdir()) if cache_root.is_dir() else ():
+        if not folder.is_dir() or folder.name.startswith(STAGING_PREFIX):
+            continue
+        manifest_file = folder / MANIFEST_NAME
+        try:
+            manifest = json.loads(manifest_file.read_text())
+            last_used = manifest_file.stat().st_mtime
+        except (OSError, ValueError):  # a folder no run can use: listed, so that it can be removed
+            manifest, last_used = {}, folder.stat().st_mtime
+        files = [path for path in folder.rglob("*") if path.is_file()]
+        versions = (manifest.get("key_fields") or {}).get("versions") or {}
+        builds.append(CachedBuild(folder, sum(path.stat().st_size for path in files), manifest.get("created_at"),
+                                  last_used, {str(name): str(version) for name, version in versions.items()}))  # fmt: skip
+    return sorted(builds, key=lambda build: build.last_used)
 
 
 def staging_for(folder: Path) -> AbstractContextManager[Path]:

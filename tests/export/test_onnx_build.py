@@ -177,3 +177,43 @@ def test_a_build_published_first_by_another_job_is_kept(cache_dir: Path, tmp_pat
     # A forced rebuild replaces it.
     assert publish(staging, folder, ours, replace=True) == ours
     assert json.loads((folder / MANIFEST_NAME).read_text())["created_at"] == "2000-01-01T00:00:00+00:00"
+
+
+def test_the_cache_lists_builds_by_last_use_and_removes_those_unused_for_days(cache_dir: Path) -> None:
+    # Every build is keyed by the library versions and the model source: an upgrade builds anew beside the old
+    # copies, and nothing removed those (a ViT-g build is gigabytes).
+    import os
+    import time
+
+    from harness.export.cache import cached_builds
+    from tests.conftest import harness_in
+
+    fp32 = Path(build(run_config(cache_dir)).artifact_folder)
+    fp16 = Path(build(run_config(cache_dir, "precision=fp16")).artifact_folder)
+    (cache_dir / "builds" / ".staging-half-written").mkdir()  # a build in progress is none of them
+    old = time.time() - 3 * 86400
+    os.utime(fp32 / MANIFEST_NAME, (old, old))
+    listed = cached_builds(cache_dir / "builds")
+    assert [entry.folder for entry in listed] == [fp32, fp16]  # least recently used first
+    assert listed[0].size_bytes == sum(path.stat().st_size for path in fp32.iterdir())
+    assert listed[0].versions["torch"] == torch.__version__ and listed[0].created_at
+    assert build(run_config(cache_dir)).cache_hit  # a hit is a use
+    assert [entry.folder for entry in cached_builds(cache_dir / "builds")] == [fp16, fp32]
+
+    os.utime(fp32 / MANIFEST_NAME, (old, old))
+    cache = f"paths.cache={cache_dir}"
+    shown = harness_in(cache_dir.parent, "cache", cache)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[2].startswith(f"| {fp32.name} | ") and f"| {fp16.name} | " in shown.stdout
+    assert shown.stdout.splitlines()[-1].startswith("2 builds, ") and shown.stdout.endswith(
+        f" in {cache_dir / 'builds'}\n"
+    )
+    dry = harness_in(cache_dir.parent, "cache", cache, "--remove-unused", "2", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.startswith(f"would remove {fp32} (") and fp32.is_dir()
+    removed = harness_in(cache_dir.parent, "cache", "--remove-unused", "2", cache)
+    assert removed.returncode == 0 and removed.stdout.startswith(f"removed {fp32} (")
+    assert "removed 1 build unused for 2 days" in removed.stdout and "; 1 kept in " in removed.stdout
+    assert not fp32.exists() and fp16.is_dir()
+    assert not build(run_config(cache_dir)).cache_hit  # built again on demand
+    for refused in (["--dry-run"], ["--remove-unused", "-1"], ["perf.batch=2"], ["somewhere"]):
+        assert harness_in(cache_dir.parent, "cache", cache, *refused).returncode == 2, refused
