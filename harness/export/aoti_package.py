@@ -3,6 +3,7 @@ harness's build-stage dependencies)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,11 @@ def compile_package(
     """``module`` exported at [batch, 3, H, W] in ``dtype`` on ``device`` and compiled to the package ``path``,
     which carries ``metadata`` (read back without loading the package)."""
     example = torch.zeros((batch, 3, *input_size), dtype=dtype, device=device)
-    with torch.no_grad(), attention_kernel(attention):
+    with torch.no_grad(), attention_kernel(attention), warnings.catch_warnings():
+        # torch 2.13's compile deprecates its own internals on stderr (`isinstance(treespec, LeafSpec)` is
+        # deprecated): nothing a user of the package can act on.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         program = torch.export.export(module, (example,))
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(path), inductor_configs={**inductor_configs, "aot_inductor.metadata": metadata}
