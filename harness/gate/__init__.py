@@ -104,7 +104,7 @@ def pair(
         problem = f"no baseline for config hash {candidate.config_hash}" + (f": {difference}" if difference else "")
         return Pairing(candidate, None, (), (problem,), ())
     if beside := candidate.beside(settings.max_other_load_pct):
-        notes.append(f"the candidate was {beside}: a regression may be that work's")
+        notes.append(f"{beside}: a regression may be that work's")
     decisions, problems = [], []
     load = gated_load(candidate.config)
     for metric, rule in settings.rules.items():

@@ -126,7 +126,7 @@ def test_a_candidate_measured_beside_other_work_is_decided_and_said_to_be() -> N
     )
     pairing = pair(slower, [baseline], settings, allow_hardware_mismatch=False)
     assert pairing.verdict == "fail" and pairing.notes == (
-        "the candidate was measured beside other work (other processes up to 26% of the CPU in a repeat): a "
+        "measured beside other work (other processes up to 26% of the CPU in a repeat): a "
         "regression may be that work's",
     )
     assert pair(baseline, [baseline], settings, allow_hardware_mismatch=False).notes == ()
