@@ -301,6 +301,23 @@ def _load_points(run: LabelledRun, name: str) -> list[list[tuple[float, float | 
     return [[(perf.throughput_qps, _percentile_ms(run, name))]]
 
 
+def _loads_apart(runs: list[LabelledRun]) -> list[str]:
+    """The load settings that keep the latency curves apart: each that varies, but the one that varies most (a
+    curve's points) and those that vary with it (processes with instances). A sweep of batch x instances was
+    one line through every point by throughput, from one instance count to another and back."""
+    values = {key: [getattr(run.result.config.perf, key) for run in runs] for key in LOAD_KEYS}
+    varying = [key for key in LOAD_KEYS if len(set(values[key])) > 1]
+    if not varying:
+        return []
+    along = max(varying, key=lambda key: len(set(values[key])))
+
+    def follows_along(key: str) -> bool:
+        pairs = set(zip(values[along], values[key], strict=True))
+        return len(pairs) == len({value for value, _ in pairs})
+
+    return [key for key in varying if key != along and not follows_along(key)]
+
+
 def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     """p50 and p99 latency against throughput when the runs vary the load (batch, instances, queue depth,
     offered rate...), or a peak-rate search probed several rates."""
@@ -316,8 +333,10 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
     drawn: list[tuple[float, float]] = []
     series: dict[tuple[str, str], list[LabelledRun]] = defaultdict(list)
     settings = _swept(measured, along=tuple(f"perf.{key}" for key in LOAD_KEYS))
+    apart = _loads_apart(measured)
     for run in measured:
-        series[_series_key(_series_name(run), run, settings)].append(run)
+        load = "".join(f" {key}={getattr(run.result.config.perf, key)}" for key in apart)
+        series[_series_key(_series_name(run) + load, run, settings)].append(run)
     for colour, ((key, _), members) in enumerate(sorted(series.items())):
         for name, style in (("p50", "o-"), ("p99", "s--")):
             curves: list[list[tuple[float, float]]] = [[]]  # the runs' loads joined, then each search apart
@@ -353,7 +372,8 @@ def latency_vs_throughput(runs: list[LabelledRun], path: Path) -> Plot | None:
         path,
         "Latency vs throughput",
         "Each point is one run's load, or one probe of a peak-rate search, each search a line of its own (latency "
-        "from the scheduled arrival); withheld percentiles are left out and listed.",
+        "from the scheduled arrival); where the runs vary more than one load setting, a line joins those that "
+        "differ in the one varied most; withheld percentiles are left out and listed.",
         [f"{name} of {named(labels, among=len(measured))}" for name, labels in unmeasured.items()] + unprobed,
     )
 

@@ -241,6 +241,37 @@ def test_each_search_of_a_repeated_peak_search_is_a_line_of_its_own(
     assert len(axes.get_legend().get_texts()) == 3  # p50, p99 and the bound: each percentile named once
 
 
+def test_a_sweep_of_two_load_settings_draws_a_line_per_value_of_the_one_varied_less(
+    runs: list[LabelledRun], tmp_path: Path, saved: dict[str, Any]
+) -> None:
+    # batch x instances was one line through every point by throughput, from one instance count to another.
+    from harness.report import plots
+
+    fp32 = [run for run in runs if run.result.config.precision.name == "fp32"]  # batch 1 and 2
+
+    def with_load(run: LabelledRun, instances: int, processes: int) -> LabelledRun:
+        config = run.result.config
+        perf = dataclasses.replace(config.perf, instances=instances, processes=processes)
+        scaled = dataclasses.replace(run.result.perf, throughput_qps=run.result.perf.throughput_qps * instances)  # type: ignore[union-attr]
+        result = dataclasses.replace(run.result, config=dataclasses.replace(config, perf=perf), perf=scaled)
+        return dataclasses.replace(run, label=f"{run.label} i{instances}", result=result)
+
+    grid = [with_load(run, instances, 1) for instances in (1, 2) for run in fp32]
+    plots.latency_vs_throughput(grid, tmp_path / "grid.png")
+    (axes,) = saved["grid.png"].axes
+    lines = {line.get_label(): sorted(line.get_xdata()) for line in axes.get_lines() if line.get_linestyle() == "-"}
+    assert len(lines) == 2 and all("instances=" in label for label in lines), lines
+    for instances in (1, 2):
+        (points,) = [points for label, points in lines.items() if f"instances={instances} " in label]
+        assert points == sorted(run.result.perf.throughput_qps for run in grid  # type: ignore[union-attr]
+                                if run.result.config.perf.instances == instances)  # fmt: skip
+    # Processes that follow instances (one process per instance) keep no line apart.
+    lockstep = [with_load(fp32[0], instances, instances) for instances in (1, 2, 4)]
+    plots.latency_vs_throughput(lockstep, tmp_path / "lockstep.png")
+    (axes,) = saved["lockstep.png"].axes
+    assert len([line for line in axes.get_lines() if line.get_linestyle() == "-"]) == 1
+
+
 def test_a_precision_delta_below_the_gates_tolerances_draws_small(
     runs: list[LabelledRun], tmp_path: Path, saved: dict[str, Any]
 ) -> None:
