@@ -51,6 +51,11 @@ def cache(arguments: list[str]) -> int:
         print("".join(f"| {' | '.join(row)} |\n" for row in rows), end="")
         total = sum(build.size_bytes for build in builds)
         print(f"{counted(len(builds), 'build')}, {_size(total)} in {root}")
+        downloads = [path for path in (root.parent / "weights").glob("*") if path.is_file()]
+        if downloads:
+            # Checkpoints are downloads, verified by their checksums: never removed here (rm removes one).
+            weights = sum(path.stat().st_size for path in downloads)
+            print(f"{counted(len(downloads), 'checkpoint')}, {_size(weights)} in {root.parent / 'weights'} (kept)")
         return 0
     cutoff = time.time() - options.remove_unused * DAY_S
     unused = [build for build in builds if build.last_used < cutoff]

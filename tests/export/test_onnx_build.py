@@ -208,12 +208,16 @@ def test_the_cache_lists_builds_by_last_use_and_removes_those_unused_for_days(ca
     assert shown.stdout.splitlines()[-1].startswith("2 builds, ") and shown.stdout.endswith(
         f" in {cache_dir / 'builds'}\n"
     )
+    (cache_dir / "weights").mkdir()
+    (cache_dir / "weights" / "dinov2_vits14_reg4_pretrain.pth").write_bytes(bytes(3 * 2**20))  # downloads: kept
+    shown = harness_in(cache_dir.parent, "cache", cache)
+    assert shown.stdout.endswith(f"1 checkpoint, 3.0 MiB in {cache_dir / 'weights'} (kept)\n"), shown.stdout
     dry = harness_in(cache_dir.parent, "cache", cache, "--remove-unused", "2", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.startswith(f"would remove {fp32} (") and fp32.is_dir()
     removed = harness_in(cache_dir.parent, "cache", "--remove-unused", "2", cache)
     assert removed.returncode == 0 and removed.stdout.startswith(f"removed {fp32} (")
     assert "removed 1 build unused for 2 days" in removed.stdout and "; 1 kept in " in removed.stdout
-    assert not fp32.exists() and fp16.is_dir()
+    assert not fp32.exists() and fp16.is_dir() and (cache_dir / "weights" / "dinov2_vits14_reg4_pretrain.pth").is_file()
     assert not build(run_config(cache_dir)).cache_hit  # built again on demand
     for refused in (["--dry-run"], ["--remove-unused", "-1"], ["perf.batch=2"], ["somewhere"]):
         assert harness_in(cache_dir.parent, "cache", cache, *refused).returncode == 2, refused
