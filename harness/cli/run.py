@@ -91,8 +91,6 @@ def rerun_command(arguments: list[str]) -> int:
     """``harness rerun RUN [overrides] [-m] [--print]``: a run's saved config composed again (the overrides that
     give it back, checked setting by setting), with the user's overrides after them, run as ``harness run`` runs
     it; ``--print`` prints the command and runs nothing."""
-    import dataclasses
-    import json
     import shlex
 
     from harness.config.reproduce import reproducing_overrides, with_own_overrides
@@ -120,7 +118,7 @@ def rerun_command(arguments: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        saved = reproducing_overrides(json.loads(json.dumps(dataclasses.asdict(result.config))), result.config.task)
+        saved = reproducing_overrides(result.to_dict()["config"], result.config.task)  # type: ignore[arg-type]
     except HarnessError as error:
         print(f"error: {folder / RESULT_FILE}: its config cannot be run again: {error}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ the tracking store, progress bars) is this machine's, never the saved run's.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterator
@@ -38,9 +39,12 @@ def reproducing_overrides(saved: dict[str, Any], config_name: str) -> list[str]:
         if not isinstance(choice, str):
             raise ConfigError(f"{group}.{key}={choice!r}: the saved config names no {group} to compose")
         choices.append(f"{group}={choice}")
-    base = compose(choices, config_name)
-    overrides = [*choices, *(_override(key, value) for key, value in _differences(base, _reproduced(saved)))]
-    composed, wanted = _reproduced(compose(overrides, config_name)), _reproduced(saved)
+    wanted = _reproduced(saved)
+    overrides = [
+        *choices,
+        *(_override(key, value) for key, value in _differences(compose(choices, config_name), wanted)),
+    ]
+    composed = _reproduced(compose(overrides, config_name))
     lost = [
         f"{'.'.join(path)} (saved {_shown(value)}, composes to {_shown(_at(composed, path))})"
         for path, value in _leaves(wanted)
@@ -63,11 +67,12 @@ def with_own_overrides(saved: list[str], own: list[str]) -> list[str]:
     from harness.config.store import _override_key
 
     mine = {_override_key(override) for override in own}
-    return [
-        *(override for override in saved
-          if not any(key == _override_key(override) or _override_key(override).startswith(f"{key}.") for key in mine)),
-        *own,
-    ]  # fmt: skip
+
+    def set_again(override: str) -> bool:
+        key = _override_key(override)
+        return any(key == set_key or key.startswith(f"{set_key}.") for set_key in mine)
+
+    return [*(override for override in saved if not set_again(override)), *own]
 
 
 def _reproduced(config: dict[str, Any]) -> dict[str, Any]:
@@ -124,11 +129,9 @@ def _same(left: Any, right: Any) -> bool:
 
 def _override(key: str, value: Any) -> str:
     """``key=value`` in Hydra's override grammar, checked to parse back to ``value``."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     override = f"{key}={override_value(value)}"
     try:
-        parsed = OverridesParser.create().parse_overrides([override])[0].value()
+        parsed = _parser().parse_overrides([override])[0].value()
     except Exception as error:  # Hydra's grammar errors: one class per parser stage
         raise ConfigError(f"{key}={value!r}: cannot be written as an override ({error})") from None
     if not _same(parsed, value):
@@ -160,6 +163,12 @@ def override_value(value: Any) -> str:
 
 def _reads_as_other_type(text: str) -> bool:
     """Whether Hydra reads ``text`` unquoted as something other than that string (``true``, ``null``, ``1e3``)."""
+    return _parser().parse_overrides([f"key={text}"])[0].value() != text
+
+
+@functools.cache
+def _parser() -> Any:
+    """Hydra's override parser, made once: each value written is parsed back, strings twice."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    return OverridesParser.create().parse_overrides([f"key={text}"])[0].value() != text
+    return OverridesParser.create()
