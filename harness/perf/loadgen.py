@@ -251,11 +251,12 @@ class _Instance:
     def _keep_going(self, done: int) -> bool:
         """Both minimums extend the run; the upper bound ends it whatever is unmet (judged by the stage).
 
-        The minimum is judged on the last completion, not the clock: the stage measures forward time to the last
-        completion, and a check a few microseconds after it would otherwise stop a run just short of the minimum.
+        Both durations are judged on the last completion, not the clock: the stage measures forward time to the
+        last completion, and a check a few microseconds after it would otherwise end a run just short of the
+        duration it was stopped at (or extend one a call past its minimum).
         """
         plan = self.task.plan
-        if plan.max_duration_s is not None and time.perf_counter() - self.start >= plan.max_duration_s:
+        if plan.max_duration_s is not None and self.completions.last_s >= plan.max_duration_s:
             return False
         if plan.until_stopped and self.signals is not None:
             return not self.signals.stop.is_set()
