@@ -115,12 +115,13 @@ def test_a_rerun_runs_the_saved_config_with_the_overrides_given(tmp_path: Path) 
         and "perf.batch=3" in shown.stdout
         and "backend.latency_us=500.0" in (shown.stdout)
     )
+    assert shown.stdout.rstrip().endswith(f" rerun_of={original.run_uid}") and original.config.rerun_of is None
     assert len(list((tmp_path / "outputs" / "run").glob("*/*"))) == 1  # --print runs nothing
 
     again = harness_in(tmp_path, "rerun", str(Path(printed).parent), "tracking=off")
     assert again.returncode == 0, again.stderr
     rerun = load_result(tmp_path / again.stdout.strip().splitlines()[-1])
-    assert rerun.run_dir != original.run_dir and rerun.status == "ok"
+    assert rerun.run_dir != original.run_dir and rerun.status == "ok" and rerun.config.rerun_of == original.run_uid
     as_saved = [json.loads(json.dumps(dataclasses.asdict(result.config))) for result in (original, rerun)]
     assert config_hash(as_saved[0]) == config_hash(as_saved[1])
 
@@ -129,7 +130,9 @@ def test_a_rerun_runs_the_saved_config_with_the_overrides_given(tmp_path: Path) 
     batch_two = load_result(tmp_path / changed.stdout.strip().splitlines()[-1])
     assert (
         batch_two.config
-        == dataclasses.replace(original.config, perf=dataclasses.replace(original.config.perf, batch=2))
+        == dataclasses.replace(
+            original.config, perf=dataclasses.replace(original.config.perf, batch=2), rerun_of=original.run_uid
+        )
         and batch_two.perf is not None
         and batch_two.perf.batch == 2
     )

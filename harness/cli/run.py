@@ -93,7 +93,7 @@ def rerun_command(arguments: list[str]) -> int:
     it; ``--print`` prints the command and runs nothing."""
     import shlex
 
-    from harness.config.reproduce import reproducing_overrides, with_own_overrides
+    from harness.config.reproduce import override_value, reproducing_overrides, with_own_overrides
     from harness.errors import HarnessError
     from harness.report import folder_kind, record_folder
     from harness.result import RESULT_FILE, load_result
@@ -122,7 +122,7 @@ def rerun_command(arguments: list[str]) -> int:
     except HarnessError as error:
         print(f"error: {folder / RESULT_FILE}: its config cannot be run again: {error}", file=sys.stderr)
         return 2
-    overrides = with_own_overrides(saved, own)
+    overrides = with_own_overrides([*saved, f"rerun_of={override_value(result.run_uid)}"], own)
     print(f"rerun of {folder / RESULT_FILE}: harness {result.config.task} {shlex.join(overrides)}", flush=True)
     if "--print" in arguments:
         return 0

@@ -22,7 +22,7 @@ from harness.errors import ConfigError
 # variant: vits14).
 CHOSEN_BY = {"model": "variant", "precision": "name", "backend": "name", "dataset": "name"}
 # Where and how a run ran on its machine, not what it measured; ``preprocessing`` is made from ``vdsp``.
-NOT_REPRODUCED = ("paths", "tracking", "progress", "task", "preprocessing")
+NOT_REPRODUCED = ("paths", "tracking", "progress", "task", "preprocessing", "rerun_of")
 # What ``_at`` finds where a config has no such key.
 NOT_SET = object()
 # Written without quotes where Hydra reads them back as the same string.

@@ -369,7 +369,9 @@ class RunConfig:
     """The whole config of one ``harness`` command, as composed and then resolved.
 
     ``backend`` is the registered plugin's own config dataclass (chosen by ``backend.name`` in
-    ``harness.resolve``); ``preprocessing`` is the vdsp params in force, already read and parsed.
+    ``harness.resolve``); ``preprocessing`` is the vdsp params in force, already read and parsed. ``rerun_of`` is
+    the ``run_uid`` of the run this one measures again (``harness rerun``, ``harness gate --rerun``): where it came
+    from, not what it measures.
     """
 
     task: str
@@ -386,6 +388,7 @@ class RunConfig:
     tracking: TrackingConfig
     paths: PathsConfig
     backend: Any
+    rerun_of: str | None = None
     preprocessing: VdspParams | None = field(default=None, metadata=RESOLVED)
 
     def __post_init__(self) -> None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -216,9 +215,10 @@ def rerun_perf(candidate: Evidence, attempt: int) -> Evidence:
     from harness.resolve import resolve_config
 
     run_dir = Path(candidate.run_dirs[0])
-    saved = json.loads(json.dumps(dataclasses.asdict(load_result(run_dir).config)))
+    reran = load_result(run_dir)
+    saved: dict[str, Any] = reran.to_dict()["config"]  # type: ignore[assignment]
     saved.pop("preprocessing", None)
-    saved["stages"] = ["build", "perf"]
+    saved.update(stages=["build", "perf"], rerun_of=reran.run_uid)
     saved["tracking"]["enabled"] = False
     reruns = run_dir / "gate-reruns"
     # Numbered after those of earlier gates, whose measurements are kept.

@@ -59,9 +59,9 @@ def _cell(name: str, value: object) -> str:
     return str(value)
 
 
-# Settings the fixed columns show, and groups that say where a run lives rather than what it measured.
+# Settings the fixed columns show, and groups that say where a run lives or came from rather than what it measured.
 SHOWN_SETTINGS = ("model.variant", "precision.name", "backend.name", "perf.batch", "perf.instances")
-LOCAL_GROUPS = ("paths", "tracking", "progress", "task")
+LOCAL_GROUPS = ("paths", "tracking", "progress", "task", "rerun_of")
 # A group chosen by this key: where it differs, the group's other keys differ with it (precision=fp16 brings
 # its own parity thresholds), and only the choice is a column.
 GROUP_CHOICES = {"model": "model.variant", "precision": "precision.name", "backend": "backend.name",

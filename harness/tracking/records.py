@@ -147,6 +147,7 @@ NOT_IDENTITY = (
     "task",
     "stages",
     "progress",
+    "rerun_of",
     "paths",
     "tracking",
     "dataset.root",
@@ -220,6 +221,7 @@ def tags_of(result: dict[str, object]) -> dict[str, str]:
         "harness.status": result["status"],
         "harness.stages": ",".join(result.get("stages") or []),  # type: ignore[arg-type]
         "harness.config_hash": config_hash(result["config"]),  # type: ignore[arg-type]
+        "harness.rerun_of": result["config"].get("rerun_of"),  # type: ignore[attr-defined]
         "harness.weights_kind": weights.get("kind", "unknown"),
         "git.commit": git.get("commit") or "unknown",
         "git.dirty": "unknown" if git.get("dirty") is None else str(git.get("dirty")).lower(),

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness.result import load_result
 from harness.tracking import start_sweep
 from tests.conftest import harness_environment, harness_in, measuring_runs
 
@@ -116,6 +117,7 @@ def test_a_run_against_itself_passes_and_every_exit_code_says_why(tmp_path: Path
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert (Path(few) / "gate-reruns" / "1" / "result.json").is_file() and "| 5/6 | pass |" in rerun.stdout
     first = (Path(few) / "gate-reruns" / "1" / "result.json").read_bytes()
+    assert load_result(Path(few) / "gate-reruns" / "1").config.rerun_of == load_result(few).run_uid
     again = harness(tmp_path, "gate", few, "--baseline", str(baseline_file), "--rerun", "1", "tracking=off", *TOLERANT)
     assert again.returncode == 0 and "| 5/6 | pass |" in again.stdout, again.stdout + again.stderr
     # a later gate's rerun is a measurement of its own: the first one's stays

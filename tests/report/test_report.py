@@ -444,6 +444,8 @@ def test_a_table_shows_the_settings_its_runs_differ_in_and_only_those(runs: list
     made.append(run(inline, run_dir=tmp_path / "vdsp"))
     settings = swept_settings(made)
     assert settings == ["backend.latency_us", "vdsp.params"]  # the vendor's JSON is one setting, not 13
+    reran = dataclasses.replace(made[0], config=dataclasses.replace(made[0].config, rerun_of=made[0].run_uid))
+    assert swept_settings([made[0], reran]) == []  # where a run came from is no setting it ran with
     table = markdown_table([row_of(result.run_dir, result, settings) for result in made])
     header, _, *rows = table.splitlines()
     assert header.startswith("| job | backend.latency_us | vdsp.params | status |")

@@ -76,6 +76,8 @@ def test_tags_identify_code_machine_config_and_weights() -> None:
     assert len(tags["harness.config_hash"]) == 12 and "ConfigError" in tags["harness.error"]
     result["environment"]["git"] = {"commit": None, "dirty": None}  # type: ignore[index]
     assert (tags_of(result)["git.commit"], tags_of(result)["git.dirty"]) == ("unknown", "unknown")  # was "none"
+    assert "harness.rerun_of" not in tags
+    assert tags_of({**result, "config": {"a": 1, "rerun_of": "0f1e"}})["harness.rerun_of"] == "0f1e"
 
 
 def test_a_run_measured_beside_other_work_is_tagged_so() -> None:
@@ -96,7 +98,7 @@ def test_the_config_hash_ignores_where_a_run_is_kept_but_not_what_it_measured() 
     base = {"model": {"variant": "vits14"}, "perf": {"batch": 8}, "paths": {"outputs": "/a"}, "tracking": {"uri": None},
             "dataset": {"name": "synthetic", "root": "/data"}, "stages": ["build", "perf"]}  # fmt: skip
     moved = {**base, "paths": {"outputs": "/b"}, "tracking": {"uri": "http://x"}, "stages": ["perf"],
-             "dataset": {"name": "synthetic", "root": "/elsewhere"}}  # fmt: skip
+             "dataset": {"name": "synthetic", "root": "/elsewhere"}, "rerun_of": "0f1e"}  # fmt: skip
     assert config_hash(base) == config_hash(moved)
     assert config_hash(base) != config_hash({**base, "perf": {"batch": 16}})
     assert base["paths"] == {"outputs": "/a"}  # the caller's mapping is left as it was
