@@ -25,6 +25,11 @@ def test_result_round_trips_and_failed_runs_keep_their_shape(tmp_path: Path) -> 
     assert set(json.loads((tmp_path / "ok" / "result.json").read_text())) == set(
         json.loads((tmp_path / "failed" / "result.json").read_text())
     )
+    # A result saved before reruns were recorded has no config.rerun_of: it reads as a run that reran nothing.
+    saved = json.loads((tmp_path / "ok" / "result.json").read_text())
+    del saved["config"]["rerun_of"]
+    (tmp_path / "ok" / "result.json").write_text(json.dumps(saved))
+    assert load_result(tmp_path / "ok") == ok and ok.config.rerun_of is None
 
 
 def test_load_result_names_a_bad_file(tmp_path: Path) -> None:

@@ -388,7 +388,7 @@ class RunConfig:
     tracking: TrackingConfig
     paths: PathsConfig
     backend: Any
-    rerun_of: str | None = None
+    rerun_of: str | None
     preprocessing: VdspParams | None = field(default=None, metadata=RESOLVED)
 
     def __post_init__(self) -> None:

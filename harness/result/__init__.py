@@ -22,6 +22,8 @@ from harness.result.perf import PerfResult
 
 SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
+# Config keys added since the schema's first results, with the value every run saved before them had.
+CONFIG_KEYS_ADDED_LATER: dict[str, object] = {"rerun_of": None}
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class RunResult:
     def from_dict(cls, data: object) -> RunResult:
         if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
             raise DataError(f"schema_version={data.get('schema_version')!r}: this harness reads {SCHEMA_VERSION}")
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            data = {**data, "config": {**CONFIG_KEYS_ADDED_LATER, **data["config"]}}
         return from_mapping(cls, data)
 
 
