@@ -252,8 +252,8 @@ class _Instance:
         """Both minimums extend the run; the upper bound ends it whatever is unmet (judged by the stage).
 
         Both durations are judged on the last completion, not the clock: the stage measures forward time to the
-        last completion, and a check a few microseconds after it would otherwise end a run just short of the
-        duration it was stopped at (or extend one a call past its minimum).
+        last completion, and a check a few microseconds after it would otherwise end a run just short of its
+        minimum, or of the bound it was stopped at.
         """
         plan = self.task.plan
         if plan.max_duration_s is not None and self.completions.last_s >= plan.max_duration_s:
