@@ -22,6 +22,7 @@ def cache(arguments: list[str]) -> int:
     from harness.config.commands import CacheCommandConfig
     from harness.errors import counted
     from harness.export.cache import cached_builds
+    from harness.models.provenance import checkpoint_folder
 
     parser = argparse.ArgumentParser(
         prog="harness cache",
@@ -41,7 +42,8 @@ def cache(arguments: list[str]) -> int:
         parser.error(f"--remove-unused {options.remove_unused:g}: expected days >= 0")
     if options.dry_run and options.remove_unused is None:
         parser.error("--dry-run goes with --remove-unused DAYS")
-    root = config_or_exit(CacheCommandConfig, overrides).paths.path("cache") / "builds"
+    cache_dir = config_or_exit(CacheCommandConfig, overrides).paths.path("cache")
+    root = cache_dir / "builds"
     builds = cached_builds(root)
     if options.remove_unused is None:
         rows = [(build.folder.name, _size(build.size_bytes), _built(build.created_at), _when(build.last_used),
@@ -51,11 +53,11 @@ def cache(arguments: list[str]) -> int:
         print("".join(f"| {' | '.join(row)} |\n" for row in rows), end="")
         total = sum(build.size_bytes for build in builds)
         print(f"{counted(len(builds), 'build')}, {_size(total)} in {root}")
-        downloads = [path for path in (root.parent / "weights").glob("*") if path.is_file()]
+        downloads = [path for path in checkpoint_folder(cache_dir).glob("*") if path.is_file()]
         if downloads:
             # Checkpoints are downloads, verified by their checksums: never removed here (rm removes one).
             weights = sum(path.stat().st_size for path in downloads)
-            print(f"{counted(len(downloads), 'checkpoint')}, {_size(weights)} in {root.parent / 'weights'} (kept)")
+            print(f"{counted(len(downloads), 'checkpoint')}, {_size(weights)} in {checkpoint_folder(cache_dir)} (kept)")
         return 0
     cutoff = time.time() - options.remove_unused * DAY_S
     unused = [build for build in builds if build.last_used < cutoff]

@@ -16,6 +16,11 @@ from harness.models.variants import VariantSpec
 from harness.result.build import WeightsInfo
 
 
+def checkpoint_folder(cache_dir: Path) -> Path:
+    """Where the official checkpoints are downloaded under ``paths.cache``."""
+    return cache_dir / "weights"
+
+
 def resolve_weights(
     spec: VariantSpec, *, weights: str, seed: int, cache_dir: Path, progress: bool
 ) -> tuple[Path | None, WeightsInfo]:
@@ -28,7 +33,7 @@ def resolve_weights(
 def _checkpoint_file(spec: VariantSpec, weights: str, *, cache_dir: Path, progress: bool) -> tuple[Path, WeightsInfo]:
     if weights == "official":
         url, file_name = spec.official_checkpoint()
-        path = cache_dir / "weights" / file_name
+        path = checkpoint_folder(cache_dir) / file_name
         try:
             record = download.fetch(url, path, sha256=spec.checkpoint_sha256, progress=progress)
         except DownloadError as error:
